@@ -1,0 +1,89 @@
+# svcfp — make targets users of P4 testbeds expect. `make` creates and reuses the virtual
+# environments itself; nobody has to activate anything.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Debian's interpreter: Mininet's Python module is installed for it only.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV ?= .venv
+VENV_PTF ?= .venv-ptf
+PY := $(VENV)/bin/python
+PY_PTF := $(VENV_PTF)/bin/python
+
+P4SRC := p4src/fingerprint.p4
+P4INFO := p4src/fingerprint.p4info.txtpb
+BUILD := p4src/build
+BMV2_JSON := $(BUILD)/fingerprint.json
+
+SWITCH ?= refswitch
+TARGET ?= refswitch
+GRPC_ADDR ?= 127.0.0.1:9559
+DEVICE_ID ?= 0
+LOGS := logs
+
+.PHONY: help venv venv-ptf demo test build ptf run stop shell lint bench clean
+
+help:
+	@echo "make demo    the main job: emulated IoT devices identified live (reference switch by default; SWITCH=bmv2)"
+	@echo "make test    the test suite (unit, gRPC end-to-end, PTF and Mininet where root is available)"
+	@echo "make build   compile $(P4SRC) with p4c (if on PATH) and check the committed P4Info"
+	@echo "make ptf     PTF regression suite against TARGET=refswitch|bmv2"
+	@echo "make run     start a switch and the controller in the background (SWITCH=refswitch|bmv2)"
+	@echo "make stop    stop what 'make run' or 'make demo' started and remove what they created"
+	@echo "make shell   p4runtime-shell on a running switch with the project's P4Info"
+	@echo "make lint    ruff and mypy"
+	@echo "make bench   benchmarks (results under benchmarks/results/)"
+	@echo "make clean   remove build output, logs and virtual environments"
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# PTF and p4runtime-shell pin an old protobuf; they live apart from the controller's environment.
+$(VENV_PTF)/.installed: ptf_tests/requirements.txt
+	test -d $(VENV_PTF) || $(PYTHON) -m venv $(VENV_PTF)
+	$(PY_PTF) -m pip install --quiet --upgrade pip
+	$(PY_PTF) -m pip install --quiet -r ptf_tests/requirements.txt
+	touch $@
+
+venv-ptf: $(VENV_PTF)/.installed
+
+demo: venv
+	$(VENV)/bin/svcfp demo --switch $(SWITCH)
+
+test: venv venv-ptf
+	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
+
+build: venv
+	$(PY) -m controller.p4build --p4 $(P4SRC) --p4info $(P4INFO) --out $(BUILD)
+
+ptf: venv venv-ptf
+	$(PY) -m ptf_tests.runner --target $(TARGET) --logs $(LOGS)
+
+run: venv
+	$(VENV)/bin/svcfp testbed start --switch $(SWITCH) --grpc-addr $(GRPC_ADDR) --device-id $(DEVICE_ID) --logs $(LOGS)
+
+stop: venv
+	$(VENV)/bin/svcfp testbed stop --logs $(LOGS)
+
+shell: venv-ptf
+	$(PY_PTF) -m p4runtime_sh --grpc-addr $(GRPC_ADDR) --device-id $(DEVICE_ID) --election-id 0,1 \
+	  --config $(P4INFO),$(BMV2_JSON)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(BUILD) $(LOGS) $(VENV) $(VENV_PTF) .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,47 @@
+"""Shared pytest fixtures and the skip rules for tests that need root, BMv2, p4c or data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
+
+
+def data_dir() -> Path | None:
+    """The shared data folder from SVCFP_DATA_DIR, or ../shared/data beside the checkout."""
+    env = os.environ.get("SVCFP_DATA_DIR")
+    candidate = Path(env) if env else ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    is_root = os.geteuid() == 0
+    reasons = {
+        "root": None
+        if is_root
+        else "needs root for network namespaces, veth pairs and raw sockets",
+        "bmv2": None
+        if shutil.which("simple_switch_grpc")
+        else "BMv2 simple_switch_grpc is not on PATH",
+        "p4c": None if shutil.which("p4c") else "p4c is not on PATH",
+        "data": None
+        if data_dir()
+        else "shared data folder not found (set SVCFP_DATA_DIR to ../shared/data)",
+    }
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared data folder; tests using it also carry the `data` marker."""
+    found = data_dir()
+    assert found is not None
+    return found

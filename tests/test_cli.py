@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from controller import __version__
+from controller.cli import build_parser, main
+
+
+def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"svcfp {__version__}"
+
+
+def test_help_lists_every_registered_subcommand() -> None:
+    parser = build_parser()
+    help_text = parser.format_help()
+    subactions = [a for a in parser._actions if a.dest == "command"]
+    assert len(subactions) == 1
+    for name in subactions[0].choices or {}:
+        assert name in help_text
+
+
+def test_console_script_runs_as_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"svcfp {__version__}"

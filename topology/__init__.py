@@ -1,0 +1,3 @@
+"""Mininet topologies, switch launchers and emulated IoT devices."""
+
+from __future__ import annotations
