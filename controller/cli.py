@@ -8,7 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from controller import __version__
+from controller.demo import register as register_demo
+from controller.engine_cli import register as register_engine
 from controller.errors import SvcfpError
+from controller.ingest.cli import register as register_ingest
+from controller.run import register as register_run
+from controller.testbed import register as register_testbed
+from refswitch.cli import register as register_switch
 
 # Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
 # `func` to a callable taking the parsed namespace and returning an exit status.
@@ -17,6 +23,12 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 def _registrations() -> list[Register]:
     registrations: list[Register] = []
+    registrations.append(register_switch)
+    registrations.append(register_run)
+    registrations.append(register_engine)
+    registrations.append(register_demo)
+    registrations.append(register_testbed)
+    registrations.append(register_ingest)
     return registrations
 
 

@@ -1,0 +1,170 @@
+"""Ingest any mix of flow and capture files into one activity table.
+
+Formats: `pcap` (pcap or pcapng), `ipfix` (binary IPFIX / NetFlow v9 messages), `ipfix-csv`
+(IPFIX CSV); `auto` tells them apart by their first bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.activity import ActivityTable
+from controller.catalogue import MAX_SERVICE_ID, Catalogue, for_granularity
+from controller.errors import InputError
+from controller.ingest.flows import IngestStats, PortCounter
+from controller.ingest.ipfix_csv import read_ipfix_csv
+from controller.ingest.ipfix_file import read_ipfix
+from controller.ingest.labels import Labels
+from controller.ingest.pcap import read_pcap
+
+Format = Literal["auto", "ipfix-csv", "ipfix", "pcap"]
+FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap")
+
+DIRECTORY_SUFFIXES = {".pcap", ".pcapng", ".cap", ".csv", ".ipfix"}
+_PCAP_MAGICS = {
+    bytes.fromhex("d4c3b2a1"),
+    bytes.fromhex("a1b2c3d4"),
+    bytes.fromhex("4d3cb2a1"),
+    bytes.fromhex("a1b23c4d"),
+    bytes.fromhex("0a0d0d0a"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class IngestResult:
+    """The activity of all files and, per file, what was read and skipped."""
+
+    activity: ActivityTable
+    stats: Mapping[Path, IngestStats]
+
+    @property
+    def records(self) -> int:
+        """Records (flows or packets) read over all files."""
+        return sum(s.records for s in self.stats.values())
+
+    @property
+    def skipped(self) -> int:
+        """Records skipped over all files."""
+        return sum(s.skipped for s in self.stats.values())
+
+
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a directory stands for its capture and flow files, recursively."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIRECTORY_SUFFIXES)
+            if not inside:
+                raise InputError(
+                    f"{path}: no {', '.join(sorted(DIRECTORY_SUFFIXES))} files in this directory"
+                )
+            found.extend(p for p in inside if p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def detect_format(path: Path) -> Format:
+    """`pcap`, `ipfix` or `ipfix-csv` from the file's first bytes."""
+    try:
+        with Path(path).open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if head in _PCAP_MAGICS:
+        return "pcap"
+    if head[:2] in (b"\x00\x0a", b"\x00\x09"):
+        return "ipfix"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "ipfix-csv"
+    raise InputError(f"{path}: cannot tell the format (first bytes {head.hex()}); use --format")
+
+
+def ingest_files(
+    paths: Sequence[Path],
+    catalogue: Catalogue,
+    unit_seconds: float = 3600.0,
+    fmt: Format = "auto",
+    labels: Labels | None = None,
+    all_devices: bool = False,
+    skip_bad_records: bool = False,
+    column_map: Mapping[str, str] | None = None,
+    ports: PortCounter | None = None,
+) -> IngestResult:
+    """Activity of every file; only labelled devices count unless `all_devices` (or no labels).
+
+    `ports`, when given, also collects the counted devices' service-port usage.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    devices = counted_devices(labels, all_devices)
+    tables: list[ActivityTable] = []
+    stats: dict[Path, IngestStats] = {}
+    for path in expand_paths(paths):
+        kind = detect_format(path) if fmt == "auto" else fmt
+        if kind == "pcap":
+            table, file_stats = read_pcap(
+                path, catalogue, unit_seconds, devices, skip_bad_records, ports=ports
+            )
+        elif kind == "ipfix":
+            table, file_stats = read_ipfix(
+                path, catalogue, unit_seconds, devices, skip_bad_records, ports=ports
+            )
+        else:
+            table, file_stats = read_ipfix_csv(
+                path,
+                catalogue,
+                unit_seconds,
+                devices,
+                column_map,
+                skip_bad_records,
+                ports=ports,
+            )
+        tables.append(table)
+        stats[path] = file_stats
+    if not tables:
+        return IngestResult(ActivityTable.empty(unit_seconds, services=catalogue.names), stats)
+    return IngestResult(ActivityTable.concat(tables), stats)
+
+
+def counted_devices(labels: Labels | None, all_devices: bool) -> npt.NDArray[np.uint64] | None:
+    """The MACs whose traffic counts: the labelled ones, or every MAC (None)."""
+    if labels is None or all_devices:
+        return None
+    return labels.mac_ints()
+
+
+def catalogue_for(
+    granularity: str,
+    paths: Sequence[Path],
+    catalogue_path: Path | None = None,
+    limit: int = MAX_SERVICE_ID,
+    fmt: Format = "auto",
+    labels: Labels | None = None,
+    all_devices: bool = False,
+    skip_bad_records: bool = False,
+    column_map: Mapping[str, str] | None = None,
+    unit_seconds: float = 3600.0,
+) -> Catalogue:
+    """The catalogue of a granularity; `ephemeral` and `learned` first read `paths` once to
+    learn which service ports the counted devices use."""
+    if granularity == "catalogue":
+        return for_granularity("catalogue", catalogue_path, limit=limit)
+    counter = PortCounter(counted_devices(labels, all_devices), unit_seconds)
+    ingest_files(
+        paths,
+        Catalogue.default(),
+        fmt=fmt,
+        labels=labels,
+        all_devices=all_devices,
+        skip_bad_records=skip_bad_records,
+        column_map=column_map,
+        ports=counter,
+    )
+    return for_granularity(granularity, catalogue_path, counter.usage(), limit)

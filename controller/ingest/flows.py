@@ -1,0 +1,188 @@
+"""Flow records → per-unit activity, attributed as the switch attributes packets.
+
+A flow counts for its source MAC (the device sends it), with the service the catalogue assigns to
+(protocol, source port, destination port). An RFC 5103 biflow's reverse direction counts for the
+destination MAC, with the ports swapped. A flow's packets all land in the unit of the flow start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.activity import ActivityTable, units_of
+from controller.catalogue import Catalogue, PortUsage
+from controller.ingest.labels import macs_to_keys
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, eq=False)
+class FlowBatch:
+    """Columnar flow (or packet) records.
+
+    `proto` is the IP protocol, or -1 for non-IP records (never looked up: service 0);
+    `l4_valid` False marks TCP/UDP records whose L4 header was missing or truncated.
+    """
+
+    start: npt.NDArray[np.float64]
+    src_mac: U64
+    dst_mac: U64
+    proto: I64
+    sport: I64
+    dport: I64
+    packets: I64
+    bytes: I64
+    rev_packets: I64 | None = None
+    rev_bytes: I64 | None = None
+    l4_valid: npt.NDArray[np.bool_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+@dataclass
+class IngestStats:
+    """What an ingestion read and skipped; `problems` keeps the first few skip reasons."""
+
+    records: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def skip(self, problem: str) -> None:
+        """Count one skipped record and remember why (the first 20 reasons)."""
+        self.skipped += 1
+        if len(self.problems) < 20:
+            self.problems.append(problem)
+
+    def add(self, other: IngestStats) -> None:
+        """Fold another file's counts into these."""
+        self.records += other.records
+        self.skipped += other.skipped
+        self.problems.extend(other.problems[: max(0, 20 - len(self.problems))])
+
+
+def batch_to_activity(
+    batch: FlowBatch,
+    catalogue: Catalogue,
+    unit_seconds: float,
+    devices: U64 | None = None,
+) -> ActivityTable:
+    """Activity of one batch; `devices` (48-bit MAC integers) restricts which devices count."""
+    unit = units_of(batch.start, unit_seconds)
+    fwd_service = catalogue.lookup_many(batch.proto, batch.sport, batch.dport, batch.l4_valid)
+    macs = [batch.src_mac]
+    units = [unit]
+    services = [fwd_service]
+    packets = [batch.packets]
+    octets = [batch.bytes]
+    if batch.rev_packets is not None:
+        has_reverse = batch.rev_packets > 0
+        if bool(has_reverse.any()):
+            valid = None if batch.l4_valid is None else batch.l4_valid[has_reverse]
+            rev_service = catalogue.lookup_many(
+                batch.proto[has_reverse],
+                batch.dport[has_reverse],
+                batch.sport[has_reverse],
+                valid,
+            )
+            rev_bytes = (
+                batch.rev_bytes[has_reverse]
+                if batch.rev_bytes is not None
+                else np.zeros(int(has_reverse.sum()), np.int64)
+            )
+            macs.append(batch.dst_mac[has_reverse])
+            units.append(unit[has_reverse])
+            services.append(rev_service)
+            packets.append(batch.rev_packets[has_reverse])
+            octets.append(rev_bytes)
+    mac = np.concatenate(macs)
+    keep = np.ones(len(mac), dtype=bool) if devices is None else np.isin(mac, devices)
+    vocabulary, codes = np.unique(mac[keep], return_inverse=True)
+    return ActivityTable.from_arrays(
+        devices=macs_to_keys(vocabulary),
+        services=catalogue.names,
+        device=codes.reshape(-1),
+        unit=np.concatenate(units)[keep],
+        service=np.concatenate(services)[keep],
+        packets=np.concatenate(packets)[keep],
+        bytes=np.concatenate(octets)[keep],
+        unit_seconds=unit_seconds,
+    )
+
+
+def combine(
+    tables: Iterable[ActivityTable], catalogue: Catalogue, unit_seconds: float
+) -> ActivityTable:
+    """One activity table from per-batch tables (an empty one when there are none)."""
+    parts = list(tables)
+    if not parts:
+        return ActivityTable.empty(unit_seconds, services=catalogue.names)
+    return ActivityTable.concat(parts)
+
+
+class PortCounter:
+    """Collects which TCP/UDP service ports the counted devices use, batch by batch, for the
+    `learned` and `ephemeral` granularities (see `controller.catalogue.PortUsage`)."""
+
+    def __init__(self, devices: U64 | None = None, unit_seconds: float = 3600.0) -> None:
+        self.devices = devices
+        self.unit_seconds = unit_seconds
+        self._parts: list[tuple[I64, I64, I64, I64, I64]] = []
+
+    def add(self, batch: FlowBatch) -> None:
+        """Count one batch (both directions of biflows)."""
+        unit = units_of(batch.start, self.unit_seconds)
+        macs = [batch.src_mac]
+        protos = [batch.proto]
+        ports = [np.minimum(batch.sport, batch.dport)]
+        units = [unit]
+        packets = [batch.packets]
+        valid = [batch.l4_valid] if batch.l4_valid is not None else None
+        if batch.rev_packets is not None:
+            back = batch.rev_packets > 0
+            macs.append(batch.dst_mac[back])
+            protos.append(batch.proto[back])
+            ports.append(ports[0][back])
+            units.append(unit[back])
+            packets.append(batch.rev_packets[back])
+            if valid is not None and batch.l4_valid is not None:
+                valid.append(batch.l4_valid[back])
+        mac = np.concatenate(macs)
+        proto = np.concatenate(protos)
+        keep = (proto == 6) | (proto == 17)
+        if valid is not None:
+            keep &= np.concatenate(valid)
+        if self.devices is not None:
+            keep &= np.isin(mac, self.devices)
+        key = np.stack(
+            [
+                mac[keep].astype(np.int64),
+                proto[keep],
+                np.concatenate(ports)[keep],
+                np.concatenate(units)[keep],
+            ]
+        )
+        if key.shape[1] == 0:
+            return
+        unique, inverse = np.unique(key, axis=1, return_inverse=True)
+        summed = np.bincount(inverse.reshape(-1), weights=np.concatenate(packets)[keep])
+        self._parts.append((unique[0], unique[1], unique[2], unique[3], summed.astype(np.int64)))
+
+    def extend(self, other: PortCounter) -> None:
+        """Take over what another counter collected."""
+        self._parts.extend(other._parts)
+
+    def usage(self) -> PortUsage:
+        """Distinct devices, (device, unit) cells and packets per (protocol, port)."""
+        if not self._parts:
+            empty = np.zeros(0, np.int64)
+            return PortUsage(empty, empty, empty, empty, empty)
+        mac, proto, port, unit, packets = (
+            np.concatenate(c) for c in zip(*self._parts, strict=True)
+        )
+        return PortUsage.from_flows(mac, proto, port, port, packets, unit)

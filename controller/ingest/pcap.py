@@ -1,0 +1,365 @@
+"""Packet captures (pcap in both byte orders with µs or ns timestamps, and pcapng) → activity.
+
+Frames are parsed exactly as the switch parses them (p4src/README.md): Ethernet, at most one
+802.1Q tag, IPv4 with options (L4 only in the first fragment), IPv6 without extension-header
+chasing, TCP, UDP, ICMP/ICMPv6 (first four bytes). A header that does not fit is a parser error:
+a TCP/UDP packet without its whole header, and any packet with a parser error, is never looked up
+and counts as service 0, as in the switch. Frames shorter than an Ethernet header cannot be
+attributed to a device and are not counted.
+
+Each packet counts for its source MAC in the unit of its timestamp, with its original (wire)
+length as bytes. Record headers are walked with one `struct` read per frame; every header field
+is then read for a whole batch of frames at once with numpy.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.activity import ActivityTable
+from controller.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
+from controller.errors import InputError
+from controller.ingest.flows import (
+    FlowBatch,
+    IngestStats,
+    PortCounter,
+    batch_to_activity,
+    combine,
+)
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BYTE_ORDER = 0x1A2B3C4D
+LINKTYPE_ETHERNET = 1
+MAX_FRAME = 1 << 26
+BATCH = 1 << 20
+
+I64 = npt.NDArray[np.int64]
+
+
+class CaptureError(InputError):
+    """A capture is truncated or corrupt at a known frame and offset."""
+
+
+@dataclass(frozen=True, eq=False)
+class Frames:
+    """A batch of frames inside `data`: start offset, captured and wire length, timestamp."""
+
+    data: npt.NDArray[np.uint8]
+    offset: I64
+    caplen: I64
+    wirelen: I64
+    time: npt.NDArray[np.float64]
+
+
+def read_pcap(
+    path: Path,
+    catalogue: Catalogue,
+    unit_seconds: float = 3600.0,
+    devices: npt.NDArray[np.uint64] | None = None,
+    skip_bad_records: bool = False,
+    batch_size: int = BATCH,
+    ports: PortCounter | None = None,
+) -> tuple[ActivityTable, IngestStats]:
+    """Activity from one pcap or pcapng file, and what was read and skipped.
+
+    A truncated or corrupt capture raises `InputError` naming the file, frame number and byte
+    offset; with `skip_bad_records` the frames before the damage are kept and the damage is
+    counted in the returned statistics. `ports`, when given, also collects service-port usage.
+    """
+    stats = IngestStats()
+    tables: list[ActivityTable] = []
+    for frames in iter_frames(path, stats, skip_bad_records, batch_size):
+        batch = parse_frames(frames)
+        stats.records += len(frames.offset)
+        if ports is not None:
+            ports.add(batch)
+        tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
+    return combine(tables, catalogue, unit_seconds), stats
+
+
+def iter_frames(
+    path: Path, stats: IngestStats, skip_bad: bool = False, batch_size: int = BATCH
+) -> Iterator[Frames]:
+    """Batches of frames of a pcap or pcapng file."""
+    path = Path(path)
+    try:
+        # One read: captures are walked frame by frame, and numpy reads header fields of a whole
+        # batch from the same buffer.
+        buf = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read capture: {exc.strerror}") from exc
+    if len(buf) < 4:
+        raise InputError(f"{path}: not a pcap or pcapng file (only {len(buf)} bytes)")
+    magic_le = struct.unpack_from("<I", buf, 0)[0]
+    magic_be = struct.unpack_from(">I", buf, 0)[0]
+    try:
+        if magic_le == PCAPNG_SHB:
+            yield from _pcapng_frames(path, buf, stats, skip_bad, batch_size)
+        elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
+            yield from _pcap_frames(path, buf, stats, skip_bad, batch_size)
+        else:
+            raise InputError(f"{path}: not a pcap or pcapng file (magic 0x{magic_be:08x})")
+    except CaptureError as exc:
+        if not skip_bad:
+            raise
+        stats.skip(str(exc))
+
+
+def _pcap_frames(
+    path: Path, mm: bytes, stats: IngestStats, skip_bad: bool, batch_size: int
+) -> Iterator[Frames]:
+    size = len(mm)
+    if size < 24:
+        raise InputError(f"{path}: truncated pcap header ({size} of 24 bytes)")
+    order = "<" if struct.unpack_from("<I", mm, 0)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+    magic, _major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(
+        order + "IHHiIII", mm, 0
+    )
+    scale = 1e-6 if magic == PCAP_MAGIC_US else 1e-9
+    if linktype & 0xFFFF != LINKTYPE_ETHERNET:
+        raise InputError(f"{path}: link type {linktype} is not Ethernet (1)")
+    limit = max(snaplen, 262144, 65535)
+    incl_at = struct.Struct(order + "I").unpack_from
+    dtype = np.dtype(order + "u4")
+    data = np.frombuffer(mm, dtype=np.uint8)
+    pos = 24
+    frame = 0
+    last_header = size - 16
+    while pos < size:
+        headers: list[int] = []
+        append = headers.append
+        error: CaptureError | None = None
+        # The one per-frame Python loop: read the captured length, step to the next record.
+        for _ in range(batch_size):
+            if pos > last_header:
+                if pos < size:
+                    error = CaptureError(
+                        f"{path}: frame {frame + len(headers) + 1} at offset {pos}: truncated "
+                        f"record header ({size - pos} of 16 bytes)"
+                    )
+                break
+            incl = incl_at(mm, pos + 8)[0]
+            following = pos + 16 + incl
+            if following > size or incl > limit:
+                what = (
+                    f"captured length {incl} exceeds the snapshot length {snaplen}"
+                    if incl > limit
+                    else f"frame of {incl} bytes runs past the end of the file"
+                )
+                error = CaptureError(
+                    f"{path}: frame {frame + len(headers) + 1} at offset {pos}: {what} "
+                    "(truncated or corrupt)"
+                )
+                break
+            append(pos)
+            pos = following
+        frame += len(headers)
+        if headers:
+            at = np.array(headers, dtype=np.int64)
+            fields = data[at[:, None] + np.arange(16)].copy().view(dtype).reshape(-1, 4)
+            fields = fields.astype(np.int64)
+            yield Frames(
+                data=data,
+                offset=at + 16,
+                caplen=fields[:, 2],
+                wirelen=fields[:, 3],
+                time=fields[:, 0].astype(np.float64) + fields[:, 1] * scale,
+            )
+        if error is not None:
+            raise error
+        if pos > last_header and pos >= size:
+            break
+
+
+def _pcapng_frames(
+    path: Path, mm: bytes, stats: IngestStats, skip_bad: bool, batch_size: int
+) -> Iterator[Frames]:
+    size = len(mm)
+    data = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        pos = 0
+        frame = 0
+        order = "<"
+        interfaces: list[tuple[int, float, int, int]] = []  # linktype, ts unit, offset, snaplen
+        offsets: list[int] = []
+        caplens: list[int] = []
+        wirelens: list[int] = []
+        times: list[float] = []
+
+        def flush() -> Frames:
+            batch = Frames(
+                data=data,
+                offset=np.array(offsets, dtype=np.int64),
+                caplen=np.array(caplens, dtype=np.int64),
+                wirelen=np.array(wirelens, dtype=np.int64),
+                time=np.array(times, dtype=np.float64),
+            )
+            offsets.clear()
+            caplens.clear()
+            wirelens.clear()
+            times.clear()
+            return batch
+
+        def corrupt(what: str) -> CaptureError:
+            return CaptureError(f"{path}: block at offset {pos} (after frame {frame}): {what}")
+
+        while pos < size:
+            if pos + 12 > size:
+                raise corrupt(f"truncated block header ({size - pos} bytes left)")
+            block_type = struct.unpack_from(order + "I", mm, pos)[0]
+            if block_type == PCAPNG_SHB:
+                bom = struct.unpack_from("<I", mm, pos + 8)[0]
+                if bom == PCAPNG_BYTE_ORDER:
+                    order = "<"
+                elif bom == 0x4D3C2B1A:
+                    order = ">"
+                else:
+                    raise corrupt(f"section header with bad byte-order magic 0x{bom:08x}")
+                interfaces = []
+            length = struct.unpack_from(order + "I", mm, pos + 4)[0]
+            if length < 12 or length % 4 or pos + length > size:
+                raise corrupt(f"block length {length} is invalid or runs past the end")
+            trailer = struct.unpack_from(order + "I", mm, pos + length - 4)[0]
+            if trailer != length:
+                raise corrupt(f"block length {length} does not match its trailer {trailer}")
+            body = pos + 8
+            if block_type == 1:  # interface description
+                linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", mm, body)
+                unit, ts_offset = _interface_options(mm, order, body + 8, pos + length - 4)
+                interfaces.append((linktype, unit, ts_offset, snaplen))
+            elif block_type in (6, 3):  # enhanced / simple packet
+                if block_type == 6:
+                    iface, ts_hi, ts_lo, caplen, wirelen = struct.unpack_from(
+                        order + "IIIII", mm, body
+                    )
+                    start = body + 20
+                else:
+                    iface, ts_hi, ts_lo = 0, 0, 0
+                    wirelen = struct.unpack_from(order + "I", mm, body)[0]
+                    start = body + 4
+                    caplen = min(wirelen, length - 16)
+                    if interfaces and interfaces[0][3]:
+                        caplen = min(caplen, interfaces[0][3])
+                if iface >= len(interfaces):
+                    raise corrupt(f"packet on undeclared interface {iface}")
+                if start + caplen > pos + length - 4:
+                    raise corrupt(f"captured length {caplen} exceeds its block")
+                linktype, unit, ts_offset, _snap = interfaces[iface]
+                frame += 1
+                if linktype != LINKTYPE_ETHERNET:
+                    message = f"{path}: frame {frame}: link type {linktype} is not Ethernet (1)"
+                    if not skip_bad:
+                        raise InputError(message)
+                    stats.skip(message)
+                else:
+                    offsets.append(start)
+                    caplens.append(caplen)
+                    wirelens.append(wirelen)
+                    times.append(((ts_hi << 32) | ts_lo) * unit + ts_offset)
+                    if len(offsets) >= batch_size:
+                        yield flush()
+            pos += length
+        if offsets:
+            yield flush()
+    except CaptureError:
+        if offsets:
+            yield flush()
+        raise
+
+
+def _interface_options(mm: bytes, order: str, pos: int, end: int) -> tuple[float, int]:
+    """Timestamp unit (seconds per tick) and offset (seconds) from IDB options."""
+    unit = 1e-6
+    offset = 0
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", mm, pos)
+        if code == 0:
+            break
+        value = pos + 4
+        if code == 9 and length >= 1:
+            resolution = mm[value]
+            unit = 2.0 ** -(resolution & 0x7F) if resolution & 0x80 else 10.0**-resolution
+        elif code == 14 and length >= 8:
+            offset = struct.unpack_from(order + "q", mm, value)[0]
+        pos = value + ((length + 3) & ~3)
+    return unit, offset
+
+
+def parse_frames(frames: Frames) -> FlowBatch:
+    """Parse the headers of a batch of Ethernet frames as the switch does (one packet each)."""
+    data = frames.data
+    off = frames.offset
+    cap = frames.caplen
+    last = len(data) - 1
+
+    def byte(rel: I64 | int) -> I64:
+        found: I64 = data[np.minimum(off + rel, last)].astype(np.int64)
+        return found
+
+    def word(rel: I64 | int) -> I64:
+        high = byte(rel)
+        return np.asarray((high << 8) | byte(rel + 1), dtype=np.int64)
+
+    eth = cap >= 14
+    off = off[eth]
+    cap = cap[eth]
+    wire = frames.wirelen[eth]
+    time = frames.time[eth]
+    shifts = np.arange(40, -8, -8, dtype=np.uint64)
+    mac_bytes = data[off[:, None] + np.arange(12)].astype(np.uint64)
+    dst_mac = (mac_bytes[:, :6] << shifts).sum(axis=1, dtype=np.uint64)
+    src_mac = (mac_bytes[:, 6:] << shifts).sum(axis=1, dtype=np.uint64)
+
+    ethertype = word(12)
+    vlan = ethertype == 0x8100
+    error = vlan & (cap < 18)
+    ethertype = np.where(vlan, word(16), ethertype)
+    l3 = np.where(vlan, 18, 14)
+
+    is4 = ~error & (ethertype == 0x0800)
+    v4_fit = cap >= l3 + 20
+    error |= is4 & ~v4_fit
+    is4 &= v4_fit
+    ihl = byte(l3) & 0x0F
+    short_ihl = is4 & (ihl < 5)
+    options_fit = cap >= l3 + ihl * 4
+    error |= is4 & ~short_ihl & ~options_fit
+    first_fragment = ((word(l3 + 6) & 0x1FFF) == 0) & ~short_ihl & options_fit
+
+    is6 = ~error & (ethertype == 0x86DD)
+    v6_fit = cap >= l3 + 40
+    error |= is6 & ~v6_fit
+    is6 &= v6_fit
+
+    proto = np.where(is4, byte(l3 + 9), np.where(is6, byte(l3 + 6), -1))
+    l4 = np.where(is4, l3 + ihl * 4, l3 + 40)
+    parse_l4 = (is4 & first_fragment) | is6
+    is_icmp = (is4 & (proto == ICMP)) | (is6 & (proto == ICMPV6))
+    need = np.where(proto == TCP, 20, np.where(proto == UDP, 8, np.where(is_icmp, 4, 0)))
+    l4_fit = cap >= l4 + need
+    error |= parse_l4 & (need > 0) & ~l4_fit
+    transport = (proto == TCP) | (proto == UDP)
+    l4_valid = transport & parse_l4 & l4_fit
+    sport = np.where(l4_valid, word(l4), 0)
+    dport = np.where(l4_valid, word(l4 + 2), 0)
+    # A parser error stops every lookup; a TCP/UDP packet also needs its own header (l4_valid).
+    looked_up = (is4 | is6) & (transport | ~error)
+    return FlowBatch(
+        start=time,
+        src_mac=src_mac,
+        dst_mac=dst_mac,
+        proto=np.where(looked_up, proto, -1),
+        sport=sport,
+        dport=dport,
+        packets=np.ones(len(off), dtype=np.int64),
+        bytes=wire,
+        l4_valid=l4_valid,
+    )

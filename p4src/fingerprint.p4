@@ -1,0 +1,452 @@
+/*
+ * svcfp data plane (P4_16, v1model): maps every packet to (device, service) and counts it.
+ *
+ * The contract this program implements — names, IDs, semantics — is p4src/README.md; the
+ * reference switch (refswitch/) implements the same contract and the PTF suite checks both.
+ */
+
+#include <core.p4>
+#include <v1model.p4>
+
+#ifndef MAX_DEVICES
+#define MAX_DEVICES 1024
+#endif
+
+#ifndef MAX_SERVICES
+#define MAX_SERVICES 256
+#endif
+
+#ifndef DIGEST_CACHE_SIZE
+#define DIGEST_CACHE_SIZE 256
+#endif
+
+#ifndef DIGEST_REPEAT_US
+#define DIGEST_REPEAT_US 5000000
+#endif
+
+#ifndef FLOOD_GROUP
+#define FLOOD_GROUP 1
+#endif
+
+const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<16> ETHERTYPE_ARP  = 0x0806;
+const bit<16> ETHERTYPE_VLAN = 0x8100;
+const bit<16> ETHERTYPE_IPV6 = 0x86DD;
+
+const bit<8> PROTO_ICMP   = 1;
+const bit<8> PROTO_TCP    = 6;
+const bit<8> PROTO_UDP    = 17;
+const bit<8> PROTO_ICMPV6 = 58;
+
+header ethernet_t {
+    bit<48> dst;
+    bit<48> src;
+    bit<16> ether_type;
+}
+
+header vlan_t {
+    bit<3>  pcp;
+    bit<1>  dei;
+    bit<12> vid;
+    bit<16> ether_type;
+}
+
+header arp_t {
+    bit<16> htype;
+    bit<16> ptype;
+    bit<8>  hlen;
+    bit<8>  plen;
+    bit<16> oper;
+    bit<48> sha;
+    bit<32> spa;
+    bit<48> tha;
+    bit<32> tpa;
+}
+
+header ipv4_t {
+    bit<4>  version;
+    bit<4>  ihl;
+    bit<8>  diffserv;
+    bit<16> total_len;
+    bit<16> identification;
+    bit<3>  flags;
+    bit<13> frag_offset;
+    bit<8>  ttl;
+    bit<8>  protocol;
+    bit<16> hdr_checksum;
+    bit<32> src_addr;
+    bit<32> dst_addr;
+}
+
+// Up to 40 bytes of options: IHL 15 is 60 bytes, 20 of them the fixed header.
+header ipv4_options_t {
+    varbit<320> options;
+}
+
+header ipv6_t {
+    bit<4>   version;
+    bit<8>   traffic_class;
+    bit<20>  flow_label;
+    bit<16>  payload_len;
+    bit<8>   next_hdr;
+    bit<8>   hop_limit;
+    bit<128> src_addr;
+    bit<128> dst_addr;
+}
+
+header tcp_t {
+    bit<16> src_port;
+    bit<16> dst_port;
+    bit<32> seq_no;
+    bit<32> ack_no;
+    bit<4>  data_offset;
+    bit<4>  res;
+    bit<8>  flags;
+    bit<16> window;
+    bit<16> checksum;
+    bit<16> urgent_ptr;
+}
+
+header udp_t {
+    bit<16> src_port;
+    bit<16> dst_port;
+    bit<16> length;
+    bit<16> checksum;
+}
+
+// ICMP and ICMPv6 share their first four bytes; only those are parsed.
+header icmp_t {
+    bit<8>  icmp_type;
+    bit<8>  icmp_code;
+    bit<16> checksum;
+}
+
+struct headers_t {
+    ethernet_t     ethernet;
+    vlan_t         vlan;
+    arp_t          arp;
+    ipv4_t         ipv4;
+    ipv4_options_t ipv4_options;
+    ipv6_t         ipv6;
+    tcp_t          tcp;
+    udp_t          udp;
+    icmp_t         icmp;
+}
+
+// The new-device digest: its type name is the digest's P4Runtime name.
+struct new_device_t {
+    bit<48> mac;
+    bit<9>  port;
+}
+
+struct metadata_t {
+    bit<16> device_id;
+    bit<1>  registered;
+    bit<1>  has_service_key;
+    bit<8>  l4_proto;
+    bit<16> l4_sport;
+    bit<16> l4_dport;
+    bit<16> service_id;
+    bit<1>  flooded;
+    bit<32> digest_slot;
+    bit<48> cached_mac;
+    bit<48> cached_time;
+}
+
+parser ParserImpl(packet_in packet,
+                  out headers_t hdr,
+                  inout metadata_t meta,
+                  inout standard_metadata_t standard_metadata) {
+    state start {
+        packet.extract(hdr.ethernet);
+        transition select(hdr.ethernet.ether_type) {
+            ETHERTYPE_VLAN: parse_vlan;
+            ETHERTYPE_ARP:  parse_arp;
+            ETHERTYPE_IPV4: parse_ipv4;
+            ETHERTYPE_IPV6: parse_ipv6;
+            default:        accept;
+        }
+    }
+
+    // At most one tag: a second 0x8100 is left unparsed.
+    state parse_vlan {
+        packet.extract(hdr.vlan);
+        transition select(hdr.vlan.ether_type) {
+            ETHERTYPE_ARP:  parse_arp;
+            ETHERTYPE_IPV4: parse_ipv4;
+            ETHERTYPE_IPV6: parse_ipv6;
+            default:        accept;
+        }
+    }
+
+    state parse_arp {
+        packet.extract(hdr.arp);
+        transition accept;
+    }
+
+    // IHL below 5 cannot describe a valid header: stop there rather than guess where L4 starts.
+    state parse_ipv4 {
+        packet.extract(hdr.ipv4);
+        transition select(hdr.ipv4.ihl) {
+            0:       accept;
+            1:       accept;
+            2:       accept;
+            3:       accept;
+            4:       accept;
+            5:       parse_ipv4_l4;
+            default: parse_ipv4_options;
+        }
+    }
+
+    state parse_ipv4_options {
+        packet.extract(hdr.ipv4_options, (bit<32>)(((bit<16>)hdr.ipv4.ihl - 5) * 32));
+        transition parse_ipv4_l4;
+    }
+
+    // Only the first fragment carries the L4 header.
+    state parse_ipv4_l4 {
+        transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
+            (0, PROTO_TCP):  parse_tcp;
+            (0, PROTO_UDP):  parse_udp;
+            (0, PROTO_ICMP): parse_icmp;
+            default:         accept;
+        }
+    }
+
+    state parse_ipv6 {
+        packet.extract(hdr.ipv6);
+        transition select(hdr.ipv6.next_hdr) {
+            PROTO_TCP:    parse_tcp;
+            PROTO_UDP:    parse_udp;
+            PROTO_ICMPV6: parse_icmp;
+            default:      accept;
+        }
+    }
+
+    state parse_tcp {
+        packet.extract(hdr.tcp);
+        transition accept;
+    }
+
+    state parse_udp {
+        packet.extract(hdr.udp);
+        transition accept;
+    }
+
+    state parse_icmp {
+        packet.extract(hdr.icmp);
+        transition accept;
+    }
+}
+
+// Headers are forwarded unchanged, so there is nothing to verify or recompute.
+control VerifyChecksumImpl(inout headers_t hdr, inout metadata_t meta) {
+    apply { }
+}
+
+control IngressImpl(inout headers_t hdr,
+                    inout metadata_t meta,
+                    inout standard_metadata_t standard_metadata) {
+
+    // Indexed device_id * MAX_SERVICES + service_id. A counter rather than a register because
+    // P4Runtime servers read a whole counter array in one wildcard read; counters are never reset,
+    // the controller works with deltas.
+    @id(0x12000001)
+    counter(MAX_DEVICES * MAX_SERVICES, CounterType.packets_and_bytes) service_hits;
+
+    // New-device digest de-duplication cache: the last unregistered MAC announced from each slot
+    // and when. Only the data plane reads and writes these.
+    @id(0x16000001)
+    register<bit<48>>(DIGEST_CACHE_SIZE) digest_mac;
+    @id(0x16000002)
+    register<bit<48>>(DIGEST_CACHE_SIZE) digest_time;
+
+    @id(0x01000001)
+    action set_device(bit<16> device_id) {
+        meta.device_id = device_id;
+        meta.registered = 1;
+    }
+
+    @id(0x01000002)
+    action unregistered() {
+        meta.device_id = 0;
+        meta.registered = 0;
+    }
+
+    @id(0x01000003)
+    action set_service(bit<16> service_id) {
+        meta.service_id = service_id;
+    }
+
+    @id(0x01000004)
+    action forward(bit<9> port) {
+        standard_metadata.egress_spec = port;
+    }
+
+    @id(0x01000005)
+    action flood() {
+        standard_metadata.mcast_grp = FLOOD_GROUP;
+        meta.flooded = 1;
+    }
+
+    @id(0x01000006)
+    action drop() {
+        mark_to_drop(standard_metadata);
+    }
+
+    // Source MAC -> device id. A miss is an unregistered device: it is counted under device 0
+    // and announced to the controller.
+    @id(0x02000001)
+    table device_table {
+        key = {
+            hdr.ethernet.src: exact @name("src_mac");
+        }
+        actions = {
+            set_device;
+            @defaultonly unregistered;
+        }
+        default_action = unregistered();
+        size = MAX_DEVICES;
+    }
+
+    // (protocol, destination port) -> service id: the service a device uses as a client.
+    // Ternary protocol and range port let one entry cover a port range or a whole protocol.
+    @id(0x02000002)
+    table service_by_dst {
+        key = {
+            meta.l4_proto: ternary @name("proto");
+            meta.l4_dport: range @name("port");
+        }
+        actions = {
+            set_service;
+            @defaultonly NoAction;
+        }
+        default_action = NoAction();
+        size = 1024;
+    }
+
+    // (protocol, source port) -> service id, consulted only when service_by_dst misses: the
+    // service a device offers as a server, seen in its responses.
+    @id(0x02000003)
+    table service_by_src {
+        key = {
+            meta.l4_proto: ternary @name("proto");
+            meta.l4_sport: range @name("port");
+        }
+        actions = {
+            set_service;
+            @defaultonly NoAction;
+        }
+        default_action = NoAction();
+        size = 1024;
+    }
+
+    // Destination MAC -> egress port. Unknown and broadcast destinations flood; a default of
+    // drop() turns the switch into a tap that counts and forwards nothing.
+    @id(0x02000004)
+    table l2_forward {
+        key = {
+            hdr.ethernet.dst: exact @name("dst_mac");
+        }
+        actions = {
+            forward;
+            flood;
+            drop;
+        }
+        default_action = flood();
+        size = 1024;
+    }
+
+    apply {
+        meta.service_id = 0;
+        meta.flooded = 0;
+
+        device_table.apply();
+
+        if (meta.registered == 0) {
+            hash(meta.digest_slot, HashAlgorithm.crc16, (bit<32>)0, { hdr.ethernet.src },
+                 (bit<32>)DIGEST_CACHE_SIZE);
+            digest_mac.read(meta.cached_mac, meta.digest_slot);
+            digest_time.read(meta.cached_time, meta.digest_slot);
+            if (meta.cached_mac != hdr.ethernet.src
+                    || standard_metadata.ingress_global_timestamp - meta.cached_time
+                       >= DIGEST_REPEAT_US) {
+                digest<new_device_t>(1, { hdr.ethernet.src, standard_metadata.ingress_port });
+                digest_mac.write(meta.digest_slot, hdr.ethernet.src);
+                digest_time.write(meta.digest_slot, standard_metadata.ingress_global_timestamp);
+            }
+        }
+
+        // The service key. A TCP or UDP packet whose header is missing (later fragment) or
+        // truncated is never looked up, so it can never be mistaken for a port-0 service.
+        meta.has_service_key = 0;
+        meta.l4_proto = 0;
+        meta.l4_sport = 0;
+        meta.l4_dport = 0;
+        if (hdr.ipv4.isValid()) {
+            meta.l4_proto = hdr.ipv4.protocol;
+        } else if (hdr.ipv6.isValid()) {
+            meta.l4_proto = hdr.ipv6.next_hdr;
+        }
+        if (hdr.tcp.isValid()) {
+            meta.l4_sport = hdr.tcp.src_port;
+            meta.l4_dport = hdr.tcp.dst_port;
+            meta.has_service_key = 1;
+        } else if (hdr.udp.isValid()) {
+            meta.l4_sport = hdr.udp.src_port;
+            meta.l4_dport = hdr.udp.dst_port;
+            meta.has_service_key = 1;
+        } else if ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
+                   && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP
+                   && standard_metadata.parser_error == error.NoError) {
+            meta.has_service_key = 1;
+        }
+
+        if (meta.has_service_key == 1) {
+            if (!service_by_dst.apply().hit) {
+                service_by_src.apply();
+            }
+        }
+
+        service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
+
+        l2_forward.apply();
+    }
+}
+
+control EgressImpl(inout headers_t hdr,
+                   inout metadata_t meta,
+                   inout standard_metadata_t standard_metadata) {
+    apply {
+        // The flood group holds every port; never send a flooded copy back where it came from.
+        if (meta.flooded == 1
+                && standard_metadata.egress_port == standard_metadata.ingress_port) {
+            mark_to_drop(standard_metadata);
+        }
+    }
+}
+
+control ComputeChecksumImpl(inout headers_t hdr, inout metadata_t meta) {
+    apply { }
+}
+
+control DeparserImpl(packet_out packet, in headers_t hdr) {
+    apply {
+        packet.emit(hdr.ethernet);
+        packet.emit(hdr.vlan);
+        packet.emit(hdr.arp);
+        packet.emit(hdr.ipv4);
+        packet.emit(hdr.ipv4_options);
+        packet.emit(hdr.ipv6);
+        packet.emit(hdr.tcp);
+        packet.emit(hdr.udp);
+        packet.emit(hdr.icmp);
+    }
+}
+
+V1Switch(ParserImpl(),
+         VerifyChecksumImpl(),
+         IngressImpl(),
+         EgressImpl(),
+         ComputeChecksumImpl(),
+         DeparserImpl()) main;

@@ -1,0 +1,270 @@
+"""`svcfp switch`: run the reference switch, with flags modelled on simple_switch_grpc.
+
+    svcfp switch --grpc-addr 127.0.0.1:9559 --device-id 0 -i 0@veth0 -i 1@veth2 \\
+        --log-file logs/s1.log
+
+Pcap replays: `--pcap-in 0@trace.pcap` feeds a port from a file (as fast as possible, or at capture
+timing with `--pcap-timing`), `--pcap-out 1@out.pcap` records what leaves a port. A controller can
+program the switch and read its counters over gRPC while a replay runs; `--replay-start pipeline`
+holds the replay until a pipeline is committed, `--replay-start signal` until SIGUSR1 (sent by the
+controller once its tables are written). `--counters-out FILE.json` writes the final counters when
+the replay is done, and `--exit-when-done` then stops the switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from finsy.proto import p4r
+
+from controller.errors import InputError
+from controller.p4info import P4Schema
+from refswitch.ports import Ports, parse_binding
+from refswitch.server import P4RuntimeServer
+from refswitch.status import P4RuntimeError
+from refswitch.switch import Switch
+
+log = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `svcfp switch`."""
+    parser = subparsers.add_parser(
+        "switch",
+        help="run the reference P4Runtime switch (fingerprint.p4 in Python)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The switch's flags (also used by `python -m refswitch`)."""
+    parser.add_argument(
+        "--grpc-addr",
+        "--grpc-server-addr",
+        dest="grpc_addr",
+        default="127.0.0.1:9559",
+        help="P4Runtime server address (default: 127.0.0.1:9559)",
+    )
+    parser.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
+    parser.add_argument(
+        "-i",
+        "--interface",
+        action="append",
+        default=[],
+        metavar="N@IFNAME",
+        help="bind switch port N to a Linux interface (repeatable; needs root)",
+    )
+    parser.add_argument(
+        "--pcap-in",
+        action="append",
+        default=[],
+        metavar="N@FILE",
+        help="replay a pcap file into port N (repeatable)",
+    )
+    parser.add_argument(
+        "--pcap-out",
+        action="append",
+        default=[],
+        metavar="N@FILE",
+        help="write what egresses port N to a pcap file (repeatable)",
+    )
+    parser.add_argument(
+        "--pcap-timing",
+        action="store_true",
+        help="replay at capture timing instead of as fast as possible",
+    )
+    parser.add_argument(
+        "--replay-start",
+        choices=["now", "pipeline", "signal"],
+        default="now",
+        help="start replays at once, once a pipeline is committed, or on SIGUSR1 (default: now)",
+    )
+    parser.add_argument("--cpu-port", type=int, help="port whose frames become PacketIn messages")
+    parser.add_argument("--log-file", type=Path, help="this switch's log file")
+    parser.add_argument("--p4info", type=Path, help="preload a pipeline from this P4Info")
+    parser.add_argument(
+        "--bmv2-json", type=Path, help="device config stored with a preloaded pipeline (optional)"
+    )
+    parser.add_argument(
+        "--counters-out",
+        type=Path,
+        help="after the replays, write the service_hits counter (non-zero cells) to this JSON",
+    )
+    parser.add_argument(
+        "--exit-when-done", action="store_true", help="stop once every replay has finished"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the switch until SIGTERM/SIGINT (or the end of the replays with --exit-when-done)."""
+    if args.exit_when_done and not args.pcap_in:
+        raise InputError("--exit-when-done needs at least one --pcap-in")
+    _plain_loggers()
+    if args.log_file:
+        _log_to(args.log_file)
+    switch = Switch(args.device_id, cpu_port=args.cpu_port)
+    stop = threading.Event()
+    start_replay = threading.Event()
+    ports = Ports(switch)
+    server: P4RuntimeServer | None = None
+    previous: dict[signal.Signals, signal._HANDLER] = {}
+    try:
+        for text in args.interface:
+            ports.add_interface(*parse_binding(text, "-i"))
+        for text in args.pcap_out:
+            port, name = parse_binding(text, "--pcap-out")
+            ports.add_pcap_out(port, Path(name))
+        for text in args.pcap_in:
+            port, name = parse_binding(text, "--pcap-in")
+            ports.add_pcap_in(port, Path(name), timing=args.pcap_timing)
+        if args.p4info:
+            _preload(switch, args.p4info, args.bmv2_json)
+        try:
+            server = P4RuntimeServer(switch, args.grpc_addr).start()
+        except (OSError, RuntimeError) as exc:
+            raise InputError(f"--grpc-addr {args.grpc_addr}: cannot listen: {exc}") from exc
+
+        def on_stop(signum: int, frame: object) -> None:
+            log.info("signal %d: shutting down", signum)
+            stop.set()
+
+        for signum, handler in (
+            (signal.SIGTERM, on_stop),
+            (signal.SIGINT, on_stop),
+            (signal.SIGUSR1, lambda signum, frame: start_replay.set()),
+        ):
+            previous[signum] = signal.signal(signum, handler)
+        ports.start()
+        print(
+            f"svcfp switch: device {args.device_id} serving P4Runtime on {server.address}",
+            flush=True,
+        )
+        return _serve(args, switch, ports, stop, start_replay)
+    finally:
+        for restored, saved in previous.items():
+            signal.signal(restored, saved)
+        if server is not None:
+            server.stop()
+        ports.close()
+        switch.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    switch: Switch,
+    ports: Ports,
+    stop: threading.Event,
+    start_replay: threading.Event,
+) -> int:
+    if ports.replays:
+        while not stop.is_set():
+            ready = {
+                "now": True,
+                "pipeline": switch.program is not None,
+                "signal": start_replay.is_set(),
+            }[args.replay_start]
+            if ready:
+                break
+            stop.wait(0.05)
+        if stop.is_set():
+            return 0
+        ports.start_replays()
+        while not ports.wait_replays(timeout=0.1):
+            if stop.is_set():
+                return 0
+        if args.counters_out:
+            write_counters(switch, args.counters_out)
+        errors = [r.result.error for r in ports.replays if r.result.error is not None]
+        if args.exit_when_done:
+            if errors:
+                raise errors[0]
+            return 0
+        for error in errors:
+            log.error("%s", error)
+    stop.wait()
+    return 0
+
+
+def _preload(switch: Switch, p4info: Path, device_config: Path | None) -> None:
+    schema = P4Schema.load(p4info)
+    config = p4r.ForwardingPipelineConfig()
+    config.p4info.CopyFrom(schema.p4info)
+    if device_config is not None:
+        try:
+            config.p4_device_config = device_config.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {device_config}: {exc.strerror}") from exc
+    try:
+        switch.set_pipeline(p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT, config)
+    except P4RuntimeError as exc:
+        raise InputError(f"{p4info}: {exc.message}") from None
+
+
+def write_counters(switch: Switch, path: Path) -> None:
+    """The non-zero cells of service_hits as JSON, written atomically."""
+    program = switch.program
+    if program is None:
+        raise InputError(f"--counters-out {path}: no pipeline was loaded, nothing was counted")
+    packets, byte_counts = switch.read_counters()
+    cells = [
+        {
+            "index": int(index),
+            "device_id": int(index) // program.max_services,
+            "service_id": int(index) % program.max_services,
+            "packets": int(packets[index]),
+            "bytes": int(byte_counts[index]),
+        }
+        for index in packets.nonzero()[0]
+    ]
+    document = {
+        "counter": program.service_hits.name,
+        "max_devices": program.max_devices,
+        "max_services": program.max_services,
+        "cells": cells,
+    }
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(document, indent=1) + "\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+    log.info("wrote %d non-zero counter cells to %s", len(cells), path)
+
+
+def _plain_loggers() -> None:
+    """Make the switch's loggers plain children of the root logger again.
+
+    Importing Mininet (mininet.log) replaces the logger class for the whole process, so every
+    logger created afterwards gets its own level and stderr handler; whether that happened to
+    refswitch's loggers depends on import order, and the switch's log must not.
+    """
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "refswitch" or name.startswith("refswitch.")) and isinstance(
+            logger, logging.Logger
+        ):
+            logger.setLevel(logging.NOTSET)
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def _log_to(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise InputError(f"--log-file {path}: {exc.strerror}") from exc
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logging.getLogger().addHandler(handler)

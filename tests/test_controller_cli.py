@@ -1,0 +1,119 @@
+"""`svcfp run` on bad input: a clear message, a non-zero status, stored data kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.activity import ActivityRecord
+from controller.cli import main
+from controller.storage import Baseline, Storage
+from tests.conftest import P4INFO
+from tests.test_controller_e2e import DEVICE_ID, Wire
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "svcfp.db"
+    with Storage(path) as store:
+        store.check_meta("time_unit_seconds", "3600.0")
+        store.record_poll("s1", Baseline.zeros(4), [ActivityRecord("aa", 1, "tcp/443", 2, 20)], 1)
+    return path
+
+
+def kept(db: Path) -> bool:
+    with Storage(db) as store:
+        return store.activity() == [ActivityRecord("aa", 1, "tcp/443", 2, 20)]
+
+
+def run(*args: str) -> list[str]:
+    return ["run", "--p4info", str(P4INFO), "--connect-timeout", "0.5", *args]
+
+
+def test_unreachable_switch(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(run("--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--db", str(db)))
+    assert status == 3
+    assert "switch s1 at 127.0.0.1:1 (device id 0) is unreachable" in capsys.readouterr().err
+    assert kept(db)
+
+
+def test_wrong_device_id(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wire = Wire()
+    try:
+        status = main(run("--grpc-addr", wire.address, "--device-id", "9", "--db", str(db)))
+    finally:
+        wire.stop()
+    assert status == 3
+    err = capsys.readouterr().err
+    assert f"switch s1 at {wire.address} (device id 9) refused" in err
+    assert "Invalid device id 9" in err
+    assert kept(db)
+
+
+def test_unreadable_catalogue(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "catalogue.json"
+    bad.write_text("{ not json")
+    status = main(
+        run(
+            "--grpc-addr",
+            "127.0.0.1:1",
+            "--device-id",
+            "0",
+            "--db",
+            str(db),
+            "--catalogue",
+            str(bad),
+        )
+    )
+    assert status == 2
+    assert str(bad) in capsys.readouterr().err
+    assert kept(db)
+
+
+def test_flag_errors(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(run("--grpc-addr", "127.0.0.1:1", "--db", str(db))) == 2
+    assert "--device-id is required with --grpc-addr" in capsys.readouterr().err
+    switches = tmp_path / "switches.json"
+    switches.write_text('[{"name": "s1", "grpc_addr": "127.0.0.1:1"}]')
+    assert main(run("--switches", str(switches), "--db", str(db))) == 2
+    assert "switch #0: missing 'device_id'" in capsys.readouterr().err
+    assert (
+        main(run("--grpc-addr", "x:1", "--device-id", "0", "--time-unit", "1", "--db", str(db)))
+        == 2
+    )
+    assert "written with time_unit_seconds=3600.0, not 1.0" in capsys.readouterr().err
+    assert kept(db)
+
+
+def test_bounded_run_against_the_reference_switch(db: Path, tmp_path: Path) -> None:
+    wire = Wire()
+    switches = tmp_path / "switches.json"
+    switches.write_text(
+        f'[{{"name": "edge", "grpc_addr": "{wire.address}", "device_id": {DEVICE_ID}, '
+        f'"ports": [0, 1, 2], "l2": {{"02:00:00:00:00:01": 1}}}}]'
+    )
+    try:
+        status = main(
+            run(
+                "--switches",
+                str(switches),
+                "--db",
+                str(db),
+                "--interval",
+                "0.1",
+                "--duration",
+                "0.5",
+                "--export",
+                str(tmp_path / "out"),
+            )
+        )
+        assert status == 0
+        exported = (tmp_path / "out" / "activity.csv").read_text().splitlines()
+        assert exported == ["device,unit,service,packets,bytes", "aa,1,tcp/443,2,20"]
+        assert (tmp_path / "out" / "decisions.csv").read_text().startswith("id,device,")
+        assert wire.switch.replication.ports() == {1: (0, 1, 2)}
+        assert wire.switch.pipeline is not None
+    finally:
+        wire.stop()
+    assert kept(db)

@@ -1,0 +1,448 @@
+"""End to end over real gRPC: the controller programs the reference switch, frames go through its
+pipeline, and exact activity lands in SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from finsy.proto import p4i, p4r
+from google.protobuf import text_format
+
+from controller import entries
+from controller.activity import ActivityTable
+from controller.catalogue import Catalogue
+from controller.errors import InputError, SwitchError
+from controller.p4info import P4Schema, decode_int, decode_mac
+from controller.registry import RegisterPolicy
+from controller.run import Controller, RunConfig, SwitchSpec
+from controller.session import Session, SwitchTarget, WriteError
+from controller.storage import Storage
+from tests.conftest import P4INFO
+
+server_module = pytest.importorskip("refswitch.server")
+switch_module = pytest.importorskip("refswitch.switch")
+
+CAMERA = "02:00:00:00:00:0a"
+PLUG = "02:00:00:00:00:0b"
+SERVER = "02:00:00:00:00:fe"
+DEVICE_ID = 3
+
+
+def frame(src: str, dst: str, proto: int, sport: int, dport: int, size: int) -> bytes:
+    """An Ethernet/IPv4/TCP-or-UDP frame of exactly `size` bytes."""
+    l4 = (
+        struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, 0x02, 1024, 0, 0)
+        if proto == 6
+        else struct.pack("!HHHH", sport, dport, size - 34, 0)
+    )
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        size - 14,
+        1,
+        0,
+        64,
+        proto,
+        0,
+        bytes([10, 0, 0, 2]),
+        bytes([10, 0, 0, 1]),
+    )
+    head = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", "")) + b"\x08\x00"
+    packet = head + ip + l4
+    return packet + bytes(size - len(packet))
+
+
+class Wire:
+    """A reference switch with a P4Runtime server on an ephemeral port, capturing egress."""
+
+    def __init__(self, device_id: int = DEVICE_ID, address: str = "127.0.0.1:0") -> None:
+        self.switch = switch_module.Switch(device_id)
+        self.sent: list[tuple[int, bytes]] = []
+        self.switch.set_transmit(lambda port, data: self.sent.append((port, data)))
+        self.server = server_module.P4RuntimeServer(self.switch, address).start()
+        self.address = self.server.address
+
+    def send(self, data: bytes, port: int, count: int = 1) -> None:
+        for _ in range(count):
+            self.switch.receive(data, port)
+
+    def stop(self) -> None:
+        self.server.stop(0)
+        self.switch.close()
+
+
+@pytest.fixture
+def wire() -> Iterator[Wire]:
+    started = Wire()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def config(tmp_path: Path, address: str, **overrides: object) -> RunConfig:
+    devices = tmp_path / "devices.csv"
+    devices.write_text(f"mac,label,port\n{CAMERA},camera,1\n{SERVER},service-host,0\n")
+    values: dict[str, object] = {
+        "switches": (SwitchSpec("s1", address, DEVICE_ID, ports=(0, 1, 2, 3)),),
+        "p4info": P4INFO,
+        "interval": 0.1,
+        "time_unit": 3600.0,
+        "db": tmp_path / "svcfp.db",
+        "devices": devices,
+        "connect_timeout": 3.0,
+        "reconnect_delay": 0.1,
+    }
+    values.update(overrides)
+    return RunConfig(**values)  # type: ignore[arg-type]
+
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    """Wait (bounded) until `condition()` is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
+    """Every entry of the four tables, read by a backup (read-only) session."""
+    schema = P4Schema.load(P4INFO)
+    target = SwitchTarget("reader", address, DEVICE_ID, election_id=(0, 1), role="monitor")
+    async with Session(target, connect_timeout=3.0) as session:
+        found: dict[str, list[p4r.TableEntry]] = {}
+        for name in (entries.DEVICE_TABLE, *entries.SERVICE_TABLES, entries.L2_TABLE):
+            table = p4r.TableEntry(table_id=schema.table(name).id)
+            read = await session.read([p4r.Entity(table_entry=table)])
+            found[name] = [e.table_entry for e in read]
+        return found
+
+
+def totals(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    with Storage(db) as store:
+        summed: dict[tuple[str, str], tuple[int, int]] = {}
+        for row in store.activity():
+            p, b = summed.get((row.device, row.service), (0, 0))
+            summed[(row.device, row.service)] = (p + row.packets, b + row.bytes)
+        return summed
+
+
+def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Path) -> None:
+    async def scenario() -> Controller:
+        controller = Controller(config(tmp_path, wire.address))
+        task = asyncio.create_task(controller.run())
+        await until(lambda: controller.workers[0].session is not None)
+        wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
+        wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=2)
+        # The plug is unknown: its first frame raises a digest and registers it.
+        wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2)
+        await until(lambda: (controller.registry.get(PLUG) or None) is not None)
+        await until(lambda: len(wire.switch.pipeline.tables.devices) >= 3)
+        wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2, count=4)
+        wire.send(frame(SERVER, PLUG, 17, 123, 123, 90), port=0)
+        await asyncio.sleep(0.3)
+        controller.stop.set()
+        await task
+        return controller
+
+    controller = asyncio.run(scenario())
+    plug = controller.registry.get(PLUG)
+    assert plug is not None and (plug.device_id, plug.port, plug.source) == (3, 2, "digest")
+    assert totals(tmp_path / "svcfp.db") == {
+        (CAMERA, "tcp/443"): (3, 300),
+        (CAMERA, "udp/53"): (2, 160),
+        (PLUG, "udp/123"): (4, 360),
+        (SERVER, "udp/123"): (1, 90),
+    }
+    # The frame to the plug went out of its learned port only; unknown destinations flood.
+    assert [port for port, data in wire.sent if data[:6] == bytes.fromhex("02000000000b")] == [2]
+
+    tables = asyncio.run(read_tables(wire.address))
+    devices = {
+        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
+        for e in tables[entries.DEVICE_TABLE]
+    }
+    assert devices == {CAMERA: 1, SERVER: 2, PLUG: 3}
+    catalogue = Catalogue.default()
+    assert len(tables[entries.SERVICE_TABLES[0]]) == len(catalogue.dst_services())
+    assert len(tables[entries.SERVICE_TABLES[1]]) == len(catalogue.src_services())
+    l2 = {
+        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
+        for e in tables[entries.L2_TABLE]
+    }
+    assert l2 == {CAMERA: 1, SERVER: 0, PLUG: 2}
+
+
+def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path: Path) -> None:
+    async def run_once(send: int) -> Controller:
+        controller = Controller(config(tmp_path, wire.address))
+        task = asyncio.create_task(controller.run())
+        await until(lambda: controller.workers[0].session is not None)
+        wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=send)
+        await asyncio.sleep(0.3)
+        controller.stop.set()
+        await task
+        return controller
+
+    first = asyncio.run(run_once(2))
+    assert first.stats.pushes == {"s1": 1}
+    second = asyncio.run(run_once(5))
+    assert second.stats.pushes == {}, "the switch still runs our pipeline: attach, keep state"
+    assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (7, 700)}
+
+
+def test_monitor_joins_as_backup_without_disturbing_the_primary(wire: Wire, tmp_path: Path) -> None:
+    async def scenario() -> tuple[Controller, Controller]:
+        primary = Controller(config(tmp_path, wire.address))
+        primary_task = asyncio.create_task(primary.run())
+        await until(lambda: primary.workers[0].session is not None)
+        monitor = Controller(
+            config(
+                tmp_path,
+                wire.address,
+                role="monitor",
+                skip_config=True,
+                election_id=(0, 1),
+                db=tmp_path / "monitor.db",
+            )
+        )
+        monitor_task = asyncio.create_task(monitor.run())
+        await until(lambda: monitor.workers[0].session is not None)
+        session = monitor.workers[0].session
+        assert session is not None and not session.is_primary
+        wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=6)
+        await asyncio.sleep(0.4)
+        primary_session = primary.workers[0].session
+        assert primary_session is not None and primary_session.is_primary
+        monitor.stop.set()
+        await monitor_task
+        await asyncio.sleep(0.2)
+        primary.stop.set()
+        await primary_task
+        return primary, monitor
+
+    primary, _ = asyncio.run(scenario())
+    assert primary.stats.connects == {"s1": 1}, "the primary never lost its session"
+    assert totals(tmp_path / "svcfp.db") == {(CAMERA, "udp/53"): (6, 480)}
+    assert totals(tmp_path / "monitor.db") == {(CAMERA, "udp/53"): (6, 480)}
+
+
+def test_wrong_device_id_and_unreachable_switch_name_the_switch(wire: Wire) -> None:
+    async def connect(address: str, device_id: int, timeout: float) -> None:
+        async with Session(SwitchTarget("s9", address, device_id), connect_timeout=timeout):
+            pass
+
+    with pytest.raises(SwitchError, match=rf"switch s9 at {wire.address} \(device id 7\)"):
+        asyncio.run(connect(wire.address, 7, 2.0))
+    with pytest.raises(
+        SwitchError, match=r"switch s9 at 127.0.0.1:1 \(device id 3\) is unreachable"
+    ):
+        asyncio.run(connect("127.0.0.1:1", DEVICE_ID, 0.5))
+
+
+def test_mismatched_p4info_is_refused_naming_the_object(wire: Wire, tmp_path: Path) -> None:
+    async def push_then_attach(other: Path) -> None:
+        first = Controller(config(tmp_path, wire.address, duration=0.1))
+        await first.run()
+        second = Controller(config(tmp_path, wire.address, p4info=other, skip_config=True))
+        await second.run()
+
+    schema = P4Schema.load(P4INFO)
+    changed = p4i.P4Info()
+    changed.CopyFrom(schema.p4info)
+    changed.tables[3].size = 2048
+    other = tmp_path / "other.p4info.txtpb"
+    other.write_text(text_format.MessageToString(changed))
+    with pytest.raises(InputError, match=r"table IngressImpl.l2_forward differs"):
+        asyncio.run(push_then_attach(other))
+
+
+def test_per_update_errors_are_listed(wire: Wire) -> None:
+    schema = P4Schema.load(P4INFO)
+
+    async def scenario() -> WriteError:
+        target = SwitchTarget("s1", wire.address, DEVICE_ID, election_id=(0, 5))
+        async with Session(target, connect_timeout=3.0) as session:
+            await session.ensure_pipeline(schema, b"", skip_config=False)
+            good = entries.device_entry(schema, CAMERA, 1)
+            await session.write(entries.updates(p4r.Update.INSERT, [good]))
+            again = entries.updates(
+                p4r.Update.INSERT, [entries.device_entry(schema, PLUG, 2), good]
+            )
+            try:
+                await session.write(again, "Write devices")
+            except WriteError as exc:
+                return exc
+        raise AssertionError("the duplicate insert was accepted")
+
+    error = asyncio.run(scenario())
+    assert [(f.index, f.code) for f in error.failures] == [(1, "ALREADY_EXISTS")]
+    assert "switch s1 at" in str(error) and "Write devices: 1 update(s) refused" in str(error)
+
+
+def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
+    wire: Wire, tmp_path: Path
+) -> None:
+    newcomer = "02:00:00:00:00:0c"
+
+    async def scenario() -> Controller:
+        controller = Controller(config(tmp_path, wire.address, idle_timeout=0.6))
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: controller.workers[0].session is not None)
+            wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
+            await until(lambda: controller.registry.get(PLUG) is not None)
+            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2, count=5)
+            # The plug falls silent: its entry goes, then its id 3 is freed.
+            await until(lambda: (controller.registry.get(PLUG) or None).device_id is None)
+            assert len(wire.switch.pipeline.tables.devices) == 2
+            wire.send(frame(newcomer, SERVER, 6, 5000, 443, 70), port=3)
+            await until(lambda: controller.registry.get(newcomer) is not None)
+            row = controller.registry.get(newcomer)
+            assert row is not None and row.device_id == 3
+            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            wire.send(frame(newcomer, SERVER, 6, 5000, 443, 70), port=3, count=2)
+            polled = controller.cycle
+            await until(lambda: controller.cycle >= polled + 2)
+        finally:
+            controller.stop.set()
+            await task
+        return controller
+
+    asyncio.run(scenario())
+    assert totals(tmp_path / "svcfp.db") == {
+        (PLUG, "udp/53"): (5, 320),
+        (newcomer, "tcp/443"): (2, 140),
+    }
+
+
+def test_closed_units_reach_the_callback(wire: Wire, tmp_path: Path) -> None:
+    closed: list[ActivityTable] = []
+
+    async def scenario() -> None:
+        controller = Controller(config(tmp_path, wire.address, time_unit=0.5), closed.append)
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: controller.workers[0].session is not None)
+            wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
+            await until(lambda: len(closed) > 0 and sum(len(t) for t in closed) > 0)
+        finally:
+            controller.stop.set()
+            await task
+
+    asyncio.run(scenario())
+    rows = [r for table in closed for r in table.records()]
+    assert all(table.unit_seconds == 0.5 for table in closed)
+    assert [(r.device, r.service, r.packets, r.bytes) for r in rows] == [
+        (CAMERA, "tcp/443", 2, 200)
+    ]
+
+
+def test_full_device_table_warns_and_keeps_serving(
+    wire: Wire, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> Controller:
+        controller = Controller(config(tmp_path, wire.address, capacity=2))
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: controller.workers[0].session is not None)
+            wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
+            await until(lambda: "event=registry_full" in caplog.text)
+            wire.send(frame(CAMERA, SERVER, 17, 5000, 53, 64), port=1, count=3)
+            polled = controller.cycle
+            await until(lambda: controller.cycle >= polled + 2)
+        finally:
+            controller.stop.set()
+            await task
+        return controller
+
+    controller = asyncio.run(scenario())
+    assert controller.registry.get(PLUG) is None
+    assert "device table full: 2 of 2 device ids in use; 02:00:00:00:00:0b" in caplog.text
+    assert totals(tmp_path / "svcfp.db") == {(CAMERA, "udp/53"): (3, 192)}
+    learned = controller.workers[0].forwarding.table()
+    assert learned[PLUG] == 2, "forwarding still learns the unregistered device"
+
+
+def test_several_switches_from_one_process(tmp_path: Path) -> None:
+    wires = [Wire(), Wire()]
+    try:
+        specs = tuple(
+            SwitchSpec(f"s{i + 1}", w.address, DEVICE_ID, ports=(0, 1)) for i, w in enumerate(wires)
+        )
+
+        async def scenario() -> Controller:
+            controller = Controller(config(tmp_path, wires[0].address, switches=specs))
+            task = asyncio.create_task(controller.run())
+            try:
+                await until(lambda: all(w.session is not None for w in controller.workers))
+                wires[0].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
+                wires[1].send(frame(SERVER, CAMERA, 6, 443, 50000, 60), port=0, count=3)
+                wires[1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=1)
+                await until(lambda: controller.registry.get(PLUG) is not None)
+                polled = controller.cycle
+                await until(lambda: controller.cycle >= polled + 2)
+            finally:
+                controller.stop.set()
+                await task
+            return controller
+
+        controller = asyncio.run(scenario())
+        assert controller.stats.pushes == {"s1": 1, "s2": 1}
+        plug = controller.registry.get(PLUG)
+        assert plug is not None and plug.switch == "s2"
+        # The plug's entry lives on its home switch only.
+        assert len(wires[0].switch.pipeline.tables.devices) == 2
+        assert len(wires[1].switch.pipeline.tables.devices) == 3
+        assert totals(tmp_path / "svcfp.db") == {
+            (CAMERA, "tcp/443"): (2, 200),
+            (SERVER, "tcp/443"): (3, 180),
+        }
+    finally:
+        for wire in wires:
+            wire.stop()
+
+
+def test_tap_mode_counts_then_drops_and_policy_filters(wire: Wire, tmp_path: Path) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{PLUG}\n")
+    stranger = "02:00:00:00:00:0d"
+
+    async def scenario() -> Controller:
+        controller = Controller(
+            config(
+                tmp_path, wire.address, tap=True, policy=RegisterPolicy.parse("allowlist", allow)
+            )
+        )
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: controller.workers[0].session is not None)
+            wire.send(frame(stranger, SERVER, 17, 5000, 53, 64), port=3)
+            wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
+            await until(lambda: controller.registry.get(PLUG) is not None)
+            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            wire.send(frame(PLUG, CAMERA, 17, 5000, 53, 64), port=2, count=2)
+            wire.send(frame(CAMERA, PLUG, 6, 443, 5000, 100), port=1)
+            polled = controller.cycle
+            await until(lambda: controller.cycle >= polled + 2)
+        finally:
+            controller.stop.set()
+            await task
+        return controller
+
+    controller = asyncio.run(scenario())
+    assert controller.registry.get(stranger) is None, "not on the allowlist"
+    assert wire.sent == [], "tap mode forwards nothing"
+    assert wire.switch.replication.ports() == {}
+    assert totals(tmp_path / "svcfp.db") == {
+        (PLUG, "udp/53"): (2, 128),
+        (CAMERA, "tcp/443"): (1, 100),
+    }

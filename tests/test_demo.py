@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from controller import synth
+from controller.demo import DemoConfig, build_scenario, choose_types, main, run_demo
+from controller.errors import InputError
+from topology.state import STATE_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config(tmp_path: Path, **changes: object) -> DemoConfig:
+    base = DemoConfig(
+        out=tmp_path / "out",
+        logs=tmp_path / "logs",
+        units=30,
+        grpc_port=free_port(),
+        p4info=ROOT / "p4src" / "fingerprint.p4info.txtpb",
+    )
+    return DemoConfig(**{**base.__dict__, **changes})
+
+
+def test_default_types_are_known_profiles_and_choices_are_checked(tmp_path: Path) -> None:
+    names = sorted(synth.load_profiles())
+    known, held_out = choose_types(config(tmp_path), names)
+    assert set(known) <= set(names) and held_out in names and held_out not in known
+    with pytest.raises(InputError, match="unknown profile 'toaster'"):
+        choose_types(config(tmp_path, held_out="toaster"), names)
+    with pytest.raises(InputError, match="'plug' is also among the known types"):
+        choose_types(config(tmp_path, known=("camera", "plug"), held_out="plug"), names)
+
+
+def test_scenario_enrolls_only_known_types_and_schedules_every_host(tmp_path: Path) -> None:
+    scenario = build_scenario(config(tmp_path, known=("camera", "plug"), held_out="hub"))
+    assert scenario.references.types == ("camera", "plug")
+    assert scenario.truth == {"d1": "camera", "d2": "plug", "d3": "hub"}
+    assert set(scenario.schedules) == {"d1", "d2", "d3"}
+    assert all(len(s.units) == 30 for s in scenario.schedules.values())
+    # The hub serves tcp/80 (a peer probes it); the camera never serves anything.
+    assert any(service == "tcp/80" for _, service in scenario.schedules["d3"].serve)
+    assert scenario.schedules["d1"].serve == ()
+
+
+def test_bad_arguments_are_input_errors() -> None:
+    args = argparse.Namespace(units=0, unit_seconds=1.0, devices_per_type=1)
+    with pytest.raises(InputError, match="--units"):
+        main(args)
+
+
+@pytest.mark.slow
+def test_no_network_mode_identifies_known_devices_and_flags_the_held_out_type(
+    tmp_path: Path,
+) -> None:
+    chosen = config(tmp_path, no_network=True)
+    shown = io.StringIO()
+    summary = run_demo(chosen, shown)
+    text = shown.getvalue()
+    assert "no Mininet network" in text
+    assert summary["mode"] == "pcap replay (refswitch)"
+    rows = {row["device"]: row for row in summary["devices"]}
+    assert {host: row["true_type"] for host, row in rows.items()} == {
+        "d1": "camera", "d2": "plug", "d3": "speaker", "d4": "thermostat", "d5": "hub"
+    }  # fmt: skip
+    for host in ("d1", "d2", "d3", "d4"):
+        assert rows[host]["identified"] == rows[host]["true_type"], rows[host]
+        assert rows[host]["exported"]
+    assert rows["d5"]["identified"] == "unknown"
+    assert rows["d5"]["best_type"] in {"camera", "plug", "speaker", "thermostat"}
+    assert summary["correct"] == 5
+    assert summary["seconds"] < 300
+    # Every decision carries its explanation, and the shares add up to the similarity.
+    for decision in summary["decisions"]:
+        why = decision["explanation"]
+        shares = sum(c["share"] for g in ("matched", "unexpected", "missing") for c in why[g])
+        assert shares == pytest.approx(decision["similarity"])
+    out = chosen.out
+    for name in ("decisions.json", "report.md", "similarity.png", "confusion.png", "activity.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "decisions.json").read_text()) == summary
+    with (out / "demo.pcap").open("rb") as handle:
+        frames = sum(1 for _ in dpkt.pcap.Reader(handle))
+    assert frames == summary["playback"]["frames"] > 0
+    # The switch process was stopped and the run record removed.
+    assert not (chosen.logs / STATE_FILE).exists()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", chosen.grpc_port))

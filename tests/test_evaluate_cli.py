@@ -1,0 +1,138 @@
+"""`svcfp enroll`, `svcfp identify` and `svcfp evaluate` end to end on small files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.activity import ActivityTable
+from controller.cli import main
+from controller.engine_cli import merge_instances
+
+SERVICES = {
+    "camera": ["tcp/443", "tcp/554", "udp/53"],
+    "plug": ["udp/9999", "udp/53"],
+    "hub": ["tcp/80", "udp/1900", "udp/5353"],
+}
+
+
+def mac(kind: str, i: int) -> str:
+    return f"02:00:00:00:{list(SERVICES).index(kind):02x}:{i:02x}"
+
+
+def write_inputs(tmp_path: Path, devices: int, units: int, first: int = 1) -> tuple[Path, Path]:
+    rows = []
+    labels = ["mac,label"]
+    for kind, used in SERVICES.items():
+        for i in range(first, first + devices):
+            labels.append(f"{mac(kind, i)},{kind}")
+            for unit in range(units):
+                rows += [(mac(kind, i), unit, s, 3, 300) for s in used]
+    activity = tmp_path / f"activity-{first}.csv"
+    ActivityTable.from_records(rows, unit_seconds=60.0).to_csv(activity)
+    label_file = tmp_path / "labels.csv"
+    label_file.write_text("\n".join(labels) + "\n")
+    return activity, label_file
+
+
+EXPORTER = ["--unit-seconds", "60", "--tau", "0.9", "--k", "2", "--n-min", "4", "--n-max", "8"]
+
+
+def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train, labels = write_inputs(tmp_path, devices=2, units=12)
+    refs = tmp_path / "refs.json"
+    status = main(
+        [
+            *("enroll", "--activity", str(train), "--labels", str(labels), "--out", str(refs)),
+            *(*EXPORTER, "--granularity", "list"),
+        ]
+    )
+    assert status == 0
+    saved = json.loads(refs.read_text())
+    # 12 units in windows of 4: 3 windows per device, 6 devices.
+    assert len(saved["references"]) == 18
+    assert (saved["representation"], saved["mode"], saved["theta"]) == ("list", "nearest", 1.0)
+    capsys.readouterr()
+
+    test, _ = write_inputs(tmp_path, devices=1, units=4, first=9)
+    status = main(
+        ["identify", "--activity", str(test), "--references", str(refs), "--format", "json"]
+    )
+    assert status == 0
+    decisions = json.loads(capsys.readouterr().out)
+    assert sorted((d["device"], d["label"], d["similarity"]) for d in decisions) == [
+        (mac("camera", 9), "camera", 1.0),
+        (mac("plug", 9), "plug", 1.0),
+        (mac("hub", 9), "hub", 1.0),
+    ]
+    matched = {c["service"] for d in decisions for c in d["explanation"]["matched"]}
+    assert matched == {s for used in SERVICES.values() for s in used}
+
+    status = main(["identify", "--activity", str(test), "--references", str(refs)])
+    table = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert table[0].startswith("device\twindow\tlabel")
+    assert any(line.startswith(f"{mac('plug', 9)}\t0-4\tplug\tplug\t1.000") for line in table)
+
+
+def test_identify_rejects_a_different_representation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, labels = write_inputs(tmp_path, devices=2, units=8)
+    refs = tmp_path / "refs.json"
+    args = ["--activity", str(train), *EXPORTER]
+    assert main(["enroll", *args, "--labels", str(labels), "--out", str(refs)]) == 0
+    status = main(["identify", *args, "--references", str(refs), "--granularity", "list"])
+    assert status == 2
+    assert "refs.json: references are prevalence" in capsys.readouterr().err
+
+
+def test_evaluate_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    activity, labels = write_inputs(tmp_path, devices=2, units=16)
+    out = tmp_path / "report"
+    status = main(
+        [
+            *("evaluate", "--activity", str(activity), "--labels", str(labels), "--out", str(out)),
+            *(*EXPORTER, "--granularities", "list,prevalence", "--no-progress"),
+        ]
+    )
+    assert status == 0
+    assert "best: list, nearest, unit 60 s: accuracy 1.000" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["closed_set"]["accuracy"] for r in metrics["results"]] == [1.0] * 4
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json",
+        "report.md",
+        "confusion.png",
+        "convergence_cdf.png",
+        "similarity.png",
+    }
+
+
+def test_bad_input_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.csv"
+    broken.write_text("device,unit,service,packets,bytes\naa:bb:cc:dd:ee:01,x,tcp/443,1,1\n")
+    refs = tmp_path / "refs.json"
+    status = main(
+        ["enroll", "--activity", str(broken), "--labels", str(broken), "--out", str(refs)]
+    )
+    assert status == 2
+    assert "broken.csv" in capsys.readouterr().err
+    assert not refs.exists()
+
+
+def test_merge_instances() -> None:
+    merged = merge_instances(
+        {"EdimaxCam1", "EdimaxCam2", "WeMoSwitch", "WeMoSwitch2", "iKettle2", "HS100", "HS110"}
+    )
+    assert merged == {
+        "EdimaxCam1": "EdimaxCam",
+        "EdimaxCam2": "EdimaxCam",
+        "WeMoSwitch": "WeMoSwitch",
+        "WeMoSwitch2": "WeMoSwitch",
+        "iKettle2": "iKettle2",
+        "HS100": "HS100",
+        "HS110": "HS110",
+    }

@@ -1,0 +1,218 @@
+"""Enrolment, θ selection, closed/open-set decisions and explanations on hand-made references."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.errors import InputError
+from controller.fingerprint import Fingerprint, FingerprintSet
+from controller.identify import (
+    UNKNOWN,
+    References,
+    choose_theta,
+    enroll,
+    explain,
+    identify,
+    own_type_similarity,
+    score,
+)
+
+
+def fp(device: str, services: str, granularity: int | None = 1, start: int = 0) -> Fingerprint:
+    names = tuple(sorted(services.split())) if services else ()
+    return Fingerprint(
+        device, start, start + 10, granularity, names, np.ones(len(names)), True, 1.0
+    )
+
+
+# Type X: {a,b}, {a,b,c}, {a}; type Y: {d}, {d,e}; type Z: {f} (a single reference).
+REFERENCE_FPS = [
+    fp("x1", "a b"),
+    fp("x2", "a b c"),
+    fp("x3", "a"),
+    fp("y1", "d"),
+    fp("y2", "d e"),
+    fp("z1", "f"),
+]
+LABELS = {"x1": "X", "x2": "X", "x3": "X", "y1": "Y", "y2": "Y", "z1": "Z"}
+
+
+def references(mode: str = "nearest", theta: float | None = None) -> References:
+    return enroll(
+        FingerprintSet.from_fingerprints(REFERENCE_FPS),
+        LABELS,
+        mode=mode,  # type: ignore[arg-type]
+        theta=theta,
+        percentile=0.0,
+    )
+
+
+class TestTheta:
+    def test_nearest_leave_one_out_similarities(self) -> None:
+        # x1: max(J(x1,x2)=2/3, J(x1,x3)=1/2); x2: max(2/3, 1/3); x3: max(1/2, 1/3);
+        # y1, y2: 1/2; z1 has no other reference of its type.
+        values = own_type_similarity(references())
+        assert values[:5] == pytest.approx([2 / 3, 2 / 3, 1 / 2, 1 / 2, 1 / 2])
+        assert np.isnan(values[5])
+
+    def test_centroid_leave_one_out_similarities(self) -> None:
+        # Without x1: mean {a:1, b:.5, c:.5} rounds to {a,b,c} → J = 2/3. Without x2: {a,b} → 2/3.
+        # Without x3: {a,b,c} → 1/3. Without y1: {d,e} → 1/2; without y2: {d} → 1/2.
+        values = own_type_similarity(references("centroid"))
+        assert values[:5] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 1 / 2, 1 / 2])
+
+    @pytest.mark.parametrize(
+        ("mode", "percentile", "expected"),
+        [
+            ("nearest", 0.0, 0.5),
+            ("nearest", 50.0, 0.5),
+            ("nearest", 80.0, 2 / 3),
+            ("centroid", 0.0, 1 / 3),
+            ("centroid", 30.0, 0.5),
+        ],
+    )
+    def test_theta_is_a_low_percentile_of_observed_values(
+        self, mode: str, percentile: float, expected: float
+    ) -> None:
+        assert choose_theta(references(mode), percentile) == pytest.approx(expected)
+
+    def test_enroll_sets_theta_unless_given(self) -> None:
+        assert references().theta == 0.5
+        assert references(theta=0.9).theta == 0.9
+
+    def test_theta_needs_a_type_with_two_references(self) -> None:
+        only = FingerprintSet.from_fingerprints([fp("x1", "a"), fp("y1", "d")])
+        with pytest.raises(InputError, match="give θ explicitly"):
+            enroll(only, {"x1": "X", "y1": "Y"})
+
+
+def queries(granularity: int | None = 1) -> FingerprintSet:
+    return FingerprintSet.from_fingerprints(
+        [
+            fp("q1", "a b", granularity),
+            fp("q2", "d e g", granularity),
+            fp("q3", "z", granularity),
+            fp("q4", "f", granularity),
+            fp("q5", "a b c d e f g h", granularity),
+        ]
+    )
+
+
+class TestDecisions:
+    def test_closed_and_open_set_labels(self) -> None:
+        decisions = identify(queries(), references())
+        got = [(d.device, d.label, d.best_type, round(d.similarity, 6)) for d in decisions]
+        assert got == [
+            ("q1", "X", "X", 1.0),
+            ("q2", "Y", "Y", round(2 / 3, 6)),
+            ("q3", UNKNOWN, "X", 0.0),
+            ("q4", "Z", "Z", 1.0),
+            # Best is x2 = {a,b,c}: 3 of 8 services in common, below θ = 0.5.
+            ("q5", UNKNOWN, "X", 0.375),
+        ]
+        assert decisions[1].reference == "y2@0-10"
+        assert decisions[1].runner_up == "X"
+        assert decisions[1].runner_up_similarity == 0.0
+
+    def test_centroid_mode_labels(self) -> None:
+        # Prototypes: X = {a,b} (c in 1 of 3), Y = {d,e} (e in 1 of 2 rounds up), Z = {f}.
+        decisions = identify(queries(), references("centroid", theta=0.5))
+        assert [d.label for d in decisions] == ["X", "Y", UNKNOWN, "Z", UNKNOWN]
+        assert decisions[0].reference == "prototype of X"
+        assert decisions[4].similarity == pytest.approx(2 / 8)
+
+    def test_scores_matrix(self) -> None:
+        scores = score(queries(), references())
+        assert scores.types == ("X", "Y", "Z")
+        assert scores.type_scores[1].tolist() == pytest.approx([0.0, 2 / 3, 0.0])
+        assert scores.best.tolist() == pytest.approx([1.0, 2 / 3, 0.0, 1.0, 0.375])
+
+    def test_neighbour_vote(self) -> None:
+        # q = {a,b,c}: Y's only reference is identical (1.0), X's two score 3/4 each. The single
+        # nearest neighbour says Y; three neighbours vote X two to one.
+        refs = enroll(
+            FingerprintSet.from_fingerprints(
+                [fp("x1", "a b c d"), fp("x2", "a b c e"), fp("y1", "a b c")]
+            ),
+            {"x1": "X", "x2": "X", "y1": "Y"},
+            theta=0.0,
+        )
+        query = FingerprintSet.from_fingerprints([fp("q", "a b c")])
+        assert identify(query, refs)[0].label == "Y"
+        voted = identify(query, refs.with_settings(neighbours=3))[0]
+        assert (voted.label, voted.similarity, voted.reference) == ("X", 0.75, "x1@0-10")
+
+    def test_representation_mismatch_is_an_input_error(self) -> None:
+        with pytest.raises(InputError, match="prevalence representation"):
+            score(queries(None), references())
+
+
+class TestExplanation:
+    def test_set_explanation(self) -> None:
+        decision = identify(queries(), references())[1]
+        why = decision.explanation
+        assert [c.service for c in why.matched] == ["d", "e"]
+        assert [c.service for c in why.unexpected] == ["g"]
+        assert why.missing == ()
+        assert [c.share for c in why.contributions] == pytest.approx([1 / 3, 1 / 3, 0.0])
+        assert (why.numerator, why.denominator) == (2.0, 3.0)
+
+    def test_weighted_contributions_sum_exactly_to_the_similarity(self) -> None:
+        services = ["a", "b", "c", "d"]
+        why = explain([0.5, 1.0, 0.25, 0.0], [1.0, 0.75, 0.0, 0.5], services)
+        # Σmin = .5 + .75 = 1.25, Σmax = 1 + 1 + .25 + .5 = 2.75
+        assert (why.numerator, why.denominator) == (1.25, 2.75)
+        assert why.similarity == 1.25 / 2.75
+        assert [c.service for c in why.matched] == ["b", "a"]
+        assert [(c.service, c.denominator) for c in why.unexpected] == [("c", 0.25)]
+        assert [(c.service, c.denominator) for c in why.missing] == [("d", 0.5)]
+        numerator = sum(Fraction(c.numerator) for c in why.contributions)
+        denominator = sum(Fraction(c.denominator) for c in why.contributions)
+        assert numerator / denominator == Fraction(5, 11)
+        assert sum(c.share for c in why.contributions) == pytest.approx(why.similarity, abs=1e-15)
+
+    def test_every_decision_explains_its_similarity(self) -> None:
+        rng = np.random.default_rng(3)
+        names = tuple(f"s{i}" for i in range(8))
+        fps = [
+            Fingerprint(f"d{i}", 0, 9, None, names, rng.integers(0, 10, 8) / 9.0, True, 1.0)
+            for i in range(12)
+        ]
+        labels = {f"d{i}": "T" + str(i % 3) for i in range(12)}
+        refs = enroll(FingerprintSet.from_fingerprints(fps[:9]), labels)
+        for decision in identify(FingerprintSet.from_fingerprints(fps[9:]), refs):
+            why = decision.explanation
+            assert decision.similarity == why.numerator / why.denominator
+            assert sum(c.share for c in why.contributions) == pytest.approx(
+                decision.similarity, abs=1e-12
+            )
+            assert json.loads(json.dumps(decision.to_json()))["label"] == decision.label
+
+
+class TestPersistence:
+    def test_save_and_load_round_trip(self, tmp_path: Path) -> None:
+        refs = references("centroid")
+        path = tmp_path / "refs.json"
+        refs.save(path)
+        again = References.load(path)
+        assert again.labels == refs.labels
+        assert again.origins == refs.origins
+        assert (again.mode, again.theta, again.granularity) == ("centroid", refs.theta, 1)
+        assert np.array_equal(again.weights, refs.weights)
+        assert [d.label for d in identify(queries(), again)] == [
+            d.label for d in identify(queries(), refs)
+        ]
+
+    def test_bad_file_names_the_input(self, tmp_path: Path) -> None:
+        path = tmp_path / "refs.json"
+        path.write_text("{not json")
+        with pytest.raises(InputError, match=r"refs\.json: line 1: not JSON"):
+            References.load(path)
+        path.write_text(json.dumps({"format": "other"}))
+        with pytest.raises(InputError, match="not an svcfp references file"):
+            References.load(path)

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
+
+from controller.activity import ActivityTable
+from controller.catalogue import Catalogue
+from controller.cli import main
+from controller.errors import InputError
+from controller.ingest.files import catalogue_for, detect_format, expand_paths, ingest_files
+from controller.ingest.labels import Labels, int_to_mac, mac_key, mac_to_int
+
+A = "aa:bb:cc:dd:ee:01"
+B = "aa:bb:cc:dd:ee:02"
+T0 = 1_490_000_000
+
+
+def test_mac_keys() -> None:
+    assert mac_key("AA-BB-CC-DD-EE-01") == A
+    assert mac_key("aabb.ccdd.ee01") == A
+    assert mac_key(" aabbccddee01\n") == A
+    assert int_to_mac(mac_to_int(A)) == A
+    with pytest.raises(ValueError, match="not a MAC address"):
+        mac_key("aa:bb:cc:dd:ee")
+
+
+def test_label_csv(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("mac,label\nAA:BB:CC:DD:EE:01,camera\n# a comment\naa-bb-cc-dd-ee-02,plug\n")
+    labels = Labels.load(path)
+    assert labels.by_mac == {A: "camera", B: "plug"}
+    assert labels.label("AA:BB:CC:DD:EE:02") == "plug"
+    assert labels.label("aa:bb:cc:dd:ee:09", default="unknown") == "unknown"
+    with pytest.raises(InputError, match=r"labels.csv: no label for device aa:bb:cc:dd:ee:09"):
+        labels.label("aa:bb:cc:dd:ee:09")
+    assert labels.mac_ints().tolist() == [mac_to_int(A), mac_to_int(B)]
+    path.write_text("mac,label\naa:bb:cc:dd:ee:01,camera\nnonsense,plug\n")
+    with pytest.raises(InputError, match=r"labels.csv: line 3: not a MAC address"):
+        Labels.load(path)
+    path.write_text("aa:bb:cc:dd:ee:01,camera\naa:bb:cc:dd:ee:01,plug\n")
+    with pytest.raises(InputError, match=r"line 2: aa:bb:cc:dd:ee:01 already labelled 'camera'"):
+        Labels.load(path)
+    path.write_text("aa:bb:cc:dd:ee:01\n")
+    with pytest.raises(InputError, match=r"line 1: expected 'mac,label'"):
+        Labels.load(path)
+
+
+def test_label_directory_joins_shared_macs(tmp_path: Path) -> None:
+    for kind, mac in (("HueBridge", A), ("HueSwitch", A), ("Plug", B)):
+        (tmp_path / "captures" / kind).mkdir(parents=True)
+        (tmp_path / "captures" / kind / "_iotdevice-mac.txt").write_text(mac.upper() + "\n")
+    labels = Labels.load(tmp_path)
+    assert labels.by_mac == {A: "HueBridge+HueSwitch", B: "Plug"}
+    assert len(labels.notes) == 1 and "HueBridge, HueSwitch" in labels.notes[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"no _iotdevice-mac.txt files"):
+        Labels.load(empty)
+
+
+def _capture(path: Path) -> None:
+    packets = []
+    for i, (src, dst, layer) in enumerate(
+        [
+            (A, B, TCP(sport=50000, dport=443)),
+            (A, B, TCP(sport=50001, dport=8888)),
+            (B, A, UDP(sport=40000, dport=53)),
+            (A, B, TCP(sport=50002, dport=8888)),
+        ]
+    ):
+        p = Ether(src=src, dst=dst) / IP() / layer
+        p.time = T0 + i * 3600
+        packets.append(p)
+    wrpcap(str(path), packets)
+
+
+def test_detect_and_expand(tmp_path: Path) -> None:
+    _capture(tmp_path / "a.pcap")
+    (tmp_path / "f.csv").write_text("flowStartMilliseconds,sourceMacAddress,packetTotalCount\n")
+    (tmp_path / "x.ipfix").write_bytes(b"\x00\x0a\x00\x10" + b"\x00" * 12)
+    (tmp_path / "junk.bin").write_bytes(b"\xff\xfe\x00\x01")
+    assert detect_format(tmp_path / "a.pcap") == "pcap"
+    assert detect_format(tmp_path / "f.csv") == "ipfix-csv"
+    assert detect_format(tmp_path / "x.ipfix") == "ipfix"
+    with pytest.raises(InputError, match="cannot tell the format"):
+        detect_format(tmp_path / "junk.bin")
+    assert [p.name for p in expand_paths([tmp_path])] == ["a.pcap", "f.csv", "x.ipfix"]
+
+
+def test_labels_filter_and_learned_catalogue(tmp_path: Path) -> None:
+    _capture(tmp_path / "a.pcap")
+    labels = Labels.from_pairs([(A, "camera")])
+    result = ingest_files([tmp_path / "a.pcap"], Catalogue.default(), 3600, labels=labels)
+    assert [tuple(r) for r in result.activity.records()] == [
+        (A, T0 // 3600, "tcp/443", 1, 54),
+        (A, T0 // 3600 + 1, "tcp/49152-65535", 1, 54),  # by its own port: src table
+        (A, T0 // 3600 + 3, "tcp/49152-65535", 1, 54),
+    ]
+    everyone = ingest_files(
+        [tmp_path / "a.pcap"], Catalogue.default(), labels=labels, all_devices=True
+    )
+    assert set(everyone.activity.used_devices()) == {A, B}
+    learned = catalogue_for("learned", [tmp_path / "a.pcap"], labels=labels)
+    assert "tcp/8888" in learned.names  # used in two units by the labelled device
+    assert "tcp/443" not in learned.names  # used once: not yet a service
+    assert "udp/53" not in learned.names  # only the unlabelled device used it
+
+
+def test_ingest_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _capture(tmp_path / "a.pcap")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{A},camera\n{B},plug\n")
+    out = tmp_path / "activity.csv"
+    db = tmp_path / "svcfp.db"
+    saved = tmp_path / "catalogue.json"
+    status = main(
+        [
+            "ingest",
+            str(tmp_path / "a.pcap"),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--db",
+            str(db),
+            "--save-catalogue",
+            str(saved),
+        ]
+    )
+    assert status == 0
+    assert "4 records from 1 file(s), 0 skipped; 2 devices" in capsys.readouterr().out
+    table = ActivityTable.from_csv(out)
+    assert len(table) == 4 and table.unit_seconds == 3600
+    assert Catalogue.load(saved) == Catalogue.default()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT device, unit, service, packets FROM activity ORDER BY device, unit"
+        ).fetchall()
+    assert rows[0] == (A, T0 // 3600, "tcp/443", 1) and len(rows) == 4
+    # Bad input: exit status 2, a message naming the file, the old output untouched.
+    before = out.read_bytes()
+    (tmp_path / "bad.pcap").write_bytes(b"garbage!")
+    status = main(["ingest", str(tmp_path / "bad.pcap"), "--format", "pcap", "--out", str(out)])
+    assert status == 2
+    assert "bad.pcap: not a pcap or pcapng file" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["ingest", str(tmp_path / "a.pcap")]) == 2
+    assert "give --out FILE" in capsys.readouterr().err
+
+
+def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flows_csv = tmp_path / "flows.csv"
+    labels = tmp_path / "labels.csv"
+    assert (
+        main(
+            [
+                "synth",
+                "--devices",
+                "6",
+                "--units",
+                "24",
+                "--seed",
+                "4",
+                "--out",
+                str(flows_csv),
+                "--labels-out",
+                str(labels),
+            ]
+        )
+        == 0
+    )
+    assert "for 6 devices over 24 units" in capsys.readouterr().out
+    direct = tmp_path / "direct.csv"
+    assert (
+        main(
+            [
+                "synth",
+                "--devices",
+                "6",
+                "--units",
+                "24",
+                "--seed",
+                "4",
+                "--output",
+                "activity",
+                "--out",
+                str(direct),
+            ]
+        )
+        == 0
+    )
+    ingested = tmp_path / "ingested.csv"
+    assert main(["ingest", str(flows_csv), "--labels", str(labels), "--out", str(ingested)]) == 0
+    assert ActivityTable.from_csv(direct).equals(ActivityTable.from_csv(ingested))
+    assert len(Labels.load(labels).by_mac) == 6
+    assert main(["synth", "--kinds", "toaster", "--out", str(direct)]) == 2

@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
+
+from controller.catalogue import Catalogue
+from controller.errors import InputError
+from controller.ingest.flows import IngestStats
+from controller.ingest.labels import mac_to_int
+from controller.ingest.pcap import iter_frames, parse_frames, read_pcap
+
+A = "aa:bb:cc:dd:ee:01"
+B = "aa:bb:cc:dd:ee:02"
+
+
+def frames() -> list[tuple[float, bytes, str, str]]:
+    """(time, frame, device expected to be counted, service expected)."""
+    ab = Ether(src=A, dst=B)
+    ba = Ether(src=B, dst=A)
+    tcp_trunc = bytes(ab / IP(src="10.0.0.1", dst="10.0.0.2", proto=6))[:34] + b"\x00" * 10
+    icmp_trunc = bytes(ab / IP(src="10.0.0.1", dst="10.0.0.2", proto=1))[:34] + b"\x08\x00"
+    short_ihl = bytearray(bytes(ab / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()))
+    short_ihl[14] = 0x43  # version 4, IHL 3: the switch stops parsing without an error
+    return [
+        (1000.0, bytes(ab / IP() / TCP(sport=51000, dport=443)), A, "tcp/443"),
+        (1001.5, bytes(ab / IP() / TCP(sport=80, dport=40000)), A, "tcp/80"),
+        (1002.0, bytes(ab / IP() / UDP(sport=5353, dport=5353) / Raw(b"x" * 30)), A, "udp/5353"),
+        (1003.0, bytes(ab / IP() / ICMP()), A, "icmp"),
+        (1004.0, bytes(ab / IPv6() / UDP(sport=40000, dport=123)), A, "udp/123"),
+        (1005.0, bytes(ab / Dot1Q(vlan=7) / IP() / UDP(sport=40000, dport=53)), A, "udp/53"),
+        (1006.0, bytes(ab / IP(options=b"\x01\x01\x01\x00") / TCP(dport=8883)), A, "tcp/8883"),
+        (1007.0, tcp_trunc, A, "other"),
+        (1008.0, bytes(ab / IP(frag=10, proto=17) / Raw(b"y" * 20)), A, "other"),
+        (1009.0, bytes(ab / ARP()), A, "other"),
+        (1010.0, bytes(ab / IP(proto=47) / Raw(b"g" * 8)), A, "ip/other"),
+        (1011.0, icmp_trunc, A, "other"),
+        (1012.0, bytes(short_ihl), A, "icmp"),
+        (1013.0, bytes(ab / IPv6(nh=0) / Raw(b"h" * 8)), A, "ip/0"),
+        (1070.0, bytes(ba / IP() / UDP(sport=40000, dport=53)), B, "udp/53"),
+        (1071.0, bytes(ba / IP(proto=6) / Raw(b"\x00" * 3)), B, "other"),
+    ]
+
+
+def expected_activity(
+    items: list[tuple[float, bytes, str, str]], unit: float = 60.0
+) -> list[tuple[str, int, str, int, int]]:
+    counts: Counter[tuple[str, int, str]] = Counter()
+    sizes: Counter[tuple[str, int, str]] = Counter()
+    for t, frame, device, service in items:
+        key = (device, int(t // unit), service)
+        counts[key] += 1
+        sizes[key] += len(frame)
+    return sorted((d, u, s, counts[(d, u, s)], sizes[(d, u, s)]) for d, u, s in counts)
+
+
+def write_pcap(
+    path: Path,
+    items: list[tuple[float, bytes]],
+    order: str = "<",
+    nanoseconds: bool = False,
+    linktype: int = 1,
+) -> None:
+    magic = 0xA1B23C4D if nanoseconds else 0xA1B2C3D4
+    parts = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)]
+    for t, frame in items:
+        sec = int(t)
+        frac = round((t - sec) * (1e9 if nanoseconds else 1e6))
+        parts.append(struct.pack(order + "IIII", sec, frac, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(parts))
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    body += b"\x00" * (-len(body) % 4)
+    length = len(body) + 12
+    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+
+
+def write_pcapng(path: Path, items: list[tuple[float, bytes]], simple_last: bool = False) -> None:
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    tsresol = struct.pack("<HHB", 9, 1, 9) + b"\x00" * 3 + struct.pack("<HH", 0, 0)
+    idb = _block(1, struct.pack("<HHI", 1, 0, 0) + tsresol)
+    blocks = [shb, idb]
+    for i, (t, frame) in enumerate(items):
+        if simple_last and i == len(items) - 1:
+            blocks.append(_block(3, struct.pack("<I", len(frame)) + frame))
+            continue
+        ticks = round(t * 1e9)
+        header = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
+        blocks.append(_block(6, header + frame))
+    path.write_bytes(b"".join(blocks))
+
+
+def records(
+    path: Path, unit: float = 60.0, **kwargs: object
+) -> list[tuple[str, int, str, int, int]]:
+    table, _stats = read_pcap(path, Catalogue.default(), unit, **kwargs)  # type: ignore[arg-type]
+    return sorted(tuple(r) for r in table.records())  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("order", "ns"), [("<", False), (">", False), ("<", True), (">", True)])
+def test_pcap_byte_orders_and_resolutions(tmp_path: Path, order: str, ns: bool) -> None:
+    items = frames()
+    path = tmp_path / "c.pcap"
+    write_pcap(path, [(t, f) for t, f, _, _ in items], order=order, nanoseconds=ns)
+    assert records(path) == expected_activity(items)
+    stats = IngestStats()
+    times = np.concatenate([b.time for b in iter_frames(path, stats)])
+    assert times.tolist() == pytest.approx([t for t, _, _, _ in items])
+
+
+def test_scapy_written_pcap_and_small_batches(tmp_path: Path) -> None:
+    from scapy.utils import wrpcap
+
+    items = frames()
+    packets = []
+    for t, frame, _, _ in items:
+        packet = Ether(frame)
+        packet.time = t
+        packets.append(packet)
+    path = tmp_path / "scapy.pcap"
+    wrpcap(str(path), packets)
+    assert records(path) == expected_activity(items)
+    assert records(path, batch_size=3) == expected_activity(items)
+
+
+def test_pcapng_enhanced_and_simple_blocks(tmp_path: Path) -> None:
+    items = frames()
+    path = tmp_path / "c.pcapng"
+    write_pcapng(path, [(t, f) for t, f, _, _ in items])
+    assert records(path) == expected_activity(items)
+    # A simple packet block has no timestamp: it counts in unit 0.
+    write_pcapng(path, [(t, f) for t, f, _, _ in items], simple_last=True)
+    want = expected_activity([*items[:-1], (0.0, items[-1][1], B, "other")])
+    assert records(path) == want
+
+
+def test_only_labelled_devices(tmp_path: Path) -> None:
+    items = frames()
+    path = tmp_path / "c.pcap"
+    write_pcap(path, [(t, f) for t, f, _, _ in items])
+    only_b = np.array([mac_to_int(B)], dtype=np.uint64)
+    assert records(path, devices=only_b) == [r for r in expected_activity(items) if r[0] == B]
+
+
+def test_parse_frames_fields(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcap"
+    frame = bytes(Ether(src=A, dst=B) / IP() / TCP(sport=80, dport=40000))
+    write_pcap(path, [(5.0, frame), (6.0, b"\x01" * 10)])
+    (batch,) = list(iter_frames(path, IngestStats()))
+    parsed = parse_frames(batch)
+    assert len(parsed) == 1  # the 10-byte frame has no Ethernet header
+    assert parsed.src_mac.tolist() == [mac_to_int(A)]
+    assert parsed.dst_mac.tolist() == [mac_to_int(B)]
+    assert (parsed.proto[0], parsed.sport[0], parsed.dport[0]) == (6, 80, 40000)
+    assert parsed.bytes.tolist() == [len(frame)]
+
+
+def test_truncated_capture_names_frame_and_keeps_earlier_frames(tmp_path: Path) -> None:
+    items = frames()
+    path = tmp_path / "cut.pcap"
+    write_pcap(path, [(t, f) for t, f, _, _ in items])
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    last_offset = len(data) - 16 - len(items[-1][1])
+    with pytest.raises(InputError, match=rf"cut.pcap: frame 16 at offset {last_offset}: frame of"):
+        read_pcap(path, Catalogue.default(), 60)
+    table, stats = read_pcap(path, Catalogue.default(), 60, skip_bad_records=True)
+    assert sorted(tuple(r) for r in table.records()) == expected_activity(items[:-1])
+    assert stats.records == 15 and stats.skipped == 1
+    assert "frame 16" in stats.problems[0]
+    path.write_bytes(data[: -len(items[-1][1]) - 10])
+    with pytest.raises(InputError, match="truncated record header"):
+        read_pcap(path, Catalogue.default(), 60)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(b"NOT A CAPTURE AT ALL")
+    with pytest.raises(
+        InputError, match=r"bad.pcap: not a pcap or pcapng file \(magic 0x4e4f5420\)"
+    ):
+        read_pcap(path, Catalogue.default())
+    write_pcap(path, [(1.0, b"\x00" * 20)], linktype=113)
+    with pytest.raises(InputError, match="link type 113 is not Ethernet"):
+        read_pcap(path, Catalogue.default())
+    ng = tmp_path / "bad.pcapng"
+    write_pcapng(ng, [(t, f) for t, f, _, _ in frames()])
+    data = bytearray(ng.read_bytes())
+    data[-4:] = struct.pack("<I", 999)  # trailer disagrees with the block length
+    ng.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"bad.pcapng: block at offset \d+ \(after frame 15\)"):
+        read_pcap(ng, Catalogue.default())
+    table, stats = read_pcap(ng, Catalogue.default(), 60, skip_bad_records=True)
+    assert stats.skipped == 1 and len(table) > 0
+    with pytest.raises(InputError, match="cannot read capture"):
+        read_pcap(tmp_path / "absent.pcap", Catalogue.default())
+
+
+@pytest.mark.data
+def test_hue_bridge_services_match_the_data_set_facts(shared_data: Path) -> None:
+    folder = shared_data / "iot-sentinel" / "captures" / "HueBridge"
+    mac = (folder / "_iotdevice-mac.txt").read_text().strip().lower()
+    catalogue = Catalogue.default()
+    served = client = 0
+    services: Counter[str] = Counter()
+    for capture in sorted(folder.glob("*.pcap")):
+        table, stats = read_pcap(capture, catalogue, 3600)
+        assert stats.skipped == 0
+        for r in table.select(devices=[mac]).records():
+            services[r.service] += r.packets
+        for batch in iter_frames(capture, IngestStats()):
+            parsed = parse_frames(batch)
+            mine = (parsed.src_mac == mac_to_int(mac)) & (parsed.proto == 6)
+            served += int(((parsed.sport == 80) & mine).sum())
+            client += int(((parsed.dport == 80) & mine).sum())
+    for service in ("tcp/80", "udp/53", "udp/123", "udp/5353", "udp/1900"):
+        assert services[service] > 0, service
+    assert served > 0 and client > 0  # tcp/80 both as server and as client
+
+
+@pytest.mark.data
+def test_dlink_and_edimax_facts(shared_data: Path) -> None:
+    captures = shared_data / "iot-sentinel" / "captures"
+    catalogue = Catalogue.default()
+
+    def services_of(device_type: str) -> set[str]:
+        folder = captures / device_type
+        mac = (folder / "_iotdevice-mac.txt").read_text().strip().lower()
+        found: set[str] = set()
+        for capture in sorted(folder.glob("*.pcap")):
+            table, _ = read_pcap(capture, catalogue, 3600)
+            found |= set(table.select(devices=[mac]).used_services())
+        return found
+
+    assert {"tcp/80", "tcp/443", "udp/5353", "udp/53"} <= services_of("D-LinkSiren")
+    assert {"udp/8765", "tcp/8767", "tcp/10000"} <= services_of("EdimaxPlug1101W")
+    assert {"udp/80", "udp/5353"} <= services_of("Lightify")

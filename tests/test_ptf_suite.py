@@ -1,0 +1,65 @@
+"""The PTF suite end to end: the runner against the reference switch (and BMv2 where present),
+every test of the suite required to have run and passed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptf_tests import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE_TIMEOUT_S = 1500
+
+
+def suite_tests() -> set[str]:
+    """Every PTF test the suite defines, as `module.Class`, read from its source."""
+    names = set()
+    for module in sorted((ROOT / "ptf_tests").glob("*.py")):
+        for name in re.findall(r"^class (\w+)\(FingerprintTest\):", module.read_text(), re.M):
+            names.add(f"{module.stem}.{name}")
+    return names
+
+
+def run_suite(target: str, logs: Path) -> tuple[subprocess.CompletedProcess[str], runner.Results]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "ptf_tests.runner", "--target", target, "--logs", str(logs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT_S,
+    )
+    return completed, runner.parse_results(completed.stdout)
+
+
+def assert_every_test_passed(
+    completed: subprocess.CompletedProcess[str], results: runner.Results
+) -> None:
+    expected = suite_tests()
+    assert len(expected) >= 15
+    passed = {test for test, outcome in results.outcomes if outcome == "ok"}
+    assert passed == expected, completed.stdout[-5000:] + completed.stderr[-2000:]
+    assert f"{len(expected)} passed, 0 failed" in completed.stdout.splitlines()
+    assert completed.returncode == runner.EXIT_PASSED
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
+def test_ptf_suite_passes_on_the_reference_switch(tmp_path: Path) -> None:
+    completed, results = run_suite("refswitch", tmp_path)
+    assert_every_test_passed(completed, results)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.bmv2
+@pytest.mark.p4c
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
+def test_ptf_suite_passes_on_bmv2(tmp_path: Path) -> None:
+    completed, results = run_suite("bmv2", tmp_path)
+    assert_every_test_passed(completed, results)

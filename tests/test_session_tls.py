@@ -1,0 +1,82 @@
+"""TLS between the controller and a switch (mutual authentication), and TLS option errors."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controller.errors import InputError, SwitchError
+from controller.p4info import P4Schema
+from controller.session import Session, SwitchTarget, TlsOptions
+from tests.conftest import P4INFO
+
+server_module = pytest.importorskip("refswitch.server")
+switch_module = pytest.importorskip("refswitch.switch")
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=svcfp test CA")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+                "-extfile", "san.ext")  # fmt: skip
+    return {
+        n: folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+    }
+
+
+@needs_openssl
+def test_mutual_tls_session_pushes_and_reads(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    switch = switch_module.Switch(0)
+    service = server_module.P4RuntimeService(switch)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((service.handler(),))
+    credentials = grpc.ssl_server_credentials(
+        [(pki["server.key"].read_bytes(), pki["server.crt"].read_bytes())],
+        root_certificates=pki["ca.crt"].read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    schema = P4Schema.load(P4INFO)
+
+    async def scenario(tls: TlsOptions, timeout: float) -> int:
+        target = SwitchTarget("tls", f"127.0.0.1:{port}", 0, election_id=(0, 2), tls=tls)
+        async with Session(target, connect_timeout=timeout) as session:
+            await session.ensure_pipeline(schema, b"", skip_config=False)
+            values = await session.read_counter(schema.counter("service_hits"))
+            return len(values.packets)
+
+    try:
+        full = TlsOptions(pki["ca.crt"], pki["client.crt"], pki["client.key"])
+        assert asyncio.run(scenario(full, 5.0)) == 262_144
+        with pytest.raises(SwitchError, match="is unreachable"):
+            asyncio.run(scenario(TlsOptions(pki["ca.crt"]), 1.0))
+    finally:
+        server.stop(0)
+        switch.close()
+
+
+def test_tls_option_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="certificate and key must be given together"):
+        TlsOptions(cert=tmp_path / "c.crt").credentials()
+    with pytest.raises(InputError, match=r"cannot read TLS file .*missing.crt"):
+        TlsOptions(ca=tmp_path / "missing.crt").credentials()

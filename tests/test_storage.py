@@ -1,0 +1,160 @@
+"""SQLite storage: round trips, upsert-add, baselines, transactions, export."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.activity import ActivityRecord
+from controller.errors import InputError
+from controller.storage import (
+    Baseline,
+    DecisionRecord,
+    DeviceRow,
+    FingerprintRecord,
+    ServiceRow,
+    Storage,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Storage:
+    opened = Storage(tmp_path / "svcfp.db")
+    yield opened
+    opened.close()
+
+
+def baseline(cells: int, **values: tuple[int, int]) -> Baseline:
+    result = Baseline.zeros(cells)
+    for key, (packets, counted) in values.items():
+        index = int(key[1:])
+        result.packets[index] = packets
+        result.bytes[index] = counted
+    return result
+
+
+def test_wal_mode_and_schema(store: Storage) -> None:
+    db = sqlite3.connect(store.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"devices", "services", "activity", "baselines", "fingerprints", "decisions"} <= tables
+    db.close()
+
+
+def test_poll_adds_activity_and_moves_baseline_together(store: Storage) -> None:
+    store.put_devices([DeviceRow("02:00:00:00:00:01", 1, "plug", None, None, "static", 5.0, 5.0)])
+    first = [ActivityRecord("02:00:00:00:00:01", 10, "tcp/443", 3, 300)]
+    store.record_poll("s1", baseline(8, c3=(3, 300)), first, when=100.0)
+    second = [
+        ActivityRecord("02:00:00:00:00:01", 10, "tcp/443", 2, 120),
+        ActivityRecord("02:00:00:00:00:01", 11, "udp/53", 1, 80),
+    ]
+    store.record_poll("s1", baseline(8, c3=(5, 420), c7=(1, 80)), second, when=200.0)
+    assert store.activity() == [
+        ActivityRecord("02:00:00:00:00:01", 10, "tcp/443", 5, 420),
+        ActivityRecord("02:00:00:00:00:01", 11, "udp/53", 1, 80),
+    ]
+    assert store.activity(11, 11) == [ActivityRecord("02:00:00:00:00:01", 11, "udp/53", 1, 80)]
+    stored = store.baseline("s1", 8)
+    assert stored is not None
+    assert stored.packets.tolist() == [0, 0, 0, 5, 0, 0, 0, 1]
+    assert stored.bytes.tolist() == [0, 0, 0, 420, 0, 0, 0, 80]
+    assert store.baseline("s1", 16) is None, "a different counter size has no baseline"
+    assert store.baseline("s2", 8) is None
+    assert store.devices()[0].last_seen == 200.0
+
+
+def test_failed_poll_leaves_nothing_half_written(store: Storage) -> None:
+    store.record_poll("s1", baseline(4, c1=(1, 10)), [ActivityRecord("m", 1, "x", 1, 10)], 1.0)
+    bad = [ActivityRecord("m", 1, "x", 1, 10), ActivityRecord("m", 1, None, 1, 1)]  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record_poll("s1", baseline(4, c1=(3, 30)), bad, 2.0)
+    assert store.activity() == [ActivityRecord("m", 1, "x", 1, 10)]
+    kept = store.baseline("s1", 4)
+    assert kept is not None and kept.packets.tolist() == [0, 1, 0, 0]
+
+
+def test_meta_refuses_a_different_time_unit(store: Storage) -> None:
+    store.check_meta("time_unit_seconds", "3600.0")
+    store.check_meta("time_unit_seconds", "3600.0")
+    with pytest.raises(InputError, match=r"written with time_unit_seconds=3600.0, not 1.0"):
+        store.check_meta("time_unit_seconds", "1.0")
+
+
+def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "round.db"
+    with Storage(path) as store:
+        store.put_devices(
+            [
+                DeviceRow("02:00:00:00:00:02", 2, "camera", "s1", 3, "digest", 1.0, 2.0),
+                DeviceRow("02:00:00:00:00:01", None, "unknown", None, None, "digest", 1.0, 1.5),
+            ]
+        )
+        store.put_services([ServiceRow(1, "tcp/443", 6, 443, 443, 100)])
+        store.add_fingerprints(
+            [FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)], 50.0
+        )
+        store.add_decisions(
+            [
+                DecisionRecord(
+                    "02:00:00:00:00:02", 3, 9, "G4", "camera", 0.9, {"matched": ["tcp/443"]}, 51.0
+                )
+            ]
+        )
+    with Storage(path) as again:
+        assert again.devices() == [
+            DeviceRow("02:00:00:00:00:01", None, "unknown", None, None, "digest", 1.0, 1.5),
+            DeviceRow("02:00:00:00:00:02", 2, "camera", "s1", 3, "digest", 1.0, 2.0),
+        ]
+        assert again.services() == [ServiceRow(1, "tcp/443", 6, 443, 443, 100)]
+        assert again.fingerprints() == [
+            FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)
+        ]
+        assert again.decisions()[0].explanation == {"matched": ["tcp/443"]}
+        assert again.decisions()[0].similarity == 0.9
+
+
+def test_export_csv_and_parquet(store: Storage, tmp_path: Path) -> None:
+    rows = [ActivityRecord("a", 1, "tcp/80", 2, 200), ActivityRecord("b", 1, "udp/53", 1, 70)]
+    store.record_poll("s1", Baseline.zeros(2), rows, 1.0)
+    out = tmp_path / "activity.csv"
+    assert store.export("activity", out) == 2
+    with out.open() as handle:
+        assert list(csv.reader(handle)) == [
+            ["device", "unit", "service", "packets", "bytes"],
+            ["a", "1", "tcp/80", "2", "200"],
+            ["b", "1", "udp/53", "1", "70"],
+        ]
+    pq = pytest.importorskip("pyarrow.parquet")
+    parquet = tmp_path / "activity.parquet"
+    assert store.export("activity", parquet) == 2
+    assert pq.read_table(parquet).column("packets").to_pylist() == [2, 1]
+    with pytest.raises(InputError, match="cannot export 'nope'"):
+        store.export("nope", out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_unopenable_database_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(InputError, match=str(bad)):
+        Storage(bad)
+    assert bad.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_baseline_roundtrip_is_sparse_but_exact(store: Storage) -> None:
+    rng = np.random.default_rng(7)
+    values = Baseline(
+        (rng.random(262_144) < 0.01) * rng.integers(1, 2**40, 262_144),
+        np.zeros(262_144, np.int64),
+    )
+    values.bytes[:] = values.packets * 64
+    store.record_poll("s9", values, [], 1.0)
+    back = store.baseline("s9", 262_144)
+    assert back is not None
+    assert np.array_equal(back.packets, values.packets)
+    assert np.array_equal(back.bytes, values.bytes)

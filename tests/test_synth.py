@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.catalogue import Catalogue
+from controller.errors import InputError
+from controller.ingest.ipfix_csv import read_ipfix_csv
+from controller.synth import (
+    activity,
+    flows,
+    load_profiles,
+    make_fleet,
+    parse_service,
+    schedule,
+    uses,
+    write_flows_csv,
+)
+
+
+def test_builtin_profiles_cover_ten_device_kinds() -> None:
+    profiles = load_profiles()
+    assert set(profiles) == {
+        "camera",
+        "plug",
+        "hub",
+        "speaker",
+        "printer",
+        "bulb",
+        "thermostat",
+        "doorbell",
+        "health",
+        "tv",
+    }
+    hub = profiles["hub"]
+    served = {u.service for u in hub.services if u.role == "server"}
+    assert {"tcp/80", "tcp/443"} <= served
+    assert parse_service("udp/49152-65535") == (17, 49152, 65535)
+    assert parse_service("ip/2") == (2, 0, 0)
+    with pytest.raises(ValueError, match="not a service name"):
+        parse_service("tcp/x")
+
+
+def test_generation_is_deterministic_per_seed() -> None:
+    fleet = make_fleet(load_profiles(), 12)
+    one = flows(fleet, 48, seed=5)
+    two = flows(fleet, 48, seed=5)
+    other = flows(fleet, 48, seed=6)
+    for name in ("start", "src_mac", "proto", "sport", "dport", "packets", "bytes"):
+        assert np.array_equal(getattr(one, name), getattr(two, name))
+    assert not np.array_equal(one.packets, other.packets) or len(one) != len(other)
+    assert fleet[0].mac == "02:00:00:00:00:01" and fleet[11].mac == "02:00:00:00:00:0c"
+
+
+def test_flows_conserve_the_uses_packets() -> None:
+    fleet = make_fleet(load_profiles(), 10)
+    used = uses(fleet, 72, seed=3)
+    batch = flows(fleet, 72, seed=3)
+    assert int(batch.packets.sum()) == int(used.packets.sum())
+    assert int(batch.packets.min()) >= 1
+    units = np.floor(batch.start / 3600).astype(np.int64)
+    assert set(units.tolist()) <= set(used.unit.tolist())
+    assert np.all(np.diff(batch.start) >= 0)
+
+
+def test_prevalence_period_and_schedule() -> None:
+    plug = load_profiles()["plug"]
+    plan = schedule(plug, 2400, seed=9)
+    https_units = {s.unit for s in plan if s.service == "tcp/443"}
+    assert 0.9 < len(https_units) / 2400 < 0.99  # prevalence 0.95, mild diurnal factor
+    ntp_units = sorted(s.unit for s in plan if s.service == "udp/123")
+    assert len(ntp_units) == 400 and set(np.diff(ntp_units).tolist()) == {6}  # period 6
+    served = [s for s in plan if s.service == "tcp/9999"]
+    assert served and all(s.role == "server" and s.port == 9999 and s.proto == 6 for s in served)
+    assert plan == schedule(plug, 2400, seed=9)
+
+
+def test_activity_equals_ingesting_the_written_flows(tmp_path: Path) -> None:
+    fleet = make_fleet(load_profiles(), 10)
+    catalogue = Catalogue.default()
+    direct = activity(fleet, 48, seed=2, catalogue=catalogue)
+    path = tmp_path / "flows.csv"
+    write_flows_csv(path, flows(fleet, 48, seed=2))
+    assert path.read_text().splitlines()[0].startswith("flowStartMilliseconds,sourceMacAddress")
+    devices = np.array(sorted(int(d.mac.replace(":", ""), 16) for d in fleet), dtype=np.uint64)
+    for use_arrow in (True, False):
+        ingested, stats = read_ipfix_csv(path, catalogue, 3600, devices, use_arrow=use_arrow)
+        assert ingested.equals(direct)
+        assert stats.skipped == 0
+    assert set(direct.used_devices()) == {d.mac for d in fleet}
+    hub_macs = [d.mac for d in fleet if d.profile.name == "hub"]
+    hub_services = set(direct.select(devices=hub_macs).used_services())
+    assert {"tcp/80", "tcp/443", "udp/1900", "udp/53", "udp/5353"} <= hub_services
+
+
+def test_profile_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(
+        json.dumps({"profiles": [{"name": "x", "services": [{"service": "tcp/99999"}]}]})
+    )
+    with pytest.raises(InputError, match=r"p.json: profile 1 \(x\) service 1: not a service name"):
+        load_profiles(path)
+    path.write_text(
+        json.dumps(
+            {"profiles": [{"name": "x", "services": [{"service": "tcp/1", "prevalence": 2}]}]}
+        )
+    )
+    with pytest.raises(InputError, match=r"expected a number in 0.0..1.0, got 2"):
+        load_profiles(path)
+    path.write_text(
+        json.dumps(
+            {"profiles": [{"name": "x", "services": [{"service": "tcp/1", "role": "peer"}]}]}
+        )
+    )
+    with pytest.raises(InputError, match="role must be"):
+        load_profiles(path)
+    with pytest.raises(InputError, match="unknown profile"):
+        make_fleet(load_profiles(), 3, kinds=["toaster"])

@@ -1,0 +1,121 @@
+"""Mininet with the reference switch: emulated devices, their counters, their identification."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import entries
+from controller.catalogue import Catalogue
+from controller.demo import DemoConfig, LiveView, build_scenario, run_network
+from controller.identify import UNKNOWN
+from controller.p4info import P4Schema
+from controller.session import Session, SwitchTarget
+from controller.storage import Storage
+from topology import graph as topo
+from topology.protocols import LINK_LOCAL_SERVICES, MULTICAST_SERVICES
+from topology.state import STATE_FILE, interface_exists
+
+ROOT = Path(__file__).resolve().parent.parent
+P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
+# Services whose exchanges expect no reply: multicast, link-local, bare IP protocols.
+NO_REPLY = set(MULTICAST_SERVICES) | set(LINK_LOCAL_SERVICES)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def counted_services(grpc_addr: str, db: Path) -> dict[str, set[str]]:
+    """MAC → services with a non-zero counter, read from the switch over P4Runtime."""
+    schema = P4Schema.load(P4INFO)
+    max_services = entries.max_services(schema)
+    names = Catalogue.default().names
+    with Storage(db) as storage:
+        ids = {row.mac: row.device_id for row in storage.devices() if row.device_id is not None}
+    target = SwitchTarget("s1", grpc_addr, device_id=1, election_id=(0, 9))
+    async with Session(target) as session:
+        values = await session.read_counter(schema.counter(entries.COUNTER))
+    found = {}
+    for mac, device_id in ids.items():
+        cells = values.packets[device_id * max_services : (device_id + 1) * max_services]
+        found[mac] = {names[i] for i in cells.nonzero()[0].tolist()}
+    return found
+
+
+def test_devices_reach_services_are_counted_exactly_and_identified(tmp_path: Path) -> None:
+    config = DemoConfig(
+        out=tmp_path / "out",
+        logs=tmp_path / "logs",
+        units=30,
+        known=("camera", "plug", "speaker"),
+        held_out="hub",
+        grpc_port=free_port(),
+        p4info=P4INFO,
+    )
+    scenario = build_scenario(config)
+    graph = topo.default_topology(sorted(scenario.truth.items()))
+    created = topo.interfaces(graph)
+    assert not any(interface_exists(name) for name in created)
+    macs = {h.name: h.mac for h in topo.hosts(graph, topo.DEVICE)}
+    view = LiveView(
+        scenario.references,
+        config.exporter,
+        config.unit_seconds,
+        {mac: host for host, mac in macs.items()},
+        scenario.truth,
+        io.StringIO(),
+    )
+    counted: dict[str, set[str]] = {}
+
+    def inspect(network: Any) -> None:
+        addr = network.switch("s1").grpc_addr
+        counted.update(asyncio.run(counted_services(addr, config.out / "demo.db")))
+
+    reports = run_network(config, scenario, view, inspect)
+
+    # Every device reached the hosts answering its services, and they heard from it.
+    ips = {h.name: h.ip for h in topo.hosts(graph)}
+    for host, schedule in scenario.schedules.items():
+        sent = reports[host]["sent"]
+        used = {a.service for unit in schedule.units for a in unit}
+        assert set(sent) == used
+        for service, counts in sent.items():
+            if service in NO_REPLY or service.startswith("ip/"):
+                assert counts["failed"] == 0, (host, service, counts)
+            else:
+                assert counts["ok"] >= 1 and counts["failed"] <= counts["ok"] // 5, (
+                    host, service, counts
+                )  # fmt: skip
+        for service in ("udp/53", "udp/123"):
+            server = "dns" if service == "udp/53" else "ntp"
+            if service in used:
+                assert ips[host] in reports[server]["received"][service]["peers"]
+        served = reports[host]["served"]
+        assert set(served) == set(schedule.served_services())
+        assert all(c["ok"] >= 1 for c in served.values())
+
+    # The switch counted, for each device, exactly the services its schedule used.
+    for host, schedule in scenario.schedules.items():
+        expected = {a.service for unit in schedule.units for a in unit}
+        expected |= set(schedule.served_services())
+        assert counted[macs[host]] == expected, host
+
+    # Known types are identified as themselves, the held-out hub as unknown.
+    answers = view.final()
+    for host, truth in scenario.truth.items():
+        expected_label = UNKNOWN if truth == "hub" else truth
+        assert answers[host].label == expected_label, (host, answers[host].similarity)
+
+    # Nothing the network created is left behind.
+    assert not any(interface_exists(name) for name in created)
+    assert not (config.logs / STATE_FILE).exists()
