@@ -72,9 +72,10 @@ run: venv
 stop: venv
 	$(VENV)/bin/svcfp testbed stop --logs $(LOGS)
 
+# Attaches to the pipeline already on the switch (no --config: that would re-push and wipe it),
+# with an election id below the controller's so the controller stays primary.
 shell: venv-ptf
-	$(PY_PTF) -m p4runtime_sh --grpc-addr $(GRPC_ADDR) --device-id $(DEVICE_ID) --election-id 0,1 \
-	  --config $(P4INFO),$(BMV2_JSON)
+	$(PY_PTF) -m p4runtime_sh --grpc-addr $(GRPC_ADDR) --device-id $(DEVICE_ID) --election-id 0,1
 
 lint: venv
 	$(PY) -m ruff check .

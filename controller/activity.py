@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -307,15 +307,53 @@ class ActivityTable:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(CSV_COLUMNS)
-                seconds = _format_seconds(self.unit_seconds)
-                writer.writerows(
-                    (r.device, r.unit, seconds, r.service, r.packets, r.bytes)
-                    for r in self.records()
-                )
+                if not self._write_rows_arrow(handle):
+                    seconds = _format_seconds(self.unit_seconds)
+                    writer.writerows(
+                        (r.device, r.unit, seconds, r.service, r.packets, r.bytes)
+                        for r in self.records()
+                    )
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _write_rows_arrow(self, handle: TextIO) -> bool:
+        """Append the rows with pyarrow's CSV writer; False when pyarrow is missing or a name
+        would need quoting (the csv module then writes them)."""
+        try:
+            import pyarrow as pa
+            import pyarrow.csv as pacsv
+        except ImportError:
+            return False
+        special = set(',"\r\n')
+        if any(special & set(name) for name in (*self.devices, *self.services)):
+            return False
+
+        def names(vocabulary: tuple[str, ...], codes: CodeArray) -> Any:
+            dictionary = pa.array(vocabulary, type=pa.string())
+            return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary).cast(pa.string())
+
+        seconds = _format_seconds(self.unit_seconds)
+        table = pa.table(
+            [
+                names(self.devices, self.device),
+                pa.array(self.unit),
+                names((seconds,), np.zeros(len(self), dtype=np.int32)),
+                names(self.services, self.service),
+                pa.array(self.packets),
+                pa.array(self.bytes),
+            ],
+            names=list(CSV_COLUMNS),
+        )
+        handle.flush()
+        with open(handle.fileno(), "ab", closefd=False) as binary:
+            pacsv.write_csv(
+                table,
+                binary,
+                write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
+            )
+        return True
 
     @classmethod
     def from_csv(cls, path: Path, unit_seconds: float | None = None) -> ActivityTable:
@@ -338,6 +376,9 @@ class ActivityTable:
                 raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
             if "unit_seconds" not in header and unit_seconds is None:
                 raise InputError(f"{path}: line 1: no unit_seconds column and none given")
+            fast = _from_csv_arrow(path, header, unit_seconds)
+            if fast is not None:
+                return fast
             index = {c: header.index(c) for c in CSV_COLUMNS if c in header}
             devices: dict[str, int] = {}
             services: dict[str, int] = {}
@@ -381,6 +422,62 @@ class ActivityTable:
             bytes=np.array(cols[4], dtype=np.int64),
             unit_seconds=seen_seconds if seen_seconds is not None else 3600.0,
         )
+
+
+def _from_csv_arrow(
+    path: Path, header: list[str], unit_seconds: float | None
+) -> ActivityTable | None:
+    """The columnar read of a well-formed activity CSV; None (the line reader then names the
+    problem) when pyarrow is missing or anything does not convert."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    types = {c: pa.int64() for c in ("unit", "packets", "bytes")}
+    types.update({"device": pa.string(), "service": pa.string()})
+    if "unit_seconds" in header:
+        types["unit_seconds"] = pa.float64()
+    try:
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(include_columns=list(types), column_types=types),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if any(table.column(c).null_count for c in types):
+        return None
+    seconds = unit_seconds
+    if "unit_seconds" in types and table.num_rows:
+        column = table.column("unit_seconds")
+        lo, hi = pc.min(column).as_py(), pc.max(column).as_py()
+        if lo != hi or (seconds is not None and not math.isclose(lo, seconds)):
+            return None
+        seconds = lo
+    if table.num_rows and (
+        pc.min(table.column("packets")).as_py() < 0 or pc.min(table.column("bytes")).as_py() < 0
+    ):
+        return None
+
+    def vocabulary(name: str) -> tuple[tuple[str, ...], npt.NDArray[np.int32]]:
+        encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(table.column(name)))
+        encoded = encoded.combine_chunks() if hasattr(encoded, "combine_chunks") else encoded
+        words = tuple(str(w) for w in encoded.dictionary.to_pylist())
+        return words, np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32)
+
+    devices, device_codes = vocabulary("device")
+    services, service_codes = vocabulary("service")
+    return ActivityTable.from_arrays(
+        devices=devices,
+        services=services,
+        device=device_codes,
+        unit=table.column("unit").to_numpy(),
+        service=service_codes,
+        packets=table.column("packets").to_numpy(),
+        bytes=table.column("bytes").to_numpy(),
+        unit_seconds=seconds if seconds is not None else 3600.0,
+    )
 
 
 def _check_unit_seconds(value: float, what: str) -> None:

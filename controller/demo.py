@@ -50,10 +50,11 @@ from controller.fingerprint import (
 )
 from controller.identify import UNKNOWN, Decision, References, enroll, identify
 from controller.report import plot_confusion
-from controller.run import Controller, RunConfig, SwitchSpec
+from controller.run import Controller, RunConfig
 from controller.testbed import (
     DEFAULT_BMV2_JSON,
     DEFAULT_P4INFO,
+    switch_specs,
     wait_programmed,
     write_devices_file,
 )
@@ -61,9 +62,9 @@ from topology import graph as topo
 from topology.emulation import DeviceSchedule, EmulationRun, next_unit_start
 from topology.files import write_json_atomic, write_text_atomic
 from topology.frames import synthesize, write_pcap
+from topology.launch import check_switch_kind, launch, refswitch_command
 from topology.schedules import synthetic_schedules
 from topology.state import TestbedState, teardown
-from topology.switches import launch, refswitch_command, switch_class
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +272,6 @@ class Playback:
         self.stop = stop
 
 
-def _switch_spec(graph: nx.Graph[str], switch: topo.Switch) -> SwitchSpec:
-    return SwitchSpec(
-        name=switch.name,
-        grpc_addr=f"127.0.0.1:{switch.grpc_port}",
-        device_id=switch.device_id,
-        ports=tuple(topo.flood_ports(graph)[switch.name]),
-        l2=topo.forwarding(graph)[switch.name],
-    )
-
-
 def _graph(config: DemoConfig, scenario: Scenario) -> nx.Graph[str]:
     graph = topo.default_topology(sorted(scenario.truth.items()))
     graph.nodes["s1"]["grpc_port"] = config.grpc_port
@@ -293,7 +284,7 @@ def _run_config(config: DemoConfig, graph: nx.Graph[str]) -> RunConfig:
     for stale in config.out.glob("demo.db*"):
         stale.unlink()
     return RunConfig(
-        switches=tuple(_switch_spec(graph, s) for s in topo.switches(graph)),
+        switches=switch_specs(graph),
         p4info=config.p4info,
         bmv2_json=config.bmv2_json if config.switch == "bmv2" else None,
         interval=config.interval,
@@ -339,7 +330,6 @@ def run_network(
     from topology.emulation import start_emulation
     from topology.network import running_network
 
-    switch_class(config.switch)
     graph = _graph(config, scenario)
     run_config = _run_config(config, graph)
     state = TestbedState.create(config.logs)
@@ -565,8 +555,14 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
     """Run the whole demo; returns the summary written to `decisions.json`."""
     begun = time.monotonic()
     network = not config.no_network and os.geteuid() == 0
-    if config.switch == "bmv2" and not network:
-        raise SvcfpError("the BMv2 demo needs root: it runs BMv2 in a Mininet network")
+    if config.switch == "bmv2":
+        if not network:
+            raise SvcfpError("the BMv2 demo needs root: it runs BMv2 in a Mininet network")
+        check_switch_kind("bmv2")
+        if not config.bmv2_json.is_file():
+            raise InputError(
+                f"{config.bmv2_json}: BMv2 needs the compiled program; run `make build`"
+            )
     if not network:
         why = "--no-network" if config.no_network else "not running as root"
         out.write(

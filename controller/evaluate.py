@@ -42,8 +42,10 @@ from controller.identify import (
     UNKNOWN,
     Mode,
     References,
+    Scores,
     choose_theta,
     enroll,
+    own_type_similarity,
     score,
 )
 
@@ -54,6 +56,8 @@ Windows = Literal["exporter", "whole"]
 Split = Literal["time", "group"]
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
 DEFAULT_TRAIN_FRACTION = 0.5
+DEFAULT_PREFIXES = (1, 2, 5, 10, 20, 30, 60, 120, 300)
+"""Observation lengths (units) at which early identification of captures is measured."""
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -148,7 +152,8 @@ class EvalSettings:
     """What to evaluate: the grid, how windows are made and split, how references are matched.
 
     `captures`: every track is a separate short capture, so its timeline ends with its own last
-    activity and the window still open there is exported too (unconverged).
+    activity and the window still open there is exported too (unconverged); early
+    identification is then measured on the first `prefixes` units of every test capture.
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -162,6 +167,7 @@ class EvalSettings:
     neighbours: int = DEFAULT_NEIGHBOURS
     percentile: float = DEFAULT_PERCENTILE
     theta: float | None = None
+    prefixes: tuple[int, ...] = DEFAULT_PREFIXES
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -254,7 +260,8 @@ def make_windows(
 
 
 def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> dict[str, Any]:
-    """Closed- and open-set decisions on test fingerprints whose types are all known."""
+    """Closed-set metrics on test fingerprints whose types are all known (and the accuracy when
+    θ may also answer "unknown"). Keys starting with "_" hold the raw decisions and scores."""
     scores = score(test, refs)
     predicted = [scores.types[w] for w in scores.winner.tolist()]
     best = scores.best
@@ -262,10 +269,6 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
         p if b >= refs.theta else UNKNOWN for p, b in zip(predicted, best.tolist(), strict=True)
     ]
     classes, matrix = confusion_matrix(truth, predicted)
-    own = {t: i for i, t in enumerate(scores.types)}
-    own_score = np.array(
-        [scores.type_scores[i, own[t]] if t in own else np.nan for i, t in enumerate(truth)]
-    )
     return {
         "n_test": len(truth),
         "accuracy": accuracy(truth, predicted),
@@ -277,7 +280,7 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
         "per_type_accuracy": _per_type(truth, predicted),
         "_predicted": predicted,
         "_best": best,
-        "_own": own_score,
+        "_scores": scores,
     }
 
 
@@ -294,27 +297,49 @@ def open_set(
     truth: Sequence[str],
     percentile: float,
     theta: float | None,
+    scores: Scores | None = None,
 ) -> dict[str, Any]:
     """Leave-one-type-out: each type with test windows in turn is removed from the references
-    (θ re-chosen from what is left unless given) and must come out "unknown"."""
+    (θ re-chosen from what is left unless given) and must come out "unknown".
+
+    Removing a type leaves every other type's score as it was (its references and prototype
+    are untouched, and so are the other types' leave-one-out similarities behind θ), so with a
+    single voting neighbour one scoring of `test` (`scores`, computed if not given) serves every
+    fold; with several voting neighbours each fold is scored anew.
+    """
     folds = []
     pooled_scores: list[FloatArray] = []
     pooled_known: list[npt.NDArray[np.bool_]] = []
     truth_arr = np.array(truth, dtype=object)
+    reuse = refs.mode == "centroid" or refs.neighbours == 1
+    full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
+    own = own_type_similarity(refs) if theta is None else None
+    labels_arr = np.array(refs.labels, dtype=object)
     for left_out in sorted(set(truth) & set(refs.labels)):
-        rest = refs.without_types([left_out])
-        if len(rest.types) < 1:
+        rest_types = tuple(t for t in refs.types if t != left_out)
+        if not rest_types:
             continue
-        try:
-            fold_theta = theta if theta is not None else choose_theta(rest, percentile)
-        except InputError:
-            fold_theta = 0.0
-        scores = score(test, rest)
-        best = scores.best
-        predicted = np.array([scores.types[w] for w in scores.winner.tolist()], dtype=object)
+        if theta is not None:
+            fold_theta = theta
+        else:
+            assert own is not None
+            values = own[(labels_arr != left_out) & ~np.isnan(own)]
+            fold_theta = (
+                float(np.percentile(values, percentile, method="lower")) if values.size else 0.0
+            )
+        if full is not None:
+            ts = full.type_scores.copy()
+            ts[:, full.types.index(left_out)] = -np.inf
+            winner = np.argmax(ts, axis=1)
+            best = ts[np.arange(len(winner)), winner]
+            predicted = np.array([full.types[w] for w in winner.tolist()], dtype=object)
+        else:
+            fold = score(test, refs.without_types([left_out]))
+            best = fold.best
+            predicted = np.array([fold.types[w] for w in fold.winner.tolist()], dtype=object)
         unknown = truth_arr == left_out
         # Known test windows of types the references never had cannot be judged here.
-        judged = unknown | np.isin(truth_arr, np.array(rest.types, dtype=object))
+        judged = unknown | np.isin(truth_arr, np.array(rest_types, dtype=object))
         known = judged & ~unknown
         accepted = best >= fold_theta
         folds.append(
@@ -373,6 +398,52 @@ def time_to_identification(
         "median_units": float(np.median(times)) if times else None,
         "mean_units": float(np.mean(times)) if times else None,
         "cdf": dict(zip(("units", "fraction"), cdf(times), strict=True)),
+    }
+
+
+def early_identification(
+    refs: References,
+    activity: ActivityTable,
+    tracks: Mapping[str, str],
+    prefixes: Sequence[int],
+    threshold: int,
+) -> dict[str, Any]:
+    """Closed-set accuracy when only the first t units of each track are seen, per t.
+
+    Each test track (device key → true type) is cut to units [first, first + t) of its own
+    timeline and fingerprinted as one window: how fast a capture is recognised.
+    """
+    sub = activity.select(devices=tracks)
+    first = np.full(len(sub.devices), np.iinfo(np.int64).max)
+    np.minimum.at(first, sub.device, sub.unit)
+    offset = sub.unit - first[sub.device]
+    accuracies: list[float] = []
+    seen: list[int] = []
+    for t in prefixes:
+        keep = offset < t
+        prefix = ActivityTable(
+            sub.devices,
+            sub.services,
+            sub.device[keep],
+            sub.unit[keep],
+            sub.service[keep],
+            sub.packets[keep],
+            sub.bytes[keep],
+            sub.unit_seconds,
+        )
+        fps = whole_windows(prefix, refs.granularity, threshold)
+        names = fps.device_names
+        predicted = [] if not names else [refs.types[w] for w in score(fps, refs).winner.tolist()]
+        hits = sum(p == tracks[n] for p, n in zip(predicted, names, strict=True))
+        # A track silent in its first t units (below h) counts as not identified.
+        accuracies.append(hits / len(tracks) if tracks else math.nan)
+        seen.append(len(names))
+    return {
+        "units": list(prefixes),
+        "seconds": [t * activity.unit_seconds for t in prefixes],
+        "accuracy": accuracies,
+        "tracks_with_activity": seen,
+        "tracks": len(tracks),
     }
 
 
@@ -456,13 +527,21 @@ def _evaluate_one(
             p if b >= refs.theta else UNKNOWN
             for p, b in zip(closed["_predicted"], closed["_best"].tolist(), strict=True)
         ]
-        yield {
+        result = {
             **common,
             "mode": mode,
             "closed_set": closed,
-            "open_set": open_set(refs, test, truth, settings.percentile, settings.theta),
+            "open_set": open_set(
+                refs, test, truth, settings.percentile, settings.theta, closed["_scores"]
+            ),
             "time_to_identification": time_to_identification(test, truth, open_labels),
         }
+        if settings.captures and settings.prefixes:
+            tracks = dict(zip(test.device_names, truth, strict=True))
+            result["early_identification"] = early_identification(
+                refs, activity, tracks, settings.prefixes, settings.exporter.threshold
+            )
+        yield result
 
 
 def _convergence(fps: FingerprintSet) -> dict[str, Any]:

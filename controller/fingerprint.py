@@ -57,8 +57,8 @@ DEFAULT_N_MAX = 168
 DEFAULT_UNIT_SECONDS = 3600.0
 """The default time unit: one hour."""
 
-# Memory budget for one block of a broadcast similarity computation (elements of float64).
-_BLOCK_ELEMENTS = 4_000_000
+# Elements (float64) of one block of a blocked similarity computation: small enough for cache.
+_BLOCK_ELEMENTS = 256_000
 
 
 def representation_name(granularity: int | None) -> str:
@@ -159,12 +159,19 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     if _is_binary(x) and _is_binary(y):
         num = x @ y.T
     else:
-        num = np.empty((x.shape[0], y.shape[0]), dtype=np.float64)
-        block = max(1, _BLOCK_ELEMENTS // max(1, y.shape[0] * y.shape[1]))
-        for lo in range(0, x.shape[0], block):
-            num[lo : lo + block] = np.minimum(x[lo : lo + block, None, :], y[None, :, :]).sum(
-                axis=2
-            )
+        num = np.zeros((x.shape[0], y.shape[0]), dtype=np.float64)
+        columns = np.ascontiguousarray(y.T)
+        used = x > 0
+        rows = max(1, _BLOCK_ELEMENTS // max(1, y.shape[0]))
+        scratch = np.empty((min(rows, x.shape[0]), y.shape[0]), dtype=np.float64)
+        for lo in range(0, x.shape[0], rows):
+            hi = min(lo + rows, x.shape[0])
+            acc, tmp = num[lo:hi], scratch[: hi - lo]
+            # min(a, b) is 0 wherever a is: each block adds only the services its rows use
+            # (few, as rows of one device sit together), one 2-D pass per service.
+            for s in np.flatnonzero(used[lo:hi].any(axis=0)).tolist():
+                np.minimum(x[lo:hi, s, None], columns[s][None, :], out=tmp)
+                acc += tmp
     return _ratio(num, sum_x + sum_y - num)
 
 

@@ -56,6 +56,8 @@ DEFAULT_PERCENTILE = 5.0
 DEFAULT_NEIGHBOURS = 1
 """Reference fingerprints that vote in nearest mode."""
 FORMAT = "svcfp-references"
+# Similarities held at once while scoring (rows × references), about 128 MB of float64.
+_SCORE_BLOCK = 16_000_000
 VERSION = 1
 
 
@@ -299,10 +301,12 @@ def own_type_similarity(refs: References) -> FloatArray:
     counts = np.bincount(idx, minlength=len(refs.types))
     several = counts[idx] >= 2
     if refs.mode == "nearest":
-        sims = similarity_matrix(refs.weights, refs.weights)
-        same = (idx[:, None] == idx[None, :]) & ~np.eye(len(idx), dtype=bool)
-        best = np.where(same, sims, -np.inf).max(axis=1)
-        out[several] = best[several]
+        # Only same-type pairs matter: one small similarity matrix per type.
+        for t in np.flatnonzero(counts >= 2).tolist():
+            rows = np.flatnonzero(idx == t)
+            sims = similarity_matrix(refs.weights[rows], refs.weights[rows])
+            np.fill_diagonal(sims, -np.inf)
+            out[rows] = sims.max(axis=1)
     else:
         sums = np.zeros((len(refs.types), len(refs.services)))
         np.add.at(sums, idx, refs.weights)
@@ -376,23 +380,34 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     r = np.zeros((len(refs.labels), len(axis)))
     r[:, ref_cols] = refs.weights
     idx = refs.type_index
-    sims = similarity_matrix(x, r) if m else np.zeros((0, len(idx)))
-    type_scores = np.full((m, len(types)), -np.inf)
-    for t in range(len(types)):
-        type_scores[:, t] = sims[:, idx == t].max(axis=1) if m else 0.0
+    # References sorted by type, so a type's best similarity is one reduceat over its columns.
+    perm = np.argsort(idx, kind="stable")
+    r, sorted_idx = r[perm], idx[perm]
+    bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
+    firsts = np.concatenate([[0], bounds]).astype(np.int64)
     k = min(refs.neighbours, len(idx))
-    if k == 1:
-        winner = np.argmax(type_scores, axis=1)
-    else:
-        # Votes of the k most similar references; the best score breaks ties (it is < 1, so it
-        # never outweighs a whole vote).
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        votes = np.zeros((m, len(types)))
-        np.add.at(votes, (np.repeat(np.arange(m), k), idx[top].reshape(-1)), 1.0)
-        winner = np.argmax(votes + type_scores / 2.0, axis=1)
-    of_winner = np.where(idx[None, :] == winner[:, None], sims, -np.inf)
-    matched = np.argmax(of_winner, axis=1) if m else np.zeros(0, dtype=np.int64)
-    return Scores(types, type_scores, winner.astype(np.int64), matched.astype(np.int64))
+    type_scores = np.zeros((m, len(types)))
+    winner = np.zeros(m, dtype=np.int64)
+    matched = np.zeros(m, dtype=np.int64)
+    # Rows in blocks: the fingerprint × reference matrix is never held whole.
+    block = max(1, _SCORE_BLOCK // max(1, len(idx)))
+    for lo in range(0, m, block):
+        sims = similarity_matrix(x[lo : lo + block], r)
+        ts = np.maximum.reduceat(sims, firsts, axis=1)
+        if k == 1:
+            win = np.argmax(ts, axis=1)
+        else:
+            # Votes of the k most similar references; the best score breaks ties (it is ≤ 1,
+            # halved, so it never outweighs a whole vote).
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            votes = np.zeros(ts.shape)
+            np.add.at(votes, (np.repeat(np.arange(len(ts)), k), sorted_idx[top].reshape(-1)), 1.0)
+            win = np.argmax(votes + ts / 2.0, axis=1)
+        of_winner = np.where(sorted_idx[None, :] == win[:, None], sims, -np.inf)
+        type_scores[lo : lo + block] = ts
+        winner[lo : lo + block] = win
+        matched[lo : lo + block] = perm[np.argmax(of_winner, axis=1)]
+    return Scores(types, type_scores, winner, matched)
 
 
 @dataclass(frozen=True)

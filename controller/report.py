@@ -148,6 +148,18 @@ def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t} | {p} | {n} |" for t, p, n in top_confusions(best)] or ["| – | – | 0 |"]
+    early = best.get("early_identification")
+    if early:
+        lines += [
+            "",
+            "### Early identification",
+            "",
+            "Closed-set accuracy when only the first seconds of each test capture are seen:",
+            "",
+            "| seen (s) | " + " | ".join(_fmt(t, 0) for t in early["seconds"]) + " |",
+            "|---|" + "---|" * len(early["seconds"]),
+            "| accuracy | " + " | ".join(_fmt(a) for a in early["accuracy"]) + " |",
+        ]
     lines += ["", "### Accuracy per type", "", "| type | accuracy |", "|---|---|"]
     lines += [f"| {t} | {_fmt(a)} |" for t, a in best["closed_set"]["per_type_accuracy"].items()]
     lines += ["", "## Plots", ""]

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
+
 from controller.errors import InputError, SvcfpError
 from controller.run import Controller, RunConfig, SwitchSpec
 from topology import graph as topo
@@ -65,7 +67,7 @@ def _grpc_port(addr: str) -> int:
     return int(port)
 
 
-def testbed_graph(config: TestbedConfig) -> Any:
+def testbed_graph(config: TestbedConfig) -> nx.Graph[str]:
     """The topology to build: the given file, or the default one with the chosen switch address."""
     if config.topology is not None:
         return topo.load(config.topology)
@@ -76,20 +78,26 @@ def testbed_graph(config: TestbedConfig) -> Any:
     return graph
 
 
-def controller_config(config: TestbedConfig, graph: Any) -> RunConfig:
-    """The controller's configuration for the testbed's switches, devices and database."""
-    switches = tuple(
+def switch_specs(graph: nx.Graph[str]) -> tuple[SwitchSpec, ...]:
+    """What the controller needs of each switch of a topology: address, flood ports, MAC table."""
+    flood = topo.flood_ports(graph)
+    forwarding = topo.forwarding(graph)
+    return tuple(
         SwitchSpec(
             name=switch.name,
             grpc_addr=f"127.0.0.1:{switch.grpc_port}",
             device_id=switch.device_id,
-            ports=tuple(topo.flood_ports(graph)[switch.name]),
-            l2=topo.forwarding(graph)[switch.name],
+            ports=tuple(flood[switch.name]),
+            l2=forwarding[switch.name],
         )
         for switch in topo.switches(graph)
     )
+
+
+def controller_config(config: TestbedConfig, graph: nx.Graph[str]) -> RunConfig:
+    """The controller's configuration for the testbed's switches, devices and database."""
     return RunConfig(
-        switches=switches,
+        switches=switch_specs(graph),
         p4info=config.p4info,
         bmv2_json=config.bmv2_json,
         interval=config.interval,
@@ -100,7 +108,7 @@ def controller_config(config: TestbedConfig, graph: Any) -> RunConfig:
     )
 
 
-def write_devices_file(graph: Any, path: Path) -> Path:
+def write_devices_file(graph: nx.Graph[str], path: Path) -> Path:
     """Every host as a static device (`mac,label,port,switch`), so counting starts at packet one."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

@@ -129,6 +129,12 @@ class FingerprintTest(BaseTest):
         entry.action["port"] = str(port)
         self._insert(entry)
 
+    def add_l2_drop(self, mac: str) -> None:
+        """l2_forward: frames to `mac` are dropped (after being counted)."""
+        entry = sh.TableEntry("l2_forward")(action="drop")
+        entry.match["dst_mac"] = mac
+        self._insert(entry)
+
     def add_flood_group(self, ports: Iterable[int] = PORTS, group_id: int = 1) -> None:
         """The multicast group flood() uses: every port (hairpins are pruned in egress)."""
         group = sh.MulticastGroupEntry(group_id)

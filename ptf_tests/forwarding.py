@@ -66,6 +66,30 @@ class Broadcast(FingerprintTest):
         self.assert_counted(before, {(host_device(2), 0): (1, length)})
 
 
+class DropEntry(FingerprintTest):
+    """A drop() entry discards frames to one destination, which are still counted; other
+    destinations are unaffected."""
+
+    def runTest(self) -> None:
+        self.install_hosts()
+        self.add_service(HTTPS, PROTO_TCP, (443, 443), priority=10)
+        self.add_l2_drop(UNKNOWN_MAC)
+        blocked = (
+            Ether(src=host_mac(3), dst=UNKNOWN_MAC)
+            / IP(src=host_ip(3), dst="10.0.0.99")
+            / TCP(sport=40002, dport=443)
+        )
+        allowed = (
+            Ether(src=host_mac(3), dst=host_mac(2))
+            / IP(src=host_ip(3), dst=host_ip(2))
+            / TCP(sport=40003, dport=443)
+        )
+        before = self.read_counters()
+        blocked_len = self.send_and_expect(3, blocked, [], count=2)
+        allowed_len = self.send_and_expect(3, allowed, [2])
+        self.assert_counted(before, {(host_device(3), HTTPS): (3, 2 * blocked_len + allowed_len)})
+
+
 class TapMode(FingerprintTest):
     """With l2_forward's default set to drop, packets are counted and nothing egresses."""
 

@@ -247,7 +247,10 @@ def placeholder_device_config(build_dir: Path) -> Path:
     shell's FwdPipeConfig needs a file."""
     build_dir.mkdir(parents=True, exist_ok=True)
     path = build_dir / "refswitch-device-config.json"
-    path.write_text('{"target": "svcfp reference switch", "program": "fingerprint.p4"}\n')
+    # Written aside and renamed: another run may be reading it right now.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text('{"target": "svcfp reference switch", "program": "fingerprint.p4"}\n')
+    partial.replace(path)
     return path
 
 

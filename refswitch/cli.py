@@ -25,6 +25,7 @@ from finsy.proto import p4r
 
 from controller.errors import InputError
 from controller.p4info import P4Schema
+from refswitch.pipeline import DIGEST_REPEAT_US
 from refswitch.ports import Ports, parse_binding
 from refswitch.server import P4RuntimeServer
 from refswitch.status import P4RuntimeError
@@ -90,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="now",
         help="start replays at once, once a pipeline is committed, or on SIGUSR1 (default: now)",
     )
+    parser.add_argument(
+        "--digest-repeat-us",
+        type=int,
+        default=DIGEST_REPEAT_US,
+        help="DIGEST_REPEAT_US of the P4 build being modelled (not in the P4Info; default "
+        f"{DIGEST_REPEAT_US})",
+    )
     parser.add_argument("--cpu-port", type=int, help="port whose frames become PacketIn messages")
     parser.add_argument("--log-file", type=Path, help="this switch's log file")
     parser.add_argument("--p4info", type=Path, help="preload a pipeline from this P4Info")
@@ -113,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     _plain_loggers()
     if args.log_file:
         _log_to(args.log_file)
-    switch = Switch(args.device_id, cpu_port=args.cpu_port)
+    if args.digest_repeat_us < 0:
+        raise InputError("--digest-repeat-us must not be negative")
+    switch = Switch(args.device_id, cpu_port=args.cpu_port, digest_repeat_us=args.digest_repeat_us)
     stop = threading.Event()
     start_replay = threading.Event()
     ports = Ports(switch)

@@ -141,6 +141,7 @@ class DigestEngine:
             if config is None:
                 return
             if config.ack_timeout_ns > 0:
+                self._expire(state, self._clock_ns())
                 if sample in state.cache:
                     return
                 state.cache.add(sample)
@@ -197,13 +198,22 @@ class DigestEngine:
                             self._flush(state, config)
                         else:
                             wake = min(wake, due)
-                    for list_id, outstanding in list(state.outstanding.items()):
-                        if now >= outstanding.expires_ns:
-                            del state.outstanding[list_id]
-                            state.cache.difference_update(outstanding.samples)
-                        else:
-                            wake = min(wake, outstanding.expires_ns)
+                    next_expiry = self._expire(state, now)
+                    if next_expiry is not None:
+                        wake = min(wake, next_expiry)
                 self._cond.wait(timeout=max(wake - now, 0) / 1e9)
+
+    @staticmethod
+    def _expire(state: _DigestState, now: int) -> int | None:
+        """Forget lists whose ack timeout passed; when the next one expires (None: no list)."""
+        next_expiry = None
+        for list_id, outstanding in list(state.outstanding.items()):
+            if now >= outstanding.expires_ns:
+                del state.outstanding[list_id]
+                state.cache.difference_update(outstanding.samples)
+            elif next_expiry is None or outstanding.expires_ns < next_expiry:
+                next_expiry = outstanding.expires_ns
+        return next_expiry
 
 
 def _entry(digest_id: int, config: DigestConfig) -> p4r.DigestEntry:

@@ -364,10 +364,6 @@ class Pipeline:
         """The state packets currently see."""
         return self._tables
 
-    def set_digest_sink(self, sink: DigestSink | None) -> None:
-        """Where `digest<new_device_t>` goes: called with (mac, port) under the pipeline lock."""
-        self._digest_sink = sink
-
     def read_counters(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Copies of service_hits (packets, bytes), taken atomically."""
         with self._lock:

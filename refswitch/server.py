@@ -52,7 +52,6 @@ class _Stream:
         default_factory=queue.Queue
     )
     election_id: int | None = None
-    role: str = ""
 
     def send(self, message: p4r.StreamMessageResponse | P4RuntimeError | None) -> None:
         self.outbox.put(message)

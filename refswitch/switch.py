@@ -50,7 +50,7 @@ class Switch:
         *,
         cpu_port: int | None = None,
         clock_us: Callable[[], int] | None = None,
-        digest_repeat_us: int | None = None,
+        digest_repeat_us: int = DIGEST_REPEAT_US,
     ) -> None:
         self.device_id = device_id
         self.cpu_port = cpu_port
@@ -172,7 +172,7 @@ class Switch:
             program,
             clock=self._clock_us,
             digest_sink=lambda mac, port: digests.offer(digest_id, (mac, port)),
-            digest_repeat_us=self._digest_repeat_us or DIGEST_REPEAT_US,
+            digest_repeat_us=self._digest_repeat_us,
         )
         tables = TableStore(
             program.schema,

@@ -56,10 +56,6 @@ def decode_bytestring(data: bytes, bitwidth: int, what: str) -> int:
     return value
 
 
-def _bytes(value: int, bitwidth: int) -> bytes:
-    return encode_int(value, bitwidth)
-
-
 class TableStore:
     """Every table's entries and default action for one pipeline."""
 
@@ -289,7 +285,7 @@ class TableStore:
         message.action_id = action.id
         for param, value in zip(action.params, call.params, strict=True):
             message.params.append(
-                p4r.Action.Param(param_id=param.id, value=_bytes(value, param.bitwidth))
+                p4r.Action.Param(param_id=param.id, value=encode_int(value, param.bitwidth))
             )
 
 
@@ -358,16 +354,16 @@ def _field_match_to_proto(info: MatchFieldInfo, match: FieldMatch) -> p4r.FieldM
     message = p4r.FieldMatch(field_id=info.id)
     kind = info.match_type
     if kind == "EXACT":
-        message.exact.value = _bytes(match[0], width)
+        message.exact.value = encode_int(match[0], width)
     elif kind == "TERNARY":
-        message.ternary.value = _bytes(match[0], width)
-        message.ternary.mask = _bytes(match[1], width)
+        message.ternary.value = encode_int(match[0], width)
+        message.ternary.mask = encode_int(match[1], width)
     elif kind == "LPM":
-        message.lpm.value = _bytes(match[0], width)
+        message.lpm.value = encode_int(match[0], width)
         message.lpm.prefix_len = match[1]
     elif kind == "RANGE":
-        message.range.low = _bytes(match[0], width)
-        message.range.high = _bytes(match[1], width)
+        message.range.low = encode_int(match[0], width)
+        message.range.high = encode_int(match[1], width)
     else:
-        message.optional.value = _bytes(match[0], width)
+        message.optional.value = encode_int(match[0], width)
     return message

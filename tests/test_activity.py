@@ -170,3 +170,40 @@ def test_csv_round_trip_and_errors(tmp_path: Path) -> None:
         ActivityTable.from_csv(bad)
     with pytest.raises(InputError, match="cannot read"):
         ActivityTable.from_csv(tmp_path / "absent.csv")
+
+
+def test_csv_with_mixed_units_and_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "device,unit,unit_seconds,service,packets,bytes\n"
+        f"{A},1,60,tcp/443,1,10\n{A},1,60,tcp/443,2,20\n{B},1,60,udp/53,1,5\n"
+    )
+    table = ActivityTable.from_csv(path)
+    assert list(table.records()) == [
+        ActivityRecord(A, 1, "tcp/443", 3, 30),
+        ActivityRecord(B, 1, "udp/53", 1, 5),
+    ]
+    path.write_text(
+        "device,unit,unit_seconds,service,packets,bytes\n"
+        f"{A},1,60,tcp/443,1,10\n{B},1,3600,udp/53,1,5\n"
+    )
+    with pytest.raises(InputError, match=r"mixed.csv: line 3: unit_seconds 3600.0 differs"):
+        ActivityTable.from_csv(path)
+    path.write_text(f"device,unit,unit_seconds,service,packets,bytes\n{A},1,60,tcp/443,-1,10\n")
+    with pytest.raises(InputError, match=r"mixed.csv: line 2: negative packet or byte count"):
+        ActivityTable.from_csv(path)
+
+
+def test_csv_quotes_names_that_need_it(tmp_path: Path) -> None:
+    table = ActivityTable.from_records(
+        [("lab, bench 1", 4, 'odd "service"', 2, 20), (A, 4, "tcp/443", 1, 10)], unit_seconds=60
+    )
+    path = tmp_path / "quoted.csv"
+    table.to_csv(path)
+    assert '"lab, bench 1",4,60,"odd ""service""",2,20' in path.read_text()
+    assert ActivityTable.from_csv(path).equals(table)
+    plain = tmp_path / "plain.csv"
+    ActivityTable.from_records([(A, 4, "tcp/443", 1, 10)], unit_seconds=60).to_csv(plain)
+    assert plain.read_text() == (
+        "device,unit,unit_seconds,service,packets,bytes\naa:bb:cc:dd:ee:01,4,60,tcp/443,1,10\n"
+    )

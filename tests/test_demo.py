@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from controller import synth
 from controller.demo import DemoConfig, build_scenario, choose_types, main, run_demo
-from controller.errors import InputError
+from controller.errors import InputError, SvcfpError
 from topology.state import STATE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,13 @@ def test_scenario_enrolls_only_known_types_and_schedules_every_host(tmp_path: Pa
     # The hub serves tcp/80 (a peer probes it); the camera never serves anything.
     assert any(service == "tcp/80" for _, service in scenario.schedules["d3"].serve)
     assert scenario.schedules["d1"].serve == ()
+
+
+@pytest.mark.skipif(shutil.which("simple_switch_grpc") is not None, reason="BMv2 is installed")
+def test_bmv2_demo_without_bmv2_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SvcfpError, match=r"simple_switch_grpc is not on PATH|needs root"):
+        run_demo(config(tmp_path, switch="bmv2"), io.StringIO())
+    assert not (tmp_path / "logs" / STATE_FILE).exists()
 
 
 def test_bad_arguments_are_input_errors() -> None:

@@ -287,3 +287,25 @@ def test_netflow_v9_messages(tmp_path: Path) -> None:
         (B, (T0 + 95) // 60, "tcp/80", 7, 0),
     ]
     assert stats.records == 2 and stats.skipped == 0
+
+
+def test_capture_of_exporter_traffic(tmp_path: Path) -> None:
+    flat = tmp_path / "flows.ipfix"
+    hand_built_file(flat)
+    data = flat.read_bytes()
+    datagrams = []
+    pos = 0
+    while pos < len(data):
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        datagrams.append(data[pos : pos + length])
+        pos += length
+    assert len(datagrams) == 3
+    exporter = Ether(src="02:00:00:00:00:99", dst="02:00:00:00:00:98")
+    packets = [exporter / IP() / UDP(sport=50000, dport=4739) / d for d in datagrams]
+    packets.insert(1, Ether(src=A, dst=B) / IP() / TCP(dport=80))  # not an export: ignored
+    capture = tmp_path / "exports.pcap"
+    wrpcap(str(capture), packets)
+    from_capture, capture_stats = read_ipfix(capture, Catalogue.default(), 3600)
+    from_file, file_stats = read_ipfix(flat, Catalogue.default(), 3600)
+    assert from_capture.equals(from_file) and len(from_capture) == 5
+    assert capture_stats.records == file_stats.records == 3

@@ -458,3 +458,25 @@ def test_a_counter_that_is_not_devices_times_services_is_refused() -> None:
 
     with pytest.raises(P4RuntimeError, match="not a whole multiple"):
         _resized(64, 1000)
+
+
+def test_switch_passes_its_digest_repeat_interval_to_the_pipeline(clock: Clock) -> None:
+    from finsy.proto import p4r
+
+    from refswitch.switch import Switch
+
+    switch = Switch(0, clock_us=clock, digest_repeat_us=1000)
+    try:
+        config = p4r.ForwardingPipelineConfig()
+        config.p4info.CopyFrom(P4Schema.load(P4INFO).p4info)
+        switch.set_pipeline(p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT, config)
+        pipeline = switch.pipeline
+        assert pipeline is not None
+        frame = tcp(1, src=OTHER_MAC)
+        assert pipeline.trace(frame, 0).digest is not None
+        clock.now += 999
+        assert pipeline.trace(frame, 0).digest is None
+        clock.now += 1
+        assert pipeline.trace(frame, 0).digest is not None
+    finally:
+        switch.close()

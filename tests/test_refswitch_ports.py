@@ -181,6 +181,37 @@ def test_replay_with_a_controller_then_counters_and_pcap_out(
     assert "pipeline committed" in text and "write: 4 updates, 0 failed" in text
 
 
+def test_replay_waits_for_a_pipeline(tmp_path: Path, switch_process: list[SwitchProcess]) -> None:
+    pcap_in, counters = tmp_path / "in.pcap", tmp_path / "c.json"
+    write_pcap(pcap_in, frames())
+    process = SwitchProcess(
+        "--pcap-in", f"2@{pcap_in}", "--counters-out", str(counters),
+        "--replay-start", "pipeline", "--exit-when-done",
+    )  # fmt: skip
+    switch_process.append(process)
+    time.sleep(0.5)
+    assert process.process.poll() is None and not counters.exists()
+    with grpc.insecure_channel(process.address) as channel:
+        stub = p4r_grpc.P4RuntimeStub(channel)
+        done = threading.Event()
+        stream = stub.StreamChannel(_arbitration(done))
+        next(stream)
+        request = p4r.SetForwardingPipelineConfigRequest(
+            device_id=0, action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT
+        )
+        request.election_id.low = 1
+        request.config.p4info.CopyFrom(SCHEMA.p4info)
+        stub.SetForwardingPipelineConfig(request)
+        assert process.process.wait(30) == 0
+        done.set()
+        stream.cancel()
+    cells = json.loads(counters.read_text())["cells"]
+    assert cells == [
+        {"index": 0, "device_id": 0, "service_id": 0, "packets": 3,
+         "bytes": sum(len(f) for f in frames())},
+    ]  # fmt: skip
+
+
 def test_truncated_replay_counts_the_frames_before_and_fails(
     tmp_path: Path, switch_process: list[SwitchProcess]
 ) -> None:

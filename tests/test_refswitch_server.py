@@ -689,6 +689,27 @@ def test_digest_sent_once_until_acked(
     assert digest_macs(again) == digest_macs(first)
 
 
+def test_unacknowledged_digest_data_is_sent_again_after_the_ack_timeout(
+    stream_primary: tuple[Client, Stream], switch: Switch
+) -> None:
+    client, stream = stream_primary
+    client.write(digest_config(p4r.Update.INSERT, ack_ns=300_000_000))
+    pipeline = switch.pipeline
+    assert pipeline is not None
+    switch.receive(unknown_frame(5), 2)
+    first = stream.next_of("digest")
+    pipeline.digest_mac[:] = [0] * len(pipeline.digest_mac)
+    switch.receive(unknown_frame(5), 2)
+    with pytest.raises(queue.Empty):
+        stream.next(timeout=0.1)  # within the ack timeout: suppressed
+    time.sleep(0.4)
+    pipeline.digest_mac[:] = [0] * len(pipeline.digest_mac)
+    switch.receive(unknown_frame(5), 2)
+    again = stream.next_of("digest")
+    assert digest_macs(again) == digest_macs(first)
+    assert again.digest.list_id == first.digest.list_id + 1
+
+
 def test_digest_batches_up_to_max_list_size(
     stream_primary: tuple[Client, Stream], switch: Switch
 ) -> None:

@@ -119,3 +119,81 @@ def test_devices_reach_services_are_counted_exactly_and_identified(tmp_path: Pat
     # Nothing the network created is left behind.
     assert not any(interface_exists(name) for name in created)
     assert not (config.logs / STATE_FILE).exists()
+
+
+TRIANGLE = {
+    "hosts": {
+        "dns": {"ip": "10.0.0.1/24", "mac": "02:00:00:00:01:01", "services": ["udp/53"]},
+        "cloud": {"ip": "10.0.0.3/24", "mac": "02:00:00:00:01:03", "services": ["tcp/443"]},
+        "d1": {"ip": "10.0.0.101/24", "mac": "02:00:00:00:02:01", "profile": "camera"},
+        "d2": {"ip": "10.0.0.102/24", "mac": "02:00:00:00:02:02", "profile": "plug"},
+    },
+    "switches": {"s1": {}, "s2": {}, "s3": {}},
+    "links": [
+        ["dns", "s1-p1"], ["d1", "s1-p2"], ["cloud", "s2-p1"], ["d2", "s3-p1"],
+        ["s1-p3", "s2-p2"], ["s2-p3", "s3-p2"], ["s3-p3", "s1-p4"],
+    ],
+}  # fmt: skip
+
+
+def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_looping(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from controller.run import Controller, RunConfig
+    from controller.testbed import switch_specs, wait_programmed, write_devices_file
+    from topology.devices import Activity
+    from topology.emulation import DeviceSchedule, start_emulation
+    from topology.network import running_network
+
+    data = json.loads(json.dumps(TRIANGLE))
+    for name in ("s1", "s2", "s3"):
+        data["switches"][name]["grpc_port"] = free_port()
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(data))
+    graph = topo.load(path, profiles={"camera", "plug"})
+    units = 4
+    a = Activity
+    schedules = {
+        "d1": DeviceSchedule(units=((a("udp/53"), a("tcp/443"), a("udp/5353")),) * units),
+        "d2": DeviceSchedule(units=((a("udp/53"), a("tcp/443")),) * units),
+    }
+    config = RunConfig(
+        switches=switch_specs(graph),
+        p4info=P4INFO,
+        interval=0.5,
+        time_unit=1.0,
+        db=tmp_path / "triangle.db",
+        devices=write_devices_file(graph, tmp_path / "devices.csv"),
+    )
+
+    async def run(network: Any) -> tuple[dict[str, Any], int]:
+        controller = Controller(config)
+        task = asyncio.create_task(controller.run())
+        await wait_programmed(controller, task, 30.0)
+        emulation = start_emulation(network, schedules, 1.0, tmp_path / "run")
+        await asyncio.get_running_loop().run_in_executor(None, emulation.wait)
+        controller.stop.set()
+        await task
+        schema = P4Schema.load(P4INFO)
+        with Storage(config.db) as storage:
+            d1 = next(r.device_id for r in storage.devices() if r.mac == "02:00:00:00:02:01")
+        assert d1 is not None
+        s1 = topo.switches(graph)[0]
+        target = SwitchTarget("s1", f"127.0.0.1:{s1.grpc_port}", s1.device_id, (0, 9))
+        async with Session(target) as session:
+            values = await session.read_counter(schema.counter(entries.COUNTER))
+        mdns = Catalogue.default().by_name("udp/5353").id
+        cell = d1 * entries.max_services(schema) + mdns
+        return emulation.reports(), int(values.packets[cell])
+
+    with running_network(graph, "refswitch", tmp_path / "logs") as network:
+        reports, mdns_at_s1 = asyncio.run(run(network))
+    for host in ("d1", "d2"):
+        for service, counts in reports[host]["sent"].items():
+            assert counts["ok"] == units and counts["failed"] == 0, (host, service)
+    assert reports["dns"]["received"]["udp/53"]["ok"] == 2 * units
+    assert reports["cloud"]["received"]["tcp/443"]["ok"] == 2 * units
+    # One mDNS packet per unit: a flood that looped around the triangle would come back to s1.
+    assert mdns_at_s1 == units

@@ -16,6 +16,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        # mkstemp creates files readable by their owner only; give the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        Path(temp).chmod(0o666 & ~umask)
         Path(temp).replace(path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -10,8 +10,7 @@ replayed into a switch's ports.
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,15 +113,6 @@ def write_pcap(frames: list[Frame], path: Path) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-
-
-def paced(frames: list[Frame], offset: float = 0.0) -> Iterator[Frame]:
-    """Yield frames when their time (plus `offset`) comes, sleeping in between."""
-    for frame in frames:
-        delay = frame.time + offset - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        yield frame
 
 
 def _endpoint(graph: nx.Graph[str], switch: str, host: topo.Host) -> _Endpoint:

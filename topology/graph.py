@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -502,19 +502,3 @@ def service_hosts_by_service(graph: nx.Graph[str]) -> dict[str, str]:
         for service in host.services:
             answers.setdefault(service, host.name)
     return answers
-
-
-def profiles_used(graph: nx.Graph[str]) -> list[str]:
-    """The distinct device profiles in the topology, sorted."""
-    return sorted({host.profile for host in hosts(graph, DEVICE) if host.profile})
-
-
-def host_of(graph: nx.Graph[str], names: Iterable[str]) -> list[Host]:
-    """The hosts named `names`, in that order; `InputError` for a name that is not a host."""
-    by_name = {host.name: host for host in hosts(graph)}
-    found = []
-    for name in names:
-        if name not in by_name:
-            raise InputError(f"topology {graph.graph.get('name', '')!r} has no host {name!r}")
-        found.append(by_name[name])
-    return found

@@ -44,10 +44,6 @@ class Network:
         assert isinstance(node, P4Switch)
         return node
 
-    def grpc_addrs(self) -> dict[str, str]:
-        """Switch name → its P4Runtime address."""
-        return {s.name: self.switch(s.name).grpc_addr for s in topo.switches(self.graph)}
-
 
 @contextmanager
 def running_network(

@@ -72,6 +72,8 @@ def prepare(
                 kept += 1
                 if kept >= limit:
                     break
+        if kept == 0:
+            raise InputError(f"{capture}: no frame was sent by {device_mac}")
         temp.replace(out)
     except OSError as exc:
         temp.unlink(missing_ok=True)
@@ -79,8 +81,6 @@ def prepare(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    if kept == 0:
-        raise InputError(f"{capture}: no frame was sent by {device_mac}")
     return Prepared(out, kept, skipped, last - first)
 
 

@@ -10,10 +10,7 @@ the last lines of its log. Stopping signals exactly that PID.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,96 +18,8 @@ from typing import Any
 from mininet.node import Switch
 
 from controller.errors import SwitchError
-from topology.state import ProcessRecord, TestbedState, process_start_ticks, stop_process
-
-SWITCH_KINDS = ("refswitch", "bmv2")
-START_TIMEOUT = 30.0
-_LOG_TAIL_LINES = 15
-
-
-def log_tail(paths: Sequence[Path], lines: int = _LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of each existing file in `paths`, labelled by file."""
-    parts = []
-    for path in paths:
-        if path.is_file():
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {path} ---\n" + "\n".join(text))
-    return "\n".join(parts) if parts else "(no log written)"
-
-
-def wait_for_port(
-    port: int, process: subprocess.Popen[bytes], timeout: float, logs: Sequence[Path], what: str
-) -> None:
-    """Wait until 127.0.0.1:`port` accepts a TCP connection; `SwitchError` if `process` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = process.poll()
-        if status is not None:
-            raise SwitchError(
-                f"{what} exited with status {status} while starting:\n{log_tail(logs)}"
-            )
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.2)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SwitchError(
-        f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s:\n{log_tail(logs)}"
-    )
-
-
-def refswitch_command(
-    grpc_addr: str, device_id: int, log_file: Path, ports: Sequence[str]
-) -> list[str]:
-    """The reference switch's command line (`svcfp switch`, run with this interpreter); `ports`
-    are its port flags (`-i 1@s1-eth1`, `--pcap-in 0@trace.pcap`, ...)."""
-    return [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "switch",
-        "--grpc-addr",
-        grpc_addr,
-        "--device-id",
-        str(device_id),
-        "--log-file",
-        str(log_file),
-        *ports,
-    ]
-
-
-def launch(
-    command: list[str],
-    label: str,
-    grpc_port: int,
-    logs: Sequence[Path],
-    console: Path,
-    state: TestbedState | None = None,
-) -> tuple[subprocess.Popen[bytes], ProcessRecord]:
-    """Start a switch process (recorded in `state`) and wait until its gRPC port listens.
-
-    Its stdout and stderr go to `console`; on failure the process is stopped and `SwitchError`
-    carries the last lines of `logs` and `console`.
-    """
-    console.parent.mkdir(parents=True, exist_ok=True)
-    with console.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    record = ProcessRecord(label, process.pid, process_start_ticks(process.pid) or 0)
-    if state is not None:
-        state.add_process(label, process.pid)
-    try:
-        wait_for_port(grpc_port, process, START_TIMEOUT, [*logs, console], label)
-    except SwitchError:
-        stop_process(record)
-        process.wait(timeout=5)
-        raise
-    return process, record
+from topology.launch import bmv2_command, check_switch_kind, launch, refswitch_command
+from topology.state import ProcessRecord, TestbedState, stop_process
 
 
 class P4Switch(Switch):  # type: ignore[misc]
@@ -219,29 +128,17 @@ class Bmv2Switch(P4Switch):
         binary = shutil.which("simple_switch_grpc")
         if binary is None:
             raise SwitchError("BMv2 simple_switch_grpc is not on PATH (use --switch refswitch)")
-        command = [binary, "--no-p4", "--device-id", str(self.device_id)]
-        for port, intf in self.port_interfaces():
-            command += ["-i", f"{port}@{intf}"]
-        command += [
-            "--log-file",
-            str(self.log_file),
-            "--log-flush",
-            # Each switch gets its own Thrift port: BMv2 would otherwise bind 0.0.0.0:9090.
-            "--thrift-port",
-            str(self.thrift_port),
-            "--",
-            "--grpc-server-addr",
+        return bmv2_command(
+            binary,
             self.grpc_addr,
-        ]
-        return command
+            self.device_id,
+            self.thrift_port,
+            self.log_file,
+            self.port_interfaces(),
+        )
 
 
 def switch_class(kind: str) -> type[P4Switch]:
     """The switch class for `kind` ("refswitch" or "bmv2"); `SwitchError` if BMv2 is absent."""
-    if kind == "refswitch":
-        return RefSwitch
-    if kind == "bmv2":
-        if shutil.which("simple_switch_grpc") is None:
-            raise SwitchError("--switch bmv2: simple_switch_grpc is not on PATH on this machine")
-        return Bmv2Switch
-    raise SwitchError(f"unknown switch kind {kind!r}; expected one of {', '.join(SWITCH_KINDS)}")
+    check_switch_kind(kind)
+    return RefSwitch if kind == "refswitch" else Bmv2Switch

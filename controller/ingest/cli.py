@@ -24,8 +24,9 @@ GRANULARITY_HELP = (
     "how ports group into services: 'catalogue' uses the catalogue file (or the built-in one) "
     "as written; 'ephemeral' gives every port below 49152 the devices use its own service and "
     "folds 49152-65535 into one service per protocol; 'learned' gives the most used ports "
-    "(ranked by devices, then packets; dynamic ones included) their own service. Ports left "
-    "out fall into catch-all ranges. Default: catalogue"
+    "(ranked by devices, then (device, unit) cells, then packets; dynamic ones included) their "
+    "own service. Both learned forms read the input once more and need a port in at least two "
+    "(device, unit) cells. Ports left out fall into catch-all ranges. Default: catalogue"
 )
 
 
@@ -37,8 +38,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Attribute every flow or packet to (device, service, time unit) exactly as "
         "the switch does, and write the per-unit activity.",
     )
-    ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    ingest.add_argument("--format", choices=FORMATS, default="auto", help="default: auto")
+    ingest.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="flow or capture files; a directory stands for its .pcap, .pcapng, .cap, .csv and "
+        ".ipfix files, recursively",
+    )
+    ingest.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="pcap: packet captures (pcap, pcapng); ipfix: binary IPFIX / NetFlow v9 messages, "
+        "back to back or as the UDP payloads of a capture of the exporter's traffic; ipfix-csv: "
+        "IPFIX records as CSV; auto (default) tells files apart by their first bytes and takes "
+        "captures for pcap",
+    )
     ingest.add_argument(
         "--labels",
         type=Path,

@@ -64,11 +64,14 @@ REQUIRED = ("src_mac", "packets")
 BATCH_BYTES = 16 << 20
 SLOW_CHUNK = 200_000
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate("0123456789abcdef"):
-    _HEX[ord(_c)] = _i
-    _HEX[ord(_c.upper())] = _i
-_HEX_POS = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16]
+# Two hex characters (as one 16-bit code, high character first) → their byte; 256 = not hex.
+_HEX_PAIR = np.full(1 << 16, 256, dtype=np.uint16)
+_HEX_DIGITS = {c: i for i, c in enumerate("0123456789abcdef")}
+_HEX_DIGITS.update({c.upper(): i for c, i in list(_HEX_DIGITS.items())})
+for _hi, _hv in _HEX_DIGITS.items():
+    for _lo, _lv in _HEX_DIGITS.items():
+        _HEX_PAIR[(ord(_hi) << 8) | ord(_lo)] = (_hv << 4) | _lv
+_PAIR_POS = [0, 3, 6, 9, 12, 15]
 _SEP_POS = [2, 5, 8, 11, 14]
 
 
@@ -338,11 +341,14 @@ def _macs(array: Any, bad: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint6
         starts = offsets[:-1][regular].astype(np.int64)
         chars = data[starts[:, None] + np.arange(17)[None, :]]
     if bool(regular.any()):
-        digits = _HEX[chars[:, _HEX_POS]]
+        pairs = (chars[:, _PAIR_POS].astype(np.uint16) << 8) | chars[:, [p + 1 for p in _PAIR_POS]]
+        octets = _HEX_PAIR[pairs]
         seps = chars[:, _SEP_POS]
-        ok = (digits != 255).all(axis=1) & (((seps == ord(":")) | (seps == ord("-"))).all(axis=1))
-        shifts = np.arange(44, -1, -4, dtype=np.uint64)
-        values = (digits.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+        ok = (octets != 256).all(axis=1) & (((seps == ord(":")) | (seps == ord("-"))).all(axis=1))
+        # Six octets into the low bytes of a big-endian 64-bit word.
+        words = np.zeros((len(octets), 8), dtype=np.uint8)
+        words[:, 2:] = octets
+        values = words.view(">u8").reshape(-1).astype(np.uint64)
         result[regular] = np.where(ok, values, 0)
         if bad is not None:
             bad[np.flatnonzero(regular)[~ok]] = True

@@ -1,8 +1,9 @@
 """Binary IPFIX (RFC 7011) and NetFlow v9 (RFC 3954) export messages → activity.
 
 The input is a file of export messages back to back, as a collector writes the UDP datagrams it
-receives (RFC 5655's file format is the same sequence of messages); IPFIX and NetFlow v9 messages
-may be mixed. Templates and options templates are kept per observation domain; data sets whose
+receives (RFC 5655's file format is the same sequence of messages), or a pcap/pcapng capture of
+the exporter's traffic, whose UDP payloads are the messages; IPFIX and NetFlow v9 messages may be
+mixed. Templates and options templates are kept per observation domain; data sets whose
 template has not been seen are skipped and counted; variable-length fields and enterprise-specific
 fields are decoded or stepped over by their length. RFC 5103 biflows carry their reverse counters
 as enterprise fields of PEN 29305.
@@ -33,6 +34,7 @@ from controller.ingest.flows import (
     batch_to_activity,
     combine,
 )
+from controller.ingest.pcap import iter_frames
 
 REVERSE_PEN = 29305
 NTP_EPOCH_OFFSET = 2208988800
@@ -146,15 +148,61 @@ def read_ipfix(
 
 def _batches(path: Path, stats: IngestStats, skip_bad: bool) -> Iterator[FlowBatch]:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            magic = handle.read(4)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     decoder = _Decoder(path, stats)
+    for where, data in _streams(path, magic, stats, skip_bad):
+        yield from _messages(decoder, where, data, stats, skip_bad)
+    if len(decoder.columns):
+        yield decoder.columns.batch()
+
+
+def _streams(
+    path: Path, magic: bytes, stats: IngestStats, skip_bad: bool
+) -> Iterator[tuple[str, bytes]]:
+    """The byte streams holding messages: the whole file, or — for a capture of an exporter's
+    traffic — the payload of every UDP datagram in it."""
+    if magic not in _CAPTURE_MAGICS:
+        try:
+            yield str(path), path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+        return
+    import dpkt
+
+    number = 0
+    for frames in iter_frames(path, stats, skip_bad):
+        for offset, caplen in zip(frames.offset.tolist(), frames.caplen.tolist(), strict=True):
+            number += 1
+            frame = frames.data[offset : offset + caplen].tobytes()
+            try:
+                ip = dpkt.ethernet.Ethernet(frame).data
+            except (dpkt.UnpackError, ValueError):
+                continue
+            udp = ip.data if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6) else None
+            if isinstance(udp, dpkt.udp.UDP) and isinstance(udp.data, bytes) and udp.data:
+                yield f"{path}: frame {number}", udp.data
+
+
+_CAPTURE_MAGICS = {
+    bytes.fromhex("d4c3b2a1"),
+    bytes.fromhex("a1b2c3d4"),
+    bytes.fromhex("4d3cb2a1"),
+    bytes.fromhex("a1b23c4d"),
+    bytes.fromhex("0a0d0d0a"),
+}
+
+
+def _messages(
+    decoder: _Decoder, source: str, data: bytes, stats: IngestStats, skip_bad: bool
+) -> Iterator[FlowBatch]:
     pos = 0
     number = 0
     while pos < len(data):
         number += 1
-        where = f"{path}: message {number} at offset {pos}"
+        where = f"{source}: message {number} at offset {pos}"
         if len(data) - pos < 4:
             problem = f"{where}: truncated message header"
             if not skip_bad:
@@ -180,8 +228,6 @@ def _batches(path: Path, stats: IngestStats, skip_bad: bool) -> Iterator[FlowBat
             pos = decoder.resume
         if len(decoder.columns) >= BATCH:
             yield decoder.columns.batch()
-    if len(decoder.columns):
-        yield decoder.columns.batch()
 
 
 class _Decoder:

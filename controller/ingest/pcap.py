@@ -14,6 +14,7 @@ is then read for a whole batch of frames at once with numpy.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1
-MAX_FRAME = 1 << 26
-BATCH = 1 << 20
+BATCH = 1 << 18
+# Zero bytes after the file's contents: header windows of a frame at the very end still fit.
+PAD = 128
 
 I64 = npt.NDArray[np.int64]
 
@@ -50,7 +52,8 @@ class CaptureError(InputError):
 
 @dataclass(frozen=True, eq=False)
 class Frames:
-    """A batch of frames inside `data`: start offset, captured and wire length, timestamp."""
+    """A batch of frames inside `data` (the capture plus `PAD` zero bytes): start offset,
+    captured and wire length, timestamp."""
 
     data: npt.NDArray[np.uint8]
     offset: I64
@@ -91,20 +94,25 @@ def iter_frames(
     """Batches of frames of a pcap or pcapng file."""
     path = Path(path)
     try:
-        # One read: captures are walked frame by frame, and numpy reads header fields of a whole
-        # batch from the same buffer.
-        buf = path.read_bytes()
+        # One read into a buffer padded with PAD zero bytes: captures are walked frame by frame,
+        # and numpy reads header fields of a whole batch from the same buffer.
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            raw = bytearray(size + PAD)
+            got = handle.readinto(memoryview(raw)[:size])
     except OSError as exc:
         raise InputError(f"{path}: cannot read capture: {exc.strerror}") from exc
+    buf = memoryview(raw)[:got]
+    data = np.frombuffer(raw, dtype=np.uint8)
     if len(buf) < 4:
         raise InputError(f"{path}: not a pcap or pcapng file (only {len(buf)} bytes)")
     magic_le = struct.unpack_from("<I", buf, 0)[0]
     magic_be = struct.unpack_from(">I", buf, 0)[0]
     try:
         if magic_le == PCAPNG_SHB:
-            yield from _pcapng_frames(path, buf, stats, skip_bad, batch_size)
+            yield from _pcapng_frames(path, buf, data, stats, skip_bad, batch_size)
         elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
-            yield from _pcap_frames(path, buf, stats, skip_bad, batch_size)
+            yield from _pcap_frames(path, buf, data, stats, skip_bad, batch_size)
         else:
             raise InputError(f"{path}: not a pcap or pcapng file (magic 0x{magic_be:08x})")
     except CaptureError as exc:
@@ -114,14 +122,19 @@ def iter_frames(
 
 
 def _pcap_frames(
-    path: Path, mm: bytes, stats: IngestStats, skip_bad: bool, batch_size: int
+    path: Path,
+    buf: memoryview,
+    data: npt.NDArray[np.uint8],
+    stats: IngestStats,
+    skip_bad: bool,
+    batch_size: int,
 ) -> Iterator[Frames]:
-    size = len(mm)
+    size = len(buf)
     if size < 24:
         raise InputError(f"{path}: truncated pcap header ({size} of 24 bytes)")
-    order = "<" if struct.unpack_from("<I", mm, 0)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+    order = "<" if struct.unpack_from("<I", buf, 0)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
     magic, _major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(
-        order + "IHHiIII", mm, 0
+        order + "IHHiIII", buf, 0
     )
     scale = 1e-6 if magic == PCAP_MAGIC_US else 1e-9
     if linktype & 0xFFFF != LINKTYPE_ETHERNET:
@@ -129,7 +142,6 @@ def _pcap_frames(
     limit = max(snaplen, 262144, 65535)
     incl_at = struct.Struct(order + "I").unpack_from
     dtype = np.dtype(order + "u4")
-    data = np.frombuffer(mm, dtype=np.uint8)
     pos = 24
     frame = 0
     last_header = size - 16
@@ -146,7 +158,7 @@ def _pcap_frames(
                         f"record header ({size - pos} of 16 bytes)"
                     )
                 break
-            incl = incl_at(mm, pos + 8)[0]
+            incl = incl_at(buf, pos + 8)[0]
             following = pos + 16 + incl
             if following > size or incl > limit:
                 what = (
@@ -164,8 +176,7 @@ def _pcap_frames(
         frame += len(headers)
         if headers:
             at = np.array(headers, dtype=np.int64)
-            fields = data[at[:, None] + np.arange(16)].copy().view(dtype).reshape(-1, 4)
-            fields = fields.astype(np.int64)
+            fields = _window(data, 16, at).view(dtype).astype(np.int64)
             yield Frames(
                 data=data,
                 offset=at + 16,
@@ -175,15 +186,17 @@ def _pcap_frames(
             )
         if error is not None:
             raise error
-        if pos > last_header and pos >= size:
-            break
 
 
 def _pcapng_frames(
-    path: Path, mm: bytes, stats: IngestStats, skip_bad: bool, batch_size: int
+    path: Path,
+    buf: memoryview,
+    data: npt.NDArray[np.uint8],
+    stats: IngestStats,
+    skip_bad: bool,
+    batch_size: int,
 ) -> Iterator[Frames]:
-    size = len(mm)
-    data = np.frombuffer(mm, dtype=np.uint8)
+    size = len(buf)
     try:
         pos = 0
         frame = 0
@@ -214,9 +227,9 @@ def _pcapng_frames(
         while pos < size:
             if pos + 12 > size:
                 raise corrupt(f"truncated block header ({size - pos} bytes left)")
-            block_type = struct.unpack_from(order + "I", mm, pos)[0]
+            block_type = struct.unpack_from(order + "I", buf, pos)[0]
             if block_type == PCAPNG_SHB:
-                bom = struct.unpack_from("<I", mm, pos + 8)[0]
+                bom = struct.unpack_from("<I", buf, pos + 8)[0]
                 if bom == PCAPNG_BYTE_ORDER:
                     order = "<"
                 elif bom == 0x4D3C2B1A:
@@ -224,26 +237,26 @@ def _pcapng_frames(
                 else:
                     raise corrupt(f"section header with bad byte-order magic 0x{bom:08x}")
                 interfaces = []
-            length = struct.unpack_from(order + "I", mm, pos + 4)[0]
+            length = struct.unpack_from(order + "I", buf, pos + 4)[0]
             if length < 12 or length % 4 or pos + length > size:
                 raise corrupt(f"block length {length} is invalid or runs past the end")
-            trailer = struct.unpack_from(order + "I", mm, pos + length - 4)[0]
+            trailer = struct.unpack_from(order + "I", buf, pos + length - 4)[0]
             if trailer != length:
                 raise corrupt(f"block length {length} does not match its trailer {trailer}")
             body = pos + 8
             if block_type == 1:  # interface description
-                linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", mm, body)
-                unit, ts_offset = _interface_options(mm, order, body + 8, pos + length - 4)
+                linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", buf, body)
+                unit, ts_offset = _interface_options(buf, order, body + 8, pos + length - 4)
                 interfaces.append((linktype, unit, ts_offset, snaplen))
             elif block_type in (6, 3):  # enhanced / simple packet
                 if block_type == 6:
                     iface, ts_hi, ts_lo, caplen, wirelen = struct.unpack_from(
-                        order + "IIIII", mm, body
+                        order + "IIIII", buf, body
                     )
                     start = body + 20
                 else:
                     iface, ts_hi, ts_lo = 0, 0, 0
-                    wirelen = struct.unpack_from(order + "I", mm, body)[0]
+                    wirelen = struct.unpack_from(order + "I", buf, body)[0]
                     start = body + 4
                     caplen = min(wirelen, length - 16)
                     if interfaces and interfaces[0][3]:
@@ -275,20 +288,20 @@ def _pcapng_frames(
         raise
 
 
-def _interface_options(mm: bytes, order: str, pos: int, end: int) -> tuple[float, int]:
+def _interface_options(buf: memoryview, order: str, pos: int, end: int) -> tuple[float, int]:
     """Timestamp unit (seconds per tick) and offset (seconds) from IDB options."""
     unit = 1e-6
     offset = 0
     while pos + 4 <= end:
-        code, length = struct.unpack_from(order + "HH", mm, pos)
+        code, length = struct.unpack_from(order + "HH", buf, pos)
         if code == 0:
             break
         value = pos + 4
         if code == 9 and length >= 1:
-            resolution = mm[value]
+            resolution = buf[value]
             unit = 2.0 ** -(resolution & 0x7F) if resolution & 0x80 else 10.0**-resolution
         elif code == 14 and length >= 8:
-            offset = struct.unpack_from(order + "q", mm, value)[0]
+            offset = struct.unpack_from(order + "q", buf, value)[0]
         pos = value + ((length + 3) & ~3)
     return unit, offset
 
@@ -296,50 +309,40 @@ def _interface_options(mm: bytes, order: str, pos: int, end: int) -> tuple[float
 def parse_frames(frames: Frames) -> FlowBatch:
     """Parse the headers of a batch of Ethernet frames as the switch does (one packet each)."""
     data = frames.data
-    off = frames.offset
-    cap = frames.caplen
-    last = len(data) - 1
-
-    def byte(rel: I64 | int) -> I64:
-        found: I64 = data[np.minimum(off + rel, last)].astype(np.int64)
-        return found
-
-    def word(rel: I64 | int) -> I64:
-        high = byte(rel)
-        return np.asarray((high << 8) | byte(rel + 1), dtype=np.int64)
-
-    eth = cap >= 14
-    off = off[eth]
-    cap = cap[eth]
-    wire = frames.wirelen[eth]
-    time = frames.time[eth]
-    shifts = np.arange(40, -8, -8, dtype=np.uint64)
-    mac_bytes = data[off[:, None] + np.arange(12)].astype(np.uint64)
-    dst_mac = (mac_bytes[:, :6] << shifts).sum(axis=1, dtype=np.uint64)
-    src_mac = (mac_bytes[:, 6:] << shifts).sum(axis=1, dtype=np.uint64)
-
-    ethertype = word(12)
+    eth = frames.caplen >= 14
+    off = frames.offset[eth]
+    cap = frames.caplen[eth]
+    # Three gathers per frame, each a fixed window read through a strided view (no index
+    # arrays): Ethernet + VLAN, the IP header's fixed fields, the L4 ports. Windows may run past
+    # a short frame; what they read there is masked by the length checks below.
+    head = _window(data, 24, off).view(">u8")
+    dst_mac = head[:, 0] >> np.uint64(16)
+    src_mac = ((head[:, 0] & np.uint64(0xFFFF)) << np.uint64(32)) | (head[:, 1] >> np.uint64(32))
+    ethertype = ((head[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
     vlan = ethertype == 0x8100
     error = vlan & (cap < 18)
-    ethertype = np.where(vlan, word(16), ethertype)
+    inner_type = (head[:, 2] >> np.uint64(48)).astype(np.int64)
+    ethertype = np.where(vlan, inner_type, ethertype)
     l3 = np.where(vlan, 18, 14)
 
+    ip = _window(data, 10, off + l3).astype(np.int64)
     is4 = ~error & (ethertype == 0x0800)
     v4_fit = cap >= l3 + 20
     error |= is4 & ~v4_fit
     is4 &= v4_fit
-    ihl = byte(l3) & 0x0F
+    ihl = ip[:, 0] & 0x0F
     short_ihl = is4 & (ihl < 5)
     options_fit = cap >= l3 + ihl * 4
     error |= is4 & ~short_ihl & ~options_fit
-    first_fragment = ((word(l3 + 6) & 0x1FFF) == 0) & ~short_ihl & options_fit
+    fragment = ((ip[:, 6] & 0x1F) << 8) | ip[:, 7]
+    first_fragment = (fragment == 0) & ~short_ihl & options_fit
 
     is6 = ~error & (ethertype == 0x86DD)
     v6_fit = cap >= l3 + 40
     error |= is6 & ~v6_fit
     is6 &= v6_fit
 
-    proto = np.where(is4, byte(l3 + 9), np.where(is6, byte(l3 + 6), -1))
+    proto = np.where(is4, ip[:, 9], np.where(is6, ip[:, 6], -1))
     l4 = np.where(is4, l3 + ihl * 4, l3 + 40)
     parse_l4 = (is4 & first_fragment) | is6
     is_icmp = (is4 & (proto == ICMP)) | (is6 & (proto == ICMPV6))
@@ -348,18 +351,27 @@ def parse_frames(frames: Frames) -> FlowBatch:
     error |= parse_l4 & (need > 0) & ~l4_fit
     transport = (proto == TCP) | (proto == UDP)
     l4_valid = transport & parse_l4 & l4_fit
-    sport = np.where(l4_valid, word(l4), 0)
-    dport = np.where(l4_valid, word(l4 + 2), 0)
+    ports = _window(data, 4, off + l4).view(">u2").astype(np.int64)
+    sport = np.where(l4_valid, ports[:, 0], 0)
+    dport = np.where(l4_valid, ports[:, 1], 0)
     # A parser error stops every lookup; a TCP/UDP packet also needs its own header (l4_valid).
     looked_up = (is4 | is6) & (transport | ~error)
     return FlowBatch(
-        start=time,
+        start=frames.time[eth],
         src_mac=src_mac,
         dst_mac=dst_mac,
         proto=np.where(looked_up, proto, -1),
         sport=sport,
         dport=dport,
         packets=np.ones(len(off), dtype=np.int64),
-        bytes=wire,
+        bytes=frames.wirelen[eth],
         l4_valid=l4_valid,
     )
+
+
+def _window(data: npt.NDArray[np.uint8], width: int, at: I64) -> npt.NDArray[np.uint8]:
+    """`width` bytes from each position in `at` (an (n, width) array); `data` is padded by
+    `PAD` bytes so every window fits."""
+    windows = np.lib.stride_tricks.sliding_window_view(data, width)
+    found: npt.NDArray[np.uint8] = windows[at]
+    return found

@@ -1,0 +1,407 @@
+"""The fingerprint engine end to end, against a straightforward pandas implementation.
+
+10,000,000 synthetic IPFIX CSV flow records (the synthetic fleet generator, 200 devices of 10
+kinds, hourly units; written once to a temporary file, deleted after) go through
+
+1. ingest: IPFIX CSV → per-unit activity (`read_ipfix_csv`);
+2. fingerprints: the exporter over every device's timeline (`export_fingerprints`);
+3. evaluation: time-ordered split, enrolment, closed-set scoring of every test window against
+   every reference, leave-one-type-out open set and recurrence statistics.
+
+The baseline does the same with pandas: `read_csv` + `groupby` for the activity, a per-device
+pivot and a unit-by-unit exporter loop, and a nearest-reference search comparing pandas Series.
+Its exporter and search are too slow for the whole fleet, so they run on a subsample of devices
+(every kind represented) and their times are scaled: the exporter linearly in devices, the
+search by the ratio of (test windows × references). The baseline's fingerprints must equal ours
+on the subsample, or the benchmark fails. Each side runs in its own process, so the peak RSS
+(VmHWM) is its own.
+
+    .venv/bin/python -m benchmarks.bench_engine [--records 10000000] [--sample-devices 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "bench_engine.json"
+UNIT = 3600.0
+DEVICES = 200
+TIME_LIMIT_S = 60.0
+RSS_LIMIT_MB = 4096.0
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _config() -> Any:
+    from controller.fingerprint import ExporterConfig
+
+    # Hourly units: converge within a day at the earliest, export at the latest after a week.
+    return ExporterConfig(granularity=None, tau=0.9, k=3, n_min=24, n_max=168)
+
+
+def _fleet_labels() -> dict[str, str]:
+    from controller.synth import load_profiles, make_fleet
+
+    return {d.mac: d.profile.name for d in make_fleet(load_profiles(), DEVICES)}
+
+
+# --- ours -----------------------------------------------------------------------------------------
+
+
+def _ours(path: str, sample: list[str]) -> dict[str, Any]:
+    import pyarrow.csv  # noqa: F401  (imported before the clock starts, as pandas is)
+
+    from controller.catalogue import Catalogue
+    from controller.evaluate import closed_set, open_set, split_rows
+    from controller.fingerprint import export_fingerprints, recurrence
+    from controller.identify import choose_theta, enroll
+    from controller.ingest.ipfix_csv import read_ipfix_csv
+    from controller.ingest.labels import mac_to_int
+
+    labels = _fleet_labels()
+    catalogue = Catalogue.default()
+    catalogue.lookup(6, 1, 1)
+    devices = np.array(sorted(mac_to_int(m) for m in labels), dtype=np.uint64)
+    stages: dict[str, float] = {}
+
+    start = time.perf_counter()
+    activity, stats = read_ipfix_csv(Path(path), catalogue, UNIT, devices)
+    stages["ingest"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    fps = export_fingerprints(activity, _config())
+    stages["fingerprints"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    split = split_rows(fps, labels, None, "time", 0.5)
+    train, test = fps.select(split.train), fps.select(split.test)
+    truth = [labels[d] for d in test.device_names]
+    refs = enroll(train, labels, mode="nearest", theta=0.0)
+    refs = refs.with_settings(theta=choose_theta(refs))
+    closed = closed_set(refs, test, truth)
+    opened = open_set(refs, test, truth, 5.0, None)
+    rec = recurrence(fps).summary()
+    stages["evaluation"] = time.perf_counter() - start
+
+    chosen = set(sample)
+    rows = [i for i, d in enumerate(fps.device_names) if d in chosen]
+    return {
+        "stages": stages,
+        "total_seconds": sum(stages.values()),
+        "peak_rss_mb": _peak_rss_mb(),
+        "records": stats.records,
+        "activity_rows": len(activity),
+        "fingerprints": len(fps),
+        "train": len(train),
+        "test": len(test),
+        "accuracy": closed["accuracy"],
+        "macro_f1": closed["macro_f1"],
+        "open_set_auroc": opened["auroc"],
+        "unknown_detection": opened["unknown_detection"],
+        "recurrence": rec,
+        "sample": _canonical(fps.select(np.array(rows, dtype=np.int64))),
+        "sample_test": sum(1 for i in split.test.tolist() if fps.device_names[i] in chosen),
+        "sample_train": sum(1 for i in split.train.tolist() if fps.device_names[i] in chosen),
+    }
+
+
+def _canonical(fps: Any) -> list[tuple[str, int, int, tuple[tuple[str, float], ...]]]:
+    return sorted(
+        (fp.device, fp.start_unit, fp.end_unit, tuple(sorted(fp.as_dict().items()))) for fp in fps
+    )
+
+
+# --- the pandas baseline --------------------------------------------------------------------------
+
+
+def _pandas(path: str, sample: list[str], ingest_rows: int | None) -> dict[str, Any]:
+    import pandas as pd
+
+    from controller.catalogue import Catalogue
+    from controller.ingest.labels import int_to_mac
+
+    labels = _fleet_labels()
+    config = _config()
+    catalogue = Catalogue.default()
+    catalogue.lookup(6, 1, 1)
+    stages: dict[str, float] = {}
+
+    # 1. activity: read, attribute both directions with the same catalogue lookup, group by.
+    start = time.perf_counter()
+    df = pd.read_csv(path, nrows=ingest_rows)
+    src = df["sourceMacAddress"].str.replace(":", "").apply(int, base=16)
+    dst = df["destinationMacAddress"].str.replace(":", "").apply(int, base=16)
+    unit = np.floor(df["flowStartMilliseconds"] / 1000.0 / UNIT).astype(np.int64)
+    proto = df["protocolIdentifier"].to_numpy(np.int64)
+    sport = df["sourceTransportPort"].to_numpy(np.int64)
+    dport = df["destinationTransportPort"].to_numpy(np.int64)
+    forward = pd.DataFrame(
+        {
+            "mac": src,
+            "unit": unit,
+            "service": catalogue.lookup_many(proto, sport, dport),
+            "packets": df["packetDeltaCount"],
+        }
+    )
+    back = df["reversePacketDeltaCount"] > 0
+    reverse = pd.DataFrame(
+        {
+            "mac": dst[back],
+            "unit": unit[back],
+            "service": catalogue.lookup_many(proto[back], dport[back], sport[back]),
+            "packets": df["reversePacketDeltaCount"][back],
+        }
+    )
+    both = pd.concat([forward, reverse])
+    known = {int(m.replace(":", ""), 16) for m in labels}
+    both = both[both["mac"].isin(known)]
+    activity = both.groupby(["mac", "unit", "service"], as_index=False)["packets"].sum()
+    stages["ingest"] = time.perf_counter() - start
+    ingested_records = len(df)
+    del df, forward, reverse, both
+
+    # 2. fingerprints on the sample: per-device pivot, then the exporter unit by unit.
+    start = time.perf_counter()
+    names = catalogue.names
+    active = activity[activity["packets"] >= config.threshold]
+    exported: list[tuple[str, int, int, dict[str, float]]] = []
+    end = int(activity["unit"].max()) + 1
+    for mac_int, rows in active.groupby("mac"):
+        mac = int_to_mac(int(mac_int))
+        if mac not in sample:
+            continue
+        usage = rows.pivot_table(index="unit", columns="service", values="packets", aggfunc="size")
+        first = int(usage.index.min())
+        usage = usage.reindex(range(first, end)).notna()
+        exported.extend(_pandas_exporter(mac, usage, first, config, names))
+    stages["fingerprints"] = time.perf_counter() - start
+
+    # 3. evaluation on the sample: time split per device, nearest reference by Series ops.
+    start = time.perf_counter()
+    by_device: dict[str, list[tuple[str, int, int, dict[str, float]]]] = {}
+    for fp in exported:
+        by_device.setdefault(fp[0], []).append(fp)
+    train, test = [], []
+    for fps in by_device.values():
+        fps.sort(key=lambda f: f[1])
+        n_train = min(len(fps) - 1, max(1, math.ceil(0.5 * len(fps)))) if len(fps) > 1 else 1
+        train.extend(fps[:n_train])
+        test.extend(fps[n_train:])
+    references = [(labels[f[0]], pd.Series(f[3], dtype=float)) for f in train]
+    correct = 0
+    for fp in test:
+        observed = pd.Series(fp[3], dtype=float)
+        best, best_type = -1.0, ""
+        for kind, reference in references:
+            a, b = observed.align(reference, fill_value=0.0)
+            den = float(np.maximum(a, b).sum())
+            sim = float(np.minimum(a, b).sum()) / den if den else 1.0
+            if sim > best:
+                best, best_type = sim, kind
+        correct += best_type == labels[fp[0]]
+    stages["evaluation"] = time.perf_counter() - start
+
+    return {
+        "stages": stages,
+        "peak_rss_mb": _peak_rss_mb(),
+        "ingested_records": ingested_records,
+        "activity_rows": len(activity),
+        "fingerprints": len(exported),
+        "train": len(train),
+        "test": len(test),
+        "accuracy": correct / len(test) if test else math.nan,
+        "sample": sorted((mac, s, e, tuple(sorted(w.items()))) for mac, s, e, w in exported),
+    }
+
+
+def _pandas_exporter(
+    mac: str, usage: Any, first: int, config: Any, names: tuple[str, ...]
+) -> list[tuple[str, int, int, dict[str, float]]]:
+    """The exporter written plainly: one unit at a time, counts as a pandas Series."""
+    g = config.granularity
+
+    def levels(counts: Any, n: int, scale: int) -> Any:
+        # Integer numerators over a common denominator, as the engine compares them.
+        return counts * scale if g is None else -((-counts * g) // n)
+
+    out = []
+    zero = usage.iloc[0].astype(np.int64) * 0
+    counts, previous = zero.copy(), None
+    n = streak = 0
+    start = first
+    for offset, (_, row) in enumerate(usage.iterrows()):
+        counts = counts + row.astype(np.int64)
+        n += 1
+        if previous is not None:
+            a, b = levels(counts, n, n - 1), levels(previous, n - 1, n)
+            mins, maxs = np.minimum(a, b).sum(), np.maximum(a, b).sum()
+            streak = streak + 1 if (mins / maxs if maxs else 1.0) >= config.tau else 0
+        previous = counts.copy()
+        if (n >= config.n_min and streak >= config.k) or n >= config.n_max:
+            if counts.sum() > 0:
+                weights = counts / n if g is None else -((-counts * g) // n) / g
+                out.append(
+                    (
+                        mac,
+                        start,
+                        first + offset + 1,
+                        {names[int(s)]: float(v) for s, v in weights.items() if v > 0},
+                    )
+                )
+            counts, previous = zero.copy(), None
+            n = streak = 0
+            start = first + offset + 1
+    return out
+
+
+# --- driver ---------------------------------------------------------------------------------------
+
+
+def _in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(func, args)
+
+
+def _flows_file(path: Path, records: int, seed: int) -> dict[str, Any]:
+    from controller.ingest.flows import FlowBatch
+    from controller.synth import flows, load_profiles, make_fleet, write_flows_csv
+
+    fleet = make_fleet(load_profiles(), DEVICES)
+    start = time.perf_counter()
+    probe = flows(fleet, 48, seed)
+    units = math.ceil(records / (len(probe) / 48) * 1.1)
+    batch = flows(fleet, units, seed, UNIT, start_unit=1_483_228_800 // 3600)
+    if len(batch) < records:
+        raise RuntimeError(f"generated only {len(batch)} of {records} records")
+    cut = FlowBatch(
+        **{
+            name: None if getattr(batch, name) is None else getattr(batch, name)[:records]
+            for name in (
+                "start",
+                "src_mac",
+                "dst_mac",
+                "proto",
+                "sport",
+                "dport",
+                "packets",
+                "bytes",
+                "rev_packets",
+                "rev_bytes",
+            )
+        }
+    )
+    generated = time.perf_counter() - start
+    start = time.perf_counter()
+    write_flows_csv(path, cut)
+    return {
+        "generate_seconds": generated,
+        "write_seconds": time.perf_counter() - start,
+        "file_mb": path.stat().st_size / 2**20,
+        "units": units,
+        "devices": len(fleet),
+    }
+
+
+def _sample(devices: int) -> list[str]:
+    """`devices` devices spread over every kind (the fleet assigns kinds round-robin)."""
+    macs = sorted(_fleet_labels())
+    return macs[:devices]
+
+
+def main() -> int:
+    """Run both sides, print the numbers and write the JSON results."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--records", type=int, default=10_000_000)
+    parser.add_argument("--sample-devices", type=int, default=20)
+    parser.add_argument(
+        "--pandas-ingest-records",
+        type=int,
+        default=2_000_000,
+        help="records the pandas ingest reads (its time is scaled to all records)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    sample = _sample(args.sample_devices)
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        path = Path(tmp) / "flows.csv"
+        print(f"writing {args.records:,} synthetic flow records ...", flush=True)
+        made = _flows_file(path, args.records, args.seed)
+        print(f"  {made['file_mb']:.0f} MB in {made['write_seconds']:.1f} s", flush=True)
+        ours = _in_child(_ours, str(path), sample)
+        print(f"ours: {ours['total_seconds']:.1f} s, peak {ours['peak_rss_mb']:.0f} MB", flush=True)
+        baseline = _in_child(_pandas, str(path), sample, args.pandas_ingest_records)
+        os.sync()
+
+    if baseline.pop("sample") != ours.pop("sample"):
+        raise SystemExit("the pandas baseline and the engine disagree on the sample's fingerprints")
+    scale = {
+        "ingest": args.records / baseline["ingested_records"],
+        "fingerprints": DEVICES / args.sample_devices,
+        "evaluation": (ours["test"] * ours["train"])
+        / max(1, ours["sample_test"] * ours["sample_train"]),
+    }
+    scaled = {k: baseline["stages"][k] * scale[k] for k in scale}
+    ratios = {k: scaled[k] / ours["stages"][k] for k in scale}
+    result = {
+        "cpu_count": os.cpu_count(),
+        "records": args.records,
+        "input": made,
+        "exporter": _config().to_json(),
+        "ours": ours,
+        "pandas": {**baseline, "scale": scale, "scaled_stages": scaled},
+        "speedup": ratios,
+        "speedup_total": sum(scaled.values()) / ours["total_seconds"],
+        "within_limits": ours["total_seconds"] <= TIME_LIMIT_S
+        and ours["peak_rss_mb"] <= RSS_LIMIT_MB,
+        "limits": {"seconds": TIME_LIMIT_S, "peak_rss_mb": RSS_LIMIT_MB},
+        "notes": (
+            f"pandas ingest read {baseline['ingested_records']:,} records, exporter and search "
+            f"ran on {args.sample_devices} of {DEVICES} devices; their times are scaled"
+        ),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=RESULTS.parent, prefix=".bench_engine.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(result, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    Path(tmp_name).replace(RESULTS)
+
+    print(f"{'stage':14s} {'ours s':>9s} {'pandas s (scaled)':>18s} {'speedup':>8s}")
+    for stage in scale:
+        print(
+            f"{stage:14s} {ours['stages'][stage]:9.2f} {scaled[stage]:18.1f} {ratios[stage]:7.1f}x"
+        )
+    print(
+        f"{'total':14s} {ours['total_seconds']:9.2f} {sum(scaled.values()):18.1f} "
+        f"{result['speedup_total']:7.1f}x"
+    )
+    print(
+        f"peak RSS: ours {ours['peak_rss_mb']:.0f} MB, pandas {baseline['peak_rss_mb']:.0f} MB; "
+        f"{ours['fingerprints']:,} fingerprints, closed-set accuracy {ours['accuracy']:.3f}"
+    )
+    print(f"within {TIME_LIMIT_S:.0f} s and {RSS_LIMIT_MB:.0f} MB: {result['within_limits']}")
+    print(f"results in {RESULTS}")
+    return 0 if result["within_limits"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
