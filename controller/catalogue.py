@@ -358,8 +358,10 @@ class PortUsage:
     """Observed use of TCP/UDP service ports: per (protocol, port), the distinct devices, the
     distinct (device, unit) cells in which they used it, and packets.
 
-    A flow's service port is the lower of its two ports: clients talk from high ephemeral ports
-    to lower service ports, and a server's responses come from its (lower) service port.
+    A flow's service port is the one of its two ports that meets more distinct counterpart ports
+    over all the observed flows — a service port serves many ephemeral ports, an ephemeral port
+    meets one service — and the lower port on a tie. (Taking simply the lower port fails for
+    clients with low ephemeral ports: a Windows XP client's 1035 → 10000 is a use of 10000.)
     """
 
     proto: npt.NDArray[np.int64]
@@ -383,8 +385,10 @@ class PortUsage:
         p = np.asarray(proto, dtype=np.int64)
         keep = (p == TCP) | (p == UDP)
         dev = np.asarray(device, dtype=np.int64)[keep]
-        port = np.minimum(
-            np.asarray(sport, dtype=np.int64)[keep], np.asarray(dport, dtype=np.int64)[keep]
+        port = service_ports(
+            p[keep],
+            np.asarray(sport, dtype=np.int64)[keep],
+            np.asarray(dport, dtype=np.int64)[keep],
         )
         pkt = np.asarray(packets, dtype=np.int64)[keep]
         units = (
@@ -416,6 +420,27 @@ class PortUsage:
         return list(
             zip(self.proto[keep][order].tolist(), self.port[keep][order].tolist(), strict=True)
         )
+
+
+def service_ports(
+    proto: npt.NDArray[np.int64], sport: npt.NDArray[np.int64], dport: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Per flow, its service port (see `PortUsage`): the port with more distinct counterparts."""
+    if len(proto) == 0:
+        return np.zeros(0, np.int64)
+    span = PORT_MAX + 1
+    own = np.concatenate([proto * span + sport, proto * span + dport])
+    other = np.concatenate([dport, sport])
+    pairs = np.unique(own * span + other)
+    keys, counterparts = np.unique(pairs // span, return_counts=True)
+
+    def popularity(ports: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        found: npt.NDArray[np.int64] = counterparts[np.searchsorted(keys, proto * span + ports)]
+        return found
+
+    source, destination = popularity(sport), popularity(dport)
+    chosen = np.where(source > destination, sport, dport)
+    return np.where(source == destination, np.minimum(sport, dport), chosen)
 
 
 def catch_alls(ephemeral_ranges: bool = True) -> list[ServiceSpec]:

@@ -24,6 +24,7 @@ from controller.catalogue import Catalogue
 from controller.errors import InputError
 from controller.evaluate import (
     DEFAULT_GRANULARITIES,
+    DEFAULT_PREFIXES,
     DEFAULT_TRAIN_FRACTION,
     Dataset,
     EvalSettings,
@@ -247,6 +248,18 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _units(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
 
 
@@ -492,6 +505,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         neighbours=args.neighbours,
         percentile=args.percentile,
         theta=args.theta,
+        prefixes=args.prefixes,
         progress=False if args.no_progress else None,
     )
     dataset = Dataset(inputs.activity, inputs.labels, inputs.groups, inputs.name)
@@ -541,6 +555,13 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--units", type=_floats, help="time units in seconds to compare (default: --unit-seconds)"
+    )
+    p.add_argument(
+        "--prefixes",
+        type=_units,
+        default=DEFAULT_PREFIXES,
+        help="with --tracks capture: units of each test capture seen for early identification "
+        f"(default: {','.join(map(str, DEFAULT_PREFIXES))})",
     )
     p.add_argument("--split", choices=["time", "group"], default="time", help="default: time")
     p.add_argument(

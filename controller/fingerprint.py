@@ -147,8 +147,8 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     """Weighted Jaccard of every row of `a` against every row of `b` (an m × n matrix).
 
     Binary matrices (Service Lists) go through one matrix product: |A∩B| = A·Bᵀ and
-    |A∪B| = |A| + |B| − |A∩B|. Weighted matrices use Σmax = Σa + Σb − Σmin with Σmin computed
-    by broadcasting in row blocks sized to bound memory.
+    |A∪B| = |A| + |B| − |A∩B|. Weighted matrices use Σmax = Σa + Σb − Σmin, with Σmin summed
+    service by service over cache-sized row blocks (temporary memory stays small).
     """
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)

@@ -297,7 +297,8 @@ def flows(
     start_unit: int = 0,
 ) -> FlowBatch:
     """Flow records of the fleet: each active use split into about `flows` records, started at
-    random times inside its unit; the peer is a gateway MAC that answers every packet."""
+    random times inside its unit, from a fresh ephemeral port each; the peer is a gateway MAC
+    that answers every packet."""
     used = uses(fleet, units, seed, unit_seconds, start_unit)
     rng = np.random.default_rng([seed, 1])
     entries = _entry_table(fleet)
@@ -315,7 +316,11 @@ def flows(
     proto = entries["proto"][row[owner]]
     lo = entries["lo"][row[owner]]
     hi = entries["hi"][row[owner]]
-    service_port = lo + (rng.random(total) * (hi - lo + 1)).astype(np.int64)
+    # A service given as a port range (a P2P or media session port) uses one port of it per
+    # device, as real devices keep a session port for hours.
+    session = np.random.default_rng([seed, 2]).random((len(fleet), len(entries["lo"])))
+    pick = session[used.device[owner], row[owner]]
+    service_port = lo + (pick * (hi - lo + 1)).astype(np.int64)
     ephemeral = rng.integers(EPHEMERAL[0], EPHEMERAL[1] + 1, total)
     server = entries["server"][row[owner]]
     transport = (proto == TCP) | (proto == UDP)

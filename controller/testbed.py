@@ -29,6 +29,7 @@ from typing import Any
 
 import networkx as nx
 
+from controller import synth
 from controller.errors import InputError, SvcfpError
 from controller.run import Controller, RunConfig, SwitchSpec
 from topology import graph as topo
@@ -46,6 +47,8 @@ STOP_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class TestbedConfig:
     """What `svcfp testbed start` was asked to run."""
+
+    __test__ = False  # a name starting with "Test", but not a pytest test class
 
     switch: str
     grpc_addr: str
@@ -68,9 +71,13 @@ def _grpc_port(addr: str) -> int:
 
 
 def testbed_graph(config: TestbedConfig) -> nx.Graph[str]:
-    """The topology to build: the given file, or the default one with the chosen switch address."""
+    """The topology to build: the given file, or the default one with the chosen switch address.
+
+    When devices will play traffic, every device host must name a known profile.
+    """
     if config.topology is not None:
-        return topo.load(config.topology)
+        profiles = set(synth.load_profiles()) if config.units > 0 else None
+        return topo.load(config.topology, profiles)
     graph = topo.default_topology(default_device_profiles(config.devices))
     graph.nodes["s1"]["grpc_port"] = _grpc_port(config.grpc_addr)
     graph.nodes["s1"]["device_id"] = config.device_id

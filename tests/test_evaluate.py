@@ -171,6 +171,35 @@ class TestEvaluate:
         assert best_result(metrics)["representation"] == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    def test_early_identification_of_captures(self) -> None:
+        # Both types only resolve DNS in their first 3 units; then A adds tcp/443, B udp/123.
+        rows = []
+        labels, groups = {}, {}
+        for kind, own in (("A", "tcp/443"), ("B", "udp/123")):
+            for capture in range(4):
+                track = f"02:00:00:00:00:01#{kind}-setup-{capture}"
+                labels[track], groups[track] = kind, f"{kind}-setup-{capture}"
+                start = 100 * capture
+                rows += [(track, start + u, "udp/53", 1, 60) for u in range(10)]
+                rows += [(track, start + u, own, 1, 60) for u in range(3, 10)]
+        dataset = Dataset(ActivityTable.from_records(rows, 1.0), labels, groups, "captures")
+        settings = EvalSettings(
+            granularities=(None,),
+            windows="whole",
+            captures=True,
+            split="group",
+            modes=("nearest",),
+            prefixes=(1, 4, 10),
+            progress=False,
+        )
+        result = evaluate(dataset, settings)["results"][0]
+        assert result["closed_set"]["accuracy"] == 1.0
+        early = result["early_identification"]
+        # After 1 unit every capture is {udp/53: 1}, equally similar to both types: the tie goes
+        # to the first type, A, so half the captures are right. After 4 units all are.
+        assert early["accuracy"] == [0.5, 1.0, 1.0]
+        assert (early["tracks"], early["tracks_with_activity"]) == (4, [4, 4, 4])
+
     def test_too_little_data_is_an_input_error(self) -> None:
         dataset = synthetic_dataset()
         short = Dataset(dataset.activity.select(units=(0, 6)), dataset.labels, name="short")

@@ -199,3 +199,37 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ActivityTable.from_csv(direct).equals(ActivityTable.from_csv(ingested))
     assert len(Labels.load(labels).by_mac) == 6
     assert main(["synth", "--kinds", "toaster", "--out", str(direct)]) == 2
+
+
+@pytest.mark.data
+def test_ingest_iot_sentinel_folders_with_learned_services(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    captures = shared_data / "iot-sentinel" / "captures"
+    folders = [str(captures / name) for name in ("HueBridge", "Lightify", "EdimaxPlug1101W")]
+    out = tmp_path / "activity.csv"
+    saved = tmp_path / "learned.json"
+    args = [
+        "ingest",
+        *folders,
+        "--labels",
+        str(captures),
+        "--granularity",
+        "learned",
+        "--save-catalogue",
+        str(saved),
+        "--time-unit",
+        "60",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "0 skipped; 3 devices" in capsys.readouterr().out
+    learned = Catalogue.load(saved)
+    for name in ("tcp/80", "udp/53", "udp/5353", "udp/8765", "tcp/8767", "udp/80"):
+        assert name in learned.names, name
+    table = ActivityTable.from_csv(out)
+    assert table.unit_seconds == 60
+    labels = Labels.load(captures)
+    lightify = [m for m, label in labels.by_mac.items() if label == "Lightify"]
+    assert {"udp/80", "udp/5353"} <= set(table.select(devices=lightify).used_services())

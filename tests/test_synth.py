@@ -119,3 +119,19 @@ def test_profile_file_errors(tmp_path: Path) -> None:
         load_profiles(path)
     with pytest.raises(InputError, match="unknown profile"):
         make_fleet(load_profiles(), 3, kinds=["toaster"])
+
+
+def test_range_services_keep_one_session_port_per_device() -> None:
+    profiles = load_profiles()
+    fleet = make_fleet(profiles, 4, kinds=["camera", "doorbell"])
+    batch = flows(fleet, 72, seed=8)
+    session = (batch.proto == 17) & (batch.dport >= 49152)
+    ports_by_device = {
+        mac: set(batch.dport[session & (batch.src_mac == mac)].tolist())
+        for mac in set(batch.src_mac[session].tolist())
+    }
+    assert len(ports_by_device) == 4
+    assert all(len(ports) == 1 for ports in ports_by_device.values())
+    assert len({p for ports in ports_by_device.values() for p in ports}) == 4
+    # The client side of every flow is a fresh ephemeral port.
+    assert len(set(batch.sport[session].tolist())) > 0.9 * int(session.sum())

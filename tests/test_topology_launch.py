@@ -93,3 +93,15 @@ def test_a_started_switch_is_recorded_and_listening(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_port_already_in_use_is_refused_before_starting(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        state = TestbedState.create(tmp_path)
+        command = refswitch_command(f"127.0.0.1:{port}", 1, tmp_path / "s1.log", [])
+        with pytest.raises(SwitchError, match=rf"127\.0\.0\.1:{port} is already in use"):
+            launch(command, "switch:s1", port, [], tmp_path / "console.log", state)
+        assert state.processes == []

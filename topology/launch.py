@@ -99,6 +99,20 @@ def bmv2_command(
     ]
 
 
+def ensure_port_free(port: int, what: str) -> None:
+    """`SwitchError` if something already listens on 127.0.0.1:`port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Connections of an earlier run lingering in TIME_WAIT must not count as "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise SwitchError(
+                f"{what}: 127.0.0.1:{port} is already in use ({exc.strerror}); "
+                "is another switch running there? choose another port"
+            ) from None
+
+
 def launch(
     command: list[str],
     label: str,
@@ -112,6 +126,8 @@ def launch(
     Its stdout and stderr go to `console`; on failure the process is stopped and `SwitchError`
     carries the last lines of `logs` and `console`.
     """
+    # Waiting for "the port accepts connections" would be fooled by another switch on that port.
+    ensure_port_free(grpc_port, label)
     console.parent.mkdir(parents=True, exist_ok=True)
     with console.open("wb") as out:
         process = subprocess.Popen(

@@ -3,6 +3,9 @@
 A flow counts for its source MAC (the device sends it), with the service the catalogue assigns to
 (protocol, source port, destination port). An RFC 5103 biflow's reverse direction counts for the
 destination MAC, with the ports swapped. A flow's packets all land in the unit of the flow start.
+Every reader (IPFIX CSV, binary IPFIX / NetFlow v9, pcap) produces `FlowBatch`es — a packet is a
+one-packet flow — so attribution and aggregation are this module's alone; `PortCounter` watches
+the same batches to learn which service ports devices use.
 """
 
 from __future__ import annotations
@@ -132,14 +135,15 @@ class PortCounter:
     def __init__(self, devices: U64 | None = None, unit_seconds: float = 3600.0) -> None:
         self.devices = devices
         self.unit_seconds = unit_seconds
-        self._parts: list[tuple[I64, I64, I64, I64, I64]] = []
+        self._parts: list[tuple[I64, ...]] = []
 
     def add(self, batch: FlowBatch) -> None:
         """Count one batch (both directions of biflows)."""
         unit = units_of(batch.start, self.unit_seconds)
         macs = [batch.src_mac]
         protos = [batch.proto]
-        ports = [np.minimum(batch.sport, batch.dport)]
+        sports = [batch.sport]
+        dports = [batch.dport]
         units = [unit]
         packets = [batch.packets]
         valid = [batch.l4_valid] if batch.l4_valid is not None else None
@@ -147,7 +151,8 @@ class PortCounter:
             back = batch.rev_packets > 0
             macs.append(batch.dst_mac[back])
             protos.append(batch.proto[back])
-            ports.append(ports[0][back])
+            sports.append(batch.dport[back])
+            dports.append(batch.sport[back])
             units.append(unit[back])
             packets.append(batch.rev_packets[back])
             if valid is not None and batch.l4_valid is not None:
@@ -163,7 +168,8 @@ class PortCounter:
             [
                 mac[keep].astype(np.int64),
                 proto[keep],
-                np.concatenate(ports)[keep],
+                np.concatenate(sports)[keep],
+                np.concatenate(dports)[keep],
                 np.concatenate(units)[keep],
             ]
         )
@@ -171,18 +177,18 @@ class PortCounter:
             return
         unique, inverse = np.unique(key, axis=1, return_inverse=True)
         summed = np.bincount(inverse.reshape(-1), weights=np.concatenate(packets)[keep])
-        self._parts.append((unique[0], unique[1], unique[2], unique[3], summed.astype(np.int64)))
+        self._parts.append((*unique, summed.astype(np.int64)))
 
     def extend(self, other: PortCounter) -> None:
         """Take over what another counter collected."""
         self._parts.extend(other._parts)
 
     def usage(self) -> PortUsage:
-        """Distinct devices, (device, unit) cells and packets per (protocol, port)."""
+        """Distinct devices, (device, unit) cells and packets per (protocol, service port)."""
         if not self._parts:
             empty = np.zeros(0, np.int64)
             return PortUsage(empty, empty, empty, empty, empty)
-        mac, proto, port, unit, packets = (
+        mac, proto, sport, dport, unit, packets = (
             np.concatenate(c) for c in zip(*self._parts, strict=True)
         )
-        return PortUsage.from_flows(mac, proto, port, port, packets, unit)
+        return PortUsage.from_flows(mac, proto, sport, dport, packets, unit)
