@@ -27,6 +27,7 @@ from controller.errors import SvcfpError
 from topology import graph as topo
 from topology import protocols
 from topology.devices import UNPLAYABLE, Activity, DevicePlan
+from topology.files import write_json_atomic
 from topology.ports import Realization, quiet_ports, realize, served_port
 from topology.servers import Probe, ServerConfig
 from topology.state import TestbedState
@@ -268,7 +269,7 @@ def _launch(
     state: TestbedState | None,
 ) -> None:
     config_path = run.folder / f"{name}.config.json"
-    config_path.write_text(json.dumps(config, indent=2))
+    write_json_atomic(config_path, config)
     with (run.folder / f"{name}.log").open("wb") as log:
         process = network.host(name).popen(
             [sys.executable, "-m", module, str(config_path)],
