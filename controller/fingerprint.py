@@ -162,16 +162,23 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
         num = np.zeros((x.shape[0], y.shape[0]), dtype=np.float64)
         columns = np.ascontiguousarray(y.T)
         used = x > 0
+        # min(a, b) is 0 wherever a or b is. Each block of rows adds only the services its rows
+        # use (few, as rows of one device sit together), and for each only the span of `b` rows
+        # from the first to the last that use it (narrow when `b` is grouped, e.g. by type).
+        nonzero = columns > 0
+        first = np.where(nonzero.any(axis=1), np.argmax(nonzero, axis=1), 0)
+        last = columns.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
         rows = max(1, _BLOCK_ELEMENTS // max(1, y.shape[0]))
         scratch = np.empty((min(rows, x.shape[0]), y.shape[0]), dtype=np.float64)
         for lo in range(0, x.shape[0], rows):
             hi = min(lo + rows, x.shape[0])
-            acc, tmp = num[lo:hi], scratch[: hi - lo]
-            # min(a, b) is 0 wherever a is: each block adds only the services its rows use
-            # (few, as rows of one device sit together), one 2-D pass per service.
             for s in np.flatnonzero(used[lo:hi].any(axis=0)).tolist():
-                np.minimum(x[lo:hi, s, None], columns[s][None, :], out=tmp)
-                acc += tmp
+                a, b = int(first[s]), int(last[s])
+                if not nonzero[s, a]:
+                    continue
+                tmp = scratch[: hi - lo, a:b]
+                np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
+                num[lo:hi, a:b] += tmp
     return _ratio(num, sum_x + sum_y - num)
 
 

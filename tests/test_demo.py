@@ -28,7 +28,7 @@ def config(tmp_path: Path, **changes: object) -> DemoConfig:
     base = DemoConfig(
         out=tmp_path / "out",
         logs=tmp_path / "logs",
-        units=30,
+        units=36,
         grpc_port=free_port(),
         p4info=ROOT / "p4src" / "fingerprint.p4info.txtpb",
     )
@@ -50,7 +50,7 @@ def test_scenario_enrolls_only_known_types_and_schedules_every_host(tmp_path: Pa
     assert scenario.references.types == ("camera", "plug")
     assert scenario.truth == {"d1": "camera", "d2": "plug", "d3": "hub"}
     assert set(scenario.schedules) == {"d1", "d2", "d3"}
-    assert all(len(s.units) == 30 for s in scenario.schedules.values())
+    assert all(len(s.units) == 36 for s in scenario.schedules.values())
     # The hub serves tcp/80 (a peer probes it); the camera never serves anything.
     assert any(service == "tcp/80" for _, service in scenario.schedules["d3"].serve)
     assert scenario.schedules["d1"].serve == ()

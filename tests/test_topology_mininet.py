@@ -56,7 +56,7 @@ def test_devices_reach_services_are_counted_exactly_and_identified(tmp_path: Pat
     config = DemoConfig(
         out=tmp_path / "out",
         logs=tmp_path / "logs",
-        units=30,
+        units=36,
         known=("camera", "plug", "speaker"),
         held_out="hub",
         grpc_port=free_port(),
