@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_results
 from controller.demo import DemoConfig, build_scenario, run_demo
 from controller.identify import UNKNOWN
 from topology import graph as topo
@@ -31,7 +32,6 @@ from topology.frames import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_demo.json"
 
 
 def _free_port() -> int:
@@ -111,10 +111,7 @@ def main() -> int:
             result["network"] = _demo(config("network", False))
     for key, value in result.items():
         print(f"{key}: {json.dumps(value)}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temp = RESULTS.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(result, indent=2) + "\n")
-    temp.replace(RESULTS)
+    write_results("bench_demo", result)
     return 0
 
 

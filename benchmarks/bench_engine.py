@@ -23,31 +23,21 @@ the peak RSS (VmHWM) is its own.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "bench_engine.json"
+from benchmarks.common import in_child, peak_rss_mb, synthetic_flows_csv, write_results
+
 UNIT = 3600.0
 DEVICES = 200
 TIME_LIMIT_S = 60.0
 RSS_LIMIT_MB = 4096.0
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _config() -> Any:
@@ -106,7 +96,7 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     return {
         "stages": stages,
         "total_seconds": sum(stages.values()),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "records": stats.records,
         "activity_rows": len(activity),
         "fingerprints": len(fps),
@@ -223,7 +213,7 @@ def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
 
     return {
         "stages": stages,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "ingested_records": ingested_records,
         "activity_rows": len(activity),
         "fingerprints": len(exported),
@@ -278,52 +268,6 @@ def _pandas_exporter(
 # --- driver ---------------------------------------------------------------------------------------
 
 
-def _in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(func, args)
-
-
-def _flows_file(path: Path, records: int, seed: int) -> dict[str, Any]:
-    from controller.ingest.flows import FlowBatch
-    from controller.synth import flows, load_profiles, make_fleet, write_flows_csv
-
-    fleet = make_fleet(load_profiles(), DEVICES)
-    start = time.perf_counter()
-    probe = flows(fleet, 48, seed)
-    units = math.ceil(records / (len(probe) / 48) * 1.1)
-    batch = flows(fleet, units, seed, UNIT, start_unit=1_483_228_800 // 3600)
-    if len(batch) < records:
-        raise RuntimeError(f"generated only {len(batch)} of {records} records")
-    cut = FlowBatch(
-        **{
-            name: None if getattr(batch, name) is None else getattr(batch, name)[:records]
-            for name in (
-                "start",
-                "src_mac",
-                "dst_mac",
-                "proto",
-                "sport",
-                "dport",
-                "packets",
-                "bytes",
-                "rev_packets",
-                "rev_bytes",
-            )
-        }
-    )
-    generated = time.perf_counter() - start
-    start = time.perf_counter()
-    write_flows_csv(path, cut)
-    return {
-        "generate_seconds": generated,
-        "write_seconds": time.perf_counter() - start,
-        "file_mb": path.stat().st_size / 2**20,
-        "units": units,
-        "devices": len(fleet),
-    }
-
-
 def _sample(devices: int) -> list[str]:
     """`devices` devices spread over every kind (the fleet assigns kinds round-robin)."""
     macs = sorted(_fleet_labels())
@@ -348,11 +292,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         path = Path(tmp) / "flows.csv"
         print(f"writing {args.records:,} synthetic flow records ...", flush=True)
-        made = _flows_file(path, args.records, args.seed)
+        _, made = synthetic_flows_csv(path, args.records, args.seed, DEVICES, UNIT)
         print(f"  {made['file_mb']:.0f} MB in {made['write_seconds']:.1f} s", flush=True)
-        ours = _in_child(_ours, str(path), sample)
+        ours = in_child(_ours, str(path), sample)
         print(f"ours: {ours['total_seconds']:.1f} s, peak {ours['peak_rss_mb']:.0f} MB", flush=True)
-        baseline = _in_child(_pandas, str(path), sample, args.pandas_test_windows)
+        baseline = in_child(_pandas, str(path), sample, args.pandas_test_windows)
         os.sync()
 
     if baseline.pop("sample") != ours.pop("sample"):
@@ -384,12 +328,7 @@ def main() -> int:
             f"{baseline['train']} references (scaled by window pairs)"
         ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=RESULTS.parent, prefix=".bench_engine.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(result, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    Path(tmp_name).replace(RESULTS)
+    results = write_results("bench_engine", result)
 
     print(f"{'stage':14s} {'ours s':>9s} {'pandas s (scaled)':>18s} {'speedup':>8s}")
     for stage in scale:
@@ -405,7 +344,7 @@ def main() -> int:
         f"{ours['fingerprints']:,} fingerprints, closed-set accuracy {ours['accuracy']:.3f}"
     )
     print(f"within {TIME_LIMIT_S:.0f} s and {RSS_LIMIT_MB:.0f} MB: {result['within_limits']}")
-    print(f"results in {RESULTS}")
+    print(f"results in {results}")
     return 0 if result["within_limits"] else 1
 
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import math
-import multiprocessing
 import os
 import struct
 import tempfile
@@ -30,16 +27,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "bench_ingest.json"
+from benchmarks.common import data_dir, in_child, peak_rss_mb, synthetic_flows_csv, write_results
+
 UNIT = 3600.0
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _digest(rows: list[tuple[str, int, str, int, int]]) -> str:
@@ -68,7 +58,7 @@ def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "records": stats.records,
         "activity_rows": len(rows),
         "digest": _digest(rows),  # type: ignore[arg-type]
@@ -79,6 +69,7 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     import pandas as pd
 
     from controller.catalogue import Catalogue
+    from controller.ingest.labels import int_to_mac
 
     catalogue = Catalogue.default()
     catalogue.lookup(6, 1, 1)
@@ -89,35 +80,33 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     for column in ("sourceTransportPort", "destinationTransportPort"):
         df[column] = df[column].fillna(0).astype("int64")
     df["unit"] = (df["flowStartMilliseconds"] // int(UNIT * 1000)).astype("int64")
-    forward = pd.DataFrame(
-        {
-            "device": df["sourceMacAddress"].str.lower(),
-            "unit": df["unit"],
-            "service": catalogue.lookup_many(
-                df["protocolIdentifier"],
-                df["sourceTransportPort"],
-                df["destinationTransportPort"],
-            ),
-            "packets": df["packetDeltaCount"],
-            "bytes": df["octetDeltaCount"],
-        }
-    )
+
+    def direction(rows: Any, mac: str, sport: str, dport: str, packets: str, octets: str) -> Any:
+        """One direction's activity records, as `batch_to_activity` attributes them."""
+        service = catalogue.lookup_many(rows["protocolIdentifier"], rows[sport], rows[dport])
+        return pd.DataFrame(
+            {
+                "device": rows[mac].str.lower(),
+                "unit": rows["unit"],
+                "service": service,
+                "packets": rows[packets],
+                "bytes": rows[octets],
+            }
+        )
+
+    src, dst = "sourceTransportPort", "destinationTransportPort"
+    forward = direction(df, "sourceMacAddress", src, dst, "packetDeltaCount", "octetDeltaCount")
     back = df[df["reversePacketDeltaCount"] > 0]
-    reverse = pd.DataFrame(
-        {
-            "device": back["destinationMacAddress"].str.lower(),
-            "unit": back["unit"],
-            "service": catalogue.lookup_many(
-                back["protocolIdentifier"],
-                back["destinationTransportPort"],
-                back["sourceTransportPort"],
-            ),
-            "packets": back["reversePacketDeltaCount"],
-            "bytes": back["reverseOctetDeltaCount"],
-        }
+    reverse = direction(
+        back,
+        "destinationMacAddress",
+        dst,
+        src,
+        "reversePacketDeltaCount",
+        "reverseOctetDeltaCount",
     )
     both = pd.concat([forward, reverse], ignore_index=True)
-    wanted = {":".join(f"{m:012x}"[i : i + 2] for i in range(0, 12, 2)) for m in macs}
+    wanted = {int_to_mac(m) for m in macs}
     both = both[both["device"].isin(wanted)]
     grouped = both.groupby(["device", "unit", "service"], sort=True).sum().reset_index()
     seconds = time.perf_counter() - start
@@ -130,7 +119,7 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "records": len(df),
         "activity_rows": len(rows),
         "digest": _digest(rows),
@@ -155,7 +144,7 @@ def _ours_pcap(path: str) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "packets": stats.records,
         "packets_per_second": stats.records / seconds,
         "packets_per_cpu_second": stats.records / cpu_seconds,
@@ -200,7 +189,7 @@ def _dpkt_pcap(path: str) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "packets": packets,
         "packets_per_second": packets / seconds,
         "packets_per_cpu_second": packets / cpu_seconds,
@@ -277,48 +266,19 @@ def _synthetic_pcap(path: Path, packets: int, seed: int) -> None:
 # --- driver ---------------------------------------------------------------------------------------
 
 
-def _in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(func, args)
-
-
-def _flows_file(path: Path, records: int, seed: int) -> tuple[list[int], dict[str, float]]:
-    from controller.synth import flows, load_profiles, make_fleet, write_flows_csv
-
-    fleet = make_fleet(load_profiles(), 200)
-    start = time.perf_counter()
-    probe = flows(fleet, 48, seed)
-    units = math.ceil(records / (len(probe) / 48) * 1.1)
-    batch = flows(fleet, units, seed, UNIT, start_unit=1_483_228_800 // 3600)
-    generated = time.perf_counter() - start
-    if len(batch) < records:
-        raise RuntimeError(f"generated only {len(batch)} of {records} records")
-    from controller.ingest.flows import FlowBatch
-
-    cut = FlowBatch(
-        start=batch.start[:records],
-        src_mac=batch.src_mac[:records],
-        dst_mac=batch.dst_mac[:records],
-        proto=batch.proto[:records],
-        sport=batch.sport[:records],
-        dport=batch.dport[:records],
-        packets=batch.packets[:records],
-        bytes=batch.bytes[:records],
-        rev_packets=None if batch.rev_packets is None else batch.rev_packets[:records],
-        rev_bytes=None if batch.rev_bytes is None else batch.rev_bytes[:records],
-    )
-    start = time.perf_counter()
-    write_flows_csv(path, cut)
-    written = time.perf_counter() - start
-    macs = [int(d.mac.replace(":", ""), 16) for d in fleet]
-    return macs, {
-        "generate_seconds": generated,
-        "write_seconds": written,
-        "file_mb": path.stat().st_size / 2**20,
-        "units": units,
-        "devices": len(fleet),
-    }
+def _baseline(
+    entry: dict[str, Any], name: str, func: Callable[..., dict[str, Any]], *args: Any
+) -> dict[str, Any]:
+    """Run a baseline in its own process, check that it found the same activity as ours, and
+    add it and the time ratios to `entry`."""
+    ours = entry["ours"]
+    base = in_child(func, *args)
+    if base["digest"] != ours["digest"]:
+        raise RuntimeError(f"the {name} baseline and ours disagree on the activity")
+    entry[name] = base
+    entry["speedup"] = base["seconds"] / ours["seconds"]
+    entry["cpu_ratio"] = base["cpu_seconds"] / ours["cpu_seconds"]
+    return base
 
 
 def main() -> int:
@@ -333,14 +293,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="svcfp-bench-ingest-") as tmp:
         csv_path = Path(tmp) / "flows.csv"
-        macs, made = _flows_file(csv_path, args.records, args.seed)
+        macs, made = synthetic_flows_csv(csv_path, args.records, args.seed, 200, UNIT)
         print(
             f"IPFIX CSV: {args.records:,} records, {made['file_mb']:.0f} MB "
             f"(generated in {made['generate_seconds']:.1f} s, "
             f"written in {made['write_seconds']:.1f} s)",
             flush=True,
         )
-        ours = _in_child(_ours_csv, str(csv_path), macs)
+        ours = in_child(_ours_csv, str(csv_path), macs)
         print(
             f"  read_ipfix_csv: {ours['seconds']:.1f} s ({ours['cpu_seconds']:.1f} s CPU), "
             f"peak RSS {ours['peak_rss_mb']:.0f} MB, "
@@ -349,12 +309,7 @@ def main() -> int:
         )
         entry: dict[str, Any] = {"input": made, "records": args.records, "ours": ours}
         if not args.skip_baselines:
-            base = _in_child(_pandas_csv, str(csv_path), macs)
-            if base["digest"] != ours["digest"]:
-                raise RuntimeError("pandas baseline and read_ipfix_csv disagree")
-            entry["pandas"] = base
-            entry["speedup"] = base["seconds"] / ours["seconds"]
-            entry["cpu_ratio"] = base["cpu_seconds"] / ours["cpu_seconds"]
+            base = _baseline(entry, "pandas", _pandas_csv, str(csv_path), macs)
             entry["memory_ratio"] = base["peak_rss_mb"] / ours["peak_rss_mb"]
             print(
                 f"  pandas group-by: {base['seconds']:.1f} s ({base['cpu_seconds']:.1f} s CPU), "
@@ -367,7 +322,7 @@ def main() -> int:
 
         pcap_path = Path(tmp) / "synthetic.pcap"
         _synthetic_pcap(pcap_path, args.packets, args.seed)
-        ours = _in_child(_ours_pcap, str(pcap_path))
+        ours = in_child(_ours_pcap, str(pcap_path))
         print(
             f"pcap: {args.packets:,} packets: read_pcap {ours['packets_per_second']:,.0f} "
             f"packets/s ({ours['packets_per_cpu_second']:,.0f} per CPU second; "
@@ -376,12 +331,7 @@ def main() -> int:
         )
         entry = {"packets": args.packets, "file_mb": pcap_path.stat().st_size / 2**20, "ours": ours}
         if not args.skip_baselines:
-            base = _in_child(_dpkt_pcap, str(pcap_path))
-            if base["digest"] != ours["digest"]:
-                raise RuntimeError("dpkt baseline and read_pcap disagree")
-            entry["dpkt"] = base
-            entry["speedup"] = ours["packets_per_second"] / base["packets_per_second"]
-            entry["cpu_ratio"] = base["cpu_seconds"] / ours["cpu_seconds"]
+            base = _baseline(entry, "dpkt", _dpkt_pcap, str(pcap_path))
             print(
                 f"  dpkt loop: {base['packets_per_second']:,.0f} packets/s "
                 f"({base['packets_per_cpu_second']:,.0f} per CPU second) -> "
@@ -390,30 +340,21 @@ def main() -> int:
             )
         results["pcap_synthetic"] = entry
 
-    data = os.environ.get("SVCFP_DATA_DIR")
-    captures_root = Path(data) if data else ROOT.parent / "shared" / "data"
-    captures = sorted(str(p) for p in (captures_root / "iot-sentinel").rglob("*.pcap"))
+    captures = sorted(str(p) for p in (data_dir() / "iot-sentinel").rglob("*.pcap"))
     if captures:
-        ours = _in_child(_ours_captures, captures)
+        ours = in_child(_ours_captures, captures)
         entry = {"files": len(captures), "ours": ours}
         line = (
             f"IoT Sentinel: {len(captures)} captures, {ours['packets']:,} packets: read_pcap "
             f"{ours['packets_per_second']:,.0f} packets/s"
         )
         if not args.skip_baselines:
-            base = _in_child(_dpkt_captures, captures)
-            entry["dpkt"] = base
-            entry["speedup"] = ours["packets_per_second"] / base["packets_per_second"]
-            entry["cpu_ratio"] = base["cpu_seconds"] / ours["cpu_seconds"]
+            base = _baseline(entry, "dpkt", _dpkt_captures, captures)
             line += f", dpkt {base['packets_per_second']:,.0f} packets/s -> {entry['speedup']:.1f}x"
         print(line, flush=True)
         results["pcap_iot_sentinel"] = entry
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp_results = RESULTS.with_suffix(".json.tmp")
-    tmp_results.write_text(json.dumps(results, indent=2) + "\n")
-    tmp_results.replace(RESULTS)
-    print(f"results: {RESULTS}")
+    print(f"results: {write_results('bench_ingest', results)}")
     return 0
 
 

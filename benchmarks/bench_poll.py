@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from finsy.proto import p4r
 
+from benchmarks.common import write_results
 from controller import entries
 from controller.catalogue import Catalogue
 from controller.collector import attribute, counter_deltas
@@ -37,7 +38,6 @@ from refswitch.switch import Switch
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_poll.json"
 PTF_PYTHON = ROOT / ".venv-ptf" / "bin" / "python"
 
 # Decodes the response the way p4runtime-shell's CounterEntry.read does: parse, then visit every
@@ -217,11 +217,7 @@ def main() -> None:
             f"{value * 1000:.1f} ms" if key.endswith("_s") and isinstance(value, float) else value
         )
         print(f"{key:45} {shown}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULTS)
-    print(f"written {RESULTS}")
+    print(f"written {write_results('bench_poll', result)}")
 
 
 if __name__ == "__main__":

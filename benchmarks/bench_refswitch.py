@@ -34,6 +34,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
+from benchmarks.common import write_results
 from controller.p4info import P4Schema
 from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.pipeline import FLOOD_GROUP, ServiceRule, TableState
@@ -42,7 +43,6 @@ from refswitch.switch import Switch
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_refswitch.json"
 
 _TCP_PORTS = (443, 80, 8883, 1883, 8080, 554, 5222, 9999, 49152, 23)
 _UDP_PORTS = (53, 123, 5353, 1900, 67, 443, 3478, 56700, 10001, 6666)
@@ -244,8 +244,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(results, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_results("bench_refswitch", results)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -22,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.errors import InputError
+from controller.fileio import open_atomically
 
 CSV_COLUMNS = ("device", "unit", "unit_seconds", "service", "packets", "bytes")
 
@@ -289,6 +288,16 @@ class ActivityTable:
             unit_seconds=float(unit_seconds),
         )
 
+    def renamed(self, devices: Iterable[str]) -> ActivityTable:
+        """The same rows under new device keys, one per entry of `devices`."""
+        names = tuple(devices)
+        if len(names) != len(self.devices) or len(set(names)) != len(names):
+            raise InputError(
+                f"renaming {len(self.devices)} devices needs as many distinct names, "
+                f"got {len(names)} ({len(set(names))} distinct)"
+            )
+        return replace(self, devices=names)
+
     def equals(self, other: ActivityTable) -> bool:
         """Same rows (by device key and service name) and the same unit length."""
         return math.isclose(self.unit_seconds, other.unit_seconds) and sorted(
@@ -300,23 +309,15 @@ class ActivityTable:
     def to_csv(self, path: Path) -> None:
         """Write `device,unit,unit_seconds,service,packets,bytes` rows; the file appears only when
         complete (written beside it, then renamed)."""
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(CSV_COLUMNS)
-                if not self._write_rows_arrow(handle):
-                    seconds = _format_seconds(self.unit_seconds)
-                    writer.writerows(
-                        (r.device, r.unit, seconds, r.service, r.packets, r.bytes)
-                        for r in self.records()
-                    )
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with open_atomically(path, newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            if not self._write_rows_arrow(handle):
+                seconds = _format_seconds(self.unit_seconds)
+                writer.writerows(
+                    (r.device, r.unit, seconds, r.service, r.packets, r.bytes)
+                    for r in self.records()
+                )
 
     def _write_rows_arrow(self, handle: TextIO) -> bool:
         """Append the rows with pyarrow's CSV writer; False when pyarrow is missing or a name

@@ -34,8 +34,6 @@ In both learned forms a port must be used in at least two (device, unit) cells.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -47,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.errors import InputError
+from controller.fileio import listed, parse_json, read_text, write_text_atomically
 
 MAX_SERVICES = 256
 MAX_SERVICE_ID = MAX_SERVICES - 1
@@ -171,25 +170,14 @@ class Catalogue:
     @classmethod
     def load(cls, path: Path) -> Catalogue:
         """Read a JSON catalogue; raises `InputError` naming the file and the bad entry."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read catalogue: {exc.strerror}") from exc
-        return cls.from_json(text, str(path))
+        return cls.from_json(read_text(path, "catalogue"), str(path))
 
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> Catalogue:
         """Parse the JSON catalogue format (see `to_json`)."""
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source}: not JSON: {exc}") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("services"), list):
-            raise InputError(f'{source}: expected an object with a "services" list')
+        entries = listed(parse_json(text, source), "services", source)
         specs = [
-            _spec_from_json(entry, f"{source}: service {i + 1}")
-            for i, entry in enumerate(document["services"])
+            _spec_from_json(entry, f"{source}: service {i + 1}") for i, entry in enumerate(entries)
         ]
         return cls.from_specs(specs, source)
 
@@ -215,16 +203,7 @@ class Catalogue:
 
     def save(self, path: Path) -> None:
         """Write `to_json` atomically (temporary file, then rename)."""
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text_atomically(path, self.to_json())
 
     @classmethod
     def default(cls) -> Catalogue:

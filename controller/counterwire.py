@@ -119,7 +119,8 @@ def _entity_starts(buf: npt.NDArray[np.uint8], limit: int) -> Int64Array:
     return np.asarray(starts, dtype=np.int64)
 
 
-def _varint_bytes(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """One non-negative int as a minimal protobuf varint."""
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -186,7 +187,7 @@ def _fast(data: bytes, counter_id: int) -> tuple[Int64Array, Int64Array, Int64Ar
     end = position + entry_len
 
     # CounterEntry field 1: counter_id, compared with its canonical encoding byte by byte.
-    expected = _varint_bytes(counter_id)
+    expected = varint(counter_id)
     require(byte(position) == 0x08)
     for k, value in enumerate(expected):
         require(byte(position + 1 + k) == value)

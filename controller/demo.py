@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -27,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +39,7 @@ from controller.activity import ActivityTable
 from controller.catalogue import Catalogue
 from controller.errors import InputError, SvcfpError
 from controller.evaluate import closed_set
+from controller.fileio import replace_atomically, write_text_atomically
 from controller.fingerprint import (
     ExporterConfig,
     Fingerprint,
@@ -48,7 +48,8 @@ from controller.fingerprint import (
     export_fingerprints,
     representation_name,
 )
-from controller.identify import UNKNOWN, Decision, References, enroll, identify
+from controller.identify import UNKNOWN, Decision, References, enroll
+from controller.live import identify_fingerprints
 from controller.report import plot_confusion
 from controller.run import Controller, RunConfig
 from controller.testbed import (
@@ -60,13 +61,11 @@ from controller.testbed import (
 )
 from topology import graph as topo
 from topology.emulation import DeviceSchedule, EmulationRun, next_unit_start
-from topology.files import write_json_atomic, write_text_atomic
+from topology.files import write_json_atomic
 from topology.frames import synthesize, write_pcap
-from topology.launch import check_switch_kind, launch, refswitch_command
+from topology.launch import SWITCH_KINDS, check_switch_kind, launch, refswitch_command
 from topology.schedules import synthetic_schedules
-from topology.state import TestbedState, teardown
-
-log = logging.getLogger(__name__)
+from topology.state import recorded_run
 
 # The demo's exporter: short windows, so fingerprints converge within a few dozen units.
 DEMO_EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=3, n_min=8, n_max=24)
@@ -99,29 +98,30 @@ class DemoConfig:
     no_network: bool = False
     p4info: Path = DEFAULT_P4INFO
     bmv2_json: Path = DEFAULT_BMV2_JSON
-    grpc_port: int = 9559
+    grpc_port: int = topo.FIRST_GRPC_PORT
     exporter: ExporterConfig = DEMO_EXPORTER
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """Who plays what: emulated hosts with their true type and schedule, and the references."""
+    """Who plays what: emulated hosts with their true type and schedule, the references, and the
+    network they play in."""
 
     truth: dict[str, str]
     held_out: str
     references: References
     schedules: dict[str, DeviceSchedule]
+    graph: nx.Graph[str]
 
 
 @dataclass
 class LiveView:
-    """Identification as units close, and the terminal table that shows it."""
+    """Identification of a scenario's devices as units close, and the terminal table that shows
+    it."""
 
-    references: References
+    scenario: Scenario
     exporter_config: ExporterConfig
     unit_seconds: float
-    hosts: dict[str, str]
-    truth: dict[str, str]
     out: TextIO = sys.stdout
     decisions: list[Decision] = field(default_factory=list)
     exported: list[Fingerprint] = field(default_factory=list)
@@ -131,6 +131,8 @@ class LiveView:
 
     def __post_init__(self) -> None:
         self.exporter = StreamingExporter(self.exporter_config, self.unit_seconds)
+        # MAC → host name of the emulated devices: the switch counts by MAC.
+        self.hosts = {h.mac: h.name for h in topo.hosts(self.scenario.graph, topo.DEVICE)}
 
     def on_unit(self, table: ActivityTable) -> None:
         """Feed a closed unit's activity (MAC keys) of the emulated hosts, identify, redraw."""
@@ -152,22 +154,21 @@ class LiveView:
         self.out.flush()
 
     def _identify(self, fingerprints: Sequence[Fingerprint]) -> list[Decision]:
-        if not fingerprints:
-            return []
-        return identify(FingerprintSet.from_fingerprints(fingerprints), self.references)
+        return identify_fingerprints(fingerprints, self.scenario.references)
 
     def render(self) -> str:
         """The live table: device, MAC, true type, answer, similarity, top services."""
         macs = {host: mac for mac, host in self.hosts.items()}
         exported = {d.device for d in self.decisions}
         answers = self.final()
+        theta = self.scenario.references.theta
         lines = [
-            f"\nunit {self.units_seen:3d}  (θ = {self.references.theta:.2f}; * = majority of the "
-            "exported fingerprints, otherwise the window so far)",
+            f"\nunit {self.units_seen:3d}  (θ = {theta:.2f}; * = majority of the exported "
+            "fingerprints, otherwise the window so far)",
             f"{'device':8} {'MAC':17} {'true type':18} {'identified as':18} {'sim':>5}  "
             "top services (share of similarity)",
         ]
-        for host in sorted(self.truth):
+        for host in sorted(self.scenario.truth):
             decision = answers.get(host)
             if decision is None:
                 lines.append(f"{host:8} {macs[host]:17} {self._truth(host):18} {'…':18}")
@@ -181,8 +182,8 @@ class LiveView:
         return "\n".join(lines) + "\n"
 
     def _truth(self, host: str) -> str:
-        known = self.truth[host] in self.references.types
-        return self.truth[host] if known else f"{self.truth[host]} (new)"
+        truth = self.scenario.truth[host]
+        return truth if truth in self.scenario.references.types else f"{truth} (new)"
 
     def final(self) -> dict[str, Decision]:
         """Each device's answer: the majority label of its exported decisions (the latest of
@@ -218,20 +219,6 @@ def _rename(table: ActivityTable, names: Mapping[str, str]) -> ActivityTable:
     )
 
 
-def _accelerated(table: ActivityTable, unit_seconds: float) -> ActivityTable:
-    """The same units, each now standing for `unit_seconds` of emulated time."""
-    return ActivityTable.from_arrays(
-        devices=table.devices,
-        services=table.services,
-        device=table.device,
-        unit=table.unit,
-        service=table.service,
-        packets=table.packets,
-        bytes=table.bytes,
-        unit_seconds=unit_seconds,
-    )
-
-
 def choose_types(config: DemoConfig, names: Sequence[str]) -> tuple[list[str], str]:
     """The known types and the held-out type (defaults: DEFAULT_KNOWN and DEFAULT_HELD_OUT)."""
     known = list(config.known) or [n for n in DEFAULT_KNOWN if n != config.held_out]
@@ -254,29 +241,24 @@ def build_scenario(config: DemoConfig) -> Scenario:
     enrolled = synth.activity(
         fleet, config.reference_units, config.seed, Catalogue.default(), unit_seconds=3600.0
     )
-    fingerprints = export_fingerprints(_accelerated(enrolled, config.unit_seconds), config.exporter)
+    # The same units, each now standing for a unit of emulated time.
+    accelerated = replace(enrolled, unit_seconds=config.unit_seconds)
+    fingerprints = export_fingerprints(accelerated, config.exporter)
     labels = {device.mac: device.profile.name for device in fleet}
     references = enroll(fingerprints, labels, config=config.exporter)
     kinds = [kind for kind in [*known, held_out] for _ in range(config.devices_per_type)]
     truth = {f"d{i + 1}": kind for i, kind in enumerate(kinds)}
-    graph = topo.default_topology(sorted(truth.items()))
+    graph = topo.default_topology(sorted(truth.items()), grpc_port=config.grpc_port)
     schedules = synthetic_schedules(graph, config.units, config.seed + 1000, profiles)
-    return Scenario(truth, held_out, references, schedules)
+    return Scenario(truth, held_out, references, schedules, graph)
 
 
+@dataclass(frozen=True)
 class Playback:
-    """Traffic being played: when it ends, and how to stop it early."""
+    """Traffic being played: when it ends (epoch seconds), and how to stop it early."""
 
-    def __init__(self, end: float, stop: Callable[[], None]) -> None:
-        self.end = end
-        self.stop = stop
-
-
-def _graph(config: DemoConfig, scenario: Scenario) -> nx.Graph[str]:
-    graph = topo.default_topology(sorted(scenario.truth.items()))
-    graph.nodes["s1"]["grpc_port"] = config.grpc_port
-    topo.validate(graph, "demo topology")
-    return graph
+    end: float
+    stop: Callable[[], None]
 
 
 def _run_config(config: DemoConfig, graph: nx.Graph[str]) -> RunConfig:
@@ -301,18 +283,15 @@ async def _drive(run_config: RunConfig, view: LiveView, play: Callable[[], Playb
     task = asyncio.create_task(controller.run())
     await wait_programmed(controller, task, _READY_TIMEOUT)
     playback = play()
+    # One more unit and poll after the traffic ends, so the last unit closes with its counts.
+    end = playback.end + run_config.time_unit + run_config.interval
     try:
-        # One more unit and poll after the traffic ends, so the last unit closes with its counts.
-        while time.time() < playback.end + _margin(run_config) and not task.done():
+        while time.time() < end and not task.done():
             await asyncio.sleep(0.1)
     finally:
         playback.stop()
         controller.stop.set()
         await task
-
-
-def _margin(run_config: RunConfig) -> float:
-    return run_config.time_unit + run_config.interval
 
 
 def run_network(
@@ -330,34 +309,32 @@ def run_network(
     from topology.emulation import start_emulation
     from topology.network import running_network
 
-    graph = _graph(config, scenario)
+    graph = scenario.graph
     run_config = _run_config(config, graph)
-    state = TestbedState.create(config.logs)
     runs: list[EmulationRun] = []
-    try:
-        state.add_process("demo", os.getpid())
-        ipv6 = {host for host, plan in scenario.schedules.items() if plan.uses("icmpv6")}
-        with running_network(graph, config.switch, config.logs, state, ipv6) as network:
+    ipv6 = {host for host, plan in scenario.schedules.items() if plan.uses("icmpv6")}
+    with (
+        recorded_run(config.logs, "demo") as state,
+        running_network(graph, config.switch, config.logs, state, ipv6) as network,
+    ):
 
-            def play() -> Playback:
-                run = start_emulation(
-                    network, scenario.schedules, config.unit_seconds, config.out / "devices", state
-                )
-                runs.append(run)
-                return Playback(run.end, run.stop)
+        def play() -> Playback:
+            run = start_emulation(
+                network, scenario.schedules, config.unit_seconds, config.out / "devices", state
+            )
+            runs.append(run)
+            return Playback(run.end, run.stop)
 
-            asyncio.run(_drive(run_config, view, play))
-            if before_teardown is not None:
-                before_teardown(network)
-            return runs[0].reports() if runs else {}
-    finally:
-        teardown(state)
+        asyncio.run(_drive(run_config, view, play))
+        if before_teardown is not None:
+            before_teardown(network)
+        return runs[0].reports() if runs else {}
 
 
 def run_replay(config: DemoConfig, scenario: Scenario, view: LiveView) -> dict[str, Any]:
     """The live demo without a network: synthesised frames replayed through the reference
     switch process at their own pace, counted and read over gRPC as in the network mode."""
-    graph = _graph(config, scenario)
+    graph = scenario.graph
     run_config = _run_config(config, graph)
     schedules = scenario.schedules
     # The replay keeps the frames' relative timing; where they start is set by the signal.
@@ -367,13 +344,11 @@ def run_replay(config: DemoConfig, scenario: Scenario, view: LiveView) -> dict[s
         raise InputError("the devices' schedules produce no traffic to replay")
     pcap = config.out / "demo.pcap"
     write_pcap(frames, pcap)
-    state = TestbedState.create(config.logs)
-    try:
-        state.add_process("demo", os.getpid())
+    with recorded_run(config.logs, "demo") as state:
         switch = topo.switches(graph)[0]
         log_file = config.logs / f"{switch.name}.log"
         command = refswitch_command(
-            f"127.0.0.1:{switch.grpc_port}",
+            switch.grpc_addr,
             switch.device_id,
             log_file,
             ["--pcap-in", f"{REPLAY_PORT}@{pcap}", "--pcap-timing", "--replay-start", "signal"],
@@ -396,8 +371,6 @@ def run_replay(config: DemoConfig, scenario: Scenario, view: LiveView) -> dict[s
 
         asyncio.run(_drive(run_config, view, play))
         return {"frames": len(frames), "pcap": str(pcap)}
-    finally:
-        teardown(state)
 
 
 def outcome(view: LiveView, scenario: Scenario) -> list[dict[str, Any]]:
@@ -478,7 +451,7 @@ def write_report(
         }
         plots["Confusion of exported fingerprints (known types)"] = "confusion.png"
         plot_confusion(result, out / "confusion.png")
-    write_text_atomic(out / "report.md", _markdown(summary, rows, plots))
+    write_text_atomically(out / "report.md", _markdown(summary, rows, plots))
     return written + [out / name for name in plots.values()]
 
 
@@ -503,13 +476,7 @@ def _plot_timeline(view: LiveView, scenario: Scenario, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(temp, format="png", dpi=110)
-        temp.replace(path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda temp: fig.savefig(temp, format="png", dpi=110))
 
 
 def _markdown(
@@ -575,11 +542,7 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
         f"{', '.join(scenario.references.types)}; θ = {scenario.references.theta:.3f}; "
         f"held out: {scenario.held_out}\n"
     )
-    graph = _graph(config, scenario)
-    hosts = {h.mac: h.name for h in topo.hosts(graph, topo.DEVICE)}
-    view = LiveView(
-        scenario.references, config.exporter, config.unit_seconds, hosts, scenario.truth, out
-    )
+    view = LiveView(scenario, config.exporter, config.unit_seconds, out)
     mode = f"mininet ({config.switch})" if network else "pcap replay (refswitch)"
     extra = (run_network if network else run_replay)(config, scenario, view)
     seconds = time.monotonic() - begun
@@ -601,7 +564,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "demo", help="emulated IoT devices identified live by their services", description=__doc__
     )
-    parser.add_argument("--switch", choices=["refswitch", "bmv2"], default="refswitch")
+    parser.add_argument("--switch", choices=SWITCH_KINDS, default="refswitch")
     parser.add_argument("--out", type=Path, default=Path("logs/demo"), help="report folder")
     parser.add_argument("--logs", type=Path, default=Path("logs"), help="switch logs, run record")
     parser.add_argument("--units", type=int, default=60, help="time units the devices play")
@@ -615,7 +578,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--p4info", type=Path, default=DEFAULT_P4INFO)
     parser.add_argument("--bmv2-json", type=Path, default=DEFAULT_BMV2_JSON)
-    parser.add_argument("--grpc-port", type=int, default=9559)
+    parser.add_argument("--grpc-port", type=int, default=topo.FIRST_GRPC_PORT)
     parser.set_defaults(func=main)
 
 

@@ -4,6 +4,10 @@ Activity comes from an activity CSV (`--activity`), the controller's SQLite data
 raw inputs ingested on the fly (`--ipfix-csv`, `--pcap`) with a service catalogue. `--tracks
 capture` treats every input file as its own observation of its devices (device keys become
 "<mac>#<file>"), which is how capture data sets such as IoT Sentinel are evaluated.
+
+`--labels` with a capture directory (the IoT Sentinel layout) labels each capture by its type
+folder, the one behaviour `controller.ingest.labels` documents: a MAC shared by two types is
+labelled per capture and tracked per capture, so the folder needs no other flag.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -59,7 +63,7 @@ from controller.identify import (
     identify,
 )
 from controller.ingest.ipfix_csv import read_ipfix_csv
-from controller.ingest.labels import MAC_FILE, Labels, mac_key, mac_to_int
+from controller.ingest.labels import Labels, mac_to_int
 from controller.ingest.pcap import read_pcap
 from controller.report import write_report
 from controller.storage import Storage
@@ -68,6 +72,7 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 TRACK_SEPARATOR = "#"
+Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -85,16 +90,11 @@ def mac_of(track: str) -> str:
     return track.split(TRACK_SEPARATOR, 1)[0]
 
 
-def _retag(table: ActivityTable, tag: str) -> ActivityTable:
-    return ActivityTable(
-        devices=tuple(f"{d}{TRACK_SEPARATOR}{tag}" for d in table.devices),
-        services=table.services,
-        device=table.device,
-        unit=table.unit,
-        service=table.service,
-        packets=table.packets,
-        bytes=table.bytes,
-        unit_seconds=table.unit_seconds,
+def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) -> ActivityTable:
+    """Tracks of one input file: its devices (only those in `macs`, when given) keyed
+    "<mac>#<tag>"."""
+    return table.renamed(
+        f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in table.devices
     )
 
 
@@ -123,17 +123,17 @@ def _tag(path: Path, roots: Sequence[Path]) -> str:
 def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
     """Activity, labels and groups from the input flags.
 
-    With `--tracks capture` and a capture directory as `--labels` (the IoT Sentinel layout),
-    each capture is labelled by the type folder it sits in, for the MAC in that folder's
-    _iotdevice-mac.txt only: one MAC may appear under two types (a hub and its sensor).
+    Stored activity is labelled by MAC; each raw input file by `Labels.for_capture`, so with a
+    capture directory as `--labels` (the IoT Sentinel layout) a capture in a type folder counts
+    that folder's device only, labelled with the folder's type. A MAC shared by two types (a hub
+    and its sensor) has no label of its own: its captures record different setups, so each of
+    them is its own track ("<mac>#<capture>") even with `--tracks device`.
     """
     unit_seconds = DEFAULT_UNIT_SECONDS if args.unit_seconds is None else float(args.unit_seconds)
-    by_folder = args.tracks == "capture" and args.labels is not None and args.labels.is_dir()
-    by_mac: Mapping[str, str] = (
-        _labels(args.labels) if args.labels is not None and not by_folder else {}
-    )
     if need_labels and args.labels is None:
         raise InputError("labels needed: give --labels (a mac,label CSV or a capture directory)")
+    known = Labels.load(args.labels) if args.labels is not None else Labels({})
+    by_mac = known.by_mac
     files: list[tuple[str, ActivityTable, Mapping[str, str]]] = []
     for path in args.activity or []:
         files.append((path.stem, ActivityTable.from_csv(path), by_mac))
@@ -144,17 +144,17 @@ def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
     if raw:
         catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.default()
     for path, kind in raw:
-        labels_here = _folder_label(path) if by_folder else by_mac
+        in_capture = known.for_capture(path)
         macs = None
-        if labels_here and not args.all_devices:
-            macs = np.array(sorted(mac_to_int(m) for m in labels_here), dtype=np.uint64)
+        if in_capture and not args.all_devices:
+            macs = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
         if kind == "ipfix":
             table, _ = read_ipfix_csv(path, catalogue, unit_seconds, devices=macs)
             tag = _tag(path, args.ipfix_csv)
         else:
             table, _ = read_pcap(path, catalogue, unit_seconds, devices=macs)
             tag = _tag(path, args.pcap)
-        files.append((tag, table, labels_here))
+        files.append((tag, table, in_capture))
     if not files:
         raise InputError("no input: give --activity, --db, --ipfix-csv or --pcap")
     if args.unit_seconds is None and not raw:
@@ -167,6 +167,8 @@ def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
             table = table.with_unit_seconds(unit_seconds)
         if args.tracks == "capture":
             table = _retag(table, tag)
+        elif known.shared:
+            table = _retag(table, tag, known.shared)
         tables.append(table)
         labels.update(
             {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
@@ -198,22 +200,6 @@ def merge_instances(types: set[str]) -> dict[str, str]:
     return merged
 
 
-def _folder_label(capture: Path) -> dict[str, str]:
-    """{MAC: type} for a capture in an IoT Sentinel type folder; {} outside one."""
-    mac_file = capture.parent / MAC_FILE
-    if not mac_file.is_file():
-        return {}
-    text = mac_file.read_text(encoding="utf-8", errors="replace").split()
-    try:
-        return {mac_key(text[0] if text else ""): capture.parent.name}
-    except ValueError as exc:
-        raise InputError(f"{mac_file}: {exc}") from None
-
-
-def _labels(path: Path) -> dict[str, str]:
-    return dict(Labels.load(path).by_mac)
-
-
 def _from_db(path: Path) -> ActivityTable:
     if not path.exists():
         raise InputError(f"{path}: no such database")
@@ -239,28 +225,25 @@ def _granularities(text: str) -> tuple[int | None, ...]:
     return tuple(_granularity(part) for part in text.split(",") if part.strip())
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
+def _positives(kind: Callable[[str], Number], noun: str) -> Callable[[str], tuple[Number, ...]]:
+    """An argparse type: a comma-separated list of positive `noun` (numbers, integers)."""
+
+    def parse(text: str) -> tuple[Number, ...]:
+        try:
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun}, got {text!r}"
+            ) from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
+        return values
+
+    return parse
 
 
-def _units(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+_floats = _positives(float, "numbers")
+_units = _positives(int, "integers")
 
 
 def _modes(text: str) -> tuple[Mode, ...]:
@@ -311,49 +294,34 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_exporter(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+def _add_exporter(
+    parser: argparse.ArgumentParser, defaults: bool = True, windows: bool = True
+) -> None:
     group = parser.add_argument_group("fingerprints")
 
     def default(value: Any) -> Any:
         return value if defaults else None
 
-    group.add_argument(
-        "--threshold",
-        type=int,
-        default=default(DEFAULT_THRESHOLD),
-        help=f"h: packets per unit for a service to count as used (default: {DEFAULT_THRESHOLD})",
+    flags: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
+        (
+            "--threshold",
+            int,
+            DEFAULT_THRESHOLD,
+            "h: packets per unit for a service to count as used",
+        ),
+        ("--granularity", _granularity, DEFAULT_GRANULARITY, "G: list, an integer, or prevalence"),
+        ("--tau", float, DEFAULT_TAU, "τ: similarity to the previous unit meaning unchanged"),
+        ("--k", int, DEFAULT_K, "unchanged units in a row for convergence"),
+        ("--n-min", int, DEFAULT_N_MIN, "fewest units in a converged window"),
+        ("--n-max", int, DEFAULT_N_MAX, "export unconverged windows at this many units"),
     )
-    group.add_argument(
-        "--granularity",
-        type=_granularity,
-        default=default(DEFAULT_GRANULARITY),
-        help="G: list, an integer, or prevalence "
-        f"(default: {representation_name(DEFAULT_GRANULARITY)})",
-    )
-    group.add_argument(
-        "--tau",
-        type=float,
-        default=default(DEFAULT_TAU),
-        help=f"τ: similarity to the previous unit meaning unchanged (default: {DEFAULT_TAU})",
-    )
-    group.add_argument(
-        "--k",
-        type=int,
-        default=default(DEFAULT_K),
-        help=f"unchanged units in a row for convergence (default: {DEFAULT_K})",
-    )
-    group.add_argument(
-        "--n-min",
-        type=int,
-        default=default(DEFAULT_N_MIN),
-        help=f"fewest units in a converged window (default: {DEFAULT_N_MIN})",
-    )
-    group.add_argument(
-        "--n-max",
-        type=int,
-        default=default(DEFAULT_N_MAX),
-        help=f"export unconverged windows at this many units (default: {DEFAULT_N_MAX})",
-    )
+    for flag, kind, value, meaning in flags:
+        shown = representation_name(value) if kind is _granularity else value
+        group.add_argument(
+            flag, type=kind, default=default(value), help=f"{meaning} (default: {shown})"
+        )
+    if not windows:
+        return
     group.add_argument(
         "--windows",
         choices=["exporter", "whole"],
@@ -385,7 +353,15 @@ def _add_matching(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace, base: ExporterConfig | None = None) -> ExporterConfig:
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The exporter's flags (h, G, τ, k, n_min, n_max) and θ for a command that fingerprints
+    activity unit by unit; a flag left out keeps the references' setting."""
+    _add_exporter(parser, defaults=False, windows=False)
+    parser.add_argument("--theta", type=float, help="override the references' θ")
+
+
+def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) -> ExporterConfig:
+    """The exporter settings of `base` (default: the module defaults) with the flags given."""
     start = base or ExporterConfig()
     values = {
         "threshold": args.threshold,
@@ -416,7 +392,7 @@ def _fingerprints(
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
     inputs = load_inputs(args, need_labels=True)
-    config = _config(args)
+    config = engine_config(args)
     fps = _fingerprints(inputs, config, args.windows, args.tracks == "capture")
     refs = enroll(
         fps,
@@ -467,7 +443,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
             f"{args.references}: references use {refs.unit_seconds:g} s units, the input "
             f"{inputs.activity.unit_seconds:g} s; pass --unit-seconds {refs.unit_seconds:g}"
         )
-    config = _config(args, refs.config)
+    config = engine_config(args, refs.config)
     if config.granularity != refs.granularity:
         raise InputError(
             f"{args.references}: references are {representation_name(refs.granularity)}, "
@@ -496,7 +472,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         granularities=args.granularities,
         unit_seconds=args.units or (),
-        exporter=_config(args),
+        exporter=engine_config(args),
         windows=args.windows,
         captures=args.tracks == "capture",
         split=args.split,

@@ -58,16 +58,24 @@ def _action(schema: P4Schema, name: str, **params: int) -> p4r.TableAction:
     )
 
 
-def device_entry(schema: P4Schema, mac: str, device_id: int) -> p4r.TableEntry:
-    """device_table: src_mac exact `mac` → set_device(device_id)."""
-    table = schema.table(DEVICE_TABLE)
-    field = table.field("src_mac")
+def _mac_entry(
+    schema: P4Schema, table_name: str, field_name: str, mac: str, action: str, **params: int
+) -> p4r.TableEntry:
+    table = schema.table(table_name)
+    field = table.field(field_name)
     return p4r.TableEntry(
         table_id=table.id,
         match=[
             p4r.FieldMatch(field_id=field.id, exact=p4r.FieldMatch.Exact(value=encode_mac(mac)))
         ],
-        action=_action(schema, "IngressImpl.set_device", device_id=device_id),
+        action=_action(schema, action, **params),
+    )
+
+
+def device_entry(schema: P4Schema, mac: str, device_id: int) -> p4r.TableEntry:
+    """device_table: src_mac exact `mac` → set_device(device_id)."""
+    return _mac_entry(
+        schema, DEVICE_TABLE, "src_mac", mac, "IngressImpl.set_device", device_id=device_id
     )
 
 
@@ -133,15 +141,7 @@ def catalogue_entries(schema: P4Schema, catalogue: Catalogue) -> list[p4r.TableE
 
 def l2_entry(schema: P4Schema, mac: str, port: int) -> p4r.TableEntry:
     """l2_forward: dst_mac exact `mac` → forward(port)."""
-    table = schema.table(L2_TABLE)
-    field = table.field("dst_mac")
-    return p4r.TableEntry(
-        table_id=table.id,
-        match=[
-            p4r.FieldMatch(field_id=field.id, exact=p4r.FieldMatch.Exact(value=encode_mac(mac)))
-        ],
-        action=_action(schema, "IngressImpl.forward", port=port),
-    )
+    return _mac_entry(schema, L2_TABLE, "dst_mac", mac, "IngressImpl.forward", port=port)
 
 
 def l2_default(schema: P4Schema, tap: bool) -> p4r.TableEntry:

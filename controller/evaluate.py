@@ -30,6 +30,8 @@ from controller.errors import InputError
 from controller.fingerprint import (
     ExporterConfig,
     FingerprintSet,
+    FloatArray,
+    IntArray,
     export_fingerprints,
     recurrence,
     representation_name,
@@ -48,9 +50,6 @@ from controller.identify import (
     own_type_similarity,
     score,
 )
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 Windows = Literal["exporter", "whole"]
 Split = Literal["time", "group"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -210,14 +210,7 @@ class ExporterConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
-        return {
-            "threshold": self.threshold,
-            "granularity": self.granularity,
-            "tau": self.tau,
-            "k": self.k,
-            "n_min": self.n_min,
-            "n_max": self.n_max,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExporterConfig:

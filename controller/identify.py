@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,16 +33,16 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.errors import InputError
+from controller.fileio import read_json, write_text_atomically
 from controller.fingerprint import (
     ExporterConfig,
     FingerprintSet,
+    FloatArray,
+    IntArray,
     representation_name,
     similarity_matrix,
     similarity_pairs,
 )
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 Mode = Literal["nearest", "centroid"]
 MODES: tuple[Mode, ...] = ("nearest", "centroid")
@@ -125,35 +123,23 @@ class References:
         theta: float | None = None,
         neighbours: int | None = None,
     ) -> References:
-        """A copy with other matching settings."""
-        return References(
-            services=self.services,
-            weights=self.weights,
-            labels=self.labels,
-            origins=self.origins,
-            granularity=self.granularity,
-            unit_seconds=self.unit_seconds,
+        """A copy with other matching settings (None keeps a setting)."""
+        return replace(
+            self,
             mode=self.mode if mode is None else mode,
             theta=self.theta if theta is None else theta,
             neighbours=self.neighbours if neighbours is None else neighbours,
-            config=self.config,
         )
 
     def without_types(self, types: Sequence[str]) -> References:
         """The references with every fingerprint of `types` removed (θ kept as it is)."""
         drop = set(types)
         keep = np.array([label not in drop for label in self.labels], dtype=bool)
-        return References(
-            services=self.services,
+        return replace(
+            self,
             weights=self.weights[keep],
             labels=tuple(label for label in self.labels if label not in drop),
             origins=tuple(o for o, k in zip(self.origins, keep.tolist(), strict=True) if k),
-            granularity=self.granularity,
-            unit_seconds=self.unit_seconds,
-            mode=self.mode,
-            theta=self.theta,
-            neighbours=self.neighbours,
-            config=self.config,
         )
 
     # --- persistence --------------------------------------------------------------------------
@@ -218,30 +204,12 @@ class References:
 
     def save(self, path: Path) -> None:
         """Write as JSON; the file appears only once complete."""
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_json(), handle, indent=1, sort_keys=True)
-                handle.write("\n")
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text_atomically(path, json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> References:
         """Read a file written by `save`."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read references: {exc.strerror}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {exc.lineno}: not JSON: {exc.msg}") from None
+        data = read_json(path, "references")
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object")
         return cls.from_json(data, source=str(path))
@@ -423,14 +391,7 @@ class ServiceContribution:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "service": self.service,
-            "observed": self.observed,
-            "reference": self.reference,
-            "numerator": self.numerator,
-            "denominator": self.denominator,
-            "share": self.share,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -524,20 +485,9 @@ class Decision:
         return self.label != UNKNOWN
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "device": self.device,
-            "start_unit": self.start_unit,
-            "end_unit": self.end_unit,
-            "label": self.label,
-            "best_type": self.best_type,
-            "similarity": self.similarity,
-            "theta": self.theta,
-            "runner_up": self.runner_up,
-            "runner_up_similarity": self.runner_up_similarity,
-            "reference": self.reference,
-            "explanation": self.explanation.to_json(),
-        }
+        """A JSON-ready dict (the explanation in its own `to_json` form)."""
+        shallow = {f.name: getattr(self, f.name) for f in fields(self)}
+        return shallow | {"explanation": self.explanation.to_json()}
 
 
 def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:

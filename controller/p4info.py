@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from finsy.proto import p4i
 from google.protobuf import text_format
@@ -47,29 +47,29 @@ class ParamInfo:
 
 
 @dataclass(frozen=True)
-class ActionInfo:
-    """An action and its parameters, in declaration order."""
+class ObjectInfo:
+    """What every P4Info object has: its P4Runtime id, full name and short alias."""
 
     id: int
     name: str
     alias: str
+
+
+@dataclass(frozen=True)
+class ActionInfo(ObjectInfo):
+    """An action and its parameters, in declaration order."""
+
     params: tuple[ParamInfo, ...]
 
     def param(self, name: str) -> ParamInfo:
         """The parameter called `name`."""
-        for param in self.params:
-            if param.name == name:
-                return param
-        raise InputError(f"action {self.name} has no parameter {name!r}")
+        return _named(self.params, name, f"action {self.name} has no parameter {name!r}")
 
 
 @dataclass(frozen=True)
-class TableInfo:
+class TableInfo(ObjectInfo):
     """A match-action table: its key fields, allowed actions and capacity."""
 
-    id: int
-    name: str
-    alias: str
     match_fields: tuple[MatchFieldInfo, ...]
     action_ids: tuple[int, ...]
     size: int
@@ -77,49 +77,40 @@ class TableInfo:
 
     def field(self, name: str) -> MatchFieldInfo:
         """The key field called `name`."""
-        for field in self.match_fields:
-            if field.name == name:
-                return field
-        raise InputError(f"table {self.name} has no match field {name!r}")
-
-    def field_by_id(self, field_id: int) -> MatchFieldInfo:
-        """The key field with P4Runtime id `field_id`."""
-        for field in self.match_fields:
-            if field.id == field_id:
-                return field
-        raise InputError(f"table {self.name} has no match field with id {field_id}")
+        return _named(self.match_fields, name, f"table {self.name} has no match field {name!r}")
 
 
 @dataclass(frozen=True)
-class CounterInfo:
+class CounterInfo(ObjectInfo):
     """An indirect counter array."""
 
-    id: int
-    name: str
-    alias: str
     unit: str
     size: int
 
 
 @dataclass(frozen=True)
-class RegisterInfo:
+class RegisterInfo(ObjectInfo):
     """A register array of bit<bitwidth> cells."""
 
-    id: int
-    name: str
-    alias: str
     bitwidth: int
     size: int
 
 
 @dataclass(frozen=True)
-class DigestInfo:
+class DigestInfo(ObjectInfo):
     """A digest and the (name, bitwidth) members of its struct."""
 
-    id: int
-    name: str
-    alias: str
     members: tuple[tuple[str, int], ...]
+
+
+_Member = TypeVar("_Member", MatchFieldInfo, ParamInfo)
+
+
+def _named(members: tuple[_Member, ...], name: str, missing: str) -> _Member:
+    for member in members:
+        if member.name == name:
+            return member
+    raise InputError(missing)
 
 
 Info = TableInfo | ActionInfo | CounterInfo | RegisterInfo | DigestInfo
@@ -167,11 +158,6 @@ class P4Schema:
         if not message.tables and not message.actions:
             raise InputError(f"{path} is not a valid P4Info: it declares no tables or actions")
         return cls(message, source=str(path))
-
-    @classmethod
-    def from_message(cls, message: p4i.P4Info, source: str = "P4Info") -> P4Schema:
-        """Wrap an already-parsed P4Info message."""
-        return cls(message, source)
 
     def _get(self, kind: str, index: dict[str | int, _I], key: str | int) -> _I:
         try:
@@ -229,11 +215,20 @@ class P4Schema:
         return lines
 
 
+class _Names(TypedDict):
+    id: int
+    name: str
+    alias: str
+
+
+def _names(preamble: p4i.Preamble) -> _Names:
+    # p4c always writes an alias; hand-written P4Info may leave it out.
+    return _Names(id=preamble.id, name=preamble.name, alias=preamble.alias or preamble.name)
+
+
 def _table(table: p4i.Table) -> TableInfo:
     return TableInfo(
-        id=table.preamble.id,
-        name=table.preamble.name,
-        alias=table.preamble.alias or table.preamble.name,
+        **_names(table.preamble),
         match_fields=tuple(
             MatchFieldInfo(
                 id=f.id,
@@ -251,18 +246,14 @@ def _table(table: p4i.Table) -> TableInfo:
 
 def _action(action: p4i.Action) -> ActionInfo:
     return ActionInfo(
-        id=action.preamble.id,
-        name=action.preamble.name,
-        alias=action.preamble.alias or action.preamble.name,
+        **_names(action.preamble),
         params=tuple(ParamInfo(id=p.id, name=p.name, bitwidth=p.bitwidth) for p in action.params),
     )
 
 
 def _counter(counter: p4i.Counter) -> CounterInfo:
     return CounterInfo(
-        id=counter.preamble.id,
-        name=counter.preamble.name,
-        alias=counter.preamble.alias or counter.preamble.name,
+        **_names(counter.preamble),
         unit=p4i.CounterSpec.Unit.Name(counter.spec.unit),
         size=counter.size,
     )
@@ -270,9 +261,7 @@ def _counter(counter: p4i.Counter) -> CounterInfo:
 
 def _register(register: p4i.Register) -> RegisterInfo:
     return RegisterInfo(
-        id=register.preamble.id,
-        name=register.preamble.name,
-        alias=register.preamble.alias or register.preamble.name,
+        **_names(register.preamble),
         bitwidth=register.type_spec.bitstring.bit.bitwidth,
         size=register.size,
     )
@@ -287,9 +276,7 @@ def _digest(digest: p4i.Digest, p4info: p4i.P4Info) -> DigestInfo:
             for m in p4info.type_info.structs[struct_name].members
         )
     return DigestInfo(
-        id=digest.preamble.id,
-        name=digest.preamble.name,
-        alias=digest.preamble.alias or digest.preamble.name,
+        **_names(digest.preamble),
         members=members,
     )
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +17,7 @@ from matplotlib.figure import Figure
 
 from controller.errors import InputError
 from controller.evaluate import best_result, public
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from controller.fileio import replace_atomically, write_text_atomically
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -168,6 +155,11 @@ def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
 def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
     """Row-normalised confusion matrix of one result."""
     classes = result["closed_set"]["confusion"]["classes"]
@@ -184,8 +176,7 @@ def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
     ax.set_ylabel("true type")
     ax.set_title(f"Confusion ({_label(result)})", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true type's windows")
-    fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    _save(fig, path)
 
 
 def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
@@ -212,8 +203,7 @@ def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     if seen:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    _save(fig, path)
 
 
 def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
@@ -242,8 +232,7 @@ def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
         if handles:
             ax.legend(fontsize=8)
     fig.suptitle(_label(result), fontsize=9)
-    fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    _save(fig, path)
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -264,7 +253,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     plot_convergence(metrics, out / plots["Convergence time CDF"])
     plot_similarities(best, out / plots["Similarity distributions (best setting)"])
     text = json.dumps(public(metrics), indent=1, sort_keys=True) + "\n"
-    _atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomically(out / "metrics.json", text)
     report = markdown(metrics, plots)
-    _atomic_write(out / "report.md", lambda tmp: tmp.write_text(report, encoding="utf-8"))
+    write_text_atomically(out / "report.md", report)
     return [out / "metrics.json", out / "report.md", *(out / name for name in plots.values())]

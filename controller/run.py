@@ -5,7 +5,7 @@ open: it connects, arbitrates, pushes or attaches to the pipeline, installs the 
 and forwarding entries, and handles new-device digests; when the session drops it reconnects and
 does it all again. The main loop polls every connected switch each interval, stores the activity
 with the counter baseline in one transaction, evicts idle devices, and hands each closed time unit
-to a callback (where the fingerprint engine plugs in).
+to the live fingerprint exporter and identification (controller/live.py) and to a callback.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ from controller import entries
 from controller.activity import ActivityTable
 from controller.catalogue import Catalogue
 from controller.collector import Collector, UnitClock, closed_activity
+from controller.engine_cli import add_engine_arguments, engine_config
 from controller.errors import InputError, SvcfpError, SwitchError
+from controller.fingerprint import ExporterConfig
 from controller.forwarding import Forwarding
+from controller.identify import References
+from controller.live import LiveIdentification, LiveSettings
 from controller.p4info import P4Schema, decode_int, decode_mac, normalize_mac
 from controller.registry import RegisterPolicy, Registry, RegistryFull, load_devices_file
 from controller.session import Role, Session, SwitchTarget, TlsOptions, WriteError
-from controller.storage import ServiceRow, Storage
+from controller.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class RunConfig:
     duration: float | None = None
     connect_timeout: float = 10.0
     reconnect_delay: float = 1.0
+    live: LiveSettings | None = None
 
 
 @dataclass
@@ -414,10 +419,7 @@ class Controller:
             self.storage.check_meta("time_unit_seconds", repr(float(config.time_unit)))
             self.registry = Registry(self.storage, self.max_devices, config.capacity)
             if config.role == "primary":
-                self.storage.put_services(
-                    ServiceRow(s.id, s.name, s.proto, s.port_lo, s.port_hi, s.priority)
-                    for s in self.catalogue.services
-                )
+                self.storage.put_services(self.catalogue.services)
                 for device in static:
                     self.registry.register(
                         device.mac, device.label, "static", device.switch, device.port
@@ -425,6 +427,11 @@ class Controller:
         except BaseException:
             self.storage.close()
             raise
+        self.live = (
+            None
+            if config.live is None
+            else LiveIdentification(self.storage, config.live, config.time_unit)
+        )
         self.workers = [SwitchWorker(spec, self) for spec in config.switches]
         for worker in self.workers:
             worker.forwarding.learn_all(
@@ -504,10 +511,13 @@ class Controller:
 
     def _close_units(self, clock: UnitClock, now: float) -> None:
         closed = clock.advance(now)
-        if closed is None or self.on_unit_closed is None:
+        if closed is None or (self.on_unit_closed is None and self.live is None):
             return
         table = closed_activity(self.storage, closed[0], closed[1], self.config.time_unit)
-        self.on_unit_closed(table)
+        if self.live is not None:
+            self.live.close_units(table, closed[1] + 1)
+        if self.on_unit_closed is not None:
+            self.on_unit_closed(table)
 
 
 def _log_unit(table: ActivityTable) -> None:
@@ -617,6 +627,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
+    parser.add_argument(
+        "--references",
+        type=Path,
+        help="references JSON from `svcfp enroll`: identify every exported fingerprint",
+    )
+    add_engine_arguments(parser)
     parser.set_defaults(func=main)
 
 
@@ -640,6 +656,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.interval <= 0 or args.time_unit <= 0:
         raise InputError("--interval and --time-unit must be positive")
     tls = None
+    live = live_settings(args)
     if args.tls_ca or args.tls_cert or args.tls_key:
         tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key)
     return RunConfig(
@@ -665,7 +682,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         export_format=args.export_format,
         duration=args.duration,
         connect_timeout=args.connect_timeout,
+        live=live,
     )
+
+
+def live_settings(args: argparse.Namespace) -> LiveSettings:
+    """Exporter settings from the flags over the references' (or the defaults without them);
+    references made with another time unit or representation are refused."""
+    if args.references is None:
+        return LiveSettings(engine_config(args, ExporterConfig()))
+    refs = References.load(args.references)
+    if args.theta is not None:
+        refs = refs.with_settings(theta=args.theta)
+    settings = LiveSettings(engine_config(args, refs.config), refs)
+    settings.check(args.time_unit, str(args.references))
+    return settings
 
 
 def main(args: argparse.Namespace) -> int:

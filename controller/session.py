@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -111,19 +111,6 @@ class Digest:
     timestamp: int
 
 
-@dataclass
-class _Backoff:
-    first: float = 0.1
-    factor: float = 2.0
-    cap: float = 2.0
-    delays: list[float] = field(default_factory=list)
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * self.factor ** len(self.delays))
-        self.delays.append(delay)
-        return delay
-
-
 def pipeline_cookie(p4info: p4i.P4Info, device_config: bytes) -> int:
     """A 64-bit fingerprint of a pipeline, stored on the switch to recognise it later."""
     digest = hashlib.sha256(p4info.SerializeToString(deterministic=True) + device_config).digest()
@@ -148,6 +135,8 @@ class Session:
         self._dump = None if log_dir is None else log_dir / f"p4runtime-requests-{target.name}.txt"
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4r_grpc.P4RuntimeAsyncStub | None = None
+        # Counter reads skip protobuf decoding of the responses: see `read_counter_raw`.
+        self._read_raw: grpc.aio.UnaryStreamMultiCallable[p4r.ReadRequest, bytes] | None = None
         self._stream: (
             grpc.aio.StreamStreamCall[p4r.StreamMessageRequest, p4r.StreamMessageResponse] | None
         ) = None
@@ -156,6 +145,8 @@ class Session:
         self._digests: asyncio.Queue[Digest | None] = asyncio.Queue()
         self._stream_error: str | None = None
         self._arbitrated = False
+        high, low = target.election_id
+        self._election_id = p4r.Uint128(high=high, low=low)
         if self._dump is not None:
             self._dump.parent.mkdir(parents=True, exist_ok=True)
 
@@ -171,9 +162,10 @@ class Session:
     async def open(self) -> None:
         """Connect and arbitrate, retrying with exponential backoff until `connect_timeout`."""
         deadline = time.monotonic() + self.connect_timeout
-        backoff = _Backoff()
         last = "no attempt made"
+        attempts = 0
         while True:
+            attempts += 1
             remaining = deadline - time.monotonic()
             try:
                 await self._connect_once(max(0.1, min(remaining, _ATTEMPT_TIMEOUT)))
@@ -187,10 +179,11 @@ class Session:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SwitchError(
-                    f"{self.target.describe()} is unreachable after {len(backoff.delays) + 1} "
+                    f"{self.target.describe()} is unreachable after {attempts} "
                     f"attempt(s) in {self.connect_timeout:g} s: {last}"
                 )
-            await asyncio.sleep(min(backoff.next(), remaining))
+            # Exponential backoff: 0.1 s, 0.2 s, … up to 2 s between attempts.
+            await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempts - 1), remaining))
 
     async def _connect_once(self, timeout: float) -> None:
         options = [
@@ -209,6 +202,11 @@ class Session:
         except TimeoutError:
             raise _Retry(f"no connection within {timeout:.1f} s") from None
         self._stub = p4r_grpc.P4RuntimeStub(channel)
+        self._read_raw = channel.unary_stream(
+            _READ_METHOD,
+            request_serializer=p4r.ReadRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self._stream = self._stub.StreamChannel()
         self.disconnected.clear()
         self._stream_error = None
@@ -217,11 +215,9 @@ class Session:
         self._arbitration = asyncio.Queue()
         self._digests = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_stream(), name=f"stream-{self.target.name}")
-        high, low = self.target.election_id
         request = p4r.StreamMessageRequest(
             arbitration=p4r.MasterArbitrationUpdate(
-                device_id=self.target.device_id,
-                election_id=p4r.Uint128(high=high, low=low),
+                device_id=self.target.device_id, election_id=self._election_id
             )
         )
         self._record("StreamChannel.arbitration", request)
@@ -332,6 +328,7 @@ class Session:
             await self._channel.close()
             self._channel = None
         self._stub = None
+        self._read_raw = None
         self.disconnected.set()
 
     # -- helpers --------------------------------------------------------------------------------
@@ -406,7 +403,7 @@ class Session:
                     f"{self.target.describe()} runs no pipeline to attach to; push one "
                     f"(--bmv2-json, without --skip-config)"
                 )
-            theirs = P4Schema.from_message(current.p4info, source=self.target.describe())
+            theirs = P4Schema(current.p4info, source=self.target.describe())
             differences = schema.diff(theirs)
             if differences:
                 raise InputError(
@@ -420,9 +417,7 @@ class Session:
             return False
         request = p4r.SetForwardingPipelineConfigRequest(
             device_id=self.target.device_id,
-            election_id=p4r.Uint128(
-                high=self.target.election_id[0], low=self.target.election_id[1]
-            ),
+            election_id=self._election_id,
             action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
             config=p4r.ForwardingPipelineConfig(
                 p4info=schema.p4info,
@@ -446,9 +441,7 @@ class Session:
             return
         request = p4r.WriteRequest(
             device_id=self.target.device_id,
-            election_id=p4r.Uint128(
-                high=self.target.election_id[0], low=self.target.election_id[1]
-            ),
+            election_id=self._election_id,
             updates=updates,
         )
         self._record(what, request)
@@ -474,15 +467,9 @@ class Session:
 
     async def read_counter_raw(self, counter: CounterInfo) -> list[bytes]:
         """The serialized ReadResponses of one wildcard read of every cell of `counter`."""
-        if self._channel is None or self.disconnected.is_set():
+        call = self._read_raw
+        if call is None or self.disconnected.is_set():
             raise SwitchError(f"{self.target.describe()}: session is not connected")
-        call: grpc.aio.UnaryStreamMultiCallable[p4r.ReadRequest, bytes] = (
-            self._channel.unary_stream(
-                _READ_METHOD,
-                request_serializer=p4r.ReadRequest.SerializeToString,
-                response_deserializer=None,
-            )
-        )
         request = p4r.ReadRequest(
             device_id=self.target.device_id,
             entities=[p4r.Entity(counter_entry=p4r.CounterEntry(counter_id=counter.id))],

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityRecord
+from controller.activity import ActivityRecord, ActivityTable
+from controller.catalogue import Service
 from controller.errors import InputError
 
 _SCHEMA = """
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS services (
     proto INTEGER,
     port_lo INTEGER NOT NULL,
     port_hi INTEGER NOT NULL,
-    priority INTEGER NOT NULL
+    priority INTEGER NOT NULL,
+    in_dst_table INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS activity (
     device TEXT NOT NULL,
@@ -88,6 +90,20 @@ CREATE TABLE IF NOT EXISTS decisions (
 """
 
 EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services")
+# Activity adds up: a row already stored for (device, unit, service) grows by the new counts.
+_ADD_ACTIVITY = (
+    "INSERT INTO activity (device, unit, service, packets, bytes) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (device, unit, service) DO UPDATE SET "
+    "packets = packets + excluded.packets, bytes = bytes + excluded.bytes"
+)
+_SERVICE_COLUMNS = "id, name, proto, port_lo, port_hi, priority, in_dst_table"
+_FINGERPRINT_COLUMNS = (
+    "device, window_start_unit, window_end_unit, representation, fingerprint, converged"
+)
+_DECISION_COLUMNS = (
+    "device, window_start_unit, window_end_unit, representation, label, similarity, "
+    "explanation, decided_at"
+)
 
 
 @dataclass(frozen=True)
@@ -102,18 +118,6 @@ class DeviceRow:
     source: str
     first_seen: float
     last_seen: float
-
-
-@dataclass(frozen=True)
-class ServiceRow:
-    """One catalogue service as stored (a snapshot of what the switch was given)."""
-
-    id: int
-    name: str
-    proto: int | None
-    port_lo: int
-    port_hi: int
-    priority: int
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,18 @@ class Storage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        # Databases written before the catalogue snapshot kept `in_dst_table` lack the column;
+        # their services were all in both tables, which is the column's default.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(services)")}
+        if "in_dst_table" not in columns:
+            self._db.execute(
+                "ALTER TABLE services ADD COLUMN in_dst_table INTEGER NOT NULL DEFAULT 1"
+            )
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -202,13 +216,7 @@ class Storage:
         Activity counted with one time unit cannot be added to activity counted with another.
         """
         with self.transaction() as db:
-            stored = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            if stored is None:
-                db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
-            elif stored[0] != value:
-                raise InputError(
-                    f"database {self.path} was written with {key}={stored[0]}, not {value}"
-                )
+            _check_setting(db, self.path, key, value)
 
     # -- devices ------------------------------------------------------------------------------
 
@@ -252,22 +260,22 @@ class Storage:
 
     # -- services -----------------------------------------------------------------------------
 
-    def put_services(self, rows: Iterable[ServiceRow]) -> None:
-        """Replace the catalogue snapshot."""
+    def put_services(self, services: Iterable[Service]) -> None:
+        """Replace the catalogue snapshot (what the switch was given)."""
         with self.transaction() as db:
             db.execute("DELETE FROM services")
             db.executemany(
-                "INSERT INTO services (id, name, proto, port_lo, port_hi, priority) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.id, r.name, r.proto, r.port_lo, r.port_hi, r.priority) for r in rows],
+                f"INSERT INTO services ({_SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.id, s.name, s.proto, s.port_lo, s.port_hi, s.priority, int(s.in_dst_table))
+                    for s in services
+                ],
             )
 
-    def services(self) -> list[ServiceRow]:
+    def services(self) -> list[Service]:
         """The catalogue snapshot, by id."""
-        rows = self._db.execute(
-            "SELECT id, name, proto, port_lo, port_hi, priority FROM services ORDER BY id"
-        ).fetchall()
-        return [ServiceRow(*row) for row in rows]
+        rows = self._db.execute(f"SELECT {_SERVICE_COLUMNS} FROM services ORDER BY id").fetchall()
+        return [Service(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     # -- activity and baselines ---------------------------------------------------------------
 
@@ -295,12 +303,7 @@ class Storage:
         """Add one poll's activity and move the switch's baseline, in one transaction."""
         nonzero = np.flatnonzero((baseline.packets != 0) | (baseline.bytes != 0)).astype(np.int64)
         with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO activity (device, unit, service, packets, bytes) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, unit, service) DO UPDATE SET "
-                "packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
-                [(a.device, a.unit, a.service, a.packets, a.bytes) for a in activity],
-            )
+            db.executemany(_ADD_ACTIVITY, activity)
             db.execute(
                 "INSERT OR REPLACE INTO baselines "
                 "(switch, cells, nonzero, packets, bytes, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -332,69 +335,100 @@ class Storage:
         ).fetchall()
         return [ActivityRecord(*row) for row in rows]
 
+    def add_activity(self, table: ActivityTable) -> None:
+        """Add activity in one transaction: rows already stored grow by the new counts.
+
+        The database keeps one time unit: activity counted with another is refused whole.
+        """
+        with self.transaction() as db:
+            _check_setting(db, self.path, "time_unit_seconds", repr(float(table.unit_seconds)))
+            db.executemany(_ADD_ACTIVITY, table.records())
+
+    def activity_table(
+        self,
+        unit_from: int | None = None,
+        unit_to: int | None = None,
+        unit_seconds: float | None = None,
+    ) -> ActivityTable:
+        """The stored activity of units `unit_from..unit_to` (inclusive) as the engine takes it.
+
+        Units are the database's `time_unit_seconds` unless `unit_seconds` is given.
+        """
+        if unit_seconds is None:
+            stored = self.meta("time_unit_seconds")
+            if stored is None:
+                raise InputError(
+                    f"database {self.path} has no time unit: no activity was ever stored"
+                )
+            unit_seconds = float(stored)
+        return ActivityTable.from_records(
+            self.activity(unit_from, unit_to), unit_seconds=unit_seconds
+        )
+
     # -- engine results -----------------------------------------------------------------------
 
     def add_fingerprints(
         self, rows: Iterable[FingerprintRecord], when: float | None = None
     ) -> None:
         """Store exported fingerprints."""
+        self.add_results(rows, (), when=when)
+
+    def add_decisions(self, rows: Iterable[DecisionRecord]) -> None:
+        """Store identification decisions."""
+        self.add_results((), rows)
+
+    def add_results(
+        self,
+        fingerprints: Iterable[FingerprintRecord],
+        decisions: Iterable[DecisionRecord],
+        meta: Mapping[str, str] | None = None,
+        when: float | None = None,
+    ) -> None:
+        """Store fingerprints, decisions and settings (`meta`) together in one transaction."""
         stamp = time.time() if when is None else when
         with self.transaction() as db:
             db.executemany(
-                "INSERT INTO fingerprints (device, window_start_unit, window_end_unit, "
-                "representation, fingerprint, converged, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO fingerprints ({_FINGERPRINT_COLUMNS}, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        r.device,
-                        r.window_start_unit,
-                        r.window_end_unit,
-                        r.representation,
+                        *_window(r),
                         json.dumps(r.fingerprint, sort_keys=True),
                         int(r.converged),
                         stamp,
                     )
-                    for r in rows
+                    for r in fingerprints
                 ],
             )
-
-    def fingerprints(self) -> list[FingerprintRecord]:
-        """Every stored fingerprint, oldest first."""
-        rows = self._db.execute(
-            "SELECT device, window_start_unit, window_end_unit, representation, fingerprint, "
-            "converged FROM fingerprints ORDER BY id"
-        ).fetchall()
-        return [
-            FingerprintRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5])) for r in rows
-        ]
-
-    def add_decisions(self, rows: Iterable[DecisionRecord]) -> None:
-        """Store identification decisions."""
-        with self.transaction() as db:
             db.executemany(
-                "INSERT INTO decisions (device, window_start_unit, window_end_unit, "
-                "representation, label, similarity, explanation, decided_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        r.device,
-                        r.window_start_unit,
-                        r.window_end_unit,
-                        r.representation,
+                        *_window(r),
                         r.label,
                         r.similarity,
                         json.dumps(r.explanation, sort_keys=True),
                         r.decided_at,
                     )
-                    for r in rows
+                    for r in decisions
                 ],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (meta or {}).items()
+            )
+
+    def fingerprints(self) -> list[FingerprintRecord]:
+        """Every stored fingerprint, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_FINGERPRINT_COLUMNS} FROM fingerprints ORDER BY id"
+        ).fetchall()
+        return [
+            FingerprintRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5])) for r in rows
+        ]
 
     def decisions(self) -> list[DecisionRecord]:
         """Every stored decision, oldest first."""
-        rows = self._db.execute(
-            "SELECT device, window_start_unit, window_end_unit, representation, label, "
-            "similarity, explanation, decided_at FROM decisions ORDER BY id"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions ORDER BY id").fetchall()
         return [
             DecisionRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7]) for r in rows
         ]
@@ -427,6 +461,18 @@ class Storage:
             tmp.unlink(missing_ok=True)
             raise
         return len(rows)
+
+
+def _window(row: FingerprintRecord | DecisionRecord) -> tuple[str, int, int, str]:
+    return row.device, row.window_start_unit, row.window_end_unit, row.representation
+
+
+def _check_setting(db: sqlite3.Connection, path: Path, key: str, value: str) -> None:
+    stored = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if stored is None:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+    elif stored[0] != value:
+        raise InputError(f"database {path} was written with {key}={stored[0]}, not {value}")
 
 
 def _write_parquet(path: Path, columns: list[str], rows: list[Any]) -> None:

@@ -20,10 +20,7 @@ seed) always gives the same traffic. Three views of it:
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -36,8 +33,9 @@ import numpy.typing as npt
 from controller.activity import ActivityTable
 from controller.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
 from controller.errors import InputError
+from controller.fileio import listed, parse_json, read_text, replace_atomically
 from controller.ingest.flows import FlowBatch, batch_to_activity
-from controller.ingest.labels import int_to_mac
+from controller.ingest.labels import int_to_mac, mac_to_int
 
 Role = Literal["client", "server"]
 GATEWAY_MAC = 0x02_00_00_FF_FF_FE
@@ -129,18 +127,9 @@ def load_profiles(path: Path | None = None) -> dict[str, DeviceProfile]:
         resource = resources.files("controller").joinpath("data", "profiles.json")
         text, source = resource.read_text(encoding="utf-8"), "built-in profiles.json"
     else:
-        try:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read profiles: {exc.strerror}") from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{source}: not JSON: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("profiles"), list):
-        raise InputError(f'{source}: expected an object with a "profiles" list')
+        text, source = read_text(path, "profiles"), str(path)
     profiles: dict[str, DeviceProfile] = {}
-    for i, entry in enumerate(document["profiles"]):
+    for i, entry in enumerate(listed(parse_json(text, source), "profiles", source)):
         where = f"{source}: profile {i + 1}"
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InputError(f"{where}: expected an object with a name")
@@ -329,7 +318,7 @@ def flows(
     start_ms = np.floor((used.unit[owner] + rng.random(total)) * unit_seconds * 1000.0).astype(
         np.int64
     )
-    macs = np.array([_mac_int(d.mac) for d in fleet], dtype=np.uint64)
+    macs = np.array([mac_to_int(d.mac) for d in fleet], dtype=np.uint64)
     order = np.argsort(start_ms, kind="stable")
     return FlowBatch(
         start=start_ms[order] / 1000.0,
@@ -355,7 +344,7 @@ def activity(
 ) -> ActivityTable:
     """The fleet's activity, attributed through `catalogue` exactly as ingesting its flows."""
     batch = flows(fleet, units, seed, unit_seconds, start_unit)
-    devices = np.array(sorted(_mac_int(d.mac) for d in fleet), dtype=np.uint64)
+    devices = np.array(sorted(mac_to_int(d.mac) for d in fleet), dtype=np.uint64)
     return batch_to_activity(batch, catalogue, unit_seconds, devices)
 
 
@@ -396,16 +385,7 @@ def schedule(
 
 def write_flows_csv(path: Path, batch: FlowBatch) -> None:
     """Write flow records as IPFIX CSV (IANA names); the file appears only when complete."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _write_csv(tmp, batch)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: _write_csv(tmp, batch))
 
 
 def _write_csv(path: Path, batch: FlowBatch) -> None:
@@ -466,10 +446,6 @@ def _write_csv(path: Path, batch: FlowBatch) -> None:
             strict=True,
         )
         writer.writerows(columns)
-
-
-def _mac_int(mac: str) -> int:
-    return int(mac.replace(":", ""), 16)
 
 
 def _first_entry_index(fleet: Sequence[SynthDevice]) -> npt.NDArray[np.int64]:

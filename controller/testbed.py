@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import io
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +27,13 @@ import networkx as nx
 
 from controller import synth
 from controller.errors import InputError, SvcfpError
+from controller.fileio import open_atomically
 from controller.run import Controller, RunConfig, SwitchSpec
 from topology import graph as topo
+from topology.entry import stop_on_termination
+from topology.launch import SWITCH_KINDS, start_detached
 from topology.schedules import default_device_profiles, synthetic_schedules
-from topology.state import TestbedState, is_ours, teardown
+from topology.state import TestbedState, recorded_run, stop_process, teardown
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,11 @@ def testbed_graph(config: TestbedConfig) -> nx.Graph[str]:
     if config.topology is not None:
         profiles = set(synth.load_profiles()) if config.units > 0 else None
         return topo.load(config.topology, profiles)
-    graph = topo.default_topology(default_device_profiles(config.devices))
-    graph.nodes["s1"]["grpc_port"] = _grpc_port(config.grpc_addr)
-    graph.nodes["s1"]["device_id"] = config.device_id
-    topo.validate(graph, "default topology")
-    return graph
+    return topo.default_topology(
+        default_device_profiles(config.devices),
+        grpc_port=_grpc_port(config.grpc_addr),
+        device_id=config.device_id,
+    )
 
 
 def switch_specs(graph: nx.Graph[str]) -> tuple[SwitchSpec, ...]:
@@ -92,7 +91,7 @@ def switch_specs(graph: nx.Graph[str]) -> tuple[SwitchSpec, ...]:
     return tuple(
         SwitchSpec(
             name=switch.name,
-            grpc_addr=f"127.0.0.1:{switch.grpc_port}",
+            grpc_addr=switch.grpc_addr,
             device_id=switch.device_id,
             ports=tuple(flood[switch.name]),
             l2=forwarding[switch.name],
@@ -117,26 +116,15 @@ def controller_config(config: TestbedConfig, graph: nx.Graph[str]) -> RunConfig:
 
 def write_devices_file(graph: nx.Graph[str], path: Path) -> Path:
     """Every host as a static device (`mac,label,port,switch`), so counting starts at packet one."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["mac", "label", "port", "switch"])
-    for host in topo.hosts(graph):
-        switch = next(iter(graph.neighbors(host.name)))
-        port = graph.edges[host.name, switch]["ports"][switch]
-        writer.writerow([host.mac, "unknown", port, switch])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(out.getvalue())
+    with open_atomically(path, newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["mac", "label", "port", "switch"])
+        for host in topo.hosts(graph):
+            switch = next(iter(graph.neighbors(host.name)))
+            port = graph.edges[host.name, switch]["ports"][switch]
+            writer.writerow([host.mac, "unknown", port, switch])
     return path
-
-
-@contextmanager
-def _supervised(config: TestbedConfig) -> Iterator[TestbedState]:
-    state = TestbedState.create(config.logs)
-    try:
-        state.add_process("testbed", os.getpid())
-        yield state
-    finally:
-        teardown(state)
 
 
 async def wait_programmed(controller: Controller, task: asyncio.Task[Any], timeout: float) -> None:
@@ -164,9 +152,7 @@ async def wait_programmed(controller: Controller, task: asyncio.Task[Any], timeo
 
 async def _control(run_config: RunConfig, started: Callable[[], None]) -> None:
     controller = Controller(run_config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, controller.stop.set)
+    stop_on_termination(controller.stop.set)
     task = asyncio.create_task(controller.run())
     await wait_programmed(controller, task, READY_TIMEOUT)
     started()
@@ -185,7 +171,7 @@ def supervise(config: TestbedConfig) -> int:
     schedules = synthetic_schedules(graph, config.units, seed=1) if config.units > 0 else {}
     ipv6 = {host for host, plan in schedules.items() if plan.uses("icmpv6")}
     with (
-        _supervised(config) as state,
+        recorded_run(config.logs, "testbed") as state,
         running_network(graph, config.switch, config.logs, state, ipv6) as net,
     ):
         runs: list[EmulationRun] = []
@@ -223,18 +209,9 @@ def start(args: argparse.Namespace) -> int:
         raise InputError(
             f"{existing.path}: a testbed is already recorded; run `svcfp testbed stop` first"
         )
-    config.logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "controller.cli", "testbed", "start", "--foreground"]
-    command += _forwarded(args)
     console = config.logs / "testbed.log"
-    with console.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_detached([*command, *_forwarded(args)], console)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         state = TestbedState.load(config.logs)
@@ -261,13 +238,12 @@ def stop(args: argparse.Namespace) -> int:
         print(f"no testbed recorded in {logs}/: nothing to stop")
         return 0
     supervisor = next((p for p in state.processes if p.label == "testbed"), None)
-    clean = False
-    if supervisor is not None and is_ours(supervisor):
-        os.kill(supervisor.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while is_ours(supervisor) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        clean = not is_ours(supervisor) and not state.path.exists()
+    # A supervisor that ends on SIGTERM undoes everything itself and removes the record.
+    clean = (
+        supervisor is not None
+        and stop_process(supervisor, STOP_TIMEOUT)
+        and not state.path.exists()
+    )
     # Whatever the supervisor could not undo (killed, crashed, timed out) is undone here.
     report = teardown(state)
     print(
@@ -286,36 +262,20 @@ def stop(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> TestbedConfig:
     if args.devices < 0 or args.units < 0 or args.time_unit <= 0 or args.interval <= 0:
         raise InputError("--devices and --units must be ≥ 0, --time-unit and --interval > 0")
-    return TestbedConfig(
-        switch=args.switch,
-        grpc_addr=args.grpc_addr,
-        device_id=args.device_id,
-        logs=args.logs,
-        p4info=args.p4info,
-        bmv2_json=args.bmv2_json if args.switch == "bmv2" else None,
-        topology=args.topology,
-        devices=args.devices,
-        units=args.units,
-        time_unit=args.time_unit,
-        interval=args.interval,
-    )
+    # Every field of the config is the `testbed start` option of the same name.
+    chosen = {item.name: getattr(args, item.name) for item in fields(TestbedConfig)}
+    if args.switch != "bmv2":
+        chosen["bmv2_json"] = None
+    return TestbedConfig(**chosen)
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    forwarded = [
-        "--switch", args.switch,
-        "--grpc-addr", args.grpc_addr,
-        "--device-id", str(args.device_id),
-        "--logs", str(args.logs),
-        "--p4info", str(args.p4info),
-        "--bmv2-json", str(args.bmv2_json),
-        "--devices", str(args.devices),
-        "--units", str(args.units),
-        "--time-unit", str(args.time_unit),
-        "--interval", str(args.interval),
-    ]  # fmt: skip
-    if args.topology is not None:
-        forwarded += ["--topology", str(args.topology)]
+    """The `testbed start` options in `args` as command-line flags again, for the supervisor."""
+    forwarded = []
+    for item in fields(TestbedConfig):
+        value = getattr(args, item.name)
+        if value is not None:
+            forwarded += [f"--{item.name.replace('_', '-')}", str(value)]
     return forwarded
 
 
@@ -326,9 +286,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     begin = actions.add_parser("start", help="build the network and run the controller")
-    begin.add_argument("--switch", choices=["refswitch", "bmv2"], default="refswitch")
+    begin.add_argument("--switch", choices=SWITCH_KINDS, default="refswitch")
     begin.add_argument(
-        "--grpc-addr", default="127.0.0.1:9559", help="switch s1's P4Runtime address"
+        "--grpc-addr",
+        default=f"127.0.0.1:{topo.FIRST_GRPC_PORT}",
+        help="switch s1's P4Runtime address",
     )
     begin.add_argument("--device-id", type=int, default=1, help="switch s1's P4Runtime device id")
     begin.add_argument("--logs", type=Path, default=Path("logs"))

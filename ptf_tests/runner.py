@@ -135,35 +135,21 @@ def ptf_command(
 
 
 def switch_command(
-    target: str, executable: Path, ports: int, grpc_addr: str, device_id: int, log_file: Path
+    bmv2: Path | None, ports: int, grpc_addr: str, device_id: int, log_file: Path
 ) -> list[str]:
-    """The target switch's command line: switch port N on veth(2N)."""
-    interfaces = [arg for port in range(ports) for arg in ("-i", f"{port}@veth{2 * port}")]
-    if target == "refswitch":
-        return [
-            str(executable),
-            "switch",
-            "--grpc-addr",
-            grpc_addr,
-            "--device-id",
-            str(device_id),
-            *interfaces,
-            "--log-file",
-            str(log_file),
-        ]
-    return [
-        str(executable),
-        "--no-p4",
-        "--device-id",
-        str(device_id),
-        *interfaces,
-        "--log-file",
-        str(log_file),
-        "--log-flush",
-        "--",
-        "--grpc-server-addr",
-        grpc_addr,
-    ]
+    """The target switch's command line, as the testbed builds it: switch port N on veth(2N).
+
+    `bmv2` is the simple_switch_grpc to run; None runs the reference switch in this interpreter.
+    """
+    # Only the main environment starts switches; PTF's never reaches these imports.
+    from topology.launch import bmv2_command, refswitch_command
+
+    interfaces = [(port, f"veth{2 * port}") for port in range(ports)]
+    if bmv2 is None:
+        flags = [arg for port, veth in interfaces for arg in ("-i", f"{port}@{veth}")]
+        return refswitch_command(grpc_addr, device_id, log_file, flags)
+    # The namespace is the switch's own, so BMv2's usual Thrift port cannot clash.
+    return bmv2_command(str(bmv2), grpc_addr, device_id, 9090, log_file, interfaces)
 
 
 def _run(command: Sequence[str]) -> None:
@@ -290,16 +276,14 @@ def run(args: argparse.Namespace) -> int:
     logs = Path(args.logs).resolve() / f"ptf-{args.target}"
     logs.mkdir(parents=True, exist_ok=True)
     p4info = args.p4info.resolve()
+    bmv2: Path | None = None
     if args.target == "refswitch":
-        executable = args.svcfp or Path(sys.executable).parent / "svcfp"
-        if not executable.is_file():
-            raise RunnerError(f"skipped: {executable} not found", EXIT_TARGET_MISSING)
         config = placeholder_device_config(BUILD_DIR / "ptf")
     else:
         found = shutil.which("simple_switch_grpc")
         if found is None:
             raise RunnerError("skipped: simple_switch_grpc not found on PATH", EXIT_TARGET_MISSING)
-        executable = Path(found)
+        bmv2 = Path(found)
         config = bmv2_json(args.bmv2_json.resolve(), p4info)
 
     grpc_addr = f"127.0.0.1:{GRPC_PORT}"
@@ -307,9 +291,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with namespace(netns, args.ports):
-            switch = switch_command(
-                args.target, executable, args.ports, grpc_addr, DEVICE_ID, logs / "switch.log"
-            )
+            switch = switch_command(bmv2, args.ports, grpc_addr, DEVICE_ID, logs / "switch.log")
             switch_output = logs / "switch.out"
             with started(in_namespace(netns, switch), switch_output) as process:
                 wait_for_grpc(netns, GRPC_PORT, process, switch_output)
@@ -371,7 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--p4info", type=Path, default=DEFAULT_P4INFO)
     parser.add_argument("--bmv2-json", type=Path, default=DEFAULT_BMV2_JSON)
     parser.add_argument("--ptf", type=Path, default=DEFAULT_PTF, help="ptf executable")
-    parser.add_argument("--svcfp", type=Path, default=None, help="svcfp executable (refswitch)")
     parser.add_argument("tests", nargs="*", help="PTF test names (default: all)")
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,8 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
+from controller.counterwire import varint
+
 _ENTITIES_TAG = 0x0A  # ReadResponse.entities, field 1, length-delimited
 _COUNTER_ENTRY_TAG = 0x3A  # Entity.counter_entry, field 7, length-delimited
 _COUNTER_ID_TAG = 0x08  # CounterEntry.counter_id, field 1, varint
@@ -40,19 +42,6 @@ SPARSE_FRACTION = 0.1
 
 Int64Array = npt.NDArray[np.int64]
 ByteMatrix = npt.NDArray[np.uint8]
-
-
-def varint(value: int) -> bytes:
-    """One non-negative int as a minimal protobuf varint."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _varint_lengths(values: npt.NDArray[np.uint64]) -> Int64Array:

@@ -152,12 +152,28 @@ class ParsedHeaders:
         return tuple(name for name in names if getattr(self, name))
 
 
+# A parser state: extracts its header at the given offset and transitions on.
+_State = Callable[[int], None]
+
+
 class ParserImpl:
     """The P4 parser: one method per parser state."""
 
     def __init__(self) -> None:
         self.hdr = ParsedHeaders()
         self._frame = b""
+        # The transition selects of fingerprint.p4's parser: selected value → next state; a
+        # value missing from a select is its `default: accept`.
+        after_vlan: dict[int, _State] = {
+            ETHERTYPE_IPV4: self.parse_ipv4,
+            ETHERTYPE_IPV6: self.parse_ipv6,
+            ETHERTYPE_ARP: self.parse_arp,
+        }
+        self._after_vlan = after_vlan
+        self._after_ethernet = {**after_vlan, ETHERTYPE_VLAN: self.parse_vlan}
+        transport: dict[int, _State] = {PROTO_TCP: self.parse_tcp, PROTO_UDP: self.parse_udp}
+        self._after_ipv4 = {**transport, PROTO_ICMP: self.parse_icmp}
+        self._after_ipv6 = {**transport, PROTO_ICMPV6: self.parse_icmp}
 
     def parse(self, frame: bytes) -> ParsedHeaders:
         """Parse `frame` into `self.hdr` (reused; valid until the next call)."""
@@ -180,17 +196,9 @@ class ParserImpl:
         hdr.ethernet = True
         hdr.dst = frame[0:6]
         hdr.src = frame[6:12]
-        self._select_ethertype((frame[12] << 8) | frame[13], 14, vlan_allowed=True)
-
-    def _select_ethertype(self, ether_type: int, offset: int, *, vlan_allowed: bool) -> None:
-        if ether_type == ETHERTYPE_IPV4:
-            self.parse_ipv4(offset)
-        elif ether_type == ETHERTYPE_IPV6:
-            self.parse_ipv6(offset)
-        elif ether_type == ETHERTYPE_ARP:
-            self.parse_arp(offset)
-        elif ether_type == ETHERTYPE_VLAN and vlan_allowed:
-            self.parse_vlan(offset)
+        state = self._after_ethernet.get((frame[12] << 8) | frame[13])
+        if state is not None:
+            state(14)
 
     def parse_vlan(self, offset: int) -> None:
         """At most one tag: a second 0x8100 is left unparsed."""
@@ -198,9 +206,9 @@ class ParserImpl:
             return
         self.hdr.vlan = True
         frame = self._frame
-        self._select_ethertype(
-            (frame[offset + 2] << 8) | frame[offset + 3], offset + 4, vlan_allowed=False
-        )
+        state = self._after_vlan.get((frame[offset + 2] << 8) | frame[offset + 3])
+        if state is not None:
+            state(offset + 4)
 
     def parse_arp(self, offset: int) -> None:
         """ARP for Ethernet/IPv4: 28 bytes."""
@@ -234,13 +242,9 @@ class ParserImpl:
         """Only the first fragment carries the L4 header."""
         if frag_offset != 0:
             return
-        proto = self.hdr.l3_proto
-        if proto == PROTO_TCP:
-            self.parse_tcp(offset)
-        elif proto == PROTO_UDP:
-            self.parse_udp(offset)
-        elif proto == PROTO_ICMP:
-            self.parse_icmp(offset)
+        state = self._after_ipv4.get(self.hdr.l3_proto)
+        if state is not None:
+            state(offset)
 
     def parse_ipv6(self, offset: int) -> None:
         """IPv6: 40 bytes, no extension-header chasing."""
@@ -248,30 +252,25 @@ class ParserImpl:
             return
         hdr = self.hdr
         hdr.ipv6 = True
-        next_hdr = self._frame[offset + 6]
-        hdr.l3_proto = next_hdr
-        if next_hdr == PROTO_TCP:
-            self.parse_tcp(offset + 40)
-        elif next_hdr == PROTO_UDP:
-            self.parse_udp(offset + 40)
-        elif next_hdr == PROTO_ICMPV6:
-            self.parse_icmp(offset + 40)
+        hdr.l3_proto = self._frame[offset + 6]
+        state = self._after_ipv6.get(hdr.l3_proto)
+        if state is not None:
+            state(offset + 40)
 
     def parse_tcp(self, offset: int) -> None:
         """TCP: the 20-byte fixed header."""
-        if not self._fits(offset, 20):
-            return
-        hdr = self.hdr
-        hdr.tcp = True
-        hdr.sport, hdr.dport = _PORTS.unpack_from(self._frame, offset)
+        self.hdr.tcp = self._extract_ports(offset, 20)
 
     def parse_udp(self, offset: int) -> None:
         """UDP: 8 bytes."""
-        if not self._fits(offset, 8):
-            return
-        hdr = self.hdr
-        hdr.udp = True
-        hdr.sport, hdr.dport = _PORTS.unpack_from(self._frame, offset)
+        self.hdr.udp = self._extract_ports(offset, 8)
+
+    def _extract_ports(self, offset: int, length: int) -> bool:
+        # TCP and UDP both open with the source and destination port.
+        if not self._fits(offset, length):
+            return False
+        self.hdr.sport, self.hdr.dport = _PORTS.unpack_from(self._frame, offset)
+        return True
 
     def parse_icmp(self, offset: int) -> None:
         """ICMP and ICMPv6: type, code, checksum (4 bytes)."""

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,27 +198,25 @@ class Ports:
 
     def start(self) -> None:
         """Start receiving on every interface."""
-        for interface in self.interfaces.values():
-            thread = threading.Thread(
-                target=interface.serve,
-                args=(self.switch, self._stop),
-                name=f"port-{interface.port}",
-                daemon=True,
-            )
-            thread.start()
-            self._threads.append(thread)
+        self._threads += [
+            self._serve(interface.serve, f"port-{interface.port}")
+            for interface in self.interfaces.values()
+        ]
 
     def start_replays(self) -> None:
         """Start every pcap replay."""
-        for replay in self.replays:
-            thread = threading.Thread(
-                target=replay.serve,
-                args=(self.switch, self._stop),
-                name=f"replay-{replay.port}",
-                daemon=True,
-            )
-            thread.start()
-            self._replay_threads.append(thread)
+        self._replay_threads += [
+            self._serve(replay.serve, f"replay-{replay.port}") for replay in self.replays
+        ]
+
+    def _serve(
+        self, serve: Callable[[Switch, threading.Event], None], name: str
+    ) -> threading.Thread:
+        thread = threading.Thread(
+            target=serve, args=(self.switch, self._stop), name=name, daemon=True
+        )
+        thread.start()
+        return thread
 
     def wait_replays(self, timeout: float | None = None) -> bool:
         """Wait for the replays to finish; True when all have."""

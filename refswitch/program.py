@@ -83,7 +83,7 @@ class Program:
     def from_p4info(cls, p4info: p4i.P4Info) -> Program:
         """Resolve and check every object; INVALID_ARGUMENT names the first that is wrong."""
         try:
-            schema = P4Schema.from_message(p4info, source="the pushed P4Info")
+            schema = P4Schema(p4info, source="the pushed P4Info")
         except InputError as exc:
             raise invalid_argument(str(exc)) from None
         try:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
@@ -309,41 +309,31 @@ class P4RuntimeService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The P4Runtime service as a generic handler (Read passes bytes through)."""
-        return grpc.method_handlers_generic_handler(
-            _SERVICE,
-            {
-                "Capabilities": grpc.unary_unary_rpc_method_handler(
-                    self.capabilities,
-                    request_deserializer=p4r.CapabilitiesRequest.FromString,
-                    response_serializer=p4r.CapabilitiesResponse.SerializeToString,
-                ),
-                "SetForwardingPipelineConfig": grpc.unary_unary_rpc_method_handler(
-                    self.set_forwarding_pipeline_config,
-                    request_deserializer=p4r.SetForwardingPipelineConfigRequest.FromString,
-                    response_serializer=p4r.SetForwardingPipelineConfigResponse.SerializeToString,
-                ),
-                "GetForwardingPipelineConfig": grpc.unary_unary_rpc_method_handler(
-                    self.get_forwarding_pipeline_config,
-                    request_deserializer=p4r.GetForwardingPipelineConfigRequest.FromString,
-                    response_serializer=p4r.GetForwardingPipelineConfigResponse.SerializeToString,
-                ),
-                "Write": grpc.unary_unary_rpc_method_handler(
-                    self.write,
-                    request_deserializer=p4r.WriteRequest.FromString,
-                    response_serializer=p4r.WriteResponse.SerializeToString,
-                ),
-                "Read": grpc.unary_stream_rpc_method_handler(
-                    self.read,
-                    request_deserializer=p4r.ReadRequest.FromString,
-                    response_serializer=_pass_bytes,
-                ),
-                "StreamChannel": grpc.stream_stream_rpc_method_handler(
-                    self.stream_channel,
-                    request_deserializer=p4r.StreamMessageRequest.FromString,
-                    response_serializer=p4r.StreamMessageResponse.SerializeToString,
-                ),
-            },
+        # The unary RPCs follow P4Runtime's naming: <Rpc>Request in, <Rpc>Response out.
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            name: grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=getattr(p4r, f"{name}Request").FromString,
+                response_serializer=getattr(p4r, f"{name}Response").SerializeToString,
+            )
+            for name, method in (
+                ("Capabilities", self.capabilities),
+                ("SetForwardingPipelineConfig", self.set_forwarding_pipeline_config),
+                ("GetForwardingPipelineConfig", self.get_forwarding_pipeline_config),
+                ("Write", self.write),
+            )
+        }
+        handlers["Read"] = grpc.unary_stream_rpc_method_handler(
+            self.read,
+            request_deserializer=p4r.ReadRequest.FromString,
+            response_serializer=_pass_bytes,
         )
+        handlers["StreamChannel"] = grpc.stream_stream_rpc_method_handler(
+            self.stream_channel,
+            request_deserializer=p4r.StreamMessageRequest.FromString,
+            response_serializer=p4r.StreamMessageResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(_SERVICE, handlers)
 
 
 def _pass_bytes(message: bytes) -> bytes:

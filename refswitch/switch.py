@@ -314,14 +314,15 @@ class Switch:
             if index is None:
                 yield from self._counter_array(loaded, counter_id)
             else:
-                response = p4r.ReadResponse()
                 packets, byte_count = loaded.pipeline.read_counter(index)
-                entry = response.entities.add().counter_entry
-                entry.counter_id = counter_id
-                entry.index.index = index
-                entry.data.byte_count = byte_count
-                entry.data.packet_count = packets
-                yield response.SerializeToString()
+                cell = p4r.CounterEntry(
+                    counter_id=counter_id,
+                    index=p4r.Index(index=index),
+                    data=p4r.CounterData(byte_count=byte_count, packet_count=packets),
+                )
+                yield p4r.ReadResponse(
+                    entities=[p4r.Entity(counter_entry=cell)]
+                ).SerializeToString()
 
     def _read_one(
         self,

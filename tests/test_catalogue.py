@@ -184,7 +184,7 @@ def test_too_many_services_and_bad_json(tmp_path: Path) -> None:
         load(tmp_path, many)
     path = tmp_path / "broken.json"
     path.write_text("{nope")
-    with pytest.raises(InputError, match=r"broken.json: not JSON"):
+    with pytest.raises(InputError, match=r"broken\.json: line 1: not JSON"):
         Catalogue.load(path)
     path.write_text("[]")
     with pytest.raises(InputError, match='"services" list'):

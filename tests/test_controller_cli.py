@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from controller.activity import ActivityRecord
-from controller.cli import main
+from controller.activity import ActivityRecord, ActivityTable
+from controller.cli import build_parser, main
+from controller.fingerprint import ExporterConfig, export_fingerprints
+from controller.identify import enroll
+from controller.live import NEXT_UNIT_KEY
+from controller.run import config_from_args
 from controller.storage import Baseline, Storage
 from tests.conftest import P4INFO
 from tests.test_controller_e2e import DEVICE_ID, Wire
@@ -29,6 +36,25 @@ def kept(db: Path) -> bool:
 
 def run(*args: str) -> list[str]:
     return ["run", "--p4info", str(P4INFO), "--connect-timeout", "0.5", *args]
+
+
+@pytest.fixture
+def references(tmp_path: Path) -> Path:
+    """References of two types in 0.5 s units, G=4, θ chosen by enrolment."""
+    config = ExporterConfig(granularity=4, tau=0.9, k=1, n_min=2, n_max=6)
+    activity = ActivityTable.from_records(
+        [
+            (mac, unit, service, 1, 60)
+            for unit in range(8)
+            for mac, service in (("aa", "tcp/443"), ("bb", "udp/123"), ("cc", "tcp/443"))
+        ],
+        unit_seconds=0.5,
+    )
+    labels = {"aa": "cam", "bb": "plug", "cc": "cam"}
+    refs = enroll(export_fingerprints(activity, config), labels, config=config)
+    path = tmp_path / "refs.json"
+    refs.save(path)
+    return path
 
 
 def test_unreachable_switch(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,3 +143,71 @@ def test_bounded_run_against_the_reference_switch(db: Path, tmp_path: Path) -> N
     finally:
         wire.stop()
     assert kept(db)
+
+
+def test_engine_flags_override_the_references_settings(references: Path) -> None:
+    args = build_parser().parse_args(
+        run(
+            *("--grpc-addr", "x:1", "--device-id", "0", "--time-unit", "0.5"),
+            *("--references", str(references), "--tau", "0.8", "--n-max", "7", "--theta", "0.25"),
+        )
+    )
+    live = config_from_args(args).live
+    assert live is not None and live.references is not None
+    base = live.references.config
+    assert base == ExporterConfig(granularity=4, tau=0.9, k=1, n_min=2, n_max=6)
+    assert live.exporter == replace(base, tau=0.8, n_max=7)
+    assert live.references.theta == 0.25
+    plain = config_from_args(
+        build_parser().parse_args(run("--grpc-addr", "x:1", "--device-id", "0"))
+    )
+    assert plain.live is not None and plain.live.references is None
+    assert plain.live.exporter == ExporterConfig()
+
+
+def test_references_that_do_not_fit_are_refused(
+    db: Path, references: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = run("--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--db", str(db))
+    assert main([*base, "--references", str(references)]) == 2
+    assert (
+        f"{references}: references use 0.5 s units, the controller 3600 s"
+        in capsys.readouterr().err
+    )
+    assert (
+        main(
+            [*base, "--time-unit", "0.5", "--references", str(references), "--granularity", "list"]
+        )
+        == 2
+    )
+    assert "references are G=4, --granularity asks for list" in capsys.readouterr().err
+    missing = tmp_path / "none.json"
+    assert main([*base, "--time-unit", "0.5", "--references", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert kept(db)
+
+
+def test_bounded_run_with_references_feeds_every_closed_unit(
+    references: Path, tmp_path: Path
+) -> None:
+    wire = Wire()
+    fresh = tmp_path / "live.db"
+    begun = math.floor(time.time() / 0.5)
+    try:
+        status = main(
+            run(
+                *("--grpc-addr", wire.address, "--device-id", str(DEVICE_ID), "--db", str(fresh)),
+                *("--time-unit", "0.5", "--interval", "0.1", "--duration", "1.2"),
+                *("--references", str(references)),
+            )
+        )
+    finally:
+        wire.stop()
+    ended = math.floor(time.time() / 0.5)
+    assert status == 0
+    with Storage(fresh) as store:
+        fed_to = int(store.meta(NEXT_UNIT_KEY) or 0)
+        assert store.meta("time_unit_seconds") == "0.5"
+        assert store.decisions() == [] and store.fingerprints() == []
+    # Fed from the first unit through the one the run stopped in (flushed at the stop).
+    assert begun + 2 <= fed_to <= ended + 1

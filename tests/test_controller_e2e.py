@@ -4,8 +4,9 @@ pipeline, and exact activity lands in SQLite."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,24 @@ async def until(condition: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def running(controller: Controller) -> AsyncIterator[Controller]:
+    """Run `controller` for the block, from when every switch has a session; stop it after."""
+    task = asyncio.create_task(controller.run())
+    try:
+        await until(lambda: all(w.session is not None for w in controller.workers))
+        yield controller
+    finally:
+        controller.stop.set()
+        await task
+
+
+async def polls(controller: Controller, count: int = 2) -> None:
+    """Wait (bounded) for `count` more polls of every switch."""
+    polled = controller.cycle
+    await until(lambda: controller.cycle >= polled + count)
+
+
 async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
     """Every entry of the four tables, read by a backup (read-only) session."""
     schema = P4Schema.load(P4INFO)
@@ -136,20 +155,16 @@ def totals(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
 
 def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Path) -> None:
     async def scenario() -> Controller:
-        controller = Controller(config(tmp_path, wire.address))
-        task = asyncio.create_task(controller.run())
-        await until(lambda: controller.workers[0].session is not None)
-        wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
-        wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=2)
-        # The plug is unknown: its first frame raises a digest and registers it.
-        wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2)
-        await until(lambda: (controller.registry.get(PLUG) or None) is not None)
-        await until(lambda: len(wire.switch.pipeline.tables.devices) >= 3)
-        wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2, count=4)
-        wire.send(frame(SERVER, PLUG, 17, 123, 123, 90), port=0)
-        await asyncio.sleep(0.3)
-        controller.stop.set()
-        await task
+        async with running(Controller(config(tmp_path, wire.address))) as controller:
+            wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
+            wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=2)
+            # The plug is unknown: its first frame raises a digest and registers it.
+            wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2)
+            await until(lambda: (controller.registry.get(PLUG) or None) is not None)
+            await until(lambda: len(wire.switch.pipeline.tables.devices) >= 3)
+            wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2, count=4)
+            wire.send(frame(SERVER, PLUG, 17, 123, 123, 90), port=0)
+            await asyncio.sleep(0.3)
         return controller
 
     controller = asyncio.run(scenario())
@@ -182,13 +197,9 @@ def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Pat
 
 def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path: Path) -> None:
     async def run_once(send: int) -> Controller:
-        controller = Controller(config(tmp_path, wire.address))
-        task = asyncio.create_task(controller.run())
-        await until(lambda: controller.workers[0].session is not None)
-        wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=send)
-        await asyncio.sleep(0.3)
-        controller.stop.set()
-        await task
+        async with running(Controller(config(tmp_path, wire.address))) as controller:
+            wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=send)
+            await asyncio.sleep(0.3)
         return controller
 
     first = asyncio.run(run_once(2))
@@ -199,33 +210,25 @@ def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path:
 
 
 def test_monitor_joins_as_backup_without_disturbing_the_primary(wire: Wire, tmp_path: Path) -> None:
+    monitoring = config(
+        tmp_path,
+        wire.address,
+        role="monitor",
+        skip_config=True,
+        election_id=(0, 1),
+        db=tmp_path / "monitor.db",
+    )
+
     async def scenario() -> tuple[Controller, Controller]:
-        primary = Controller(config(tmp_path, wire.address))
-        primary_task = asyncio.create_task(primary.run())
-        await until(lambda: primary.workers[0].session is not None)
-        monitor = Controller(
-            config(
-                tmp_path,
-                wire.address,
-                role="monitor",
-                skip_config=True,
-                election_id=(0, 1),
-                db=tmp_path / "monitor.db",
-            )
-        )
-        monitor_task = asyncio.create_task(monitor.run())
-        await until(lambda: monitor.workers[0].session is not None)
-        session = monitor.workers[0].session
-        assert session is not None and not session.is_primary
-        wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=6)
-        await asyncio.sleep(0.4)
-        primary_session = primary.workers[0].session
-        assert primary_session is not None and primary_session.is_primary
-        monitor.stop.set()
-        await monitor_task
-        await asyncio.sleep(0.2)
-        primary.stop.set()
-        await primary_task
+        async with running(Controller(config(tmp_path, wire.address))) as primary:
+            async with running(Controller(monitoring)) as monitor:
+                session = monitor.workers[0].session
+                assert session is not None and not session.is_primary
+                wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=6)
+                await asyncio.sleep(0.4)
+                primary_session = primary.workers[0].session
+                assert primary_session is not None and primary_session.is_primary
+            await asyncio.sleep(0.2)
         return primary, monitor
 
     primary, _ = asyncio.run(scenario())
@@ -293,10 +296,9 @@ def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
     newcomer = "02:00:00:00:00:0c"
 
     async def scenario() -> Controller:
-        controller = Controller(config(tmp_path, wire.address, idle_timeout=0.6))
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(lambda: controller.workers[0].session is not None)
+        async with running(
+            Controller(config(tmp_path, wire.address, idle_timeout=0.6))
+        ) as controller:
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
             await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
@@ -310,11 +312,7 @@ def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
             assert row is not None and row.device_id == 3
             await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
             wire.send(frame(newcomer, SERVER, 6, 5000, 443, 70), port=3, count=2)
-            polled = controller.cycle
-            await until(lambda: controller.cycle >= polled + 2)
-        finally:
-            controller.stop.set()
-            await task
+            await polls(controller)
         return controller
 
     asyncio.run(scenario())
@@ -328,15 +326,11 @@ def test_closed_units_reach_the_callback(wire: Wire, tmp_path: Path) -> None:
     closed: list[ActivityTable] = []
 
     async def scenario() -> None:
-        controller = Controller(config(tmp_path, wire.address, time_unit=0.5), closed.append)
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(lambda: controller.workers[0].session is not None)
+        async with running(
+            Controller(config(tmp_path, wire.address, time_unit=0.5), closed.append)
+        ):
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
             await until(lambda: len(closed) > 0 and sum(len(t) for t in closed) > 0)
-        finally:
-            controller.stop.set()
-            await task
 
     asyncio.run(scenario())
     rows = [r for table in closed for r in table.records()]
@@ -350,18 +344,11 @@ def test_full_device_table_warns_and_keeps_serving(
     wire: Wire, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> Controller:
-        controller = Controller(config(tmp_path, wire.address, capacity=2))
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(lambda: controller.workers[0].session is not None)
+        async with running(Controller(config(tmp_path, wire.address, capacity=2))) as controller:
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: "event=registry_full" in caplog.text)
             wire.send(frame(CAMERA, SERVER, 17, 5000, 53, 64), port=1, count=3)
-            polled = controller.cycle
-            await until(lambda: controller.cycle >= polled + 2)
-        finally:
-            controller.stop.set()
-            await task
+            await polls(controller)
         return controller
 
     controller = asyncio.run(scenario())
@@ -380,19 +367,13 @@ def test_several_switches_from_one_process(tmp_path: Path) -> None:
         )
 
         async def scenario() -> Controller:
-            controller = Controller(config(tmp_path, wires[0].address, switches=specs))
-            task = asyncio.create_task(controller.run())
-            try:
-                await until(lambda: all(w.session is not None for w in controller.workers))
+            controlling = Controller(config(tmp_path, wires[0].address, switches=specs))
+            async with running(controlling) as controller:
                 wires[0].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
                 wires[1].send(frame(SERVER, CAMERA, 6, 443, 50000, 60), port=0, count=3)
                 wires[1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=1)
                 await until(lambda: controller.registry.get(PLUG) is not None)
-                polled = controller.cycle
-                await until(lambda: controller.cycle >= polled + 2)
-            finally:
-                controller.stop.set()
-                await task
+                await polls(controller)
             return controller
 
         controller = asyncio.run(scenario())
@@ -416,26 +397,19 @@ def test_tap_mode_counts_then_drops_and_policy_filters(wire: Wire, tmp_path: Pat
     allow.write_text(f"{PLUG}\n")
     stranger = "02:00:00:00:00:0d"
 
+    tapping = config(
+        tmp_path, wire.address, tap=True, policy=RegisterPolicy.parse("allowlist", allow)
+    )
+
     async def scenario() -> Controller:
-        controller = Controller(
-            config(
-                tmp_path, wire.address, tap=True, policy=RegisterPolicy.parse("allowlist", allow)
-            )
-        )
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(lambda: controller.workers[0].session is not None)
+        async with running(Controller(tapping)) as controller:
             wire.send(frame(stranger, SERVER, 17, 5000, 53, 64), port=3)
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
             await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
             wire.send(frame(PLUG, CAMERA, 17, 5000, 53, 64), port=2, count=2)
             wire.send(frame(CAMERA, PLUG, 6, 443, 5000, 100), port=1)
-            polled = controller.cycle
-            await until(lambda: controller.cycle >= polled + 2)
-        finally:
-            controller.stop.set()
-            await task
+            await polls(controller)
         return controller
 
     controller = asyncio.run(scenario())

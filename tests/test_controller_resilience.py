@@ -24,7 +24,9 @@ from tests.test_controller_e2e import (
     Wire,
     config,
     frame,
+    polls,
     read_tables,
+    running,
     totals,
     until,
 )
@@ -37,13 +39,9 @@ def test_switch_restart_mid_run(tmp_path: Path) -> None:
     port = wires[0].server.port
 
     async def scenario() -> Controller:
-        controller = Controller(config(tmp_path, wires[0].address))
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(lambda: controller.workers[0].session is not None)
+        async with running(Controller(config(tmp_path, wires[0].address))) as controller:
             wires[0].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=4)
-            polled = controller.cycle
-            await until(lambda: controller.cycle >= polled + 2)
+            await polls(controller)
             # The switch dies and comes back empty on the same address.
             wires[0].stop()
             await until(lambda: controller.workers[0].session is None)
@@ -52,11 +50,7 @@ def test_switch_restart_mid_run(tmp_path: Path) -> None:
             wires[-1].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
             wires[-1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
-            polled = controller.cycle
-            await until(lambda: controller.cycle >= polled + 2)
-        finally:
-            controller.stop.set()
-            await task
+            await polls(controller)
         return controller
 
     try:

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
 
 from controller.activity import ActivityTable
-from controller.cli import main
-from controller.engine_cli import merge_instances
+from controller.cli import build_parser, main
+from controller.engine_cli import load_inputs, merge_instances
 
 SERVICES = {
     "camera": ["tcp/443", "tcp/554", "udp/53"],
@@ -136,3 +139,44 @@ def test_merge_instances() -> None:
         "HS100": "HS100",
         "HS110": "HS110",
     }
+
+
+HUB = "02:00:00:00:aa:01"
+PLUG = "02:00:00:00:bb:01"
+
+
+def _setup_capture(path: Path, device: str, dport: int) -> None:
+    frames = []
+    for i in range(3):
+        frame = Ether(src=device, dst="02:00:00:00:ff:ff") / IP() / TCP(sport=40000, dport=dport)
+        frame.time = 1_490_000_000 + i
+        frames.append(frame)
+    frames.append(Ether(src="02:00:00:00:cc:01") / IP() / UDP(sport=5353, dport=5353))
+    wrpcap(str(path), frames)
+
+
+def test_capture_folders_label_a_shared_mac_per_capture(tmp_path: Path) -> None:
+    # The IoT Sentinel layout: the hub's MAC is in the Hub and the Sensor folders (the sensor was
+    # captured through its hub), the plug's only in its own.
+    for kind, device, dport in (("Hub", HUB, 80), ("Sensor", HUB, 443), ("Plug", PLUG, 9999)):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "_iotdevice-mac.txt").write_text(device.upper() + "\n")
+        for n in (1, 2):
+            _setup_capture(folder / f"Setup-A-{n}-STA.pcap", device, dport)
+    args = build_parser().parse_args(
+        ["evaluate", "--pcap", str(tmp_path), "--labels", str(tmp_path), "--out", "-"]
+    )
+    inputs = load_inputs(args, need_labels=True)
+    assert inputs.labels == {
+        f"{HUB}#Hub/Setup-A-1-STA": "Hub",
+        f"{HUB}#Hub/Setup-A-2-STA": "Hub",
+        f"{HUB}#Sensor/Setup-A-1-STA": "Sensor",
+        f"{HUB}#Sensor/Setup-A-2-STA": "Sensor",
+        PLUG: "Plug",
+    }
+    # Only each folder's device counts: the third MAC in every capture is left out.
+    assert sorted(inputs.activity.used_devices()) == sorted(inputs.labels)
+    sensor = inputs.activity.select(devices=[f"{HUB}#Sensor/Setup-A-1-STA"])
+    assert [(r.service, r.packets) for r in sensor.records()] == [("tcp/443", 3)]
+    assert inputs.groups is None

@@ -7,11 +7,12 @@ enrol and the later half is identified. Accuracy measured when this guard was se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from controller.cli import build_parser
+from controller.cli import build_parser, main
 from controller.engine_cli import load_inputs
 from controller.evaluate import Dataset, EvalSettings, evaluate
 
@@ -49,3 +50,20 @@ def test_closed_set_accuracy_on_setup_captures(shared_data: Path) -> None:
     # The D-Link sensors and sirens use the same services: their confusions are the known hard
     # case, and stay well below the separated types.
     assert prevalence["per_type_accuracy"]["D-LinkWaterSensor"] < 0.8
+
+
+def test_evaluate_on_the_captures_folder_without_flags(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    captures = shared_data / "iot-sentinel" / "captures"
+    out = tmp_path / "report"
+    args = ["evaluate", "--pcap", str(captures), "--labels", str(captures), "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert "best: " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Every type folder is a type of its own, the two that share a MAC with another included.
+    assert metrics["types"] == sorted(p.parent.name for p in captures.glob("*/_iotdevice-mac.txt"))
+    assert len(metrics["types"]) == 31
+    # 27 MACs of one type each are one track apiece; the two shared MACs (HueBridge/HueSwitch,
+    # D-LinkHomeHub/D-LinkDoorSensor) are one track per capture that holds their traffic.
+    assert metrics["tracks"] == 107

@@ -12,7 +12,13 @@ from controller.activity import ActivityTable
 from controller.catalogue import Catalogue
 from controller.cli import main
 from controller.errors import InputError
-from controller.ingest.files import catalogue_for, detect_format, expand_paths, ingest_files
+from controller.ingest.files import (
+    IngestOptions,
+    catalogue_for,
+    detect_format,
+    expand_paths,
+    ingest_files,
+)
 from controller.ingest.labels import Labels, int_to_mac, mac_key, mac_to_int
 
 A = "aa:bb:cc:dd:ee:01"
@@ -50,13 +56,26 @@ def test_label_csv(tmp_path: Path) -> None:
         Labels.load(path)
 
 
-def test_label_directory_joins_shared_macs(tmp_path: Path) -> None:
+def test_label_directory_labels_shared_macs_per_capture(tmp_path: Path) -> None:
     for kind, mac in (("HueBridge", A), ("HueSwitch", A), ("Plug", B)):
         (tmp_path / "captures" / kind).mkdir(parents=True)
         (tmp_path / "captures" / kind / "_iotdevice-mac.txt").write_text(mac.upper() + "\n")
     labels = Labels.load(tmp_path)
-    assert labels.by_mac == {A: "HueBridge+HueSwitch", B: "Plug"}
-    assert len(labels.notes) == 1 and "HueBridge, HueSwitch" in labels.notes[0]
+    assert labels.by_mac == {B: "Plug"}
+    assert labels.shared == {A: ("HueBridge", "HueSwitch")}
+    assert labels.macs() == (A, B)
+    assert labels.mac_ints().tolist() == [mac_to_int(A), mac_to_int(B)]
+    assert labels.labels() == ("HueBridge", "HueSwitch", "Plug")
+    assert len(labels.notes) == 1
+    assert f"{A} appears under HueBridge, HueSwitch: labelled per capture" in labels.notes[0]
+    with pytest.raises(InputError, match=r"appears under HueBridge, HueSwitch"):
+        labels.label(A, default="unknown")
+    assert labels.label(B) == "Plug"
+    captures = tmp_path / "captures"
+    assert labels.for_capture(captures / "HueSwitch" / "Setup-A-1-STA.pcap") == {A: "HueSwitch"}
+    assert labels.for_capture(captures / "HueBridge" / "Setup-A-1-STA.pcap") == {A: "HueBridge"}
+    assert labels.for_capture(captures / "Plug" / "x.pcap") == {B: "Plug"}
+    assert labels.for_capture(tmp_path / "elsewhere.pcap") == {B: "Plug"}
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match=r"no _iotdevice-mac.txt files"):
@@ -95,17 +114,20 @@ def test_detect_and_expand(tmp_path: Path) -> None:
 def test_labels_filter_and_learned_catalogue(tmp_path: Path) -> None:
     _capture(tmp_path / "a.pcap")
     labels = Labels.from_pairs([(A, "camera")])
-    result = ingest_files([tmp_path / "a.pcap"], Catalogue.default(), 3600, labels=labels)
+    only_labelled = IngestOptions(labels=labels)
+    result = ingest_files([tmp_path / "a.pcap"], Catalogue.default(), 3600, only_labelled)
     assert [tuple(r) for r in result.activity.records()] == [
         (A, T0 // 3600, "tcp/443", 1, 54),
         (A, T0 // 3600 + 1, "tcp/49152-65535", 1, 54),  # by its own port: src table
         (A, T0 // 3600 + 3, "tcp/49152-65535", 1, 54),
     ]
     everyone = ingest_files(
-        [tmp_path / "a.pcap"], Catalogue.default(), labels=labels, all_devices=True
+        [tmp_path / "a.pcap"],
+        Catalogue.default(),
+        options=IngestOptions(labels=labels, all_devices=True),
     )
     assert set(everyone.activity.used_devices()) == {A, B}
-    learned = catalogue_for("learned", [tmp_path / "a.pcap"], labels=labels)
+    learned = catalogue_for("learned", [tmp_path / "a.pcap"], options=only_labelled)
     assert "tcp/8888" in learned.names  # used in two units by the labelled device
     assert "tcp/443" not in learned.names  # used once: not yet a service
     assert "udp/53" not in learned.names  # only the unlabelled device used it
@@ -156,44 +178,11 @@ def test_ingest_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flows_csv = tmp_path / "flows.csv"
     labels = tmp_path / "labels.csv"
-    assert (
-        main(
-            [
-                "synth",
-                "--devices",
-                "6",
-                "--units",
-                "24",
-                "--seed",
-                "4",
-                "--out",
-                str(flows_csv),
-                "--labels-out",
-                str(labels),
-            ]
-        )
-        == 0
-    )
+    fleet = ("synth", "--devices", "6", "--units", "24", "--seed", "4")
+    assert main([*fleet, "--out", str(flows_csv), "--labels-out", str(labels)]) == 0
     assert "for 6 devices over 24 units" in capsys.readouterr().out
     direct = tmp_path / "direct.csv"
-    assert (
-        main(
-            [
-                "synth",
-                "--devices",
-                "6",
-                "--units",
-                "24",
-                "--seed",
-                "4",
-                "--output",
-                "activity",
-                "--out",
-                str(direct),
-            ]
-        )
-        == 0
-    )
+    assert main([*fleet, "--output", "activity", "--out", str(direct)]) == 0
     ingested = tmp_path / "ingested.csv"
     assert main(["ingest", str(flows_csv), "--labels", str(labels), "--out", str(ingested)]) == 0
     assert ActivityTable.from_csv(direct).equals(ActivityTable.from_csv(ingested))

@@ -59,6 +59,15 @@ def object_id(kind: str, name: str, annotations: str) -> int:
     return value if value >> 24 else PREFIX[kind] << 24 | value
 
 
+def name_preamble(
+    preamble: p4i.Preamble, kind: str, name: str, alias: str, annotations: str
+) -> None:
+    """Fill a preamble's ID, name and alias as p4c does."""
+    preamble.id = object_id(kind, name, annotations)
+    preamble.name = name
+    preamble.alias = alias
+
+
 @dataclass(frozen=True)
 class P4Source:
     """The parts of a P4 program's text that its P4Info is derived from."""
@@ -130,15 +139,12 @@ def derive_p4info(source: P4Source, control_name: str = "IngressImpl") -> p4i.P4
     action_ids: dict[str, int] = {}
     if NOACTION in referenced:
         action = info.actions.add()
-        action.preamble.id = object_id("action", NOACTION, "")
-        action.preamble.name = action.preamble.alias = NOACTION
+        name_preamble(action.preamble, "action", NOACTION, NOACTION, "")
         action.preamble.annotations.append('@noWarn("unused")')
         action_ids[NOACTION] = action.preamble.id
     for pinned, name, param_text in declared_actions:
         action = info.actions.add()
-        action.preamble.id = object_id("action", f"{control_name}.{name}", pinned)
-        action.preamble.name = f"{control_name}.{name}"
-        action.preamble.alias = name
+        name_preamble(action.preamble, "action", f"{control_name}.{name}", name, pinned)
         action_ids[name] = action.preamble.id
         for number, (width, param) in enumerate(
             re.findall(r"bit<(\d+)>\s+(\w+)", param_text), start=1
@@ -149,9 +155,8 @@ def derive_p4info(source: P4Source, control_name: str = "IngressImpl") -> p4i.P4
         table_body = _block(body, head.start())
         name = head.group(2)
         table = info.tables.add()
-        table.preamble.id = object_id("table", f"{control_name}.{name}", head.group("annotations"))
-        table.preamble.name = f"{control_name}.{name}"
-        table.preamble.alias = name
+        pinned = head.group("annotations")
+        name_preamble(table.preamble, "table", f"{control_name}.{name}", name, pinned)
         keys = re.findall(
             r"([\w.]+)\s*:\s*(\w+)\s*(?:@name\(\"(\w+)\"\))?\s*;", _section(table_body, "key")
         )
@@ -175,9 +180,7 @@ def derive_p4info(source: P4Source, control_name: str = "IngressImpl") -> p4i.P4
     counter_decl = ANNOTATION + r"counter\s*\(([^;]*),\s*CounterType\.(\w+)\s*\)\s*(\w+)\s*;"
     for pinned, size_text, unit, name in re.findall(counter_decl, body):
         counter = info.counters.add()
-        counter.preamble.id = object_id("counter", f"{control_name}.{name}", pinned)
-        counter.preamble.name = f"{control_name}.{name}"
-        counter.preamble.alias = name
+        name_preamble(counter.preamble, "counter", f"{control_name}.{name}", name, pinned)
         counter.spec.unit = {
             "packets": p4i.CounterSpec.PACKETS,
             "bytes": p4i.CounterSpec.BYTES,
@@ -188,16 +191,13 @@ def derive_p4info(source: P4Source, control_name: str = "IngressImpl") -> p4i.P4
     register_decl = ANNOTATION + r"register\s*<\s*bit<(\d+)>\s*>\s*\(([^;]*)\)\s*(\w+)\s*;"
     for pinned, width, size_text, name in re.findall(register_decl, body):
         register = info.registers.add()
-        register.preamble.id = object_id("register", f"{control_name}.{name}", pinned)
-        register.preamble.name = f"{control_name}.{name}"
-        register.preamble.alias = name
+        name_preamble(register.preamble, "register", f"{control_name}.{name}", name, pinned)
         register.type_spec.bitstring.bit.bitwidth = int(width)
         register.size = source.evaluate(size_text)
 
     for struct_name in dict.fromkeys(re.findall(r"\bdigest\s*<\s*(\w+)\s*>", body)):
         digest = info.digests.add()
-        digest.preamble.id = object_id("digest", struct_name, "")
-        digest.preamble.name = digest.preamble.alias = struct_name
+        name_preamble(digest.preamble, "digest", struct_name, struct_name, "")
         digest.type_spec.struct.name = struct_name
         members = info.type_info.structs[struct_name].members
         for member, (_, width) in source.fields(struct_name).items():

@@ -84,7 +84,7 @@ def test_unknown_names_are_reported_with_the_source(schema: P4Schema) -> None:
 def test_diff_names_the_object_that_differs(schema: P4Schema) -> None:
     other = p4i.P4Info()
     text_format.Parse(PROBE.replace("bitwidth: 16 }\n}", "bitwidth: 32 }\n}", 1), other)
-    lines = schema.diff(P4Schema.from_message(other, "switch"))
+    lines = schema.diff(P4Schema(other, "switch"))
     assert len(lines) == 1
     assert lines[0].startswith("action IngressImpl.set_device differs")
     assert schema.diff(schema) == []

@@ -96,32 +96,31 @@ def test_ptf_ports_are_the_odd_veths() -> None:
 
 def test_switch_ports_are_the_even_veths() -> None:
     log = Path("/l/switch.log")
-    assert runner.switch_command("refswitch", Path("/v/svcfp"), 2, "127.0.0.1:9559", 0, log) == [
-        "/v/svcfp",
+    veths = ["-i", "0@veth0", "-i", "1@veth2"]
+    assert runner.switch_command(None, 2, "127.0.0.1:9559", 0, log) == [
+        sys.executable,
+        "-m",
+        "controller.cli",
         "switch",
         "--grpc-addr",
         "127.0.0.1:9559",
         "--device-id",
         "0",
-        "-i",
-        "0@veth0",
-        "-i",
-        "1@veth2",
         "--log-file",
         "/l/switch.log",
+        *veths,
     ]
-    assert runner.switch_command("bmv2", Path("/b/ssg"), 2, "127.0.0.1:9559", 0, log) == [
+    assert runner.switch_command(Path("/b/ssg"), 2, "127.0.0.1:9559", 0, log) == [
         "/b/ssg",
         "--no-p4",
         "--device-id",
         "0",
-        "-i",
-        "0@veth0",
-        "-i",
-        "1@veth2",
+        *veths,
         "--log-file",
         "/l/switch.log",
         "--log-flush",
+        "--thrift-port",
+        "9090",
         "--",
         "--grpc-server-addr",
         "127.0.0.1:9559",
@@ -210,16 +209,17 @@ def test_started_process_is_stopped_by_pid(tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_a_switch_that_dies_is_reported_and_everything_is_removed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     switch = tmp_path / "svcfp"
     switch.write_text("#!/bin/sh\necho 'cannot open veth0' >&2\nexit 3\n")
     switch.chmod(0o755)
+    monkeypatch.setattr(runner, "switch_command", lambda *_: [str(switch)])
     ptf = tmp_path / "ptf"
     ptf.write_text("")
     before = set(_namespaces())
-    argv = ["--target", "refswitch", "--svcfp", str(switch), "--ptf", str(ptf)]
-    assert runner.main([*argv, "--logs", str(tmp_path / "logs")]) == runner.EXIT_FAILED
+    argv = ["--target", "refswitch", "--ptf", str(ptf), "--logs", str(tmp_path / "logs")]
+    assert runner.main(argv) == runner.EXIT_FAILED
     err = capsys.readouterr().err
     assert "the switch exited with status 3" in err
     assert "cannot open veth0" in err

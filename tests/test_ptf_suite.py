@@ -36,30 +36,21 @@ def run_suite(target: str, logs: Path) -> tuple[subprocess.CompletedProcess[str]
     return completed, runner.parse_results(completed.stdout)
 
 
-def assert_every_test_passed(
-    completed: subprocess.CompletedProcess[str], results: runner.Results
-) -> None:
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("refswitch", id="reference-switch"),
+        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.p4c]),
+    ],
+)
+def test_ptf_suite_passes(target: str, tmp_path: Path) -> None:
+    completed, results = run_suite(target, tmp_path)
     expected = suite_tests()
     assert len(expected) >= 15
     passed = {test for test, outcome in results.outcomes if outcome == "ok"}
     assert passed == expected, completed.stdout[-5000:] + completed.stderr[-2000:]
     assert f"{len(expected)} passed, 0 failed" in completed.stdout.splitlines()
     assert completed.returncode == runner.EXIT_PASSED
-
-
-@pytest.mark.root
-@pytest.mark.slow
-@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
-def test_ptf_suite_passes_on_the_reference_switch(tmp_path: Path) -> None:
-    completed, results = run_suite("refswitch", tmp_path)
-    assert_every_test_passed(completed, results)
-
-
-@pytest.mark.root
-@pytest.mark.slow
-@pytest.mark.bmv2
-@pytest.mark.p4c
-@pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
-def test_ptf_suite_passes_on_bmv2(tmp_path: Path) -> None:
-    completed, results = run_suite("bmv2", tmp_path)
-    assert_every_test_passed(completed, results)

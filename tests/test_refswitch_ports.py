@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -82,14 +83,19 @@ def test_not_a_pcap(tmp_path: Path) -> None:
         list(read_pcap(path))
 
 
-def install(stub: p4r_grpc.P4RuntimeStub) -> None:
-    """Pipeline, one device, two services, forwarding to port 1 (election id 1)."""
+def push_pipeline(stub: p4r_grpc.P4RuntimeStub) -> None:
+    """Commit the fingerprint pipeline as the primary with election id 1."""
     request = p4r.SetForwardingPipelineConfigRequest(
         device_id=0, action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT
     )
     request.election_id.low = 1
     request.config.p4info.CopyFrom(SCHEMA.p4info)
     stub.SetForwardingPipelineConfig(request)
+
+
+def install(stub: p4r_grpc.P4RuntimeStub) -> None:
+    """Pipeline, one device, two services, forwarding to port 1 (election id 1)."""
+    push_pipeline(stub)
     write = p4r.WriteRequest(device_id=0)
     write.election_id.low = 1
     device = write.updates.add(type=p4r.Update.INSERT).entity.table_entry
@@ -159,16 +165,10 @@ def test_replay_with_a_controller_then_counters_and_pcap_out(
         "--replay-start", "signal", "--exit-when-done", "--log-file", str(log),
     )  # fmt: skip
     switch_process.append(process)
-    with grpc.insecure_channel(process.address) as channel:
-        stub = p4r_grpc.P4RuntimeStub(channel)
-        done = threading.Event()
-        stream = stub.StreamChannel(_arbitration(done))
-        next(stream)
+    with primary(process.address) as stub:
         install(stub)
         process.process.send_signal(signal.SIGUSR1)
         assert process.process.wait(30) == 0
-        done.set()
-        stream.cancel()
     document = json.loads(counters.read_text())
     assert document["cells"] == [
         {"index": 2 * 256 + 3, "device_id": 2, "service_id": 3, "packets": 2,
@@ -191,20 +191,9 @@ def test_replay_waits_for_a_pipeline(tmp_path: Path, switch_process: list[Switch
     switch_process.append(process)
     time.sleep(0.5)
     assert process.process.poll() is None and not counters.exists()
-    with grpc.insecure_channel(process.address) as channel:
-        stub = p4r_grpc.P4RuntimeStub(channel)
-        done = threading.Event()
-        stream = stub.StreamChannel(_arbitration(done))
-        next(stream)
-        request = p4r.SetForwardingPipelineConfigRequest(
-            device_id=0, action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT
-        )
-        request.election_id.low = 1
-        request.config.p4info.CopyFrom(SCHEMA.p4info)
-        stub.SetForwardingPipelineConfig(request)
+    with primary(process.address) as stub:
+        push_pipeline(stub)
         assert process.process.wait(30) == 0
-        done.set()
-        stream.cancel()
     cells = json.loads(counters.read_text())["cells"]
     assert cells == [
         {"index": 0, "device_id": 0, "service_id": 0, "packets": 3,
@@ -254,6 +243,21 @@ def test_bad_flags_exit_with_an_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "missing.pcap: no such file" in result.stderr
+
+
+@contextmanager
+def primary(address: str) -> Iterator[p4r_grpc.P4RuntimeStub]:
+    """A stub whose StreamChannel holds the primary role (election id 1) while in use."""
+    with grpc.insecure_channel(address) as channel:
+        stub = p4r_grpc.P4RuntimeStub(channel)
+        done = threading.Event()
+        stream = stub.StreamChannel(_arbitration(done))
+        next(stream)
+        try:
+            yield stub
+        finally:
+            done.set()
+            stream.cancel()
 
 
 def _arbitration(done: threading.Event) -> Iterator[p4r.StreamMessageRequest]:

@@ -16,12 +16,7 @@ from controller.registry import (
 )
 from controller.storage import Storage
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Storage:
-    opened = Storage(tmp_path / "reg.db")
-    yield opened
-    opened.close()
+pytest_plugins = ["tests.storage_fixture"]
 
 
 def test_ids_start_at_one_and_persist(store: Storage, tmp_path: Path) -> None:

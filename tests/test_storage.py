@@ -9,23 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.activity import ActivityRecord
+from controller.activity import ActivityRecord, ActivityTable
+from controller.catalogue import Service
 from controller.errors import InputError
 from controller.storage import (
     Baseline,
     DecisionRecord,
     DeviceRow,
     FingerprintRecord,
-    ServiceRow,
     Storage,
 )
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> Storage:
-    opened = Storage(tmp_path / "svcfp.db")
-    yield opened
-    opened.close()
+pytest_plugins = ["tests.storage_fixture"]
 
 
 def baseline(cells: int, **values: tuple[int, int]) -> Baseline:
@@ -94,7 +89,12 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
                 DeviceRow("02:00:00:00:00:01", None, "unknown", None, None, "digest", 1.0, 1.5),
             ]
         )
-        store.put_services([ServiceRow(1, "tcp/443", 6, 443, 443, 100)])
+        store.put_services(
+            [
+                Service(1, "tcp/443", 6, 443, 443, 100),
+                Service(2, "udp/eph", 17, 49152, 65535, 5, False),
+            ]
+        )
         store.add_fingerprints(
             [FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)], 50.0
         )
@@ -110,7 +110,10 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
             DeviceRow("02:00:00:00:00:01", None, "unknown", None, None, "digest", 1.0, 1.5),
             DeviceRow("02:00:00:00:00:02", 2, "camera", "s1", 3, "digest", 1.0, 2.0),
         ]
-        assert again.services() == [ServiceRow(1, "tcp/443", 6, 443, 443, 100)]
+        assert again.services() == [
+            Service(1, "tcp/443", 6, 443, 443, 100),
+            Service(2, "udp/eph", 17, 49152, 65535, 5, in_dst_table=False),
+        ]
         assert again.fingerprints() == [
             FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)
         ]
@@ -158,3 +161,68 @@ def test_baseline_roundtrip_is_sparse_but_exact(store: Storage) -> None:
     assert back is not None
     assert np.array_equal(back.packets, values.packets)
     assert np.array_equal(back.bytes, values.bytes)
+
+
+def test_add_activity_sums_and_reads_back_as_a_table(store: Storage) -> None:
+    first = ActivityTable.from_records(
+        [("02:00:00:00:00:01", 10, "tcp/443", 3, 300), ("02:00:00:00:00:02", 11, "udp/53", 1, 70)],
+        unit_seconds=60.0,
+    )
+    again = ActivityTable.from_records(
+        [("02:00:00:00:00:01", 10, "tcp/443", 2, 100), ("02:00:00:00:00:01", 12, "icmp", 4, 256)],
+        unit_seconds=60.0,
+    )
+    store.add_activity(first)
+    store.add_activity(again)
+    assert store.meta("time_unit_seconds") == "60.0"
+    table = store.activity_table()
+    assert table.unit_seconds == 60.0
+    assert sorted(table.records()) == [
+        ActivityRecord("02:00:00:00:00:01", 10, "tcp/443", 5, 400),
+        ActivityRecord("02:00:00:00:00:01", 12, "icmp", 4, 256),
+        ActivityRecord("02:00:00:00:00:02", 11, "udp/53", 1, 70),
+    ]
+    assert list(store.activity_table(11, 12).records()) == [
+        ActivityRecord("02:00:00:00:00:01", 12, "icmp", 4, 256),
+        ActivityRecord("02:00:00:00:00:02", 11, "udp/53", 1, 70),
+    ]
+    assert store.activity_table(11, 11, unit_seconds=1.0).unit_seconds == 1.0
+
+
+def test_add_activity_of_another_unit_is_refused_whole(store: Storage) -> None:
+    store.add_activity(ActivityTable.from_records([("a", 1, "tcp/80", 1, 60)], unit_seconds=60.0))
+    other = ActivityTable.from_records([("a", 1, "tcp/80", 9, 900)], unit_seconds=1.0)
+    with pytest.raises(InputError, match=r"written with time_unit_seconds=60.0, not 1.0"):
+        store.add_activity(other)
+    assert store.activity() == [ActivityRecord("a", 1, "tcp/80", 1, 60)]
+
+
+def test_activity_table_of_an_empty_database_names_it(store: Storage) -> None:
+    with pytest.raises(InputError, match=rf"database {store.path} has no time unit"):
+        store.activity_table()
+
+
+def test_results_and_settings_commit_together(store: Storage) -> None:
+    good = FingerprintRecord("m", 0, 4, "prevalence", {"udp/53": 1.0}, True)
+    decision = DecisionRecord("m", 0, 4, "prevalence", "plug", 0.8, {"matched": []}, 5.0)
+    store.add_results([good], [decision], meta={"live_next_unit": "4"}, when=5.0)
+    broken = DecisionRecord("m", 4, 8, "prevalence", None, 0.1, {}, 6.0)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_results([good], [broken], meta={"live_next_unit": "8"})
+    assert store.fingerprints() == [good]
+    assert store.decisions() == [decision]
+    assert store.meta("live_next_unit") == "4"
+
+
+def test_a_database_from_before_the_dst_table_flag_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE services (id INTEGER PRIMARY KEY, name TEXT NOT NULL, proto INTEGER, "
+        "port_lo INTEGER NOT NULL, port_hi INTEGER NOT NULL, priority INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO services VALUES (1, 'tcp/443', 6, 443, 443, 100)")
+    db.commit()
+    db.close()
+    with Storage(path) as store:
+        assert store.services() == [Service(1, "tcp/443", 6, 443, 443, 100)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from topology.state import STATE_FILE, TestbedState, is_ours
+from topology.state import TestbedState, is_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -50,6 +50,17 @@ def start(logs: Path) -> TestbedState:
     return state
 
 
+def assert_stopped_and_removed(
+    stop: subprocess.CompletedProcess[str], state: TestbedState, before: set[str]
+) -> None:
+    """`testbed stop` succeeded, no recorded process runs, the interfaces are as they were before
+    the start, and the record is gone."""
+    assert stop.returncode == 0, stop.stderr
+    assert not any(is_ours(p) for p in state.processes)
+    assert interfaces() == before
+    assert not state.path.exists()
+
+
 def test_stop_removes_exactly_what_start_created(tmp_path: Path) -> None:
     before = interfaces()
     bystander = subprocess.Popen(["sleep", "60"])
@@ -65,10 +76,7 @@ def test_stop_removes_exactly_what_start_created(tmp_path: Path) -> None:
         assert svcfp("testbed", "start", "--logs", str(tmp_path)).returncode != 0
     finally:
         result = svcfp("testbed", "stop", "--logs", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert not any(is_ours(p) for p in state.processes)
-    assert interfaces() == before
-    assert not (tmp_path / STATE_FILE).exists()
+    assert_stopped_and_removed(result, state, before)
     assert bystander.poll() is None
     bystander.kill()
     bystander.wait()
@@ -90,7 +98,4 @@ def test_stop_cleans_up_after_a_killed_supervisor(tmp_path: Path) -> None:
         assert is_ours(switch)
     finally:
         result = svcfp("testbed", "stop", "--logs", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert not any(is_ours(p) for p in state.processes)
-    assert interfaces() == before
-    assert not (tmp_path / STATE_FILE).exists()
+    assert_stopped_and_removed(result, state, before)

@@ -78,3 +78,21 @@ def test_start_without_root_or_with_bad_numbers_is_refused(tmp_path: Path) -> No
     with pytest.raises(InputError, match="--devices and --units must be ≥ 0"):
         testbed.start(args)
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == "[]"
+
+
+def test_the_supervisor_is_given_the_same_options_it_was_started_with(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    testbed.register(parser.add_subparsers())
+    given = parser.parse_args(
+        ["testbed", "start", "--logs", str(tmp_path), "--units", "0", "--time-unit", "0.5",
+         "--topology", "mine.json", "--switch", "bmv2", "--grpc-addr", "127.0.0.1:9700"]
+    )  # fmt: skip
+    forwarded = testbed._forwarded(given)
+    assert forwarded[:4] == ["--switch", "bmv2", "--grpc-addr", "127.0.0.1:9700"]
+    again = parser.parse_args(["testbed", "start", *forwarded, "--foreground"])
+    assert again.foreground and not given.foreground
+    assert testbed._config(again) == testbed._config(given)
+    assert testbed._config(again).topology == Path("mine.json")
+    default = parser.parse_args(["testbed", "start"])
+    assert "--topology" not in testbed._forwarded(default)
+    assert testbed._config(default).bmv2_json is None

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +137,41 @@ def test_plan_round_trips_through_json() -> None:
     assert DevicePlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
     assert plan.services() == ["udp/53"]
     assert plan.end == 5.0 + 2 * 1.0 + 1.0
+
+
+def test_a_host_process_stops_on_sigterm_and_still_reports(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind((SERVER, 0))
+        port = probe.getsockname()[1]
+    config = servers.ServerConfig(
+        host="cloud",
+        address=SERVER,
+        services=(f"tcp/{port}",),
+        duration=60.0,
+        stats_path=str(tmp_path / "cloud.json"),
+    )
+    path = tmp_path / "cloud.config.json"
+    path.write_text(json.dumps(config.to_json()))
+    process = subprocess.Popen([sys.executable, "-m", "topology.entry", "servers", str(path)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = socket.create_connection((SERVER, port), timeout=1)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+        with client:
+            client.sendall(b"hello")
+            assert client.recv(100) == b"hello"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    report = json.loads((tmp_path / "cloud.json").read_text())
+    assert report["received"] == {
+        f"tcp/{port}": {"ok": 1, "failed": 0, "bytes": 5, "peers": ["127.0.0.1"]}
+    }

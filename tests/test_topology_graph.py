@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import pytest
@@ -111,14 +113,6 @@ def test_flood_ports_form_a_tree_so_broadcasts_cannot_loop(tmp_path: Path) -> No
         assert set(host_ports) <= set(ports)
 
 
-def test_unknown_node_in_a_link_names_file_and_node(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    data["links"].append(["h9", "s1-p7"])
-    path = write(tmp_path, data)
-    with pytest.raises(InputError, match=r"topology\.json: a link names unknown node 'h9'"):
-        topo.load(path)
-
-
 def test_unknown_node_in_node_link_json(tmp_path: Path) -> None:
     graph = topo.default_topology([("d1", "camera")])
     data = nx.node_link_data(graph, edges="links")
@@ -127,26 +121,56 @@ def test_unknown_node_in_node_link_json(tmp_path: Path) -> None:
         topo.load(write(tmp_path, data, "t.json"))
 
 
-def test_duplicate_mac_names_both_hosts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            lambda data: data["links"].append(["h9", "s1-p7"]),
+            r"topology\.json: a link names unknown node 'h9'",
+            id="unknown-node-in-a-link",
+        ),
+        pytest.param(
+            lambda data: data["hosts"]["h2"].update(mac="08:00:00:00:01:11"),
+            r"host 'h2' has the same MAC 08:00:00:00:01:11 as host 'h1'",
+            id="duplicate-mac",
+        ),
+        pytest.param(
+            lambda data: data["hosts"]["h3"].update(ip="10.0.1.1/24"),
+            r"host 'h3' has the same IP 10.0.1.1 as host 'h1'",
+            id="duplicate-ip",
+        ),
+        pytest.param(
+            lambda data: data["hosts"]["h2"].pop("profile"),
+            r"topology\.json: device host 'h2' has no profile",
+            id="device-without-profile",
+        ),
+        pytest.param(
+            lambda data: data.update(
+                links=[["h2", "s1-p1"] if link[0] == "h2" else link for link in data["links"]]
+            ),
+            r"'s1' port 1 is used by two links",
+            id="switch-port-used-twice",
+        ),
+        pytest.param(
+            lambda data: data.update(
+                links=[link for link in data["links"] if link[0].startswith("h")]
+            ),
+            "not connected",
+            id="disconnected",
+        ),
+        pytest.param(
+            lambda data: data["hosts"]["h1"].update(mac="08:00:00:00:01"),
+            r"host 'h1' has MAC",
+            id="bad-mac",
+        ),
+    ],
+)
+def test_a_bad_tutorial_topology_is_an_input_error_naming_what_is_wrong(
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], message: str
+) -> None:
     data = json.loads(json.dumps(TUTORIAL))
-    data["hosts"]["h2"]["mac"] = "08:00:00:00:01:11"
-    with pytest.raises(
-        InputError, match=r"host 'h2' has the same MAC 08:00:00:00:01:11 as host 'h1'"
-    ):
-        topo.load(write(tmp_path, data))
-
-
-def test_duplicate_ip_names_both_hosts(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    data["hosts"]["h3"]["ip"] = "10.0.1.1/24"
-    with pytest.raises(InputError, match=r"host 'h3' has the same IP 10.0.1.1 as host 'h1'"):
-        topo.load(write(tmp_path, data))
-
-
-def test_device_without_profile_is_rejected(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    del data["hosts"]["h2"]["profile"]
-    with pytest.raises(InputError, match=r"topology\.json: device host 'h2' has no profile"):
+    change(data)
+    with pytest.raises(InputError, match=message):
         topo.load(write(tmp_path, data))
 
 
@@ -155,25 +179,7 @@ def test_profile_not_among_known_profiles_is_rejected(tmp_path: Path) -> None:
         topo.load(write(tmp_path, TUTORIAL), profiles={"camera"})
 
 
-def test_switch_port_used_twice_is_rejected(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    data["links"][1] = ["h2", "s1-p1"]
-    with pytest.raises(InputError, match=r"'s1' port 1 is used by two links"):
-        topo.load(write(tmp_path, data))
-
-
-def test_disconnected_topology_is_rejected(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    data["links"] = [link for link in data["links"] if link[0].startswith("h")]
-    with pytest.raises(InputError, match="not connected"):
-        topo.load(write(tmp_path, data))
-
-
-def test_bad_mac_and_not_json_are_input_errors(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(TUTORIAL))
-    data["hosts"]["h1"]["mac"] = "08:00:00:00:01"
-    with pytest.raises(InputError, match=r"host 'h1' has MAC"):
-        topo.load(write(tmp_path, data))
+def test_not_json_is_an_input_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match=r"bad\.json: not JSON"):

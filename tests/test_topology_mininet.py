@@ -63,18 +63,11 @@ def test_devices_reach_services_are_counted_exactly_and_identified(tmp_path: Pat
         p4info=P4INFO,
     )
     scenario = build_scenario(config)
-    graph = topo.default_topology(sorted(scenario.truth.items()))
+    graph = scenario.graph
     created = topo.interfaces(graph)
     assert not any(interface_exists(name) for name in created)
     macs = {h.name: h.mac for h in topo.hosts(graph, topo.DEVICE)}
-    view = LiveView(
-        scenario.references,
-        config.exporter,
-        config.unit_seconds,
-        {mac: host for host, mac in macs.items()},
-        scenario.truth,
-        io.StringIO(),
-    )
+    view = LiveView(scenario, config.exporter, config.unit_seconds, io.StringIO())
     counted: dict[str, set[str]] = {}
 
     def inspect(network: Any) -> None:
@@ -181,7 +174,7 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
             d1 = next(r.device_id for r in storage.devices() if r.mac == "02:00:00:00:02:01")
         assert d1 is not None
         s1 = topo.switches(graph)[0]
-        target = SwitchTarget("s1", f"127.0.0.1:{s1.grpc_port}", s1.device_id, (0, 9))
+        target = SwitchTarget("s1", s1.grpc_addr, s1.device_id, (0, 9))
         async with Session(target) as session:
             values = await session.read_counter(schema.counter(entries.COUNTER))
         mdns = Catalogue.default().by_name("udp/5353").id

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from topology.state import (
     interface_exists,
     is_ours,
     process_start_ticks,
+    recorded_run,
     teardown,
 )
 
@@ -54,6 +56,27 @@ def test_teardown_stops_exactly_the_recorded_processes(tmp_path: Path) -> None:
         for child in (ours, bystander):
             child.kill()
             child.wait()
+
+
+def test_a_recorded_run_undoes_what_it_recorded_when_it_fails(tmp_path: Path) -> None:
+    ours = sleeper()
+    recorded: list[tuple[str, int]] = []
+    try:
+        with (
+            pytest.raises(RuntimeError, match="interrupted"),
+            recorded_run(tmp_path, "me") as state,
+        ):
+            state.add_process("child", ours.pid)
+            loaded = TestbedState.load(tmp_path)
+            assert loaded is not None
+            recorded = [(p.label, p.pid) for p in loaded.processes]
+            raise RuntimeError("interrupted")
+        assert recorded == [("me", os.getpid()), ("child", ours.pid)]
+        assert ours.wait(timeout=5) == -15
+        assert TestbedState.load(tmp_path) is None
+    finally:
+        ours.kill()
+        ours.wait()
 
 
 def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Emulated IoT devices: a per-unit plan of service use, played as real traffic with sockets.
 
-Run inside a device host's network namespace as `python -m topology.devices PLAN.json`. Unit u
-of the plan starts at `start + u * unit_seconds` (time acceleration: one unit of a second can
-stand for an hour of a real device's life); in it the device performs each planned activity:
+Run inside a device host's network namespace (`python -m topology.entry devices PLAN.json`).
+Unit u of the plan starts at `start + u * unit_seconds` (time acceleration: one unit of a second
+can stand for an hour of a real device's life); in it the device performs each planned activity:
 DNS queries (udp/53) and NTP requests (udp/123) to the service hosts that answer them, TCP
 exchanges shaped like TLS, HTTP or MQTT, mDNS and SSDP multicast, ICMP echo, datagrams of other
 IP protocols. Ports the device serves itself are answered for the whole run. Every exchange is
@@ -12,15 +12,11 @@ what it did per service to `stats_path` when it ends (plan done or SIGTERM).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
-import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,25 +209,3 @@ async def exchange(
     else:
         payload = f"svcfp {plan.name} {sequence}".encode()
     return await sockets.udp_exchange((local, sport), (target, port), payload, timeout)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point inside a device host's namespace: play the plan, stop early on SIGTERM."""
-    parser = argparse.ArgumentParser(description="svcfp emulated IoT device")
-    parser.add_argument("plan", type=Path, help="device plan JSON written by the launcher")
-    args = parser.parse_args(argv)
-    plan = DevicePlan.from_json(json.loads(args.plan.read_text()))
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await run_device(plan, stop)
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,9 +2,9 @@
 
 Given per-device schedules (which services each device uses in each unit), this writes a plan
 per device and a server config per service host under the run folder, starts
-`python -m topology.devices` / `python -m topology.servers` inside the hosts' namespaces
-(recording every PID), and after the schedule ends gathers their reports. Services no service
-host lists are answered by the default service host (`cloud`), which listens on them too.
+`python -m topology.entry devices|servers` inside the hosts' namespaces (recording every PID),
+and after the schedule ends gathers their reports. Services no service host lists are answered
+by the default service host (`cloud`), which listens on them too.
 """
 
 from __future__ import annotations
@@ -245,9 +245,9 @@ def start_emulation(
     run = EmulationRun(folder=folder, start=start, end=end, plans=plans, servers=configs)
     try:
         for name, config in configs.items():
-            _launch(network, run, name, "topology.servers", config.to_json(), state)
+            _launch(network, run, name, "servers", config.to_json(), state)
         for name, plan in plans.items():
-            _launch(network, run, name, "topology.devices", plan.to_json(), state)
+            _launch(network, run, name, "devices", plan.to_json(), state)
     except BaseException:
         run.stop()
         raise
@@ -264,7 +264,7 @@ def _launch(
     network: Network,
     run: EmulationRun,
     name: str,
-    module: str,
+    role: str,
     config: dict[str, Any],
     state: TestbedState | None,
 ) -> None:
@@ -272,11 +272,11 @@ def _launch(
     write_json_atomic(config_path, config)
     with (run.folder / f"{name}.log").open("wb") as log:
         process = network.host(name).popen(
-            [sys.executable, "-m", module, str(config_path)],
+            [sys.executable, "-m", "topology.entry", role, str(config_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     run.processes[name] = process
     if state is not None:
-        state.add_process(f"{module.rpartition('.')[2]}:{name}", process.pid)
+        state.add_process(f"{role}:{name}", process.pid)

@@ -19,6 +19,7 @@ import networkx as nx
 
 from controller.catalogue import Catalogue
 from controller.errors import InputError
+from controller.fileio import replace_atomically
 from topology import graph as topo
 from topology import protocols
 from topology.devices import MAX_EXCHANGES_PER_UNIT, UNPLAYABLE, Activity
@@ -39,7 +40,8 @@ _FRAME_GAP = 0.002
 _EXCHANGE_GAP = 0.01
 
 
-@dataclass(frozen=True)
+# Slots: a long demo (600 units, 25 devices) synthesises a quarter of a million frames.
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One frame: when it is sent, the switch port it arrives on, and its bytes."""
 
@@ -101,18 +103,16 @@ def synthesize(
 
 
 def write_pcap(frames: list[Frame], path: Path) -> None:
-    """Write the frames as an Ethernet pcap (the switch port is not stored)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
+    """Write the frames as an Ethernet pcap (the switch port is not stored), atomically."""
+
+    def write(temp: Path) -> None:
         with temp.open("wb") as handle:
             writer = dpkt.pcap.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
             for frame in frames:
                 writer.writepkt(frame.data, ts=frame.time)
-        temp.replace(path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, write)
 
 
 def _endpoint(graph: nx.Graph[str], switch: str, host: topo.Host) -> _Endpoint:

@@ -40,6 +40,11 @@ _SWITCH_PORT = re.compile(r"^(?P<node>.+)-p(?P<port>\d+)$")
 _MAX_IFNAME = 15
 
 
+def interface_name(node: str, port: int) -> str:
+    """The interface Mininet creates for port `port` of `node`."""
+    return f"{node}-eth{port}"
+
+
 @dataclass(frozen=True)
 class Host:
     """An emulated end host: an IoT device or a service host answering devices."""
@@ -54,8 +59,8 @@ class Host:
 
     @property
     def interface(self) -> str:
-        """The host's only interface, as Mininet names it."""
-        return f"{self.name}-eth0"
+        """The host's only interface (port 0)."""
+        return interface_name(self.name, 0)
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,10 @@ class Switch:
     device_id: int
     thrift_port: int
 
-    def interface(self, port: int) -> str:
-        """The Mininet interface behind switch port `port`."""
-        return f"{self.name}-eth{port}"
+    @property
+    def grpc_addr(self) -> str:
+        """The P4Runtime address: switches of a testbed listen on the loopback only."""
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 @dataclass(frozen=True)
@@ -95,53 +101,44 @@ class DefaultServices:
 def default_topology(
     devices: Sequence[tuple[str, str]],
     services: DefaultServices | None = None,
+    grpc_port: int = FIRST_GRPC_PORT,
+    device_id: int = 1,
 ) -> nx.Graph[str]:
     """The built-in topology: one switch `s1`, hosts `dns`, `ntp`, `cloud`, and one host per device.
 
     `devices` lists (host name, profile) pairs. Service hosts take ports 1-3, devices follow in
     order. Addresses are 10.0.0.0/24; MACs are locally administered (02:...), so they never
-    collide with a real vendor's.
+    collide with a real vendor's. `grpc_port` and `device_id` are the switch's.
     """
     chosen = services or DefaultServices()
     graph: nx.Graph[str] = nx.Graph(name="default")
     graph.add_node(
-        "s1", kind="switch", grpc_port=FIRST_GRPC_PORT, device_id=1, thrift_port=FIRST_THRIFT_PORT
+        "s1", kind="switch", grpc_port=grpc_port, device_id=device_id, thrift_port=FIRST_THRIFT_PORT
     )
-    service_hosts: list[tuple[str, tuple[str, ...]]] = [
-        ("dns", chosen.dns),
-        ("ntp", chosen.ntp),
-        ("cloud", chosen.cloud),
-        *chosen.extra.items(),
+    if len(devices) > 150:
+        raise InputError(
+            f"default topology: at most 150 devices fit in 10.0.0.0/24, got {len(devices)}"
+        )
+    offered = {"dns": chosen.dns, "ntp": chosen.ntp, "cloud": chosen.cloud, **chosen.extra}
+    # Node attributes of every host, in the order of the switch ports they attach to.
+    placed: list[tuple[str, str, str, str, dict[str, Any]]] = [
+        (name, SERVICE, f"01:{index:02x}", f"10.0.0.{index}", {"services": list(answered)})
+        for index, (name, answered) in enumerate(offered.items(), start=1)
+    ] + [
+        (name, DEVICE, f"02:{index:02x}", f"10.0.0.{100 + index}", {"profile": profile})
+        for index, (name, profile) in enumerate(devices, start=1)
     ]
-    port = 1
-    for index, (name, offered) in enumerate(service_hosts, start=1):
+    for port, (name, role, mac_suffix, ip, attributes) in enumerate(placed, start=1):
         graph.add_node(
             name,
             kind="host",
-            role=SERVICE,
-            mac=f"02:00:00:00:01:{index:02x}",
-            ip=f"10.0.0.{index}",
+            role=role,
+            mac=f"02:00:00:00:{mac_suffix}",
+            ip=ip,
             prefixlen=24,
-            services=list(offered),
+            **attributes,
         )
         graph.add_edge(name, "s1", ports={name: 0, "s1": port})
-        port += 1
-    for index, (name, profile) in enumerate(devices, start=1):
-        if index > 150:
-            raise InputError(
-                f"default topology: at most 150 devices fit in 10.0.0.0/24, got {len(devices)}"
-            )
-        graph.add_node(
-            name,
-            kind="host",
-            role=DEVICE,
-            mac=f"02:00:00:00:02:{index:02x}",
-            ip=f"10.0.0.{100 + index}",
-            prefixlen=24,
-            profile=profile,
-        )
-        graph.add_edge(name, "s1", ports={name: 0, "s1": port})
-        port += 1
     validate(graph, "default topology")
     return graph
 
@@ -301,7 +298,7 @@ def _validate_host(
     prefixlen = data.get("prefixlen", 24)
     if not isinstance(prefixlen, int) or not 1 <= prefixlen <= 32:
         raise InputError(f"{source}: host {name!r} has prefix length {prefixlen!r}, expected 1-32")
-    if len(f"{name}-eth0") > _MAX_IFNAME:
+    if len(interface_name(name, 0)) > _MAX_IFNAME:
         raise InputError(f"{source}: host name {name!r} is too long for a Linux interface name")
     if role == DEVICE:
         profile = data.get("profile")
@@ -351,7 +348,7 @@ def _validate_links(graph: nx.Graph[str], source: str) -> None:
                 raise InputError(
                     f"{source}: switch {node!r} port {port} is out of range 1..510 (link {a}-{b})"
                 )
-            if kind == "switch" and len(f"{node}-eth{port}") > _MAX_IFNAME:
+            if kind == "switch" and len(interface_name(node, port)) > _MAX_IFNAME:
                 raise InputError(
                     f"{source}: switch name {node!r} is too long for a Linux interface name"
                 )
@@ -488,11 +485,11 @@ def _tutorial_end(graph: nx.Graph[str], source: str, end: str) -> tuple[str, int
 
 def interfaces(graph: nx.Graph[str]) -> list[str]:
     """Every interface name Mininet creates for this topology (both ends of every link)."""
-    names = []
-    for link in links(graph):
-        for node, port in ((link.node1, link.port1), (link.node2, link.port2)):
-            names.append(f"{node}-eth{port}")
-    return sorted(names)
+    return sorted(
+        interface_name(node, port)
+        for link in links(graph)
+        for node, port in ((link.node1, link.port1), (link.node2, link.port2))
+    )
 
 
 def service_hosts_by_service(graph: nx.Graph[str]) -> dict[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.errors import SwitchError
-from topology.state import ProcessRecord, TestbedState, process_start_ticks, stop_process
+from topology.state import ProcessRecord, TestbedState, stop_process
 
 SWITCH_KINDS = ("refswitch", "bmv2")
 START_TIMEOUT = 30.0
@@ -113,6 +113,23 @@ def ensure_port_free(port: int, what: str) -> None:
             ) from None
 
 
+def start_detached(command: Sequence[str], console: Path) -> subprocess.Popen[bytes]:
+    """Start `command` in a session of its own, its stdout and stderr going to `console`.
+
+    Its own session keeps a Ctrl-C meant for the caller from reaching it: it is stopped only
+    through the PID recorded for it.
+    """
+    console.parent.mkdir(parents=True, exist_ok=True)
+    with console.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def launch(
     command: list[str],
     label: str,
@@ -128,18 +145,11 @@ def launch(
     """
     # Waiting for "the port accepts connections" would be fooled by another switch on that port.
     ensure_port_free(grpc_port, label)
-    console.parent.mkdir(parents=True, exist_ok=True)
-    with console.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    record = ProcessRecord(label, process.pid, process_start_ticks(process.pid) or 0)
+    process = start_detached(command, console)
     if state is not None:
-        state.add_process(label, process.pid)
+        record = state.add_process(label, process.pid)
+    else:
+        record = ProcessRecord.of(label, process.pid)
     try:
         wait_for_port(grpc_port, process, START_TIMEOUT, [*logs, console], label)
     except SwitchError:
@@ -149,11 +159,22 @@ def launch(
     return process, record
 
 
+def bmv2_binary() -> str:
+    """Where BMv2's `simple_switch_grpc` is; `SwitchError` if it is not on PATH."""
+    binary = shutil.which("simple_switch_grpc")
+    if binary is None:
+        raise SwitchError(
+            "--switch bmv2: simple_switch_grpc is not on PATH on this machine "
+            "(install BMv2 or use --switch refswitch)"
+        )
+    return binary
+
+
 def check_switch_kind(kind: str) -> None:
     """`SwitchError` unless `kind` is a switch this machine can run."""
     if kind not in SWITCH_KINDS:
         raise SwitchError(
             f"unknown switch kind {kind!r}; expected one of {', '.join(SWITCH_KINDS)}"
         )
-    if kind == "bmv2" and shutil.which("simple_switch_grpc") is None:
-        raise SwitchError("--switch bmv2: simple_switch_grpc is not on PATH on this machine")
+    if kind == "bmv2":
+        bmv2_binary()

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-from mininet.link import Link as MininetLink
 from mininet.net import Mininet
-from mininet.node import Host as MininetHost
 
 from controller.errors import SvcfpError
 from topology import graph as topo
@@ -56,38 +54,31 @@ def running_network(
     """Build the network, start its switches, yield it, and always stop it.
 
     Hosts get their address and MAC from the graph, IPv6 off (except `ipv6_hosts`, whose
-    profiles use ICMPv6), offloads off (so frames survive
-    the trip through a user-space switch) and static ARP entries for every other host (so no
-    ARP broadcast shows up in any device's counters).
+    profiles use ICMPv6), offloads off (so frames survive the trip through a user-space switch)
+    and static ARP entries for every other host (so no ARP broadcast shows up in any device's
+    counters).
     """
     topo.validate(graph, str(graph.graph.get("name", "topology")))
     cls = switch_class(switch_kind)
-    taken = [name for name in topo.interfaces(graph) if interface_exists(name)]
+    hosts, switches, interfaces = topo.hosts(graph), topo.switches(graph), topo.interfaces(graph)
+    taken = [name for name in interfaces if interface_exists(name)]
     if taken:
         raise SvcfpError(
             f"interfaces {', '.join(taken)} already exist: is another testbed running? "
             "(`svcfp testbed stop` removes what a testbed created)"
         )
     if state is not None:
-        state.add_interfaces(topo.interfaces(graph))
+        state.add_interfaces(interfaces)
         state.info.update({"switch": switch_kind, "grpc_addrs": {}})
-    net = Mininet(
-        topo=None,
-        switch=cls,
-        host=MininetHost,
-        controller=None,
-        link=MininetLink,
-        build=False,
-        autoSetMacs=False,
-        autoStaticArp=False,
-    )
+    # Nodes, links and addresses come from the graph below; no OpenFlow controller: the P4
+    # switches are programmed over P4Runtime.
+    net = Mininet(switch=cls, controller=None, build=False)
     try:
-        for host in topo.hosts(graph):
+        for host in hosts:
             net.addHost(host.name, ip=f"{host.ip}/{host.prefixlen}", mac=host.mac)
-        for index, switch in enumerate(topo.switches(graph), start=1):
+        for index, switch in enumerate(switches, start=1):
             net.addSwitch(
                 switch.name,
-                cls=cls,
                 dpid=f"{index:016x}",
                 grpc_port=switch.grpc_port,
                 device_id=switch.device_id,
@@ -99,16 +90,14 @@ def running_network(
             net.addLink(link.node1, link.node2, port1=link.port1, port2=link.port2)
         net.build()
         if state is not None:
-            for host in topo.hosts(graph):
+            for host in hosts:
                 state.add_process(f"host:{host.name}", net.get(host.name).pid)
-        for host in topo.hosts(graph):
+        for host in hosts:
             _configure_host(net.get(host.name), host, host.name in ipv6_hosts)
         net.staticArp()
         net.start()
         if state is not None:
-            state.info["grpc_addrs"] = {
-                s.name: f"127.0.0.1:{s.grpc_port}" for s in topo.switches(graph)
-            }
+            state.info["grpc_addrs"] = {s.name: s.grpc_addr for s in switches}
             state.save()
         yield Network(net, graph, switch_kind)
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 import dpkt
 
 from controller.errors import InputError, SvcfpError
+from controller.fileio import replace_atomically
 from topology.state import TestbedState
 
 MAX_PACKETS = 100_000
@@ -50,9 +51,9 @@ def prepare(
     new = _mac_bytes(new_mac, "new MAC")
     kept = skipped = 0
     first = last = 0.0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
-    try:
+
+    def write(temp: Path) -> None:
+        nonlocal kept, skipped, first, last
         with capture.open("rb") as source, temp.open("wb") as sink:
             try:
                 reader = dpkt.pcap.Reader(source)
@@ -74,13 +75,12 @@ def prepare(
                     break
         if kept == 0:
             raise InputError(f"{capture}: no frame was sent by {device_mac}")
-        temp.replace(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        replace_atomically(out, write)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise InputError(f"{capture}: cannot replay: {exc}") from exc
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return Prepared(out, kept, skipped, last - first)
 
 

@@ -1,6 +1,6 @@
 """Service hosts: small bounded servers that answer emulated devices, and probe devices' own ports.
 
-Run inside a service host's network namespace as `python -m topology.servers CONFIG.json`.
+Run inside a service host's network namespace (`python -m topology.entry servers CONFIG.json`).
 Every service in the config gets a listener on its port (the low end of a range): UDP answers
 DNS- and NTP-shaped replies or echoes, TCP accepts, answers once and closes. Scheduled probes
 connect to ports devices serve themselves (a phone app polling a camera, say). The process runs
@@ -9,13 +9,9 @@ for at most `duration` seconds or until SIGTERM, then writes what it received to
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -204,25 +200,3 @@ async def _probe(config: ServerConfig, probe: Probe, index: int, tally: _Tally) 
             counts.fail(probe.address)
     except (TimeoutError, OSError):
         counts.fail(probe.address)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point inside a service host's namespace: serve until the deadline or SIGTERM."""
-    parser = argparse.ArgumentParser(description="svcfp emulated service host")
-    parser.add_argument("config", type=Path, help="server config JSON written by the launcher")
-    args = parser.parse_args(argv)
-    config = ServerConfig.from_json(json.loads(args.config.read_text()))
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(config, stop)
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

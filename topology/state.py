@@ -15,7 +15,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ class ProcessRecord:
     label: str
     pid: int
     start_ticks: int
+
+    @classmethod
+    def of(cls, label: str, pid: int) -> ProcessRecord:
+        """The record of a process we just started (looked up now, while it surely is ours)."""
+        return cls(label, pid, process_start_ticks(pid) or 0)
 
 
 @dataclass
@@ -93,10 +99,12 @@ class TestbedState:
             },
         )
 
-    def add_process(self, label: str, pid: int) -> None:
-        """Record a process we started (looked up now, while it surely is ours)."""
-        self.processes.append(ProcessRecord(label, pid, process_start_ticks(pid) or 0))
+    def add_process(self, label: str, pid: int) -> ProcessRecord:
+        """Record a process we just started and return its record."""
+        record = ProcessRecord.of(label, pid)
+        self.processes.append(record)
         self.save()
+        return record
 
     def add_interfaces(self, names: Iterable[str]) -> None:
         """Record interfaces we are about to create."""
@@ -203,3 +211,15 @@ def teardown(state: TestbedState, timeout: float = 5.0) -> TeardownReport:
         raise SvcfpError(f"{state.path}: could not remove: " + "; ".join(failures))
     state.path.unlink(missing_ok=True)
     return TeardownReport(tuple(stopped), tuple(removed["link"]), tuple(removed["netns"]))
+
+
+@contextmanager
+def recorded_run(logs: Path, label: str) -> Iterator[TestbedState]:
+    """A new run record in `logs` that lists this process as `label`; however the run ends,
+    everything recorded in it is torn down."""
+    state = TestbedState.create(logs)
+    try:
+        state.add_process(label, os.getpid())
+        yield state
+    finally:
+        teardown(state)

@@ -9,7 +9,6 @@ the last lines of its log. Stopping signals exactly that PID.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,13 @@ from typing import Any
 
 from mininet.node import Switch
 
-from controller.errors import SwitchError
-from topology.launch import bmv2_command, check_switch_kind, launch, refswitch_command
+from topology.launch import (
+    bmv2_binary,
+    bmv2_command,
+    check_switch_kind,
+    launch,
+    refswitch_command,
+)
 from topology.state import ProcessRecord, TestbedState, stop_process
 
 
@@ -125,11 +129,8 @@ class Bmv2Switch(P4Switch):
 
     def command(self) -> list[str]:
         """`simple_switch_grpc --no-p4 ... --thrift-port T -- --grpc-server-addr ...`."""
-        binary = shutil.which("simple_switch_grpc")
-        if binary is None:
-            raise SwitchError("BMv2 simple_switch_grpc is not on PATH (use --switch refswitch)")
         return bmv2_command(
-            binary,
+            bmv2_binary(),
             self.grpc_addr,
             self.device_id,
             self.thrift_port,

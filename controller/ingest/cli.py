@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from controller.activity import ActivityTable
 from controller.catalogue import GRANULARITIES, MAX_SERVICE_ID
 from controller.errors import InputError
-from controller.ingest.files import FORMATS, Format, catalogue_for, ingest_files
+from controller.fileio import open_atomically
+from controller.ingest.files import FORMATS, IngestOptions, catalogue_for, ingest_files
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.labels import Labels
 from controller.storage import Storage
@@ -130,33 +129,25 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise InputError("give --out FILE and/or --db FILE for the activity")
     if args.time_unit <= 0:
         raise InputError(f"--time-unit must be positive, got {args.time_unit}")
-    fmt: Format = args.format
     labels = Labels.load(args.labels) if args.labels is not None else None
     for note in labels.notes if labels is not None else ():
         log.warning("%s", note)
-    column_map = parse_column_map(args.column_map)
+    options = IngestOptions(
+        fmt=args.format,
+        labels=labels,
+        all_devices=args.all_devices,
+        skip_bad_records=args.skip_bad_records,
+        column_map=parse_column_map(args.column_map),
+    )
     catalogue = catalogue_for(
         args.granularity,
         args.files,
         args.catalogue,
         args.max_services,
-        fmt,
-        labels,
-        args.all_devices,
-        args.skip_bad_records,
-        column_map,
+        options,
         args.time_unit,
     )
-    result = ingest_files(
-        args.files,
-        catalogue,
-        args.time_unit,
-        fmt,
-        labels,
-        args.all_devices,
-        args.skip_bad_records,
-        column_map,
-    )
+    result = ingest_files(args.files, catalogue, args.time_unit, options)
     for path, stats in result.stats.items():
         log.info("%s: %d records, %d skipped", path, stats.records, stats.skipped)
         for problem in stats.problems:
@@ -180,14 +171,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 def store_activity(path: Path, activity: ActivityTable) -> None:
     """Add activity to the database in one transaction (summing rows already there)."""
     with Storage(path) as storage:
-        storage.check_meta("time_unit_seconds", repr(float(activity.unit_seconds)))
-        with storage.transaction() as db:
-            db.executemany(
-                "INSERT INTO activity (device, unit, service, packets, bytes) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, unit, service) DO UPDATE SET "
-                "packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
-                activity.records(),
-            )
+        storage.add_activity(activity)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -223,14 +207,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
     """Write a `mac,label` CSV; the file appears only when complete."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("mac", "label"))
-            writer.writerows(rows)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open_atomically(path, newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("mac", "label"))
+        writer.writerows(rows)

@@ -21,19 +21,29 @@ from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.labels import Labels
-from controller.ingest.pcap import read_pcap
+from controller.ingest.pcap import CAPTURE_MAGICS, read_pcap
 
 Format = Literal["auto", "ipfix-csv", "ipfix", "pcap"]
 FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap")
 
 DIRECTORY_SUFFIXES = {".pcap", ".pcapng", ".cap", ".csv", ".ipfix"}
-_PCAP_MAGICS = {
-    bytes.fromhex("d4c3b2a1"),
-    bytes.fromhex("a1b2c3d4"),
-    bytes.fromhex("4d3cb2a1"),
-    bytes.fromhex("a1b23c4d"),
-    bytes.fromhex("0a0d0d0a"),
-}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How files are read: their format, which devices count, and what bad records do."""
+
+    fmt: Format = "auto"
+    labels: Labels | None = None
+    all_devices: bool = False
+    skip_bad_records: bool = False
+    column_map: Mapping[str, str] | None = None
+
+    def counted_devices(self) -> npt.NDArray[np.uint64] | None:
+        """The MACs whose traffic counts: the labelled ones, or every MAC (None)."""
+        if self.labels is None or self.all_devices:
+            return None
+        return self.labels.mac_ints()
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +87,7 @@ def detect_format(path: Path) -> Format:
             head = handle.read(4)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    if head in _PCAP_MAGICS:
+    if head in CAPTURE_MAGICS:
         return "pcap"
     if head[:2] in (b"\x00\x0a", b"\x00\x09"):
         return "ipfix"
@@ -90,20 +100,18 @@ def ingest_files(
     paths: Sequence[Path],
     catalogue: Catalogue,
     unit_seconds: float = 3600.0,
-    fmt: Format = "auto",
-    labels: Labels | None = None,
-    all_devices: bool = False,
-    skip_bad_records: bool = False,
-    column_map: Mapping[str, str] | None = None,
+    options: IngestOptions = IngestOptions(),
     ports: PortCounter | None = None,
 ) -> IngestResult:
     """Activity of every file; only labelled devices count unless `all_devices` (or no labels).
 
     `ports`, when given, also collects the counted devices' service-port usage.
     """
+    fmt = options.fmt
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    devices = counted_devices(labels, all_devices)
+    devices = options.counted_devices()
+    skip_bad_records = options.skip_bad_records
     tables: list[ActivityTable] = []
     stats: dict[Path, IngestStats] = {}
     for path in expand_paths(paths):
@@ -122,7 +130,7 @@ def ingest_files(
                 catalogue,
                 unit_seconds,
                 devices,
-                column_map,
+                options.column_map,
                 skip_bad_records,
                 ports=ports,
             )
@@ -133,38 +141,18 @@ def ingest_files(
     return IngestResult(ActivityTable.concat(tables), stats)
 
 
-def counted_devices(labels: Labels | None, all_devices: bool) -> npt.NDArray[np.uint64] | None:
-    """The MACs whose traffic counts: the labelled ones, or every MAC (None)."""
-    if labels is None or all_devices:
-        return None
-    return labels.mac_ints()
-
-
 def catalogue_for(
     granularity: str,
     paths: Sequence[Path],
     catalogue_path: Path | None = None,
     limit: int = MAX_SERVICE_ID,
-    fmt: Format = "auto",
-    labels: Labels | None = None,
-    all_devices: bool = False,
-    skip_bad_records: bool = False,
-    column_map: Mapping[str, str] | None = None,
+    options: IngestOptions = IngestOptions(),
     unit_seconds: float = 3600.0,
 ) -> Catalogue:
     """The catalogue of a granularity; `ephemeral` and `learned` first read `paths` once to
     learn which service ports the counted devices use."""
     if granularity == "catalogue":
         return for_granularity("catalogue", catalogue_path, limit=limit)
-    counter = PortCounter(counted_devices(labels, all_devices), unit_seconds)
-    ingest_files(
-        paths,
-        Catalogue.default(),
-        fmt=fmt,
-        labels=labels,
-        all_devices=all_devices,
-        skip_bad_records=skip_bad_records,
-        column_map=column_map,
-        ports=counter,
-    )
+    counter = PortCounter(options.counted_devices(), unit_seconds)
+    ingest_files(paths, Catalogue.default(), options=options, ports=counter)
     return for_granularity(granularity, catalogue_path, counter.usage(), limit)

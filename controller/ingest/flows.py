@@ -11,7 +11,8 @@ the same batches to learn which service ports devices use.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +47,14 @@ class FlowBatch:
 
     def __len__(self) -> int:
         return len(self.start)
+
+    def take(self, index: npt.NDArray[np.bool_] | npt.NDArray[np.int64] | slice) -> FlowBatch:
+        """The records a mask, an index array or a slice selects."""
+        columns: dict[str, Any] = {
+            f.name: None if (column := getattr(self, f.name)) is None else column[index]
+            for f in fields(self)
+        }
+        return FlowBatch(**columns)
 
 
 @dataclass
@@ -118,14 +127,23 @@ def batch_to_activity(
     )
 
 
-def combine(
-    tables: Iterable[ActivityTable], catalogue: Catalogue, unit_seconds: float
+def batches_to_activity(
+    batches: Iterable[FlowBatch],
+    catalogue: Catalogue,
+    unit_seconds: float,
+    devices: U64 | None = None,
+    ports: PortCounter | None = None,
 ) -> ActivityTable:
-    """One activity table from per-batch tables (an empty one when there are none)."""
-    parts = list(tables)
-    if not parts:
+    """Activity of a reader's batches (an empty table when there are none); `ports`, when
+    given, also watches every batch."""
+    tables = []
+    for batch in batches:
+        if ports is not None:
+            ports.add(batch)
+        tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
+    if not tables:
         return ActivityTable.empty(unit_seconds, services=catalogue.names)
-    return ActivityTable.concat(parts)
+    return ActivityTable.concat(tables)
 
 
 class PortCounter:

@@ -34,13 +34,7 @@ import numpy.typing as npt
 from controller.activity import ActivityTable
 from controller.catalogue import PROTOCOL_NUMBERS, Catalogue
 from controller.errors import InputError
-from controller.ingest.flows import (
-    FlowBatch,
-    IngestStats,
-    PortCounter,
-    batch_to_activity,
-    combine,
-)
+from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 from controller.ingest.labels import mac_to_int
 
 TIME_FIELDS = {
@@ -163,30 +157,34 @@ def read_ipfix_csv(
         except ImportError:
             use_arrow = False
     if use_arrow:
+        # The fast path may give up part way; its port counts join `ports` only if it finishes.
         local = PortCounter(ports.devices) if ports is not None else None
-        result = _read_arrow(
-            path, columns, catalogue, unit_seconds, devices, skip_bad_records, local
-        )
-        if result is not None:
+        stats = IngestStats()
+        try:
+            batches = _arrow_batches(path, columns, stats, skip_bad_records)
+            table = batches_to_activity(batches, catalogue, unit_seconds, devices, local)
+        except _ArrowGaveUp:
+            pass
+        else:
             if ports is not None and local is not None:
                 ports.extend(local)
-            return result
-    return _read_lines(path, columns, catalogue, unit_seconds, devices, skip_bad_records, ports)
+            return table, stats
+    stats = IngestStats()
+    batches = _line_batches(path, columns, stats, skip_bad_records)
+    return batches_to_activity(batches, catalogue, unit_seconds, devices, ports), stats
+
+
+class _ArrowGaveUp(Exception):
+    """A value pyarrow cannot convert: the line reader then finds and names it."""
 
 
 # --- fast path: pyarrow ---------------------------------------------------------------------------
 
 
-def _read_arrow(
-    path: Path,
-    columns: _Columns,
-    catalogue: Catalogue,
-    unit_seconds: float,
-    devices: npt.NDArray[np.uint64] | None,
-    skip_bad: bool,
-    ports: PortCounter | None,
-) -> tuple[ActivityTable, IngestStats] | None:
-    """None when a value does not convert: the line reader then finds and names it."""
+def _arrow_batches(
+    path: Path, columns: _Columns, stats: IngestStats, skip_bad: bool
+) -> Iterator[FlowBatch]:
+    """Raises `_ArrowGaveUp` when a value does not convert."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -205,8 +203,6 @@ def _read_arrow(
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
-    stats = IngestStats()
-    tables: list[ActivityTable] = []
     line = 1
     try:
         reader = pacsv.open_csv(
@@ -220,18 +216,15 @@ def _read_arrow(
             if bool(bad.any()):
                 if not skip_bad:
                     # Re-read line by line: it names the bad line and field exactly.
-                    return None
+                    raise _ArrowGaveUp
                 for i in np.flatnonzero(bad).tolist():
                     stats.skip(f"{path}: line {line + 1 + i}: malformed value")
-                batch = _take(batch, ~bad)
+                batch = batch.take(~bad)
             stats.records += n
             line += n
-            if ports is not None:
-                ports.add(batch)
-            tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
-        return None
-    return combine(tables, catalogue, unit_seconds), stats
+            yield batch
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise _ArrowGaveUp from exc
 
 
 def _arrow_batch(record_batch: Any, columns: _Columns) -> tuple[FlowBatch, npt.NDArray[np.bool_]]:
@@ -395,40 +388,7 @@ def _protocol_number(value: str | None) -> int:
     return -2
 
 
-def _take(batch: FlowBatch, keep: npt.NDArray[np.bool_]) -> FlowBatch:
-    return FlowBatch(
-        start=batch.start[keep],
-        src_mac=batch.src_mac[keep],
-        dst_mac=batch.dst_mac[keep],
-        proto=batch.proto[keep],
-        sport=batch.sport[keep],
-        dport=batch.dport[keep],
-        packets=batch.packets[keep],
-        bytes=batch.bytes[keep],
-        rev_packets=None if batch.rev_packets is None else batch.rev_packets[keep],
-        rev_bytes=None if batch.rev_bytes is None else batch.rev_bytes[keep],
-    )
-
-
 # --- line reader ----------------------------------------------------------------------------------
-
-
-def _read_lines(
-    path: Path,
-    columns: _Columns,
-    catalogue: Catalogue,
-    unit_seconds: float,
-    devices: npt.NDArray[np.uint64] | None,
-    skip_bad: bool,
-    ports: PortCounter | None,
-) -> tuple[ActivityTable, IngestStats]:
-    stats = IngestStats()
-    tables = []
-    for batch in _line_batches(path, columns, stats, skip_bad):
-        if ports is not None:
-            ports.add(batch)
-        tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
-    return combine(tables, catalogue, unit_seconds), stats
 
 
 def _line_batches(

@@ -27,14 +27,8 @@ import numpy.typing as npt
 from controller.activity import ActivityTable
 from controller.catalogue import Catalogue
 from controller.errors import InputError
-from controller.ingest.flows import (
-    FlowBatch,
-    IngestStats,
-    PortCounter,
-    batch_to_activity,
-    combine,
-)
-from controller.ingest.pcap import iter_frames
+from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
+from controller.ingest.pcap import CAPTURE_MAGICS, iter_frames
 
 REVERSE_PEN = 29305
 NTP_EPOCH_OFFSET = 2208988800
@@ -138,12 +132,8 @@ def read_ipfix(
     when given, also collects service-port usage.
     """
     stats = IngestStats()
-    tables = []
-    for batch in _batches(Path(path), stats, skip_bad_records):
-        if ports is not None:
-            ports.add(batch)
-        tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
-    return combine(tables, catalogue, unit_seconds), stats
+    batches = _batches(Path(path), stats, skip_bad_records)
+    return batches_to_activity(batches, catalogue, unit_seconds, devices, ports), stats
 
 
 def _batches(path: Path, stats: IngestStats, skip_bad: bool) -> Iterator[FlowBatch]:
@@ -164,7 +154,7 @@ def _streams(
 ) -> Iterator[tuple[str, bytes]]:
     """The byte streams holding messages: the whole file, or — for a capture of an exporter's
     traffic — the payload of every UDP datagram in it."""
-    if magic not in _CAPTURE_MAGICS:
+    if magic not in CAPTURE_MAGICS:
         try:
             yield str(path), path.read_bytes()
         except OSError as exc:
@@ -184,15 +174,6 @@ def _streams(
             udp = ip.data if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6) else None
             if isinstance(udp, dpkt.udp.UDP) and isinstance(udp.data, bytes) and udp.data:
                 yield f"{path}: frame {number}", udp.data
-
-
-_CAPTURE_MAGICS = {
-    bytes.fromhex("d4c3b2a1"),
-    bytes.fromhex("a1b2c3d4"),
-    bytes.fromhex("4d3cb2a1"),
-    bytes.fromhex("a1b23c4d"),
-    bytes.fromhex("0a0d0d0a"),
-}
 
 
 def _messages(
@@ -258,13 +239,7 @@ class _Decoder:
             set_id, set_length = struct.unpack_from(">HH", data, at)
             if set_length < 4 or at + set_length > end:
                 raise _Corrupt(f"set at offset {at} has invalid length {set_length}")
-            body = data[at + 4 : at + set_length]
-            if set_id == 2:
-                self._templates(body, 10, domain, options=False, at=at)
-            elif set_id == 3:
-                self._templates(body, 10, domain, options=True, at=at)
-            elif set_id >= 256:
-                self._data(body, 10, domain, set_id, export_time, 0, at)
+            self._set(data[at + 4 : at + set_length], set_id, 10, domain, export_time, 0, at)
             at += set_length
         return end
 
@@ -283,17 +258,28 @@ class _Decoder:
                 break
             if set_length < 4 or at + set_length > len(data):
                 raise _Corrupt(f"flowset at offset {at} has invalid length {set_length}")
-            body = data[at + 4 : at + set_length]
-            if set_id == 0:
-                self._templates(body, 9, source, options=False, at=at)
-            elif set_id == 1:
-                self._templates(body, 9, source, options=True, at=at)
-            elif set_id >= 256:
-                self._data(body, 9, source, set_id, unix_secs, uptime, at)
+            self._set(data[at + 4 : at + set_length], set_id, 9, source, unix_secs, uptime, at)
             at += set_length
         if 0 < len(data) - at < 4:
             raise _Corrupt(f"{len(data) - at} stray bytes at offset {at}")
         return at
+
+    def _set(
+        self,
+        body: bytes,
+        set_id: int,
+        version: int,
+        domain: int,
+        export_secs: int,
+        uptime: int,
+        at: int,
+    ) -> None:
+        """Decode one set; template sets are 2 and 3 (options) in IPFIX, 0 and 1 in v9."""
+        templates = 2 if version == 10 else 0
+        if set_id in (templates, templates + 1):
+            self._templates(body, version, domain, options=set_id == templates + 1, at=at)
+        elif set_id >= 256:
+            self._data(body, version, domain, set_id, export_secs, uptime, at)
 
     # --- templates ----------------------------------------------------------------------------
 

@@ -6,8 +6,10 @@ both the data set root and its `captures/` folder work).
 
 In a CSV file a MAC given two labels is an error. In the directory layout it happens for real:
 IoT Sentinel captured the Hue switch through the Hue bridge's MAC and the D-Link door sensor
-through the home hub's, so one MAC's traffic belongs to two setups. Such a MAC gets the joined
-label ("D-LinkDoorSensor+D-LinkHomeHub"), and `notes` says so.
+through the home hub's, so one MAC's traffic belongs to two setups. Such a MAC is *shared*: it has
+no label of its own (`by_mac` leaves it out, `shared` lists its types, `notes` says so), and each
+capture in a type folder is labelled by that folder (`for_capture`), so its traffic is attributed
+to the setup that was actually captured.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ def mac_key(text: str) -> str:
     digits = re.sub(r"[:\-.]", "", text.strip().lower())
     if not _HEX12.match(digits):
         raise ValueError(f"not a MAC address: {text!r}")
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    return _colons(digits)
 
 
 def mac_to_int(text: str) -> int:
@@ -45,7 +47,10 @@ def mac_to_int(text: str) -> int:
 
 def int_to_mac(value: int) -> str:
     """A 48-bit integer as a MAC device key."""
-    digits = f"{value:012x}"
+    return _colons(f"{value:012x}")
+
+
+def _colons(digits: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
@@ -56,32 +61,57 @@ def macs_to_keys(values: npt.NDArray[np.uint64]) -> list[str]:
 
 @dataclass(frozen=True)
 class Labels:
-    """MAC device key → label."""
+    """MAC device key → label (`by_mac`). From the directory layout also: `shared`, MAC → the
+    types it appears under when there are several, and `folders`, type folder (resolved) →
+    (MAC, type) of the device its captures record."""
 
     by_mac: Mapping[str, str]
     source: str = "<memory>"
     notes: tuple[str, ...] = ()
+    shared: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    folders: Mapping[Path, tuple[str, str]] = field(default_factory=dict)
 
     def label(self, mac: str, default: str | None = None) -> str:
-        """The label of `mac`; `default` (or an InputError when None) for unlabelled MACs."""
+        """The label of `mac`; `default` (or an InputError when None) for unlabelled MACs.
+
+        A shared MAC has no label of its own: it raises even with a default, as guessing one of
+        its types would silently mislabel the other's traffic."""
         key = mac_key(mac)
         if key in self.by_mac:
             return self.by_mac[key]
+        if key in self.shared:
+            raise InputError(
+                f"{self.source}: {key} appears under {', '.join(self.shared[key])}: "
+                "it is labelled per capture"
+            )
         if default is None:
             raise InputError(f"{self.source}: no label for device {key}")
         return default
 
+    def for_capture(self, capture: Path) -> dict[str, str]:
+        """The labels that hold in one capture file.
+
+        A capture in a type folder of the directory layout records that folder's device: its MAC
+        gets the folder's type (which settles a shared MAC) and no other MAC is labelled. Any
+        other file gets the labels by MAC."""
+        found = self.folders.get(Path(capture).parent.resolve())
+        if found is None:
+            return dict(self.by_mac)
+        mac, kind = found
+        return {mac: kind}
+
     def macs(self) -> tuple[str, ...]:
-        """Labelled device keys, sorted."""
-        return tuple(sorted(self.by_mac))
+        """Labelled device keys (shared ones included), sorted."""
+        return tuple(sorted({*self.by_mac, *self.shared}))
 
     def mac_ints(self) -> npt.NDArray[np.uint64]:
-        """Labelled MACs as sorted 48-bit integers (for vectorised filtering)."""
-        return np.array(sorted(mac_to_int(m) for m in self.by_mac), dtype=np.uint64)
+        """Labelled MACs (shared ones included) as sorted 48-bit integers, for filtering."""
+        return np.array([mac_to_int(m) for m in self.macs()], dtype=np.uint64)
 
     def labels(self) -> tuple[str, ...]:
-        """Distinct labels, sorted."""
-        return tuple(sorted(set(self.by_mac.values())))
+        """Distinct labels (the types of shared MACs included), sorted."""
+        shared = (kind for kinds in self.shared.values() for kind in kinds)
+        return tuple(sorted({*self.by_mac.values(), *shared}))
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], source: str = "<memory>") -> Labels:
@@ -131,21 +161,23 @@ class Labels:
 
     @classmethod
     def _load_directory(cls, root: Path) -> Labels:
-        found: dict[str, set[str]] = {}
+        folders: dict[Path, tuple[str, str]] = {}
         for mac_file in sorted(root.rglob(MAC_FILE)):
             text = mac_file.read_text(encoding="utf-8", errors="replace").strip()
             try:
                 key = mac_key(text.split()[0] if text else "")
             except ValueError as exc:
                 raise InputError(f"{mac_file}: {exc}") from exc
-            found.setdefault(key, set()).add(mac_file.parent.name)
-        if not found:
+            folders[mac_file.parent.resolve()] = (key, mac_file.parent.name)
+        if not folders:
             raise InputError(f"{root}: no {MAC_FILE} files found below this directory")
+        types: dict[str, set[str]] = {}
+        for key, kind in folders.values():
+            types.setdefault(key, set()).add(kind)
+        shared = {mac: tuple(sorted(kinds)) for mac, kinds in types.items() if len(kinds) > 1}
         notes = tuple(
-            f"{root}: {mac} appears under {', '.join(sorted(names))}: labelled "
-            f"{'+'.join(sorted(names))}"
-            for mac, names in sorted(found.items())
-            if len(names) > 1
+            f"{root}: {mac} appears under {', '.join(kinds)}: labelled per capture by its folder"
+            for mac, kinds in sorted(shared.items())
         )
-        labels = {mac: "+".join(sorted(names)) for mac, names in found.items()}
-        return cls(labels, str(root), notes)
+        by_mac = {mac: kinds.pop() for mac, kinds in types.items() if mac not in shared}
+        return cls(by_mac, str(root), notes, shared, folders)

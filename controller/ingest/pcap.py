@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +26,19 @@ import numpy.typing as npt
 from controller.activity import ActivityTable
 from controller.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
 from controller.errors import InputError
-from controller.ingest.flows import (
-    FlowBatch,
-    IngestStats,
-    PortCounter,
-    batch_to_activity,
-    combine,
-)
+from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1
+# A file's first four bytes: pcap in either byte order with µs or ns timestamps, or pcapng.
+CAPTURE_MAGICS = frozenset(
+    struct.pack(order, magic)
+    for magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAPNG_SHB)
+    for order in ("<I", ">I")
+)
 BATCH = 1 << 18
 # Zero bytes after the file's contents: header windows of a frame at the very end still fit.
 PAD = 128
@@ -78,14 +78,14 @@ def read_pcap(
     counted in the returned statistics. `ports`, when given, also collects service-port usage.
     """
     stats = IngestStats()
-    tables: list[ActivityTable] = []
-    for frames in iter_frames(path, stats, skip_bad_records, batch_size):
-        batch = parse_frames(frames)
-        stats.records += len(frames.offset)
-        if ports is not None:
-            ports.add(batch)
-        tables.append(batch_to_activity(batch, catalogue, unit_seconds, devices))
-    return combine(tables, catalogue, unit_seconds), stats
+    batches = _packet_batches(iter_frames(path, stats, skip_bad_records, batch_size), stats)
+    return batches_to_activity(batches, catalogue, unit_seconds, devices, ports), stats
+
+
+def _packet_batches(frames: Iterable[Frames], stats: IngestStats) -> Iterator[FlowBatch]:
+    for batch in frames:
+        stats.records += len(batch.offset)
+        yield parse_frames(batch)
 
 
 def iter_frames(
@@ -112,7 +112,7 @@ def iter_frames(
         if magic_le == PCAPNG_SHB:
             yield from _pcapng_frames(path, buf, data, stats, skip_bad, batch_size)
         elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
-            yield from _pcap_frames(path, buf, data, stats, skip_bad, batch_size)
+            yield from _pcap_frames(path, buf, data, batch_size)
         else:
             raise InputError(f"{path}: not a pcap or pcapng file (magic 0x{magic_be:08x})")
     except CaptureError as exc:
@@ -122,12 +122,7 @@ def iter_frames(
 
 
 def _pcap_frames(
-    path: Path,
-    buf: memoryview,
-    data: npt.NDArray[np.uint8],
-    stats: IngestStats,
-    skip_bad: bool,
-    batch_size: int,
+    path: Path, buf: memoryview, data: npt.NDArray[np.uint8], batch_size: int
 ) -> Iterator[Frames]:
     size = len(buf)
     if size < 24:

@@ -1,0 +1,133 @@
+"""Live identification over real gRPC: devices of known profiles (and one type the references
+leave out) play their schedules as frames through the reference switch in accelerated units; the
+controller fingerprints and identifies them as units close, and stores what it decided."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller import synth
+from controller.catalogue import Catalogue
+from controller.fingerprint import ExporterConfig, export_fingerprints
+from controller.identify import UNKNOWN, References, enroll, identify
+from controller.live import NEXT_UNIT_KEY, LiveSettings
+from controller.run import Controller
+from controller.storage import Storage
+from tests.test_controller_e2e import SERVER, Wire, config, frame, running, until
+
+pytestmark = pytest.mark.slow
+
+UNIT = 0.5
+UNITS = 16
+# Frames of a unit go out this long after it starts, well before the polls that read them end it.
+SEND_AFTER = 0.1
+KNOWN = ("camera", "plug", "speaker")
+HELD_OUT = "hub"
+EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=2, n_min=4, n_max=8)
+# The emulated devices: MAC → (type, switch port); the reference fleet's MACs are 02:00:00:00:00:xx.
+DEVICES = {
+    "02:00:00:00:01:01": ("camera", 1),
+    "02:00:00:00:01:02": ("plug", 2),
+    "02:00:00:00:01:03": ("speaker", 3),
+    "02:00:00:00:01:04": (HELD_OUT, 4),
+}
+# Packets per (unit, service): with h = 1 a fingerprint depends only on which services a unit used.
+MAX_PACKETS = 3
+
+
+@pytest.fixture(scope="module")
+def references() -> References:
+    """References of the known types, enrolled from synthetic activity of their profiles."""
+    profiles = synth.load_profiles()
+    fleet = synth.make_fleet(profiles, 5 * len(KNOWN), kinds=KNOWN)
+    hours = synth.activity(fleet, 96, 7, Catalogue.default(), unit_seconds=3600.0)
+    # The same units, each standing for one accelerated unit.
+    fps = export_fingerprints(replace(hours, unit_seconds=UNIT), EXPORTER)
+    return enroll(fps, {d.mac: d.profile.name for d in fleet}, config=EXPORTER)
+
+
+def frames_by_unit() -> dict[int, list[tuple[bytes, int]]]:
+    """Each device's schedule as frames (and their ingress port), by unit from the start."""
+    profiles = synth.load_profiles()
+    planned: dict[int, list[tuple[bytes, int]]] = {}
+    for seed, (mac, (kind, port)) in enumerate(sorted(DEVICES.items())):
+        for use in synth.schedule(profiles[kind], UNITS, 100 + seed, unit_seconds=3600.0):
+            sport, dport = (50000, use.port) if use.role == "client" else (use.port, 50000)
+            data = frame(mac, SERVER, use.proto, sport, dport, 100)
+            planned.setdefault(use.unit, []).extend([(data, port)] * min(use.packets, MAX_PACKETS))
+    return planned
+
+
+def test_live_decisions_are_stored_explained_and_match_the_offline_engine(
+    references: References, tmp_path: Path
+) -> None:
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "mac,label,port\n" + "".join(f"{m},{k},{p}\n" for m, (k, p) in DEVICES.items())
+    )
+    settings = LiveSettings(EXPORTER, references)
+    settings.check(UNIT, "references")
+    planned = frames_by_unit()
+    wire = Wire()
+
+    async def scenario() -> int:
+        live_config = config(
+            tmp_path, wire.address, time_unit=UNIT, interval=0.05, devices=devices, live=settings
+        )
+        async with running(Controller(live_config)) as controller:
+            start = math.floor(time.time() / UNIT) + 1
+            for offset in range(UNITS):
+                await asyncio.sleep(max(0.0, (start + offset) * UNIT + SEND_AFTER - time.time()))
+                for data, port in planned.get(offset, []):
+                    wire.send(data, port)
+            live = controller.live
+            assert live is not None
+            await until(lambda: (live.next_unit or 0) >= start + UNITS, timeout=3.0)
+        return start
+
+    try:
+        start = asyncio.run(scenario())
+    finally:
+        wire.stop()
+
+    with Storage(tmp_path / "svcfp.db") as store:
+        activity = store.activity_table()
+        stored_fps = store.fingerprints()
+        decisions = store.decisions()
+        fed_to = int(store.meta(NEXT_UNIT_KEY) or 0)
+    assert fed_to >= start + UNITS
+    assert set(activity.used_devices()) == set(DEVICES)
+
+    # Every device is answered, and answered right: its type, or unknown for the held-out one.
+    answers: dict[str, set[str]] = {}
+    for d in decisions:
+        answers.setdefault(d.device, set()).add(d.label)
+    assert answers == {
+        mac: {UNKNOWN if kind == HELD_OUT else kind} for mac, (kind, _) in DEVICES.items()
+    }
+
+    # The live engine decided exactly what the offline engine decides on the stored activity:
+    # the same windows, weights, labels and similarities, so no unit was fed twice or skipped.
+    offline = export_fingerprints(activity, EXPORTER, end_unit=fed_to)
+    assert sorted(
+        (f.device, f.window_start_unit, f.window_end_unit, f.fingerprint) for f in stored_fps
+    ) == sorted((fp.device, fp.start_unit, fp.end_unit, fp.as_dict()) for fp in offline)
+    assert sorted(
+        (d.device, d.window_start_unit, d.window_end_unit, d.label, d.similarity) for d in decisions
+    ) == sorted(
+        (d.device, d.start_unit, d.end_unit, d.label, d.similarity)
+        for d in identify(offline, references)
+    )
+
+    for d in decisions:
+        why = d.explanation
+        shares = [c["share"] for group in ("matched", "unexpected", "missing") for c in why[group]]
+        assert math.isclose(math.fsum(shares), d.similarity, rel_tol=1e-9), d
+        assert why["similarity"] == d.similarity and why["theta"] == references.theta
+        assert d.representation == "G=4"
