@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityRecord, ActivityTable
+from controller.activity import ActivityRecord
 from controller.counterwire import CounterValues
 from controller.errors import SwitchError
 from controller.storage import Baseline, Storage
@@ -160,8 +160,3 @@ class UnitClock:
         closed = (self.open_unit, current - 1)
         self.open_unit = current
         return closed
-
-
-def closed_activity(storage: Storage, first: int, last: int, unit_seconds: float) -> ActivityTable:
-    """The stored activity of units first..last, as the engine consumes it."""
-    return ActivityTable.from_records(storage.activity(first, last), unit_seconds=unit_seconds)

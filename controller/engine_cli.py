@@ -204,11 +204,7 @@ def _from_db(path: Path) -> ActivityTable:
     if not path.exists():
         raise InputError(f"{path}: no such database")
     with Storage(path) as storage:
-        seconds = storage.meta("time_unit_seconds")
-        records = storage.activity()
-    return ActivityTable.from_records(
-        records, unit_seconds=float(seconds) if seconds else DEFAULT_UNIT_SECONDS
-    )
+        return storage.activity_table()
 
 
 # --- flags ----------------------------------------------------------------------------------------

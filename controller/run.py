@@ -28,7 +28,7 @@ from finsy.proto import p4r
 from controller import entries
 from controller.activity import ActivityTable
 from controller.catalogue import Catalogue
-from controller.collector import Collector, UnitClock, closed_activity
+from controller.collector import Collector, UnitClock
 from controller.engine_cli import add_engine_arguments, engine_config
 from controller.errors import InputError, SvcfpError, SwitchError
 from controller.fingerprint import ExporterConfig
@@ -513,7 +513,7 @@ class Controller:
         closed = clock.advance(now)
         if closed is None or (self.on_unit_closed is None and self.live is None):
             return
-        table = closed_activity(self.storage, closed[0], closed[1], self.config.time_unit)
+        table = self.storage.activity_table(closed[0], closed[1], self.config.time_unit)
         if self.live is not None:
             self.live.close_units(table, closed[1] + 1)
         if self.on_unit_closed is not None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from controller.activity import ActivityRecord
-from controller.collector import Collector, UnitClock, attribute, closed_activity, counter_deltas
+from controller.collector import Collector, UnitClock, attribute, counter_deltas
 from controller.counterwire import CounterValues
 from controller.storage import Baseline, Storage
 
@@ -110,7 +110,7 @@ def test_unit_clock_and_closed_activity(store: Storage) -> None:
     collector = Collector("s1", store, 16, S, unit_seconds=10.0)
     collector.record(values(16, c5=(2, 200)), 101.0, macs((1, "aa")), NAMES)
     collector.record(values(16, c5=(3, 300), c10=(1, 1)), 125.0, macs((1, "aa"), (2, "bb")), NAMES)
-    table = closed_activity(store, 10, 12, 10.0)
+    table = store.activity_table(10, 12, 10.0)
     assert table.unit_seconds == 10.0
     assert list(table.records()) == [
         ActivityRecord("aa", 10, "tcp/443", 2, 200),
