@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     from controller.catalogue import Catalogue
     from controller.evaluate import closed_set, open_set, split_rows
     from controller.fingerprint import export_fingerprints, recurrence
-    from controller.identify import choose_theta, enroll
+    from controller.identify import enroll
     from controller.ingest.ipfix_csv import read_ipfix_csv
     from controller.ingest.labels import mac_to_int
 
@@ -84,8 +85,7 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     split = split_rows(fps, labels, None, "time", 0.5)
     train, test = fps.select(split.train), fps.select(split.test)
     truth = [labels[d] for d in test.device_names]
-    refs = enroll(train, labels, mode="nearest", theta=0.0)
-    refs = refs.with_settings(theta=choose_theta(refs))
+    refs = enroll(train, labels, mode="nearest")
     closed = closed_set(refs, test, truth)
     opened = open_set(refs, test, truth, 5.0, None)
     rec = recurrence(fps).summary()
@@ -226,7 +226,7 @@ def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
 
 
 def _pandas_exporter(
-    mac: str, usage: Any, first: int, config: Any, names: tuple[str, ...]
+    mac: str, usage: Any, first: int, config: Any, names: Sequence[str]
 ) -> list[tuple[str, int, int, dict[str, float]]]:
     """The exporter written plainly: one unit at a time, counts as a pandas Series."""
     g = config.granularity
@@ -297,7 +297,6 @@ def main() -> int:
         ours = in_child(_ours, str(path), sample)
         print(f"ours: {ours['total_seconds']:.1f} s, peak {ours['peak_rss_mb']:.0f} MB", flush=True)
         baseline = in_child(_pandas, str(path), sample, args.pandas_test_windows)
-        os.sync()
 
     if baseline.pop("sample") != ours.pop("sample"):
         raise SystemExit("the pandas baseline and the engine disagree on the sample's fingerprints")

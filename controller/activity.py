@@ -40,7 +40,7 @@ class ActivityRecord(NamedTuple):
 
 def units_of(epoch_seconds: npt.ArrayLike, unit_seconds: float) -> IntArray:
     """Unit index of each timestamp: floor(epoch_seconds / unit_seconds)."""
-    _check_unit_seconds(unit_seconds, "unit_seconds")
+    _check_unit_seconds(unit_seconds)
     return np.floor(np.asarray(epoch_seconds, dtype=np.float64) / unit_seconds).astype(np.int64)
 
 
@@ -77,7 +77,7 @@ class ActivityTable:
         services: Sequence[str] = (),
     ) -> ActivityTable:
         """A table without rows."""
-        _check_unit_seconds(unit_seconds, "unit_seconds")
+        _check_unit_seconds(unit_seconds)
         return cls(
             devices=tuple(devices),
             services=tuple(services),
@@ -134,7 +134,7 @@ class ActivityTable:
         Raises `InputError` when lengths differ, a code is outside its vocabulary or a count is
         negative.
         """
-        _check_unit_seconds(unit_seconds, "unit_seconds")
+        _check_unit_seconds(unit_seconds)
         dev = np.asarray(device).astype(np.int32, copy=False).reshape(-1)
         uni = np.asarray(unit).astype(np.int64, copy=False).reshape(-1)
         svc = np.asarray(service).astype(np.int32, copy=False).reshape(-1)
@@ -254,6 +254,10 @@ class ActivityTable:
         if units is not None:
             lo, hi = units
             keep &= (self.unit >= lo) & (self.unit < hi)
+        return self.where(keep)
+
+    def where(self, keep: npt.NDArray[np.bool_]) -> ActivityTable:
+        """The rows where `keep` (one flag per row) is True; vocabularies are kept as they are."""
         return ActivityTable(
             self.devices,
             self.services,
@@ -268,7 +272,7 @@ class ActivityTable:
     def with_unit_seconds(self, unit_seconds: float) -> ActivityTable:
         """The same activity regrouped into coarser units; `unit_seconds` must be an integer
         multiple of the current unit (a unit cannot be split after the fact)."""
-        _check_unit_seconds(unit_seconds, "unit_seconds")
+        _check_unit_seconds(unit_seconds)
         ratio = unit_seconds / self.unit_seconds
         factor = round(ratio)
         if factor < 1 or not math.isclose(ratio, factor, rel_tol=1e-9):
@@ -481,9 +485,9 @@ def _from_csv_arrow(
     )
 
 
-def _check_unit_seconds(value: float, what: str) -> None:
+def _check_unit_seconds(value: float) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{what} must be a positive number of seconds, got {value}")
+        raise InputError(f"unit_seconds must be a positive number of seconds, got {value}")
 
 
 def _check_codes(codes: npt.NDArray[np.int32], size: int, what: str) -> None:

@@ -125,6 +125,25 @@ def service_name(proto: int | None, port_lo: int, port_hi: int) -> str:
     return f"ip/{proto}"
 
 
+def parse_service(name: str) -> tuple[int, int, int]:
+    """(protocol, port_lo, port_hi) of a service name: `tcp/443`, `udp/49152-65535`, `icmp`,
+    `icmpv6`, `ip/<proto>` (the inverse of `service_name`); ValueError for anything else."""
+    text = name.strip().lower()
+    if text == "icmp":
+        return ICMP, 0, 0
+    if text == "icmpv6":
+        return ICMPV6, 0, 0
+    label, _, ports = text.partition("/")
+    if label == "ip" and ports.isdigit() and int(ports) <= 255:
+        return int(ports), 0, 0
+    if label in ("tcp", "udp") and ports:
+        lo_text, _, hi_text = ports.partition("-")
+        hi_text = hi_text or lo_text
+        if lo_text.isdigit() and hi_text.isdigit() and int(lo_text) <= int(hi_text) <= PORT_MAX:
+            return (TCP if label == "tcp" else UDP), int(lo_text), int(hi_text)
+    raise ValueError(f"not a service name: {name!r}")
+
+
 @dataclass(frozen=True)
 class Catalogue:
     """An ordered list of services with ids 1..n (0 is "other")."""
@@ -204,6 +223,11 @@ class Catalogue:
     def save(self, path: Path) -> None:
         """Write `to_json` atomically (temporary file, then rename)."""
         write_text_atomically(path, self.to_json())
+
+    @classmethod
+    def load_or_default(cls, path: Path | None) -> Catalogue:
+        """The catalogue in `path`, or the built-in one when no file is given."""
+        return cls.load(path) if path is not None else cls.default()
 
     @classmethod
     def default(cls) -> Catalogue:
@@ -422,14 +446,13 @@ def service_ports(
     return np.where(source == destination, np.minimum(sport, dport), chosen)
 
 
-def catch_alls(ephemeral_ranges: bool = True) -> list[ServiceSpec]:
-    """Low-priority services for everything a catalogue does not list by name."""
+def catch_alls() -> list[ServiceSpec]:
+    """Low-priority services for everything a learned catalogue does not list by port."""
     specs: list[ServiceSpec] = []
     for proto in (TCP, UDP):
         specs.append(ServiceSpec(proto, 1, 1023))
         specs.append(ServiceSpec(proto, 1024, EPHEMERAL_LO - 1, in_dst_table=False))
-        if ephemeral_ranges:
-            specs.append(ServiceSpec(proto, EPHEMERAL_LO, PORT_MAX, in_dst_table=False))
+        specs.append(ServiceSpec(proto, EPHEMERAL_LO, PORT_MAX, in_dst_table=False))
     specs.append(ServiceSpec(ICMP, 0, 0))
     specs.append(ServiceSpec(ICMPV6, 0, 0))
     specs.append(ServiceSpec(None, 0, 0, name="ip/other", in_dst_table=False))
@@ -453,36 +476,34 @@ def for_granularity(
     if not 1 <= limit <= MAX_SERVICE_ID:
         raise InputError(f"service limit must lie in 1..{MAX_SERVICE_ID}, got {limit}")
     if granularity == "catalogue":
-        catalogue = Catalogue.load(path) if path is not None else Catalogue.default()
+        catalogue = Catalogue.load_or_default(path)
         if catalogue.max_id > limit:
             raise InputError(f"{catalogue.source}: {catalogue.max_id} services exceed {limit}")
         return catalogue
     if granularity == "ephemeral":
-        fixed = catch_alls(ephemeral_ranges=True)
         if observed is not None:
             ports = observed.ranked(max_port=EPHEMERAL_LO - 1, min_cells=min_cells)
         else:
-            base = Catalogue.load(path) if path is not None else Catalogue.default()
             ports = [
                 (s.proto, s.port_lo)
-                for s in base.services
+                for s in Catalogue.load_or_default(path).services
                 if s.proto in (TCP, UDP) and s.port_lo == s.port_hi and s.port_lo < EPHEMERAL_LO
             ]
-        return _ports_catalogue(ports, fixed, limit, f"{granularity} granularity")
+        return _ports_catalogue(ports, limit, f"{granularity} granularity")
     if granularity == "learned":
         if observed is None:
             raise InputError("the learned granularity needs observed traffic to learn from")
-        fixed = catch_alls(ephemeral_ranges=True)
-        ranked = observed.ranked(min_cells=min_cells)
-        return _ports_catalogue(ranked, fixed, limit, f"{granularity} granularity")
+        return _ports_catalogue(
+            observed.ranked(min_cells=min_cells), limit, f"{granularity} granularity"
+        )
     raise InputError(
         f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}"
     )
 
 
-def _ports_catalogue(
-    ports: Sequence[tuple[int, int]], fixed: list[ServiceSpec], limit: int, source: str
-) -> Catalogue:
+def _ports_catalogue(ports: Sequence[tuple[int, int]], limit: int, source: str) -> Catalogue:
+    """A service for each of the first `ports` that fit under `limit`, then the catch-alls."""
+    fixed = catch_alls()
     room = limit - len(fixed)
     if room < 0:
         raise InputError(f"{source}: a limit of {limit} services leaves no room for catch-alls")

@@ -139,9 +139,9 @@ class Collector:
             )
         unit = self.unit_of(when)
         records, lost = attribute(deltas, unit, self.max_services, macs_by_id, service_names)
-        baseline = Baseline(values.packets.copy(), values.bytes.copy())
-        self.storage.record_poll(self.switch, baseline, records, when)
-        self.baseline = baseline
+        # A read's arrays are never written to again: they become the baseline without a copy.
+        self.storage.record_poll(self.switch, values, records, when)
+        self.baseline = values
         return PollResult(unit, tuple(records), deltas.resets, lost)
 
 

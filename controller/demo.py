@@ -55,9 +55,8 @@ from controller.run import Controller, RunConfig
 from controller.testbed import (
     DEFAULT_BMV2_JSON,
     DEFAULT_P4INFO,
-    switch_specs,
+    controller_config,
     wait_programmed,
-    write_devices_file,
 )
 from topology import graph as topo
 from topology.emulation import DeviceSchedule, EmulationRun, next_unit_start
@@ -262,18 +261,17 @@ class Playback:
 
 
 def _run_config(config: DemoConfig, graph: nx.Graph[str]) -> RunConfig:
-    config.out.mkdir(parents=True, exist_ok=True)
+    # Each demo reports on its own run only: a database left by an earlier one goes first.
     for stale in config.out.glob("demo.db*"):
         stale.unlink()
-    return RunConfig(
-        switches=switch_specs(graph),
+    return controller_config(
+        graph,
+        config.out / "demo.db",
+        config.logs,
         p4info=config.p4info,
         bmv2_json=config.bmv2_json if config.switch == "bmv2" else None,
         interval=config.interval,
         time_unit=config.unit_seconds,
-        db=config.out / "demo.db",
-        devices=write_devices_file(graph, config.out / "devices.csv"),
-        log_dir=config.logs / "p4runtime",
     )
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,8 +33,10 @@ from controller.evaluate import (
     DEFAULT_TRAIN_FRACTION,
     Dataset,
     EvalSettings,
+    Windows,
     best_result,
     evaluate,
+    make_windows,
 )
 from controller.fingerprint import (
     DEFAULT_GRANULARITY,
@@ -44,11 +47,8 @@ from controller.fingerprint import (
     DEFAULT_THRESHOLD,
     DEFAULT_UNIT_SECONDS,
     ExporterConfig,
-    FingerprintSet,
-    export_fingerprints,
     parse_granularity,
     representation_name,
-    whole_windows,
 )
 from controller.identify import (
     DEFAULT_MODE,
@@ -62,6 +62,7 @@ from controller.identify import (
     enroll,
     identify,
 )
+from controller.ingest.files import expand_paths
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.labels import Labels, mac_to_int
 from controller.ingest.pcap import read_pcap
@@ -98,21 +99,6 @@ def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) 
     )
 
 
-def _expand(paths: Sequence[Path], suffixes: tuple[str, ...]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
-            if not found:
-                raise InputError(f"{path}: no {'/'.join(suffixes)} files in this directory")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise InputError(f"{path}: no such file or directory")
-    return files
-
-
 def _tag(path: Path, roots: Sequence[Path]) -> str:
     for root in roots:
         if root.is_dir() and path.is_relative_to(root):
@@ -139,10 +125,10 @@ def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
         files.append((path.stem, ActivityTable.from_csv(path), by_mac))
     if args.db is not None:
         files.append((args.db.stem, _from_db(args.db), by_mac))
-    raw = [(p, "ipfix") for p in _expand(list(args.ipfix_csv or []), (".csv",))]
-    raw += [(p, "pcap") for p in _expand(list(args.pcap or []), (".pcap", ".pcapng", ".cap"))]
+    raw = [(p, "ipfix") for p in expand_paths(args.ipfix_csv or [], (".csv",))]
+    raw += [(p, "pcap") for p in expand_paths(args.pcap or [], (".pcap", ".pcapng", ".cap"))]
     if raw:
-        catalogue = Catalogue.load(args.catalogue) if args.catalogue else Catalogue.default()
+        catalogue = Catalogue.load_or_default(args.catalogue)
     for path, kind in raw:
         in_capture = known.for_capture(path)
         macs = None
@@ -372,16 +358,6 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
     return config
 
 
-def _fingerprints(
-    inputs: Inputs, config: ExporterConfig, windows: str, captures: bool
-) -> FingerprintSet:
-    if windows == "whole":
-        return whole_windows(inputs.activity, config.granularity, config.threshold)
-    if captures:
-        return export_fingerprints(inputs.activity, config, own_end=True, flush=True)
-    return export_fingerprints(inputs.activity, config)
-
-
 # --- commands -------------------------------------------------------------------------------------
 
 
@@ -389,7 +365,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
     inputs = load_inputs(args, need_labels=True)
     config = engine_config(args)
-    fps = _fingerprints(inputs, config, args.windows, args.tracks == "capture")
+    fps = make_windows(inputs.activity, config, args.windows, args.tracks == "capture")
     refs = enroll(
         fps,
         inputs.labels,
@@ -400,9 +376,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         config=config,
     )
     refs.save(args.out)
-    counts: dict[str, int] = {}
-    for label in refs.labels:
-        counts[label] = counts.get(label, 0) + 1
+    counts = Counter(refs.labels)
     print(
         f"enrolled {len(refs.labels)} reference fingerprints of {len(counts)} types "
         f"({representation_name(refs.granularity)}, {refs.mode}, θ = {refs.theta:.4f}) "
@@ -445,8 +419,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
             f"{args.references}: references are {representation_name(refs.granularity)}, "
             f"--granularity asks for {representation_name(config.granularity)}"
         )
-    windows = args.windows or "exporter"
-    decisions = identify(_fingerprints(inputs, config, windows, args.tracks == "capture"), refs)
+    windows: Windows = "whole" if args.windows == "whole" else "exporter"
+    fps = make_windows(inputs.activity, config, windows, args.tracks == "capture")
+    decisions = identify(fps, refs)
     if args.format == "json":
         json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
         print()

@@ -8,11 +8,10 @@ the exact bytes of each entry are testable against the committed P4Info.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from finsy.proto import p4r
 
-from controller.catalogue import Catalogue
+from controller.catalogue import Catalogue, Service
 from controller.errors import InputError
 from controller.p4info import P4Schema, encode_int, encode_mac
 
@@ -24,22 +23,8 @@ NEW_DEVICE_DIGEST = "new_device_t"
 # FLOOD_GROUP is a compile-time constant of the P4 program, not a P4Info object.
 FLOOD_GROUP = 1
 
-
-class ServiceLike(Protocol):
-    """What the entries need from a catalogue service (see `controller.catalogue.Service`)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def proto(self) -> int | None: ...
-    @property
-    def port_lo(self) -> int: ...
-    @property
-    def port_hi(self) -> int: ...
-    @property
-    def priority(self) -> int: ...
+# What an Update can carry: a table entry, a digest entry, or an already wrapped entity.
+Writable = p4r.TableEntry | p4r.DigestEntry | p4r.Entity
 
 
 def _action(schema: P4Schema, name: str, **params: int) -> p4r.TableAction:
@@ -80,7 +65,7 @@ def device_entry(schema: P4Schema, mac: str, device_id: int) -> p4r.TableEntry:
 
 
 def service_entries(
-    schema: P4Schema, dst: Iterable[ServiceLike], src: Iterable[ServiceLike]
+    schema: P4Schema, dst: Iterable[Service], src: Iterable[Service]
 ) -> list[p4r.TableEntry]:
     """service_by_dst entries for `dst`, then service_by_src entries for `src` (id 0 has none).
 
@@ -182,12 +167,17 @@ def digest_entry(
     )
 
 
+def table_wildcard(schema: P4Schema, table_name: str) -> p4r.Entity:
+    """The read of every entry of one table."""
+    return p4r.Entity(table_entry=p4r.TableEntry(table_id=schema.table(table_name).id))
+
+
 def counter_wildcard(schema: P4Schema) -> p4r.Entity:
     """The read of every cell of the service counter in one request."""
     return p4r.Entity(counter_entry=p4r.CounterEntry(counter_id=schema.counter(COUNTER).id))
 
 
-def entity(item: p4r.TableEntry | p4r.DigestEntry | p4r.Entity) -> p4r.Entity:
+def entity(item: Writable) -> p4r.Entity:
     """Wrap a table or digest entry as an Entity."""
     if isinstance(item, p4r.Entity):
         return item
@@ -196,10 +186,7 @@ def entity(item: p4r.TableEntry | p4r.DigestEntry | p4r.Entity) -> p4r.Entity:
     return p4r.Entity(digest_entry=item)
 
 
-def updates(
-    kind: p4r.Update.Type.ValueType,
-    items: Iterable[p4r.TableEntry | p4r.DigestEntry | p4r.Entity],
-) -> list[p4r.Update]:
+def updates(kind: p4r.Update.Type.ValueType, items: Iterable[Writable]) -> list[p4r.Update]:
     """One Update of `kind` (p4r.Update.INSERT/MODIFY/DELETE) per item."""
     return [p4r.Update(type=kind, entity=entity(item)) for item in items]
 

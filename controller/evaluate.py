@@ -247,13 +247,13 @@ def _n_train(n: int, fraction: float) -> int:
 
 
 def make_windows(
-    activity: ActivityTable, granularity: int | None, settings: EvalSettings
+    activity: ActivityTable, config: ExporterConfig, windows: Windows, captures: bool
 ) -> FingerprintSet:
-    """Fingerprints of every track for one representation, as the settings ask."""
-    if settings.windows == "whole":
-        return whole_windows(activity, granularity, settings.exporter.threshold)
-    config = replace(settings.exporter, granularity=granularity)
-    if settings.captures:
+    """Fingerprints of every track: the exporter's windows (for `captures`, each track ending
+    with its own last activity and its open window exported too), or one whole window per track."""
+    if windows == "whole":
+        return whole_windows(activity, config.granularity, config.threshold)
+    if captures:
         return export_fingerprints(activity, config, own_end=True, flush=True)
     return export_fingerprints(activity, config)
 
@@ -277,8 +277,7 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
         "theta": refs.theta,
         "confusion": {"classes": list(classes), "matrix": matrix.tolist()},
         "per_type_accuracy": _per_type(truth, predicted),
-        "_predicted": predicted,
-        "_best": best,
+        "_open_labels": open_labels,
         "_scores": scores,
     }
 
@@ -419,18 +418,7 @@ def early_identification(
     accuracies: list[float] = []
     seen: list[int] = []
     for t in prefixes:
-        keep = offset < t
-        prefix = ActivityTable(
-            sub.devices,
-            sub.services,
-            sub.device[keep],
-            sub.unit[keep],
-            sub.service[keep],
-            sub.packets[keep],
-            sub.bytes[keep],
-            sub.unit_seconds,
-        )
-        fps = whole_windows(prefix, refs.granularity, threshold)
+        fps = whole_windows(sub.where(offset < t), refs.granularity, threshold)
         names = fps.device_names
         predicted = [] if not names else [refs.types[w] for w in score(fps, refs).winner.tolist()]
         hits = sum(p == tracks[n] for p, n in zip(predicted, names, strict=True))
@@ -460,7 +448,7 @@ def evaluate(dataset: Dataset, settings: EvalSettings) -> dict[str, Any]:
         activity = (
             dataset.activity
             if math.isclose(unit_seconds, base)
-            else (dataset.activity.with_unit_seconds(unit_seconds))
+            else dataset.activity.with_unit_seconds(unit_seconds)
         )
         results.extend(_evaluate_one(dataset, activity, granularity, settings))
     return {
@@ -487,7 +475,8 @@ def evaluate(dataset: Dataset, settings: EvalSettings) -> dict[str, Any]:
 def _evaluate_one(
     dataset: Dataset, activity: ActivityTable, granularity: int | None, settings: EvalSettings
 ) -> Iterator[dict[str, Any]]:
-    fps = make_windows(activity, granularity, settings)
+    config = replace(settings.exporter, granularity=granularity)
+    fps = make_windows(activity, config, settings.windows, settings.captures)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
     common = {
         "unit_seconds": activity.unit_seconds,
@@ -522,10 +511,6 @@ def _evaluate_one(
             except InputError:
                 refs = refs.with_settings(theta=0.0)
         closed = closed_set(refs, test, truth)
-        open_labels = [
-            p if b >= refs.theta else UNKNOWN
-            for p, b in zip(closed["_predicted"], closed["_best"].tolist(), strict=True)
-        ]
         result = {
             **common,
             "mode": mode,
@@ -533,7 +518,7 @@ def _evaluate_one(
             "open_set": open_set(
                 refs, test, truth, settings.percentile, settings.theta, closed["_scores"]
             ),
-            "time_to_identification": time_to_identification(test, truth, open_labels),
+            "time_to_identification": time_to_identification(test, truth, closed["_open_labels"]),
         }
         if settings.captures and settings.prefixes:
             tracks = dict(zip(test.device_names, truth, strict=True))

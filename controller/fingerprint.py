@@ -136,13 +136,6 @@ def similarity_pairs(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     return _ratio(np.minimum(x, y).sum(axis=-1), np.maximum(x, y).sum(axis=-1))
 
 
-def similarity_one_to_many(x: npt.ArrayLike, matrix: npt.ArrayLike) -> FloatArray:
-    """Weighted Jaccard of one vector against every row of `matrix`."""
-    vec = np.asarray(x, dtype=np.float64)
-    row: FloatArray = similarity_matrix(vec[None, :], matrix)[0]
-    return row
-
-
 def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
     """Weighted Jaccard of every row of `a` against every row of `b` (an m × n matrix).
 

@@ -319,9 +319,15 @@ class Scores:
         return scored
 
 
-def _columns(axis: Sequence[str], names: Sequence[str]) -> IntArray:
+def _common_axis(
+    fingerprints: FingerprintSet, refs: References
+) -> tuple[tuple[str, ...], FloatArray, IntArray]:
+    """The services of both, the fingerprints' weights over them, and where each reference
+    service sits on that axis."""
+    axis = tuple(sorted(set(refs.services) | set(fingerprints.services)))
     position = {name: j for j, name in enumerate(axis)}
-    return np.array([position[name] for name in names], dtype=np.int64)
+    ref_cols = np.array([position[name] for name in refs.services], dtype=np.int64)
+    return axis, fingerprints.aligned(axis), ref_cols
 
 
 def score(fingerprints: FingerprintSet, refs: References) -> Scores:
@@ -333,9 +339,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
             f"fingerprints use the {representation_name(fingerprints.granularity)} "
             f"representation, references the {representation_name(refs.granularity)} one"
         )
-    axis = tuple(sorted(set(refs.services) | set(fingerprints.services)))
-    x = fingerprints.aligned(axis)
-    ref_cols = _columns(axis, refs.services)
+    axis, x, ref_cols = _common_axis(fingerprints, refs)
     types = refs.types
     m = len(fingerprints)
     if refs.mode == "centroid":
@@ -495,9 +499,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
     if not len(fingerprints):
         return []
     scores = score(fingerprints, refs)
-    axis = tuple(sorted(set(refs.services) | set(fingerprints.services)))
-    x = fingerprints.aligned(axis)
-    ref_cols = _columns(axis, refs.services)
+    axis, x, ref_cols = _common_axis(fingerprints, refs)
     if refs.mode == "centroid":
         targets = refs.centroids()
         target_names = [f"prototype of {t}" for t in refs.types]

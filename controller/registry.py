@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.errors import InputError, SvcfpError
+from controller.fileio import read_text
 from controller.p4info import normalize_mac
 from controller.storage import DeviceRow, Storage
 
@@ -47,12 +48,8 @@ class RegisterPolicy:
             raise InputError(f"register policy {mode!r}: choose all, none or allowlist")
         if allowlist is None:
             raise InputError("register policy allowlist needs an allowlist file")
-        try:
-            lines = allowlist.read_text().splitlines()
-        except OSError as exc:
-            raise InputError(f"cannot read allowlist {allowlist}: {exc.strerror}") from exc
         macs: set[str] = set()
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(read_text(allowlist, "allowlist").splitlines(), 1):
             text = line.split("#", 1)[0].strip()
             if not text:
                 continue
@@ -83,13 +80,9 @@ class StaticDevice:
 
 def load_devices_file(path: Path) -> list[StaticDevice]:
     """Parse a devices CSV (`mac,label[,port[,switch]]`, optional header, # comments)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read devices file {path}: {exc.strerror}") from exc
     devices: list[StaticDevice] = []
     seen: set[str] = set()
-    for number, row in enumerate(csv.reader(text.splitlines()), 1):
+    for number, row in enumerate(csv.reader(read_text(path, "devices file").splitlines()), 1):
         cells = [c.strip() for c in row]
         if not cells or not cells[0] or cells[0].startswith("#"):
             continue
@@ -139,8 +132,7 @@ class Registry:
 
     def active(self) -> list[DeviceRow]:
         """Devices holding a device id (being evicted excluded), by id."""
-        rows = [r for r in self._rows.values() if r.device_id is not None]
-        rows = [r for r in rows if r.mac not in self._evicting]
+        rows = [r for r in self._rows.values() if self.is_active(r.mac)]
         return sorted(rows, key=lambda r: r.device_id or 0)
 
     def for_switch(self, switch: str) -> list[DeviceRow]:
@@ -241,10 +233,6 @@ class Registry:
         for mac in macs:
             if mac in self._rows and self._rows[mac].device_id is not None:
                 self._evicting.setdefault(mac, cycle)
-
-    def evicting(self) -> dict[str, int]:
-        """MAC → poll cycle at which its removal began."""
-        return dict(self._evicting)
 
     def release_evicted(self, polled_cycle: int) -> list[str]:
         """Free the ids of devices whose removal began before `polled_cycle` finished everywhere."""

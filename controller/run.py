@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -31,6 +30,7 @@ from controller.catalogue import Catalogue
 from controller.collector import Collector, UnitClock
 from controller.engine_cli import add_engine_arguments, engine_config
 from controller.errors import InputError, SvcfpError, SwitchError
+from controller.fileio import read_json
 from controller.fingerprint import ExporterConfig
 from controller.forwarding import Forwarding
 from controller.identify import References
@@ -61,12 +61,7 @@ class SwitchSpec:
 
 def load_switches(path: Path) -> list[SwitchSpec]:
     """Parse a JSON list of {name, grpc_addr, device_id, ports[, l2]}."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read switches file {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON: {exc}") from exc
+    data = read_json(path, "switches file")
     if not isinstance(data, list) or not data:
         raise InputError(f"{path}: expected a non-empty JSON list of switches")
     specs: list[SwitchSpec] = []
@@ -230,9 +225,7 @@ class SwitchWorker:
         """Make the switch's tables match the desired state with one batched Write."""
         schema = self.controller.schema
         tables = [entries.DEVICE_TABLE, *entries.SERVICE_TABLES, entries.L2_TABLE]
-        wildcard = [
-            p4r.Entity(table_entry=p4r.TableEntry(table_id=schema.table(t).id)) for t in tables
-        ]
+        wildcard = [entries.table_wildcard(schema, t) for t in tables]
         existing = {
             entries.match_key(e.table_entry): e.table_entry
             for e in await session.read(wildcard, "Read tables")
@@ -252,7 +245,7 @@ class SwitchWorker:
             + entries.updates(p4r.Update.INSERT, inserts)
         )
         await session.write(updates, "Write tables")
-        await self._upsert(session, [entries.entity(entries.digest_entry(schema))], "digest config")
+        await self._upsert(session, [entries.digest_entry(schema)], "digest config")
         flood = self.forwarding.flood()
         if flood is not None:
             await self._upsert(session, [flood], "flood group")
@@ -264,7 +257,8 @@ class SwitchWorker:
             len(deletes),
         )
 
-    async def _upsert(self, session: Session, items: Sequence[p4r.Entity], what: str) -> None:
+    async def _upsert(self, session: Session, items: Sequence[entries.Writable], what: str) -> None:
+        """Insert `items`, or modify them when the switch already holds them."""
         try:
             await session.write(entries.updates(p4r.Update.INSERT, items), what)
         except WriteError as exc:
@@ -294,9 +288,9 @@ class SwitchWorker:
     async def on_new_device(self, session: Session, mac: str, port: int) -> None:
         """A new-device digest: learn where the MAC is, register it if the policy says so."""
         schema = self.controller.schema
-        updates: list[p4r.Update] = []
+        items: list[p4r.TableEntry] = []
         if self.forwarding.learn(mac, port):
-            updates += entries.updates(p4r.Update.INSERT, [entries.l2_entry(schema, mac, port)])
+            items.append(entries.l2_entry(schema, mac, port))
         registry = self.controller.registry
         if self.controller.config.policy.allows(mac) and not registry.is_active(mac):
             try:
@@ -312,18 +306,8 @@ class SwitchWorker:
                     row.device_id,
                     port,
                 )
-                updates += entries.updates(
-                    p4r.Update.INSERT, [entries.device_entry(schema, mac, row.device_id)]
-                )
-        try:
-            await session.write(updates, "Write new device")
-        except WriteError as exc:
-            if not exc.only("ALREADY_EXISTS"):
-                raise
-            await session.write(
-                [p4r.Update(type=p4r.Update.MODIFY, entity=u.entity) for u in updates],
-                "Write new device",
-            )
+                items.append(entries.device_entry(schema, mac, row.device_id))
+        await self._upsert(session, items, "Write new device")
 
     async def remove_devices(self, macs: Sequence[str]) -> None:
         """Delete these devices' entries (eviction); a disconnected switch is re-synced later."""
@@ -353,7 +337,7 @@ class SwitchWorker:
         schema = self.controller.schema
         table = schema.table(entries.DEVICE_TABLE)
         found = await session.read(
-            [p4r.Entity(table_entry=p4r.TableEntry(table_id=table.id))], "Read devices"
+            [entries.table_wildcard(schema, entries.DEVICE_TABLE)], "Read devices"
         )
         macs = np.full(table.size, "", dtype=object)
         for e in found:
@@ -374,9 +358,10 @@ class SwitchWorker:
         except SwitchError as exc:
             log.warning("switch=%s event=poll_failed error=%s", self.spec.name, exc)
             return -1
-        result = self.collector.record(values, time.time(), macs, self.controller.catalogue.names)
+        now = time.time()
+        result = self.collector.record(values, now, macs, self.controller.catalogue.names)
         self.polled_cycle = cycle
-        self.controller.registry.touch({r.device for r in result.records}, time.time())
+        self.controller.registry.touch({r.device for r in result.records}, now)
         if result.records or result.unregistered_packets:
             log.debug(
                 "switch=%s event=poll unit=%d rows=%d unregistered_packets=%d",
@@ -399,9 +384,7 @@ class Controller:
         self.counter = self.schema.counter(entries.COUNTER)
         self.max_services = entries.max_services(self.schema)
         self.max_devices = self.schema.table(entries.DEVICE_TABLE).size
-        self.catalogue = (
-            Catalogue.load(config.catalogue) if config.catalogue else Catalogue.default()
-        )
+        self.catalogue = Catalogue.load_or_default(config.catalogue)
         if self.catalogue.max_id >= self.max_services:
             raise InputError(
                 f"catalogue {self.catalogue.source} has {self.catalogue.max_id} services; "
@@ -416,7 +399,7 @@ class Controller:
         static = load_devices_file(config.devices) if config.devices else []
         self.storage = Storage(config.db)
         try:
-            self.storage.check_meta("time_unit_seconds", repr(float(config.time_unit)))
+            self.storage.check_time_unit(config.time_unit)
             self.registry = Registry(self.storage, self.max_devices, config.capacity)
             if config.role == "primary":
                 self.storage.put_services(self.catalogue.services)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from controller.activity import ActivityRecord, ActivityTable
 from controller.catalogue import Service
+from controller.counterwire import CounterValues
 from controller.errors import InputError
+from controller.fileio import open_atomically, replace_atomically
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -89,6 +88,12 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 """
 
+# The last raw counter values read from one switch, one entry per counter cell.
+Baseline = CounterValues
+
+# The one time unit of every activity row in the database, in seconds.
+TIME_UNIT_KEY = "time_unit_seconds"
+
 EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services")
 # Activity adds up: a row already stored for (device, unit, service) grows by the new counts.
 _ADD_ACTIVITY = (
@@ -118,19 +123,6 @@ class DeviceRow:
     source: str
     first_seen: float
     last_seen: float
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The last raw counter values read from one switch, one entry per counter cell."""
-
-    packets: npt.NDArray[np.int64]
-    bytes: npt.NDArray[np.int64]
-
-    @classmethod
-    def zeros(cls, cells: int) -> Baseline:
-        """A baseline of a switch whose counters were never read (or were just reset)."""
-        return cls(np.zeros(cells, np.int64), np.zeros(cells, np.int64))
 
 
 @dataclass(frozen=True)
@@ -218,6 +210,10 @@ class Storage:
         with self.transaction() as db:
             _check_setting(db, self.path, key, value)
 
+    def check_time_unit(self, unit_seconds: float) -> None:
+        """Record the database's time unit, or refuse one other than the stored one."""
+        self.check_meta(TIME_UNIT_KEY, repr(float(unit_seconds)))
+
     # -- devices ------------------------------------------------------------------------------
 
     def devices(self) -> list[DeviceRow]:
@@ -248,14 +244,6 @@ class Storage:
                     )
                     for r in rows
                 ],
-            )
-
-    def touch_devices(self, macs: Sequence[str], when: float) -> None:
-        """Move `last_seen` of these devices to `when`."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE devices SET last_seen = max(last_seen, ?) WHERE mac = ?",
-                [(when, mac) for mac in macs],
             )
 
     # -- services -----------------------------------------------------------------------------
@@ -341,7 +329,7 @@ class Storage:
         The database keeps one time unit: activity counted with another is refused whole.
         """
         with self.transaction() as db:
-            _check_setting(db, self.path, "time_unit_seconds", repr(float(table.unit_seconds)))
+            _check_setting(db, self.path, TIME_UNIT_KEY, repr(float(table.unit_seconds)))
             db.executemany(_ADD_ACTIVITY, table.records())
 
     def activity_table(
@@ -355,7 +343,7 @@ class Storage:
         Units are the database's `time_unit_seconds` unless `unit_seconds` is given.
         """
         if unit_seconds is None:
-            stored = self.meta("time_unit_seconds")
+            stored = self.meta(TIME_UNIT_KEY)
             if stored is None:
                 raise InputError(
                     f"database {self.path} has no time unit: no activity was ever stored"
@@ -366,16 +354,6 @@ class Storage:
         )
 
     # -- engine results -----------------------------------------------------------------------
-
-    def add_fingerprints(
-        self, rows: Iterable[FingerprintRecord], when: float | None = None
-    ) -> None:
-        """Store exported fingerprints."""
-        self.add_results(rows, (), when=when)
-
-    def add_decisions(self, rows: Iterable[DecisionRecord]) -> None:
-        """Store identification decisions."""
-        self.add_results((), rows)
 
     def add_results(
         self,
@@ -445,21 +423,13 @@ class Storage:
         cursor = self._db.execute(f"SELECT * FROM {table}")
         columns = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            if path.suffix == ".parquet":
-                _write_parquet(tmp, columns, rows)
-            else:
-                with tmp.open("w", newline="") as out:
-                    writer = csv.writer(out)
-                    writer.writerow(columns)
-                    writer.writerows(rows)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        if path.suffix == ".parquet":
+            replace_atomically(path, lambda tmp: _write_parquet(tmp, columns, rows))
+        else:
+            with open_atomically(path, newline="") as out:
+                writer = csv.writer(out)
+                writer.writerow(columns)
+                writer.writerows(rows)
         return len(rows)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.activity import ActivityTable
-from controller.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
+from controller.catalogue import TCP, UDP, Catalogue, parse_service
 from controller.errors import InputError
 from controller.fileio import listed, parse_json, read_text, replace_atomically
 from controller.ingest.flows import FlowBatch, batch_to_activity
@@ -160,25 +160,6 @@ def _number(value: Any, where: str, lo: float, hi: float) -> float:
     return float(value)
 
 
-def parse_service(name: str) -> tuple[int, int, int]:
-    """(protocol, port_lo, port_hi) of a service name: `tcp/443`, `udp/49152-65535`, `icmp`,
-    `icmpv6`, `ip/<proto>`."""
-    text = name.strip().lower()
-    if text == "icmp":
-        return ICMP, 0, 0
-    if text == "icmpv6":
-        return ICMPV6, 0, 0
-    label, _, ports = text.partition("/")
-    if label == "ip" and ports.isdigit() and int(ports) <= 255:
-        return int(ports), 0, 0
-    if label in ("tcp", "udp") and ports:
-        lo_text, _, hi_text = ports.partition("-")
-        hi_text = hi_text or lo_text
-        if lo_text.isdigit() and hi_text.isdigit() and int(lo_text) <= int(hi_text) <= 65535:
-            return (TCP if label == "tcp" else UDP), int(lo_text), int(hi_text)
-    raise ValueError(f"not a service name: {name!r}")
-
-
 def _service_use(entry: Any, where: str) -> ServiceUse:
     if not isinstance(entry, dict) or not isinstance(entry.get("service"), str):
         raise InputError(f"{where}: expected an object with a service name")
@@ -239,14 +220,9 @@ def uses(
     absolute = start_unit + np.arange(units, dtype=np.int64)
     hours = (absolute * unit_seconds / 3600.0) % 24.0
     parts: list[tuple[npt.NDArray[np.int64], ...]] = []
-    by_profile: dict[str, list[int]] = {}
-    profiles: dict[str, DeviceProfile] = {}
-    for index, device in enumerate(fleet):
-        by_profile.setdefault(device.profile.name, []).append(index)
-        profiles[device.profile.name] = device.profile
-    for name in sorted(by_profile):
-        profile = profiles[name]
-        members = np.array(by_profile[name], dtype=np.int64)
+    kinds = np.array([d.profile.name for d in fleet], dtype=object)
+    for name, profile in _profiles_in_order(fleet):
+        members = np.flatnonzero(kinds == name).astype(np.int64)
         factor = 1.0 + profile.diurnal * np.cos(2 * math.pi * (hours - profile.peak_hour) / 24)
         for entry_index, use in enumerate(profile.entries):
             # Periodic services are timer-driven: the daily rhythm does not touch them.
@@ -459,6 +435,8 @@ def _first_entry_index(fleet: Sequence[SynthDevice]) -> npt.NDArray[np.int64]:
 
 
 def _profiles_in_order(fleet: Sequence[SynthDevice]) -> list[tuple[str, DeviceProfile]]:
+    """The fleet's profiles sorted by name: the order in which `uses` draws their traffic from
+    the generator and `_entry_table` lays out their entries."""
     found: dict[str, DeviceProfile] = {}
     for device in fleet:
         found.setdefault(device.profile.name, device.profile)

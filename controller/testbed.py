@@ -100,17 +100,30 @@ def switch_specs(graph: nx.Graph[str]) -> tuple[SwitchSpec, ...]:
     )
 
 
-def controller_config(config: TestbedConfig, graph: nx.Graph[str]) -> RunConfig:
-    """The controller's configuration for the testbed's switches, devices and database."""
+def controller_config(
+    graph: nx.Graph[str],
+    db: Path,
+    logs: Path,
+    *,
+    p4info: Path,
+    bmv2_json: Path | None,
+    interval: float,
+    time_unit: float,
+) -> RunConfig:
+    """The controller's configuration for a topology's switches and hosts.
+
+    Its database is `db`, with every host registered in `devices.csv` beside it; P4Runtime
+    logs go under `logs`.
+    """
     return RunConfig(
         switches=switch_specs(graph),
-        p4info=config.p4info,
-        bmv2_json=config.bmv2_json,
-        interval=config.interval,
-        time_unit=config.time_unit,
-        db=config.logs / "svcfp.db",
-        devices=write_devices_file(graph, config.logs / "devices.csv"),
-        log_dir=config.logs / "p4runtime",
+        p4info=p4info,
+        bmv2_json=bmv2_json,
+        interval=interval,
+        time_unit=time_unit,
+        db=db,
+        devices=write_devices_file(graph, db.parent / "devices.csv"),
+        log_dir=logs / "p4runtime",
     )
 
 
@@ -167,7 +180,15 @@ def supervise(config: TestbedConfig) -> int:
     from topology.network import running_network
 
     graph = testbed_graph(config)
-    run_config = controller_config(config, graph)
+    run_config = controller_config(
+        graph,
+        config.logs / "svcfp.db",
+        config.logs,
+        p4info=config.p4info,
+        bmv2_json=config.bmv2_json,
+        interval=config.interval,
+        time_unit=config.time_unit,
+    )
     schedules = synthetic_schedules(graph, config.units, seed=1) if config.units > 0 else {}
     ipv6 = {host for host, plan in schedules.items() if plan.uses("icmpv6")}
     with (

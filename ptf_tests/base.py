@@ -254,8 +254,10 @@ def host_device(port: int) -> int:
 
 
 def host_ip(port: int) -> str:
+    """The IPv4 address of the host behind `port`."""
     return f"10.0.0.{port + 1}"
 
 
 def host_ip6(port: int) -> str:
+    """The IPv6 address of the host behind `port`."""
     return f"fd00::{port + 1:x}"

@@ -14,6 +14,7 @@ DIGEST_PACKETS = 10
 
 
 def mac_value(mac: str) -> int:
+    """A MAC as the 48-bit integer a digest carries."""
     return int(mac.replace(":", ""), 16)
 
 

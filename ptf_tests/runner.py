@@ -68,13 +68,16 @@ class Results:
 
     @property
     def passed(self) -> int:
+        """Tests that ran and neither failed, errored nor were skipped."""
         return self.ran - self.failures - self.errors - self.skipped
 
     @property
     def failed(self) -> int:
+        """Failures and errors together."""
         return self.failures + self.errors
 
     def summary(self) -> str:
+        """'N passed, N failed' (and skipped ones when there are any), as the runner prints it."""
         line = f"{self.passed} passed, {self.failed} failed"
         return f"{line}, {self.skipped} skipped" if self.skipped else line
 
@@ -159,6 +162,7 @@ def _run(command: Sequence[str]) -> None:
 
 
 def in_namespace(name: str, command: Sequence[str]) -> list[str]:
+    """`command` run inside network namespace `name`."""
     return ["ip", "netns", "exec", name, *command]
 
 

@@ -54,10 +54,12 @@ class Send:
 
 
 def ipv4(src: int, dst: int) -> Ether:
+    """Ethernet + IPv4 from the host behind port `src` to the one behind `dst`."""
     return Ether(src=host_mac(src), dst=host_mac(dst)) / IP(src=host_ip(src), dst=host_ip(dst))
 
 
 def ipv6(src: int, dst: int) -> Ether:
+    """Ethernet + IPv6 from the host behind port `src` to the one behind `dst`."""
     return Ether(src=host_mac(src), dst=host_mac(dst)) / IPv6(src=host_ip6(src), dst=host_ip6(dst))
 
 

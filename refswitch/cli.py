@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from finsy.proto import p4r
 
 from controller.errors import InputError
+from controller.fileio import write_text_atomically
 from controller.p4info import P4Schema
 from refswitch.pipeline import DIGEST_REPEAT_US
 from refswitch.ports import Ports, parse_binding
@@ -243,12 +243,9 @@ def write_counters(switch: Switch, path: Path) -> None:
         "max_services": program.max_services,
         "cells": cells,
     }
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temp.write_text(json.dumps(document, indent=1) + "\n")
-        os.replace(temp, path)
+        write_text_atomically(path, json.dumps(document, indent=1) + "\n")
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {exc.strerror}") from exc
     log.info("wrote %d non-zero counter cells to %s", len(cells), path)
 

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from finsy.proto import p4r, rpc_code
+from finsy.proto import p4r
 
 from controller.p4info import DigestInfo, encode_int
-from refswitch.status import P4RuntimeError, invalid_argument, not_found
+from refswitch.status import (
+    already_exists,
+    invalid_argument,
+    not_found,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +88,7 @@ class DigestEngine:
             name = state.info.name
             if update_type in (p4r.Update.INSERT, p4r.Update.MODIFY):
                 if update_type == p4r.Update.INSERT and state.config is not None:
-                    raise P4RuntimeError(
-                        rpc_code.ALREADY_EXISTS, f"digest {name} is already configured"
-                    )
+                    raise already_exists(f"digest {name} is already configured")
                 if update_type == p4r.Update.MODIFY and state.config is None:
                     raise not_found(f"digest {name} is not configured")
                 config = entry.config

@@ -403,7 +403,6 @@ class Pipeline:
         if hdr.parser_error != NO_ERROR:
             self._log_parser_error(frame, ingress_port)
         tables = self._tables
-        timestamp = self._clock() & _TIMESTAMP_MASK
 
         # device_table
         device_id = tables.devices.get(hdr.src)
@@ -415,7 +414,7 @@ class Pipeline:
                 registered = False
         digest = None
         if not registered:
-            digest = self._new_device_digest(hdr.src, ingress_port, timestamp)
+            digest = self._new_device_digest(hdr.src, ingress_port)
 
         # The service key: a TCP/UDP packet without its header is never looked up.
         service_id = 0
@@ -476,10 +475,10 @@ class Pipeline:
                 count,
             )
 
-    def _new_device_digest(
-        self, src: bytes, ingress_port: int, timestamp: int
-    ) -> tuple[int, int] | None:
+    def _new_device_digest(self, src: bytes, ingress_port: int) -> tuple[int, int] | None:
         """digest_mac/digest_time de-duplication, then digest<new_device_t>."""
+        # Only unregistered sources need ingress_global_timestamp: registered ones skip the clock.
+        timestamp = self._clock() & _TIMESTAMP_MASK
         slot = crc16(src) % len(self.digest_mac)
         mac = int.from_bytes(src, "big")
         cached_mac = self.digest_mac[slot]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finsy.proto import p4r, rpc_code
+from finsy.proto import p4r
 
-from refswitch.status import P4RuntimeError, invalid_argument, not_found, unimplemented
+from refswitch.status import (
+    already_exists,
+    invalid_argument,
+    not_found,
+    unimplemented,
+)
 
 # v1model ports are bit<9>.
 PORT_BITS = 9
@@ -52,9 +57,7 @@ class ReplicationEngine:
         replicas = _replicas(gid, group)
         if update_type == p4r.Update.INSERT:
             if gid in self._groups:
-                raise P4RuntimeError(
-                    rpc_code.ALREADY_EXISTS, f"multicast group {gid} already exists"
-                )
+                raise already_exists(f"multicast group {gid} already exists")
         elif update_type == p4r.Update.MODIFY:
             if gid not in self._groups:
                 raise not_found(f"multicast group {gid} does not exist")

@@ -22,7 +22,7 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
-from refswitch.status import P4RuntimeError
+from refswitch.status import P4RuntimeError, invalid_argument, not_found, unimplemented
 from refswitch.switch import Switch
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ def _election_id(message: p4r.Uint128) -> int:
     return (message.high << 64) | message.low
 
 
+def _check_default_role(role: str) -> None:
+    if role:
+        raise unimplemented("only the default role is supported by this target")
+
+
 @dataclass(eq=False)
 class _Stream:
     """One StreamChannel: its outgoing queue and its arbitration state."""
@@ -54,6 +59,7 @@ class _Stream:
     election_id: int | None = None
 
     def send(self, message: p4r.StreamMessageResponse | P4RuntimeError | None) -> None:
+        """Queue a message for the client; an error aborts the stream, None ends it."""
         self.outbox.put(message)
 
 
@@ -80,21 +86,16 @@ class Arbitration:
     def update(self, stream: _Stream, request: p4r.MasterArbitrationUpdate) -> None:
         """A MasterArbitrationUpdate arrived on `stream`."""
         if request.device_id != self.device_id:
-            raise P4RuntimeError(
-                rpc_code.NOT_FOUND,
-                f"Invalid device id {request.device_id}, this is device {self.device_id}",
+            raise not_found(
+                f"Invalid device id {request.device_id}, this is device {self.device_id}"
             )
-        if request.HasField("role") and request.role.name:
-            raise P4RuntimeError(
-                rpc_code.UNIMPLEMENTED, "only the default role is supported by this target"
-            )
+        _check_default_role(request.role.name)
         election_id = _election_id(request.election_id)
         with self._lock:
             for other in self._streams:
                 if other is not stream and other.election_id == election_id:
-                    raise P4RuntimeError(
-                        rpc_code.INVALID_ARGUMENT,
-                        f"election id {election_id} is already used by another controller",
+                    raise invalid_argument(
+                        f"election id {election_id} is already used by another controller"
                     )
             if stream not in self._streams:
                 self._streams.append(stream)
@@ -162,13 +163,10 @@ class P4RuntimeService:
 
     def _check_device(self, device_id: int) -> None:
         if device_id != self.switch.device_id:
-            raise P4RuntimeError(rpc_code.NOT_FOUND, f"Invalid device id {device_id}")
+            raise not_found(f"Invalid device id {device_id}")
 
     def _check_primary(self, election_id: p4r.Uint128, role: str) -> None:
-        if role:
-            raise P4RuntimeError(
-                rpc_code.UNIMPLEMENTED, "only the default role is supported by this target"
-            )
+        _check_default_role(role)
         if self.arbitration.primary_election_id() != _election_id(election_id):
             raise P4RuntimeError(rpc_code.PERMISSION_DENIED, _NOT_PRIMARY)
 
@@ -218,10 +216,7 @@ class P4RuntimeService:
             self._check_device(request.device_id)
             self._check_primary(request.election_id, request.role)
             if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                raise P4RuntimeError(
-                    rpc_code.UNIMPLEMENTED,
-                    "only CONTINUE_ON_ERROR atomicity is supported by this target",
-                )
+                raise unimplemented("only CONTINUE_ON_ERROR atomicity is supported by this target")
             results = self.switch.write(list(request.updates))
         except P4RuntimeError as exc:
             self._abort(context, exc)

@@ -32,6 +32,11 @@ def not_found(message: str) -> P4RuntimeError:
     return P4RuntimeError(rpc_code.NOT_FOUND, message)
 
 
+def already_exists(message: str) -> P4RuntimeError:
+    """An INSERT of an entity the target already holds."""
+    return P4RuntimeError(rpc_code.ALREADY_EXISTS, message)
+
+
 def unimplemented(message: str) -> P4RuntimeError:
     """The request is valid P4Runtime but this target (like BMv2) does not support it."""
     return P4RuntimeError(rpc_code.UNIMPLEMENTED, message)

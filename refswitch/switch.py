@@ -312,7 +312,7 @@ class Switch:
             yield plain.SerializeToString()
         for counter_id, index in counters:
             if index is None:
-                yield from self._counter_array(loaded, counter_id)
+                yield from loaded.counter_encoder.encode(*loaded.pipeline.read_counters())
             else:
                 packets, byte_count = loaded.pipeline.read_counter(index)
                 cell = p4r.CounterEntry(
@@ -336,7 +336,7 @@ class Switch:
             for entry in loaded.tables.read(entity.table_entry):
                 plain.entities.add().table_entry.CopyFrom(entry)
         elif kind == "counter_entry":
-            counters.extend(self._counter_request(loaded, entity.counter_entry))
+            counters.append(self._counter_request(loaded, entity.counter_entry))
         elif kind == "packet_replication_engine_entry":
             for pre in self.replication.read(entity.packet_replication_engine_entry):
                 plain.entities.add().packet_replication_engine_entry.CopyFrom(pre)
@@ -353,23 +353,20 @@ class Switch:
 
     def _counter_request(
         self, loaded: _Loaded, request: p4r.CounterEntry
-    ) -> list[tuple[int, int | None]]:
+    ) -> tuple[int, int | None]:
+        """(counter id, cell) a counter read asks for; cell None reads every cell."""
         counter = loaded.program.service_hits
         if request.counter_id not in (0, counter.id):
             raise invalid_argument(f"counter id {request.counter_id} does not exist in the P4Info")
         if not request.HasField("index"):
-            return [(counter.id, None)]
+            return counter.id, None
         index = request.index.index
         if index < 0 or index >= counter.size:
             raise P4RuntimeError(
                 rpc_code.OUT_OF_RANGE,
                 f"counter {counter.name}: index {index} is outside 0..{counter.size - 1}",
             )
-        return [(counter.id, index)]
-
-    def _counter_array(self, loaded: _Loaded, counter_id: int) -> Iterator[bytes]:
-        packets, byte_counts = loaded.pipeline.read_counters()
-        yield from loaded.counter_encoder.encode(packets, byte_counts)
+        return counter.id, index
 
     def read_counters(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The whole service_hits counter (packets, bytes), for local consumers such as the CLI."""

@@ -16,7 +16,13 @@ from finsy.proto import p4i, p4r, rpc_code
 
 from controller.errors import InputError
 from controller.p4info import ActionInfo, MatchFieldInfo, P4Schema, TableInfo, encode_int
-from refswitch.status import P4RuntimeError, invalid_argument, not_found
+from refswitch.status import (
+    P4RuntimeError,
+    already_exists,
+    invalid_argument,
+    not_found,
+    unimplemented,
+)
 
 # A match on one field, normalised: exact (value,), ternary (value, mask), lpm (value, prefix),
 # range (low, high), optional (value,); None when the field is "don't care".
@@ -96,9 +102,7 @@ class TableStore:
         """Apply one update; returns the ids of the tables it changed."""
         table = self.table(message.table_id)
         if message.HasField("meter_config") or message.HasField("counter_data"):
-            raise P4RuntimeError(
-                rpc_code.UNIMPLEMENTED, "Direct resources not supported in TableEntry yet"
-            )
+            raise unimplemented("Direct resources not supported in TableEntry yet")
         if message.idle_timeout_ns:
             raise invalid_argument(f"table {table.name} does not support idle timeout")
         if message.is_default_action:
@@ -107,9 +111,7 @@ class TableStore:
         entries = self._entries[table.id]
         if update_type == p4r.Update.INSERT:
             if key in entries:
-                raise P4RuntimeError(
-                    rpc_code.ALREADY_EXISTS, f"table {table.name}: entry already exists"
-                )
+                raise already_exists(f"table {table.name}: entry already exists")
             if len(entries) >= table.size:
                 raise P4RuntimeError(
                     rpc_code.RESOURCE_EXHAUSTED,
@@ -209,9 +211,8 @@ class TableStore:
 
     def _action(self, table: TableInfo, message: p4r.TableAction, *, default: bool) -> ActionCall:
         if message.WhichOneof("type") != "action":
-            raise P4RuntimeError(
-                rpc_code.UNIMPLEMENTED,
-                f"table {table.name}: only direct actions are supported (no action profiles)",
+            raise unimplemented(
+                f"table {table.name}: only direct actions are supported (no action profiles)"
             )
         action_id = message.action.action_id
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,16 @@ def shared_data() -> Path:
     found = data_dir()
     assert found is not None
     return found
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function that picks a loopback TCP port nothing is bound to at the moment of the call
+    (for a switch's gRPC port)."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    return pick

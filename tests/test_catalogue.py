@@ -13,6 +13,8 @@ from controller.catalogue import (
     ServiceSpec,
     derived_priority,
     for_granularity,
+    parse_service,
+    service_name,
 )
 from controller.errors import InputError
 
@@ -49,6 +51,23 @@ def test_file_format_ids_names_priorities(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     cat.save(again)
     assert Catalogue.load(again) == cat
+
+
+def test_service_names_parse_back_to_their_protocol_and_ports() -> None:
+    cases = {
+        "tcp/443": (6, 443, 443),
+        "udp/49152-65535": (17, 49152, 65535),
+        "icmp": (1, 0, 0),
+        "icmpv6": (58, 0, 0),
+        "ip/2": (2, 0, 0),
+    }
+    for name, parsed in cases.items():
+        assert parse_service(name) == parsed
+        assert service_name(*parsed) == name
+    assert parse_service(" TCP/80 ") == (6, 80, 80)
+    for bad in ("tcp/x", "tcp/99999", "udp/9-8", "ip/256", "sctp/1", "tcp/"):
+        with pytest.raises(ValueError, match="not a service name"):
+            parse_service(bad)
 
 
 def test_lookup_dst_then_src_priorities_ranges_wildcards(tmp_path: Path) -> None:

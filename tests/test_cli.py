@@ -7,6 +7,7 @@ import pytest
 
 from controller import __version__
 from controller.cli import build_parser, main
+from controller.errors import InputError
 
 
 def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,8 +22,21 @@ def test_help_lists_every_registered_subcommand() -> None:
     help_text = parser.format_help()
     subactions = [a for a in parser._actions if a.dest == "command"]
     assert len(subactions) == 1
-    for name in subactions[0].choices or {}:
+    names = sorted(subactions[0].choices or {})
+    assert names == [
+        "demo", "enroll", "evaluate", "identify", "ingest", "run", "switch", "synth", "testbed"
+    ]  # fmt: skip
+    for name in names:
         assert name in help_text
+
+
+def test_an_svcfp_error_becomes_its_exit_status_and_a_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--units", "0"]) == InputError.exit_code == 2
+    assert capsys.readouterr().err == (
+        "svcfp demo: error: --units must lie in 1..600 and --unit-seconds in 0.2..10\n"
+    )
 
 
 def test_console_script_runs_as_module() -> None:

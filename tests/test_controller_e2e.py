@@ -138,8 +138,7 @@ async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
     async with Session(target, connect_timeout=3.0) as session:
         found: dict[str, list[p4r.TableEntry]] = {}
         for name in (entries.DEVICE_TABLE, *entries.SERVICE_TABLES, entries.L2_TABLE):
-            table = p4r.TableEntry(table_id=schema.table(name).id)
-            read = await session.read([p4r.Entity(table_entry=table)])
+            read = await session.read([entries.table_wildcard(schema, name)])
             found[name] = [e.table_entry for e in read]
         return found
 

@@ -125,6 +125,9 @@ def test_digest_counter_and_sizes(schema: P4Schema) -> None:
         "digest_id: 388360070 config { max_list_size: 1 ack_timeout_ns: 1000000000 }"
     )
     assert text(entries.counter_wildcard(schema)) == "counter_entry { counter_id: 301989889 }"
+    assert text(entries.table_wildcard(schema, entries.L2_TABLE)) == (
+        "table_entry { table_id: 33554436 }"
+    )
     assert entries.max_services(schema) == 256
 
 

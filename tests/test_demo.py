@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
@@ -18,18 +19,11 @@ from topology.state import STATE_FILE
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def config(tmp_path: Path, **changes: object) -> DemoConfig:
     base = DemoConfig(
         out=tmp_path / "out",
         logs=tmp_path / "logs",
         units=36,
-        grpc_port=free_port(),
         p4info=ROOT / "p4src" / "fingerprint.p4info.txtpb",
     )
     return DemoConfig(**{**base.__dict__, **changes})
@@ -38,7 +32,12 @@ def config(tmp_path: Path, **changes: object) -> DemoConfig:
 def test_default_types_are_known_profiles_and_choices_are_checked(tmp_path: Path) -> None:
     names = sorted(synth.load_profiles())
     known, held_out = choose_types(config(tmp_path), names)
-    assert set(known) <= set(names) and held_out in names and held_out not in known
+    assert (known, held_out) == (["camera", "plug", "speaker", "thermostat"], "hub")
+    assert set(known) <= set(names) and held_out in names
+    # A default known type chosen as the held-out one leaves the known types.
+    assert choose_types(config(tmp_path, held_out="plug"), names) == (
+        ["camera", "speaker", "thermostat"], "plug"
+    )  # fmt: skip
     with pytest.raises(InputError, match="unknown profile 'toaster'"):
         choose_types(config(tmp_path, held_out="toaster"), names)
     with pytest.raises(InputError, match="'plug' is also among the known types"):
@@ -63,17 +62,31 @@ def test_bmv2_demo_without_bmv2_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "logs" / STATE_FILE).exists()
 
 
-def test_bad_arguments_are_input_errors() -> None:
-    args = argparse.Namespace(units=0, unit_seconds=1.0, devices_per_type=1)
-    with pytest.raises(InputError, match="--units"):
+@pytest.mark.parametrize(
+    ("units", "unit_seconds", "devices_per_type", "message"),
+    [
+        (0, 1.0, 1, r"--units must lie in 1\.\.600 and --unit-seconds in 0\.2\.\.10"),
+        (601, 1.0, 1, r"--units must lie in 1\.\.600"),
+        (10, 0.1, 1, r"--unit-seconds in 0\.2\.\.10"),
+        (10, 1.0, 0, r"--devices-per-type must lie in 1\.\.5"),
+        (10, 1.0, 6, r"--devices-per-type must lie in 1\.\.5"),
+    ],
+)
+def test_bad_arguments_are_input_errors(
+    units: int, unit_seconds: float, devices_per_type: int, message: str
+) -> None:
+    args = argparse.Namespace(
+        units=units, unit_seconds=unit_seconds, devices_per_type=devices_per_type
+    )
+    with pytest.raises(InputError, match=message):
         main(args)
 
 
 @pytest.mark.slow
 def test_no_network_mode_identifies_known_devices_and_flags_the_held_out_type(
-    tmp_path: Path,
+    tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
-    chosen = config(tmp_path, no_network=True)
+    chosen = config(tmp_path, no_network=True, grpc_port=free_port())
     shown = io.StringIO()
     summary = run_demo(chosen, shown)
     text = shown.getvalue()

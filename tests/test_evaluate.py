@@ -165,7 +165,8 @@ class TestEvaluate:
             assert path.stat().st_size > 0
         saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
         assert saved["results"][0]["closed_set"]["accuracy"] == 1.0
-        assert "_best" not in saved["results"][0]["closed_set"]
+        assert "_open_labels" in metrics["results"][0]["closed_set"]
+        assert not [k for k in saved["results"][0]["closed_set"] if k.startswith("_")]
         text = (tmp_path / "report" / "report.md").read_text()
         assert "| 10 | list | nearest | 48 | 24 | 1.000 | 1.000 |" in text
         assert best_result(metrics)["representation"] == "list"

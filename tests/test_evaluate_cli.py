@@ -76,8 +76,12 @@ def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     status = main(["identify", "--activity", str(test), "--references", str(refs)])
     table = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert table[0].startswith("device\twindow\tlabel")
-    assert any(line.startswith(f"{mac('plug', 9)}\t0-4\tplug\tplug\t1.000") for line in table)
+    assert table[0] == "device\twindow\tlabel\tbest type\tsimilarity\texplanation"
+    assert sorted(line.split("\t")[:5] for line in table[1:]) == sorted(
+        [mac(kind, 9), "0-4", kind, kind, "1.000"] for kind in ("camera", "plug", "hub")
+    )
+    for line in table[1:]:
+        assert line.endswith("\tunexpected: -\tmissing: -")
 
 
 def test_identify_rejects_a_different_representation(

@@ -19,7 +19,6 @@ from controller.fingerprint import (
     recurrence,
     representation_name,
     similarity_matrix,
-    similarity_one_to_many,
     similarity_pairs,
     usage_matrix,
     weighted_jaccard,
@@ -119,7 +118,6 @@ class TestSimilarity:
         b = np.round(rng.random((3, 6)) * 4) / 4
         expected = [[weighted_jaccard(x, y) for y in b] for x in a]
         assert similarity_matrix(a, b) == pytest.approx(np.array(expected), abs=1e-12)
-        assert similarity_one_to_many(a[0], b) == pytest.approx(np.array(expected[0]))
         assert similarity_pairs(a[:3], b) == pytest.approx(
             np.array([expected[i][i] for i in range(3)])
         )

@@ -109,6 +109,12 @@ def test_detect_and_expand(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot tell the format"):
         detect_format(tmp_path / "junk.bin")
     assert [p.name for p in expand_paths([tmp_path])] == ["a.pcap", "f.csv", "x.ipfix"]
+    assert [p.name for p in expand_paths([tmp_path], (".csv",))] == ["f.csv"]
+    assert expand_paths([tmp_path / "junk.bin"]) == [tmp_path / "junk.bin"]
+    with pytest.raises(InputError, match=r"no \.cap, \.pcapng files in this directory"):
+        expand_paths([tmp_path], (".pcapng", ".cap"))
+    with pytest.raises(InputError, match=r"missing\.pcap: no such file or directory"):
+        expand_paths([tmp_path / "missing.pcap"])
 
 
 def test_labels_filter_and_learned_catalogue(tmp_path: Path) -> None:

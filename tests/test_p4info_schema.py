@@ -84,10 +84,16 @@ def test_unknown_names_are_reported_with_the_source(schema: P4Schema) -> None:
 def test_diff_names_the_object_that_differs(schema: P4Schema) -> None:
     other = p4i.P4Info()
     text_format.Parse(PROBE.replace("bitwidth: 16 }\n}", "bitwidth: 32 }\n}", 1), other)
-    lines = schema.diff(P4Schema(other, "switch"))
-    assert len(lines) == 1
-    assert lines[0].startswith("action IngressImpl.set_device differs")
+    theirs = P4Schema(other, "switch")
+    assert schema.diff(theirs) == [
+        "action IngressImpl.set_device differs: "
+        f"{schema.action('set_device')} != {theirs.action('set_device')}"
+    ]
     assert schema.diff(schema) == []
+    del other.registers[:]
+    assert P4Schema(other, "switch").diff(schema)[0] == (
+        f"register IngressImpl.seen only in {schema.source}"
+    )
 
 
 def test_bad_files_are_named(tmp_path: Path) -> None:

@@ -27,7 +27,10 @@ def snapshot(*responses: bytes) -> CounterSnapshot:
 
 
 def test_every_cell_is_one_entity() -> None:
-    assert len(read_response_entities(response({}, 1000))) == 1000
+    entities = read_response_entities(response({5: (2, 128)}, 1000))
+    assert [counter_entity(e) for e in entities] == [
+        (index, *((2, 128) if index == 5 else (0, 0))) for index in range(1000)
+    ]
 
 
 def test_delta_is_exact_for_changed_cells_only() -> None:

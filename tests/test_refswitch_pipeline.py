@@ -402,7 +402,7 @@ def test_colliding_macs_share_a_cache_slot(pipe: Pipeline, digests: list[tuple[i
 def test_timestamp_wraps_at_48_bits(program: Program, clock: Clock) -> None:
     pipeline = Pipeline(program, clock=clock)
     clock.now = (1 << 48) - 10
-    assert pipeline.trace(tcp(1, src=OTHER_MAC), 0).digest is not None
+    assert pipeline.trace(tcp(1, src=OTHER_MAC), 0).digest == (int(OTHER_RAW.hex(), 16), 0)
     clock.now = (1 << 48) + 100  # 110 µs later, modulo 2^48
     assert pipeline.trace(tcp(1, src=OTHER_MAC), 0).digest is None
 
@@ -473,10 +473,11 @@ def test_switch_passes_its_digest_repeat_interval_to_the_pipeline(clock: Clock) 
         pipeline = switch.pipeline
         assert pipeline is not None
         frame = tcp(1, src=OTHER_MAC)
-        assert pipeline.trace(frame, 0).digest is not None
+        announced = (int(OTHER_RAW.hex(), 16), 0)
+        assert pipeline.trace(frame, 0).digest == announced
         clock.now += 999
         assert pipeline.trace(frame, 0).digest is None
         clock.now += 1
-        assert pipeline.trace(frame, 0).digest is not None
+        assert pipeline.trace(frame, 0).digest == announced
     finally:
         switch.close()

@@ -25,6 +25,7 @@ from controller.errors import InputError
 from controller.p4info import P4Schema, encode_int
 from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.ports import Ports
+from refswitch.server import P4RUNTIME_API_VERSION
 from refswitch.switch import Switch
 from tests.conftest import P4INFO, ROOT
 
@@ -228,7 +229,7 @@ def test_sigterm_stops_a_serving_switch(switch_process: list[SwitchProcess]) -> 
     switch_process.append(process)
     with grpc.insecure_channel(process.address) as channel:
         reply = p4r_grpc.P4RuntimeStub(channel).Capabilities(p4r.CapabilitiesRequest())
-        assert reply.p4runtime_api_version
+        assert reply.p4runtime_api_version == P4RUNTIME_API_VERSION
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(30) == 0
 

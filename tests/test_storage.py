@@ -74,10 +74,12 @@ def test_failed_poll_leaves_nothing_half_written(store: Storage) -> None:
 
 
 def test_meta_refuses_a_different_time_unit(store: Storage) -> None:
-    store.check_meta("time_unit_seconds", "3600.0")
-    store.check_meta("time_unit_seconds", "3600.0")
+    store.check_time_unit(3600)
+    store.check_time_unit(3600.0)
+    assert store.meta("time_unit_seconds") == "3600.0"
     with pytest.raises(InputError, match=r"written with time_unit_seconds=3600.0, not 1.0"):
-        store.check_meta("time_unit_seconds", "1.0")
+        store.check_time_unit(1)
+    assert store.meta("time_unit_seconds") == "3600.0"
 
 
 def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> None:
@@ -95,15 +97,14 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
                 Service(2, "udp/eph", 17, 49152, 65535, 5, False),
             ]
         )
-        store.add_fingerprints(
-            [FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)], 50.0
-        )
-        store.add_decisions(
+        store.add_results(
+            [FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)],
             [
                 DecisionRecord(
                     "02:00:00:00:00:02", 3, 9, "G4", "camera", 0.9, {"matched": ["tcp/443"]}, 51.0
                 )
-            ]
+            ],
+            when=50.0,
         )
     with Storage(path) as again:
         assert again.devices() == [
@@ -117,8 +118,11 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
         assert again.fingerprints() == [
             FingerprintRecord("02:00:00:00:00:02", 3, 9, "G4", {"tcp/443": 0.75}, True)
         ]
-        assert again.decisions()[0].explanation == {"matched": ["tcp/443"]}
-        assert again.decisions()[0].similarity == 0.9
+        assert again.decisions() == [
+            DecisionRecord(
+                "02:00:00:00:00:02", 3, 9, "G4", "camera", 0.9, {"matched": ["tcp/443"]}, 51.0
+            )
+        ]
 
 
 def test_export_csv_and_parquet(store: Storage, tmp_path: Path) -> None:
@@ -126,18 +130,21 @@ def test_export_csv_and_parquet(store: Storage, tmp_path: Path) -> None:
     store.record_poll("s1", Baseline.zeros(2), rows, 1.0)
     out = tmp_path / "activity.csv"
     assert store.export("activity", out) == 2
+    exported = [
+        ["device", "unit", "service", "packets", "bytes"],
+        ["a", "1", "tcp/80", "2", "200"],
+        ["b", "1", "udp/53", "1", "70"],
+    ]
     with out.open() as handle:
-        assert list(csv.reader(handle)) == [
-            ["device", "unit", "service", "packets", "bytes"],
-            ["a", "1", "tcp/80", "2", "200"],
-            ["b", "1", "udp/53", "1", "70"],
-        ]
+        assert list(csv.reader(handle)) == exported
     pq = pytest.importorskip("pyarrow.parquet")
     parquet = tmp_path / "activity.parquet"
     assert store.export("activity", parquet) == 2
     assert pq.read_table(parquet).column("packets").to_pylist() == [2, 1]
     with pytest.raises(InputError, match="cannot export 'nope'"):
         store.export("nope", out)
+    with out.open() as handle:
+        assert list(csv.reader(handle)) == exported, "a refused export leaves the file alone"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

@@ -14,7 +14,6 @@ from controller.synth import (
     flows,
     load_profiles,
     make_fleet,
-    parse_service,
     schedule,
     uses,
     write_flows_csv,
@@ -38,10 +37,6 @@ def test_builtin_profiles_cover_ten_device_kinds() -> None:
     hub = profiles["hub"]
     served = {u.service for u in hub.services if u.role == "server"}
     assert {"tcp/80", "tcp/443"} <= served
-    assert parse_service("udp/49152-65535") == (17, 49152, 65535)
-    assert parse_service("ip/2") == (2, 0, 0)
-    with pytest.raises(ValueError, match="not a service name"):
-        parse_service("tcp/x")
 
 
 def test_generation_is_deterministic_per_seed() -> None:

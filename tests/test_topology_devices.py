@@ -21,9 +21,15 @@ DEVICE = "127.0.0.3"
 
 def test_parse_service_names() -> None:
     assert protocols.parse_service("tcp/443") == protocols.ServiceKey("tcp/443", 6, 443, 443)
-    assert protocols.parse_service("udp/49152-65535").port_hi == 65535
-    assert protocols.parse_service("icmp").proto == 1
-    assert protocols.parse_service("ip/47").transport is None
+    key = protocols.ServiceKey
+    assert protocols.parse_service("udp/49152-65535") == key("udp/49152-65535", 17, 49152, 65535)
+    assert protocols.parse_service("icmp") == key("icmp", 1, 0, 0)
+    assert protocols.parse_service("icmpv6") == key("icmpv6", 58, 0, 0)
+    assert protocols.parse_service("ip/47") == key("ip/47", 47, 0, 0)
+    assert protocols.parse_service("other") == key("other", None, 0, 0)
+    assert [protocols.parse_service(s).transport for s in ("tcp/1", "udp/1", "icmp", "ip/47")] == [
+        "tcp", "udp", None, None
+    ]  # fmt: skip
     for bad in ("tcp/", "tcp/70000", "udp/9-3", "sctp/5", "ip/300"):
         with pytest.raises(ValueError, match="not a service name"):
             protocols.parse_service(bad)

@@ -182,5 +182,5 @@ def test_profile_not_among_known_profiles_is_rejected(tmp_path: Path) -> None:
 def test_not_json_is_an_input_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(InputError, match=r"bad\.json: not JSON"):
+    with pytest.raises(InputError, match=r"bad\.json: line 1: not JSON"):
         topo.load(bad)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,6 @@ from topology.launch import (
     wait_for_port,
 )
 from topology.state import TestbedState, is_ours
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_refswitch_command_line() -> None:
@@ -49,7 +44,7 @@ def test_unknown_switch_kind_is_refused() -> None:
     check_switch_kind("refswitch")
 
 
-def test_a_switch_that_dies_reports_its_log(tmp_path: Path) -> None:
+def test_a_switch_that_dies_reports_its_log(tmp_path: Path, free_port: Callable[[], int]) -> None:
     port = free_port()
     log_file = tmp_path / "s1.log"
     command = refswitch_command(
@@ -62,7 +57,9 @@ def test_a_switch_that_dies_reports_its_log(tmp_path: Path) -> None:
     assert not is_ours(state.processes[0])
 
 
-def test_a_switch_that_never_listens_times_out_with_its_log(tmp_path: Path) -> None:
+def test_a_switch_that_never_listens_times_out_with_its_log(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     console = tmp_path / "console.log"
     console.write_text("starting\nstill starting\n")
     process = subprocess.Popen(["sleep", "30"])
@@ -74,7 +71,9 @@ def test_a_switch_that_never_listens_times_out_with_its_log(tmp_path: Path) -> N
         process.wait()
 
 
-def test_a_started_switch_is_recorded_and_listening(tmp_path: Path) -> None:
+def test_a_started_switch_is_recorded_and_listening(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     port = free_port()
     log_file = tmp_path / "s1.log"
     state = TestbedState.create(tmp_path)

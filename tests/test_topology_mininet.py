@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,6 @@ NO_REPLY = set(MULTICAST_SERVICES) | set(LINK_LOCAL_SERVICES)
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def counted_services(grpc_addr: str, db: Path) -> dict[str, set[str]]:
     """MAC → services with a non-zero counter, read from the switch over P4Runtime."""
     schema = P4Schema.load(P4INFO)
@@ -52,7 +46,9 @@ async def counted_services(grpc_addr: str, db: Path) -> dict[str, set[str]]:
     return found
 
 
-def test_devices_reach_services_are_counted_exactly_and_identified(tmp_path: Path) -> None:
+def test_devices_reach_services_are_counted_exactly_and_identified(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     config = DemoConfig(
         out=tmp_path / "out",
         logs=tmp_path / "logs",
@@ -130,12 +126,12 @@ TRIANGLE = {
 
 
 def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_looping(
-    tmp_path: Path,
+    tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     import json
 
-    from controller.run import Controller, RunConfig
-    from controller.testbed import switch_specs, wait_programmed, write_devices_file
+    from controller.run import Controller
+    from controller.testbed import controller_config, wait_programmed
     from topology.devices import Activity
     from topology.emulation import DeviceSchedule, start_emulation
     from topology.network import running_network
@@ -152,14 +148,10 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
         "d1": DeviceSchedule(units=((a("udp/53"), a("tcp/443"), a("udp/5353")),) * units),
         "d2": DeviceSchedule(units=((a("udp/53"), a("tcp/443")),) * units),
     }
-    config = RunConfig(
-        switches=switch_specs(graph),
-        p4info=P4INFO,
-        interval=0.5,
-        time_unit=1.0,
-        db=tmp_path / "triangle.db",
-        devices=write_devices_file(graph, tmp_path / "devices.csv"),
-    )
+    config = controller_config(
+        graph, tmp_path / "triangle.db", tmp_path,
+        p4info=P4INFO, bmv2_json=None, interval=0.5, time_unit=1.0,
+    )  # fmt: skip
 
     async def run(network: Any) -> tuple[dict[str, Any], int]:
         controller = Controller(config)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dpkt
@@ -56,12 +56,6 @@ def test_prepare_keeps_only_the_devices_frames_with_the_new_mac(tmp_path: Path) 
     assert not (tmp_path / "none.pcap").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def replayed_services(graph: object, prepared: object, tmp: Path, port: int) -> set[str]:
     """Program the switch, replay through d1, and read d1's counters over P4Runtime."""
     from topology.network import Network
@@ -108,7 +102,7 @@ async def replayed_services(graph: object, prepared: object, tmp: Path, port: in
 @pytest.mark.slow
 @pytest.mark.data
 def test_real_capture_replayed_through_a_device_host_is_counted_as_offline(
-    tmp_path: Path, shared_data: Path
+    tmp_path: Path, shared_data: Path, free_port: Callable[[], int]
 ) -> None:
     from topology.network import running_network
 

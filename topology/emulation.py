@@ -83,11 +83,7 @@ class EmulationRun:
                 process.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
+                if _reap(process):
                     raise SvcfpError(f"emulated {label} did not stop; killed it") from None
 
     def stop(self) -> None:
@@ -96,11 +92,7 @@ class EmulationRun:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+            _reap(process)
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """Host name → its report (`SvcfpError` naming the host and its log if one is missing)."""
@@ -115,6 +107,17 @@ class EmulationRun:
                 raise SvcfpError(f"emulated host {name} wrote no report {path}:\n{tail}")
             found[name] = json.loads(path.read_text())
         return found
+
+
+def _reap(process: subprocess.Popen[bytes]) -> bool:
+    """Wait for a process asked to stop; kill it if it takes over 5 s. Whether it was killed."""
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+        return True
+    return False
 
 
 def default_service_host(graph: nx.Graph[str]) -> str:

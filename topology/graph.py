@@ -14,7 +14,6 @@ shape. Everything is validated before anything is started.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import networkx as nx
 
 from controller.errors import InputError
+from controller.fileio import parse_json
 from topology.files import write_json_atomic
 
 DEVICE = "device"
@@ -371,11 +371,10 @@ def save(graph: nx.Graph[str], path: Path) -> None:
 def load(path: Path, profiles: Collection[str] | None = None) -> nx.Graph[str]:
     """Read and validate a topology: node-link JSON, or the p4lang tutorials' `topology.json`."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the topology: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON: {exc}") from exc
+    data = parse_json(text, str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level")
     source = str(path)

@@ -11,6 +11,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from controller import catalogue
+
 MDNS_GROUP = "224.0.0.251"
 SSDP_GROUP = "239.255.255.250"
 MULTICAST_SERVICES = {"udp/5353": (MDNS_GROUP, 5353), "udp/1900": (SSDP_GROUP, 1900)}
@@ -44,20 +46,8 @@ def parse_service(name: str) -> ServiceKey:
     """Parse `tcp/443`, `udp/49152-65535`, `icmp`, `icmpv6`, `ip/<proto>` or `other`."""
     if name == "other":
         return ServiceKey(name, None, 0, 0)
-    if name == "icmp":
-        return ServiceKey(name, 1, 0, 0)
-    if name == "icmpv6":
-        return ServiceKey(name, 58, 0, 0)
-    kind, _, rest = name.partition("/")
-    if kind == "ip" and rest.isdigit() and 0 <= int(rest) <= 255:
-        return ServiceKey(name, int(rest), 0, 0)
-    if kind in ("tcp", "udp") and rest:
-        low, _, high = rest.partition("-")
-        if low.isdigit() and (not high or high.isdigit()):
-            lo, hi = int(low), int(high or low)
-            if 0 <= lo <= hi <= 65535:
-                return ServiceKey(name, 6 if kind == "tcp" else 17, lo, hi)
-    raise ValueError(f"not a service name: {name!r}")
+    proto, lo, hi = catalogue.parse_service(name)
+    return ServiceKey(name, proto, lo, hi)
 
 
 def dns_query(name: str, query_id: int) -> bytes:

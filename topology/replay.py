@@ -18,6 +18,7 @@ import dpkt
 
 from controller.errors import InputError, SvcfpError
 from controller.fileio import replace_atomically
+from controller.ingest.labels import mac_key
 from topology.state import TestbedState
 
 MAX_PACKETS = 100_000
@@ -35,12 +36,9 @@ class Prepared:
 
 def _mac_bytes(mac: str, source: str) -> bytes:
     try:
-        raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+        return bytes.fromhex(mac_key(mac).replace(":", ""))
     except ValueError:
-        raw = b""
-    if len(raw) != 6:
-        raise InputError(f"{source}: {mac!r} is not a MAC address")
-    return raw
+        raise InputError(f"{source}: {mac!r} is not a MAC address") from None
 
 
 def prepare(

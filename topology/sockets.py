@@ -21,7 +21,6 @@ async def udp_exchange(
     remote: tuple[str, int],
     payload: bytes,
     timeout: float,
-    expect_reply: bool = True,
 ) -> bytes:
     """Send one datagram from `local` to `remote` and wait up to `timeout` for one reply."""
     loop = asyncio.get_running_loop()
@@ -37,8 +36,6 @@ async def udp_exchange(
     )
     try:
         transport.sendto(payload)
-        if not expect_reply:
-            return b""
         return await asyncio.wait_for(reply, timeout)
     except TimeoutError:
         return b""

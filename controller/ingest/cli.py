@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from controller.activity import ActivityTable
-from controller.catalogue import GRANULARITIES, MAX_SERVICE_ID
+from controller.catalogue import GRANULARITIES, MAX_SERVICE_ID, for_granularity
 from controller.errors import InputError
 from controller.fileio import open_atomically
 from controller.ingest.files import FORMATS, IngestOptions, catalogue_for, ingest_files
@@ -177,7 +177,6 @@ def store_activity(path: Path, activity: ActivityTable) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     """`svcfp synth`."""
     from controller import synth
-    from controller.catalogue import for_granularity
 
     if args.time_unit <= 0:
         raise InputError(f"--time-unit must be positive, got {args.time_unit}")

@@ -6,7 +6,7 @@ Formats: `pcap` (pcap or pcapng), `ipfix` (binary IPFIX / NetFlow v9 messages), 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,19 +64,26 @@ class IngestResult:
         return sum(s.skipped for s in self.stats.values())
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; a directory stands for its capture and flow files, recursively."""
+def expand_paths(
+    paths: Sequence[Path], suffixes: Collection[str] = DIRECTORY_SUFFIXES
+) -> list[Path]:
+    """Files as given; a directory stands for its files with one of `suffixes` (by default
+    every capture and flow file), recursively. A path that does not exist is an error."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIRECTORY_SUFFIXES)
+            inside = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+            )
             if not inside:
                 raise InputError(
-                    f"{path}: no {', '.join(sorted(DIRECTORY_SUFFIXES))} files in this directory"
+                    f"{path}: no {', '.join(sorted(suffixes))} files in this directory"
                 )
-            found.extend(p for p in inside if p.is_file())
-        else:
+            found.extend(inside)
+        elif path.exists():
             found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or directory")
     return found
 
 
