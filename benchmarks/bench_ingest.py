@@ -37,6 +37,23 @@ def _digest(rows: list[tuple[str, int, str, int, int]]) -> str:
     return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
 
 
+def _measure_ours(read: Callable[[], tuple[Any, Any]]) -> tuple[dict[str, Any], int, int]:
+    """Time one of our readers: (timings, peak RSS and activity digest; records read; rows)."""
+    start = time.perf_counter()
+    cpu = time.process_time()
+    table, stats = read()
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu
+    rows = [(r.device, r.unit, r.service, r.packets, r.bytes) for r in table.records()]
+    timings = {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "digest": _digest(rows),
+    }
+    return timings, int(stats.records), len(rows)
+
+
 # --- (a) IPFIX CSV --------------------------------------------------------------------------------
 
 
@@ -49,20 +66,10 @@ def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
     catalogue = Catalogue.default()
     catalogue.lookup(6, 1, 1)  # build the lookup maps outside the measurement, for both sides
     devices = np.array(sorted(macs), dtype=np.uint64)
-    start = time.perf_counter()
-    cpu = time.process_time()
-    table, stats = read_ipfix_csv(Path(path), catalogue, UNIT, devices)
-    seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu
-    rows = [(r.device, r.unit, r.service, r.packets, r.bytes) for r in table.records()]
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "records": stats.records,
-        "activity_rows": len(rows),
-        "digest": _digest(rows),
-    }
+    result, records, rows = _measure_ours(
+        lambda: read_ipfix_csv(Path(path), catalogue, UNIT, devices)
+    )
+    return result | {"records": records, "activity_rows": rows}
 
 
 def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
@@ -135,20 +142,11 @@ def _ours_pcap(path: str) -> dict[str, Any]:
 
     catalogue = Catalogue.default()
     catalogue.lookup(6, 1, 1)
-    start = time.perf_counter()
-    cpu = time.process_time()
-    table, stats = read_pcap(Path(path), catalogue, UNIT)
-    seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu
-    rows = [(r.device, r.unit, r.service, r.packets, r.bytes) for r in table.records()]
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "packets": stats.records,
-        "packets_per_second": stats.records / seconds,
-        "packets_per_cpu_second": stats.records / cpu_seconds,
-        "digest": _digest(rows),
+    result, packets, _ = _measure_ours(lambda: read_pcap(Path(path), catalogue, UNIT))
+    return result | {
+        "packets": packets,
+        "packets_per_second": packets / result["seconds"],
+        "packets_per_cpu_second": packets / result["cpu_seconds"],
     }
 
 

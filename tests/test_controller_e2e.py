@@ -131,6 +131,21 @@ async def polls(controller: Controller, count: int = 2) -> None:
     await until(lambda: controller.cycle >= polled + count)
 
 
+def mac_params(table: list[p4r.TableEntry]) -> dict[str, int]:
+    """MAC key → the action's first parameter, for a table keyed by one MAC."""
+    return {
+        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
+        for e in table
+    }
+
+
+def assert_catalogue_installed(tables: dict[str, list[p4r.TableEntry]]) -> None:
+    """Both service tables hold exactly the built-in catalogue's entries."""
+    catalogue = Catalogue.default()
+    assert len(tables[entries.SERVICE_TABLES[0]]) == len(catalogue.dst_services())
+    assert len(tables[entries.SERVICE_TABLES[1]]) == len(catalogue.src_services())
+
+
 async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
     """Every entry of the four tables, read by a backup (read-only) session."""
     schema = P4Schema.load(P4INFO)
@@ -179,19 +194,9 @@ def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Pat
     assert [port for port, data in wire.sent if data[:6] == bytes.fromhex("02000000000b")] == [2]
 
     tables = asyncio.run(read_tables(wire.address))
-    devices = {
-        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
-        for e in tables[entries.DEVICE_TABLE]
-    }
-    assert devices == {CAMERA: 1, SERVER: 2, PLUG: 3}
-    catalogue = Catalogue.default()
-    assert len(tables[entries.SERVICE_TABLES[0]]) == len(catalogue.dst_services())
-    assert len(tables[entries.SERVICE_TABLES[1]]) == len(catalogue.src_services())
-    l2 = {
-        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
-        for e in tables[entries.L2_TABLE]
-    }
-    assert l2 == {CAMERA: 1, SERVER: 0, PLUG: 2}
+    assert mac_params(tables[entries.DEVICE_TABLE]) == {CAMERA: 1, SERVER: 2, PLUG: 3}
+    assert_catalogue_installed(tables)
+    assert mac_params(tables[entries.L2_TABLE]) == {CAMERA: 1, SERVER: 0, PLUG: 2}
 
 
 def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path: Path) -> None:

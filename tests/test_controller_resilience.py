@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from controller import entries
-from controller.catalogue import Catalogue
-from controller.p4info import decode_int, decode_mac
 from controller.run import Controller
 from tests.conftest import P4INFO, ROOT
 from tests.test_controller_e2e import (
@@ -25,8 +23,10 @@ from tests.test_controller_e2e import (
     PLUG,
     SERVER,
     Wire,
+    assert_catalogue_installed,
     config,
     frame,
+    mac_params,
     polls,
     read_tables,
     running,
@@ -63,13 +63,8 @@ def test_switch_restart_mid_run(tmp_path: Path) -> None:
         assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (7, 700)}
         tables = asyncio.run(read_tables(wires[-1].address))
         assert len(tables[entries.DEVICE_TABLE]) == 3, "registry re-installed"
-        catalogue = Catalogue.default()
-        assert len(tables[entries.SERVICE_TABLES[0]]) == len(catalogue.dst_services())
-        assert len(tables[entries.SERVICE_TABLES[1]]) == len(catalogue.src_services())
-        l2 = {
-            decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
-            for e in tables[entries.L2_TABLE]
-        }
+        assert_catalogue_installed(tables)
+        l2 = mac_params(tables[entries.L2_TABLE])
         assert l2 == {CAMERA: 1, SERVER: 0, PLUG: 2}, "forwarding re-installed"
     finally:
         for wire in wires[1:]:
