@@ -61,7 +61,7 @@ test: venv venv-ptf
 	  if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
 
 build: venv
-	$(PY) -m controller.p4build --p4 $(P4SRC) --p4info $(P4INFO) --out $(BUILD) $(P4FLAGS)
+	$(PY) -m controller.p4rt.build --p4 $(P4SRC) --p4info $(P4INFO) --out $(BUILD) $(P4FLAGS)
 
 ptf: venv venv-ptf
 	$(PY) -m ptf_tests.runner --target $(TARGET) --logs $(LOGS)

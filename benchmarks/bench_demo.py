@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_results
-from controller.demo import DemoConfig, build_scenario, run_demo
-from controller.identify import UNKNOWN
+from controller.engine.identify import UNKNOWN
 from topology import graph as topo
+from topology.demo import DemoConfig, build_scenario, run_demo
 from topology.emulation import next_unit_start
 from topology.frames import synthesize
 

@@ -42,14 +42,14 @@ RSS_LIMIT_MB = 4096.0
 
 
 def _config() -> Any:
-    from controller.fingerprint import ExporterConfig
+    from controller.engine.fingerprint import ExporterConfig
 
     # Hourly units: converge within a day at the earliest, export at the latest after a week.
     return ExporterConfig(granularity=None, tau=0.9, k=3, n_min=24, n_max=168)
 
 
 def _fleet_labels() -> dict[str, str]:
-    from controller.synth import load_profiles, make_fleet
+    from controller.ingest.synth import load_profiles, make_fleet
 
     return {d.mac: d.profile.name for d in make_fleet(load_profiles(), DEVICES)}
 
@@ -60,10 +60,10 @@ def _fleet_labels() -> dict[str, str]:
 def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     import pyarrow.csv  # noqa: F401  (imported before the clock starts, as pandas is)
 
-    from controller.catalogue import Catalogue
-    from controller.evaluate import closed_set, open_set, split_rows
-    from controller.fingerprint import export_fingerprints, recurrence
-    from controller.identify import enroll
+    from controller.engine.catalogue import Catalogue
+    from controller.engine.evaluate import closed_set, open_set, split_rows
+    from controller.engine.fingerprint import export_fingerprints, recurrence
+    from controller.engine.identify import enroll
     from controller.ingest.ipfix_csv import read_ipfix_csv
     from controller.ingest.labels import mac_to_int
 
@@ -123,7 +123,7 @@ def _canonical(fps: Any) -> list[tuple[str, int, int, tuple[tuple[str, float], .
 def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
     import pandas as pd
 
-    from controller.catalogue import Catalogue
+    from controller.engine.catalogue import Catalogue
     from controller.ingest.labels import int_to_mac
 
     labels = _fleet_labels()

@@ -60,7 +60,7 @@ def _measure_ours(read: Callable[[], tuple[Any, Any]]) -> tuple[dict[str, Any], 
 def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
     import pyarrow.csv  # noqa: F401  (imported before the clock starts, as pandas is)
 
-    from controller.catalogue import Catalogue
+    from controller.engine.catalogue import Catalogue
     from controller.ingest.ipfix_csv import read_ipfix_csv
 
     catalogue = Catalogue.default()
@@ -75,7 +75,7 @@ def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
 def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     import pandas as pd
 
-    from controller.catalogue import Catalogue
+    from controller.engine.catalogue import Catalogue
     from controller.ingest.labels import int_to_mac
 
     catalogue = Catalogue.default()
@@ -137,7 +137,7 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
 
 
 def _ours_pcap(path: str) -> dict[str, Any]:
-    from controller.catalogue import Catalogue
+    from controller.engine.catalogue import Catalogue
     from controller.ingest.pcap import read_pcap
 
     catalogue = Catalogue.default()
@@ -153,7 +153,7 @@ def _ours_pcap(path: str) -> dict[str, Any]:
 def _dpkt_pcap(path: str) -> dict[str, Any]:
     import dpkt
 
-    from controller.catalogue import Catalogue
+    from controller.engine.catalogue import Catalogue
 
     catalogue = Catalogue.default()
     catalogue.lookup(6, 1, 1)

@@ -26,13 +26,13 @@ import numpy as np
 from finsy.proto import p4r
 
 from benchmarks.common import write_results
-from controller import entries
-from controller.catalogue import Catalogue
-from controller.collector import attribute, counter_deltas
-from controller.counterwire import CounterValues, decode_counter_read
-from controller.p4info import P4Schema
-from controller.session import Session, SwitchTarget
-from controller.storage import Baseline, Storage
+from controller.base.p4info import P4Schema
+from controller.base.wire import CounterValues, decode_counter_read
+from controller.control.collector import attribute, counter_deltas
+from controller.engine.catalogue import Catalogue
+from controller.p4rt import entries
+from controller.p4rt.session import Session, SwitchTarget
+from controller.store.storage import Baseline, Storage
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
 

@@ -35,7 +35,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from benchmarks.common import write_results
-from controller.p4info import P4Schema
+from controller.base.p4info import P4Schema
 from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.pipeline import FLOOD_GROUP, ServiceRule, TableState
 from refswitch.server import P4RuntimeServer

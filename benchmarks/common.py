@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.fileio import write_text_atomically
+from controller.base.fileio import write_text_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -46,7 +46,7 @@ def synthetic_flows_csv(
 
     Returns the fleet's MACs as integers and how the file was made (times, size, units)."""
     from controller.ingest.labels import mac_to_int
-    from controller.synth import flows, load_profiles, make_fleet, write_flows_csv
+    from controller.ingest.synth import flows, load_profiles, make_fleet, write_flows_csv
 
     fleet = make_fleet(load_profiles(), devices)
     start = time.perf_counter()

@@ -255,8 +255,8 @@ def bmv2_json(path: Path, p4info: Path) -> Path:
             EXIT_TARGET_MISSING,
         )
     # Only the main environment runs the suite; PTF's never reaches these imports.
-    from controller.errors import SvcfpError
-    from controller.p4build import compile_p4
+    from controller.base.errors import SvcfpError
+    from controller.p4rt.build import compile_p4
 
     try:
         build = compile_p4(Path(p4c), ROOT / "p4src" / "fingerprint.p4", path.parent)

@@ -1,9 +1,9 @@
-"""`python -m refswitch …` is `svcfp switch …`."""
+"""`python -m refswitch …` is `svcfp switch …`, without loading the rest of the project."""
 
 from __future__ import annotations
 
 import sys
 
-from controller.cli import main
+from refswitch.cli import main
 
-sys.exit(main(["switch", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:]))

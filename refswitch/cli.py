@@ -18,13 +18,15 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from finsy.proto import p4r
 
-from controller.errors import InputError
-from controller.fileio import write_text_atomically
-from controller.p4info import P4Schema
+from controller.base.command import LOG_FORMAT, LOG_LEVELS, run_command
+from controller.base.errors import InputError
+from controller.base.fileio import write_text_atomically
+from controller.base.p4info import P4Schema
 from refswitch.pipeline import DIGEST_REPEAT_US
 from refswitch.ports import Ports, parse_binding
 from refswitch.server import P4RuntimeServer
@@ -33,19 +35,20 @@ from refswitch.switch import Switch
 
 log = logging.getLogger(__name__)
 
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `svcfp switch`."""
-    parser = subparsers.add_parser(
-        "switch",
-        help="run the reference P4Runtime switch (fingerprint.p4 in Python)",
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m refswitch`: the switch on its own, loading nothing but the switch."""
+    parser = argparse.ArgumentParser(
+        prog="python -m refswitch",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=LOG_LEVELS, help="logging threshold (default: INFO)"
+    )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    args = parser.parse_args(argv)
+    return run_command("svcfp switch", lambda: run(args), args.log_level)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,5 +276,5 @@ def _log_to(path: Path) -> None:
         handler = logging.FileHandler(path)
     except OSError as exc:
         raise InputError(f"--log-file {path}: {exc.strerror}") from exc
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)

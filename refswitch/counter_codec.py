@@ -24,7 +24,7 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from controller.counterwire import varint
+from controller.base.wire import varint
 
 _ENTITIES_TAG = 0x0A  # ReadResponse.entities, field 1, length-delimited
 _COUNTER_ENTRY_TAG = 0x3A  # Entity.counter_entry, field 7, length-delimited

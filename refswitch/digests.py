@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from finsy.proto import p4r
 
-from controller.p4info import DigestInfo, encode_int
+from controller.base.p4info import DigestInfo, encode_int
 from refswitch.status import (
     already_exists,
     invalid_argument,

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from controller.errors import InputError
+from controller.base.errors import InputError
 
 LINKTYPE_ETHERNET = 1
 _MAGIC_US = 0xA1B2C3D4

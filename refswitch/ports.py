@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.errors import InputError, SvcfpError
+from controller.base.errors import InputError, SvcfpError
 from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.switch import Switch
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from finsy.proto import p4i
 
-from controller.errors import InputError
-from controller.p4info import (
+from controller.base.errors import InputError
+from controller.base.p4info import (
     ActionInfo,
     CounterInfo,
     DigestInfo,

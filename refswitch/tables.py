@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from finsy.proto import p4i, p4r, rpc_code
 
-from controller.errors import InputError
-from controller.p4info import ActionInfo, MatchFieldInfo, P4Schema, TableInfo, encode_int
+from controller.base.errors import InputError
+from controller.base.p4info import ActionInfo, MatchFieldInfo, P4Schema, TableInfo, encode_int
 from refswitch.status import (
     P4RuntimeError,
     already_exists,

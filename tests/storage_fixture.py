@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.storage import Storage
+from controller.store.storage import Storage
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.activity import ActivityRecord, ActivityTable, units_of
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityRecord, ActivityTable, units_of
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"

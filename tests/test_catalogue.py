@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.catalogue import (
+from controller.base.errors import InputError
+from controller.engine.catalogue import (
     MAX_SERVICE_ID,
     Catalogue,
     PortUsage,
@@ -16,7 +17,6 @@ from controller.catalogue import (
     parse_service,
     service_name,
 )
-from controller.errors import InputError
 
 
 def load(tmp_path: Path, services: list[dict[str, object]]) -> Catalogue:

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from controller import __version__
-from controller.cli import build_parser, main
-from controller.errors import InputError
+from controller.base.errors import InputError
+from svcfp.cli import build_parser, main
 
 
 def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,7 +41,7 @@ def test_an_svcfp_error_becomes_its_exit_status_and_a_message(
 
 def test_console_script_runs_as_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "--version"],
+        [sys.executable, "-m", "svcfp", "--version"],
         capture_output=True,
         text=True,
         check=False,

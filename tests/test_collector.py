@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.activity import ActivityRecord
-from controller.collector import Collector, UnitClock, attribute, counter_deltas
-from controller.counterwire import CounterValues
-from controller.storage import Baseline, Storage
+from controller.base.wire import CounterValues
+from controller.control.collector import Collector, UnitClock, attribute, counter_deltas
+from controller.engine.activity import ActivityRecord
+from controller.store.storage import Baseline, Storage
 
 S = 4  # services per device in these small counters
 NAMES = ["other", "tcp/443", "udp/53", "udp/123"]

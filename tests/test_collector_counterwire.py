@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from finsy.proto import p4r
 
-from controller.counterwire import decode_counter_read
-from controller.errors import SwitchError
+from controller.base.errors import SwitchError
+from controller.base.wire import decode_counter_read
 
 COUNTER = 301989889
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.activity import ActivityRecord, ActivityTable
-from controller.cli import build_parser, main
-from controller.fingerprint import ExporterConfig, export_fingerprints
-from controller.identify import enroll
-from controller.live import NEXT_UNIT_KEY
-from controller.run import config_from_args
-from controller.storage import Baseline, Storage
+from controller.control.live import NEXT_UNIT_KEY
+from controller.control.run import config_from_args
+from controller.engine.activity import ActivityRecord, ActivityTable
+from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.identify import enroll
+from controller.store.storage import Baseline, Storage
+from svcfp.cli import build_parser, main
 from tests.conftest import P4INFO
 from tests.test_controller_e2e import DEVICE_ID, Wire
 

@@ -13,15 +13,15 @@ import pytest
 from finsy.proto import p4i, p4r
 from google.protobuf import text_format
 
-from controller import entries
-from controller.activity import ActivityTable
-from controller.catalogue import Catalogue
-from controller.errors import InputError, SwitchError
-from controller.p4info import P4Schema, decode_int, decode_mac
-from controller.registry import RegisterPolicy
-from controller.run import Controller, RunConfig, SwitchSpec
-from controller.session import Session, SwitchTarget, WriteError
-from controller.storage import Storage
+from controller.base.errors import InputError, SwitchError
+from controller.base.p4info import P4Schema, decode_int, decode_mac
+from controller.control.registry import RegisterPolicy
+from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import Catalogue
+from controller.p4rt import entries
+from controller.p4rt.session import Session, SwitchTarget, WriteError
+from controller.store.storage import Storage
 from tests.conftest import P4INFO
 
 server_module = pytest.importorskip("refswitch.server")

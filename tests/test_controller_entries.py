@@ -6,11 +6,11 @@ import pytest
 from finsy.proto import p4r
 from google.protobuf import text_format
 
-from controller import entries
-from controller.catalogue import Catalogue, Service
-from controller.errors import InputError
-from controller.forwarding import Forwarding
-from controller.p4info import P4Schema
+from controller.base.errors import InputError
+from controller.base.p4info import P4Schema
+from controller.engine.catalogue import Catalogue, Service
+from controller.p4rt import entries
+from controller.p4rt.forwarding import Forwarding
 from tests.conftest import P4INFO
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from controller import synth
-from controller.catalogue import Catalogue
-from controller.fingerprint import ExporterConfig, export_fingerprints
-from controller.identify import UNKNOWN, References, enroll, identify
-from controller.live import NEXT_UNIT_KEY, LiveSettings
-from controller.run import Controller
-from controller.storage import Storage
+from controller.control.live import NEXT_UNIT_KEY, LiveSettings
+from controller.control.run import Controller
+from controller.engine.catalogue import Catalogue
+from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.identify import UNKNOWN, References, enroll, identify
+from controller.ingest import synth
+from controller.store.storage import Storage
 from tests.test_controller_e2e import SERVER, Wire, config, frame, running, until
 
 pytestmark = pytest.mark.slow

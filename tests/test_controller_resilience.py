@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import entries
-from controller.run import Controller
+from controller.control.run import Controller
+from controller.p4rt import entries
 from tests.conftest import P4INFO, ROOT
 from tests.test_controller_e2e import (
     CAMERA,
@@ -77,7 +77,7 @@ def test_controller_process_stopped_by_sigterm_flushes_and_resumes(tmp_path: Pat
     devices.write_text(f"{CAMERA},camera,1\n{SERVER},server,0\n")
     db = tmp_path / "svcfp.db"
     command = [
-        sys.executable, "-m", "controller.cli", "--log-level", "INFO", "run",
+        sys.executable, "-m", "svcfp", "--log-level", "INFO", "run",
         "--grpc-addr", wire.address,
         "--device-id", str(DEVICE_ID), "--p4info", str(P4INFO), "--db", str(db),
         "--devices", str(devices), "--ports", "0-3",

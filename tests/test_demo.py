@@ -11,9 +11,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from controller import synth
-from controller.demo import DemoConfig, build_scenario, choose_types, main, run_demo
-from controller.errors import InputError, SvcfpError
+from controller.base.errors import InputError, SvcfpError
+from controller.ingest import synth
+from topology.demo import DemoConfig, build_scenario, choose_types, main, run_demo
 from topology.state import STATE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import synth
-from controller.catalogue import Catalogue
-from controller.cli import main
-from controller.storage import Storage
+from controller.engine.catalogue import Catalogue
+from controller.ingest import synth
+from controller.store.storage import Storage
+from svcfp.cli import main
 
 KINDS = ("camera", "plug", "speaker")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.activity import ActivityTable
-from controller.errors import InputError
-from controller.evaluate import (
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.evaluate import (
     Dataset,
     EvalSettings,
     accuracy,
@@ -22,8 +22,8 @@ from controller.evaluate import (
     macro_f1,
     split_rows,
 )
-from controller.fingerprint import ExporterConfig, Fingerprint, FingerprintSet
-from controller.report import write_report
+from controller.engine.fingerprint import ExporterConfig, Fingerprint, FingerprintSet
+from controller.engine.report import write_report
 
 
 class TestMetrics:

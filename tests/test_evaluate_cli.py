@@ -10,9 +10,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from controller.activity import ActivityTable
-from controller.cli import build_parser, main
-from controller.engine_cli import load_inputs, merge_instances
+from controller.engine.activity import ActivityTable
+from svcfp.cli import build_parser, main
+from svcfp.cli.engine import load_inputs, merge_instances
 
 SERVICES = {
     "camera": ["tcp/443", "tcp/554", "udp/53"],

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import build_parser, main
-from controller.engine_cli import load_inputs
-from controller.evaluate import Dataset, EvalSettings, evaluate
+from controller.engine.evaluate import Dataset, EvalSettings, evaluate
+from svcfp.cli import build_parser, main
+from svcfp.cli.engine import load_inputs
 
 pytestmark = pytest.mark.data
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import InputError
-from controller.fileio import (
+from controller.base.errors import InputError
+from controller.base.fileio import (
     listed,
     open_atomically,
     read_json,

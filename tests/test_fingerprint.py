@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controller.activity import ActivityTable
-from controller.errors import InputError
-from controller.fingerprint import (
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.fingerprint import (
     ExporterConfig,
     Fingerprint,
     FingerprintSet,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.errors import InputError
-from controller.fingerprint import Fingerprint, FingerprintSet
-from controller.identify import (
+from controller.base.errors import InputError
+from controller.engine.fingerprint import Fingerprint, FingerprintSet
+from controller.engine.identify import (
     UNKNOWN,
     References,
     choose_theta,

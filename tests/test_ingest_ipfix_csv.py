@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_csv import parse_column_map, read_ipfix_csv
 from controller.ingest.labels import mac_to_int
 

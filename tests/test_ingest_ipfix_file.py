@@ -13,8 +13,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.pcap import read_pcap
 

@@ -8,10 +8,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from controller.activity import ActivityTable
-from controller.catalogue import Catalogue
-from controller.cli import main
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import Catalogue
 from controller.ingest.files import (
     IngestOptions,
     catalogue_for,
@@ -20,6 +19,7 @@ from controller.ingest.files import (
     ingest_files,
 )
 from controller.ingest.labels import Labels, int_to_mac, mac_key, mac_to_int
+from svcfp.cli import main
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"

@@ -11,8 +11,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import IngestStats
 from controller.ingest.labels import mac_to_int
 from controller.ingest.pcap import iter_frames, parse_frames, read_pcap

@@ -17,10 +17,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from controller.catalogue import Catalogue, Service
+from controller.base.p4info import P4Schema
+from controller.engine.catalogue import Catalogue, Service
 from controller.ingest.flows import IngestStats
 from controller.ingest.pcap import iter_frames, parse_frames
-from controller.p4info import P4Schema
 from refswitch.pipeline import Pipeline, ServiceRule, TableState
 from refswitch.program import Program
 

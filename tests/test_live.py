@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from controller.activity import ActivityTable
-from controller.errors import InputError
-from controller.fingerprint import ExporterConfig, export_fingerprints
-from controller.identify import References, enroll
-from controller.live import NEXT_UNIT_KEY, LiveIdentification, LiveSettings, identify_fingerprints
-from controller.storage import DeviceRow, FingerprintRecord, Storage
+from controller.base.errors import InputError
+from controller.control.live import (
+    NEXT_UNIT_KEY,
+    LiveIdentification,
+    LiveSettings,
+    identify_fingerprints,
+)
+from controller.engine.activity import ActivityTable
+from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.identify import References, enroll
+from controller.store.storage import DeviceRow, FingerprintRecord, Storage
 
 pytest_plugins = ["tests.storage_fixture"]
 
@@ -63,7 +68,7 @@ def test_decisions_are_stored_with_their_explanation_and_logged(
     store.put_devices([DeviceRow(CAM, 7, "camera", "s1", 1, "static", 0.0, 0.0)])
     live = LiveIdentification(store, LiveSettings(EXPORTER, references), unit_seconds=1.0)
     odd = {CAM: ("tcp/443", "udp/53"), PLUG: ("udp/123", "udp/5353")}
-    with caplog.at_level(logging.INFO, logger="controller.live"):
+    with caplog.at_level(logging.INFO, logger="controller.control.live"):
         decided = live.close_units(units(20, 21, odd), end_unit=22)
     assert [(d.device, d.label, d.start_unit, d.end_unit) for d in decided] == [
         (CAM, "camera", 20, 22),

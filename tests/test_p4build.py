@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import p4build
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.p4rt import build as p4build
 
 ROOT = Path(__file__).resolve().parent.parent
 P4_SOURCE = ROOT / "p4src" / "fingerprint.p4"

@@ -6,8 +6,8 @@ import pytest
 from finsy.proto import p4i
 from google.protobuf import text_format
 
-from controller.errors import InputError
-from controller.p4info import (
+from controller.base.errors import InputError
+from controller.base.p4info import (
     P4Schema,
     decode_int,
     decode_mac,

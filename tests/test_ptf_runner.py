@@ -100,8 +100,7 @@ def test_switch_ports_are_the_even_veths() -> None:
     assert runner.switch_command(None, 2, "127.0.0.1:9559", 0, log) == [
         sys.executable,
         "-m",
-        "controller.cli",
-        "switch",
+        "refswitch",
         "--grpc-addr",
         "127.0.0.1:9559",
         "--device-id",

@@ -8,7 +8,7 @@ from scapy.layers.inet6 import UDP as UDP6
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from controller.p4info import P4Schema
+from controller.base.p4info import P4Schema
 from refswitch.pipeline import (
     DIGEST_REPEAT_US,
     DROP,

@@ -21,8 +21,8 @@ from finsy.proto import p4r, p4r_grpc
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
-from controller.errors import InputError
-from controller.p4info import P4Schema, encode_int
+from controller.base.errors import InputError
+from controller.base.p4info import P4Schema, encode_int
 from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.ports import Ports
 from refswitch.server import P4RUNTIME_API_VERSION

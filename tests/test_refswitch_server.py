@@ -14,7 +14,7 @@ from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from controller.p4info import P4Schema, encode_int
+from controller.base.p4info import P4Schema, encode_int
 from refswitch.counter_codec import CounterArrayEncoder
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import InputError
-from controller.registry import (
+from controller.base.errors import InputError
+from controller.control.registry import (
     RegisterPolicy,
     Registry,
     RegistryFull,
     StaticDevice,
     load_devices_file,
 )
-from controller.storage import Storage
+from controller.store.storage import Storage
 
 pytest_plugins = ["tests.storage_fixture"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.errors import InputError, SwitchError
-from controller.p4info import P4Schema
-from controller.session import Session, SwitchTarget, TlsOptions
+from controller.base.errors import InputError, SwitchError
+from controller.base.p4info import P4Schema
+from controller.p4rt.session import Session, SwitchTarget, TlsOptions
 from tests.conftest import P4INFO
 
 server_module = pytest.importorskip("refswitch.server")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.activity import ActivityRecord, ActivityTable
-from controller.catalogue import Service
-from controller.errors import InputError
-from controller.storage import (
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityRecord, ActivityTable
+from controller.engine.catalogue import Service
+from controller.store.storage import (
     Baseline,
     DecisionRecord,
     DeviceRow,

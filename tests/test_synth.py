@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_csv import read_ipfix_csv
-from controller.synth import (
+from controller.ingest.synth import (
     activity,
     flows,
     load_profiles,

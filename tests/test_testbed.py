@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 def svcfp(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller.cli", "--log-level", "WARNING", *args],
+        [sys.executable, "-m", "svcfp", "--log-level", "WARNING", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import testbed
-from controller.errors import InputError
-from controller.testbed import TestbedConfig, switch_specs, write_devices_file
+from controller.base.errors import InputError
 from topology import graph as topo
+from topology import testbed
+from topology.testbed import TestbedConfig, switch_specs, write_devices_file
 
 
 def config(tmp_path: Path, **changes: object) -> TestbedConfig:

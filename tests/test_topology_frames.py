@@ -6,8 +6,8 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from topology import graph as topo
 from topology.devices import Activity
 from topology.emulation import DeviceSchedule

@@ -8,7 +8,7 @@ from typing import Any
 import networkx as nx
 import pytest
 
-from controller.errors import InputError
+from controller.base.errors import InputError
 from topology import graph as topo
 
 TUTORIAL = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import SwitchError
+from controller.base.errors import SwitchError
 from topology.launch import (
     bmv2_command,
     check_switch_kind,
@@ -21,7 +21,7 @@ from topology.state import TestbedState, is_ours
 
 def test_refswitch_command_line() -> None:
     assert refswitch_command("127.0.0.1:9600", 3, Path("logs/s2.log"), ["-i", "1@s2-eth1"]) == [
-        sys.executable, "-m", "controller.cli", "switch", "--grpc-addr", "127.0.0.1:9600",
+        sys.executable, "-m", "refswitch", "--grpc-addr", "127.0.0.1:9600",
         "--device-id", "3", "--log-file", "logs/s2.log", "-i", "1@s2-eth1",
     ]  # fmt: skip
 

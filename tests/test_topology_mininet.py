@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from controller import entries
-from controller.catalogue import Catalogue
-from controller.demo import DemoConfig, LiveView, build_scenario, run_network
-from controller.identify import UNKNOWN
-from controller.p4info import P4Schema
-from controller.session import Session, SwitchTarget
-from controller.storage import Storage
+from controller.base.p4info import P4Schema
+from controller.engine.catalogue import Catalogue
+from controller.engine.identify import UNKNOWN
+from controller.p4rt import entries
+from controller.p4rt.session import Session, SwitchTarget
+from controller.store.storage import Storage
 from topology import graph as topo
+from topology.demo import DemoConfig, LiveView, build_scenario, run_network
 from topology.protocols import LINK_LOCAL_SERVICES, MULTICAST_SERVICES
 from topology.state import STATE_FILE, interface_exists
 
@@ -130,11 +130,11 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
 ) -> None:
     import json
 
-    from controller.run import Controller
-    from controller.testbed import controller_config, wait_programmed
+    from controller.control.run import Controller
     from topology.devices import Activity
     from topology.emulation import DeviceSchedule, start_emulation
     from topology.network import running_network
+    from topology.testbed import controller_config, wait_programmed
 
     data = json.loads(json.dumps(TRIANGLE))
     for name in ("s1", "s2", "s3"):

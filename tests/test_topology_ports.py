@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.catalogue import Catalogue, ServiceSpec
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue, ServiceSpec
 from topology import graph as topo
 from topology.emulation import default_service_host, listeners, targets
 from topology.ports import quiet_ports, realize, served_port

@@ -10,20 +10,20 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from controller import entries
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.base.p4info import P4Schema
+from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.engine.catalogue import Catalogue
 from controller.ingest.pcap import read_pcap
-from controller.p4info import P4Schema
-from controller.run import Controller, RunConfig, SwitchSpec
-from controller.session import Session, SwitchTarget
-from controller.storage import Storage
-from controller.testbed import wait_programmed, write_devices_file
+from controller.p4rt import entries
+from controller.p4rt.session import Session, SwitchTarget
+from controller.store.storage import Storage
 from topology import graph as topo
 from topology.devices import Activity
 from topology.emulation import DeviceSchedule
 from topology.frames import synthesize, write_pcap
 from topology.replay import device_mac_of, prepare, replay
+from topology.testbed import wait_programmed, write_devices_file
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"

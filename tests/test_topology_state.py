@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import InputError
+from controller.base.errors import InputError
 from topology.state import (
     ProcessRecord,
     TestbedState,

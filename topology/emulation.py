@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from controller.catalogue import Catalogue
-from controller.errors import SvcfpError
+from controller.base.errors import SvcfpError
+from controller.engine.catalogue import Catalogue
 from topology import graph as topo
 from topology import protocols
 from topology.devices import UNPLAYABLE, Activity, DevicePlan

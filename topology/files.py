@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.fileio import write_text_atomically
+from controller.base.fileio import write_text_atomically
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import dpkt
 import networkx as nx
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
-from controller.fileio import replace_atomically
+from controller.base.errors import InputError
+from controller.base.fileio import replace_atomically
+from controller.engine.catalogue import Catalogue
 from topology import graph as topo
 from topology import protocols
 from topology.devices import MAX_EXCHANGES_PER_UNIT, UNPLAYABLE, Activity

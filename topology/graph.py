@@ -22,8 +22,8 @@ from typing import Any
 
 import networkx as nx
 
-from controller.errors import InputError
-from controller.fileio import parse_json
+from controller.base.errors import InputError
+from controller.base.fileio import parse_json
 from topology.files import write_json_atomic
 
 DEVICE = "device"

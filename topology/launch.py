@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.errors import SwitchError
+from controller.base.errors import SwitchError
 from topology.state import ProcessRecord, TestbedState, stop_process
 
 SWITCH_KINDS = ("refswitch", "bmv2")
@@ -56,13 +56,13 @@ def wait_for_port(
 def refswitch_command(
     grpc_addr: str, device_id: int, log_file: Path, ports: Sequence[str]
 ) -> list[str]:
-    """The reference switch's command line (`svcfp switch`, run with this interpreter); `ports`
-    are its port flags (`-i 1@s1-eth1`, `--pcap-in 0@trace.pcap`, ...)."""
+    """The reference switch's command line (`python -m refswitch`, the same flags as `svcfp
+    switch`, run with this interpreter); `ports` are its port flags (`-i 1@s1-eth1`,
+    `--pcap-in 0@trace.pcap`, ...)."""
     return [
         sys.executable,
         "-m",
-        "controller.cli",
-        "switch",
+        "refswitch",
         "--grpc-addr",
         grpc_addr,
         "--device-id",

@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 from mininet.net import Mininet
 
-from controller.errors import SvcfpError
+from controller.base.errors import SvcfpError
 from topology import graph as topo
 from topology.state import TestbedState, interface_exists
 from topology.switches import P4Switch, switch_class

@@ -1,10 +1,10 @@
 """Which ports emulated traffic must use so the switch counts it as the intended service.
 
 The switch looks a packet up by destination port first and by source port only on a miss
-(`controller.catalogue`). A service in the destination table is produced by sending *to* one of
-its ports; a service only in the source table (a catch-all range of client ports, say) by sending
-*from* one of its ports to a port no destination entry matches; a service a device serves is
-produced by its replies, which go to a prober's port no destination entry matches.
+(`controller.engine.catalogue`). A service in the destination table is produced by sending *to*
+one of its ports; a service only in the source table (a catch-all range of client ports, say) by
+sending *from* one of its ports to a port no destination entry matches; a service a device serves
+is produced by its replies, which go to a prober's port no destination entry matches.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.catalogue import Catalogue
 from topology import protocols
 
 # Client ports for source-port services: several, used in turn, so a new TCP connection never

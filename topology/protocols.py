@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from controller import catalogue
+from controller.engine import catalogue
 
 MDNS_GROUP = "224.0.0.251"
 SSDP_GROUP = "239.255.255.250"

@@ -16,8 +16,8 @@ from typing import Any
 
 import dpkt
 
-from controller.errors import InputError, SvcfpError
-from controller.fileio import replace_atomically
+from controller.base.errors import InputError, SvcfpError
+from controller.base.fileio import replace_atomically
 from controller.ingest.labels import mac_key
 from topology.state import TestbedState
 

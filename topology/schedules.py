@@ -1,4 +1,5 @@
-"""Schedules for emulated devices, drawn from the synthetic device profiles (`controller.synth`).
+"""Schedules for emulated devices, drawn from the synthetic device profiles
+(`controller.ingest.synth`).
 
 Each emulated host plays its profile unit by unit: in every unit it uses exactly the services its
 synthetic schedule says are active. Services the profile uses as a client become exchanges the
@@ -13,8 +14,8 @@ from collections.abc import Sequence
 
 import networkx as nx
 
-from controller import synth
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.ingest import synth
 from topology import graph as topo
 from topology.devices import Activity
 from topology.emulation import DeviceSchedule

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.errors import InputError, SvcfpError
+from controller.base.errors import InputError, SvcfpError
 from topology.files import write_json_atomic
 
 STATE_FILE = "testbed.json"

@@ -113,7 +113,7 @@ class RefSwitch(P4Switch):
     kind = "refswitch"
 
     def command(self) -> list[str]:
-        """`python -m controller.cli switch --grpc-addr ... --device-id ... -i N@intf ...`."""
+        """`python -m refswitch --grpc-addr ... --device-id ... -i N@intf ...`."""
         return refswitch_command(
             self.grpc_addr,
             self.device_id,

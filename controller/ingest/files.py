@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityTable
-from controller.catalogue import MAX_SERVICE_ID, Catalogue, for_granularity
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import MAX_SERVICE_ID, Catalogue, for_granularity
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.ipfix_file import read_ipfix

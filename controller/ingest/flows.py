@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityTable, units_of
-from controller.catalogue import Catalogue, PortUsage
+from controller.engine.activity import ActivityTable, units_of
+from controller.engine.catalogue import Catalogue, PortUsage
 from controller.ingest.labels import macs_to_keys
 
 I64 = npt.NDArray[np.int64]
@@ -148,7 +148,7 @@ def batches_to_activity(
 
 class PortCounter:
     """Collects which TCP/UDP service ports the counted devices use, batch by batch, for the
-    `learned` and `ephemeral` granularities (see `controller.catalogue.PortUsage`)."""
+    `learned` and `ephemeral` granularities (see `controller.engine.catalogue.PortUsage`)."""
 
     def __init__(self, devices: U64 | None = None, unit_seconds: float = 3600.0) -> None:
         self.devices = devices

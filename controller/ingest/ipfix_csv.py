@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityTable
-from controller.catalogue import PROTOCOL_NUMBERS, Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import PROTOCOL_NUMBERS, Catalogue
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 from controller.ingest.labels import mac_to_int
 

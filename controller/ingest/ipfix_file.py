@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityTable
-from controller.catalogue import Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 from controller.ingest.pcap import CAPTURE_MAGICS, iter_frames
 

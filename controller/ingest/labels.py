@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from controller.errors import InputError
+from controller.base.errors import InputError
 
 UNKNOWN = "unknown"
 MAC_FILE = "_iotdevice-mac.txt"

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from controller.activity import ActivityTable
-from controller.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
-from controller.errors import InputError
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 
 PCAP_MAGIC_US = 0xA1B2C3D4

@@ -1,0 +1,82 @@
+"""Whole files read and written safely: JSON documents whose errors name the file, and writes that
+never leave half a file behind (a temporary file beside the target, renamed over it when done)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from controller.base.errors import InputError
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of `path`; an `InputError` naming the file and what it should hold if unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Parse a JSON document; an `InputError` naming `source` and the line when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: line {exc.lineno}: not JSON: {exc.msg}") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document in `path` (see `read_text` and `parse_json` for the errors)."""
+    return parse_json(read_text(path, what), str(path))
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed over it when the block ends without error."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # mkstemp makes the file private to its owner; the result should look like any new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call `write` on a temporary path beside `path`, then rename it over `path`: readers see the
+    old file or the whole new one, and a failed write leaves the old file untouched."""
+    with _replacing(path) as tmp:
+        write(tmp)
+
+
+@contextmanager
+def open_atomically(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A UTF-8 text handle whose content replaces `path` when the block ends without error."""
+    with _replacing(path) as tmp, tmp.open("w", encoding="utf-8", newline=newline) as handle:
+        yield handle
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) in one rename."""
+    with open_atomically(path) as handle:
+        handle.write(text)
+
+
+def listed(document: Any, key: str, source: str) -> list[Any]:
+    """The `key` list of a JSON object, the usual shape of the project's JSON files."""
+    if not isinstance(document, dict) or not isinstance(document.get(key), list):
+        raise InputError(f'{source}: expected an object with a "{key}" list')
+    entries: list[Any] = document[key]
+    return entries

@@ -1,0 +1,318 @@
+"""The P4Info schema: every P4Runtime name resolved to its id, width and kind in one place.
+
+Controller and reference switch both resolve tables, actions, fields, counters, registers and
+digests *by name* through a `P4Schema` built from the P4Info they are given, never by a hard-coded
+number. Values travel as P4Runtime canonical bytestrings (big-endian, no leading zero bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict, TypeVar
+
+from finsy.proto import p4i
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from controller.base.errors import InputError
+
+_MATCH_TYPES = {
+    p4i.MatchField.EXACT: "EXACT",
+    p4i.MatchField.LPM: "LPM",
+    p4i.MatchField.TERNARY: "TERNARY",
+    p4i.MatchField.RANGE: "RANGE",
+    p4i.MatchField.OPTIONAL: "OPTIONAL",
+}
+
+
+@dataclass(frozen=True)
+class MatchFieldInfo:
+    """One key field of a table."""
+
+    id: int
+    name: str
+    bitwidth: int
+    match_type: str
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of an action."""
+
+    id: int
+    name: str
+    bitwidth: int
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What every P4Info object has: its P4Runtime id, full name and short alias."""
+
+    id: int
+    name: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class ActionInfo(ObjectInfo):
+    """An action and its parameters, in declaration order."""
+
+    params: tuple[ParamInfo, ...]
+
+    def param(self, name: str) -> ParamInfo:
+        """The parameter called `name`."""
+        return _named(self.params, name, f"action {self.name} has no parameter {name!r}")
+
+
+@dataclass(frozen=True)
+class TableInfo(ObjectInfo):
+    """A match-action table: its key fields, allowed actions and capacity."""
+
+    match_fields: tuple[MatchFieldInfo, ...]
+    action_ids: tuple[int, ...]
+    size: int
+    const_default_action_id: int
+
+    def field(self, name: str) -> MatchFieldInfo:
+        """The key field called `name`."""
+        return _named(self.match_fields, name, f"table {self.name} has no match field {name!r}")
+
+
+@dataclass(frozen=True)
+class CounterInfo(ObjectInfo):
+    """An indirect counter array."""
+
+    unit: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RegisterInfo(ObjectInfo):
+    """A register array of bit<bitwidth> cells."""
+
+    bitwidth: int
+    size: int
+
+
+@dataclass(frozen=True)
+class DigestInfo(ObjectInfo):
+    """A digest and the (name, bitwidth) members of its struct."""
+
+    members: tuple[tuple[str, int], ...]
+
+
+_Member = TypeVar("_Member", MatchFieldInfo, ParamInfo)
+
+
+def _named(members: tuple[_Member, ...], name: str, missing: str) -> _Member:
+    for member in members:
+        if member.name == name:
+            return member
+    raise InputError(missing)
+
+
+Info = TableInfo | ActionInfo | CounterInfo | RegisterInfo | DigestInfo
+_I = TypeVar("_I", TableInfo, ActionInfo, CounterInfo, RegisterInfo, DigestInfo)
+
+
+def _index(kind: str, items: list[_I]) -> dict[str | int, _I]:
+    """Map every name, alias and id of `items` to the item."""
+    index: dict[str | int, _I] = {}
+    for item in items:
+        for key in (item.name, item.alias, item.id):
+            if key in index and index[key] is not item:
+                raise InputError(f"P4Info has two {kind}s called {key!r}")
+            index[key] = item
+    return index
+
+
+class P4Schema:
+    """Lookups by name, alias or id over one P4Info message."""
+
+    def __init__(self, p4info: p4i.P4Info, source: str = "P4Info") -> None:
+        self.p4info = p4info
+        self.source = source
+        self.tables = _index("table", [_table(t) for t in p4info.tables])
+        self.actions = _index("action", [_action(a) for a in p4info.actions])
+        self.counters = _index("counter", [_counter(c) for c in p4info.counters])
+        self.registers = _index("register", [_register(r) for r in p4info.registers])
+        self.digests = _index("digest", [_digest(d, p4info) for d in p4info.digests])
+
+    @classmethod
+    def load(cls, path: Path) -> P4Schema:
+        """Read a P4Info file: protobuf text (.txt, .txtpb, .p4info) or binary (.bin, .pb)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read P4Info {path}: {exc.strerror}") from exc
+        message = p4i.P4Info()
+        try:
+            if path.suffix in (".bin", ".pb"):
+                message.ParseFromString(data)
+            else:
+                text_format.Parse(data.decode("utf-8"), message)
+        except (text_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not a valid P4Info: {exc}") from exc
+        if not message.tables and not message.actions:
+            raise InputError(f"{path} is not a valid P4Info: it declares no tables or actions")
+        return cls(message, source=str(path))
+
+    def _get(self, kind: str, index: dict[str | int, _I], key: str | int) -> _I:
+        try:
+            return index[key]
+        except KeyError:
+            raise InputError(f"{self.source} has no {kind} {key!r}") from None
+
+    def table(self, key: str | int) -> TableInfo:
+        """The table with this name, alias or id."""
+        return self._get("table", self.tables, key)
+
+    def action(self, key: str | int) -> ActionInfo:
+        """The action with this name, alias or id."""
+        return self._get("action", self.actions, key)
+
+    def counter(self, key: str | int) -> CounterInfo:
+        """The counter with this name, alias or id."""
+        return self._get("counter", self.counters, key)
+
+    def register(self, key: str | int) -> RegisterInfo:
+        """The register with this name, alias or id."""
+        return self._get("register", self.registers, key)
+
+    def digest(self, key: str | int) -> DigestInfo:
+        """The digest with this name, alias or id."""
+        return self._get("digest", self.digests, key)
+
+    def by_id(self, object_id: int) -> Info:
+        """Any object by its P4Runtime id."""
+        for index in (self.tables, self.actions, self.counters, self.registers, self.digests):
+            found = index.get(object_id)
+            if found is not None:
+                return found
+        raise InputError(f"{self.source} has no object with id {object_id}")
+
+    def objects(self) -> dict[str, Info]:
+        """Every object keyed by kind and fully qualified name, e.g. 'table IngressImpl.l2'."""
+        groups: tuple[tuple[str, Mapping[str | int, Info]], ...] = (
+            ("table", self.tables),
+            ("action", self.actions),
+            ("counter", self.counters),
+            ("register", self.registers),
+            ("digest", self.digests),
+        )
+        return {f"{kind} {item.name}": item for kind, index in groups for item in index.values()}
+
+    def diff(self, other: P4Schema) -> list[str]:
+        """Human-readable differences between two schemas, one line per differing object."""
+        mine, theirs = self.objects(), other.objects()
+        lines = [f"{key} only in {self.source}" for key in sorted(mine.keys() - theirs.keys())]
+        lines += [f"{key} only in {other.source}" for key in sorted(theirs.keys() - mine.keys())]
+        for key in sorted(mine.keys() & theirs.keys()):
+            if mine[key] != theirs[key]:
+                lines.append(f"{key} differs: {mine[key]} != {theirs[key]}")
+        return lines
+
+
+class _Names(TypedDict):
+    id: int
+    name: str
+    alias: str
+
+
+def _names(preamble: p4i.Preamble) -> _Names:
+    # p4c always writes an alias; hand-written P4Info may leave it out.
+    return _Names(id=preamble.id, name=preamble.name, alias=preamble.alias or preamble.name)
+
+
+def _table(table: p4i.Table) -> TableInfo:
+    return TableInfo(
+        **_names(table.preamble),
+        match_fields=tuple(
+            MatchFieldInfo(
+                id=f.id,
+                name=f.name,
+                bitwidth=f.bitwidth,
+                match_type=_MATCH_TYPES.get(f.match_type, "UNSPECIFIED"),
+            )
+            for f in table.match_fields
+        ),
+        action_ids=tuple(ref.id for ref in table.action_refs),
+        size=table.size,
+        const_default_action_id=table.const_default_action_id,
+    )
+
+
+def _action(action: p4i.Action) -> ActionInfo:
+    return ActionInfo(
+        **_names(action.preamble),
+        params=tuple(ParamInfo(id=p.id, name=p.name, bitwidth=p.bitwidth) for p in action.params),
+    )
+
+
+def _counter(counter: p4i.Counter) -> CounterInfo:
+    return CounterInfo(
+        **_names(counter.preamble),
+        unit=p4i.CounterSpec.Unit.Name(counter.spec.unit),
+        size=counter.size,
+    )
+
+
+def _register(register: p4i.Register) -> RegisterInfo:
+    return RegisterInfo(
+        **_names(register.preamble),
+        bitwidth=register.type_spec.bitstring.bit.bitwidth,
+        size=register.size,
+    )
+
+
+def _digest(digest: p4i.Digest, p4info: p4i.P4Info) -> DigestInfo:
+    struct_name = digest.type_spec.struct.name
+    members: tuple[tuple[str, int], ...] = ()
+    if struct_name in p4info.type_info.structs:
+        members = tuple(
+            (m.name, m.type_spec.bitstring.bit.bitwidth)
+            for m in p4info.type_info.structs[struct_name].members
+        )
+    return DigestInfo(
+        **_names(digest.preamble),
+        members=members,
+    )
+
+
+def encode_int(value: int, bitwidth: int) -> bytes:
+    """`value` as a P4Runtime canonical bytestring (minimal big-endian; zero is one 0x00 byte)."""
+    if value < 0 or value >= 1 << bitwidth:
+        raise InputError(f"value {value} does not fit in {bitwidth} bits")
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def decode_int(data: bytes) -> int:
+    """An unsigned integer from a (canonical or zero-padded) big-endian bytestring."""
+    return int.from_bytes(data, "big")
+
+
+def encode_mac(mac: str) -> bytes:
+    """A MAC written as 'aa:bb:cc:dd:ee:ff' (or with '-') as a canonical 48-bit bytestring."""
+    parts = mac.replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise InputError(f"{mac!r} is not a MAC address")
+    try:
+        value = int("".join(f"{int(p, 16):02x}" for p in parts), 16)
+    except ValueError:
+        raise InputError(f"{mac!r} is not a MAC address") from None
+    if any(len(p) > 2 for p in parts):
+        raise InputError(f"{mac!r} is not a MAC address")
+    return encode_int(value, 48)
+
+
+def decode_mac(data: bytes) -> str:
+    """A MAC bytestring (canonical or full width) as lower-case 'aa:bb:cc:dd:ee:ff'."""
+    raw = decode_int(data).to_bytes(6, "big")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def normalize_mac(mac: str) -> str:
+    """A MAC in the project's device-key form: lower-case, colon-separated."""
+    return decode_mac(encode_mac(mac))

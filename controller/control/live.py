@@ -1,0 +1,170 @@
+"""Live identification: closed time units → fingerprint exporter → decisions, stored and logged.
+
+The controller hands every range of closed units to `LiveIdentification.close_units`. The units
+go through the streaming exporter; each exported fingerprint is identified against the enrolled
+references (when there are any), and fingerprints, decisions and the next unit to feed are
+stored in one transaction.
+
+Restart: the exporter's open windows are not kept. A restarted controller starts new windows at
+the first unit after the last one fed (stored as `live_next_unit`), so no unit is ever fed twice
+and no window spans the time the controller was down. The unit open when the controller stops is
+fed as it stands; activity counted in that unit after a restart is stored but not fingerprinted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.fingerprint import (
+    ExporterConfig,
+    Fingerprint,
+    FingerprintSet,
+    StreamingExporter,
+    representation_name,
+)
+from controller.engine.identify import Decision, References, ServiceContribution, identify
+from controller.store.storage import DecisionRecord, FingerprintRecord, Storage
+
+log = logging.getLogger(__name__)
+
+NEXT_UNIT_KEY = "live_next_unit"
+# Services named per group in a decision's log line.
+TOP_SERVICES = 3
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """How the controller fingerprints and identifies: exporter settings, optional references."""
+
+    exporter: ExporterConfig
+    references: References | None = None
+
+    def check(self, unit_seconds: float, source: str) -> None:
+        """Refuse references made with other units or another representation."""
+        refs = self.references
+        if refs is None:
+            return
+        if not math.isclose(refs.unit_seconds, unit_seconds):
+            raise InputError(
+                f"{source}: references use {refs.unit_seconds:g} s units, the controller "
+                f"{unit_seconds:g} s; pass --time-unit {refs.unit_seconds:g}"
+            )
+        if refs.granularity != self.exporter.granularity:
+            raise InputError(
+                f"{source}: references are {representation_name(refs.granularity)}, "
+                f"--granularity asks for {representation_name(self.exporter.granularity)}"
+            )
+
+
+def identify_fingerprints(
+    fingerprints: Sequence[Fingerprint], references: References
+) -> list[Decision]:
+    """Decisions for exported fingerprints (none for none)."""
+    if not fingerprints:
+        return []
+    return identify(FingerprintSet.from_fingerprints(fingerprints), references)
+
+
+def fingerprint_record(fp: Fingerprint) -> FingerprintRecord:
+    """An exported fingerprint as stored."""
+    return FingerprintRecord(
+        fp.device, fp.start_unit, fp.end_unit, fp.representation, fp.as_dict(), fp.converged
+    )
+
+
+def decision_record(decision: Decision, representation: str, when: float) -> DecisionRecord:
+    """A decision as stored: its explanation with the runner-up and the matched reference."""
+    why = decision.explanation.to_json()
+    why.update(
+        best_type=decision.best_type,
+        theta=decision.theta,
+        runner_up=decision.runner_up,
+        runner_up_similarity=decision.runner_up_similarity,
+        reference=decision.reference,
+    )
+    return DecisionRecord(
+        decision.device,
+        decision.start_unit,
+        decision.end_unit,
+        representation,
+        decision.label,
+        decision.similarity,
+        why,
+        when,
+    )
+
+
+def decision_line(decision: Decision, device_id: int | None) -> str:
+    """One structured log line: device, MAC, label, similarity and the top services: matched
+    ones with their share of the similarity, unexpected ones with the device's weight, missing
+    ones with the reference's (neither adds to the similarity)."""
+    why = decision.explanation
+
+    def top(
+        group: Sequence[ServiceContribution], weight: Callable[[ServiceContribution], float]
+    ) -> str:
+        return ",".join(f"{c.service}:{weight(c):.3f}" for c in group[:TOP_SERVICES]) or "-"
+
+    return (
+        f"event=decision device={'-' if device_id is None else device_id} mac={decision.device} "
+        f"window={decision.start_unit}..{decision.end_unit} label={decision.label} "
+        f"best_type={decision.best_type} similarity={decision.similarity:.3f} "
+        f"theta={decision.theta:.3f} matched={top(why.matched, lambda c: c.share)} "
+        f"unexpected={top(why.unexpected, lambda c: c.observed)} "
+        f"missing={top(why.missing, lambda c: c.reference)}"
+    )
+
+
+class LiveIdentification:
+    """Feeds closed units to the exporter, identifies what it exports, stores and logs it."""
+
+    def __init__(self, storage: Storage, settings: LiveSettings, unit_seconds: float) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.exporter = StreamingExporter(settings.exporter, unit_seconds)
+        stored = storage.meta(NEXT_UNIT_KEY)
+        self.next_unit = None if stored is None else int(stored)
+        self.representation = representation_name(settings.exporter.granularity)
+
+    def close_units(self, table: ActivityTable, end_unit: int) -> list[Decision]:
+        """Feed the activity of the units before `end_unit` not fed yet; store what comes out."""
+        if self.next_unit is not None:
+            if end_unit <= self.next_unit:
+                return []
+            table = table.select(units=(self.next_unit, end_unit))
+        exported = self.exporter.feed_table(table, end_unit=end_unit)
+        references = self.settings.references
+        decisions = [] if references is None else identify_fingerprints(exported, references)
+        now = time.time()
+        self.storage.add_results(
+            [fingerprint_record(fp) for fp in exported],
+            [decision_record(d, self.representation, now) for d in decisions],
+            meta={NEXT_UNIT_KEY: str(end_unit)},
+            when=now,
+        )
+        self.next_unit = end_unit
+        self._log(exported, decisions)
+        return decisions
+
+    def _log(self, exported: Sequence[Fingerprint], decisions: Sequence[Decision]) -> None:
+        if not exported:
+            return
+        ids = {row.mac: row.device_id for row in self.storage.devices()}
+        for fp in exported:
+            log.info(
+                "event=fingerprint device=%s mac=%s window=%d..%d converged=%s services=%s",
+                "-" if ids.get(fp.device) is None else ids[fp.device],
+                fp.device,
+                fp.start_unit,
+                fp.end_unit,
+                fp.converged,
+                ",".join(f"{s}:{w:.3f}" for s, w in fp.as_dict().items()) or "-",
+            )
+        for decision in decisions:
+            log.info("%s", decision_line(decision, ids.get(decision.device)))

@@ -1,0 +1,585 @@
+"""Offline evaluation of the fingerprint method on labelled activity (DESIGN §5).
+
+For every time unit and representation G of a grid, and both matching modes (nearest reference
+fingerprint, type prototype):
+
+- fingerprints are made with the exporter (or one per device span, for short captures);
+- a time-ordered split sends earlier windows to training and later ones to testing — per device,
+  or, for capture data sets, per type by setup/capture group (train on the first groups of a
+  type, test on the others);
+- closed set: accuracy, macro-F1, confusion matrix, time to identification;
+- open set, leaving one type out of the references at a time: unknown-detection rate, known
+  accuracy, and the AUROC of the best similarity as a known-vs-unknown score;
+- convergence (the CDF of convergence times) and recurrence (intra- vs inter-device similarity).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.fingerprint import (
+    ExporterConfig,
+    FingerprintSet,
+    FloatArray,
+    IntArray,
+    export_fingerprints,
+    recurrence,
+    representation_name,
+    whole_windows,
+)
+from controller.engine.identify import (
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_PERCENTILE,
+    MODES,
+    UNKNOWN,
+    Mode,
+    References,
+    Scores,
+    choose_theta,
+    enroll,
+    own_type_similarity,
+    score,
+)
+
+Windows = Literal["exporter", "whole"]
+Split = Literal["time", "group"]
+DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
+DEFAULT_TRAIN_FRACTION = 0.5
+DEFAULT_PREFIXES = (1, 2, 5, 10, 20, 30, 60, 120, 300)
+"""Observation lengths (units) at which early identification of captures is measured."""
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
+    """Fraction of predictions equal to the truth (NaN for no samples)."""
+    if not truth:
+        return math.nan
+    return sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth)
+
+
+def confusion_matrix(
+    truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str] | None = None
+) -> tuple[tuple[str, ...], IntArray]:
+    """(classes, matrix) with matrix[i, j] = samples of class i predicted as class j.
+
+    Classes default to the sorted union of true and predicted labels.
+    """
+    names = tuple(classes) if classes is not None else tuple(sorted(set(truth) | set(predicted)))
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[index[t], index[p]] += 1
+    return names, matrix
+
+
+def macro_f1(truth: Sequence[str], predicted: Sequence[str]) -> float:
+    """Unweighted mean over classes (true ∪ predicted) of F1; a class with no true and no
+    predicted sample cannot occur, one with precision and recall both 0 scores 0."""
+    if not truth:
+        return math.nan
+    _, matrix = confusion_matrix(truth, predicted)
+    tp = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1).astype(np.float64)
+    called = matrix.sum(axis=0).astype(np.float64)
+    denominator = support + called
+    f1 = np.zeros_like(tp)
+    np.divide(2 * tp, denominator, out=f1, where=denominator > 0)
+    return float(f1.mean())
+
+
+def auroc(scores: npt.ArrayLike, positive: npt.ArrayLike) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties count ½
+    (the Mann–Whitney U statistic from average ranks). NaN when a class is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    p = np.asarray(positive, dtype=bool)
+    n_pos = int(p.sum())
+    n_neg = int(p.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(s, kind="mergesort")
+    ordered = s[order]
+    bounds = np.flatnonzero(np.diff(ordered)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [s.size]])
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    u = ranks[p].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def cdf(values: npt.ArrayLike) -> tuple[list[float], list[float]]:
+    """Empirical CDF: distinct sorted values and the fraction of values ≤ each."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if not v.size:
+        return [], []
+    distinct, counts = np.unique(v, return_counts=True)
+    return distinct.tolist(), (np.cumsum(counts) / v.size).tolist()
+
+
+# --- data and settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled activity to evaluate on.
+
+    Device keys of `activity` are *tracks*: a device, or one capture of a device (for capture
+    data sets, where each capture is its own short observation). `labels` maps every track to its
+    type; `groups` (optional) maps tracks to their setup/capture group for group splits.
+    """
+
+    activity: ActivityTable
+    labels: Mapping[str, str]
+    groups: Mapping[str, str] | None = None
+    name: str = "dataset"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to evaluate: the grid, how windows are made and split, how references are matched.
+
+    `captures`: every track is a separate short capture, so its timeline ends with its own last
+    activity and the window still open there is exported too (unconverged); early
+    identification is then measured on the first `prefixes` units of every test capture.
+    """
+
+    granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
+    unit_seconds: tuple[float, ...] = ()
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    windows: Windows = "exporter"
+    captures: bool = False
+    split: Split = "time"
+    train_fraction: float = DEFAULT_TRAIN_FRACTION
+    modes: tuple[Mode, ...] = MODES
+    neighbours: int = DEFAULT_NEIGHBOURS
+    percentile: float = DEFAULT_PERCENTILE
+    theta: float | None = None
+    prefixes: tuple[int, ...] = DEFAULT_PREFIXES
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_fraction < 1.0:
+            raise InputError(f"train fraction {self.train_fraction} must lie strictly in (0, 1)")
+        if not self.granularities:
+            raise InputError("the grid needs at least one granularity")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise InputError(f"modes {bad or '(none)'}: choose from {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Row indices of a fingerprint set for training and testing."""
+
+    train: IntArray
+    test: IntArray
+
+
+def split_rows(
+    fps: FingerprintSet,
+    labels: Mapping[str, str],
+    groups: Mapping[str, str] | None,
+    how: Split,
+    train_fraction: float,
+) -> SplitRows:
+    """Time-ordered split of labelled rows.
+
+    time: per device, its windows in time order; the first ⌈fraction·n⌉ − (1 if that leaves no
+    test window and n ≥ 2) train, the rest test. group: per type, its groups ordered by their
+    earliest window (ties by name); the first ⌈fraction·g⌉ groups train (at most g − 1), the
+    rest test. A device or type with a single window or group trains only.
+    """
+    names = fps.device_names
+    keep = [i for i, name in enumerate(names) if labels.get(name, UNKNOWN) != UNKNOWN]
+    train: list[int] = []
+    test: list[int] = []
+    if how == "time":
+        by_device: dict[str, list[int]] = {}
+        for i in keep:
+            by_device.setdefault(names[i], []).append(i)
+        for rows in by_device.values():
+            rows.sort(key=lambda i: int(fps.start[i]))
+            n_train = _n_train(len(rows), train_fraction)
+            train.extend(rows[:n_train])
+            test.extend(rows[n_train:])
+    else:
+        if groups is None:
+            raise InputError("a group split needs the group (setup or capture) of every device")
+        by_type: dict[str, dict[str, list[int]]] = {}
+        for i in keep:
+            group = groups.get(names[i])
+            if group is None:
+                raise InputError(f"device {names[i]} has no group for the group split")
+            by_type.setdefault(labels[names[i]], {}).setdefault(group, []).append(i)
+        for type_groups in by_type.values():
+            ordered = sorted(
+                type_groups, key=lambda g: (min(int(fps.start[i]) for i in type_groups[g]), g)
+            )
+            n_train = _n_train(len(ordered), train_fraction)
+            for g in ordered[:n_train]:
+                train.extend(type_groups[g])
+            for g in ordered[n_train:]:
+                test.extend(type_groups[g])
+    return SplitRows(
+        np.array(sorted(train), dtype=np.int64), np.array(sorted(test), dtype=np.int64)
+    )
+
+
+def _n_train(n: int, fraction: float) -> int:
+    if n <= 1:
+        return n
+    return min(n - 1, max(1, math.ceil(fraction * n)))
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def make_windows(
+    activity: ActivityTable, config: ExporterConfig, windows: Windows, captures: bool
+) -> FingerprintSet:
+    """Fingerprints of every track: the exporter's windows (for `captures`, each track ending
+    with its own last activity and its open window exported too), or one whole window per track."""
+    if windows == "whole":
+        return whole_windows(activity, config.granularity, config.threshold)
+    if captures:
+        return export_fingerprints(activity, config, own_end=True, flush=True)
+    return export_fingerprints(activity, config)
+
+
+def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> dict[str, Any]:
+    """Closed-set metrics on test fingerprints whose types are all known (and the accuracy when
+    θ may also answer "unknown"). Keys starting with "_" hold the raw decisions and scores."""
+    scores = score(test, refs)
+    predicted = [scores.types[w] for w in scores.winner.tolist()]
+    best = scores.best
+    open_labels = [
+        p if b >= refs.theta else UNKNOWN for p, b in zip(predicted, best.tolist(), strict=True)
+    ]
+    classes, matrix = confusion_matrix(truth, predicted)
+    return {
+        "n_test": len(truth),
+        "accuracy": accuracy(truth, predicted),
+        "macro_f1": macro_f1(truth, predicted),
+        "accuracy_with_theta": accuracy(truth, open_labels),
+        "rejected_known": sum(label == UNKNOWN for label in open_labels) / max(1, len(truth)),
+        "theta": refs.theta,
+        "confusion": {"classes": list(classes), "matrix": matrix.tolist()},
+        "per_type_accuracy": _per_type(truth, predicted),
+        "_open_labels": open_labels,
+        "_scores": scores,
+    }
+
+
+def _per_type(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
+    out: dict[str, list[bool]] = {}
+    for t, p in zip(truth, predicted, strict=True):
+        out.setdefault(t, []).append(t == p)
+    return {t: sum(v) / len(v) for t, v in sorted(out.items())}
+
+
+def open_set(
+    refs: References,
+    test: FingerprintSet,
+    truth: Sequence[str],
+    percentile: float,
+    theta: float | None,
+    scores: Scores | None = None,
+) -> dict[str, Any]:
+    """Leave-one-type-out: each type with test windows in turn is removed from the references
+    (θ re-chosen from what is left unless given) and must come out "unknown".
+
+    Removing a type leaves every other type's score as it was (its references and prototype
+    are untouched, and so are the other types' leave-one-out similarities behind θ), so with a
+    single voting neighbour one scoring of `test` (`scores`, computed if not given) serves every
+    fold; with several voting neighbours each fold is scored anew.
+    """
+    folds = []
+    pooled_scores: list[FloatArray] = []
+    pooled_known: list[npt.NDArray[np.bool_]] = []
+    truth_arr = np.array(truth, dtype=object)
+    reuse = refs.mode == "centroid" or refs.neighbours == 1
+    full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
+    own = own_type_similarity(refs) if theta is None else None
+    labels_arr = np.array(refs.labels, dtype=object)
+    for left_out in sorted(set(truth) & set(refs.labels)):
+        rest_types = tuple(t for t in refs.types if t != left_out)
+        if not rest_types:
+            continue
+        if theta is not None:
+            fold_theta = theta
+        else:
+            assert own is not None
+            values = own[(labels_arr != left_out) & ~np.isnan(own)]
+            fold_theta = (
+                float(np.percentile(values, percentile, method="lower")) if values.size else 0.0
+            )
+        if full is not None:
+            ts = full.type_scores.copy()
+            ts[:, full.types.index(left_out)] = -np.inf
+            winner = np.argmax(ts, axis=1)
+            best = ts[np.arange(len(winner)), winner]
+            predicted = np.array([full.types[w] for w in winner.tolist()], dtype=object)
+        else:
+            fold = score(test, refs.without_types([left_out]))
+            best = fold.best
+            predicted = np.array([fold.types[w] for w in fold.winner.tolist()], dtype=object)
+        unknown = truth_arr == left_out
+        # Known test windows of types the references never had cannot be judged here.
+        judged = unknown | np.isin(truth_arr, np.array(rest_types, dtype=object))
+        known = judged & ~unknown
+        accepted = best >= fold_theta
+        folds.append(
+            {
+                "left_out": left_out,
+                "theta": fold_theta,
+                "n_unknown": int(unknown.sum()),
+                "n_known": int(known.sum()),
+                "unknown_detection": float((~accepted[unknown]).mean()),
+                "known_accuracy": float(
+                    (accepted[known] & (predicted[known] == truth_arr[known])).mean()
+                )
+                if known.any()
+                else math.nan,
+                "auroc": auroc(best[judged], known[judged]),
+            }
+        )
+        pooled_scores.append(best[judged])
+        pooled_known.append(known[judged])
+    if not folds:
+        return {
+            "folds": [],
+            "unknown_detection": math.nan,
+            "known_accuracy": math.nan,
+            "auroc": math.nan,
+        }
+    return {
+        "folds": folds,
+        "unknown_detection": float(np.mean([f["unknown_detection"] for f in folds])),
+        "known_accuracy": float(np.nanmean([f["known_accuracy"] for f in folds])),
+        "auroc_mean": float(np.nanmean([f["auroc"] for f in folds])),
+        "auroc": auroc(np.concatenate(pooled_scores), np.concatenate(pooled_known)),
+        "_scores": np.concatenate(pooled_scores),
+        "_known": np.concatenate(pooled_known),
+    }
+
+
+def time_to_identification(
+    test: FingerprintSet, truth: Sequence[str], labels_out: Sequence[str]
+) -> dict[str, Any]:
+    """Per test track: units from the start of its first test window to the end of its first
+    correctly identified window (open-set labels, so "unknown" is not correct)."""
+    first: dict[int, int] = {}
+    hit: dict[int, int] = {}
+    order = np.lexsort((test.start, test.device))
+    for i in order.tolist():
+        d = int(test.device[i])
+        first.setdefault(d, int(test.start[i]))
+        if d not in hit and labels_out[i] == truth[i]:
+            hit[d] = int(test.end[i]) - first[d]
+    times = sorted(hit.values())
+    return {
+        "tracks": len(first),
+        "identified": len(hit),
+        "identified_fraction": len(hit) / len(first) if first else math.nan,
+        "median_units": float(np.median(times)) if times else None,
+        "mean_units": float(np.mean(times)) if times else None,
+        "cdf": dict(zip(("units", "fraction"), cdf(times), strict=True)),
+    }
+
+
+def early_identification(
+    refs: References,
+    activity: ActivityTable,
+    tracks: Mapping[str, str],
+    prefixes: Sequence[int],
+    threshold: int,
+) -> dict[str, Any]:
+    """Closed-set accuracy when only the first t units of each track are seen, per t.
+
+    Each test track (device key → true type) is cut to units [first, first + t) of its own
+    timeline and fingerprinted as one window: how fast a capture is recognised.
+    """
+    sub = activity.select(devices=tracks)
+    first = np.full(len(sub.devices), np.iinfo(np.int64).max)
+    np.minimum.at(first, sub.device, sub.unit)
+    offset = sub.unit - first[sub.device]
+    accuracies: list[float] = []
+    seen: list[int] = []
+    for t in prefixes:
+        fps = whole_windows(sub.where(offset < t), refs.granularity, threshold)
+        names = fps.device_names
+        predicted = [] if not names else [refs.types[w] for w in score(fps, refs).winner.tolist()]
+        hits = sum(p == tracks[n] for p, n in zip(predicted, names, strict=True))
+        # A track silent in its first t units (below h) counts as not identified.
+        accuracies.append(hits / len(tracks) if tracks else math.nan)
+        seen.append(len(names))
+    return {
+        "units": list(prefixes),
+        "seconds": [t * activity.unit_seconds for t in prefixes],
+        "accuracy": accuracies,
+        "tracks_with_activity": seen,
+        "tracks": len(tracks),
+    }
+
+
+def evaluate(dataset: Dataset, settings: EvalSettings) -> dict[str, Any]:
+    """Every metric for every (time unit, G, mode) of the grid, as one JSON-ready dict.
+
+    Keys starting with "_" inside results hold arrays for plots and are dropped by `public`.
+    """
+    base = dataset.activity.unit_seconds
+    units = settings.unit_seconds or (base,)
+    grid = [(u, g) for u in units for g in settings.granularities]
+    results: list[dict[str, Any]] = []
+    show = sys.stderr.isatty() if settings.progress is None else settings.progress
+    for unit_seconds, granularity in tqdm(grid, desc="evaluate", disable=not show):
+        activity = (
+            dataset.activity
+            if math.isclose(unit_seconds, base)
+            else dataset.activity.with_unit_seconds(unit_seconds)
+        )
+        results.extend(_evaluate_one(dataset, activity, granularity, settings))
+    return {
+        "dataset": dataset.name,
+        "tracks": len(dataset.activity.used_devices()),
+        "types": sorted(set(dataset.labels.values()) - {UNKNOWN}),
+        "settings": {
+            "granularities": [representation_name(g) for g in settings.granularities],
+            "unit_seconds": list(units),
+            "exporter": settings.exporter.to_json(),
+            "windows": settings.windows,
+            "captures": settings.captures,
+            "split": settings.split,
+            "train_fraction": settings.train_fraction,
+            "modes": list(settings.modes),
+            "neighbours": settings.neighbours,
+            "percentile": settings.percentile,
+            "theta": settings.theta,
+        },
+        "results": results,
+    }
+
+
+def _evaluate_one(
+    dataset: Dataset, activity: ActivityTable, granularity: int | None, settings: EvalSettings
+) -> Iterator[dict[str, Any]]:
+    config = replace(settings.exporter, granularity=granularity)
+    fps = make_windows(activity, config, settings.windows, settings.captures)
+    split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
+    common = {
+        "unit_seconds": activity.unit_seconds,
+        "representation": representation_name(granularity),
+        "granularity": granularity,
+        "windows": len(fps),
+        "n_train": int(split.train.size),
+        "convergence": _convergence(fps),
+        "recurrence": _recurrence(fps),
+    }
+    if not split.train.size or not split.test.size:
+        raise InputError(
+            f"{dataset.name}: {representation_name(granularity)} at {activity.unit_seconds} s "
+            f"gives {split.train.size} training and {split.test.size} test windows; "
+            "need some of each"
+        )
+    train = fps.select(split.train)
+    test = fps.select(split.test)
+    truth = [dataset.labels[name] for name in test.device_names]
+    for mode in settings.modes:
+        refs = enroll(
+            train,
+            dataset.labels,
+            mode=mode,
+            theta=settings.theta if settings.theta is not None else 0.0,
+            neighbours=settings.neighbours,
+            config=settings.exporter,
+        )
+        if settings.theta is None:
+            try:
+                refs = refs.with_settings(theta=choose_theta(refs, settings.percentile))
+            except InputError:
+                refs = refs.with_settings(theta=0.0)
+        closed = closed_set(refs, test, truth)
+        result = {
+            **common,
+            "mode": mode,
+            "closed_set": closed,
+            "open_set": open_set(
+                refs, test, truth, settings.percentile, settings.theta, closed["_scores"]
+            ),
+            "time_to_identification": time_to_identification(test, truth, closed["_open_labels"]),
+        }
+        if settings.captures and settings.prefixes:
+            tracks = dict(zip(test.device_names, truth, strict=True))
+            result["early_identification"] = early_identification(
+                refs, activity, tracks, settings.prefixes, settings.exporter.threshold
+            )
+        yield result
+
+
+def _convergence(fps: FingerprintSet) -> dict[str, Any]:
+    n = fps.n_units
+    converged = n[fps.converged]
+    units, fraction = cdf(converged)
+    return {
+        "windows": len(fps),
+        "converged_fraction": float(fps.converged.mean()) if len(fps) else math.nan,
+        "median_units": float(np.median(converged)) if converged.size else None,
+        "cdf": {"units": units, "fraction": fraction},
+    }
+
+
+def _recurrence(fps: FingerprintSet) -> dict[str, Any]:
+    stats = recurrence(fps)
+    summary: dict[str, Any] = dict(stats.summary())
+    summary["separation_auroc"] = auroc(
+        np.concatenate([stats.intra, stats.inter]),
+        np.concatenate([np.ones(stats.intra.size, bool), np.zeros(stats.inter.size, bool)]),
+    )
+    summary["_intra"] = stats.intra
+    summary["_inter"] = stats.inter
+    return summary
+
+
+def public(value: Any) -> Any:
+    """`value` without the "_"-prefixed plot arrays, with NaN turned into None (valid JSON)."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list | tuple):
+        return [public(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.floating | np.integer):
+        return public(value.item())
+    return value
+
+
+def best_result(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The grid point with the highest closed-set accuracy (ties: higher macro-F1)."""
+    results = list(metrics["results"])
+    if not results:
+        raise InputError("no evaluation results")
+    return max(
+        results,
+        key=lambda r: (
+            _num(r["closed_set"]["accuracy"]),
+            _num(r["closed_set"]["macro_f1"]),
+        ),
+    )
+
+
+def _num(value: Any) -> float:
+    return (
+        -1.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    )

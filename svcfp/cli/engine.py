@@ -1,0 +1,524 @@
+"""`svcfp enroll`, `svcfp identify` and `svcfp evaluate`: the fingerprint engine from the shell.
+
+Activity comes from an activity CSV (`--activity`), the controller's SQLite database (`--db`), or
+raw inputs ingested on the fly (`--ipfix-csv`, `--pcap`) with a service catalogue. `--tracks
+capture` treats every input file as its own observation of its devices (device keys become
+"<mac>#<file>"), which is how capture data sets such as IoT Sentinel are evaluated.
+
+`--labels` with a capture directory (the IoT Sentinel layout) labels each capture by its type
+folder, the one behaviour `controller.ingest.labels` documents: a MAC shared by two types is
+labelled per capture and tracked per capture, so the folder needs no other flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import Catalogue
+from controller.engine.evaluate import (
+    DEFAULT_GRANULARITIES,
+    DEFAULT_PREFIXES,
+    DEFAULT_TRAIN_FRACTION,
+    Dataset,
+    EvalSettings,
+    Windows,
+    best_result,
+    evaluate,
+    make_windows,
+)
+from controller.engine.fingerprint import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_K,
+    DEFAULT_N_MAX,
+    DEFAULT_N_MIN,
+    DEFAULT_TAU,
+    DEFAULT_THRESHOLD,
+    DEFAULT_UNIT_SECONDS,
+    ExporterConfig,
+    parse_granularity,
+    representation_name,
+)
+from controller.engine.identify import (
+    DEFAULT_MODE,
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_PERCENTILE,
+    MODES,
+    UNKNOWN,
+    Decision,
+    Mode,
+    References,
+    enroll,
+    identify,
+)
+from controller.engine.report import write_report
+from controller.ingest.files import expand_paths
+from controller.ingest.ipfix_csv import read_ipfix_csv
+from controller.ingest.labels import Labels, mac_to_int
+from controller.ingest.pcap import read_pcap
+from controller.store.storage import Storage
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+TRACK_SEPARATOR = "#"
+Number = TypeVar("Number", int, float)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Activity and what is known about its tracks (device keys)."""
+
+    activity: ActivityTable
+    labels: Mapping[str, str]
+    groups: Mapping[str, str] | None
+    name: str
+
+
+def mac_of(track: str) -> str:
+    """The MAC device key of a track key ("<mac>#<capture>" or just "<mac>")."""
+    return track.split(TRACK_SEPARATOR, 1)[0]
+
+
+def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) -> ActivityTable:
+    """Tracks of one input file: its devices (only those in `macs`, when given) keyed
+    "<mac>#<tag>"."""
+    return table.renamed(
+        f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in table.devices
+    )
+
+
+def _tag(path: Path, roots: Sequence[Path]) -> str:
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return str(path.relative_to(root).with_suffix(""))
+    return path.stem
+
+
+def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
+    """Activity, labels and groups from the input flags.
+
+    Stored activity is labelled by MAC; each raw input file by `Labels.for_capture`, so with a
+    capture directory as `--labels` (the IoT Sentinel layout) a capture in a type folder counts
+    that folder's device only, labelled with the folder's type. A MAC shared by two types (a hub
+    and its sensor) has no label of its own: its captures record different setups, so each of
+    them is its own track ("<mac>#<capture>") even with `--tracks device`.
+    """
+    unit_seconds = DEFAULT_UNIT_SECONDS if args.unit_seconds is None else float(args.unit_seconds)
+    if need_labels and args.labels is None:
+        raise InputError("labels needed: give --labels (a mac,label CSV or a capture directory)")
+    known = Labels.load(args.labels) if args.labels is not None else Labels({})
+    by_mac = known.by_mac
+    files: list[tuple[str, ActivityTable, Mapping[str, str]]] = []
+    for path in args.activity or []:
+        files.append((path.stem, ActivityTable.from_csv(path), by_mac))
+    if args.db is not None:
+        files.append((args.db.stem, _from_db(args.db), by_mac))
+    raw = [(p, "ipfix") for p in expand_paths(args.ipfix_csv or [], (".csv",))]
+    raw += [(p, "pcap") for p in expand_paths(args.pcap or [], (".pcap", ".pcapng", ".cap"))]
+    if raw:
+        catalogue = Catalogue.load_or_default(args.catalogue)
+    for path, kind in raw:
+        in_capture = known.for_capture(path)
+        macs = None
+        if in_capture and not args.all_devices:
+            macs = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
+        if kind == "ipfix":
+            table, _ = read_ipfix_csv(path, catalogue, unit_seconds, devices=macs)
+            tag = _tag(path, args.ipfix_csv)
+        else:
+            table, _ = read_pcap(path, catalogue, unit_seconds, devices=macs)
+            tag = _tag(path, args.pcap)
+        files.append((tag, table, in_capture))
+    if not files:
+        raise InputError("no input: give --activity, --db, --ipfix-csv or --pcap")
+    if args.unit_seconds is None and not raw:
+        # Stored activity keeps its own unit unless another one is asked for.
+        unit_seconds = files[0][1].unit_seconds
+    tables = []
+    labels: dict[str, str] = {}
+    for tag, table, labels_here in files:
+        if not math.isclose(table.unit_seconds, unit_seconds):
+            table = table.with_unit_seconds(unit_seconds)
+        if args.tracks == "capture":
+            table = _retag(table, tag)
+        elif known.shared:
+            table = _retag(table, tag, known.shared)
+        tables.append(table)
+        labels.update(
+            {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
+        )
+    activity = ActivityTable.concat(tables)
+    if args.merge_instances:
+        merged = merge_instances(set(labels.values()))
+        labels = {track: merged[label] for track, label in labels.items()}
+    groups = None
+    if args.tracks == "capture":
+        groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
+    name = files[0][0] if len(files) == 1 else f"{len(files)} inputs"
+    return Inputs(activity, labels, groups, name)
+
+
+def merge_instances(types: set[str]) -> dict[str, str]:
+    """Type names → merged names, where names that differ only by one trailing instance digit
+    are one type: EdimaxCam1 and EdimaxCam2 → EdimaxCam; WeMoSwitch and WeMoSwitch2 →
+    WeMoSwitch. A name whose shortened form matches nothing else is kept (iKettle2)."""
+    stems: dict[str, list[str]] = {}
+    for name in types:
+        stem = name[:-1] if name[-1:].isdigit() else name
+        stems.setdefault(stem, []).append(name)
+    merged = {name: name for name in types}
+    for stem, names in stems.items():
+        if len(names) > 1 or (stem in types and stem not in names):
+            for name in names:
+                merged[name] = stem
+    return merged
+
+
+def _from_db(path: Path) -> ActivityTable:
+    if not path.exists():
+        raise InputError(f"{path}: no such database")
+    with Storage(path) as storage:
+        return storage.activity_table()
+
+
+# --- flags ----------------------------------------------------------------------------------------
+
+
+def _granularity(text: str) -> int | None:
+    try:
+        return parse_granularity(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _granularities(text: str) -> tuple[int | None, ...]:
+    return tuple(_granularity(part) for part in text.split(",") if part.strip())
+
+
+def _positives(kind: Callable[[str], Number], noun: str) -> Callable[[str], tuple[Number, ...]]:
+    """An argparse type: a comma-separated list of positive `noun` (numbers, integers)."""
+
+    def parse(text: str) -> tuple[Number, ...]:
+        try:
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun}, got {text!r}"
+            ) from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
+        return values
+
+    return parse
+
+
+_floats = _positives(float, "numbers")
+_units = _positives(int, "integers")
+
+
+def _modes(text: str) -> tuple[Mode, ...]:
+    chosen: list[Mode] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name not in MODES:
+            raise InputError(f"--modes: {name!r} is not one of {', '.join(MODES)}")
+        chosen.append("nearest" if name == "nearest" else "centroid")
+    return tuple(chosen)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input")
+    group.add_argument("--activity", type=Path, action="append", help="activity CSV (repeatable)")
+    group.add_argument("--db", type=Path, help="the controller's SQLite database")
+    group.add_argument(
+        "--ipfix-csv", type=Path, action="append", help="IPFIX CSV file or directory (repeatable)"
+    )
+    group.add_argument(
+        "--pcap", type=Path, action="append", help="pcap/pcapng file or directory (repeatable)"
+    )
+    group.add_argument("--catalogue", type=Path, help="service catalogue JSON for raw inputs")
+    group.add_argument("--labels", type=Path, help="mac,label CSV or an IoT Sentinel directory")
+    group.add_argument(
+        "--all-devices",
+        action="store_true",
+        help="ingest every MAC of raw inputs, not only labelled ones",
+    )
+    group.add_argument(
+        "--tracks",
+        choices=["device", "capture"],
+        default="device",
+        help="device: one timeline per MAC; capture: each input file is its own track "
+        "(default: device)",
+    )
+    group.add_argument(
+        "--merge-instances",
+        action="store_true",
+        help="treat labels differing only by a trailing instance digit as one type "
+        "(EdimaxCam1, EdimaxCam2 → EdimaxCam)",
+    )
+    group.add_argument(
+        "--unit-seconds",
+        type=float,
+        help="time unit u in seconds (default: the unit of stored activity or of the "
+        f"references; {DEFAULT_UNIT_SECONDS:g} for raw inputs)",
+    )
+
+
+def _add_exporter(
+    parser: argparse.ArgumentParser, defaults: bool = True, windows: bool = True
+) -> None:
+    group = parser.add_argument_group("fingerprints")
+
+    def default(value: Any) -> Any:
+        return value if defaults else None
+
+    flags: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
+        (
+            "--threshold",
+            int,
+            DEFAULT_THRESHOLD,
+            "h: packets per unit for a service to count as used",
+        ),
+        ("--granularity", _granularity, DEFAULT_GRANULARITY, "G: list, an integer, or prevalence"),
+        ("--tau", float, DEFAULT_TAU, "τ: similarity to the previous unit meaning unchanged"),
+        ("--k", int, DEFAULT_K, "unchanged units in a row for convergence"),
+        ("--n-min", int, DEFAULT_N_MIN, "fewest units in a converged window"),
+        ("--n-max", int, DEFAULT_N_MAX, "export unconverged windows at this many units"),
+    )
+    for flag, kind, value, meaning in flags:
+        shown = representation_name(value) if kind is _granularity else value
+        group.add_argument(
+            flag, type=kind, default=default(value), help=f"{meaning} (default: {shown})"
+        )
+    if not windows:
+        return
+    group.add_argument(
+        "--windows",
+        choices=["exporter", "whole"],
+        default="exporter" if defaults else None,
+        help="exporter: converged windows; whole: one window per track's active span "
+        "(default: exporter)",
+    )
+
+
+def _add_matching(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("matching")
+    group.add_argument(
+        "--theta",
+        type=float,
+        help="open-set threshold θ (default: chosen from the references, see --percentile)",
+    )
+    group.add_argument(
+        "--percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help="θ = this percentile of the references' leave-one-out own-type similarity "
+        f"(default: {DEFAULT_PERCENTILE})",
+    )
+    group.add_argument(
+        "--neighbours",
+        type=int,
+        default=DEFAULT_NEIGHBOURS,
+        help=f"nearest references that vote (default: {DEFAULT_NEIGHBOURS})",
+    )
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The exporter's flags (h, G, τ, k, n_min, n_max) and θ for a command that fingerprints
+    activity unit by unit; a flag left out keeps the references' setting."""
+    _add_exporter(parser, defaults=False, windows=False)
+    parser.add_argument("--theta", type=float, help="override the references' θ")
+
+
+def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) -> ExporterConfig:
+    """The exporter settings of `base` (default: the module defaults) with the flags given."""
+    start = base or ExporterConfig()
+    values = {
+        "threshold": args.threshold,
+        "tau": args.tau,
+        "k": args.k,
+        "n_min": args.n_min,
+        "n_max": args.n_max,
+    }
+    config = replace(start, **{k: v for k, v in values.items() if v is not None})
+    if args.granularity is not None or base is None:
+        config = replace(config, granularity=args.granularity)
+    return config
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enroll reference fingerprints from labelled activity."""
+    inputs = load_inputs(args, need_labels=True)
+    config = engine_config(args)
+    fps = make_windows(inputs.activity, config, args.windows, args.tracks == "capture")
+    refs = enroll(
+        fps,
+        inputs.labels,
+        mode=args.mode,
+        theta=args.theta,
+        percentile=args.percentile,
+        neighbours=args.neighbours,
+        config=config,
+    )
+    refs.save(args.out)
+    counts = Counter(refs.labels)
+    print(
+        f"enrolled {len(refs.labels)} reference fingerprints of {len(counts)} types "
+        f"({representation_name(refs.granularity)}, {refs.mode}, θ = {refs.theta:.4f}) "
+        f"into {args.out}"
+    )
+    for label, n in sorted(counts.items()):
+        print(f"  {label}: {n}")
+    return 0
+
+
+def _decision_line(d: Decision) -> str:
+    why = d.explanation
+    matched = ", ".join(f"{c.service}+{c.share:.3f}" for c in why.matched) or "-"
+    unexpected = ", ".join(c.service for c in why.unexpected) or "-"
+    missing = ", ".join(c.service for c in why.missing) or "-"
+    return (
+        f"{d.device}\t{d.start_unit}-{d.end_unit}\t{d.label}\t{d.best_type}\t{d.similarity:.3f}"
+        f"\tmatched: {matched}\tunexpected: {unexpected}\tmissing: {missing}"
+    )
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Identify the devices of the input against enrolled references."""
+    refs = References.load(args.references)
+    if args.theta is not None:
+        refs = refs.with_settings(theta=args.theta)
+    if args.neighbours is not None:
+        refs = refs.with_settings(neighbours=args.neighbours)
+    if args.unit_seconds is None:
+        args.unit_seconds = refs.unit_seconds
+    inputs = load_inputs(args)
+    if not math.isclose(inputs.activity.unit_seconds, refs.unit_seconds):
+        raise InputError(
+            f"{args.references}: references use {refs.unit_seconds:g} s units, the input "
+            f"{inputs.activity.unit_seconds:g} s; pass --unit-seconds {refs.unit_seconds:g}"
+        )
+    config = engine_config(args, refs.config)
+    if config.granularity != refs.granularity:
+        raise InputError(
+            f"{args.references}: references are {representation_name(refs.granularity)}, "
+            f"--granularity asks for {representation_name(config.granularity)}"
+        )
+    windows: Windows = "whole" if args.windows == "whole" else "exporter"
+    fps = make_windows(inputs.activity, config, windows, args.tracks == "capture")
+    decisions = identify(fps, refs)
+    if args.format == "json":
+        json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
+        print()
+    else:
+        print("device\twindow\tlabel\tbest type\tsimilarity\texplanation")
+        for d in decisions:
+            print(_decision_line(d))
+    known = sum(d.label != UNKNOWN for d in decisions)
+    print(
+        f"{len(decisions)} decisions, {known} known, {len(decisions) - known} unknown",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate the method over a grid of representations and time units; write a report."""
+    inputs = load_inputs(args, need_labels=True)
+    settings = EvalSettings(
+        granularities=args.granularities,
+        unit_seconds=args.units or (),
+        exporter=engine_config(args),
+        windows=args.windows,
+        captures=args.tracks == "capture",
+        split=args.split,
+        train_fraction=args.train_fraction,
+        modes=_modes(args.modes),
+        neighbours=args.neighbours,
+        percentile=args.percentile,
+        theta=args.theta,
+        prefixes=args.prefixes,
+        progress=False if args.no_progress else None,
+    )
+    dataset = Dataset(inputs.activity, inputs.labels, inputs.groups, inputs.name)
+    metrics = evaluate(dataset, settings)
+    paths = write_report(metrics, args.out)
+    best = best_result(metrics)
+    print(
+        f"best: {best['representation']}, {best['mode']}, unit {best['unit_seconds']:g} s: "
+        f"accuracy {best['closed_set']['accuracy']:.3f}, "
+        f"macro-F1 {best['closed_set']['macro_f1']:.3f}"
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add `enroll`, `identify` and `evaluate`."""
+    p = subparsers.add_parser("enroll", help="enroll reference fingerprints from labelled data")
+    _add_inputs(p)
+    _add_exporter(p)
+    _add_matching(p)
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
+    p.add_argument("--out", type=Path, required=True, help="references JSON to write")
+    p.set_defaults(func=cmd_enroll)
+
+    p = subparsers.add_parser("identify", help="identify devices against references")
+    _add_inputs(p)
+    _add_exporter(p, defaults=False)
+    p.add_argument("--references", type=Path, required=True, help="references JSON from enroll")
+    p.add_argument("--theta", type=float, help="override the references' θ")
+    p.add_argument("--neighbours", type=int, help="override the references' neighbour count")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
+    p.set_defaults(func=cmd_identify)
+
+    p = subparsers.add_parser("evaluate", help="evaluate identification and write a report")
+    _add_inputs(p)
+    _add_exporter(p)
+    _add_matching(p)
+    p.add_argument(
+        "--granularities",
+        type=_granularities,
+        default=DEFAULT_GRANULARITIES,
+        help="representations to compare (default: "
+        + ",".join(representation_name(g) for g in DEFAULT_GRANULARITIES)
+        + ")",
+    )
+    p.add_argument(
+        "--units", type=_floats, help="time units in seconds to compare (default: --unit-seconds)"
+    )
+    p.add_argument(
+        "--prefixes",
+        type=_units,
+        default=DEFAULT_PREFIXES,
+        help="with --tracks capture: units of each test capture seen for early identification "
+        f"(default: {','.join(map(str, DEFAULT_PREFIXES))})",
+    )
+    p.add_argument("--split", choices=["time", "group"], default="time", help="default: time")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=DEFAULT_TRAIN_FRACTION,
+        help=f"share of each device's windows (or type's groups) that train "
+        f"(default: {DEFAULT_TRAIN_FRACTION})",
+    )
+    p.add_argument("--modes", default=",".join(MODES), help="matching modes (default: both)")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
