@@ -77,10 +77,12 @@ stop: venv
 shell: venv-ptf
 	$(PY_PTF) -m p4runtime_sh --grpc-addr $(GRPC_ADDR) --device-id $(DEVICE_ID) --election-id 0,1
 
-lint: venv
+lint: venv venv-ptf
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	cd ptf_tests && MYPYPATH=. ../$(PY) -m mypy --config-file mypy.ini --python-executable ../$(PY_PTF) \
+	    base.py counter_wire.py forwarding.py services.py robustness.py
 
 bench: venv
 	$(PY) -m benchmarks.run

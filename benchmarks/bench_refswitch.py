@@ -33,6 +33,7 @@ from finsy.proto import p4r, p4r_grpc
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Packet
 
 from benchmarks.common import write_results
 from controller.base.p4info import P4Schema
@@ -61,6 +62,7 @@ def traffic(count: int, seed: int = 1) -> list[bytes]:
         src = _mac(device)
         dst = _mac(0xF00 + rng.randrange(8))
         kind = rng.random()
+        l4: Packet
         if kind < 0.45:
             l4 = TCP(sport=rng.randrange(32768, 61000), dport=rng.choice(_TCP_PORTS))
             frame = Ether(src=src, dst=dst) / IP() / l4 / (b"x" * rng.randrange(0, 600))
@@ -178,7 +180,7 @@ def bench_counter_read(repeat: int, nonzero: float) -> dict[str, float]:
         request = p4r.ReadRequest(device_id=0)
         request.entities.add().counter_entry.counter_id = counter.id
         # As the project's collector reads: the serialized responses, decoded by its own code.
-        raw_read = channel.unary_stream(
+        raw_read: grpc.UnaryStreamMultiCallable[p4r.ReadRequest, bytes] = channel.unary_stream(
             "/p4.v1.P4Runtime/Read",
             request_serializer=p4r.ReadRequest.SerializeToString,
             response_deserializer=None,

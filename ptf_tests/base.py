@@ -50,8 +50,8 @@ class FingerprintTest(BaseTest):
         self.p4info = text_format.Parse(Path(p4info_path).read_text(), p4info_pb2.P4Info())
         counter = self._p4info_object(self.p4info.counters, "service_hits")
         self.counter_id = counter.preamble.id
-        self.counter_size = counter.size
-        self.max_devices = self._p4info_object(self.p4info.tables, "device_table").size
+        self.counter_size = int(counter.size)
+        self.max_devices = int(self._p4info_object(self.p4info.tables, "device_table").size)
         self.max_services = self.counter_size // self.max_devices
         sh.setup(
             device_id=self.device_id,

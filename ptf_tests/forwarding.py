@@ -12,7 +12,8 @@ from base import (
     host_mac,
 )
 from ptf import testutils
-from scapy.all import ARP, IP, TCP, UDP, Ether
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
 
 HTTPS = 5
 DNS = 6

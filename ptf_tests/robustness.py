@@ -6,7 +6,10 @@ import time
 
 from base import PROTO_ICMP, PROTO_TCP, PROTO_UDP, FingerprintTest, host_device, host_ip, host_mac
 from ptf import testutils
-from scapy.all import IP, TCP, Ether, IPv6, Raw
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 TCP_ANY, UDP_ANY, ICMP_SERVICE, HTTPS = 20, 21, 22, 5
 NEW_MAC, OTHER_NEW_MAC, LATE_MAC = "02:00:00:00:aa:01", "02:00:00:00:aa:02", "02:00:00:00:aa:03"

@@ -18,19 +18,9 @@ from base import (
     host_ip6,
     host_mac,
 )
-from scapy.all import (
-    ICMP,
-    IP,
-    TCP,
-    UDP,
-    Dot1Q,
-    Ether,
-    ICMPv6EchoRequest,
-    IPOption,
-    IPOption_EOL,
-    IPOption_NOP,
-    IPv6,
-)
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption, IPOption_EOL, IPOption_NOP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import Dot1Q, Ether
 
 HTTPS, DNS, HTTP, MDNS, NTP = 5, 6, 7, 8, 9
 EPHEMERAL_UDP, ALT_HTTP_RANGE, ALT_HTTP = 10, 11, 12

@@ -10,15 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
-
-
-def data_dir() -> Path | None:
-    """The shared data folder from SVCFP_DATA_DIR, or ../shared/data beside the checkout."""
-    env = os.environ.get("SVCFP_DATA_DIR")
-    candidate = Path(env) if env else ROOT.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
+from tests.support.paths import data_dir
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -63,7 +63,7 @@ def test_from_arrays_drops_zero_packet_rows() -> None:
 def test_from_arrays_rejects_bad_columns(bad: dict[str, list[int]], message: str) -> None:
     columns = {"device": [0], "unit": [1], "service": [0], "packets": [1], "bytes": [1]} | bad
     with pytest.raises(InputError, match=message):
-        ActivityTable.from_arrays(devices=(A,), services=("x",), **columns)
+        ActivityTable.from_arrays(devices=(A,), services=("x",), **columns)  # type: ignore[arg-type]
 
 
 def test_large_aggregation_matches_bincount() -> None:

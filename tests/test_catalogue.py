@@ -198,7 +198,7 @@ def test_file_errors_name_the_file_and_entry(
 
 
 def test_too_many_services_and_bad_json(tmp_path: Path) -> None:
-    many = [{"proto": "tcp", "ports": str(p)} for p in range(1, 257)]
+    many: list[dict[str, object]] = [{"proto": "tcp", "ports": str(p)} for p in range(1, 257)]
     with pytest.raises(InputError, match="256 services, but the switch holds at most 255"):
         load(tmp_path, many)
     path = tmp_path / "broken.json"

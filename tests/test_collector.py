@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def values(cells: int, **set_cells: tuple[int, int]) -> CounterValues:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Storage:
+def store(tmp_path: Path) -> Iterator[Storage]:
     opened = Storage(tmp_path / "c.db")
     yield opened
     opened.close()

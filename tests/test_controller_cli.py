@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from controller.control.live import NEXT_UNIT_KEY
-from controller.control.run import config_from_args
 from controller.engine.activity import ActivityRecord, ActivityTable
 from controller.engine.fingerprint import ExporterConfig, export_fingerprints
 from controller.engine.identify import enroll
 from controller.store.storage import Baseline, Storage
 from svcfp.cli import build_parser, main
-from tests.conftest import P4INFO
-from tests.test_controller_e2e import DEVICE_ID, Wire
+from svcfp.cli.run import config_from_args
+from tests.support.paths import P4INFO
+from tests.support.switch import DEVICE_ID, Wire
 
 
 @pytest.fixture

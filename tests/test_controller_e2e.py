@@ -4,9 +4,7 @@ pipeline, and exact activity lands in SQLite."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,67 +12,29 @@ from finsy.proto import p4i, p4r
 from google.protobuf import text_format
 
 from controller.base.errors import InputError, SwitchError
-from controller.base.p4info import P4Schema, decode_int, decode_mac
+from controller.base.p4info import P4Schema
 from controller.control.registry import RegisterPolicy
-from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.control.run import Controller, SwitchSpec
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import Catalogue
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget, WriteError
-from controller.store.storage import Storage
-from tests.conftest import P4INFO
-
-server_module = pytest.importorskip("refswitch.server")
-switch_module = pytest.importorskip("refswitch.switch")
-
-CAMERA = "02:00:00:00:00:0a"
-PLUG = "02:00:00:00:00:0b"
-SERVER = "02:00:00:00:00:fe"
-DEVICE_ID = 3
-
-
-def frame(src: str, dst: str, proto: int, sport: int, dport: int, size: int) -> bytes:
-    """An Ethernet/IPv4/TCP-or-UDP frame of exactly `size` bytes."""
-    l4 = (
-        struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, 0x02, 1024, 0, 0)
-        if proto == 6
-        else struct.pack("!HHHH", sport, dport, size - 34, 0)
-    )
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        size - 14,
-        1,
-        0,
-        64,
-        proto,
-        0,
-        bytes([10, 0, 0, 2]),
-        bytes([10, 0, 0, 1]),
-    )
-    head = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", "")) + b"\x08\x00"
-    packet = head + ip + l4
-    return packet + bytes(size - len(packet))
-
-
-class Wire:
-    """A reference switch with a P4Runtime server on an ephemeral port, capturing egress."""
-
-    def __init__(self, device_id: int = DEVICE_ID, address: str = "127.0.0.1:0") -> None:
-        self.switch = switch_module.Switch(device_id)
-        self.sent: list[tuple[int, bytes]] = []
-        self.switch.set_transmit(lambda port, data: self.sent.append((port, data)))
-        self.server = server_module.P4RuntimeServer(self.switch, address).start()
-        self.address = self.server.address
-
-    def send(self, data: bytes, port: int, count: int = 1) -> None:
-        for _ in range(count):
-            self.switch.receive(data, port)
-
-    def stop(self) -> None:
-        self.server.stop(0)
-        self.switch.close()
+from tests.support.paths import P4INFO
+from tests.support.switch import (
+    CAMERA,
+    DEVICE_ID,
+    PLUG,
+    SERVER,
+    Wire,
+    assert_catalogue_installed,
+    config,
+    frame,
+    mac_params,
+    polls,
+    read_tables,
+    running,
+    totals,
+    until,
+)
 
 
 @pytest.fixture
@@ -86,87 +46,6 @@ def wire() -> Iterator[Wire]:
         started.stop()
 
 
-def config(tmp_path: Path, address: str, **overrides: object) -> RunConfig:
-    devices = tmp_path / "devices.csv"
-    devices.write_text(f"mac,label,port\n{CAMERA},camera,1\n{SERVER},service-host,0\n")
-    values: dict[str, object] = {
-        "switches": (SwitchSpec("s1", address, DEVICE_ID, ports=(0, 1, 2, 3)),),
-        "p4info": P4INFO,
-        "interval": 0.1,
-        "time_unit": 3600.0,
-        "db": tmp_path / "svcfp.db",
-        "devices": devices,
-        "connect_timeout": 3.0,
-        "reconnect_delay": 0.1,
-    }
-    values.update(overrides)
-    return RunConfig(**values)  # type: ignore[arg-type]
-
-
-async def until(condition: object, timeout: float = 5.0) -> None:
-    """Wait (bounded) until `condition()` is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(controller: Controller) -> AsyncIterator[Controller]:
-    """Run `controller` for the block, from when every switch has a session; stop it after."""
-    task = asyncio.create_task(controller.run())
-    try:
-        await until(lambda: all(w.session is not None for w in controller.workers))
-        yield controller
-    finally:
-        controller.stop.set()
-        await task
-
-
-async def polls(controller: Controller, count: int = 2) -> None:
-    """Wait (bounded) for `count` more polls of every switch."""
-    polled = controller.cycle
-    await until(lambda: controller.cycle >= polled + count)
-
-
-def mac_params(table: list[p4r.TableEntry]) -> dict[str, int]:
-    """MAC key → the action's first parameter, for a table keyed by one MAC."""
-    return {
-        decode_mac(e.match[0].exact.value): decode_int(e.action.action.params[0].value)
-        for e in table
-    }
-
-
-def assert_catalogue_installed(tables: dict[str, list[p4r.TableEntry]]) -> None:
-    """Both service tables hold exactly the built-in catalogue's entries."""
-    catalogue = Catalogue.default()
-    assert len(tables[entries.SERVICE_TABLES[0]]) == len(catalogue.dst_services())
-    assert len(tables[entries.SERVICE_TABLES[1]]) == len(catalogue.src_services())
-
-
-async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
-    """Every entry of the four tables, read by a backup (read-only) session."""
-    schema = P4Schema.load(P4INFO)
-    target = SwitchTarget("reader", address, DEVICE_ID, election_id=(0, 1), role="monitor")
-    async with Session(target, connect_timeout=3.0) as session:
-        found: dict[str, list[p4r.TableEntry]] = {}
-        for name in (entries.DEVICE_TABLE, *entries.SERVICE_TABLES, entries.L2_TABLE):
-            read = await session.read([entries.table_wildcard(schema, name)])
-            found[name] = [e.table_entry for e in read]
-        return found
-
-
-def totals(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    with Storage(db) as store:
-        summed: dict[tuple[str, str], tuple[int, int]] = {}
-        for row in store.activity():
-            p, b = summed.get((row.device, row.service), (0, 0))
-            summed[(row.device, row.service)] = (p + row.packets, b + row.bytes)
-        return summed
-
-
 def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Path) -> None:
     async def scenario() -> Controller:
         async with running(Controller(config(tmp_path, wire.address))) as controller:
@@ -175,7 +54,7 @@ def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Pat
             # The plug is unknown: its first frame raises a digest and registers it.
             wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2)
             await until(lambda: (controller.registry.get(PLUG) or None) is not None)
-            await until(lambda: len(wire.switch.pipeline.tables.devices) >= 3)
+            await until(lambda: len(wire.devices) >= 3)
             wire.send(frame(PLUG, SERVER, 17, 123, 123, 90), port=2, count=4)
             wire.send(frame(SERVER, PLUG, 17, 123, 123, 90), port=0)
             await asyncio.sleep(0.3)
@@ -305,16 +184,16 @@ def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
         ) as controller:
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
-            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            await until(lambda: len(wire.devices) == 3)
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2, count=5)
             # The plug falls silent: its entry goes, then its id 3 is freed.
-            await until(lambda: (controller.registry.get(PLUG) or None).device_id is None)
-            assert len(wire.switch.pipeline.tables.devices) == 2
+            await until(lambda: getattr(controller.registry.get(PLUG), "device_id", 0) is None)
+            assert len(wire.devices) == 2
             wire.send(frame(newcomer, SERVER, 6, 5000, 443, 70), port=3)
             await until(lambda: controller.registry.get(newcomer) is not None)
             row = controller.registry.get(newcomer)
             assert row is not None and row.device_id == 3
-            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            await until(lambda: len(wire.devices) == 3)
             wire.send(frame(newcomer, SERVER, 6, 5000, 443, 70), port=3, count=2)
             await polls(controller)
         return controller
@@ -385,8 +264,8 @@ def test_several_switches_from_one_process(tmp_path: Path) -> None:
         plug = controller.registry.get(PLUG)
         assert plug is not None and plug.switch == "s2"
         # The plug's entry lives on its home switch only.
-        assert len(wires[0].switch.pipeline.tables.devices) == 2
-        assert len(wires[1].switch.pipeline.tables.devices) == 3
+        assert len(wires[0].devices) == 2
+        assert len(wires[1].devices) == 3
         assert totals(tmp_path / "svcfp.db") == {
             (CAMERA, "tcp/443"): (2, 200),
             (SERVER, "tcp/443"): (3, 180),
@@ -410,7 +289,7 @@ def test_tap_mode_counts_then_drops_and_policy_filters(wire: Wire, tmp_path: Pat
             wire.send(frame(stranger, SERVER, 17, 5000, 53, 64), port=3)
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
-            await until(lambda: len(wire.switch.pipeline.tables.devices) == 3)
+            await until(lambda: len(wire.devices) == 3)
             wire.send(frame(PLUG, CAMERA, 17, 5000, 53, 64), port=2, count=2)
             wire.send(frame(CAMERA, PLUG, 6, 443, 5000, 100), port=1)
             await polls(controller)

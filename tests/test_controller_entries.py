@@ -11,7 +11,7 @@ from controller.base.p4info import P4Schema
 from controller.engine.catalogue import Catalogue, Service
 from controller.p4rt import entries
 from controller.p4rt.forwarding import Forwarding
-from tests.conftest import P4INFO
+from tests.support.paths import P4INFO
 
 
 @pytest.fixture(scope="module")

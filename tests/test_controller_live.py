@@ -19,7 +19,7 @@ from controller.engine.fingerprint import ExporterConfig, export_fingerprints
 from controller.engine.identify import UNKNOWN, References, enroll, identify
 from controller.ingest import synth
 from controller.store.storage import Storage
-from tests.test_controller_e2e import SERVER, Wire, config, frame, running, until
+from tests.support.switch import SERVER, Wire, config, frame, running, until
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 
 from controller.control.run import Controller
 from controller.p4rt import entries
-from tests.conftest import P4INFO, ROOT
-from tests.test_controller_e2e import (
+from tests.support.paths import P4INFO, ROOT
+from tests.support.switch import (
     CAMERA,
     DEVICE_ID,
     PLUG,

@@ -79,12 +79,12 @@ def _mutations(frames: list[bytes], seed: int, count: int) -> list[bytes]:
     for frame in frames:
         out.extend(frame[:cut] for cut in range(14, min(len(frame), 90)))
     for _ in range(count):
-        frame = bytearray(frames[int(rng.integers(len(frames)))])
+        mutated = bytearray(frames[int(rng.integers(len(frames)))])
         for _ in range(int(rng.integers(1, 4))):
-            position = int(rng.integers(12, min(len(frame), 70)))
-            frame[position] = int(rng.integers(0, 256))
-        cut = int(rng.integers(14, len(frame) + 1))
-        out.append(bytes(frame[:cut]))
+            position = int(rng.integers(12, min(len(mutated), 70)))
+            mutated[position] = int(rng.integers(0, 256))
+        cut = int(rng.integers(14, len(mutated) + 1))
+        out.append(bytes(mutated[:cut]))
     return out
 
 

@@ -21,7 +21,7 @@ from controller.engine.fingerprint import ExporterConfig, export_fingerprints
 from controller.engine.identify import References, enroll
 from controller.store.storage import DeviceRow, FingerprintRecord, Storage
 
-pytest_plugins = ["tests.storage_fixture"]
+pytest_plugins = ["tests.support.storage"]
 
 EXPORTER = ExporterConfig(granularity=1, tau=0.9, k=1, n_min=2, n_max=4)
 CAM = "02:00:00:00:00:01"
@@ -67,7 +67,7 @@ def test_decisions_are_stored_with_their_explanation_and_logged(
 ) -> None:
     store.put_devices([DeviceRow(CAM, 7, "camera", "s1", 1, "static", 0.0, 0.0)])
     live = LiveIdentification(store, LiveSettings(EXPORTER, references), unit_seconds=1.0)
-    odd = {CAM: ("tcp/443", "udp/53"), PLUG: ("udp/123", "udp/5353")}
+    odd: dict[str, tuple[str, ...]] = {CAM: ("tcp/443", "udp/53"), PLUG: ("udp/123", "udp/5353")}
     with caplog.at_level(logging.INFO, logger="controller.control.live"):
         decided = live.close_units(units(20, 21, odd), end_unit=22)
     assert [(d.device, d.label, d.start_unit, d.end_unit) for d in decided] == [

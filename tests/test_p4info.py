@@ -13,6 +13,7 @@ import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from finsy.proto import p4i
@@ -211,9 +212,9 @@ _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.m
 def _constant(node: ast.expr) -> int:
     """An integer expression of literals, +, - and *."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return node.value
+        return int(node.value)
     assert isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS, ast.dump(node)
-    return _OPERATORS[type(node.op)](_constant(node.left), _constant(node.right))
+    return int(_OPERATORS[type(node.op)](_constant(node.left), _constant(node.right)))
 
 
 def _block(text: str, start: int) -> str:
@@ -270,7 +271,7 @@ def test_committed_p4info_matches_the_p4_source_exactly() -> None:
 
 def test_committed_p4info_has_every_contract_object_with_its_id() -> None:
     info = committed()
-    by_kind = {
+    by_kind: dict[str, Any] = {
         "table": info.tables,
         "action": info.actions,
         "counter": info.counters,

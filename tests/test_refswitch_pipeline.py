@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import UDP as UDP6
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
@@ -21,7 +20,7 @@ from refswitch.pipeline import (
     crc16,
 )
 from refswitch.program import Program
-from tests.conftest import P4INFO
+from tests.support.paths import P4INFO
 
 DEV_MAC = "aa:bb:cc:dd:ee:01"
 DEV_RAW = bytes.fromhex("aabbccddee01")
@@ -258,7 +257,7 @@ def test_icmp_and_its_truncation(pipe: Pipeline) -> None:
 
 
 def test_ipv6_udp_and_icmpv6(pipe: Pipeline) -> None:
-    udp = bytes(Ether(src=DEV_MAC, dst=SERVER_MAC) / IPv6() / UDP6(sport=5353, dport=53))
+    udp = bytes(Ether(src=DEV_MAC, dst=SERVER_MAC) / IPv6() / UDP(sport=5353, dport=53))
     verdict = pipe.trace(udp, 1)
     assert verdict.valid_headers == ("ethernet", "ipv6", "udp")
     assert verdict.service_id == S_DNS

@@ -27,7 +27,8 @@ from refswitch.pcap import PcapWriter, read_pcap
 from refswitch.ports import Ports
 from refswitch.server import P4RUNTIME_API_VERSION
 from refswitch.switch import Switch
-from tests.conftest import P4INFO, ROOT
+from tests.support.entries import device_entry
+from tests.support.paths import P4INFO, ROOT
 
 SCHEMA = P4Schema.load(P4INFO)
 DEV_MAC = "aa:bb:cc:dd:ee:01"
@@ -332,7 +333,6 @@ def test_raw_socket_ports_count_and_forward(veths: list[tuple[str, str]]) -> Non
         config = proto.ForwardingPipelineConfig()
         config.p4info.CopyFrom(SCHEMA.p4info)
         switch.set_pipeline(proto.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT, config)
-        from tests.test_refswitch_server import device_entry
 
         group = proto.PacketReplicationEngineEntry()
         group.multicast_group_entry.multicast_group_id = 1

@@ -16,7 +16,7 @@ from controller.control.registry import (
 )
 from controller.store.storage import Storage
 
-pytest_plugins = ["tests.storage_fixture"]
+pytest_plugins = ["tests.support.storage"]
 
 
 def test_ids_start_at_one_and_persist(store: Storage, tmp_path: Path) -> None:

@@ -14,10 +14,9 @@ import pytest
 from controller.base.errors import InputError, SwitchError
 from controller.base.p4info import P4Schema
 from controller.p4rt.session import Session, SwitchTarget, TlsOptions
-from tests.conftest import P4INFO
-
-server_module = pytest.importorskip("refswitch.server")
-switch_module = pytest.importorskip("refswitch.switch")
+from refswitch.server import P4RuntimeService
+from refswitch.switch import Switch
+from tests.support.paths import P4INFO
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
 
@@ -45,8 +44,8 @@ def make_pki(folder: Path) -> dict[str, Path]:
 @needs_openssl
 def test_mutual_tls_session_pushes_and_reads(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
-    switch = switch_module.Switch(0)
-    service = server_module.P4RuntimeService(switch)
+    switch = Switch(0)
+    service = P4RuntimeService(switch)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((service.handler(),))
     credentials = grpc.ssl_server_credentials(

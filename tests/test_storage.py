@@ -20,7 +20,7 @@ from controller.store.storage import (
     Storage,
 )
 
-pytest_plugins = ["tests.storage_fixture"]
+pytest_plugins = ["tests.support.storage"]
 
 
 def baseline(cells: int, **values: tuple[int, int]) -> Baseline:

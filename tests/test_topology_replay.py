@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -22,7 +23,7 @@ from topology import graph as topo
 from topology.devices import Activity
 from topology.emulation import DeviceSchedule
 from topology.frames import synthesize, write_pcap
-from topology.replay import device_mac_of, prepare, replay
+from topology.replay import Prepared, device_mac_of, prepare, replay
 from topology.testbed import wait_programmed, write_devices_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def test_prepare_keeps_only_the_devices_frames_with_the_new_mac(tmp_path: Path) 
     assert not (tmp_path / "none.pcap").exists()
 
 
-async def replayed_services(graph: object, prepared: object, tmp: Path, port: int) -> set[str]:
+async def replayed_services(graph: Any, prepared: Prepared, tmp: Path, port: int) -> set[str]:
     """Program the switch, replay through d1, and read d1's counters over P4Runtime."""
     from topology.network import Network
 
@@ -78,7 +79,7 @@ async def replayed_services(graph: object, prepared: object, tmp: Path, port: in
     task = asyncio.create_task(controller.run())
     await wait_programmed(controller, task, 30.0)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, replay, graph.host("d1"), prepared, 20.0, 30.0)
+    await loop.run_in_executor(None, lambda: replay(graph.host("d1"), prepared, 20.0, 30.0))
     await asyncio.sleep(1.0)
     controller.stop.set()
     await task

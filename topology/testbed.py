@@ -25,6 +25,7 @@ from typing import Any
 
 import networkx as nx
 
+import p4src
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import open_atomically
 from controller.control.run import Controller, RunConfig, SwitchSpec
@@ -37,8 +38,8 @@ from topology.state import TestbedState, recorded_run, stop_process, teardown
 
 log = logging.getLogger(__name__)
 
-DEFAULT_P4INFO = Path("p4src/fingerprint.p4info.txtpb")
-DEFAULT_BMV2_JSON = Path("p4src/build/fingerprint.json")
+DEFAULT_P4INFO = p4src.P4INFO
+DEFAULT_BMV2_JSON = p4src.BMV2_JSON
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 

@@ -10,14 +10,16 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from controller.base.errors import InputError
 from controller.base.fileio import replace_atomically, write_text_atomically
 from controller.engine.evaluate import best_result, public
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -155,6 +157,14 @@ def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A new figure. matplotlib is imported here, on the first plot, so that importing the engine
+    (every controller and switch process does) does not load it."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -167,7 +177,7 @@ def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
     rows = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     size = max(4.0, 0.32 * len(classes) + 2.5)
-    fig = Figure(figsize=(size, size))
+    fig = _figure(figsize=(size, size))
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
@@ -181,7 +191,7 @@ def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
 
 def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
     """CDF of convergence times, one curve per representation and unit (first mode only)."""
-    fig = Figure(figsize=(6.0, 4.0))
+    fig = _figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     seen = set()
     for r in metrics["results"]:
@@ -209,7 +219,7 @@ def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
 def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
     """Similarity distributions: recurrence (same device vs different devices) and open set
     (best similarity of windows of known vs left-out types)."""
-    fig = Figure(figsize=(10.0, 4.0))
+    fig = _figure(figsize=(10.0, 4.0))
     bins = [i / 20 for i in range(21)]
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     rec = result["recurrence"]

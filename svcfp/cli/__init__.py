@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 from controller import __version__
 from controller.base.command import LOG_LEVELS, run_command
-from controller.control.run import register as register_run
 from svcfp.cli.engine import register as register_engine
 from svcfp.cli.ingest import register as register_ingest
+from svcfp.cli.run import register as register_run
 from svcfp.cli.switch import register as register_switch
 from topology.demo import register as register_demo
 from topology.testbed import register as register_testbed

@@ -1,0 +1,188 @@
+"""`svcfp run`: program the switches, collect their counters into SQLite, until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from controller.base.errors import InputError
+from controller.control import run as control_run
+from controller.control.live import LiveSettings
+from controller.control.registry import RegisterPolicy
+from controller.control.run import (
+    MONITOR_ELECTION_ID,
+    PRIMARY_ELECTION_ID,
+    RunConfig,
+    SwitchSpec,
+    load_switches,
+    run_controller,
+)
+from controller.engine.fingerprint import ExporterConfig
+from controller.engine.identify import References
+from controller.p4rt.session import Role, TlsOptions
+from svcfp.cli.engine import add_engine_arguments, engine_config
+
+log = logging.getLogger("controller.control.run")
+
+
+def _election_id(text: str) -> tuple[int, int]:
+    try:
+        high, low = (int(part, 0) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HIGH,LOW") from None
+    if high < 0 or low < 0 or (high, low) == (0, 0):
+        raise argparse.ArgumentTypeError("election id must be positive")
+    return high, low
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                ports.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                ports.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port list like 0,1,2 or 0-3") from None
+    return tuple(ports)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `svcfp run`."""
+    parser = subparsers.add_parser(
+        "run",
+        help="program switches and collect per-device service activity into SQLite",
+        description=control_run.__doc__,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--grpc-addr", action="append", help="switch address (repeatable)")
+    where.add_argument(
+        "--switches", type=Path, help="JSON list of {name, grpc_addr, device_id, ports}"
+    )
+    parser.add_argument(
+        "--device-id", type=int, default=None, help="P4Runtime device id (with --grpc-addr)"
+    )
+    parser.add_argument(
+        "--ports", type=_ports, default=(), help="switch ports to flood to, e.g. 0-3"
+    )
+    parser.add_argument(
+        "--election-id",
+        type=_election_id,
+        default=None,
+        help="HIGH,LOW (default 0,10 for a primary, 0,5 for a monitor)",
+    )
+    parser.add_argument("--role", choices=["primary", "monitor"], default="primary")
+    parser.add_argument("--p4info", type=Path, required=True)
+    parser.add_argument("--bmv2-json", type=Path, help="device config to push (BMv2 JSON)")
+    parser.add_argument("--skip-config", action="store_true", help="attach to the running pipeline")
+    parser.add_argument("--cpu-port", type=int, default=None)
+    parser.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds")
+    parser.add_argument("--time-unit", type=float, default=3600.0, help="time unit, seconds")
+    parser.add_argument("--db", type=Path, default=Path("svcfp.db"))
+    parser.add_argument("--catalogue", type=Path, help="catalogue JSON (default: built-in)")
+    parser.add_argument(
+        "--devices", type=Path, help="static devices CSV: mac,label[,port[,switch]]"
+    )
+    parser.add_argument("--register-policy", default="all", choices=["all", "none", "allowlist"])
+    parser.add_argument(
+        "--allowlist", type=Path, help="MACs registered under --register-policy allowlist"
+    )
+    parser.add_argument("--capacity", type=int, default=None, help="max registered devices")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=None, help="evict devices idle this long (s)"
+    )
+    parser.add_argument("--tap", action="store_true", help="count, then drop (mirror port)")
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="dump every P4Runtime request here"
+    )
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument(
+        "--export", type=Path, default=None, help="on exit, export the stored tables to this folder"
+    )
+    parser.add_argument("--export-format", choices=["csv", "parquet"], default="csv")
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
+    parser.add_argument("--tls-ca", type=Path)
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument(
+        "--references",
+        type=Path,
+        help="references JSON from `svcfp enroll`: identify every exported fingerprint",
+    )
+    add_engine_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig a parsed `svcfp run` command line describes."""
+    if args.switches is not None:
+        if args.device_id is not None:
+            raise InputError("--device-id goes with --grpc-addr; --switches files carry device_id")
+        switches = load_switches(args.switches)
+    else:
+        if args.device_id is None:
+            raise InputError("--device-id is required with --grpc-addr (BMv2 defaults to 0)")
+        switches = [
+            SwitchSpec(f"s{i + 1}", addr, args.device_id, args.ports)
+            for i, addr in enumerate(args.grpc_addr)
+        ]
+    role: Role = args.role
+    election = args.election_id or (
+        MONITOR_ELECTION_ID if role == "monitor" else PRIMARY_ELECTION_ID
+    )
+    if args.interval <= 0 or args.time_unit <= 0:
+        raise InputError("--interval and --time-unit must be positive")
+    tls = None
+    live = live_settings(args)
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key)
+    return RunConfig(
+        switches=tuple(switches),
+        p4info=args.p4info,
+        bmv2_json=args.bmv2_json,
+        skip_config=args.skip_config or role == "monitor",
+        election_id=election,
+        role=role,
+        tls=tls,
+        cpu_port=args.cpu_port,
+        interval=args.interval,
+        time_unit=args.time_unit,
+        db=args.db,
+        catalogue=args.catalogue,
+        devices=args.devices,
+        policy=RegisterPolicy.parse(args.register_policy, args.allowlist),
+        capacity=args.capacity,
+        idle_timeout=args.idle_timeout,
+        tap=args.tap,
+        log_dir=args.log_dir,
+        export_dir=args.export,
+        export_format=args.export_format,
+        duration=args.duration,
+        connect_timeout=args.connect_timeout,
+        live=live,
+    )
+
+
+def live_settings(args: argparse.Namespace) -> LiveSettings:
+    """Exporter settings from the flags over the references' (or the defaults without them);
+    references made with another time unit or representation are refused."""
+    if args.references is None:
+        return LiveSettings(engine_config(args, ExporterConfig()))
+    refs = References.load(args.references)
+    if args.theta is not None:
+        refs = refs.with_settings(theta=args.theta)
+    settings = LiveSettings(engine_config(args, refs.config), refs)
+    settings.check(args.time_unit, str(args.references))
+    return settings
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `svcfp run`."""
+    config = config_from_args(args)
+    stats = asyncio.run(run_controller(config, control_run.log_unit))
+    log.info("event=stopped polls=%d rows=%d", stats.polls, stats.rows)
+    return 0
