@@ -60,12 +60,12 @@ def _fleet_labels() -> dict[str, str]:
 def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     import pyarrow.csv  # noqa: F401  (imported before the clock starts, as pandas is)
 
+    from controller.base.macs import mac_to_int
     from controller.engine.catalogue import Catalogue
     from controller.engine.evaluate import closed_set, open_set, split_rows
     from controller.engine.fingerprint import export_fingerprints, recurrence
     from controller.engine.identify import enroll
     from controller.ingest.ipfix_csv import read_ipfix_csv
-    from controller.ingest.labels import mac_to_int
 
     labels = _fleet_labels()
     catalogue = Catalogue.default()
@@ -123,8 +123,8 @@ def _canonical(fps: Any) -> list[tuple[str, int, int, tuple[tuple[str, float], .
 def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
     import pandas as pd
 
+    from controller.base.macs import int_to_mac
     from controller.engine.catalogue import Catalogue
-    from controller.ingest.labels import int_to_mac
 
     labels = _fleet_labels()
     config = _config()

@@ -75,8 +75,8 @@ def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
 def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     import pandas as pd
 
+    from controller.base.macs import int_to_mac
     from controller.engine.catalogue import Catalogue
-    from controller.ingest.labels import int_to_mac
 
     catalogue = Catalogue.default()
     catalogue.lookup(6, 1, 1)

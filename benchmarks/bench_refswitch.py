@@ -37,7 +37,7 @@ from scapy.packet import Packet
 
 from benchmarks.common import write_results
 from controller.base.p4info import P4Schema
-from refswitch.pcap import PcapWriter, read_pcap
+from controller.base.pcapfile import PcapWriter, read_frames
 from refswitch.pipeline import FLOOD_GROUP, ServiceRule, TableState
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
@@ -127,7 +127,7 @@ def bench_packets(count: int) -> dict[str, float]:
             for i, frame in enumerate(frames):
                 writer.write(frame, 1_700_000_000 + i * 1e-4)
         start = time.perf_counter()
-        for captured in read_pcap(path):
+        for captured in read_frames(path):
             switch.receive(captured.data, 0)
         model_seconds = time.perf_counter() - start
     packets, _ = pipeline.read_counters()

@@ -45,7 +45,7 @@ def synthetic_flows_csv(
     """Write exactly `records` synthetic flow records of a fleet of `devices` as IPFIX CSV.
 
     Returns the fleet's MACs as integers and how the file was made (times, size, units)."""
-    from controller.ingest.labels import mac_to_int
+    from controller.base.macs import mac_to_int
     from controller.ingest.synth import flows, load_profiles, make_fleet, write_flows_csv
 
     fleet = make_fleet(load_profiles(), devices)

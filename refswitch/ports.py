@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.base.errors import InputError, SvcfpError
-from refswitch.pcap import PcapWriter, read_pcap
+from controller.base.pcapfile import PcapWriter, read_frames
 from refswitch.switch import Switch
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class PcapInPort:
         first: float | None = None
         start = time.monotonic()
         try:
-            for frame in read_pcap(self.path):
+            for frame in read_frames(self.path):
                 if stop.is_set():
                     return
                 if self.timing:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from controller.base.errors import InputError
+from controller.base.macs import mac_to_int
 from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_csv import parse_column_map, read_ipfix_csv
-from controller.ingest.labels import mac_to_int
 
 HUE = "00:17:88:24:76:ff"
 A = "aa:bb:cc:dd:ee:01"

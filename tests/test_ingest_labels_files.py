@@ -9,6 +9,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from controller.base.errors import InputError
+from controller.base.macs import int_to_mac, mac_key, mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.ingest.files import (
@@ -18,7 +19,7 @@ from controller.ingest.files import (
     expand_paths,
     ingest_files,
 )
-from controller.ingest.labels import Labels, int_to_mac, mac_key, mac_to_int
+from controller.ingest.labels import Labels
 from svcfp.cli import main
 
 A = "aa:bb:cc:dd:ee:01"

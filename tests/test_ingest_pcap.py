@@ -12,10 +12,11 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from controller.base.errors import InputError
+from controller.base.macs import mac_to_int
+from controller.base.pcapfile import frame_batches
 from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import IngestStats
-from controller.ingest.labels import mac_to_int
-from controller.ingest.pcap import iter_frames, parse_frames, read_pcap
+from controller.ingest.pcap import parse_frames, read_pcap
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -112,7 +113,7 @@ def test_pcap_byte_orders_and_resolutions(tmp_path: Path, order: str, ns: bool) 
     write_pcap(path, [(t, f) for t, f, _, _ in items], order=order, nanoseconds=ns)
     assert records(path) == expected_activity(items)
     stats = IngestStats()
-    times = np.concatenate([b.time for b in iter_frames(path, stats)])
+    times = np.concatenate([b.time for b in frame_batches(path, on_skip=stats.skip)])
     assert times.tolist() == pytest.approx([t for t, _, _, _ in items])
 
 
@@ -154,7 +155,7 @@ def test_parse_frames_fields(tmp_path: Path) -> None:
     path = tmp_path / "c.pcap"
     frame = bytes(Ether(src=A, dst=B) / IP() / TCP(sport=80, dport=40000))
     write_pcap(path, [(5.0, frame), (6.0, b"\x01" * 10)])
-    (batch,) = list(iter_frames(path, IngestStats()))
+    (batch,) = list(frame_batches(path))
     parsed = parse_frames(batch)
     assert len(parsed) == 1  # the 10-byte frame has no Ethernet header
     assert parsed.src_mac.tolist() == [mac_to_int(A)]
@@ -170,7 +171,9 @@ def test_truncated_capture_names_frame_and_keeps_earlier_frames(tmp_path: Path) 
     data = path.read_bytes()
     path.write_bytes(data[:-5])
     last_offset = len(data) - 16 - len(items[-1][1])
-    with pytest.raises(InputError, match=rf"cut.pcap: frame 16 at offset {last_offset}: frame of"):
+    with pytest.raises(
+        InputError, match=rf"cut.pcap: frame 16 is truncated at offset {last_offset}: frame of"
+    ):
         read_pcap(path, Catalogue.default(), 60)
     table, stats = read_pcap(path, Catalogue.default(), 60, skip_bad_records=True)
     assert sorted(tuple(r) for r in table.records()) == expected_activity(items[:-1])
@@ -217,7 +220,7 @@ def test_hue_bridge_services_match_the_data_set_facts(shared_data: Path) -> None
         assert stats.skipped == 0
         for r in table.select(devices=[mac]).records():
             services[r.service] += r.packets
-        for batch in iter_frames(capture, IngestStats()):
+        for batch in frame_batches(capture):
             parsed = parse_frames(batch)
             mine = (parsed.src_mac == mac_to_int(mac)) & (parsed.proto == 6)
             served += int(((parsed.sport == 80) & mine).sum())

@@ -18,9 +18,9 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
 from controller.base.p4info import P4Schema
+from controller.base.pcapfile import frame_batches
 from controller.engine.catalogue import Catalogue, Service
-from controller.ingest.flows import IngestStats
-from controller.ingest.pcap import iter_frames, parse_frames
+from controller.ingest.pcap import parse_frames
 from refswitch.pipeline import Pipeline, ServiceRule, TableState
 from refswitch.program import Program
 
@@ -105,7 +105,7 @@ def test_pcap_attribution_matches_the_reference_switch(tmp_path: Path, seed: int
     frames = _mutations(_frames(), seed, 3000)
     path = tmp_path / "fuzz.pcap"
     _write_pcap(path, frames)
-    (batch,) = list(iter_frames(path, IngestStats()))
+    (batch,) = list(frame_batches(path))
     parsed = parse_frames(batch)
     ours = catalogue.lookup_many(parsed.proto, parsed.sport, parsed.dport, parsed.l4_valid)
     assert len(ours) == len(frames)  # every frame here has an Ethernet header

@@ -23,7 +23,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from controller.base.errors import InputError
 from controller.base.p4info import P4Schema, encode_int
-from refswitch.pcap import PcapWriter, read_pcap
+from controller.base.pcapfile import PcapWriter, read_frames
 from refswitch.ports import Ports
 from refswitch.server import P4RUNTIME_API_VERSION
 from refswitch.switch import Switch
@@ -52,7 +52,7 @@ def write_pcap(path: Path, data: list[bytes], start: float = 1_700_000_000.25) -
 def test_pcap_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "t.pcap"
     write_pcap(path, frames())
-    read = list(read_pcap(path))
+    read = list(read_frames(path))
     assert [f.data for f in read] == frames()
     assert [f.timestamp for f in read] == pytest.approx(
         [1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.25]
@@ -73,7 +73,7 @@ def test_truncated_pcap_names_the_frame_after_yielding_the_rest(tmp_path: Path) 
     path.write_bytes(path.read_bytes()[:-10])
     seen: list[bytes] = []
     with pytest.raises(InputError, match=r"cut\.pcap: frame 3 is truncated"):
-        for frame in read_pcap(path):
+        for frame in read_frames(path):
             seen.append(frame.data)
     assert seen == frames()[:2]
 
@@ -81,8 +81,8 @@ def test_truncated_pcap_names_the_frame_after_yielding_the_rest(tmp_path: Path) 
 def test_not_a_pcap(tmp_path: Path) -> None:
     path = tmp_path / "x.pcap"
     path.write_bytes(b"hello world, this is not a capture file")
-    with pytest.raises(InputError, match="not a pcap file"):
-        list(read_pcap(path))
+    with pytest.raises(InputError, match="not a pcap or pcapng file"):
+        list(read_frames(path))
 
 
 def push_pipeline(stub: p4r_grpc.P4RuntimeStub) -> None:
@@ -178,7 +178,7 @@ def test_replay_with_a_controller_then_counters_and_pcap_out(
         {"index": 2 * 256 + 4, "device_id": 2, "service_id": 4, "packets": 1,
          "bytes": len(data[1])},
     ]  # fmt: skip
-    assert [f.data for f in read_pcap(pcap_out)] == data
+    assert [f.data for f in read_frames(pcap_out)] == data
     text = log.read_text()
     assert "pipeline committed" in text and "write: 4 updates, 0 failed" in text
 

@@ -18,7 +18,7 @@ import dpkt
 import networkx as nx
 
 from controller.base.errors import InputError
-from controller.base.fileio import replace_atomically
+from controller.base.pcapfile import PcapWriter
 from controller.engine.catalogue import Catalogue
 from topology import graph as topo
 from topology import protocols
@@ -105,14 +105,10 @@ def synthesize(
 def write_pcap(frames: list[Frame], path: Path) -> None:
     """Write the frames as an Ethernet pcap (the switch port is not stored), atomically."""
 
-    def write(temp: Path) -> None:
-        with temp.open("wb") as handle:
-            writer = dpkt.pcap.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
-            for frame in frames:
-                writer.writepkt(frame.data, ts=frame.time)
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, write)
+    with PcapWriter(path) as writer:
+        for frame in frames:
+            writer.write(frame.data, frame.time)
 
 
 def _endpoint(graph: nx.Graph[str], switch: str, host: topo.Host) -> _Endpoint:

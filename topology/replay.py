@@ -18,7 +18,7 @@ import dpkt
 
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import replace_atomically
-from controller.ingest.labels import mac_key
+from controller.base.macs import NotAMac, mac_bytes
 from topology.state import TestbedState
 
 MAX_PACKETS = 100_000
@@ -36,8 +36,8 @@ class Prepared:
 
 def _mac_bytes(mac: str, source: str) -> bytes:
     try:
-        return bytes.fromhex(mac_key(mac).replace(":", ""))
-    except ValueError:
+        return mac_bytes(mac)
+    except NotAMac:
         raise InputError(f"{source}: {mac!r} is not a MAC address") from None
 
 

@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from controller.base.errors import InputError
+from controller.base.macs import int_to_mac, mac_key, mac_to_int
 
 _MATCH_TYPES = {
     p4i.MatchField.EXACT: "EXACT",
@@ -294,25 +295,15 @@ def decode_int(data: bytes) -> int:
 
 
 def encode_mac(mac: str) -> bytes:
-    """A MAC written as 'aa:bb:cc:dd:ee:ff' (or with '-') as a canonical 48-bit bytestring."""
-    parts = mac.replace("-", ":").split(":")
-    if len(parts) != 6:
-        raise InputError(f"{mac!r} is not a MAC address")
-    try:
-        value = int("".join(f"{int(p, 16):02x}" for p in parts), 16)
-    except ValueError:
-        raise InputError(f"{mac!r} is not a MAC address") from None
-    if any(len(p) > 2 for p in parts):
-        raise InputError(f"{mac!r} is not a MAC address")
-    return encode_int(value, 48)
+    """A MAC address (any form `controller.base.macs` accepts) as a canonical 48-bit bytestring."""
+    return encode_int(mac_to_int(mac), 48)
 
 
 def decode_mac(data: bytes) -> str:
-    """A MAC bytestring (canonical or full width) as lower-case 'aa:bb:cc:dd:ee:ff'."""
-    raw = decode_int(data).to_bytes(6, "big")
-    return ":".join(f"{b:02x}" for b in raw)
+    """A MAC bytestring (canonical or full width) as its device key."""
+    return int_to_mac(decode_int(data))
 
 
 def normalize_mac(mac: str) -> str:
     """A MAC in the project's device-key form: lower-case, colon-separated."""
-    return decode_mac(encode_mac(mac))
+    return mac_key(mac)

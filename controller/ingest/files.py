@@ -15,13 +15,14 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.pcapfile import CAPTURE_MAGICS
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import MAX_SERVICE_ID, Catalogue, for_granularity
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.labels import Labels
-from controller.ingest.pcap import CAPTURE_MAGICS, read_pcap
+from controller.ingest.pcap import read_pcap
 
 Format = Literal["auto", "ipfix-csv", "ipfix", "pcap"]
 FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap")

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from controller.base.macs import macs_to_keys
 from controller.engine.activity import ActivityTable, units_of
 from controller.engine.catalogue import Catalogue, PortUsage
-from controller.ingest.labels import macs_to_keys
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]

@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import PROTOCOL_NUMBERS, Catalogue
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
-from controller.ingest.labels import mac_to_int
 
 TIME_FIELDS = {
     "flowStartMilliseconds": 1e-3,

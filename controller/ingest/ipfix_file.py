@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.pcapfile import CAPTURE_MAGICS, frame_batches
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
-from controller.ingest.pcap import CAPTURE_MAGICS, iter_frames
 
 REVERSE_PEN = 29305
 NTP_EPOCH_OFFSET = 2208988800
@@ -163,7 +163,7 @@ def _streams(
     import dpkt
 
     number = 0
-    for frames in iter_frames(path, stats, skip_bad):
+    for frames in frame_batches(path, skip_bad, on_skip=stats.skip):
         for offset, caplen in zip(frames.offset.tolist(), frames.caplen.tolist(), strict=True):
             number += 1
             frame = frames.data[offset : offset + caplen].tobytes()

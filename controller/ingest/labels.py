@@ -15,7 +15,6 @@ to the setup that was actually captured.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,39 +23,10 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.macs import NotAMac, mac_key, mac_to_int
 
 UNKNOWN = "unknown"
 MAC_FILE = "_iotdevice-mac.txt"
-_HEX12 = re.compile(r"^[0-9a-f]{12}$")
-
-
-def mac_key(text: str) -> str:
-    """The device key of a MAC address: lower-case, colon-separated ("aa:bb:cc:dd:ee:01").
-
-    Accepts colons, dashes, dots or no separators; raises ValueError for anything else."""
-    digits = re.sub(r"[:\-.]", "", text.strip().lower())
-    if not _HEX12.match(digits):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return _colons(digits)
-
-
-def mac_to_int(text: str) -> int:
-    """A MAC address as a 48-bit integer."""
-    return int(mac_key(text).replace(":", ""), 16)
-
-
-def int_to_mac(value: int) -> str:
-    """A 48-bit integer as a MAC device key."""
-    return _colons(f"{value:012x}")
-
-
-def _colons(digits: str) -> str:
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
-
-
-def macs_to_keys(values: npt.NDArray[np.uint64]) -> list[str]:
-    """Device keys of an array of 48-bit MAC integers."""
-    return [int_to_mac(v) for v in values.tolist()]
 
 
 @dataclass(frozen=True)
@@ -144,10 +114,12 @@ class Labels:
                 mac, label = row[0].strip(), row[1].strip()
                 try:
                     key = mac_key(mac)
-                except ValueError as exc:
+                except NotAMac:
                     if line_no == 1:
                         continue  # a header row
-                    raise InputError(f"{path}: line {line_no}: {exc}") from exc
+                    raise InputError(
+                        f"{path}: line {line_no}: not a MAC address: {mac!r}"
+                    ) from None
                 if not label:
                     raise InputError(f"{path}: line {line_no}: empty label for {key}")
                 if key in found and found[key] != label:
@@ -166,8 +138,8 @@ class Labels:
             text = mac_file.read_text(encoding="utf-8", errors="replace").strip()
             try:
                 key = mac_key(text.split()[0] if text else "")
-            except ValueError as exc:
-                raise InputError(f"{mac_file}: {exc}") from exc
+            except NotAMac as exc:
+                raise InputError(f"{mac_file}: {exc}") from None
             folders[mac_file.parent.resolve()] = (key, mac_file.parent.name)
         if not folders:
             raise InputError(f"{root}: no {MAC_FILE} files found below this directory")

@@ -32,10 +32,10 @@ import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.base.fileio import listed, parse_json, read_text, replace_atomically
+from controller.base.macs import int_to_mac, mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import TCP, UDP, Catalogue, parse_service
 from controller.ingest.flows import FlowBatch, batch_to_activity
-from controller.ingest.labels import int_to_mac, mac_to_int
 
 Role = Literal["client", "server"]
 GATEWAY_MAC = 0x02_00_00_FF_FF_FE

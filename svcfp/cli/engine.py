@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from controller.base.errors import InputError
+from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import (
@@ -65,7 +66,7 @@ from controller.engine.identify import (
 from controller.engine.report import write_report
 from controller.ingest.files import expand_paths
 from controller.ingest.ipfix_csv import read_ipfix_csv
-from controller.ingest.labels import Labels, mac_to_int
+from controller.ingest.labels import Labels
 from controller.ingest.pcap import read_pcap
 from controller.store.storage import Storage
 
