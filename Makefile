@@ -22,7 +22,7 @@ GRPC_ADDR ?= 127.0.0.1:9559
 DEVICE_ID ?= 0
 LOGS := logs
 
-.PHONY: help venv venv-ptf demo test build ptf run stop shell lint bench clean
+.PHONY: help venv venv-ptf lock demo test build ptf run stop shell lint bench clean
 
 help:
 	@echo "make demo    the main job: emulated IoT devices identified live (reference switch by default; SWITCH=bmv2)"
@@ -34,24 +34,36 @@ help:
 	@echo "make shell   p4runtime-shell on a running switch with the project's P4Info"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   benchmarks (results under benchmarks/results/)"
+	@echo "make lock    regenerate requirements.lock and ptf_tests/requirements.lock"
 	@echo "make clean   remove build output, logs and virtual environments"
 
-$(VENV)/.installed: pyproject.toml
+# LOCK=1 (what CI does) installs the exact versions of requirements.lock first; without it pip
+# resolves the ranges pyproject.toml gives, as a user's install would.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(LOCK),$(PY) -m pip install --quiet -r requirements.lock)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed
 
 # PTF and p4runtime-shell pin an old protobuf; they live apart from the controller's environment.
-$(VENV_PTF)/.installed: ptf_tests/requirements.txt
+$(VENV_PTF)/.installed: ptf_tests/requirements.txt ptf_tests/requirements.lock
 	test -d $(VENV_PTF) || $(PYTHON) -m venv $(VENV_PTF)
 	$(PY_PTF) -m pip install --quiet --upgrade pip
-	$(PY_PTF) -m pip install --quiet -r ptf_tests/requirements.txt
+	$(PY_PTF) -m pip install --quiet -r $(if $(LOCK),ptf_tests/requirements.lock,ptf_tests/requirements.txt)
 	touch $@
 
 venv-ptf: $(VENV_PTF)/.installed
+
+# Regenerate both lock files from pyproject.toml and ptf_tests/requirements.txt (needs PyPI).
+lock: venv
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile --quiet pyproject.toml --extra dev --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	$(VENV)/bin/uv pip compile --quiet ptf_tests/requirements.txt --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 -o ptf_tests/requirements.lock
 
 demo: venv
 	$(VENV)/bin/svcfp demo --switch $(SWITCH)

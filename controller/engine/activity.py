@@ -324,13 +324,12 @@ class ActivityTable:
                 )
 
     def _write_rows_arrow(self, handle: TextIO) -> bool:
-        """Append the rows with pyarrow's CSV writer; False when pyarrow is missing or a name
-        would need quoting (the csv module then writes them)."""
-        try:
-            import pyarrow as pa
-            import pyarrow.csv as pacsv
-        except ImportError:
-            return False
+        """Append the rows with pyarrow's CSV writer; False when a name would need quoting (the
+        csv module then writes them: pyarrow would quote every name, not just those)."""
+        # pyarrow is imported on first use so that importing the engine loads numpy only.
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         special = set(',"\r\n')
         if any(special & set(name) for name in (*self.devices, *self.services)):
             return False
@@ -433,13 +432,11 @@ def _from_csv_arrow(
     path: Path, header: list[str], unit_seconds: float | None
 ) -> ActivityTable | None:
     """The columnar read of a well-formed activity CSV; None (the line reader then names the
-    problem) when pyarrow is missing or anything does not convert."""
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.csv as pacsv
-    except ImportError:
-        return None
+    problem) when anything does not convert."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
     types = {c: pa.int64() for c in ("unit", "packets", "bytes")}
     types.update({"device": pa.string(), "service": pa.string()})
     if "unit_seconds" in header:

@@ -152,11 +152,6 @@ def read_ipfix_csv(
         raise InputError(f"{path}: empty file, expected a header row")
     columns = _Columns(path, header, mapping)
     if use_arrow:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            use_arrow = False
-    if use_arrow:
         # The fast path may give up part way; its port counts join `ports` only if it finishes.
         local = PortCounter(ports.devices) if ports is not None else None
         stats = IngestStats()

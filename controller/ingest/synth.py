@@ -19,7 +19,6 @@ seed) always gives the same traffic. Three views of it:
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -371,57 +370,36 @@ def _write_csv(path: Path, batch: FlowBatch) -> None:
     macs, mac_codes = np.unique(np.concatenate([batch.src_mac, batch.dst_mac]), return_inverse=True)
     names = [int_to_mac(m) for m in macs.tolist()]
     n = len(start_ms)
-    try:
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-    except ImportError:
-        pa = None
-    if pa is not None:
-        dictionary = pa.array(names, type=pa.string())
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
-        def mac_column(codes: npt.NDArray[np.intp]) -> Any:
-            return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), dictionary)
+    dictionary = pa.array(names, type=pa.string())
 
-        table = pa.table(
-            [
-                pa.array(start_ms),
-                mac_column(mac_codes[:n]).cast(pa.string()),
-                mac_column(mac_codes[n:]).cast(pa.string()),
-                pa.array(batch.proto),
-                pa.array(batch.sport),
-                pa.array(batch.dport),
-                pa.array(batch.packets),
-                pa.array(batch.bytes),
-                pa.array(rev_packets),
-                pa.array(rev_bytes),
-            ],
-            names=list(FLOW_COLUMNS),
+    def mac_column(codes: npt.NDArray[np.intp]) -> Any:
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), dictionary)
+
+    table = pa.table(
+        [
+            pa.array(start_ms),
+            mac_column(mac_codes[:n]).cast(pa.string()),
+            mac_column(mac_codes[n:]).cast(pa.string()),
+            pa.array(batch.proto),
+            pa.array(batch.sport),
+            pa.array(batch.dport),
+            pa.array(batch.packets),
+            pa.array(batch.bytes),
+            pa.array(rev_packets),
+            pa.array(rev_bytes),
+        ],
+        names=list(FLOW_COLUMNS),
+    )
+    with path.open("wb") as binary:
+        binary.write((",".join(FLOW_COLUMNS) + "\n").encode())
+        pacsv.write_csv(
+            table,
+            binary,
+            write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
         )
-        with path.open("wb") as binary:
-            binary.write((",".join(FLOW_COLUMNS) + "\n").encode())
-            pacsv.write_csv(
-                table,
-                binary,
-                write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
-            )
-        return
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(FLOW_COLUMNS)
-        columns = zip(
-            start_ms.tolist(),
-            (names[c] for c in mac_codes[:n].tolist()),
-            (names[c] for c in mac_codes[n:].tolist()),
-            batch.proto.tolist(),
-            batch.sport.tolist(),
-            batch.dport.tolist(),
-            batch.packets.tolist(),
-            batch.bytes.tolist(),
-            rev_packets.tolist(),
-            rev_bytes.tolist(),
-            strict=True,
-        )
-        writer.writerows(columns)
 
 
 def _first_entry_index(fleet: Sequence[SynthDevice]) -> npt.NDArray[np.int64]:

@@ -446,10 +446,9 @@ def _check_setting(db: sqlite3.Connection, path: Path, key: str, value: str) -> 
 
 
 def _write_parquet(path: Path, columns: list[str], rows: list[Any]) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError("Parquet export needs pyarrow (pip install 'svcfp[parquet]')") from None
+    # Imported on first use: only exports need pyarrow's Parquet writer.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     data = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
     pq.write_table(pa.table(data), str(path))
