@@ -35,7 +35,7 @@ def test_enroll_and_identify_from_the_controller_database(
     assert json.loads(refs.read_text())["unit_seconds"] == 3600.0
     capsys.readouterr()
 
-    assert main(["identify", *inputs, "--references", str(refs), "--format", "json"]) == 0
+    assert main(["identify", *inputs, "--references", str(refs), "--output-format", "json"]) == 0
     decisions = json.loads(capsys.readouterr().out)
     assert {d["device"]: d["label"] for d in decisions} == labels
 

@@ -11,8 +11,8 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from controller.engine.activity import ActivityTable
-from svcfp.cli import build_parser, main
-from svcfp.cli.engine import load_inputs, merge_instances
+from controller.ingest.sources import Sources, load, merge_instances
+from svcfp.cli import main
 
 SERVICES = {
     "camera": ["tcp/443", "tcp/554", "udp/53"],
@@ -40,7 +40,7 @@ def write_inputs(tmp_path: Path, devices: int, units: int, first: int = 1) -> tu
     return activity, label_file
 
 
-EXPORTER = ["--unit-seconds", "60", "--tau", "0.9", "--k", "2", "--n-min", "4", "--n-max", "8"]
+EXPORTER = ["--time-unit", "60", "--tau", "0.9", "--k", "2", "--n-min", "4", "--n-max", "8"]
 
 
 def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,7 +61,7 @@ def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     test, _ = write_inputs(tmp_path, devices=1, units=4, first=9)
     status = main(
-        ["identify", "--activity", str(test), "--references", str(refs), "--format", "json"]
+        ["identify", "--activity", str(test), "--references", str(refs), "--output-format", "json"]
     )
     assert status == 0
     decisions = json.loads(capsys.readouterr().out)
@@ -168,10 +168,7 @@ def test_capture_folders_label_a_shared_mac_per_capture(tmp_path: Path) -> None:
         (folder / "_iotdevice-mac.txt").write_text(device.upper() + "\n")
         for n in (1, 2):
             _setup_capture(folder / f"Setup-A-{n}-STA.pcap", device, dport)
-    args = build_parser().parse_args(
-        ["evaluate", "--pcap", str(tmp_path), "--labels", str(tmp_path), "--out", "-"]
-    )
-    inputs = load_inputs(args, need_labels=True)
+    inputs = load(Sources(files=(tmp_path,), labels=tmp_path), need_labels=True)
     assert inputs.labels == {
         f"{HUB}#Hub/Setup-A-1-STA": "Hub",
         f"{HUB}#Hub/Setup-A-2-STA": "Hub",

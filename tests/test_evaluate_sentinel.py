@@ -13,21 +13,22 @@ from pathlib import Path
 import pytest
 
 from controller.engine.evaluate import Dataset, EvalSettings, evaluate
-from svcfp.cli import build_parser, main
-from svcfp.cli.engine import load_inputs
+from controller.ingest.sources import Sources, load
+from svcfp.cli import main
 
 pytestmark = pytest.mark.data
 
 
 def test_closed_set_accuracy_on_setup_captures(shared_data: Path) -> None:
     captures = shared_data / "iot-sentinel" / "captures"
-    args = build_parser().parse_args(
-        [
-            *("evaluate", "--pcap", str(captures), "--labels", str(captures), "--out", "-"),
-            *("--tracks", "capture", "--merge-instances", "--unit-seconds", "1"),
-        ]
+    sources = Sources(
+        files=(captures,),
+        labels=captures,
+        tracks="capture",
+        merge_instances=True,
+        time_unit=1.0,
     )
-    inputs = load_inputs(args, need_labels=True)
+    inputs = load(sources, need_labels=True)
     assert len(set(inputs.labels.values())) == 27
     assert len(inputs.labels) == 550
     settings = EvalSettings(
@@ -57,7 +58,7 @@ def test_evaluate_on_the_captures_folder_without_flags(
 ) -> None:
     captures = shared_data / "iot-sentinel" / "captures"
     out = tmp_path / "report"
-    args = ["evaluate", "--pcap", str(captures), "--labels", str(captures), "--out", str(out)]
+    args = ["evaluate", str(captures), "--labels", str(captures), "--out", str(out)]
     assert main([*args, "--no-progress"]) == 0
     assert "best: " in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())

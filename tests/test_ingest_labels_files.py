@@ -174,7 +174,7 @@ def test_ingest_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # Bad input: exit status 2, a message naming the file, the old output untouched.
     before = out.read_bytes()
     (tmp_path / "bad.pcap").write_bytes(b"garbage!")
-    status = main(["ingest", str(tmp_path / "bad.pcap"), "--format", "pcap", "--out", str(out)])
+    status = main(["ingest", str(tmp_path / "bad.pcap"), "--input-format", "pcap", "--out", str(out)])
     assert status == 2
     assert "bad.pcap: not a pcap or pcapng file" in capsys.readouterr().err
     assert out.read_bytes() == before
@@ -189,7 +189,7 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*fleet, "--out", str(flows_csv), "--labels-out", str(labels)]) == 0
     assert "for 6 devices over 24 units" in capsys.readouterr().out
     direct = tmp_path / "direct.csv"
-    assert main([*fleet, "--output", "activity", "--out", str(direct)]) == 0
+    assert main([*fleet, "--output-format", "activity", "--out", str(direct)]) == 0
     ingested = tmp_path / "ingested.csv"
     assert main(["ingest", str(flows_csv), "--labels", str(labels), "--out", str(ingested)]) == 0
     assert ActivityTable.from_csv(direct).equals(ActivityTable.from_csv(ingested))
@@ -210,7 +210,7 @@ def test_ingest_iot_sentinel_folders_with_learned_services(
         *folders,
         "--labels",
         str(captures),
-        "--granularity",
+        "--service-granularity",
         "learned",
         "--save-catalogue",
         str(saved),

@@ -101,7 +101,33 @@ def detect_format(path: Path) -> Format:
         return "ipfix"
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "ipfix-csv"
-    raise InputError(f"{path}: cannot tell the format (first bytes {head.hex()}); use --format")
+    raise InputError(
+        f"{path}: cannot tell the format (first bytes {head.hex()}); use --input-format"
+    )
+
+
+def read_file(
+    path: Path,
+    catalogue: Catalogue,
+    unit_seconds: float,
+    devices: npt.NDArray[np.uint64] | None,
+    options: IngestOptions = IngestOptions(),
+    ports: PortCounter | None = None,
+) -> tuple[ActivityTable, IngestStats]:
+    """Activity of one flow or capture file in the format `options` names (or the one its first
+    bytes show); `devices` (48-bit MACs, None for all) are the devices that count."""
+    fmt = options.fmt
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    kind = detect_format(path) if fmt == "auto" else fmt
+    skip = options.skip_bad_records
+    if kind == "pcap":
+        return read_pcap(path, catalogue, unit_seconds, devices, skip, ports=ports)
+    if kind == "ipfix":
+        return read_ipfix(path, catalogue, unit_seconds, devices, skip, ports=ports)
+    return read_ipfix_csv(
+        path, catalogue, unit_seconds, devices, options.column_map, skip, ports=ports
+    )
 
 
 def ingest_files(
@@ -115,35 +141,12 @@ def ingest_files(
 
     `ports`, when given, also collects the counted devices' service-port usage.
     """
-    fmt = options.fmt
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    devices = options.counted_devices()
-    skip_bad_records = options.skip_bad_records
     tables: list[ActivityTable] = []
     stats: dict[Path, IngestStats] = {}
+    devices = options.counted_devices()
     for path in expand_paths(paths):
-        kind = detect_format(path) if fmt == "auto" else fmt
-        if kind == "pcap":
-            table, file_stats = read_pcap(
-                path, catalogue, unit_seconds, devices, skip_bad_records, ports=ports
-            )
-        elif kind == "ipfix":
-            table, file_stats = read_ipfix(
-                path, catalogue, unit_seconds, devices, skip_bad_records, ports=ports
-            )
-        else:
-            table, file_stats = read_ipfix_csv(
-                path,
-                catalogue,
-                unit_seconds,
-                devices,
-                options.column_map,
-                skip_bad_records,
-                ports=ports,
-            )
+        table, stats[path] = read_file(path, catalogue, unit_seconds, devices, options, ports)
         tables.append(table)
-        stats[path] = file_stats
     if not tables:
         return IngestResult(ActivityTable.empty(unit_seconds, services=catalogue.names), stats)
     return IngestResult(ActivityTable.concat(tables), stats)

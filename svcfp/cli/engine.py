@@ -1,13 +1,9 @@
 """`svcfp enroll`, `svcfp identify` and `svcfp evaluate`: the fingerprint engine from the shell.
 
-Activity comes from an activity CSV (`--activity`), the controller's SQLite database (`--db`), or
-raw inputs ingested on the fly (`--ipfix-csv`, `--pcap`) with a service catalogue. `--tracks
-capture` treats every input file as its own observation of its devices (device keys become
+Inputs are read by `controller.ingest.sources` (the flags are `svcfp.cli.inputs`): activity CSVs,
+a controller database, or flow records and captures in any format ingested on the fly.
+`--tracks capture` treats every input file as its own observation of its devices (track keys
 "<mac>#<file>"), which is how capture data sets such as IoT Sentinel are evaluated.
-
-`--labels` with a capture directory (the IoT Sentinel layout) labels each capture by its type
-folder, the one behaviour `controller.ingest.labels` documents: a MAC shared by two types is
-labelled per capture and tracked per capture, so the folder needs no other flag.
 """
 
 from __future__ import annotations
@@ -17,17 +13,12 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from controller.base.errors import InputError
-from controller.base.macs import mac_to_int
-from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
     DEFAULT_PREFIXES,
@@ -46,7 +37,6 @@ from controller.engine.fingerprint import (
     DEFAULT_N_MIN,
     DEFAULT_TAU,
     DEFAULT_THRESHOLD,
-    DEFAULT_UNIT_SECONDS,
     ExporterConfig,
     parse_granularity,
     representation_name,
@@ -64,134 +54,13 @@ from controller.engine.identify import (
     identify,
 )
 from controller.engine.report import write_report
-from controller.ingest.files import expand_paths
-from controller.ingest.ipfix_csv import read_ipfix_csv
-from controller.ingest.labels import Labels
-from controller.ingest.pcap import read_pcap
-from controller.store.storage import Storage
+from controller.ingest.sources import load
+from svcfp.cli.inputs import add_input_arguments, sources_from_args
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-TRACK_SEPARATOR = "#"
 Number = TypeVar("Number", int, float)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Activity and what is known about its tracks (device keys)."""
-
-    activity: ActivityTable
-    labels: Mapping[str, str]
-    groups: Mapping[str, str] | None
-    name: str
-
-
-def mac_of(track: str) -> str:
-    """The MAC device key of a track key ("<mac>#<capture>" or just "<mac>")."""
-    return track.split(TRACK_SEPARATOR, 1)[0]
-
-
-def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) -> ActivityTable:
-    """Tracks of one input file: its devices (only those in `macs`, when given) keyed
-    "<mac>#<tag>"."""
-    return table.renamed(
-        f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in table.devices
-    )
-
-
-def _tag(path: Path, roots: Sequence[Path]) -> str:
-    for root in roots:
-        if root.is_dir() and path.is_relative_to(root):
-            return str(path.relative_to(root).with_suffix(""))
-    return path.stem
-
-
-def load_inputs(args: argparse.Namespace, need_labels: bool = False) -> Inputs:
-    """Activity, labels and groups from the input flags.
-
-    Stored activity is labelled by MAC; each raw input file by `Labels.for_capture`, so with a
-    capture directory as `--labels` (the IoT Sentinel layout) a capture in a type folder counts
-    that folder's device only, labelled with the folder's type. A MAC shared by two types (a hub
-    and its sensor) has no label of its own: its captures record different setups, so each of
-    them is its own track ("<mac>#<capture>") even with `--tracks device`.
-    """
-    unit_seconds = DEFAULT_UNIT_SECONDS if args.unit_seconds is None else float(args.unit_seconds)
-    if need_labels and args.labels is None:
-        raise InputError("labels needed: give --labels (a mac,label CSV or a capture directory)")
-    known = Labels.load(args.labels) if args.labels is not None else Labels({})
-    by_mac = known.by_mac
-    files: list[tuple[str, ActivityTable, Mapping[str, str]]] = []
-    for path in args.activity or []:
-        files.append((path.stem, ActivityTable.from_csv(path), by_mac))
-    if args.db is not None:
-        files.append((args.db.stem, _from_db(args.db), by_mac))
-    raw = [(p, "ipfix") for p in expand_paths(args.ipfix_csv or [], (".csv",))]
-    raw += [(p, "pcap") for p in expand_paths(args.pcap or [], (".pcap", ".pcapng", ".cap"))]
-    if raw:
-        catalogue = Catalogue.load_or_default(args.catalogue)
-    for path, kind in raw:
-        in_capture = known.for_capture(path)
-        macs = None
-        if in_capture and not args.all_devices:
-            macs = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
-        if kind == "ipfix":
-            table, _ = read_ipfix_csv(path, catalogue, unit_seconds, devices=macs)
-            tag = _tag(path, args.ipfix_csv)
-        else:
-            table, _ = read_pcap(path, catalogue, unit_seconds, devices=macs)
-            tag = _tag(path, args.pcap)
-        files.append((tag, table, in_capture))
-    if not files:
-        raise InputError("no input: give --activity, --db, --ipfix-csv or --pcap")
-    if args.unit_seconds is None and not raw:
-        # Stored activity keeps its own unit unless another one is asked for.
-        unit_seconds = files[0][1].unit_seconds
-    tables = []
-    labels: dict[str, str] = {}
-    for tag, table, labels_here in files:
-        if not math.isclose(table.unit_seconds, unit_seconds):
-            table = table.with_unit_seconds(unit_seconds)
-        if args.tracks == "capture":
-            table = _retag(table, tag)
-        elif known.shared:
-            table = _retag(table, tag, known.shared)
-        tables.append(table)
-        labels.update(
-            {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
-        )
-    activity = ActivityTable.concat(tables)
-    if args.merge_instances:
-        merged = merge_instances(set(labels.values()))
-        labels = {track: merged[label] for track, label in labels.items()}
-    groups = None
-    if args.tracks == "capture":
-        groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
-    name = files[0][0] if len(files) == 1 else f"{len(files)} inputs"
-    return Inputs(activity, labels, groups, name)
-
-
-def merge_instances(types: set[str]) -> dict[str, str]:
-    """Type names → merged names, where names that differ only by one trailing instance digit
-    are one type: EdimaxCam1 and EdimaxCam2 → EdimaxCam; WeMoSwitch and WeMoSwitch2 →
-    WeMoSwitch. A name whose shortened form matches nothing else is kept (iKettle2)."""
-    stems: dict[str, list[str]] = {}
-    for name in types:
-        stem = name[:-1] if name[-1:].isdigit() else name
-        stems.setdefault(stem, []).append(name)
-    merged = {name: name for name in types}
-    for stem, names in stems.items():
-        if len(names) > 1 or (stem in types and stem not in names):
-            for name in names:
-                merged[name] = stem
-    return merged
-
-
-def _from_db(path: Path) -> ActivityTable:
-    if not path.exists():
-        raise InputError(f"{path}: no such database")
-    with Storage(path) as storage:
-        return storage.activity_table()
 
 
 # --- flags ----------------------------------------------------------------------------------------
@@ -237,44 +106,6 @@ def _modes(text: str) -> tuple[Mode, ...]:
             raise InputError(f"--modes: {name!r} is not one of {', '.join(MODES)}")
         chosen.append("nearest" if name == "nearest" else "centroid")
     return tuple(chosen)
-
-
-def _add_inputs(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("input")
-    group.add_argument("--activity", type=Path, action="append", help="activity CSV (repeatable)")
-    group.add_argument("--db", type=Path, help="the controller's SQLite database")
-    group.add_argument(
-        "--ipfix-csv", type=Path, action="append", help="IPFIX CSV file or directory (repeatable)"
-    )
-    group.add_argument(
-        "--pcap", type=Path, action="append", help="pcap/pcapng file or directory (repeatable)"
-    )
-    group.add_argument("--catalogue", type=Path, help="service catalogue JSON for raw inputs")
-    group.add_argument("--labels", type=Path, help="mac,label CSV or an IoT Sentinel directory")
-    group.add_argument(
-        "--all-devices",
-        action="store_true",
-        help="ingest every MAC of raw inputs, not only labelled ones",
-    )
-    group.add_argument(
-        "--tracks",
-        choices=["device", "capture"],
-        default="device",
-        help="device: one timeline per MAC; capture: each input file is its own track "
-        "(default: device)",
-    )
-    group.add_argument(
-        "--merge-instances",
-        action="store_true",
-        help="treat labels differing only by a trailing instance digit as one type "
-        "(EdimaxCam1, EdimaxCam2 → EdimaxCam)",
-    )
-    group.add_argument(
-        "--unit-seconds",
-        type=float,
-        help="time unit u in seconds (default: the unit of stored activity or of the "
-        f"references; {DEFAULT_UNIT_SECONDS:g} for raw inputs)",
-    )
 
 
 def _add_exporter(
@@ -364,7 +195,7 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
-    inputs = load_inputs(args, need_labels=True)
+    inputs = load(sources_from_args(args), need_labels=True)
     config = engine_config(args)
     fps = make_windows(inputs.activity, config, args.windows, args.tracks == "capture")
     refs = enroll(
@@ -406,13 +237,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
         refs = refs.with_settings(theta=args.theta)
     if args.neighbours is not None:
         refs = refs.with_settings(neighbours=args.neighbours)
-    if args.unit_seconds is None:
-        args.unit_seconds = refs.unit_seconds
-    inputs = load_inputs(args)
+    sources = sources_from_args(args)
+    if sources.time_unit is None:
+        sources = replace(sources, time_unit=refs.unit_seconds)
+    inputs = load(sources)
     if not math.isclose(inputs.activity.unit_seconds, refs.unit_seconds):
         raise InputError(
             f"{args.references}: references use {refs.unit_seconds:g} s units, the input "
-            f"{inputs.activity.unit_seconds:g} s; pass --unit-seconds {refs.unit_seconds:g}"
+            f"{inputs.activity.unit_seconds:g} s; pass --time-unit {refs.unit_seconds:g}"
         )
     config = engine_config(args, refs.config)
     if config.granularity != refs.granularity:
@@ -423,7 +255,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
     fps = make_windows(inputs.activity, config, windows, args.tracks == "capture")
     decisions = identify(fps, refs)
-    if args.format == "json":
+    if args.output_format == "json":
         json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
         print()
     else:
@@ -440,10 +272,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the method over a grid of representations and time units; write a report."""
-    inputs = load_inputs(args, need_labels=True)
+    inputs = load(sources_from_args(args), need_labels=True)
     settings = EvalSettings(
         granularities=args.granularities,
-        unit_seconds=args.units or (),
+        unit_seconds=args.time_units or (),
         exporter=engine_config(args),
         windows=args.windows,
         captures=args.tracks == "capture",
@@ -473,7 +305,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def register(subparsers: Subparsers) -> None:
     """Add `enroll`, `identify` and `evaluate`."""
     p = subparsers.add_parser("enroll", help="enroll reference fingerprints from labelled data")
-    _add_inputs(p)
+    add_input_arguments(p)
     _add_exporter(p)
     _add_matching(p)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
@@ -481,16 +313,21 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=cmd_enroll)
 
     p = subparsers.add_parser("identify", help="identify devices against references")
-    _add_inputs(p)
+    add_input_arguments(p)
     _add_exporter(p, defaults=False)
     p.add_argument("--references", type=Path, required=True, help="references JSON from enroll")
     p.add_argument("--theta", type=float, help="override the references' θ")
     p.add_argument("--neighbours", type=int, help="override the references' neighbour count")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
+    p.add_argument(
+        "--output-format",
+        choices=["table", "json"],
+        default="table",
+        help="decisions as a table or as JSON (default: table)",
+    )
     p.set_defaults(func=cmd_identify)
 
     p = subparsers.add_parser("evaluate", help="evaluate identification and write a report")
-    _add_inputs(p)
+    add_input_arguments(p)
     _add_exporter(p)
     _add_matching(p)
     p.add_argument(
@@ -502,7 +339,10 @@ def register(subparsers: Subparsers) -> None:
         + ")",
     )
     p.add_argument(
-        "--units", type=_floats, help="time units in seconds to compare (default: --unit-seconds)"
+        "--time-units",
+        type=_floats,
+        metavar="SECONDS,...",
+        help="time units in seconds to compare (default: --time-unit)",
     )
     p.add_argument(
         "--prefixes",

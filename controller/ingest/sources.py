@@ -1,0 +1,226 @@
+"""Everything the engine can read, through one pipeline: activity CSVs, a controller database,
+and flow records or captures in any format (`controller.ingest.files`), labelled and split into
+tracks the same way for every command and the Python API.
+
+A *track* is the timeline fingerprints are made on: a device (its MAC key), or with
+`tracks="capture"` one input file of a device ("<mac>#<file>"), which is how capture data sets
+such as IoT Sentinel are evaluated (each capture is its own short observation; its file is its
+group for group splits).
+
+Labels come from a `mac,label` CSV or a capture directory in the IoT Sentinel layout. With a
+capture directory each capture is labelled by its type folder and counts that folder's device
+only (`Labels.for_capture`). A MAC shared by two types (a hub and its sensor) has no label of its
+own: its captures record different setups, so each of them becomes its own track even with
+`tracks="device"`, unless `split_shared` is off (plain ingestion, which writes activity by MAC).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from controller.base.errors import InputError
+from controller.base.macs import mac_to_int
+from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import MAX_SERVICE_ID, Catalogue, Granularity
+from controller.engine.fingerprint import DEFAULT_UNIT_SECONDS
+from controller.ingest.files import (
+    Format,
+    IngestOptions,
+    catalogue_for,
+    expand_paths,
+    read_file,
+)
+from controller.ingest.flows import IngestStats
+from controller.ingest.labels import Labels
+from controller.store.storage import Storage
+
+TRACK_SEPARATOR = "#"
+Tracks = Literal["device", "capture"]
+TRACKS: tuple[Tracks, ...] = ("device", "capture")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What to read and how.
+
+    `files` are flow records and captures (a directory stands for its capture and flow files);
+    `activity` activity CSVs; `database` a controller database. `time_unit` is the unit in
+    seconds (None: the unit of stored activity, or the default hour for raw files).
+    `service_granularity` decides how raw files' ports group into services (see
+    `controller.engine.catalogue`); `catalogue` is the catalogue file it starts from.
+    """
+
+    files: tuple[Path, ...] = ()
+    activity: tuple[Path, ...] = ()
+    database: Path | None = None
+    input_format: Format = "auto"
+    labels: Path | None = None
+    all_devices: bool = False
+    tracks: Tracks = "device"
+    merge_instances: bool = False
+    time_unit: float | None = None
+    catalogue: Path | None = None
+    service_granularity: Granularity = "catalogue"
+    max_services: int = MAX_SERVICE_ID
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    skip_bad_records: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tracks not in TRACKS:
+            raise InputError(f"tracks {self.tracks!r}: choose one of {', '.join(TRACKS)}")
+        if self.time_unit is not None and not (
+            math.isfinite(self.time_unit) and self.time_unit > 0
+        ):
+            raise InputError(f"time unit {self.time_unit}: must be a positive number of seconds")
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether nothing at all is to be read."""
+        return not (self.files or self.activity or self.database is not None)
+
+
+@dataclass(frozen=True, eq=False)
+class Loaded:
+    """Activity by track, what is known about its tracks, and what reading it found.
+
+    `labels` maps tracks to types; `groups` (capture tracks only) tracks to their capture;
+    `catalogue` is the one raw files were attributed with (None without raw files); `stats`
+    holds, per raw file, the records read and skipped.
+    """
+
+    activity: ActivityTable
+    labels: Mapping[str, str]
+    groups: Mapping[str, str] | None
+    name: str
+    catalogue: Catalogue | None = None
+    stats: Mapping[Path, IngestStats] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        """Records (flows or packets) read from raw files."""
+        return sum(s.records for s in self.stats.values())
+
+    @property
+    def skipped(self) -> int:
+        """Records skipped in raw files."""
+        return sum(s.skipped for s in self.stats.values())
+
+
+def mac_of(track: str) -> str:
+    """The MAC device key of a track key ("<mac>#<capture>" or just "<mac>")."""
+    return track.split(TRACK_SEPARATOR, 1)[0]
+
+
+def load(sources: Sources, need_labels: bool = False, split_shared: bool = True) -> Loaded:
+    """Read `sources` into one activity table keyed by track, with the tracks' labels."""
+    if sources.is_empty:
+        raise InputError("no input: give flow or capture files, activity CSVs or a database")
+    if need_labels and sources.labels is None:
+        raise InputError("labels needed: give a mac,label CSV or a capture directory")
+    known = Labels.load(sources.labels) if sources.labels is not None else None
+    by_mac: Mapping[str, str] = known.by_mac if known is not None else {}
+    parts: list[tuple[str, ActivityTable, Mapping[str, str]]] = []
+    for path in sources.activity:
+        parts.append((path.stem, ActivityTable.from_csv(path), by_mac))
+    if sources.database is not None:
+        parts.append((sources.database.stem, read_database(sources.database), by_mac))
+    raw = expand_paths(sources.files)
+    unit = sources.time_unit
+    catalogue = None
+    stats: dict[Path, IngestStats] = {}
+    if raw:
+        unit = DEFAULT_UNIT_SECONDS if unit is None else unit
+        options = IngestOptions(
+            fmt=sources.input_format,
+            labels=known,
+            all_devices=sources.all_devices,
+            skip_bad_records=sources.skip_bad_records,
+            column_map=sources.column_map,
+        )
+        catalogue = catalogue_for(
+            sources.service_granularity,
+            raw,
+            sources.catalogue,
+            sources.max_services,
+            options,
+            unit,
+        )
+        for path in raw:
+            in_capture = known.for_capture(path) if known is not None else {}
+            counted = None
+            if known is not None and not sources.all_devices:
+                counted = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
+            table, stats[path] = read_file(path, catalogue, unit, counted, options)
+            parts.append((_tag(path, sources.files), table, in_capture))
+    if unit is None:
+        # Stored activity keeps its own unit unless another one is asked for.
+        unit = parts[0][1].unit_seconds
+    tables = []
+    labels: dict[str, str] = {}
+    shared = known.shared if known is not None and split_shared else {}
+    for tag, table, labels_here in parts:
+        if not math.isclose(table.unit_seconds, unit):
+            table = table.with_unit_seconds(unit)
+        if sources.tracks == "capture":
+            table = _retag(table, tag)
+        elif shared:
+            table = _retag(table, tag, shared)
+        tables.append(table)
+        labels.update(
+            {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
+        )
+    activity = ActivityTable.concat(tables)
+    if sources.merge_instances:
+        merged = merge_instances(set(labels.values()))
+        labels = {track: merged[label] for track, label in labels.items()}
+    groups = None
+    if sources.tracks == "capture":
+        groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
+    name = parts[0][0] if len(parts) == 1 else f"{len(parts)} inputs"
+    return Loaded(activity, labels, groups, name, catalogue, stats)
+
+
+def read_database(path: Path) -> ActivityTable:
+    """The activity a controller (or `svcfp ingest --db`) stored in `path`."""
+    if not path.exists():
+        raise InputError(f"{path}: no such database")
+    with Storage(path) as storage:
+        return storage.activity_table()
+
+
+def merge_instances(types: set[str]) -> dict[str, str]:
+    """Type names → merged names, where names that differ only by one trailing instance digit
+    are one type: EdimaxCam1 and EdimaxCam2 → EdimaxCam; WeMoSwitch and WeMoSwitch2 →
+    WeMoSwitch. A name whose shortened form matches nothing else is kept (iKettle2)."""
+    stems: dict[str, list[str]] = {}
+    for name in types:
+        stem = name[:-1] if name[-1:].isdigit() else name
+        stems.setdefault(stem, []).append(name)
+    merged = {name: name for name in types}
+    for stem, names in stems.items():
+        if len(names) > 1 or (stem in types and stem not in names):
+            for name in names:
+                merged[name] = stem
+    return merged
+
+
+def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) -> ActivityTable:
+    """Tracks of one input file: its devices (only those in `macs`, when given) keyed
+    "<mac>#<tag>"."""
+    return table.renamed(
+        f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in table.devices
+    )
+
+
+def _tag(path: Path, roots: Sequence[Path]) -> str:
+    """A file's name relative to the directory it was found in (or its stem)."""
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return str(path.relative_to(root).with_suffix(""))
+    return path.stem

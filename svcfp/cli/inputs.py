@@ -1,0 +1,164 @@
+"""The input flags every offline command shares (`ingest`, `enroll`, `identify`, `evaluate`),
+turned into one `controller.ingest.sources.Sources`: the same names mean the same thing
+everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from controller.base.errors import InputError
+from controller.engine.catalogue import GRANULARITIES, MAX_SERVICE_ID
+from controller.engine.fingerprint import DEFAULT_UNIT_SECONDS
+from controller.ingest.files import FORMATS
+from controller.ingest.ipfix_csv import parse_column_map
+from controller.ingest.sources import TRACKS, Sources
+
+# A parser or an argument group of one: both take add_argument.
+Container = argparse._ActionsContainer
+
+SERVICE_GRANULARITY_HELP = (
+    "how ports group into services: 'catalogue' uses the catalogue file (or the built-in one) "
+    "as written; 'ephemeral' gives every port below 49152 the devices use its own service and "
+    "folds 49152-65535 into one service per protocol; 'learned' gives the most used ports "
+    "(ranked by devices, then (device, unit) cells, then packets; dynamic ones included) their "
+    "own service. Both learned forms read the input once more and need a port in at least two "
+    "(device, unit) cells. Ports left out fall into catch-all ranges. (default: catalogue)"
+)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite, positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
+def add_time_unit(parser: Container, default: float | None, note: str = "") -> None:
+    """`--time-unit SECONDS`, the one name of the time unit u in every command."""
+    shown = f"{default:g}" if default is not None else note
+    parser.add_argument(
+        "--time-unit",
+        type=positive_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"time unit u in seconds (default: {shown})",
+    )
+
+
+def add_catalogue_arguments(parser: Container) -> None:
+    """How raw ports become services: the catalogue file, its granularity, the service limit."""
+    parser.add_argument(
+        "--catalogue", type=Path, help="service catalogue JSON (default: the built-in one)"
+    )
+    parser.add_argument(
+        "--service-granularity",
+        choices=GRANULARITIES,
+        default="catalogue",
+        help=SERVICE_GRANULARITY_HELP,
+    )
+    parser.add_argument(
+        "--max-services",
+        type=int,
+        default=MAX_SERVICE_ID,
+        help=f"service limit of learned catalogues (default: {MAX_SERVICE_ID})",
+    )
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool = True) -> None:
+    """Raw files (positional), activity CSVs and the database as inputs, labels and tracks.
+
+    `stored_activity` False leaves out `--activity` and `--db` (for `ingest`, whose `--db` is
+    where the activity goes)."""
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="flow records (IPFIX CSV, binary IPFIX, NetFlow v9) and captures (pcap, pcapng); "
+        "a directory stands for its .pcap, .pcapng, .cap, .csv and .ipfix files, recursively",
+    )
+    group = parser.add_argument_group("input")
+    if stored_activity:
+        group.add_argument(
+            "--activity",
+            type=Path,
+            action="append",
+            default=[],
+            help="activity CSV written by ingest or run --export (repeatable)",
+        )
+        group.add_argument("--db", type=Path, help="a controller database to read activity from")
+    group.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        default="auto",
+        help="pcap: captures (pcap, pcapng); ipfix: binary IPFIX / NetFlow v9 messages, back to "
+        "back or as the UDP payloads of a capture of the exporter's traffic; ipfix-csv: IPFIX "
+        "records as CSV; auto tells files apart by their first bytes and takes captures for "
+        "pcap (default: auto)",
+    )
+    group.add_argument(
+        "--labels",
+        type=Path,
+        help="MAC labels: a 'mac,label' CSV or an IoT Sentinel style directory "
+        "(<Type>/_iotdevice-mac.txt); only labelled devices count unless --all-devices",
+    )
+    group.add_argument(
+        "--all-devices", action="store_true", help="count every source MAC, labelled or not"
+    )
+    group.add_argument(
+        "--tracks",
+        choices=TRACKS,
+        default="device",
+        help="device: one timeline per MAC; capture: each input file is its own track "
+        "(default: device)",
+    )
+    group.add_argument(
+        "--merge-instances",
+        action="store_true",
+        help="treat labels differing only by a trailing instance digit as one type "
+        "(EdimaxCam1, EdimaxCam2 → EdimaxCam)",
+    )
+    add_time_unit(
+        group,
+        None,
+        f"the unit of stored activity or of the references; {DEFAULT_UNIT_SECONDS:g} for raw files",
+    )
+    add_catalogue_arguments(group)
+    group.add_argument(
+        "--column-map",
+        default="",
+        help="IPFIX CSV only: name=column pairs mapping IANA names to this file's headers "
+        "(default: none)",
+    )
+    group.add_argument(
+        "--skip-bad-records",
+        action="store_true",
+        help="skip (and count) malformed records and damaged files instead of stopping",
+    )
+
+
+def sources_from_args(args: argparse.Namespace) -> Sources:
+    """The `Sources` the input flags describe."""
+    if args.max_services < 1:
+        raise InputError(f"--max-services {args.max_services}: must be at least 1")
+    return Sources(
+        files=tuple(args.files),
+        activity=tuple(getattr(args, "activity", ())),
+        database=getattr(args, "db", None) if hasattr(args, "activity") else None,
+        input_format=args.input_format,
+        labels=args.labels,
+        all_devices=args.all_devices,
+        tracks=args.tracks,
+        merge_instances=args.merge_instances,
+        time_unit=args.time_unit,
+        catalogue=args.catalogue,
+        service_granularity=args.service_granularity,
+        max_services=args.max_services,
+        column_map=parse_column_map(args.column_map),
+        skip_bad_records=args.skip_bad_records,
+    )
