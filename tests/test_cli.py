@@ -48,4 +48,3 @@ def test_console_script_runs_as_module() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"svcfp {__version__}"
-

@@ -174,7 +174,9 @@ def test_ingest_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # Bad input: exit status 2, a message naming the file, the old output untouched.
     before = out.read_bytes()
     (tmp_path / "bad.pcap").write_bytes(b"garbage!")
-    status = main(["ingest", str(tmp_path / "bad.pcap"), "--input-format", "pcap", "--out", str(out)])
+    status = main(
+        ["ingest", str(tmp_path / "bad.pcap"), "--input-format", "pcap", "--out", str(out)]
+    )
     assert status == 2
     assert "bad.pcap: not a pcap or pcapng file" in capsys.readouterr().err
     assert out.read_bytes() == before
