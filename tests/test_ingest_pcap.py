@@ -179,9 +179,33 @@ def test_truncated_capture_names_frame_and_keeps_earlier_frames(tmp_path: Path) 
     assert sorted(tuple(r) for r in table.records()) == expected_activity(items[:-1])
     assert stats.records == 15 and stats.skipped == 1
     assert "frame 16" in stats.problems[0]
+    assert stats.unread_bytes == len(items[-1][1]) + 16 - 5
     path.write_bytes(data[: -len(items[-1][1]) - 10])
     with pytest.raises(InputError, match="truncated record header"):
         read_pcap(path, Catalogue.default(), 60)
+
+
+def test_skipping_a_corrupt_record_resumes_at_the_next_intact_one(tmp_path: Path) -> None:
+    items = frames()
+    path = tmp_path / "damaged.pcap"
+    write_pcap(path, [(t, f) for t, f, _, _ in items])
+    data = bytearray(path.read_bytes())
+    # Record 5's captured length is garbled: nothing after it can be found by walking lengths.
+    at = 24 + sum(16 + len(f) for _, f, _, _ in items[:4])
+    data[at + 8 : at + 12] = struct.pack("<I", 0x7FFF0000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"damaged.pcap: frame 5 is corrupt at offset {at}"):
+        read_pcap(path, Catalogue.default(), 60)
+    table, stats = read_pcap(path, Catalogue.default(), 60, skip_bad_records=True)
+    kept = items[:4] + items[5:]
+    assert sorted(tuple(r) for r in table.records()) == expected_activity(kept)
+    assert stats.records == len(kept) and stats.skipped == 1
+    lost = 16 + len(items[4][1])
+    assert stats.unread_bytes == lost
+    assert (
+        f"{lost} bytes skipped to the next intact record at offset {at + lost}"
+        in (stats.problems[0])
+    )
 
 
 def test_bad_files(tmp_path: Path) -> None:

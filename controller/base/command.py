@@ -1,9 +1,12 @@
 """How every command-line entry point of the project ends: logging set up once, a `SvcfpError`
-printed as one line naming the command with its exit status, Ctrl-C as status 130."""
+printed as one line naming the command with its exit status, Ctrl-C as status 130, a closed
+output pipe as status 141."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -23,3 +26,11 @@ def run_command(name: str, func: Callable[[], int], log_level: str = "INFO") -> 
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read our output went away (`svcfp identify ... | head`): stop quietly, with
+        # the status a process ended by SIGPIPE has, and keep Python's exit-time flush of
+        # stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE

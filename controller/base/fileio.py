@@ -54,6 +54,20 @@ def _replacing(path: Path) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work is done, a `path` that cannot be written: its folder is missing,
+    not a folder, or does not let us create the temporary file a write goes through."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot write there: {exc.strerror}") from exc
+    os.close(fd)
+    Path(probe).unlink()
+
+
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write` on a temporary path beside `path`, then rename it over `path`: readers see the
     old file or the whole new one, and a failed write leaves the old file untouched."""

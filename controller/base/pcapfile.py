@@ -43,7 +43,12 @@ I64 = npt.NDArray[np.int64]
 
 
 class CaptureError(InputError):
-    """A capture is truncated or corrupt at a known frame and offset."""
+    """A capture is truncated or corrupt at a known frame and offset; `unread` is the number
+    of bytes from there to the end of the file."""
+
+    def __init__(self, message: str, unread: int = 0) -> None:
+        super().__init__(message)
+        self.unread = unread
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +61,12 @@ class Frames:
     caplen: I64
     wirelen: I64
     time: npt.NDArray[np.float64]
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> Frames:
+        """The frames where `keep` is True."""
+        return Frames(
+            self.data, self.offset[keep], self.caplen[keep], self.wirelen[keep], self.time[keep]
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def read_frames(path: Path) -> Iterator[PcapFrame]:
             yield PcapFrame(stamp, raw[start : start + length].tobytes())
 
 
-def _ignore(problem: str) -> None:
+def _ignore(problem: str, unread_bytes: int) -> None:
     """The default skip report: nothing (the caller did not ask to hear about skips)."""
 
 
@@ -84,13 +95,15 @@ def frame_batches(
     path: Path,
     skip_bad: bool = False,
     batch_size: int = BATCH,
-    on_skip: Callable[[str], None] | None = None,
+    on_skip: Callable[[str, int], None] | None = None,
 ) -> Iterator[Frames]:
     """Batches of frames of a pcap or pcapng file, in file order.
 
     Damage (a truncated or corrupt record) raises `CaptureError` naming the file, the frame and
-    its byte offset, after every batch before it has been yielded; with `skip_bad` it ends the
-    file instead and is reported to `on_skip`, as is every non-Ethernet frame of a pcapng file.
+    its byte offset, after every batch before it has been yielded. With `skip_bad` a classic pcap
+    resumes at the next intact record after the damage, a pcapng file ends there; `on_skip`
+    hears of each skip (what and how many bytes were lost), and of every non-Ethernet frame of a
+    pcapng file.
     """
     skipped = on_skip if on_skip is not None else _ignore
     path = Path(path)
@@ -113,18 +126,24 @@ def frame_batches(
         if magic_le == PCAPNG_SHB:
             yield from _pcapng_frames(path, buf, data, skipped, skip_bad, batch_size)
         elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
-            yield from _pcap_frames(path, buf, data, batch_size)
+            yield from _pcap_frames(path, buf, data, batch_size, skipped if skip_bad else None)
         else:
             raise InputError(f"{path}: not a pcap or pcapng file (magic 0x{magic_be:08x})")
     except CaptureError as exc:
         if not skip_bad:
             raise
-        skipped(str(exc))
+        skipped(f"{exc}; the remaining bytes of the file were not read", exc.unread)
 
 
 def _pcap_frames(
-    path: Path, buf: memoryview, data: npt.NDArray[np.uint8], batch_size: int
+    path: Path,
+    buf: memoryview,
+    data: npt.NDArray[np.uint8],
+    batch_size: int,
+    skipped: Callable[[str, int], None] | None,
 ) -> Iterator[Frames]:
+    """Batches of a classic pcap. With `skipped`, damage is stepped over: reading resumes at the
+    next intact record (`_next_record`) and `skipped` hears what was lost and how many bytes."""
     size = len(buf)
     if size < 24:
         raise InputError(f"{path}: truncated pcap header ({size} of 24 bytes)")
@@ -136,11 +155,13 @@ def _pcap_frames(
     if linktype & 0xFFFF != LINKTYPE_ETHERNET:
         raise InputError(f"{path}: link type {linktype} is not Ethernet (1)")
     limit = max(snaplen, 262144, 65535)
+    layout = _RecordLayout(order, limit, 1_000_000 if magic == PCAP_MAGIC_US else 1_000_000_000)
     incl_at = struct.Struct(order + "I").unpack_from
     dtype = np.dtype(order + "u4")
     pos = 24
     frame = 0
     last_header = size - 16
+    last_seconds: int | None = None
     while pos < size:
         headers: list[int] = []
         append = headers.append
@@ -172,6 +193,7 @@ def _pcap_frames(
         if headers:
             at = np.array(headers, dtype=np.int64)
             fields = window(data, 16, at).view(dtype).astype(np.int64)
+            last_seconds = int(fields[-1, 0])
             yield Frames(
                 data=data,
                 offset=at + 16,
@@ -179,15 +201,103 @@ def _pcap_frames(
                 wirelen=fields[:, 3],
                 time=fields[:, 0].astype(np.float64) + fields[:, 1] * scale,
             )
-        if error is not None:
+        if error is None:
+            continue
+        if skipped is None:
             raise error
+        resume = _next_record(data, pos + 1, size, layout, last_seconds)
+        if resume is None:
+            skipped(f"{error}; the remaining {size - pos} bytes hold no intact record", size - pos)
+            return
+        skipped(
+            f"{error}; {resume - pos} bytes skipped to the next intact record at offset {resume}",
+            resume - pos,
+        )
+        frame += 1
+        pos = resume
+
+
+@dataclass(frozen=True)
+class _RecordLayout:
+    """What makes a pcap record header plausible: byte order, the largest captured length, and
+    the sub-second field's range."""
+
+    order: str
+    limit: int
+    fraction: int
+
+
+# Record headers looked at per step of the search for the next intact record.
+_SEARCH_CHUNK = 1 << 20
+# A resumed record's timestamp lies within this many seconds of the last good one.
+_SEARCH_SPAN = 30 * 86400
+# Records in a row that must look intact (or end the file exactly) to resume at the first.
+_CHAIN = 3
+
+
+def _next_record(
+    data: npt.NDArray[np.uint8],
+    start: int,
+    size: int,
+    layout: _RecordLayout,
+    last_seconds: int | None,
+) -> int | None:
+    """The first offset at or after `start` where intact records begin again: `_CHAIN` record
+    headers in a row are plausible (sub-second field in range, captured length within the wire
+    length and the limit, timestamps near the last good one and not going back), or fewer that
+    end the file exactly. Bytes inside a frame rarely pass that by chance."""
+    for lo in range(start, size - 15, _SEARCH_CHUNK):
+        at = np.arange(lo, min(lo + _SEARCH_CHUNK, size - 15), dtype=np.int64)
+        plausible = _plausible(data, at, size, layout, last_seconds)
+        for candidate in at[plausible].tolist():
+            if _chain_holds(data, candidate, size, layout):
+                return int(candidate)
+    return None
+
+
+def _plausible(
+    data: npt.NDArray[np.uint8],
+    at: I64,
+    size: int,
+    layout: _RecordLayout,
+    after_seconds: int | None,
+) -> npt.NDArray[np.bool_]:
+    """Which offsets in `at` hold a plausible record header whose frame fits in the file."""
+    seconds, fraction, incl, orig = (_u32(data, at + k, layout.order) for k in (0, 4, 8, 12))
+    ok = (fraction < layout.fraction) & (incl <= orig) & (orig <= layout.limit)
+    ok &= at + 16 + incl <= size
+    if after_seconds is not None:
+        ok &= (seconds >= after_seconds - 1) & (seconds <= after_seconds + _SEARCH_SPAN)
+    return ok
+
+
+def _chain_holds(data: npt.NDArray[np.uint8], pos: int, size: int, layout: _RecordLayout) -> bool:
+    """Whether `_CHAIN` plausible records in a row (or fewer ending the file) start at `pos`."""
+    previous: int | None = None
+    for _ in range(_CHAIN):
+        if pos == size:
+            return True
+        here = np.array([pos], dtype=np.int64)
+        if not bool(_plausible(data, here, size, layout, previous)[0]):
+            return False
+        previous = int(_u32(data, here, layout.order)[0])
+        pos += 16 + int(_u32(data, here + 8, layout.order)[0])
+    return True
+
+
+def _u32(data: npt.NDArray[np.uint8], at: I64, order: str) -> I64:
+    """The 32-bit unsigned integers at byte offsets `at` in `order` ("<" or ">")."""
+    b = [data[at + k].astype(np.int64) for k in range(4)]
+    if order == "<":
+        return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
+    return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
 
 
 def _pcapng_frames(
     path: Path,
     buf: memoryview,
     data: npt.NDArray[np.uint8],
-    skipped: Callable[[str], None],
+    skipped: Callable[[str, int], None],
     skip_bad: bool,
     batch_size: int,
 ) -> Iterator[Frames]:
@@ -217,7 +327,9 @@ def _pcapng_frames(
             return batch
 
         def corrupt(what: str) -> CaptureError:
-            return CaptureError(f"{path}: block at offset {pos} (after frame {frame}): {what}")
+            return CaptureError(
+                f"{path}: block at offset {pos} (after frame {frame}): {what}", size - pos
+            )
 
         while pos < size:
             if pos + 12 > size:
@@ -266,7 +378,7 @@ def _pcapng_frames(
                     message = f"{path}: frame {frame}: link type {linktype} is not Ethernet (1)"
                     if not skip_bad:
                         raise InputError(message)
-                    skipped(message)
+                    skipped(message, 0)
                 else:
                     offsets.append(start)
                     caplens.append(caplen)

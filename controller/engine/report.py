@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from controller.base.errors import InputError
-from controller.base.fileio import replace_atomically, write_text_atomically
+from controller.base.fileio import check_writable, replace_atomically, write_text_atomically
 from controller.engine.evaluate import best_result, public
 
 if TYPE_CHECKING:
@@ -245,14 +245,22 @@ def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Write metrics.json, report.md and the plots into `out_dir` (created if missing); every
-    file appears only once complete. Returns the paths written."""
+def prepare_report_folder(out_dir: Path) -> None:
+    """Create the report folder and check that files can be written into it, so that a bad
+    `--out` is refused before an evaluation runs rather than after."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the report directory: {exc.strerror}") from exc
+    check_writable(out / "metrics.json", "report folder")
+
+
+def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Write metrics.json, report.md and the plots into `out_dir` (created if missing); every
+    file appears only once complete. Returns the paths written."""
+    out = Path(out_dir)
+    prepare_report_folder(out)
     best = best_result(metrics)
     plots = {
         "Confusion matrix (best setting)": "confusion.png",

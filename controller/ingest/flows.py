@@ -10,6 +10,7 @@ the same batches to learn which service ports devices use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,6 +24,29 @@ from controller.engine.catalogue import Catalogue, PortUsage
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+
+# A record outside these bounds is not a measurement but damage or garbage: its unit would be
+# meaningless (a 1e30 s start time) or its counts would overflow the activity's 64-bit sums.
+MAX_EPOCH_SECONDS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+MAX_COUNT = 1 << 48
+
+
+def plausible_times(seconds: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Which start times (epoch seconds) lie between 1970 and 2100."""
+    with np.errstate(invalid="ignore"):
+        ok: npt.NDArray[np.bool_] = np.isfinite(seconds) & (seconds >= 0.0)
+        ok &= seconds < MAX_EPOCH_SECONDS
+    return ok
+
+
+def implausible(start: float, counts: Iterable[tuple[str, int]] = ()) -> str | None:
+    """Why one flow record's start time or counters cannot be real, or None when they can."""
+    if not (math.isfinite(start) and 0.0 <= start < MAX_EPOCH_SECONDS):
+        return f"start time {start!r} s is not between 1970 and 2100"
+    for what, value in counts:
+        if not 0 <= value <= MAX_COUNT:
+            return f"{what} {value} is out of range (0..2^48)"
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,11 +87,14 @@ class IngestStats:
 
     records: int = 0
     skipped: int = 0
+    unread_bytes: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def skip(self, problem: str) -> None:
-        """Count one skipped record and remember why (the first 20 reasons)."""
+    def skip(self, problem: str, unread_bytes: int = 0) -> None:
+        """Count one skipped record (or damaged stretch of `unread_bytes` bytes) and remember
+        why (the first 20 reasons)."""
         self.skipped += 1
+        self.unread_bytes += unread_bytes
         if len(self.problems) < 20:
             self.problems.append(problem)
 
@@ -75,6 +102,7 @@ class IngestStats:
         """Fold another file's counts into these."""
         self.records += other.records
         self.skipped += other.skipped
+        self.unread_bytes += other.unread_bytes
         self.problems.extend(other.problems[: max(0, 20 - len(self.problems))])
 
 

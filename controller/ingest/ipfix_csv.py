@@ -35,7 +35,15 @@ from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import PROTOCOL_NUMBERS, Catalogue
-from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
+from controller.ingest.flows import (
+    MAX_COUNT,
+    FlowBatch,
+    IngestStats,
+    PortCounter,
+    batches_to_activity,
+    implausible,
+    plausible_times,
+)
 
 TIME_FIELDS = {
     "flowStartMilliseconds": 1e-3,
@@ -265,7 +273,8 @@ def _arrow_batch(record_batch: Any, columns: _Columns) -> tuple[FlowBatch, npt.N
         )
     else:
         raise ValueError("start times neither numbers nor timestamps")
-    seconds = np.nan_to_num(seconds, nan=0.0)
+    bad |= ~plausible_times(seconds)
+    seconds = np.nan_to_num(seconds, nan=0.0, posinf=0.0, neginf=0.0)
 
     has_reverse = "rev_packets" in columns.columns
     src_mac = _macs(column("src_mac"), bad)
@@ -286,9 +295,10 @@ def _arrow_batch(record_batch: Any, columns: _Columns) -> tuple[FlowBatch, npt.N
     rev_packets = ints("rev_packets", 0) if has_reverse else None
     rev_bytes = ints("rev_bytes", 0) if has_reverse else None
     bad |= (sport < 0) | (sport > 65535) | (dport < 0) | (dport > 65535)
-    bad |= (packets < 0) | (octets < 0)
+    bad |= (packets < 0) | (octets < 0) | (packets > MAX_COUNT) | (octets > MAX_COUNT)
     if rev_packets is not None and rev_bytes is not None:
         bad |= (rev_packets < 0) | (rev_bytes < 0)
+        bad |= (rev_packets > MAX_COUNT) | (rev_bytes > MAX_COUNT)
     batch = FlowBatch(
         start=seconds,
         src_mac=src_mac,
@@ -443,6 +453,9 @@ def _parse_row(
         return value
 
     start = _parse_time(row[time_col].strip(), scale)
+    why = implausible(start)
+    if why is not None:
+        raise ValueError(why)
     src = row[cols["src_mac"]].strip()
     try:
         src_mac = mac_to_int(src)
@@ -469,10 +482,10 @@ def _parse_row(
         proto,
         number("sport", "source port", 0, 65535),
         number("dport", "destination port", 0, 65535),
-        number("packets", "packet count", None),
-        number("bytes", "octet count", 0),
-        number("rev_packets", "reverse packet count", 0) if has_reverse else 0,
-        number("rev_bytes", "reverse octet count", 0) if has_reverse else 0,
+        number("packets", "packet count", None, MAX_COUNT),
+        number("bytes", "octet count", 0, MAX_COUNT),
+        number("rev_packets", "reverse packet count", 0, MAX_COUNT) if has_reverse else 0,
+        number("rev_bytes", "reverse octet count", 0, MAX_COUNT) if has_reverse else 0,
     )
 
 

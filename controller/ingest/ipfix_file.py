@@ -28,7 +28,13 @@ from controller.base.errors import InputError
 from controller.base.pcapfile import CAPTURE_MAGICS, frame_batches
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
-from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
+from controller.ingest.flows import (
+    FlowBatch,
+    IngestStats,
+    PortCounter,
+    batches_to_activity,
+    implausible,
+)
 
 REVERSE_PEN = 29305
 NTP_EPOCH_OFFSET = 2208988800
@@ -142,7 +148,7 @@ def _batches(path: Path, stats: IngestStats, skip_bad: bool) -> Iterator[FlowBat
             magic = handle.read(4)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    decoder = _Decoder(path, stats)
+    decoder = _Decoder(path, stats, skip_bad)
     for where, data in _streams(path, magic, stats, skip_bad):
         yield from _messages(decoder, where, data, stats, skip_bad)
     if len(decoder.columns):
@@ -212,7 +218,8 @@ def _messages(
 
 
 class _Decoder:
-    def __init__(self, path: Path, stats: IngestStats) -> None:
+    def __init__(self, path: Path, stats: IngestStats, skip_bad: bool = False) -> None:
+        self.skip_bad = skip_bad
         self.path = path
         self.stats = stats
         self.templates: dict[tuple[int, int, int], _Template] = {}
@@ -412,20 +419,36 @@ class _Decoder:
         rev_octets = template.index(OCTETS, REVERSE_PEN)
         start = self._start_time(template, version, domain, export_secs, uptime_ms)
         cols = self.columns
+
+        def count(i: int | None, absent: int, row: tuple[object, ...]) -> int:
+            return int(_number(row[i])) if i is not None else absent
+
         for row in rows:
             self.stats.records += 1
-            cols.start.append(start(row))
-            cols.src.append(int(_number(row[src])))
-            cols.dst.append(int(_number(row[dst])) if dst is not None else 0)
-            cols.proto.append(int(_number(row[proto])) if proto is not None else -1)
-            cols.sport.append(int(_number(row[sport])) if sport is not None else 0)
-            cols.dport.append(int(_number(row[dport])) if dport is not None else 0)
-            cols.packets.append(int(_number(row[packets])) if packets is not None else 1)
-            cols.octets.append(int(_number(row[octets])) if octets is not None else 0)
-            cols.rev_packets.append(
-                int(_number(row[rev_packets])) if rev_packets is not None else 0
+            values = (
+                ("packet count", count(packets, 1, row)),
+                ("octet count", count(octets, 0, row)),
+                ("reverse packet count", count(rev_packets, 0, row)),
+                ("reverse octet count", count(rev_octets, 0, row)),
             )
-            cols.rev_octets.append(int(_number(row[rev_octets])) if rev_octets is not None else 0)
+            begins = start(row)
+            why = implausible(begins, values)
+            if why is not None:
+                problem = f"{self.path}: flow record {self.stats.records}: {why}"
+                if not self.skip_bad:
+                    raise InputError(problem)
+                self.stats.skip(problem)
+                continue
+            cols.start.append(begins)
+            cols.src.append(int(_number(row[src])))
+            cols.dst.append(count(dst, 0, row))
+            cols.proto.append(count(proto, -1, row))
+            cols.sport.append(count(sport, 0, row))
+            cols.dport.append(count(dport, 0, row))
+            cols.packets.append(values[0][1])
+            cols.octets.append(values[1][1])
+            cols.rev_packets.append(values[2][1])
+            cols.rev_octets.append(values[3][1])
 
     def _start_time(
         self, template: _Template, version: int, domain: int, export_secs: int, uptime_ms: int

@@ -20,10 +20,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from controller.base.errors import InputError
 from controller.base.pcapfile import BATCH, Frames, frame_batches, window
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
-from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
+from controller.ingest.flows import (
+    FlowBatch,
+    IngestStats,
+    PortCounter,
+    batches_to_activity,
+    implausible,
+    plausible_times,
+)
 
 
 def read_pcap(
@@ -43,13 +51,25 @@ def read_pcap(
     """
     stats = IngestStats()
     frames = frame_batches(path, skip_bad_records, batch_size, on_skip=stats.skip)
-    batches = _packet_batches(frames, stats)
+    batches = _packet_batches(path, frames, stats, skip_bad_records)
     return batches_to_activity(batches, catalogue, unit_seconds, devices, ports), stats
 
 
-def _packet_batches(frames: Iterable[Frames], stats: IngestStats) -> Iterator[FlowBatch]:
+def _packet_batches(
+    path: Path, frames: Iterable[Frames], stats: IngestStats, skip_bad: bool
+) -> Iterator[FlowBatch]:
+    """Parsed batches; a frame stamped outside 1970-2100 (a damaged pcapng timestamp) is bad."""
     for batch in frames:
+        first = stats.records + 1
         stats.records += len(batch.offset)
+        good = plausible_times(batch.time)
+        if not bool(good.all()):
+            for i in np.flatnonzero(~good).tolist():
+                problem = f"{path}: frame {first + i}: " + str(implausible(float(batch.time[i])))
+                if not skip_bad:
+                    raise InputError(problem)
+                stats.skip(problem)
+            batch = batch.select(good)
         yield parse_frames(batch)
 
 

@@ -91,7 +91,8 @@ class Loaded:
 
     `labels` maps tracks to types; `groups` (capture tracks only) tracks to their capture;
     `catalogue` is the one raw files were attributed with (None without raw files); `stats`
-    holds, per raw file, the records read and skipped.
+    holds, per raw file, the records read and skipped, and `per_file` each raw file's share of
+    `activity` (what storing it per source needs).
     """
 
     activity: ActivityTable
@@ -100,6 +101,7 @@ class Loaded:
     name: str
     catalogue: Catalogue | None = None
     stats: Mapping[Path, IngestStats] = field(default_factory=dict)
+    per_file: Mapping[Path, ActivityTable] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -125,11 +127,11 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
         raise InputError("labels needed: give a mac,label CSV or a capture directory")
     known = Labels.load(sources.labels) if sources.labels is not None else None
     by_mac: Mapping[str, str] = known.by_mac if known is not None else {}
-    parts: list[tuple[str, ActivityTable, Mapping[str, str]]] = []
+    parts: list[tuple[str, ActivityTable, Mapping[str, str], Path | None]] = []
     for path in sources.activity:
-        parts.append((path.stem, ActivityTable.from_csv(path), by_mac))
+        parts.append((path.stem, ActivityTable.from_csv(path), by_mac, None))
     if sources.database is not None:
-        parts.append((sources.database.stem, read_database(sources.database), by_mac))
+        parts.append((sources.database.stem, read_database(sources.database), by_mac, None))
     raw = expand_paths(sources.files)
     unit = sources.time_unit
     catalogue = None
@@ -156,15 +158,26 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
             counted = None
             if known is not None and not sources.all_devices:
                 counted = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
-            table, stats[path] = read_file(path, catalogue, unit, counted, options)
-            parts.append((_tag(path, sources.files), table, in_capture))
+            try:
+                table, stats[path] = read_file(path, catalogue, unit, counted, options)
+            except InputError as exc:
+                # A file that cannot be read at all is one bad input among many, when asked.
+                if not sources.skip_bad_records:
+                    raise
+                stats[path] = IngestStats()
+                stats[path].skip(f"{exc}; the whole file was left out", path.stat().st_size)
+                continue
+            parts.append((_tag(path, sources.files), table, in_capture, path))
+    if not parts:
+        raise InputError("no input could be read: every file was left out as bad")
     if unit is None:
         # Stored activity keeps its own unit unless another one is asked for.
         unit = parts[0][1].unit_seconds
     tables = []
+    per_file: dict[Path, ActivityTable] = {}
     labels: dict[str, str] = {}
     shared = known.shared if known is not None and split_shared else {}
-    for tag, table, labels_here in parts:
+    for tag, table, labels_here, origin in parts:
         if not math.isclose(table.unit_seconds, unit):
             table = table.with_unit_seconds(unit)
         if sources.tracks == "capture":
@@ -172,6 +185,8 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
         elif shared:
             table = _retag(table, tag, shared)
         tables.append(table)
+        if origin is not None:
+            per_file[origin] = table
         labels.update(
             {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
         )
@@ -183,7 +198,7 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
     if sources.tracks == "capture":
         groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
     name = parts[0][0] if len(parts) == 1 else f"{len(parts)} inputs"
-    return Loaded(activity, labels, groups, name, catalogue, stats)
+    return Loaded(activity, labels, groups, name, catalogue, stats, per_file)
 
 
 def read_database(path: Path) -> ActivityTable:

@@ -8,6 +8,7 @@ commit together, which is what stops a restarted controller from counting a unit
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sqlite3
 import time
@@ -56,6 +57,22 @@ CREATE TABLE IF NOT EXISTS activity (
     packets INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     PRIMARY KEY (device, unit, service)
+);
+CREATE TABLE IF NOT EXISTS sources (
+    digest TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS source_activity (
+    digest TEXT NOT NULL REFERENCES sources (digest),
+    device TEXT NOT NULL,
+    unit INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (digest, device, unit, service)
 );
 CREATE TABLE IF NOT EXISTS baselines (
     switch TEXT PRIMARY KEY,
@@ -109,6 +126,27 @@ _DECISION_COLUMNS = (
     "device, window_start_unit, window_end_unit, representation, label, similarity, "
     "explanation, decided_at"
 )
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """An input file as the database knows it: by its content (SHA-256), so the same capture is
+    recognised whatever it is called or wherever it lies now."""
+
+    digest: str
+    name: str
+
+    @classmethod
+    def of(cls, path: Path) -> SourceFile:
+        """The digest of the file at `path`, read in 1 MiB blocks."""
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+        return cls(digest.hexdigest(), str(path))
 
 
 @dataclass(frozen=True)
@@ -332,6 +370,45 @@ class Storage:
             _check_setting(db, self.path, TIME_UNIT_KEY, repr(float(table.unit_seconds)))
             db.executemany(_ADD_ACTIVITY, table.records())
 
+    def add_sources(
+        self, parts: Sequence[tuple[SourceFile, ActivityTable]], replace: bool = False
+    ) -> None:
+        """Add the activity of input files, each once: a file added before (by its content) is
+        refused whole, or with `replace` what it added then is taken back first. One
+        transaction for all of them: on any refusal nothing is stored."""
+        with self.transaction() as db:
+            for source, table in parts:
+                _check_setting(db, self.path, TIME_UNIT_KEY, repr(float(table.unit_seconds)))
+                before = db.execute(
+                    "SELECT name, added_at FROM sources WHERE digest = ?", (source.digest,)
+                ).fetchone()
+                if before is not None:
+                    if not replace:
+                        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(before[1]))
+                        raise InputError(
+                            f"{source.name} was already added to {self.path} on {when} UTC (as "
+                            f"{before[0]}): its activity is stored; pass --replace to replace it"
+                        )
+                    _take_back(db, source.digest)
+                records = list(table.records())
+                db.executemany(_ADD_ACTIVITY, records)
+                db.executemany(
+                    "INSERT INTO source_activity (digest, device, unit, service, packets, bytes) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    ((source.digest, *r) for r in records),
+                )
+                db.execute(
+                    "INSERT INTO sources (digest, name, rows, packets, added_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        source.digest,
+                        source.name,
+                        len(records),
+                        int(table.packets.sum()),
+                        time.time(),
+                    ),
+                )
+
     def activity_table(
         self,
         unit_from: int | None = None,
@@ -431,6 +508,23 @@ class Storage:
                 writer.writerow(columns)
                 writer.writerows(rows)
         return len(rows)
+
+
+def _take_back(db: sqlite3.Connection, digest: str) -> None:
+    """Subtract what the source `digest` added from the activity, and forget the source."""
+    db.execute(
+        "UPDATE activity SET "
+        "packets = packets - (SELECT s.packets FROM source_activity s WHERE s.digest = ? AND "
+        "s.device = activity.device AND s.unit = activity.unit AND s.service = activity.service), "
+        "bytes = bytes - (SELECT s.bytes FROM source_activity s WHERE s.digest = ? AND "
+        "s.device = activity.device AND s.unit = activity.unit AND s.service = activity.service) "
+        "WHERE EXISTS (SELECT 1 FROM source_activity s WHERE s.digest = ? AND "
+        "s.device = activity.device AND s.unit = activity.unit AND s.service = activity.service)",
+        (digest, digest, digest),
+    )
+    db.execute("DELETE FROM activity WHERE packets <= 0")
+    db.execute("DELETE FROM source_activity WHERE digest = ?", (digest,))
+    db.execute("DELETE FROM sources WHERE digest = ?", (digest,))
 
 
 def _window(row: FingerprintRecord | DecisionRecord) -> tuple[str, int, int, str]:

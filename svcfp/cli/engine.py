@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller.base.errors import InputError
+from controller.base.fileio import check_writable
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
     DEFAULT_PREFIXES,
@@ -53,9 +54,9 @@ from controller.engine.identify import (
     enroll,
     identify,
 )
-from controller.engine.report import write_report
+from controller.engine.report import prepare_report_folder, write_report
 from controller.ingest.sources import load
-from svcfp.cli.inputs import add_input_arguments, sources_from_args
+from svcfp.cli.inputs import add_input_arguments, report_skips, sources_from_args
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -195,7 +196,9 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
+    check_writable(args.out, "--out")
     inputs = load(sources_from_args(args), need_labels=True)
+    report_skips("enroll", inputs)
     config = engine_config(args)
     fps = make_windows(inputs.activity, config, args.windows, args.tracks == "capture")
     refs = enroll(
@@ -241,6 +244,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if sources.time_unit is None:
         sources = replace(sources, time_unit=refs.unit_seconds)
     inputs = load(sources)
+    report_skips("identify", inputs)
     if not math.isclose(inputs.activity.unit_seconds, refs.unit_seconds):
         raise InputError(
             f"{args.references}: references use {refs.unit_seconds:g} s units, the input "
@@ -272,7 +276,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the method over a grid of representations and time units; write a report."""
+    prepare_report_folder(args.out)
     inputs = load(sources_from_args(args), need_labels=True)
+    report_skips("evaluate", inputs)
     settings = EvalSettings(
         granularities=args.granularities,
         unit_seconds=args.time_units or (),

@@ -8,16 +8,16 @@ import logging
 from pathlib import Path
 
 from controller.base.errors import InputError
-from controller.base.fileio import open_atomically
-from controller.engine.activity import ActivityTable
+from controller.base.fileio import check_writable, open_atomically
 from controller.engine.catalogue import for_granularity
 from controller.ingest.labels import Labels
 from controller.ingest.sources import load
-from controller.store.storage import Storage
+from controller.store.storage import SourceFile, Storage
 from svcfp.cli.inputs import (
     add_catalogue_arguments,
     add_input_arguments,
     add_time_unit,
+    report_skips,
     sources_from_args,
 )
 
@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     ingest.add_argument("--out", type=Path, help="activity CSV to write")
     ingest.add_argument("--db", type=Path, help="SQLite database to add the activity to")
+    ingest.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --db: replace what a file added before instead of refusing it (files are "
+        "recognised by their content)",
+    )
     ingest.set_defaults(func=run_ingest)
 
     synth = subparsers.add_parser(
@@ -79,15 +85,17 @@ def run_ingest(args: argparse.Namespace) -> int:
     sources = sources_from_args(args)
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
+    for path, what in ((args.out, "--out"), (args.save_catalogue, "--save-catalogue")):
+        if path is not None:
+            check_writable(path, what)
+    if args.db is not None:
+        check_writable(args.db, "--db")
     if sources.labels is not None:
         for note in Labels.load(sources.labels).notes:
             log.warning("%s", note)
     # Ingestion writes activity by MAC: a shared MAC stays one device here.
     loaded = load(sources, split_shared=False)
-    for path, stats in loaded.stats.items():
-        log.info("%s: %d records, %d skipped", path, stats.records, stats.skipped)
-        for problem in stats.problems:
-            log.warning("skipped: %s", problem)
+    report_skips("ingest", loaded)
     activity = loaded.activity
     catalogue = loaded.catalogue
     assert catalogue is not None
@@ -96,20 +104,20 @@ def run_ingest(args: argparse.Namespace) -> int:
     if args.out is not None:
         activity.to_csv(args.out)
     if args.db is not None:
-        store_activity(args.db, activity)
+        with Storage(args.db) as storage:
+            storage.add_sources(
+                [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
+                replace=args.replace,
+            )
+    lost = sum(s.unread_bytes for s in loaded.stats.values())
+    skipped = f"{loaded.skipped} skipped" + (f" ({lost} bytes unreadable)" if lost else "")
     print(
-        f"{loaded.records} records from {len(loaded.stats)} file(s), {loaded.skipped} skipped; "
+        f"{loaded.records} records from {len(loaded.stats)} file(s), {skipped}; "
         f"{len(activity.used_devices())} devices, {len(activity)} activity rows, "
         f"{len(activity.used_services())} services ({sources.service_granularity} granularity, "
         f"{catalogue.max_id} in the catalogue)"
     )
     return 0
-
-
-def store_activity(path: Path, activity: ActivityTable) -> None:
-    """Add activity to the database in one transaction (summing rows already there)."""
-    with Storage(path) as storage:
-        storage.add_activity(activity)
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ everywhere."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from controller.base.errors import InputError
@@ -12,7 +13,7 @@ from controller.engine.catalogue import GRANULARITIES, MAX_SERVICE_ID
 from controller.engine.fingerprint import DEFAULT_UNIT_SECONDS
 from controller.ingest.files import FORMATS
 from controller.ingest.ipfix_csv import parse_column_map
-from controller.ingest.sources import TRACKS, Sources
+from controller.ingest.sources import TRACKS, Loaded, Sources
 
 # A parser or an argument group of one: both take add_argument.
 Container = argparse._ActionsContainer
@@ -140,6 +141,21 @@ def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool =
         action="store_true",
         help="skip (and count) malformed records and damaged files instead of stopping",
     )
+
+
+def report_skips(command: str, loaded: Loaded) -> None:
+    """Tell the user, on stderr, what was skipped as bad and how much of each file was lost."""
+    for path, stats in loaded.stats.items():
+        if not stats.skipped:
+            continue
+        lost = f", {stats.unread_bytes} bytes unreadable" if stats.unread_bytes else ""
+        print(
+            f"svcfp {command}: warning: {path}: {stats.skipped} skipped of {stats.records} "
+            f"records{lost}",
+            file=sys.stderr,
+        )
+        for problem in stats.problems:
+            print(f"svcfp {command}: warning: skipped: {problem}", file=sys.stderr)
 
 
 def sources_from_args(args: argparse.Namespace) -> Sources:

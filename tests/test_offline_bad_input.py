@@ -1,0 +1,183 @@
+"""Offline commands on bad input: a clear message naming the input, exit status 2, nothing
+stored half-way; ingestion that never counts a file twice; skips that say what was lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from controller.base.pcapfile import PcapWriter
+from svcfp.cli import main
+from tests.support.paths import ROOT
+
+CAM = "02:00:00:00:00:0a"
+PLUG = "02:00:00:00:00:0b"
+SERVER = "02:00:00:00:00:fe"
+HEADER = (
+    "flowStartMilliseconds,sourceMacAddress,destinationMacAddress,protocolIdentifier,"
+    "sourceTransportPort,destinationTransportPort,packetTotalCount,octetTotalCount"
+)
+GOOD = f"1700000000000,{CAM},{SERVER},6,50000,443,3,300"
+
+
+def flows(tmp_path: Path, *rows: str, name: str = "flows.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+def capture(path: Path, sender: str = CAM, frames: int = 30, start: float = 1.7e9) -> Path:
+    """`frames` frames from `sender`: tcp/443 and udp/53 in turn, one every 10 s."""
+    with PcapWriter(path) as writer:
+        for i in range(frames):
+            l4 = TCP(sport=50000 + i, dport=443) if i % 2 else UDP(sport=40000 + i, dport=53)
+            writer.write(bytes(Ether(src=sender, dst=SERVER) / IP() / l4), start + 10 * i)
+    return path
+
+
+def activity_rows(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT device, unit, service, packets, bytes FROM activity ORDER BY 1, 2, 3"
+        ).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            f"1e33,{CAM},{SERVER},6,50000,443,3,300",
+            "flows.csv: line 3: start time 1e+30 s is not between 1970 and 2100",
+        ),
+        (
+            f"-5000,{CAM},{SERVER},6,50000,443,3,300",
+            "flows.csv: line 3: start time -5.0 s is not between 1970 and 2100",
+        ),
+        (
+            f"1700000000000,{CAM},{SERVER},6,50000,443,100000000000000000000000,300",
+            "flows.csv: line 3: packet count out of range: 100000000000000000000000",
+        ),
+    ],
+    ids=["far-future", "negative", "huge-count"],
+)
+def test_absurd_records_are_refused_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], row: str, message: str
+) -> None:
+    path = flows(tmp_path, GOOD, row)
+    out = tmp_path / "activity.csv"
+    db = tmp_path / "svcfp.db"
+    assert main(["ingest", str(path), "--out", str(out), "--db", str(db)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not db.exists()
+    # Skipped on request: the good record is stored, the bad one counted.
+    args = ["ingest", str(path), "--out", str(out), "--db", str(db), "--skip-bad-records"]
+    assert main(args) == 0
+    assert "2 records from 1 file(s), 1 skipped" in capsys.readouterr().out
+    assert activity_rows(db) == [(CAM, 1700000000 // 3600, "tcp/443", 3, 300)]
+
+
+def test_an_unwritable_out_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = flows(tmp_path, GOOD)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["ingest", str(path), "--out", str(blocker / "activity.csv")]) == 2
+    assert f"--out {blocker / 'activity.csv'}: folder {blocker} does not exist" in (
+        capsys.readouterr().err
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    report = blocker / "report"
+    status = main(["evaluate", str(path), "--labels", str(labels), "--out", str(report)])
+    assert status == 2
+    assert "cannot create the report directory" in capsys.readouterr().err
+
+
+def test_the_same_file_is_ingested_once_unless_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = capture(tmp_path / "cam.pcap")
+    db = tmp_path / "svcfp.db"
+    assert main(["ingest", str(first), "--db", str(db)]) == 0
+    once = activity_rows(db)
+    assert sum(int(r[3]) for r in once) == 30  # type: ignore[call-overload]
+    # The same content under another name is the same capture.
+    copy = tmp_path / "renamed.pcap"
+    copy.write_bytes(first.read_bytes())
+    other = capture(tmp_path / "plug.pcap", sender=PLUG, frames=4)
+    assert main(["ingest", str(other), str(copy), "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy} was already added to {db}" in err and f"(as {first})" in err
+    assert "pass --replace" in err
+    assert activity_rows(db) == once, "nothing of the refused command was stored"
+    assert main(["ingest", str(other), str(copy), "--db", str(db), "--replace"]) == 0
+    rows = activity_rows(db)
+    assert [r for r in rows if r[0] == CAM] == once
+    assert sum(int(r[3]) for r in rows if r[0] == PLUG) == 4  # type: ignore[call-overload]
+
+
+def test_a_skipped_stretch_says_how_much_was_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = capture(tmp_path / "cam.pcap")
+    data = bytearray(path.read_bytes())
+    first_record = 24 + 16 + 42  # the global header, then one record of a 42-byte UDP frame
+    data[first_record + 8 : first_record + 12] = (0x7FFF0000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    out = tmp_path / "a.csv"
+    assert main(["ingest", str(path), "--out", str(out), "--skip-bad-records"]) == 0
+    assert "29 records from 1 file(s), 1 skipped (70 bytes unreadable)" in (capsys.readouterr().out)
+
+
+def test_engine_commands_can_leave_out_a_damaged_capture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    for n in range(4):
+        capture(folder / f"cam-{n}.pcap", start=1.7e9 + n * 1000)
+    damaged = folder / "cam-2.pcap"
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    (folder / "notes.csv").write_text("this is not a flow file\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    refs = tmp_path / "refs.json"
+    args = ["enroll", str(folder), "--labels", str(labels), "--tracks", "capture"]
+    args += ["--windows", "whole", "--time-unit", "10", "--out", str(refs)]
+    assert main(args) == 2
+    assert "cam-2.pcap: frame 30 is truncated" in capsys.readouterr().err
+    assert not refs.exists()
+    assert main([*args, "--skip-bad-records"]) == 0
+    captured = capsys.readouterr()
+    # The damaged capture keeps what lies before the damage; the text file is left out.
+    assert "enrolled 4 reference fingerprints of 1 types" in captured.out
+    assert "cam-2.pcap: frame 30 is truncated" in captured.err
+    assert "notes.csv" in captured.err and "the whole file was left out" in captured.err
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
+    # Enough decisions that the JSON outgrows the pipe's buffer after the reader is gone.
+    activity = tmp_path / "activity.csv"
+    labels = tmp_path / "labels.csv"
+    synth = ["synth", "--devices", "60", "--units", "200", "--output-format", "activity"]
+    assert main([*synth, "--out", str(activity), "--labels-out", str(labels)]) == 0
+    refs = tmp_path / "refs.json"
+    enroll = ["enroll", "--activity", str(activity), "--labels", str(labels)]
+    assert main([*enroll, "--n-min", "4", "--n-max", "8", "--out", str(refs)]) == 0
+    command = [sys.executable, "-m", "svcfp", "identify", "--activity", str(activity)]
+    command += ["--references", str(refs), "--output-format", "json"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(1) == b"["
+    process.stdout.close()
+    status = process.wait(120)
+    err = process.stderr.read().decode()
+    assert status == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
