@@ -24,12 +24,9 @@ from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
     DEFAULT_PREFIXES,
     DEFAULT_TRAIN_FRACTION,
-    Dataset,
     EvalSettings,
     Windows,
     best_result,
-    evaluate,
-    make_windows,
 )
 from controller.engine.fingerprint import (
     DEFAULT_GRANULARITY,
@@ -51,11 +48,9 @@ from controller.engine.identify import (
     Decision,
     Mode,
     References,
-    enroll,
-    identify,
 )
 from controller.engine.report import prepare_report_folder, write_report
-from controller.ingest.sources import load
+from svcfp import api
 from svcfp.cli.inputs import add_input_arguments, report_skips, sources_from_args
 
 if TYPE_CHECKING:
@@ -197,18 +192,16 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
     check_writable(args.out, "--out")
-    inputs = load(sources_from_args(args), need_labels=True)
+    inputs = api.read(sources_from_args(args), need_labels=True)
     report_skips("enroll", inputs)
-    config = engine_config(args)
-    fps = make_windows(inputs.activity, config, args.windows, args.tracks == "capture")
-    refs = enroll(
-        fps,
-        inputs.labels,
+    refs = api.enroll(
+        inputs,
+        engine_config(args),
+        args.windows,
         mode=args.mode,
         theta=args.theta,
         percentile=args.percentile,
         neighbours=args.neighbours,
-        config=config,
     )
     refs.save(args.out)
     counts = Counter(refs.labels)
@@ -243,7 +236,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     sources = sources_from_args(args)
     if sources.time_unit is None:
         sources = replace(sources, time_unit=refs.unit_seconds)
-    inputs = load(sources)
+    inputs = api.read(sources)
     report_skips("identify", inputs)
     if not math.isclose(inputs.activity.unit_seconds, refs.unit_seconds):
         raise InputError(
@@ -257,8 +250,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
             f"--granularity asks for {representation_name(config.granularity)}"
         )
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
-    fps = make_windows(inputs.activity, config, windows, args.tracks == "capture")
-    decisions = identify(fps, refs)
+    decisions = api.identify(inputs, refs, config, windows)
     if args.output_format == "json":
         json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
         print()
@@ -277,7 +269,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the method over a grid of representations and time units; write a report."""
     prepare_report_folder(args.out)
-    inputs = load(sources_from_args(args), need_labels=True)
+    inputs = api.read(sources_from_args(args), need_labels=True)
     report_skips("evaluate", inputs)
     settings = EvalSettings(
         granularities=args.granularities,
@@ -294,8 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         prefixes=args.prefixes,
         progress=False if args.no_progress else None,
     )
-    dataset = Dataset(inputs.activity, inputs.labels, inputs.groups, inputs.name)
-    metrics = evaluate(dataset, settings)
+    metrics = api.evaluate(inputs, settings)
     paths = write_report(metrics, args.out)
     best = best_result(metrics)
     print(

@@ -11,8 +11,7 @@ from controller.base.errors import InputError
 from controller.base.fileio import check_writable, open_atomically
 from controller.engine.catalogue import for_granularity
 from controller.ingest.labels import Labels
-from controller.ingest.sources import load
-from controller.store.storage import SourceFile, Storage
+from svcfp import api
 from svcfp.cli.inputs import (
     add_catalogue_arguments,
     add_input_arguments,
@@ -93,22 +92,13 @@ def run_ingest(args: argparse.Namespace) -> int:
     if sources.labels is not None:
         for note in Labels.load(sources.labels).notes:
             log.warning("%s", note)
-    # Ingestion writes activity by MAC: a shared MAC stays one device here.
-    loaded = load(sources, split_shared=False)
+    loaded = api.ingest(sources, args.out, args.db, args.replace)
     report_skips("ingest", loaded)
     activity = loaded.activity
     catalogue = loaded.catalogue
     assert catalogue is not None
     if args.save_catalogue is not None:
         catalogue.save(args.save_catalogue)
-    if args.out is not None:
-        activity.to_csv(args.out)
-    if args.db is not None:
-        with Storage(args.db) as storage:
-            storage.add_sources(
-                [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
-                replace=args.replace,
-            )
     lost = sum(s.unread_bytes for s in loaded.stats.values())
     skipped = f"{loaded.skipped} skipped" + (f" ({lost} bytes unreadable)" if lost else "")
     print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
@@ -17,11 +16,11 @@ from controller.control.run import (
     RunConfig,
     SwitchSpec,
     load_switches,
-    run_controller,
 )
 from controller.engine.fingerprint import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
+from svcfp import api
 from svcfp.cli.engine import add_engine_arguments, engine_config
 
 log = logging.getLogger("controller.control.run")
@@ -183,6 +182,6 @@ def live_settings(args: argparse.Namespace) -> LiveSettings:
 def main(args: argparse.Namespace) -> int:
     """Entry point of `svcfp run`."""
     config = config_from_args(args)
-    stats = asyncio.run(run_controller(config, control_run.log_unit))
+    stats = api.run(config, control_run.log_unit)
     log.info("event=stopped polls=%d rows=%d", stats.polls, stats.rows)
     return 0

@@ -1,0 +1,146 @@
+"""The svcfp Python API: what the command line does, as typed functions over the library.
+
+Researchers read their data, enroll references, identify and evaluate without a shell::
+
+    from pathlib import Path
+    from svcfp import api
+
+    captures = Path("iot-sentinel/captures")
+    data = api.read(api.Sources(files=(captures,), labels=captures, tracks="capture",
+                                time_unit=1.0))
+    refs = api.enroll(data, windows="whole")
+    decisions = api.identify(data, refs, windows="whole")
+    metrics = api.evaluate(data, api.EvalSettings(windows="whole", captures=True, split="group"))
+
+Testbed operators run a controller the same way (`api.run_controller(api.RunConfig(...))`). The
+`svcfp` command is a thin layer over these functions: each subcommand builds the same objects
+from its flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+from controller.base.errors import InputError
+from controller.control.run import RunConfig, RunStats, SwitchSpec, UnitCallback, run_controller
+from controller.engine.evaluate import Dataset, EvalSettings, Windows, make_windows
+from controller.engine.evaluate import evaluate as evaluate_dataset
+from controller.engine.fingerprint import ExporterConfig, representation_name
+from controller.engine.identify import (
+    DEFAULT_MODE,
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_PERCENTILE,
+    Decision,
+    Mode,
+    References,
+)
+from controller.engine.identify import enroll as enroll_fingerprints
+from controller.engine.identify import identify as identify_fingerprints
+from controller.ingest.sources import Loaded, Sources, load
+from controller.store.storage import SourceFile, Storage
+
+__all__ = [
+    "Decision",
+    "EvalSettings",
+    "ExporterConfig",
+    "Loaded",
+    "References",
+    "RunConfig",
+    "RunStats",
+    "Sources",
+    "SwitchSpec",
+    "enroll",
+    "evaluate",
+    "identify",
+    "ingest",
+    "read",
+    "run",
+]
+
+
+def read(sources: Sources, need_labels: bool = False) -> Loaded:
+    """Read activity, flow records and captures into activity by track, with their labels."""
+    return load(sources, need_labels)
+
+
+def ingest(
+    sources: Sources,
+    out: Path | None = None,
+    db: Path | None = None,
+    replace: bool = False,
+) -> Loaded:
+    """Read flow records and captures (by MAC: a shared MAC stays one device) and write the
+    activity to an activity CSV `out` and/or the database `db`, where each file is added once
+    (recognised by its content; `replace` takes back what it added before)."""
+    if not sources.files:
+        raise InputError("no input: give the flow or capture files to ingest")
+    loaded = load(sources, split_shared=False)
+    if out is not None:
+        loaded.activity.to_csv(out)
+    if db is not None:
+        with Storage(db) as storage:
+            storage.add_sources(
+                [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
+                replace=replace,
+            )
+    return loaded
+
+
+def enroll(
+    data: Loaded,
+    exporter: ExporterConfig | None = None,
+    windows: Windows = "exporter",
+    mode: Mode = DEFAULT_MODE,
+    theta: float | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+) -> References:
+    """Reference fingerprints of the labelled tracks of `data` (θ chosen at `percentile` of the
+    references' own similarity unless given)."""
+    config = exporter if exporter is not None else ExporterConfig()
+    fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
+    return enroll_fingerprints(
+        fingerprints,
+        data.labels,
+        mode=mode,
+        theta=theta,
+        percentile=percentile,
+        neighbours=neighbours,
+        config=config,
+    )
+
+
+def identify(
+    data: Loaded,
+    references: References,
+    exporter: ExporterConfig | None = None,
+    windows: Windows = "exporter",
+) -> list[Decision]:
+    """Decisions, with explanations, for every fingerprint of `data` against `references`;
+    the exporter settings default to the references' own."""
+    if not math.isclose(data.activity.unit_seconds, references.unit_seconds):
+        raise InputError(
+            f"references use {references.unit_seconds:g} s units, the input "
+            f"{data.activity.unit_seconds:g} s"
+        )
+    config = exporter or references.config or ExporterConfig(granularity=references.granularity)
+    if config.granularity != references.granularity:
+        raise InputError(
+            f"references are {representation_name(references.granularity)}, the exporter "
+            f"asks for {representation_name(config.granularity)}"
+        )
+    fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
+    return identify_fingerprints(fingerprints, references)
+
+
+def evaluate(data: Loaded, settings: EvalSettings) -> dict[str, Any]:
+    """The time-ordered evaluation of `settings` on the labelled tracks of `data`."""
+    return evaluate_dataset(Dataset(data.activity, data.labels, data.groups, data.name), settings)
+
+
+def run(config: RunConfig, on_unit_closed: UnitCallback | None = None) -> RunStats:
+    """Run a controller until SIGINT/SIGTERM or its duration ends (the last poll is flushed)."""
+    return asyncio.run(run_controller(config, on_unit_closed))
