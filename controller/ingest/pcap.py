@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 from controller.base.pcapfile import BATCH, Frames, frame_batches, window
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import ICMP, ICMPV6, TCP, UDP
 from controller.ingest.flows import FlowBatch, IngestStats, PortCounter, batches_to_activity
 
 

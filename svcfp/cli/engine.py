@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tqdm import tqdm
+
 from controller.base.errors import InputError
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
@@ -26,20 +28,15 @@ from controller.engine.evaluate import (
     Dataset,
     EvalSettings,
     Windows,
-    best_result,
     evaluate,
     make_windows,
 )
-from controller.engine.fingerprint import (
-    DEFAULT_GRANULARITY,
+from controller.engine.exporter import (
     DEFAULT_K,
     DEFAULT_N_MAX,
     DEFAULT_N_MIN,
     DEFAULT_TAU,
-    DEFAULT_THRESHOLD,
     ExporterConfig,
-    parse_granularity,
-    representation_name,
 )
 from controller.engine.identify import (
     DEFAULT_MODE,
@@ -54,6 +51,12 @@ from controller.engine.identify import (
     identify,
 )
 from controller.engine.report import write_report
+from controller.engine.representation import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_THRESHOLD,
+    parse_granularity,
+    representation_name,
+)
 from controller.ingest.sources import load
 from svcfp.cli.inputs import add_input_arguments, sources_from_args
 
@@ -286,16 +289,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         theta=args.theta,
         prefixes=args.prefixes,
-        progress=False if args.no_progress else None,
     )
     dataset = Dataset(inputs.activity, inputs.labels, inputs.groups, inputs.name)
-    metrics = evaluate(dataset, settings)
+    show = sys.stderr.isatty() and not args.no_progress
+    with tqdm(desc="evaluate", disable=not show) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        metrics = evaluate(dataset, settings, progress=advance)
     paths = write_report(metrics, args.out)
-    best = best_result(metrics)
+    best = metrics.best()
     print(
-        f"best: {best['representation']}, {best['mode']}, unit {best['unit_seconds']:g} s: "
-        f"accuracy {best['closed_set']['accuracy']:.3f}, "
-        f"macro-F1 {best['closed_set']['macro_f1']:.3f}"
+        f"best: {best.representation}, {best.mode}, unit {best.unit_seconds:g} s: "
+        f"accuracy {best.closed_set.accuracy:.3f}, macro-F1 {best.closed_set.macro_f1:.3f}"
     )
     for path in paths:
         print(f"wrote {path}")

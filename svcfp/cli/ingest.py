@@ -10,7 +10,7 @@ from pathlib import Path
 from controller.base.errors import InputError
 from controller.base.fileio import open_atomically
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import for_granularity
+from controller.engine.learned import for_granularity
 from controller.ingest.labels import Labels
 from controller.ingest.sources import load
 from controller.store.storage import Storage

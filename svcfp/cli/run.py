@@ -19,7 +19,7 @@ from controller.control.run import (
     load_switches,
     run_controller,
 )
-from controller.engine.fingerprint import ExporterConfig
+from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
 from svcfp.cli.engine import add_engine_arguments, engine_config
