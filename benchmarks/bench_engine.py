@@ -42,7 +42,7 @@ RSS_LIMIT_MB = 4096.0
 
 
 def _config() -> Any:
-    from controller.engine.fingerprint import ExporterConfig
+    from controller.engine.exporter import ExporterConfig
 
     # Hourly units: converge within a day at the earliest, export at the latest after a week.
     return ExporterConfig(granularity=None, tau=0.9, k=3, n_min=24, n_max=168)
@@ -63,13 +63,14 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     from controller.base.macs import mac_to_int
     from controller.engine.catalogue import Catalogue
     from controller.engine.evaluate import closed_set, open_set, split_rows
-    from controller.engine.fingerprint import export_fingerprints, recurrence
+    from controller.engine.exporter import export_fingerprints
     from controller.engine.identify import enroll
+    from controller.engine.recurrence import recurrence
     from controller.ingest.ipfix_csv import read_ipfix_csv
 
     labels = _fleet_labels()
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)
+    catalogue.tables.lookup(6, 1, 1)
     devices = np.array(sorted(mac_to_int(m) for m in labels), dtype=np.uint64)
     stages: dict[str, float] = {}
 
@@ -102,10 +103,10 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
         "fingerprints": len(fps),
         "train": len(train),
         "test": len(test),
-        "accuracy": closed["accuracy"],
-        "macro_f1": closed["macro_f1"],
-        "open_set_auroc": opened["auroc"],
-        "unknown_detection": opened["unknown_detection"],
+        "accuracy": closed.accuracy,
+        "macro_f1": closed.macro_f1,
+        "open_set_auroc": opened.auroc,
+        "unknown_detection": opened.unknown_detection,
         "recurrence": rec,
         "sample": _canonical(fps.select(np.array(rows, dtype=np.int64))),
     }
@@ -129,7 +130,7 @@ def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
     labels = _fleet_labels()
     config = _config()
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)
+    catalogue.tables.lookup(6, 1, 1)
     stages: dict[str, float] = {}
 
     # 1. activity: read in chunks, attribute both directions with the same catalogue lookup,
@@ -149,7 +150,7 @@ def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
             {
                 "mac": src,
                 "unit": unit,
-                "service": catalogue.lookup_many(proto, sport, dport),
+                "service": catalogue.tables.lookup_many(proto, sport, dport),
                 "packets": df["packetDeltaCount"],
             }
         )
@@ -158,7 +159,7 @@ def _pandas(path: str, sample: list[str], test_windows: int) -> dict[str, Any]:
             {
                 "mac": dst[back],
                 "unit": unit[back],
-                "service": catalogue.lookup_many(proto[back], dport[back], sport[back]),
+                "service": catalogue.tables.lookup_many(proto[back], dport[back], sport[back]),
                 "packets": df["reversePacketDeltaCount"][back],
             }
         )

@@ -64,7 +64,8 @@ def _ours_csv(path: str, macs: list[int]) -> dict[str, Any]:
     from controller.ingest.ipfix_csv import read_ipfix_csv
 
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)  # build the lookup maps outside the measurement, for both sides
+    # Build the lookup maps outside the measurement, for both sides.
+    catalogue.tables.lookup(6, 1, 1)
     devices = np.array(sorted(macs), dtype=np.uint64)
     result, records, rows = _measure_ours(
         lambda: read_ipfix_csv(Path(path), catalogue, UNIT, devices)
@@ -79,7 +80,7 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
     from controller.engine.catalogue import Catalogue
 
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)
+    catalogue.tables.lookup(6, 1, 1)
     start = time.perf_counter()
     cpu = time.process_time()
     df = pd.read_csv(path)
@@ -90,7 +91,7 @@ def _pandas_csv(path: str, macs: list[int]) -> dict[str, Any]:
 
     def direction(rows: Any, mac: str, sport: str, dport: str, packets: str, octets: str) -> Any:
         """One direction's activity records, as `batch_to_activity` attributes them."""
-        service = catalogue.lookup_many(rows["protocolIdentifier"], rows[sport], rows[dport])
+        service = catalogue.tables.lookup_many(rows["protocolIdentifier"], rows[sport], rows[dport])
         return pd.DataFrame(
             {
                 "device": rows[mac].str.lower(),
@@ -141,7 +142,7 @@ def _ours_pcap(path: str) -> dict[str, Any]:
     from controller.ingest.pcap import read_pcap
 
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)
+    catalogue.tables.lookup(6, 1, 1)
     result, packets, _ = _measure_ours(lambda: read_pcap(Path(path), catalogue, UNIT))
     return result | {
         "packets": packets,
@@ -156,7 +157,7 @@ def _dpkt_pcap(path: str) -> dict[str, Any]:
     from controller.engine.catalogue import Catalogue
 
     catalogue = Catalogue.default()
-    catalogue.lookup(6, 1, 1)
+    catalogue.tables.lookup(6, 1, 1)
     counts: dict[tuple[str, int, int], list[int]] = {}
     packets = 0
     start = time.perf_counter()
@@ -173,9 +174,9 @@ def _dpkt_pcap(path: str) -> dict[str, Any]:
                 proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
                 l4 = ip.data
                 if isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP):
-                    service = catalogue.lookup(proto, l4.sport, l4.dport)
+                    service = catalogue.tables.lookup(proto, l4.sport, l4.dport)
                 elif proto not in (6, 17):
-                    service = catalogue.lookup(proto, 0, 0)
+                    service = catalogue.tables.lookup(proto, 0, 0)
             key = (":".join(f"{b:02x}" for b in eth.src), int(ts // UNIT), service)
             cell = counts.setdefault(key, [0, 0])
             cell[0] += 1

@@ -22,13 +22,12 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import Any
 
 from controller.base.errors import InputError
 from controller.control.run import RunConfig, RunStats, SwitchSpec, UnitCallback, run_controller
-from controller.engine.evaluate import Dataset, EvalSettings, Windows, make_windows
+from controller.engine.evaluate import Dataset, EvalSettings, Progress, Windows, make_windows
 from controller.engine.evaluate import evaluate as evaluate_dataset
-from controller.engine.fingerprint import ExporterConfig, representation_name
+from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import (
     DEFAULT_MODE,
     DEFAULT_NEIGHBOURS,
@@ -39,12 +38,15 @@ from controller.engine.identify import (
 )
 from controller.engine.identify import enroll as enroll_fingerprints
 from controller.engine.identify import identify as identify_fingerprints
+from controller.engine.representation import representation_name
+from controller.engine.results import Evaluation
 from controller.ingest.sources import Loaded, Sources, load
 from controller.store.storage import SourceFile, Storage
 
 __all__ = [
     "Decision",
     "EvalSettings",
+    "Evaluation",
     "ExporterConfig",
     "Loaded",
     "References",
@@ -136,9 +138,11 @@ def identify(
     return identify_fingerprints(fingerprints, references)
 
 
-def evaluate(data: Loaded, settings: EvalSettings) -> dict[str, Any]:
-    """The time-ordered evaluation of `settings` on the labelled tracks of `data`."""
-    return evaluate_dataset(Dataset(data.activity, data.labels, data.groups, data.name), settings)
+def evaluate(data: Loaded, settings: EvalSettings, progress: Progress | None = None) -> Evaluation:
+    """The time-ordered evaluation of `settings` on the labelled tracks of `data`; `progress`
+    hears of each grid point done."""
+    dataset = Dataset(data.activity, data.labels, data.groups, data.name)
+    return evaluate_dataset(dataset, settings, progress)
 
 
 def run(config: RunConfig, on_unit_closed: UnitCallback | None = None) -> RunStats:

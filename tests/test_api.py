@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.engine.fingerprint import ExporterConfig
+from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from svcfp import api
 from svcfp.cli import main

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 from controller.base.errors import InputError
-from controller.engine.catalogue import (
+from controller.engine.catalogue import Catalogue
+from controller.engine.learned import PortUsage, for_granularity
+from controller.engine.services import (
     MAX_SERVICE_ID,
-    Catalogue,
-    PortUsage,
     ServiceSpec,
     derived_priority,
-    for_granularity,
     parse_service,
     service_name,
 )
+from tests.support.engine import matches
 
 
 def load(tmp_path: Path, services: list[dict[str, object]]) -> Catalogue:
@@ -83,28 +83,29 @@ def test_lookup_dst_then_src_priorities_ranges_wildcards(tmp_path: Path) -> None
             {"name": "ip/other", "proto": "any", "ports": "0", "tables": "src"},  # 7
         ],
     )
-    assert cat.lookup(6, 50000, 80) == 1  # client to tcp/80
-    assert cat.lookup(6, 80, 50000) == 1  # server answering from tcp/80: dst misses, src hits
-    assert cat.lookup(6, 50000, 22) == 2  # well-known catch-all by destination
-    assert cat.lookup(6, 22, 80) == 1  # dst first, even though src matches the range
-    assert cat.lookup(6, 40000, 8888) == 3  # only the source table has the high range
-    assert cat.lookup(17, 5000, 53) == 4  # udp/53 beats the wildcard any/53
-    assert cat.lookup(6, 5000, 53) == 5  # tcp/53 is only matched by the wildcard
-    assert cat.lookup(17, 6000, 7000) == 0  # no udp entry matches
-    assert cat.lookup(1, 0, 0) == 6
-    assert cat.lookup(1, 1234, 80) == 6  # non-TCP/UDP protocols use ports 0
-    assert cat.lookup(47, 0, 0) == 7  # other IP protocols: wildcard in the source table
-    assert cat.lookup(6, 50000, 80, l4_valid=False) == 0  # truncated TCP is never looked up
-    assert cat.lookup(1, 0, 0, l4_valid=False) == 6  # only TCP/UDP need their header
-    assert cat.lookup(-1, 0, 0) == 0  # not IP
+    assert cat.tables.lookup(6, 50000, 80) == 1  # client to tcp/80
+    # A server answering from tcp/80: the dst lookup misses, the src lookup hits.
+    assert cat.tables.lookup(6, 80, 50000) == 1
+    assert cat.tables.lookup(6, 50000, 22) == 2  # well-known catch-all by destination
+    assert cat.tables.lookup(6, 22, 80) == 1  # dst first, even though src matches the range
+    assert cat.tables.lookup(6, 40000, 8888) == 3  # only the source table has the high range
+    assert cat.tables.lookup(17, 5000, 53) == 4  # udp/53 beats the wildcard any/53
+    assert cat.tables.lookup(6, 5000, 53) == 5  # tcp/53 is only matched by the wildcard
+    assert cat.tables.lookup(17, 6000, 7000) == 0  # no udp entry matches
+    assert cat.tables.lookup(1, 0, 0) == 6
+    assert cat.tables.lookup(1, 1234, 80) == 6  # non-TCP/UDP protocols use ports 0
+    assert cat.tables.lookup(47, 0, 0) == 7  # other IP protocols: wildcard in the source table
+    assert cat.tables.lookup(6, 50000, 80, l4_valid=False) == 0  # truncated TCP is never looked up
+    assert cat.tables.lookup(1, 0, 0, l4_valid=False) == 6  # only TCP/UDP need their header
+    assert cat.tables.lookup(-1, 0, 0) == 0  # not IP
     proto = [6, 6, 6, 6, 6, 17, 6, 17, 1, 1, 47, 6, 1, -1]
     sport = [50000, 80, 50000, 22, 40000, 5000, 5000, 6000, 0, 1234, 0, 50000, 0, 0]
     dport = [80, 50000, 22, 80, 8888, 53, 53, 7000, 0, 80, 0, 80, 0, 0]
     valid = [True] * 11 + [False, False, True]
     expected = [1, 1, 2, 1, 3, 4, 5, 0, 6, 6, 7, 0, 6, 0]
-    assert cat.lookup_many(proto, sport, dport, valid).tolist() == expected
+    assert cat.tables.lookup_many(proto, sport, dport, valid).tolist() == expected
     assert [
-        cat.lookup(p, s, d, v) for p, s, d, v in zip(proto, sport, dport, valid, strict=True)
+        cat.tables.lookup(p, s, d, v) for p, s, d, v in zip(proto, sport, dport, valid, strict=True)
     ] == expected
 
 
@@ -120,12 +121,12 @@ def test_lookup_many_agrees_with_a_brute_force_switch_model() -> None:
         if p not in (6, 17):
             s = d = 0
         for table, port in ((cat.dst_services(), d), (cat.src_services(), s)):
-            hits = [x for x in table if x.matches(p, port)]
+            hits = [x for x in table if matches(x, p, port)]
             if hits:
                 return max(hits, key=lambda x: x.priority).id
         return 0
 
-    got = cat.lookup_many(proto, sport, dport)
+    got = cat.tables.lookup_many(proto, sport, dport)
     want = [model(int(p), int(s), int(d)) for p, s, d in zip(proto, sport, dport, strict=True)]
     assert got.tolist() == want
 
@@ -160,12 +161,12 @@ def test_default_catalogue_covers_iot_services() -> None:
         assert name in names
     assert cat.max_id <= MAX_SERVICE_ID
     # A Hue bridge's responses from tcp/80 to a client's port count as tcp/80.
-    assert names[cat.lookup(6, 80, 51000)] == "tcp/80"
-    assert names[cat.lookup(6, 80, 40000)] == "tcp/80"
-    assert names[cat.lookup(6, 40000, 12345)] == "tcp/1024-49151"
-    assert names[cat.lookup(17, 55000, 33333)] == "udp/49152-65535"
-    assert names[cat.lookup(2, 0, 0)] == "ip/2"
-    assert names[cat.lookup(47, 0, 0)] == "ip/other"
+    assert names[cat.tables.lookup(6, 80, 51000)] == "tcp/80"
+    assert names[cat.tables.lookup(6, 80, 40000)] == "tcp/80"
+    assert names[cat.tables.lookup(6, 40000, 12345)] == "tcp/1024-49151"
+    assert names[cat.tables.lookup(17, 55000, 33333)] == "udp/49152-65535"
+    assert names[cat.tables.lookup(2, 0, 0)] == "ip/2"
+    assert names[cat.tables.lookup(47, 0, 0)] == "ip/other"
 
 
 @pytest.mark.parametrize(
@@ -232,7 +233,7 @@ def test_granularities() -> None:
     learned = for_granularity("learned", observed=usage)
     assert learned.names[1:4] == ["tcp/443", "tcp/8888", "udp/55444"]
     assert "udp/7777" not in learned.names
-    assert learned.names[learned.lookup(17, 55444, 61000)] == "udp/55444"
+    assert learned.names[learned.tables.lookup(17, 55444, 61000)] == "udp/55444"
     eph_obs = for_granularity("ephemeral", observed=usage)
     assert eph_obs.names[1:3] == ["tcp/443", "tcp/8888"]
     small = for_granularity("learned", observed=usage, limit=12)

@@ -11,7 +11,7 @@ import pytest
 
 from controller.control.live import NEXT_UNIT_KEY
 from controller.engine.activity import ActivityRecord, ActivityTable
-from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import enroll
 from controller.store.storage import Baseline, Storage
 from svcfp.cli import build_parser, main

@@ -8,7 +8,8 @@ from google.protobuf import text_format
 
 from controller.base.errors import InputError
 from controller.base.p4info import P4Schema
-from controller.engine.catalogue import Catalogue, Service
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import Service
 from controller.p4rt import entries
 from controller.p4rt.forwarding import Forwarding
 from tests.support.paths import P4INFO

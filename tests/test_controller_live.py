@@ -15,7 +15,7 @@ import pytest
 from controller.control.live import NEXT_UNIT_KEY, LiveSettings
 from controller.control.run import Controller
 from controller.engine.catalogue import Catalogue
-from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import UNKNOWN, References, enroll, identify
 from controller.ingest import synth
 from controller.store.storage import Storage

@@ -10,19 +10,10 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityTable
-from controller.engine.evaluate import (
-    Dataset,
-    EvalSettings,
-    accuracy,
-    auroc,
-    best_result,
-    cdf,
-    confusion_matrix,
-    evaluate,
-    macro_f1,
-    split_rows,
-)
-from controller.engine.fingerprint import ExporterConfig, Fingerprint, FingerprintSet
+from controller.engine.evaluate import Dataset, EvalSettings, evaluate, split_rows
+from controller.engine.exporter import ExporterConfig
+from controller.engine.fingerprints import Fingerprint, FingerprintSet
+from controller.engine.metrics import accuracy, auroc, cdf, confusion_matrix, macro_f1
 from controller.engine.report import write_report
 
 
@@ -109,32 +100,31 @@ class TestEvaluate:
     SETTINGS = EvalSettings(
         granularities=(1, None),
         exporter=ExporterConfig(tau=0.9, k=2, n_min=5, n_max=10),
-        progress=False,
     )
 
     def test_exact_results_on_separable_types(self) -> None:
         metrics = evaluate(synthetic_dataset(), self.SETTINGS)
-        assert [(r["representation"], r["mode"]) for r in metrics["results"]] == [
+        assert [(r.representation, r.mode) for r in metrics.results] == [
             ("list", "nearest"),
             ("list", "centroid"),
             ("prevalence", "nearest"),
             ("prevalence", "centroid"),
         ]
-        for result in metrics["results"]:
-            closed = result["closed_set"]
+        for result in metrics.results:
+            closed = result.closed_set
             # 40 units in windows of 5 = 8 windows per device, 4 train and 4 test.
-            assert (result["windows"], result["n_train"], closed["n_test"]) == (48, 24, 24)
-            assert closed["accuracy"] == 1.0
-            assert closed["macro_f1"] == 1.0
-            assert closed["confusion"]["matrix"] == [[8, 0, 0], [0, 8, 0], [0, 0, 8]]
-            opened = result["open_set"]
+            assert (result.windows, result.n_train, closed.n_test) == (48, 24, 24)
+            assert closed.accuracy == 1.0
+            assert closed.macro_f1 == 1.0
+            assert closed.confusion.matrix == ((8, 0, 0), (0, 8, 0), (0, 0, 8))
+            opened = result.open_set
             # Left-out types share no service with the rest: similarity 0, always unknown.
-            assert opened["unknown_detection"] == 1.0
-            assert opened["auroc"] == 1.0
-            tti = result["time_to_identification"]
-            assert (tti["tracks"], tti["identified"], tti["median_units"]) == (6, 6, 5.0)
-            assert result["convergence"]["median_units"] == 5.0
-            assert result["convergence"]["converged_fraction"] == 1.0
+            assert opened.unknown_detection == 1.0
+            assert opened.auroc == 1.0
+            tti = result.time_to_identification
+            assert (tti.tracks, tti.identified, tti.median_units) == (6, 6, 5.0)
+            assert result.convergence.median_units == 5.0
+            assert result.convergence.converged_fraction == 1.0
 
     def test_unit_grid_regroups_activity(self) -> None:
         settings = EvalSettings(
@@ -142,11 +132,10 @@ class TestEvaluate:
             unit_seconds=(10.0, 20.0),
             exporter=ExporterConfig(tau=0.9, k=2, n_min=5, n_max=10),
             modes=("nearest",),
-            progress=False,
         )
         metrics = evaluate(synthetic_dataset(), settings)
         # 20 s units: 20 units per device, windows of 5 → 4 per device.
-        assert [(r["unit_seconds"], r["windows"]) for r in metrics["results"]] == [
+        assert [(r.unit_seconds, r.windows) for r in metrics.results] == [
             (10.0, 48),
             (20.0, 24),
         ]
@@ -165,11 +154,13 @@ class TestEvaluate:
             assert path.stat().st_size > 0
         saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
         assert saved["results"][0]["closed_set"]["accuracy"] == 1.0
-        assert "_open_labels" in metrics["results"][0]["closed_set"]
-        assert not [k for k in saved["results"][0]["closed_set"] if k.startswith("_")]
+        # The raw decisions stay in memory for the plots and are left out of the JSON.
+        assert len(metrics.results[0].closed_set.open_labels) == 24
+        assert "open_labels" not in saved["results"][0]["closed_set"]
+        assert "scores" not in saved["results"][0]["open_set"]
         text = (tmp_path / "report" / "report.md").read_text()
         assert "| 10 | list | nearest | 48 | 24 | 1.000 | 1.000 |" in text
-        assert best_result(metrics)["representation"] == "list"
+        assert metrics.best().representation == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def test_early_identification_of_captures(self) -> None:
@@ -191,15 +182,15 @@ class TestEvaluate:
             split="group",
             modes=("nearest",),
             prefixes=(1, 4, 10),
-            progress=False,
         )
-        result = evaluate(dataset, settings)["results"][0]
-        assert result["closed_set"]["accuracy"] == 1.0
-        early = result["early_identification"]
+        result = evaluate(dataset, settings).results[0]
+        assert result.closed_set.accuracy == 1.0
+        early = result.early_identification
+        assert early is not None
         # After 1 unit every capture is {udp/53: 1}, equally similar to both types: the tie goes
         # to the first type, A, so half the captures are right. After 4 units all are.
-        assert early["accuracy"] == [0.5, 1.0, 1.0]
-        assert (early["tracks"], early["tracks_with_activity"]) == (4, [4, 4, 4])
+        assert early.accuracy == (0.5, 1.0, 1.0)
+        assert (early.tracks, early.tracks_with_activity) == (4, (4, 4, 4))
 
     def test_too_little_data_is_an_input_error(self) -> None:
         dataset = synthetic_dataset()

@@ -37,20 +37,19 @@ def test_closed_set_accuracy_on_setup_captures(shared_data: Path) -> None:
         captures=True,
         split="group",
         modes=("nearest",),
-        progress=False,
     )
     metrics = evaluate(Dataset(inputs.activity, inputs.labels, inputs.groups), settings)
-    by_representation = {r["representation"]: r["closed_set"] for r in metrics["results"]}
+    by_representation = {r.representation: r.closed_set for r in metrics.results}
     prevalence, service_list = by_representation["prevalence"], by_representation["list"]
-    assert prevalence["n_test"] == 274
-    assert prevalence["accuracy"] >= 0.80
-    assert prevalence["macro_f1"] >= 0.80
-    assert service_list["accuracy"] >= 0.72
+    assert prevalence.n_test == 274
+    assert prevalence.accuracy >= 0.80
+    assert prevalence.macro_f1 >= 0.80
+    assert service_list.accuracy >= 0.72
     for well_separated in ("HueBridge", "Lightify", "Aria", "Withings", "EdnetGateway"):
-        assert prevalence["per_type_accuracy"][well_separated] == 1.0, well_separated
+        assert prevalence.per_type_accuracy[well_separated] == 1.0, well_separated
     # The D-Link sensors and sirens use the same services: their confusions are the known hard
     # case, and stay well below the separated types.
-    assert prevalence["per_type_accuracy"]["D-LinkWaterSensor"] < 0.8
+    assert prevalence.per_type_accuracy["D-LinkWaterSensor"] < 0.8
 
 
 def test_evaluate_on_the_captures_folder_without_flags(

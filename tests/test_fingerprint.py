@@ -7,23 +7,17 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityTable
-from controller.engine.fingerprint import (
+from controller.engine.exporter import (
     ExporterConfig,
-    Fingerprint,
-    FingerprintSet,
     StreamingExporter,
     export_fingerprints,
-    fingerprint_of,
-    parse_granularity,
-    quantise,
-    recurrence,
-    representation_name,
-    similarity_matrix,
-    similarity_pairs,
-    usage_matrix,
-    weighted_jaccard,
     whole_windows,
 )
+from controller.engine.fingerprints import Fingerprint, FingerprintSet
+from controller.engine.recurrence import recurrence
+from controller.engine.representation import parse_granularity, quantise, representation_name
+from controller.engine.similarity import similarity_matrix, similarity_pairs, weighted_jaccard
+from tests.support.fingerprints import fingerprint_of, fingerprint_similarity, usage_matrix
 
 DEV = "aa:bb:cc:dd:ee:01"
 OTHER = "aa:bb:cc:dd:ee:02"
@@ -131,7 +125,7 @@ class TestSimilarity:
         one = Fingerprint(DEV, 0, 4, None, ("tcp/443", "udp/53"), np.array([1.0, 0.5]))
         two = Fingerprint(OTHER, 0, 4, None, ("tcp/443", "udp/123"), np.array([0.5, 1.0]))
         # Σmin = .5, Σmax = 1 + .5 + 1 = 2.5
-        assert one.similarity(two) == pytest.approx(0.2)
+        assert fingerprint_similarity(one, two) == pytest.approx(0.2)
 
 
 def sequence_table() -> ActivityTable:

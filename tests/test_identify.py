@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from controller.base.errors import InputError
-from controller.engine.fingerprint import Fingerprint, FingerprintSet
+from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import (
     UNKNOWN,
     References,
@@ -21,6 +21,7 @@ from controller.engine.identify import (
     own_type_similarity,
     score,
 )
+from tests.support.engine import contributions
 
 
 def fp(device: str, services: str, granularity: int | None = 1, start: int = 0) -> Fingerprint:
@@ -159,7 +160,7 @@ class TestExplanation:
         assert [c.service for c in why.matched] == ["d", "e"]
         assert [c.service for c in why.unexpected] == ["g"]
         assert why.missing == ()
-        assert [c.share for c in why.contributions] == pytest.approx([1 / 3, 1 / 3, 0.0])
+        assert [c.share for c in contributions(why)] == pytest.approx([1 / 3, 1 / 3, 0.0])
         assert (why.numerator, why.denominator) == (2.0, 3.0)
 
     def test_weighted_contributions_sum_exactly_to_the_similarity(self) -> None:
@@ -171,10 +172,10 @@ class TestExplanation:
         assert [c.service for c in why.matched] == ["b", "a"]
         assert [(c.service, c.denominator) for c in why.unexpected] == [("c", 0.25)]
         assert [(c.service, c.denominator) for c in why.missing] == [("d", 0.5)]
-        numerator = sum(Fraction(c.numerator) for c in why.contributions)
-        denominator = sum(Fraction(c.denominator) for c in why.contributions)
+        numerator = sum(Fraction(c.numerator) for c in contributions(why))
+        denominator = sum(Fraction(c.denominator) for c in contributions(why))
         assert numerator / denominator == Fraction(5, 11)
-        assert sum(c.share for c in why.contributions) == pytest.approx(why.similarity, abs=1e-15)
+        assert sum(c.share for c in contributions(why)) == pytest.approx(why.similarity, abs=1e-15)
 
     def test_every_decision_explains_its_similarity(self) -> None:
         rng = np.random.default_rng(3)
@@ -188,7 +189,7 @@ class TestExplanation:
         for decision in identify(FingerprintSet.from_fingerprints(fps[9:]), refs):
             why = decision.explanation
             assert decision.similarity == why.numerator / why.denominator
-            assert sum(c.share for c in why.contributions) == pytest.approx(
+            assert sum(c.share for c in contributions(why)) == pytest.approx(
                 decision.similarity, abs=1e-12
             )
             assert json.loads(json.dumps(decision.to_json()))["label"] == decision.label

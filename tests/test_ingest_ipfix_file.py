@@ -17,6 +17,7 @@ from controller.base.errors import InputError
 from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.pcap import read_pcap
+from tests.support.engine import same_activity
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -307,5 +308,5 @@ def test_capture_of_exporter_traffic(tmp_path: Path) -> None:
     wrpcap(str(capture), packets)
     from_capture, capture_stats = read_ipfix(capture, Catalogue.default(), 3600)
     from_file, file_stats = read_ipfix(flat, Catalogue.default(), 3600)
-    assert from_capture.equals(from_file) and len(from_capture) == 5
+    assert same_activity(from_capture, from_file) and len(from_capture) == 5
     assert capture_stats.records == file_stats.records == 3

@@ -19,7 +19,8 @@ from scapy.packet import Raw
 
 from controller.base.p4info import P4Schema
 from controller.base.pcapfile import frame_batches
-from controller.engine.catalogue import Catalogue, Service
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import Service
 from controller.ingest.pcap import parse_frames
 from refswitch.pipeline import Pipeline, ServiceRule, TableState
 from refswitch.program import Program
@@ -107,7 +108,7 @@ def test_pcap_attribution_matches_the_reference_switch(tmp_path: Path, seed: int
     _write_pcap(path, frames)
     (batch,) = list(frame_batches(path))
     parsed = parse_frames(batch)
-    ours = catalogue.lookup_many(parsed.proto, parsed.sport, parsed.dport, parsed.l4_valid)
+    ours = catalogue.tables.lookup_many(parsed.proto, parsed.sport, parsed.dport, parsed.l4_valid)
     assert len(ours) == len(frames)  # every frame here has an Ethernet header
     theirs = [pipeline.trace(frame, 0).service_id for frame in frames]
     mismatches = [

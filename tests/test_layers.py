@@ -147,14 +147,14 @@ def test_the_walk_finds_imports_inside_functions_and_relative_ones(tmp_path: Pat
     source = tmp_path / "probe.py"
     source.write_text(
         "import numpy\n"
-        "from . import fingerprint\n"
+        "from . import exporter\n"
         "def f():\n"
         "    from topology.graph import hosts\n"
         "    return hosts\n"
     )
     found = imports_of(source, here="controller.engine.probe")
     assert (1, "numpy") in found
-    assert (2, "controller.engine.fingerprint") in found
+    assert (2, "controller.engine.exporter") in found
     assert (4, "topology.graph") in found
     assert rank(layer_of("topology.graph") or "") > rank("controller.engine")
 
@@ -172,13 +172,17 @@ def loaded_modules(code: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-HEAVY_FOR_THE_ENGINE = {"grpc", "finsy", "matplotlib", "networkx", "google"}
+HEAVY_FOR_THE_ENGINE = {"grpc", "finsy", "matplotlib", "networkx", "google", "tqdm"}
 
 
 def test_the_engine_imports_with_numpy_alone() -> None:
     modules = [module_name(p) for p in sorted((ROOT / "controller" / "engine").rglob("*.py"))]
     loaded = loaded_modules("\n".join(f"import {m}" for m in modules))
     assert loaded & HEAVY_FOR_THE_ENGINE == set()
+    # Nothing from outside the standard library but numpy (and the project itself, and what
+    # the interpreter itself loads at start: the editable install's finder, sitecustomize).
+    started = loaded_modules("")
+    assert loaded - started - set(sys.stdlib_module_names) - {"controller", "numpy"} == set()
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from controller.control.live import (
     identify_fingerprints,
 )
 from controller.engine.activity import ActivityTable
-from controller.engine.fingerprint import ExporterConfig, export_fingerprints
+from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import References, enroll
 from controller.store.storage import DeviceRow, FingerprintRecord, Storage
 

@@ -11,7 +11,7 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityRecord, ActivityTable
-from controller.engine.catalogue import Service
+from controller.engine.services import Service
 from controller.store.storage import (
     Baseline,
     DecisionRecord,

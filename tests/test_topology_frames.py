@@ -27,7 +27,7 @@ def services_by_sender(frames: list[bytes], catalogue: Catalogue) -> dict[str, s
         if isinstance(ip.data, dpkt.tcp.TCP | dpkt.udp.UDP):
             sport, dport = ip.data.sport, ip.data.dport
         mac = ":".join(f"{b:02x}" for b in eth.src)
-        found[mac].add(catalogue.names[catalogue.lookup(proto, sport, dport)])
+        found[mac].add(catalogue.names[catalogue.tables.lookup(proto, sport, dport)])
     return dict(found)
 
 

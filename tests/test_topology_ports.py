@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 
 from controller.base.errors import InputError
-from controller.engine.catalogue import Catalogue, ServiceSpec
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import ServiceSpec
+from tests.support.engine import matches
 from topology import graph as topo
 from topology.emulation import default_service_host, listeners, targets
 from topology.ports import quiet_ports, realize, served_port
@@ -13,7 +15,7 @@ CATALOGUE = Catalogue.default()
 
 def counted(service: str, sport: int, dport: int) -> str:
     proto = 6 if service.startswith("tcp") else 17
-    return CATALOGUE.names[CATALOGUE.lookup(proto, sport, dport)]
+    return CATALOGUE.names[CATALOGUE.tables.lookup(proto, sport, dport)]
 
 
 @pytest.mark.parametrize("service", ["tcp/443", "udp/53", "tcp/1-1023", "udp/5683"])
@@ -41,7 +43,9 @@ def test_quiet_ports_match_no_destination_entry() -> None:
     ports = quiet_ports(CATALOGUE, 50, start=45000)
     assert len(ports) == 50 and min(ports) >= 45000
     for port in ports:
-        assert not any(s.matches(6, port) or s.matches(17, port) for s in CATALOGUE.dst_services())
+        assert not any(
+            matches(s, 6, port) or matches(s, 17, port) for s in CATALOGUE.dst_services()
+        )
 
 
 def test_served_port_replies_are_counted_as_the_service() -> None:

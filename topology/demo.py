@@ -41,16 +41,11 @@ from controller.control.run import Controller, RunConfig
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import closed_set
-from controller.engine.fingerprint import (
-    ExporterConfig,
-    Fingerprint,
-    FingerprintSet,
-    StreamingExporter,
-    export_fingerprints,
-    representation_name,
-)
+from controller.engine.exporter import ExporterConfig, StreamingExporter, export_fingerprints
+from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import UNKNOWN, Decision, References, enroll
 from controller.engine.report import plot_confusion
+from controller.engine.representation import representation_name
 from controller.ingest import synth
 from topology import graph as topo
 from topology.emulation import DeviceSchedule, EmulationRun, next_unit_start
@@ -439,16 +434,13 @@ def write_report(
     ]
     if known_fps:
         fps = FingerprintSet.from_fingerprints(known_fps)
-        result = {
-            "closed_set": closed_set(
-                scenario.references, fps, [scenario.truth[d] for d in fps.device_names]
-            ),
-            "representation": representation_name(config.exporter.granularity),
-            "mode": scenario.references.mode,
-            "unit_seconds": config.unit_seconds,
-        }
+        closed = closed_set(scenario.references, fps, [scenario.truth[d] for d in fps.device_names])
+        title = (
+            f"{representation_name(config.exporter.granularity)}, "
+            f"{scenario.references.mode}, unit {config.unit_seconds:.0f} s"
+        )
         plots["Confusion of exported fingerprints (known types)"] = "confusion.png"
-        plot_confusion(result, out / "confusion.png")
+        plot_confusion(closed.confusion, title, out / "confusion.png")
     write_text_atomically(out / "report.md", _markdown(summary, rows, plots))
     return written + [out / name for name in plots.values()]
 

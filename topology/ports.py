@@ -75,11 +75,11 @@ def realize(service: str, catalogue: Catalogue) -> Realization:
     proto = np.full_like(ports, key.proto)
     # Where the destination table matches, the source port does not matter.
     covered = _dst_covered(catalogue, key.proto)[ports]
-    by_dst = np.flatnonzero(covered & (catalogue.lookup_many(proto, ports, ports) == wanted))
+    by_dst = np.flatnonzero(covered & (catalogue.tables.lookup_many(proto, ports, ports) == wanted))
     if by_dst.size:
         return Realization(service, key.proto, int(ports[by_dst[0]]))
     dport = quiet_ports(catalogue, 1)[0]
-    by_src = catalogue.lookup_many(proto, ports, np.full_like(ports, dport)) == wanted
+    by_src = catalogue.tables.lookup_many(proto, ports, np.full_like(ports, dport)) == wanted
     # Source ports below 1024 are left to servers: clients never use them.
     usable = ports[by_src & (ports >= 1024)]
     if usable.size == 0:
@@ -101,7 +101,9 @@ def served_port(service: str, catalogue: Catalogue, prober_port: int) -> int:
         return key.port_lo
     ports = np.arange(key.port_lo, key.port_hi + 1)
     proto = np.full_like(ports, key.proto)
-    found = ports[catalogue.lookup_many(proto, ports, np.full_like(ports, prober_port)) == wanted]
+    found = ports[
+        catalogue.tables.lookup_many(proto, ports, np.full_like(ports, prober_port)) == wanted
+    ]
     if found.size == 0:
         raise InputError(
             f"catalogue {catalogue.source}: replies from {service} are not counted as it"

@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from controller.engine import catalogue
+from controller.engine import services
 
 MDNS_GROUP = "224.0.0.251"
 SSDP_GROUP = "239.255.255.250"
@@ -46,7 +46,7 @@ def parse_service(name: str) -> ServiceKey:
     """Parse `tcp/443`, `udp/49152-65535`, `icmp`, `icmpv6`, `ip/<proto>` or `other`."""
     if name == "other":
         return ServiceKey(name, None, 0, 0)
-    proto, lo, hi = catalogue.parse_service(name)
+    proto, lo, hi = services.parse_service(name)
     return ServiceKey(name, proto, lo, hi)
 
 

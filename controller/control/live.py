@@ -21,14 +21,10 @@ from dataclasses import dataclass
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityTable
-from controller.engine.fingerprint import (
-    ExporterConfig,
-    Fingerprint,
-    FingerprintSet,
-    StreamingExporter,
-    representation_name,
-)
+from controller.engine.exporter import ExporterConfig, StreamingExporter
+from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import Decision, References, ServiceContribution, identify
+from controller.engine.representation import representation_name
 from controller.store.storage import DecisionRecord, FingerprintRecord, Storage
 
 log = logging.getLogger(__name__)

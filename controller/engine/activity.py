@@ -302,12 +302,6 @@ class ActivityTable:
             )
         return replace(self, devices=names)
 
-    def equals(self, other: ActivityTable) -> bool:
-        """Same rows (by device key and service name) and the same unit length."""
-        return math.isclose(self.unit_seconds, other.unit_seconds) and sorted(
-            self.records()
-        ) == sorted(other.records())
-
     # --- CSV ----------------------------------------------------------------------------------
 
     def to_csv(self, path: Path) -> None:

@@ -16,27 +16,17 @@ fingerprint, type prototype):
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityTable
-from controller.engine.fingerprint import (
-    ExporterConfig,
-    FingerprintSet,
-    FloatArray,
-    IntArray,
-    export_fingerprints,
-    recurrence,
-    representation_name,
-    whole_windows,
-)
+from controller.engine.exporter import ExporterConfig, export_fingerprints, whole_windows
+from controller.engine.fingerprints import FingerprintSet
 from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_PERCENTILE,
@@ -50,82 +40,31 @@ from controller.engine.identify import (
     own_type_similarity,
     score,
 )
+from controller.engine.metrics import accuracy, auroc, cdf, confusion_matrix, macro_f1
+from controller.engine.recurrence import recurrence
+from controller.engine.representation import FloatArray, IntArray, representation_name
+from controller.engine.results import (
+    Cdf,
+    ClosedSet,
+    Confusion,
+    Convergence,
+    EarlyIdentification,
+    Evaluation,
+    GridResult,
+    OpenSet,
+    OpenSetFold,
+    RecurrenceSummary,
+    TimeToIdentification,
+)
 
 Windows = Literal["exporter", "whole"]
 Split = Literal["time", "group"]
+Progress = Callable[[int, int], None]
+"""Called with (grid points done, grid points in all) as an evaluation advances."""
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
 DEFAULT_TRAIN_FRACTION = 0.5
 DEFAULT_PREFIXES = (1, 2, 5, 10, 20, 30, 60, 120, 300)
 """Observation lengths (units) at which early identification of captures is measured."""
-
-
-# --- metrics ------------------------------------------------------------------------------------
-
-
-def accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
-    """Fraction of predictions equal to the truth (NaN for no samples)."""
-    if not truth:
-        return math.nan
-    return sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth)
-
-
-def confusion_matrix(
-    truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str] | None = None
-) -> tuple[tuple[str, ...], IntArray]:
-    """(classes, matrix) with matrix[i, j] = samples of class i predicted as class j.
-
-    Classes default to the sorted union of true and predicted labels.
-    """
-    names = tuple(classes) if classes is not None else tuple(sorted(set(truth) | set(predicted)))
-    index = {name: i for i, name in enumerate(names)}
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    for t, p in zip(truth, predicted, strict=True):
-        matrix[index[t], index[p]] += 1
-    return names, matrix
-
-
-def macro_f1(truth: Sequence[str], predicted: Sequence[str]) -> float:
-    """Unweighted mean over classes (true ∪ predicted) of F1; a class with no true and no
-    predicted sample cannot occur, one with precision and recall both 0 scores 0."""
-    if not truth:
-        return math.nan
-    _, matrix = confusion_matrix(truth, predicted)
-    tp = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1).astype(np.float64)
-    called = matrix.sum(axis=0).astype(np.float64)
-    denominator = support + called
-    f1 = np.zeros_like(tp)
-    np.divide(2 * tp, denominator, out=f1, where=denominator > 0)
-    return float(f1.mean())
-
-
-def auroc(scores: npt.ArrayLike, positive: npt.ArrayLike) -> float:
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties count ½
-    (the Mann–Whitney U statistic from average ranks). NaN when a class is empty."""
-    s = np.asarray(scores, dtype=np.float64)
-    p = np.asarray(positive, dtype=bool)
-    n_pos = int(p.sum())
-    n_neg = int(p.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    order = np.argsort(s, kind="mergesort")
-    ordered = s[order]
-    bounds = np.flatnonzero(np.diff(ordered)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [s.size]])
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    u = ranks[p].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def cdf(values: npt.ArrayLike) -> tuple[list[float], list[float]]:
-    """Empirical CDF: distinct sorted values and the fraction of values ≤ each."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    if not v.size:
-        return [], []
-    distinct, counts = np.unique(v, return_counts=True)
-    return distinct.tolist(), (np.cumsum(counts) / v.size).tolist()
 
 
 # --- data and settings ----------------------------------------------------------------------------
@@ -167,7 +106,22 @@ class EvalSettings:
     percentile: float = DEFAULT_PERCENTILE
     theta: float | None = None
     prefixes: tuple[int, ...] = DEFAULT_PREFIXES
-    progress: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (representations by name)."""
+        return {
+            "granularities": [representation_name(g) for g in self.granularities],
+            "unit_seconds": list(self.unit_seconds),
+            "exporter": self.exporter.to_json(),
+            "windows": self.windows,
+            "captures": self.captures,
+            "split": self.split,
+            "train_fraction": self.train_fraction,
+            "modes": list(self.modes),
+            "neighbours": self.neighbours,
+            "percentile": self.percentile,
+            "theta": self.theta,
+        }
 
     def __post_init__(self) -> None:
         if not 0.0 < self.train_fraction < 1.0:
@@ -258,9 +212,9 @@ def make_windows(
     return export_fingerprints(activity, config)
 
 
-def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> dict[str, Any]:
+def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> ClosedSet:
     """Closed-set metrics on test fingerprints whose types are all known (and the accuracy when
-    θ may also answer "unknown"). Keys starting with "_" hold the raw decisions and scores."""
+    θ may also answer "unknown"); the raw decisions and scores ride along for plots."""
     scores = score(test, refs)
     predicted = [scores.types[w] for w in scores.winner.tolist()]
     best = scores.best
@@ -268,18 +222,18 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
         p if b >= refs.theta else UNKNOWN for p, b in zip(predicted, best.tolist(), strict=True)
     ]
     classes, matrix = confusion_matrix(truth, predicted)
-    return {
-        "n_test": len(truth),
-        "accuracy": accuracy(truth, predicted),
-        "macro_f1": macro_f1(truth, predicted),
-        "accuracy_with_theta": accuracy(truth, open_labels),
-        "rejected_known": sum(label == UNKNOWN for label in open_labels) / max(1, len(truth)),
-        "theta": refs.theta,
-        "confusion": {"classes": list(classes), "matrix": matrix.tolist()},
-        "per_type_accuracy": _per_type(truth, predicted),
-        "_open_labels": open_labels,
-        "_scores": scores,
-    }
+    return ClosedSet(
+        n_test=len(truth),
+        accuracy=accuracy(truth, predicted),
+        macro_f1=macro_f1(truth, predicted),
+        accuracy_with_theta=accuracy(truth, open_labels),
+        rejected_known=sum(label == UNKNOWN for label in open_labels) / max(1, len(truth)),
+        theta=refs.theta,
+        confusion=Confusion.of(classes, matrix),
+        per_type_accuracy=_per_type(truth, predicted),
+        open_labels=tuple(open_labels),
+        scores=scores,
+    )
 
 
 def _per_type(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
@@ -296,7 +250,7 @@ def open_set(
     percentile: float,
     theta: float | None,
     scores: Scores | None = None,
-) -> dict[str, Any]:
+) -> OpenSet:
     """Leave-one-type-out: each type with test windows in turn is removed from the references
     (θ re-chosen from what is left unless given) and must come out "unknown".
 
@@ -341,43 +295,39 @@ def open_set(
         known = judged & ~unknown
         accepted = best >= fold_theta
         folds.append(
-            {
-                "left_out": left_out,
-                "theta": fold_theta,
-                "n_unknown": int(unknown.sum()),
-                "n_known": int(known.sum()),
-                "unknown_detection": float((~accepted[unknown]).mean()),
-                "known_accuracy": float(
+            OpenSetFold(
+                left_out=left_out,
+                theta=fold_theta,
+                n_unknown=int(unknown.sum()),
+                n_known=int(known.sum()),
+                unknown_detection=float((~accepted[unknown]).mean()),
+                known_accuracy=float(
                     (accepted[known] & (predicted[known] == truth_arr[known])).mean()
                 )
                 if known.any()
                 else math.nan,
-                "auroc": auroc(best[judged], known[judged]),
-            }
+                auroc=auroc(best[judged], known[judged]),
+            )
         )
         pooled_scores.append(best[judged])
         pooled_known.append(known[judged])
     if not folds:
-        return {
-            "folds": [],
-            "unknown_detection": math.nan,
-            "known_accuracy": math.nan,
-            "auroc": math.nan,
-        }
-    return {
-        "folds": folds,
-        "unknown_detection": float(np.mean([f["unknown_detection"] for f in folds])),
-        "known_accuracy": float(np.nanmean([f["known_accuracy"] for f in folds])),
-        "auroc_mean": float(np.nanmean([f["auroc"] for f in folds])),
-        "auroc": auroc(np.concatenate(pooled_scores), np.concatenate(pooled_known)),
-        "_scores": np.concatenate(pooled_scores),
-        "_known": np.concatenate(pooled_known),
-    }
+        return OpenSet()
+    all_scores, all_known = np.concatenate(pooled_scores), np.concatenate(pooled_known)
+    return OpenSet(
+        folds=tuple(folds),
+        unknown_detection=float(np.mean([f.unknown_detection for f in folds])),
+        known_accuracy=float(np.nanmean([f.known_accuracy for f in folds])),
+        auroc_mean=float(np.nanmean([f.auroc for f in folds])),
+        auroc=auroc(all_scores, all_known),
+        scores=all_scores,
+        known=all_known,
+    )
 
 
 def time_to_identification(
     test: FingerprintSet, truth: Sequence[str], labels_out: Sequence[str]
-) -> dict[str, Any]:
+) -> TimeToIdentification:
     """Per test track: units from the start of its first test window to the end of its first
     correctly identified window (open-set labels, so "unknown" is not correct)."""
     first: dict[int, int] = {}
@@ -389,14 +339,15 @@ def time_to_identification(
         if d not in hit and labels_out[i] == truth[i]:
             hit[d] = int(test.end[i]) - first[d]
     times = sorted(hit.values())
-    return {
-        "tracks": len(first),
-        "identified": len(hit),
-        "identified_fraction": len(hit) / len(first) if first else math.nan,
-        "median_units": float(np.median(times)) if times else None,
-        "mean_units": float(np.mean(times)) if times else None,
-        "cdf": dict(zip(("units", "fraction"), cdf(times), strict=True)),
-    }
+    units, fraction = cdf(times)
+    return TimeToIdentification(
+        tracks=len(first),
+        identified=len(hit),
+        identified_fraction=len(hit) / len(first) if first else math.nan,
+        median_units=float(np.median(times)) if times else None,
+        mean_units=float(np.mean(times)) if times else None,
+        cdf=Cdf(tuple(units), tuple(fraction)),
+    )
 
 
 def early_identification(
@@ -405,7 +356,7 @@ def early_identification(
     tracks: Mapping[str, str],
     prefixes: Sequence[int],
     threshold: int,
-) -> dict[str, Any]:
+) -> EarlyIdentification:
     """Closed-set accuracy when only the first t units of each track are seen, per t.
 
     Each test track (device key → true type) is cut to units [first, first + t) of its own
@@ -425,74 +376,56 @@ def early_identification(
         # A track silent in its first t units (below h) counts as not identified.
         accuracies.append(hits / len(tracks) if tracks else math.nan)
         seen.append(len(names))
-    return {
-        "units": list(prefixes),
-        "seconds": [t * activity.unit_seconds for t in prefixes],
-        "accuracy": accuracies,
-        "tracks_with_activity": seen,
-        "tracks": len(tracks),
-    }
+    return EarlyIdentification(
+        units=tuple(prefixes),
+        seconds=tuple(t * activity.unit_seconds for t in prefixes),
+        accuracy=tuple(accuracies),
+        tracks_with_activity=tuple(seen),
+        tracks=len(tracks),
+    )
 
 
-def evaluate(dataset: Dataset, settings: EvalSettings) -> dict[str, Any]:
-    """Every metric for every (time unit, G, mode) of the grid, as one JSON-ready dict.
-
-    Keys starting with "_" inside results hold arrays for plots and are dropped by `public`.
-    """
+def evaluate(
+    dataset: Dataset, settings: EvalSettings, progress: Progress | None = None
+) -> Evaluation:
+    """Every metric for every (time unit, G, mode) of the grid; `progress` hears of each grid
+    point done (the CLI draws a progress bar with it)."""
     base = dataset.activity.unit_seconds
     units = settings.unit_seconds or (base,)
     grid = [(u, g) for u in units for g in settings.granularities]
-    results: list[dict[str, Any]] = []
-    show = sys.stderr.isatty() if settings.progress is None else settings.progress
-    for unit_seconds, granularity in tqdm(grid, desc="evaluate", disable=not show):
+    results: list[GridResult] = []
+    for done, (unit_seconds, granularity) in enumerate(grid):
         activity = (
             dataset.activity
             if math.isclose(unit_seconds, base)
             else dataset.activity.with_unit_seconds(unit_seconds)
         )
         results.extend(_evaluate_one(dataset, activity, granularity, settings))
-    return {
-        "dataset": dataset.name,
-        "tracks": len(dataset.activity.used_devices()),
-        "types": sorted(set(dataset.labels.values()) - {UNKNOWN}),
-        "settings": {
-            "granularities": [representation_name(g) for g in settings.granularities],
-            "unit_seconds": list(units),
-            "exporter": settings.exporter.to_json(),
-            "windows": settings.windows,
-            "captures": settings.captures,
-            "split": settings.split,
-            "train_fraction": settings.train_fraction,
-            "modes": list(settings.modes),
-            "neighbours": settings.neighbours,
-            "percentile": settings.percentile,
-            "theta": settings.theta,
-        },
-        "results": results,
-    }
+        if progress is not None:
+            progress(done + 1, len(grid))
+    return Evaluation(
+        dataset=dataset.name,
+        tracks=len(dataset.activity.used_devices()),
+        types=tuple(sorted(set(dataset.labels.values()) - {UNKNOWN})),
+        settings=replace(settings, unit_seconds=tuple(units)),
+        results=tuple(results),
+    )
 
 
 def _evaluate_one(
     dataset: Dataset, activity: ActivityTable, granularity: int | None, settings: EvalSettings
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[GridResult]:
     config = replace(settings.exporter, granularity=granularity)
     fps = make_windows(activity, config, settings.windows, settings.captures)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
-    common = {
-        "unit_seconds": activity.unit_seconds,
-        "representation": representation_name(granularity),
-        "granularity": granularity,
-        "windows": len(fps),
-        "n_train": int(split.train.size),
-        "convergence": _convergence(fps),
-        "recurrence": _recurrence(fps),
-    }
     if not split.train.size or not split.test.size:
         raise InputError(
             f"{dataset.name}: {representation_name(granularity)} at {activity.unit_seconds} s "
             f"gives {split.train.size} training and {split.test.size} test windows; "
             "need some of each"
         )
+    convergence = _convergence(fps)
+    recurrence_summary = _recurrence(fps)
     train = fps.select(split.train)
     test = fps.select(split.test)
     truth = [dataset.labels[name] for name in test.device_names]
@@ -511,75 +444,56 @@ def _evaluate_one(
             except InputError:
                 refs = refs.with_settings(theta=0.0)
         closed = closed_set(refs, test, truth)
-        result = {
-            **common,
-            "mode": mode,
-            "closed_set": closed,
-            "open_set": open_set(
-                refs, test, truth, settings.percentile, settings.theta, closed["_scores"]
-            ),
-            "time_to_identification": time_to_identification(test, truth, closed["_open_labels"]),
-        }
+        early = None
         if settings.captures and settings.prefixes:
             tracks = dict(zip(test.device_names, truth, strict=True))
-            result["early_identification"] = early_identification(
+            early = early_identification(
                 refs, activity, tracks, settings.prefixes, settings.exporter.threshold
             )
-        yield result
+        yield GridResult(
+            unit_seconds=activity.unit_seconds,
+            representation=representation_name(granularity),
+            granularity=granularity,
+            windows=len(fps),
+            n_train=int(split.train.size),
+            convergence=convergence,
+            recurrence=recurrence_summary,
+            mode=mode,
+            closed_set=closed,
+            open_set=open_set(
+                refs, test, truth, settings.percentile, settings.theta, closed.scores
+            ),
+            time_to_identification=time_to_identification(test, truth, closed.open_labels),
+            early_identification=early,
+        )
 
 
-def _convergence(fps: FingerprintSet) -> dict[str, Any]:
+def _convergence(fps: FingerprintSet) -> Convergence:
     n = fps.n_units
     converged = n[fps.converged]
     units, fraction = cdf(converged)
-    return {
-        "windows": len(fps),
-        "converged_fraction": float(fps.converged.mean()) if len(fps) else math.nan,
-        "median_units": float(np.median(converged)) if converged.size else None,
-        "cdf": {"units": units, "fraction": fraction},
-    }
+    return Convergence(
+        windows=len(fps),
+        converged_fraction=float(fps.converged.mean()) if len(fps) else math.nan,
+        median_units=float(np.median(converged)) if converged.size else None,
+        cdf=Cdf(tuple(units), tuple(fraction)),
+    )
 
 
-def _recurrence(fps: FingerprintSet) -> dict[str, Any]:
+def _recurrence(fps: FingerprintSet) -> RecurrenceSummary:
     stats = recurrence(fps)
-    summary: dict[str, Any] = dict(stats.summary())
-    summary["separation_auroc"] = auroc(
-        np.concatenate([stats.intra, stats.inter]),
-        np.concatenate([np.ones(stats.intra.size, bool), np.zeros(stats.inter.size, bool)]),
-    )
-    summary["_intra"] = stats.intra
-    summary["_inter"] = stats.inter
-    return summary
-
-
-def public(value: Any) -> Any:
-    """`value` without the "_"-prefixed plot arrays, with NaN turned into None (valid JSON)."""
-    if isinstance(value, dict):
-        return {k: public(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, list | tuple):
-        return [public(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.floating | np.integer):
-        return public(value.item())
-    return value
-
-
-def best_result(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The grid point with the highest closed-set accuracy (ties: higher macro-F1)."""
-    results = list(metrics["results"])
-    if not results:
-        raise InputError("no evaluation results")
-    return max(
-        results,
-        key=lambda r: (
-            _num(r["closed_set"]["accuracy"]),
-            _num(r["closed_set"]["macro_f1"]),
+    summary = stats.summary()
+    return RecurrenceSummary(
+        intra_pairs=int(summary["intra_pairs"] or 0),
+        inter_pairs=int(summary["inter_pairs"] or 0),
+        intra_mean=summary["intra_mean"],
+        intra_median=summary["intra_median"],
+        inter_mean=summary["inter_mean"],
+        inter_median=summary["inter_median"],
+        separation_auroc=auroc(
+            np.concatenate([stats.intra, stats.inter]),
+            np.concatenate([np.ones(stats.intra.size, bool), np.zeros(stats.inter.size, bool)]),
         ),
-    )
-
-
-def _num(value: Any) -> float:
-    return (
-        -1.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        intra=stats.intra,
+        inter=stats.inter,
     )

@@ -34,15 +34,10 @@ import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.base.fileio import read_json, write_text_atomically
-from controller.engine.fingerprint import (
-    ExporterConfig,
-    FingerprintSet,
-    FloatArray,
-    IntArray,
-    representation_name,
-    similarity_matrix,
-    similarity_pairs,
-)
+from controller.engine.exporter import ExporterConfig
+from controller.engine.fingerprints import FingerprintSet
+from controller.engine.representation import FloatArray, IntArray, representation_name
+from controller.engine.similarity import similarity_matrix, similarity_pairs
 
 Mode = Literal["nearest", "centroid"]
 MODES: tuple[Mode, ...] = ("nearest", "centroid")
@@ -412,11 +407,6 @@ class Explanation:
     numerator: float
     denominator: float
     similarity: float
-
-    @property
-    def contributions(self) -> tuple[ServiceContribution, ...]:
-        """Every service's contribution, matched first."""
-        return self.matched + self.unexpected + self.missing
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

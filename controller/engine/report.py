@@ -16,7 +16,7 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, replace_atomically, write_text_atomically
-from controller.engine.evaluate import best_result, public
+from controller.engine.results import Confusion, Evaluation, GridResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,43 +30,33 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _label(result: Mapping[str, Any]) -> str:
-    return f"{result['representation']}, {result['mode']}, unit {_fmt(result['unit_seconds'], 0)} s"
+def summary_cells(result: GridResult) -> list[str]:
+    """The headline numbers of one grid point, formatted as the settings table's cells."""
+    closed, opened = result.closed_set, result.open_set
+    return [
+        _fmt(result.unit_seconds, 0),
+        result.representation,
+        result.mode,
+        str(result.windows),
+        str(closed.n_test),
+        _fmt(closed.accuracy),
+        _fmt(closed.macro_f1),
+        _fmt(closed.accuracy_with_theta),
+        _fmt(closed.theta),
+        _fmt(opened.unknown_detection),
+        _fmt(opened.known_accuracy),
+        _fmt(opened.auroc),
+        _fmt(result.time_to_identification.median_units, 1),
+        _fmt(result.convergence.converged_fraction),
+        _fmt(result.recurrence.intra_mean),
+        _fmt(result.recurrence.inter_mean),
+    ]
 
 
-def summary_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One flat row of headline numbers per grid point."""
-    rows = []
-    for r in metrics["results"]:
-        closed, opened = r["closed_set"], r["open_set"]
-        tti = r["time_to_identification"]
-        rows.append(
-            {
-                "unit_seconds": r["unit_seconds"],
-                "representation": r["representation"],
-                "mode": r["mode"],
-                "windows": r["windows"],
-                "n_test": closed["n_test"],
-                "accuracy": closed["accuracy"],
-                "macro_f1": closed["macro_f1"],
-                "accuracy_with_theta": closed["accuracy_with_theta"],
-                "theta": closed["theta"],
-                "unknown_detection": opened["unknown_detection"],
-                "known_accuracy": opened["known_accuracy"],
-                "auroc": opened["auroc"],
-                "tti_median_units": tti["median_units"],
-                "converged_fraction": r["convergence"]["converged_fraction"],
-                "intra_mean": r["recurrence"]["intra_mean"],
-                "inter_mean": r["recurrence"]["inter_mean"],
-            }
-        )
-    return rows
-
-
-def top_confusions(result: Mapping[str, Any], limit: int = 15) -> list[tuple[str, str, int]]:
+def top_confusions(result: GridResult, limit: int = 15) -> list[tuple[str, str, int]]:
     """The largest off-diagonal cells of a result's confusion matrix: (true, predicted, count)."""
-    classes = result["closed_set"]["confusion"]["classes"]
-    matrix = np.asarray(result["closed_set"]["confusion"]["matrix"], dtype=np.int64)
+    classes = result.closed_set.confusion.classes
+    matrix = result.closed_set.confusion.array()
     cells = [
         (classes[i], classes[j], int(matrix[i, j]))
         for i in range(len(classes))
@@ -76,20 +66,20 @@ def top_confusions(result: Mapping[str, Any], limit: int = 15) -> list[tuple[str
     return sorted(cells, key=lambda c: (-c[2], c[0], c[1]))[:limit]
 
 
-def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+def markdown(metrics: Evaluation, plots: Mapping[str, str]) -> str:
     """The Markdown report."""
-    settings = metrics["settings"]
-    best = best_result(metrics)
+    settings = metrics.settings
+    best = metrics.best()
     lines = [
-        f"# Fingerprint evaluation: {metrics['dataset']}",
+        f"# Fingerprint evaluation: {metrics.dataset}",
         "",
-        f"{metrics['tracks']} tracks of {len(metrics['types'])} types; windows: "
-        f"{settings['windows']}; split: {settings['split']} (train fraction "
-        f"{settings['train_fraction']}); exporter {settings['exporter']}; θ: "
+        f"{metrics.tracks} tracks of {len(metrics.types)} types; windows: "
+        f"{settings.windows}; split: {settings.split} (train fraction "
+        f"{settings.train_fraction}); exporter {settings.exporter.to_json()}; θ: "
         + (
-            f"{settings['theta']}"
-            if settings["theta"] is not None
-            else f"{settings['percentile']}th percentile of leave-one-out own-type similarity"
+            f"{settings.theta}"
+            if settings.theta is not None
+            else f"{settings.percentile}th percentile of leave-one-out own-type similarity"
         )
         + ".",
         "",
@@ -99,37 +89,13 @@ def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "| unknown det. | known acc. | AUROC | TTI median (units) | converged | intra | inter |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in summary_rows(metrics):
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    _fmt(row["unit_seconds"], 0),
-                    row["representation"],
-                    row["mode"],
-                    str(row["windows"]),
-                    str(row["n_test"]),
-                    _fmt(row["accuracy"]),
-                    _fmt(row["macro_f1"]),
-                    _fmt(row["accuracy_with_theta"]),
-                    _fmt(row["theta"]),
-                    _fmt(row["unknown_detection"]),
-                    _fmt(row["known_accuracy"]),
-                    _fmt(row["auroc"]),
-                    _fmt(row["tti_median_units"], 1),
-                    _fmt(row["converged_fraction"]),
-                    _fmt(row["intra_mean"]),
-                    _fmt(row["inter_mean"]),
-                ]
-            )
-            + " |"
-        )
+    lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in metrics.results]
     lines += [
         "",
-        f"## Best setting: {_label(best)}",
+        f"## Best setting: {best.label}",
         "",
-        f"Closed-set accuracy {_fmt(best['closed_set']['accuracy'])}, macro-F1 "
-        f"{_fmt(best['closed_set']['macro_f1'])} on {best['closed_set']['n_test']} test windows.",
+        f"Closed-set accuracy {_fmt(best.closed_set.accuracy)}, macro-F1 "
+        f"{_fmt(best.closed_set.macro_f1)} on {best.closed_set.n_test} test windows.",
         "",
         "### Most frequent confusions",
         "",
@@ -137,20 +103,20 @@ def markdown(metrics: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t} | {p} | {n} |" for t, p, n in top_confusions(best)] or ["| – | – | 0 |"]
-    early = best.get("early_identification")
-    if early:
+    early = best.early_identification
+    if early is not None:
         lines += [
             "",
             "### Early identification",
             "",
             "Closed-set accuracy when only the first seconds of each test capture are seen:",
             "",
-            "| seen (s) | " + " | ".join(_fmt(t, 0) for t in early["seconds"]) + " |",
-            "|---|" + "---|" * len(early["seconds"]),
-            "| accuracy | " + " | ".join(_fmt(a) for a in early["accuracy"]) + " |",
+            "| seen (s) | " + " | ".join(_fmt(t, 0) for t in early.seconds) + " |",
+            "|---|" + "---|" * len(early.seconds),
+            "| accuracy | " + " | ".join(_fmt(a) for a in early.accuracy) + " |",
         ]
     lines += ["", "### Accuracy per type", "", "| type | accuracy |", "|---|---|"]
-    lines += [f"| {t} | {_fmt(a)} |" for t, a in best["closed_set"]["per_type_accuracy"].items()]
+    lines += [f"| {t} | {_fmt(a)} |" for t, a in best.closed_set.per_type_accuracy.items()]
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({name})" for title, name in plots.items()]
     lines.append("")
@@ -170,10 +136,10 @@ def _save(fig: Figure, path: Path) -> None:
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
-    """Row-normalised confusion matrix of one result."""
-    classes = result["closed_set"]["confusion"]["classes"]
-    matrix = np.asarray(result["closed_set"]["confusion"]["matrix"], dtype=np.float64)
+def plot_confusion(confusion: Confusion, title: str, path: Path) -> None:
+    """Row-normalised confusion matrix, titled "Confusion (<title>)"."""
+    classes = confusion.classes
+    matrix = confusion.array().astype(np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     size = max(4.0, 0.32 * len(classes) + 2.5)
@@ -184,28 +150,28 @@ def plot_confusion(result: Mapping[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("predicted type")
     ax.set_ylabel("true type")
-    ax.set_title(f"Confusion ({_label(result)})", fontsize=9)
+    ax.set_title(f"Confusion ({title})", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true type's windows")
     _save(fig, path)
 
 
-def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
+def plot_convergence(metrics: Evaluation, path: Path) -> None:
     """CDF of convergence times, one curve per representation and unit (first mode only)."""
     fig = _figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     seen = set()
-    for r in metrics["results"]:
-        key = (r["representation"], r["unit_seconds"])
+    for r in metrics.results:
+        key = (r.representation, r.unit_seconds)
         if key in seen:
             continue
         seen.add(key)
-        curve = r["convergence"]["cdf"]
-        if curve["units"]:
+        curve = r.convergence.cdf
+        if curve.units:
             ax.step(
-                curve["units"],
-                curve["fraction"],
+                curve.units,
+                curve.fraction,
                 where="post",
-                label=f"{r['representation']}, {_fmt(r['unit_seconds'], 0)} s",
+                label=f"{r.representation}, {_fmt(r.unit_seconds, 0)} s",
             )
     ax.set_xlabel("convergence time (units)")
     ax.set_ylabel("fraction of converged windows")
@@ -216,21 +182,20 @@ def plot_convergence(metrics: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
+def plot_similarities(result: GridResult, path: Path) -> None:
     """Similarity distributions: recurrence (same device vs different devices) and open set
     (best similarity of windows of known vs left-out types)."""
     fig = _figure(figsize=(10.0, 4.0))
     bins = [i / 20 for i in range(21)]
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    rec = result["recurrence"]
-    for values, label in ((rec.get("_intra"), "same device"), (rec.get("_inter"), "other devices")):
+    rec = result.recurrence
+    for values, label in ((rec.intra, "same device"), (rec.inter, "other devices")):
         if values is not None and len(values):
             left.hist(values, bins=bins, density=True, alpha=0.55, label=label)
     left.set_title("Recurrence: similarity of exported fingerprints", fontsize=9)
     left.set_xlabel("weighted Jaccard")
-    opened = result["open_set"]
-    scores, known = opened.get("_scores"), opened.get("_known")
-    if scores is not None and len(scores):
+    scores, known = result.open_set.scores, result.open_set.known
+    if scores is not None and known is not None and len(scores):
         k = np.asarray(known, dtype=bool)
         right.hist(scores[k], bins=bins, density=True, alpha=0.55, label="known type")
         right.hist(scores[~k], bins=bins, density=True, alpha=0.55, label="left-out type")
@@ -241,7 +206,7 @@ def plot_similarities(result: Mapping[str, Any], path: Path) -> None:
         handles, _ = ax.get_legend_handles_labels()
         if handles:
             ax.legend(fontsize=8)
-    fig.suptitle(_label(result), fontsize=9)
+    fig.suptitle(result.label, fontsize=9)
     _save(fig, path)
 
 
@@ -256,21 +221,23 @@ def prepare_report_folder(out_dir: Path) -> None:
     check_writable(out / "metrics.json", "report folder")
 
 
-def write_report(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
+def write_report(metrics: Evaluation, out_dir: Path) -> list[Path]:
     """Write metrics.json, report.md and the plots into `out_dir` (created if missing); every
     file appears only once complete. Returns the paths written."""
     out = Path(out_dir)
     prepare_report_folder(out)
-    best = best_result(metrics)
+    best = metrics.best()
     plots = {
         "Confusion matrix (best setting)": "confusion.png",
         "Convergence time CDF": "convergence_cdf.png",
         "Similarity distributions (best setting)": "similarity.png",
     }
-    plot_confusion(best, out / plots["Confusion matrix (best setting)"])
+    plot_confusion(
+        best.closed_set.confusion, best.label, out / plots["Confusion matrix (best setting)"]
+    )
     plot_convergence(metrics, out / plots["Convergence time CDF"])
     plot_similarities(best, out / plots["Similarity distributions (best setting)"])
-    text = json.dumps(public(metrics), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(metrics.to_json(), indent=1, sort_keys=True) + "\n"
     write_text_atomically(out / "metrics.json", text)
     report = markdown(metrics, plots)
     write_text_atomically(out / "report.md", report)

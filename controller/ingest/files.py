@@ -17,7 +17,9 @@ import numpy.typing as npt
 from controller.base.errors import InputError
 from controller.base.pcapfile import CAPTURE_MAGICS
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import MAX_SERVICE_ID, Catalogue, for_granularity
+from controller.engine.catalogue import Catalogue
+from controller.engine.learned import for_granularity
+from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.ipfix_file import read_ipfix

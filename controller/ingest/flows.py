@@ -20,7 +20,8 @@ import numpy.typing as npt
 
 from controller.base.macs import macs_to_keys
 from controller.engine.activity import ActivityTable, units_of
-from controller.engine.catalogue import Catalogue, PortUsage
+from controller.engine.catalogue import Catalogue
+from controller.engine.learned import PortUsage
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -114,7 +115,9 @@ def batch_to_activity(
 ) -> ActivityTable:
     """Activity of one batch; `devices` (48-bit MAC integers) restricts which devices count."""
     unit = units_of(batch.start, unit_seconds)
-    fwd_service = catalogue.lookup_many(batch.proto, batch.sport, batch.dport, batch.l4_valid)
+    fwd_service = catalogue.tables.lookup_many(
+        batch.proto, batch.sport, batch.dport, batch.l4_valid
+    )
     macs = [batch.src_mac]
     units = [unit]
     services = [fwd_service]
@@ -124,7 +127,7 @@ def batch_to_activity(
         has_reverse = batch.rev_packets > 0
         if bool(has_reverse.any()):
             valid = None if batch.l4_valid is None else batch.l4_valid[has_reverse]
-            rev_service = catalogue.lookup_many(
+            rev_service = catalogue.tables.lookup_many(
                 batch.proto[has_reverse],
                 batch.dport[has_reverse],
                 batch.sport[has_reverse],

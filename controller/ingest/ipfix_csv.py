@@ -34,7 +34,8 @@ import numpy.typing as npt
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import PROTOCOL_NUMBERS, Catalogue
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import PROTOCOL_NUMBERS
 from controller.ingest.flows import (
     MAX_COUNT,
     FlowBatch,

@@ -23,7 +23,8 @@ import numpy.typing as npt
 from controller.base.errors import InputError
 from controller.base.pcapfile import BATCH, Frames, frame_batches, window
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import ICMP, ICMPV6, TCP, UDP, Catalogue
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import ICMP, ICMPV6, TCP, UDP
 from controller.ingest.flows import (
     FlowBatch,
     IngestStats,

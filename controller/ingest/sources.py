@@ -27,8 +27,10 @@ import numpy as np
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import MAX_SERVICE_ID, Catalogue, Granularity
-from controller.engine.fingerprint import DEFAULT_UNIT_SECONDS
+from controller.engine.catalogue import Catalogue
+from controller.engine.learned import Granularity
+from controller.engine.representation import DEFAULT_UNIT_SECONDS
+from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import (
     Format,
     IngestOptions,

@@ -33,7 +33,8 @@ from controller.base.errors import InputError
 from controller.base.fileio import listed, parse_json, read_text, replace_atomically
 from controller.base.macs import int_to_mac, mac_to_int
 from controller.engine.activity import ActivityTable
-from controller.engine.catalogue import TCP, UDP, Catalogue, parse_service
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import TCP, UDP, parse_service
 from controller.ingest.flows import FlowBatch, batch_to_activity
 
 Role = Literal["client", "server"]

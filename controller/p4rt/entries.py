@@ -13,7 +13,8 @@ from finsy.proto import p4r
 
 from controller.base.errors import InputError
 from controller.base.p4info import P4Schema, encode_int, encode_mac
-from controller.engine.catalogue import Catalogue, Service
+from controller.engine.catalogue import Catalogue
+from controller.engine.services import Service
 
 DEVICE_TABLE = "IngressImpl.device_table"
 SERVICE_TABLES = ("IngressImpl.service_by_dst", "IngressImpl.service_by_src")

@@ -24,7 +24,7 @@ from controller.base.errors import InputError
 from controller.base.fileio import open_atomically, replace_atomically
 from controller.base.wire import CounterValues
 from controller.engine.activity import ActivityRecord, ActivityTable
-from controller.engine.catalogue import Service
+from controller.engine.services import Service
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (

@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tqdm import tqdm
+
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable
 from controller.engine.evaluate import (
@@ -26,18 +28,13 @@ from controller.engine.evaluate import (
     DEFAULT_TRAIN_FRACTION,
     EvalSettings,
     Windows,
-    best_result,
 )
-from controller.engine.fingerprint import (
-    DEFAULT_GRANULARITY,
+from controller.engine.exporter import (
     DEFAULT_K,
     DEFAULT_N_MAX,
     DEFAULT_N_MIN,
     DEFAULT_TAU,
-    DEFAULT_THRESHOLD,
     ExporterConfig,
-    parse_granularity,
-    representation_name,
 )
 from controller.engine.identify import (
     DEFAULT_MODE,
@@ -50,6 +47,12 @@ from controller.engine.identify import (
     References,
 )
 from controller.engine.report import prepare_report_folder, write_report
+from controller.engine.representation import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_THRESHOLD,
+    parse_granularity,
+    representation_name,
+)
 from svcfp import api
 from svcfp.cli.inputs import add_input_arguments, report_skips, sources_from_args
 
@@ -284,15 +287,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         theta=args.theta,
         prefixes=args.prefixes,
-        progress=False if args.no_progress else None,
     )
-    metrics = api.evaluate(inputs, settings)
+    show = sys.stderr.isatty() and not args.no_progress
+    with tqdm(desc="evaluate", disable=not show) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        metrics = api.evaluate(inputs, settings, progress=advance)
     paths = write_report(metrics, args.out)
-    best = best_result(metrics)
+    best = metrics.best()
     print(
-        f"best: {best['representation']}, {best['mode']}, unit {best['unit_seconds']:g} s: "
-        f"accuracy {best['closed_set']['accuracy']:.3f}, "
-        f"macro-F1 {best['closed_set']['macro_f1']:.3f}"
+        f"best: {best.representation}, {best.mode}, unit {best.unit_seconds:g} s: "
+        f"accuracy {best.closed_set.accuracy:.3f}, macro-F1 {best.closed_set.macro_f1:.3f}"
     )
     for path in paths:
         print(f"wrote {path}")

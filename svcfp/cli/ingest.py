@@ -9,7 +9,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, open_atomically
-from controller.engine.catalogue import for_granularity
+from controller.engine.learned import for_granularity
 from controller.ingest.labels import Labels
 from svcfp import api
 from svcfp.cli.inputs import (

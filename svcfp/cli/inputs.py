@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from controller.base.errors import InputError
-from controller.engine.catalogue import GRANULARITIES, MAX_SERVICE_ID
-from controller.engine.fingerprint import DEFAULT_UNIT_SECONDS
+from controller.engine.learned import GRANULARITIES
+from controller.engine.representation import DEFAULT_UNIT_SECONDS
+from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import FORMATS
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.sources import TRACKS, Loaded, Sources

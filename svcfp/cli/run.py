@@ -17,7 +17,7 @@ from controller.control.run import (
     SwitchSpec,
     load_switches,
 )
-from controller.engine.fingerprint import ExporterConfig
+from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
 from svcfp import api
