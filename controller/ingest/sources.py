@@ -34,6 +34,7 @@ from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import (
     Format,
     IngestOptions,
+    IngestResult,
     catalogue_for,
     expand_paths,
     read_file,
@@ -88,32 +89,20 @@ class Sources:
 
 
 @dataclass(frozen=True, eq=False)
-class Loaded:
+class Loaded(IngestResult):
     """Activity by track, what is known about its tracks, and what reading it found.
 
-    `labels` maps tracks to types; `groups` (capture tracks only) tracks to their capture;
-    `catalogue` is the one raw files were attributed with (None without raw files); `stats`
-    holds, per raw file, the records read and skipped, and `per_file` each raw file's share of
-    `activity` (what storing it per source needs).
+    `stats` holds, per raw file, the records read and skipped; `labels` maps tracks to types;
+    `groups` (capture tracks only) tracks to their capture; `catalogue` is the one raw files were
+    attributed with (None without raw files), and `per_file` each raw file's share of `activity`
+    (what storing it per source needs).
     """
 
-    activity: ActivityTable
-    labels: Mapping[str, str]
-    groups: Mapping[str, str] | None
-    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    groups: Mapping[str, str] | None = None
+    name: str = "inputs"
     catalogue: Catalogue | None = None
-    stats: Mapping[Path, IngestStats] = field(default_factory=dict)
     per_file: Mapping[Path, ActivityTable] = field(default_factory=dict)
-
-    @property
-    def records(self) -> int:
-        """Records (flows or packets) read from raw files."""
-        return sum(s.records for s in self.stats.values())
-
-    @property
-    def skipped(self) -> int:
-        """Records skipped in raw files."""
-        return sum(s.skipped for s in self.stats.values())
 
 
 def mac_of(track: str) -> str:
@@ -200,7 +189,7 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
     if sources.tracks == "capture":
         groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
     name = parts[0][0] if len(parts) == 1 else f"{len(parts)} inputs"
-    return Loaded(activity, labels, groups, name, catalogue, stats, per_file)
+    return Loaded(activity, stats, labels, groups, name, catalogue, per_file)
 
 
 def read_database(path: Path) -> ActivityTable:
