@@ -130,7 +130,7 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
 ) -> None:
     import json
 
-    from controller.control.run import Controller
+    from controller.control.controller import Controller
     from topology.devices import Activity
     from topology.emulation import DeviceSchedule, start_emulation
     from topology.network import running_network

@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import replace_atomically, write_text_atomically
 from controller.control.live import identify_fingerprints
-from controller.control.run import Controller, RunConfig
+from controller.control.config import RunConfig
+from controller.control.controller import Controller
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import closed_set

@@ -28,7 +28,8 @@ import networkx as nx
 import p4src
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import open_atomically
-from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.control.config import RunConfig, SwitchSpec
+from controller.control.controller import Controller
 from controller.ingest import synth
 from topology import graph as topo
 from topology.entry import stop_on_termination
