@@ -26,7 +26,8 @@ from typing import Any
 from benchmarks.common import write_results
 from controller.engine.identify import UNKNOWN
 from topology import graph as topo
-from topology.demo import DemoConfig, build_scenario, run_demo
+from topology.demo import run_demo
+from topology.scenario import DemoConfig, build_scenario
 from topology.emulation import next_unit_start
 from topology.frames import synthesize
 

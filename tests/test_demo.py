@@ -13,7 +13,9 @@ import pytest
 
 from controller.base.errors import InputError, SvcfpError
 from controller.ingest import synth
-from topology.demo import DemoConfig, build_scenario, choose_types, main, run_demo
+from svcfp.cli.demo import main
+from topology.demo import run_demo
+from topology.scenario import DemoConfig, build_scenario, choose_types
 from topology.state import STATE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent

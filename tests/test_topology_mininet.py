@@ -17,7 +17,9 @@ from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
 from controller.store.storage import Storage
 from topology import graph as topo
-from topology.demo import DemoConfig, LiveView, build_scenario, run_network
+from topology.demo import run_network
+from topology.live_table import LiveView
+from topology.scenario import DemoConfig, build_scenario
 from topology.protocols import LINK_LOCAL_SERVICES, MULTICAST_SERVICES
 from topology.state import STATE_FILE, interface_exists
 
@@ -63,7 +65,7 @@ def test_devices_reach_services_are_counted_exactly_and_identified(
     created = topo.interfaces(graph)
     assert not any(interface_exists(name) for name in created)
     macs = {h.name: h.mac for h in topo.hosts(graph, topo.DEVICE)}
-    view = LiveView(scenario, config.exporter, config.unit_seconds, io.StringIO())
+    view = LiveView(scenario, io.StringIO())
     counted: dict[str, set[str]] = {}
 
     def inspect(network: Any) -> None:

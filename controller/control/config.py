@@ -72,9 +72,7 @@ class SwitchSpec:
             raise InputError("a switch needs a name")
         check_grpc_addr(self.grpc_addr)
         if not 0 <= self.device_id < UINT64_LIMIT:
-            raise InputError(
-                f"--device-id {self.device_id}: P4Runtime device ids lie in 0..2^64-1"
-            )
+            raise InputError(f"--device-id {self.device_id}: P4Runtime device ids lie in 0..2^64-1")
         for port in self.ports:
             check_port("--ports: port", port)
         for mac, port in self.l2.items():
@@ -126,6 +124,9 @@ class RegisterRate:
             raise InputError(f"--register-rate {self.count}/{self.seconds:g}: count must be ≥ 1")
         check_seconds("--register-rate: seconds", self.seconds)
 
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}"
+
     @classmethod
     def parse(cls, text: str) -> RegisterRate:
         """`COUNT/SECONDS`, e.g. `8/60`."""
@@ -133,7 +134,9 @@ class RegisterRate:
         try:
             return cls(int(count), float(seconds) if sep else 60.0)
         except ValueError:
-            raise InputError(f"--register-rate {text!r}: expected COUNT/SECONDS, e.g. 8/60") from None
+            raise InputError(
+                f"--register-rate {text!r}: expected COUNT/SECONDS, e.g. 8/60"
+            ) from None
 
 
 @dataclass(frozen=True)

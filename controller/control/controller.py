@@ -192,9 +192,7 @@ class Controller:
         stopped = asyncio.ensure_future(self.stop.wait())
         try:
             while not ready.done() and not stopped.done():
-                await asyncio.wait(
-                    {ready, stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait({ready, stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
                 self._check(tasks)
                 for worker in self.workers:
                     if worker.first_error is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,16 @@ class LiveSettings:
                 f"{source}: references are {representation_name(refs.granularity)}, "
                 f"--granularity asks for {representation_name(self.exporter.granularity)}"
             )
+
+
+def verdict(labels: Sequence[str]) -> int:
+    """Which of a device's decisions (oldest first, by label) answers for it: the latest of
+    those with the most frequent label, so one odd window does not flip the answer."""
+    if not labels:
+        raise ValueError("a verdict needs at least one decision")
+    votes = Counter(labels)
+    top = max(votes.values())
+    return max(i for i, label in enumerate(labels) if votes[label] == top)
 
 
 def identify_fingerprints(

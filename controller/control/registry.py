@@ -125,9 +125,7 @@ def load_devices_file(path: Path) -> list[StaticDevice]:
 class Registry:
     """MAC ↔ device id, with labels and first/last seen, backed by `Storage`."""
 
-    def __init__(
-        self, storage: DeviceStore, max_devices: int, capacity: int | None = None
-    ) -> None:
+    def __init__(self, storage: DeviceStore, max_devices: int, capacity: int | None = None) -> None:
         if max_devices < 2:
             raise InputError(f"MAX_DEVICES {max_devices} leaves no device id to hand out")
         self.storage = storage
