@@ -27,9 +27,9 @@ from benchmarks.common import write_results
 from controller.engine.identify import UNKNOWN
 from topology import graph as topo
 from topology.demo import run_demo
-from topology.scenario import DemoConfig, build_scenario
 from topology.emulation import next_unit_start
 from topology.frames import synthesize
+from topology.scenario import DemoConfig, build_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"

@@ -13,9 +13,9 @@ from google.protobuf import text_format
 
 from controller.base.errors import InputError, SwitchError
 from controller.base.p4info import P4Schema
-from controller.control.registry import RegisterPolicy
 from controller.control.config import SwitchSpec
 from controller.control.controller import Controller
+from controller.control.registry import RegisterPolicy
 from controller.engine.activity import ActivityTable
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget, WriteError

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from controller.base.errors import InputError
-from topology import graph as topo
 from svcfp.cli import testbed as testbed_cli
+from topology import graph as topo
 from topology import testbed
 from topology.testbed import TestbedConfig, switch_specs, write_devices_file
 

@@ -19,8 +19,8 @@ from controller.store.storage import Storage
 from topology import graph as topo
 from topology.demo import run_network
 from topology.live_table import LiveView
-from topology.scenario import DemoConfig, build_scenario
 from topology.protocols import LINK_LOCAL_SERVICES, MULTICAST_SERVICES
+from topology.scenario import DemoConfig, build_scenario
 from topology.state import STATE_FILE, interface_exists
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -69,11 +69,11 @@ class LiveView:
             f"{'n':>3}  top services (share of similarity)",
         ]
         for host in sorted(self.scenario.truth):
-            decision = answers.get(host)
             mac = self.macs[host]
-            if decision is None:
+            if host not in answers:
                 lines.append(f"{host:8} {mac:17} {self._truth(host):18} {'…':18}")
                 continue
+            decision = answers[host]
             top = ", ".join(f"{c.service} {c.share:.2f}" for c in decision.explanation.matched[:3])
             lines.append(
                 f"{host:8} {mac:17} {self._truth(host):18} {decision.label:18} "

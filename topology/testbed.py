@@ -1,12 +1,12 @@
 """`svcfp testbed start|stop`: a Mininet testbed with a P4 switch and the controller.
 
 `start_testbed` launches one detached supervisor process (`svcfp testbed start --foreground`)
-and waits until it reports ready. The supervisor records itself, every switch and host process and every
-interface name in `<logs>/testbed.json` before creating them, builds the topology with the chosen
-switch, optionally plays emulated devices, and runs the controller until it receives SIGTERM;
-then it stops everything and removes the record. `stop_testbed` signals the recorded supervisor and
-then stops any recorded process and removes any recorded interface that is still there, so an
-interrupted run leaves nothing behind. Both are idempotent.
+and waits until it reports ready. The supervisor records itself, every switch and host process
+and every interface name in `<logs>/testbed.json` before creating them, builds the topology with
+the chosen switch, optionally plays emulated devices, and runs the controller until it receives
+SIGTERM; then it stops everything and removes the record. `stop_testbed` signals the recorded
+supervisor and then stops any recorded process and removes any recorded interface that is still
+there, so an interrupted run leaves nothing behind. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import networkx as nx
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import open_atomically
 from controller.control.config import RunConfig, SwitchSpec
-from controller.control.live import LiveSettings
 from controller.control.controller import Controller
+from controller.control.live import LiveSettings
 from controller.ingest import synth
 from topology import graph as topo
 from topology.entry import stop_on_termination

@@ -188,11 +188,16 @@ class Controller:
     async def _until_ready(self, tasks: list[asyncio.Task[None]]) -> bool:
         """Wait until every worker has a session; False when stopped first. A worker that failed
         to connect, or ended with any other error, ends the run with its error."""
-        ready = asyncio.ensure_future(asyncio.gather(*(w.ready.wait() for w in self.workers)))
-        stopped = asyncio.ensure_future(self.stop.wait())
+
+        async def all_ready() -> None:
+            await asyncio.gather(*(w.ready.wait() for w in self.workers))
+
+        ready = asyncio.create_task(all_ready())
+        stopped = asyncio.create_task(self.stop.wait())
+        watched: set[asyncio.Task[Any]] = {ready, stopped, *tasks}
         try:
             while not ready.done() and not stopped.done():
-                await asyncio.wait({ready, stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 self._check(tasks)
                 for worker in self.workers:
                     if worker.first_error is not None:

@@ -226,7 +226,8 @@ class SwitchWorker:
             except RegistryFull as exc:
                 self.admission.full(
                     "registry_full",
-                    f"{exc}; new devices are counted as unregistered (said again once ids are free)",
+                    f"{exc}; new devices are counted as unregistered (said again once ids are "
+                    "free)",
                 )
             else:
                 self.admission.room("registry_full")

@@ -14,7 +14,6 @@ from finsy.proto import p4r
 from controller.base.p4info import P4Schema, normalize_mac
 from controller.p4rt.entries import flood_group, l2_default, l2_entry
 
-
 ZERO_MAC = "00:00:00:00:00:00"
 
 

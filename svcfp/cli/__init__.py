@@ -9,11 +9,11 @@ from typing import Any
 
 from controller import __version__
 from controller.base.command import LOG_LEVELS, run_command
+from svcfp.cli.demo import register as register_demo
 from svcfp.cli.engine import register as register_engine
 from svcfp.cli.ingest import register as register_ingest
 from svcfp.cli.run import register as register_run
 from svcfp.cli.switch import register as register_switch
-from svcfp.cli.demo import register as register_demo
 from svcfp.cli.testbed import register as register_testbed
 
 # Each subcommand module exposes `register(subparsers)`, which adds its parser and sets
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="logging threshold (default: INFO)",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=Parser
+    )
     for register in _registrations():
         register(subparsers)
     return parser
