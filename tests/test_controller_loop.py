@@ -84,7 +84,7 @@ def test_a_read_cut_short_by_teardown_is_a_switch_error(monkeypatch: pytest.Monk
             read = asyncio.create_task(session.read_counter(schema.counter(entries.COUNTER)))
             await until(reading.is_set)
             await session.close()
-            with pytest.raises(SwitchError, match="reading counter .* was cut short"):
+            with pytest.raises(SwitchError, match=r"reading counter .* was cut short"):
                 await read
 
     try:

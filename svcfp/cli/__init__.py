@@ -10,6 +10,7 @@ from typing import Any
 from controller import __version__
 from controller.base.command import LOG_LEVELS, run_command
 from svcfp.cli.demo import register as register_demo
+from svcfp.cli.devices import register as register_devices
 from svcfp.cli.engine import register as register_engine
 from svcfp.cli.ingest import register as register_ingest
 from svcfp.cli.run import register as register_run
@@ -25,6 +26,7 @@ def _registrations() -> list[Register]:
     registrations: list[Register] = []
     registrations.append(register_switch)
     registrations.append(register_run)
+    registrations.append(register_devices)
     registrations.append(register_engine)
     registrations.append(register_demo)
     registrations.append(register_testbed)
