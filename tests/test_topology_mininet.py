@@ -28,7 +28,7 @@ P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
 # Services whose exchanges expect no reply: multicast, link-local, bare IP protocols.
 NO_REPLY = set(MULTICAST_SERVICES) | set(LINK_LOCAL_SERVICES)
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
 
 
 async def counted_services(grpc_addr: str, db: Path) -> dict[str, set[str]]:

@@ -101,6 +101,8 @@ async def replayed_services(graph: Any, prepared: Prepared, tmp: Path, port: int
 
 
 @pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.tcpreplay
 @pytest.mark.slow
 @pytest.mark.data
 def test_real_capture_replayed_through_a_device_host_is_counted_as_offline(

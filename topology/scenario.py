@@ -22,6 +22,7 @@ from controller.engine.identify import References, enroll
 from controller.ingest import synth
 from topology import graph as topo
 from topology.emulation import DeviceSchedule
+from topology.launch import free_port
 from topology.schedules import synthetic_schedules
 
 # The demo's exporter: short windows, so fingerprints converge within a few dozen units.
@@ -114,6 +115,7 @@ def build_scenario(config: DemoConfig) -> Scenario:
     references = enroll(fingerprints, labels, config=config.exporter)
     kinds = [kind for kind in [*known, held_out] for _ in range(config.devices_per_type)]
     truth = {f"d{i + 1}": kind for i, kind in enumerate(kinds)}
-    graph = topo.default_topology(sorted(truth.items()), grpc_port=config.grpc_port)
+    # Port 0: any free one, so a demo can run beside another switch.
+    graph = topo.default_topology(sorted(truth.items()), grpc_port=config.grpc_port or free_port())
     schedules = synthetic_schedules(graph, config.units, config.seed + 1000, profiles)
     return Scenario(truth, held_out, references, schedules, graph)

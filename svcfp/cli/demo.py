@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--p4info", type=Path, default=p4src.P4INFO, help="P4Info of the program")
     parser.add_argument("--bmv2-json", type=Path, default=p4src.BMV2_JSON, help="BMv2 only")
     parser.add_argument(
-        "--grpc-port", type=int, default=topo.FIRST_GRPC_PORT, help="switch s1's P4Runtime port"
+        "--grpc-port",
+        type=int,
+        default=topo.FIRST_GRPC_PORT,
+        help="switch s1's P4Runtime port (0: a free one)",
     )
     parser.set_defaults(func=main)
 
