@@ -19,11 +19,14 @@ import pytest
 from controller.base.p4info import decode_mac
 from controller.control.config import RegisterRate, RunConfig
 from controller.control.controller import Controller
+from controller.control.registry import RegisterPolicy
 from controller.engine.activity import ActivityRecord
-from controller.p4rt.forwarding import is_unicast
+from controller.p4rt import entries
+from controller.p4rt.forwarding import Forwarding, is_unicast
 from controller.store.storage import Baseline, DeviceRow, Storage
 from svcfp.cli import main
 from tests.support.paths import P4INFO, ROOT
+from tests.support.storage import kept
 from tests.support.switch import (
     CAMERA,
     PLUG,
@@ -31,10 +34,14 @@ from tests.support.switch import (
     Wire,
     config,
     frame,
+    mac_params,
     polls,
+    read_tables,
     running,
     until,
 )
+
+pytest_plugins = ["tests.support.storage"]
 
 GROUP_SOURCES = ("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb", "33:33:00:00:00:01", "03:00:00:00:00:01")
 
@@ -148,20 +155,6 @@ def status_of(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "svcfp.db"
-    with Storage(path) as store:
-        store.check_meta("time_unit_seconds", "3600.0")
-        store.record_poll("s1", Baseline.zeros(4), [ActivityRecord("aa", 1, "tcp/443", 2, 20)], 1)
-    return path
-
-
-def stored(db: Path) -> list[ActivityRecord]:
-    with Storage(db) as store:
-        return store.activity()
-
-
 BASE = ["--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--connect-timeout", "0.5"]
 
 
@@ -190,20 +183,18 @@ BASE = ["--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--connect-timeout", "
 def test_bad_run_flags_are_bad_input_and_store_nothing(
     flags: list[str], message: str, db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = stored(db)
     argv = ["run", "--p4info", str(P4INFO), "--db", str(db), *BASE, *flags]
     assert status_of(argv) == 2
     assert message in capsys.readouterr().err
-    assert stored(db) == before
+    assert kept(db)
 
 
 def test_an_unreachable_switch_is_exit_3_and_stores_nothing(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = stored(db)
     assert status_of(["run", "--p4info", str(P4INFO), "--db", str(db), *BASE]) == 3
     assert "is unreachable after" in capsys.readouterr().err
-    assert stored(db) == before
+    assert kept(db)
 
 
 @pytest.mark.slow
@@ -298,3 +289,48 @@ def test_run_config_defaults_are_sane(tmp_path: Path) -> None:
     chosen = RunConfig(switches=config(tmp_path, "127.0.0.1:1").switches, p4info=P4INFO)
     assert chosen.policy.mode == "all" and chosen.register_rate == RegisterRate(8, 60.0)
     assert chosen.idle_seconds == 24 * 3600.0
+
+
+def test_forwarding_never_learns_group_sources_nor_past_its_table() -> None:
+    forwarding = Forwarding([0, 1, 2], {SERVER: 0}, capacity=3)
+    assert not forwarding.learn("ff:ff:ff:ff:ff:ff", 1)
+    assert not forwarding.learn("01:00:5e:00:00:fb", 1)
+    assert not forwarding.learn("00:00:00:00:00:00", 1)
+    assert forwarding.learn(CAMERA, 1) and forwarding.learn(PLUG, 2)
+    assert forwarding.full
+    assert not forwarding.learn("02:00:00:00:10:01", 2)
+    # A known MAC that moved is still updated when the table is full.
+    assert forwarding.learn(PLUG, 1)
+    assert forwarding.table() == {SERVER: 0, CAMERA: 1, PLUG: 1}
+
+
+@pytest.mark.slow
+def test_a_full_mac_table_under_policy_none_is_one_warning_and_no_failing_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire = Wire()
+    newcomers = [f"02:00:00:00:20:{i:02x}" for i in range(12)]
+
+    async def scenario() -> Controller:
+        chosen = config(tmp_path, wire.address, policy=RegisterPolicy("none"))
+        controller = Controller(chosen)
+        # Room for the two static hosts and two more.
+        controller.workers[0].forwarding.capacity = 4
+        async with running(controller):
+            for i, mac in enumerate(newcomers):
+                wire.send(frame(mac, SERVER, 17, 5000, 53, 64), port=i % 4)
+            await until(lambda: len(warnings(caplog, "l2_table_full")) > 0)
+            await polls(controller)
+        return controller
+
+    try:
+        with caplog.at_level(logging.INFO):
+            controller = asyncio.run(scenario())
+        tables = asyncio.run(read_tables(wire.address))
+    finally:
+        wire.stop()
+    assert len(mac_params(tables[entries.L2_TABLE])) == 4
+    assert len(controller.workers[0].forwarding.table()) == 4
+    assert len(warnings(caplog, "l2_table_full")) == 1
+    assert warnings(caplog, "digest_failed") == []
+    assert {r.mac for r in controller.registry.active()} == {CAMERA, SERVER}

@@ -15,22 +15,23 @@ from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
+
+def run_without_mininet(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """`command` in the checkout, without mininet and tcpreplay installed."""
+    env = environment_without(tmp_path / "env")
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
 MISSING = "the mininet Python module and mnexec not found (Debian: apt-get install mininet"
 
 
 @pytest.mark.root
 def test_make_demo_without_mininet_replays_and_says_why(tmp_path: Path) -> None:
-    env = environment_without(tmp_path / "env")
     out, logs = tmp_path / "out", tmp_path / "logs"
     args = f"--units 36 --grpc-port 0 --out {out} --logs {logs}"
-    done = subprocess.run(
-        ["make", "demo", f"DEMO_ARGS={args}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_without_mininet(tmp_path, "make", "demo", f"DEMO_ARGS={args}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"svcfp demo: {MISSING} tcpreplay), so no Mininet network" in done.stdout
     summary = json.loads((out / "decisions.json").read_text())
@@ -39,16 +40,8 @@ def test_make_demo_without_mininet_replays_and_says_why(tmp_path: Path) -> None:
 
 
 def test_make_test_without_mininet_and_tcpreplay_skips_with_the_reason(tmp_path: Path) -> None:
-    env = environment_without(tmp_path / "env")
     chosen = "tests/test_topology_mininet.py tests/test_testbed.py tests/test_topology_replay.py"
-    done = subprocess.run(
-        ["make", "test", f"PYTEST_ARGS=-q -rs -p no:cacheprovider {chosen}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_without_mininet(tmp_path, "make", "test", f"PYTEST_ARGS=-q -rs {chosen}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
     assert "failed" not in done.stdout.splitlines()[-1]
