@@ -16,8 +16,8 @@ from controller.engine.identify import enroll
 from controller.store.storage import Storage
 from svcfp.cli import build_parser, main
 from svcfp.cli.run import config_from_args
+from tests.support.database import kept
 from tests.support.paths import P4INFO
-from tests.support.storage import kept
 from tests.support.switch import DEVICE_ID, Wire
 
 pytest_plugins = ["tests.support.storage"]

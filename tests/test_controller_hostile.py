@@ -25,8 +25,8 @@ from controller.p4rt import entries
 from controller.p4rt.forwarding import Forwarding, is_unicast
 from controller.store.storage import Baseline, DeviceRow, Storage
 from svcfp.cli import main
+from tests.support.database import kept
 from tests.support.paths import P4INFO, ROOT
-from tests.support.storage import kept
 from tests.support.switch import (
     CAMERA,
     PLUG,

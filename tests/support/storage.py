@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.engine.activity import ActivityRecord
-from controller.store.storage import Baseline, Storage
-
-# What the `db` fixture's database holds: a run's data that bad input must leave alone.
-STORED = [ActivityRecord("aa", 1, "tcp/443", 2, 20)]
+from controller.store.storage import Storage
+from tests.support.database import make_db
 
 
 @pytest.fixture
@@ -26,14 +23,4 @@ def store(tmp_path: Path) -> Iterator[Storage]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    path = tmp_path / "svcfp.db"
-    with Storage(path) as store:
-        store.check_meta("time_unit_seconds", "3600.0")
-        store.record_poll("s1", Baseline.zeros(4), STORED, 1)
-    return path
-
-
-def kept(db: Path) -> bool:
-    """Whether `db` still holds exactly what the `db` fixture stored."""
-    with Storage(db) as store:
-        return store.activity() == STORED
+    return make_db(tmp_path / "svcfp.db")
