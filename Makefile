@@ -22,11 +22,12 @@ GRPC_ADDR ?= 127.0.0.1:9559
 DEVICE_ID ?= 0
 LOGS := logs
 
-.PHONY: help venv venv-ptf lock demo test build ptf run stop shell lint bench clean
+.PHONY: help venv venv-ptf lock demo test check-fresh build ptf run stop shell lint bench clean
 
 help:
 	@echo "make demo    the main job: emulated IoT devices identified live (reference switch by default; SWITCH=bmv2)"
 	@echo "make test    the test suite (unit, gRPC end-to-end, PTF and Mininet where root is available)"
+	@echo "make check-fresh  make demo and make test on a fresh clone, without mininet and tcpreplay"
 	@echo "make build   compile $(P4SRC) with p4c (if on PATH) and check the committed P4Info"
 	@echo "make ptf     PTF regression suite against TARGET=refswitch|bmv2"
 	@echo "make run     start a switch and the controller in the background (SWITCH=refswitch|bmv2)"
@@ -65,12 +66,21 @@ lock: venv
 	$(VENV)/bin/uv pip compile --quiet ptf_tests/requirements.txt --python-version 3.11 \
 	    --python-platform x86_64-manylinux_2_28 -o ptf_tests/requirements.lock
 
+# Without root or Mininet the demo replays the devices' traffic through the reference switch and
+# says why; DEMO_ARGS passes further `svcfp demo` flags.
 demo: venv
-	$(VENV)/bin/svcfp demo --switch $(SWITCH)
+	$(VENV)/bin/svcfp demo --switch $(SWITCH) $(DEMO_ARGS)
 
 test: venv venv-ptf
 	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$status
+
+# The README's two commands on a clone of HEAD, where mininet and tcpreplay are not installed.
+check-fresh: venv
+	@clone=$$(mktemp -d /tmp/svcfp-fresh-XXXXXX) && trap 'rm -rf "$$clone"' EXIT && \
+	  git clone --quiet . "$$clone" && \
+	  $(PY) -m tests.support.absent $(MAKE) -C "$$clone" demo DEMO_ARGS="--units 36 --grpc-port 0" && \
+	  $(PY) -m tests.support.absent $(MAKE) -C "$$clone" test
 
 build: venv
 	$(PY) -m controller.p4rt.build --p4 $(P4SRC) --p4info $(P4INFO) --out $(BUILD) $(P4FLAGS)

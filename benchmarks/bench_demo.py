@@ -26,9 +26,10 @@ from typing import Any
 from benchmarks.common import write_results
 from controller.engine.identify import UNKNOWN
 from topology import graph as topo
-from topology.demo import DemoConfig, build_scenario, run_demo
+from topology.demo import run_demo
 from topology.emulation import next_unit_start
 from topology.frames import synthesize
+from topology.scenario import DemoConfig, build_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"

@@ -24,7 +24,8 @@ import math
 from pathlib import Path
 
 from controller.base.errors import InputError
-from controller.control.run import RunConfig, RunStats, SwitchSpec, UnitCallback, run_controller
+from controller.control.config import RunConfig, RunStats, SwitchSpec
+from controller.control.controller import UnitCallback, run_controller
 from controller.engine.evaluate import Dataset, EvalSettings, Progress, Windows, make_windows
 from controller.engine.evaluate import evaluate as evaluate_dataset
 from controller.engine.exporter import ExporterConfig

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import data_dir
+from topology.tools import missing_for_mininet, missing_for_replay, why_missing
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     is_root = os.geteuid() == 0
+    no_mininet = missing_for_mininet()
+    no_tcpreplay = missing_for_replay()
     reasons = {
         "root": None
         if is_root
@@ -26,6 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "data": None
         if data_dir()
         else "shared data folder not found (set SVCFP_DATA_DIR to ../shared/data)",
+        "mininet": why_missing(no_mininet) if no_mininet else None,
+        "tcpreplay": why_missing(no_tcpreplay) if no_tcpreplay else None,
     }
     for item in items:
         for marker, reason in reasons.items():

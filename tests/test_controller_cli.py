@@ -10,28 +10,17 @@ from pathlib import Path
 import pytest
 
 from controller.control.live import NEXT_UNIT_KEY
-from controller.engine.activity import ActivityRecord, ActivityTable
+from controller.engine.activity import ActivityTable
 from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import enroll
-from controller.store.storage import Baseline, Storage
+from controller.store.storage import Storage
 from svcfp.cli import build_parser, main
 from svcfp.cli.run import config_from_args
+from tests.support.database import kept
 from tests.support.paths import P4INFO
 from tests.support.switch import DEVICE_ID, Wire
 
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "svcfp.db"
-    with Storage(path) as store:
-        store.check_meta("time_unit_seconds", "3600.0")
-        store.record_poll("s1", Baseline.zeros(4), [ActivityRecord("aa", 1, "tcp/443", 2, 20)], 1)
-    return path
-
-
-def kept(db: Path) -> bool:
-    with Storage(db) as store:
-        return store.activity() == [ActivityRecord("aa", 1, "tcp/443", 2, 20)]
+pytest_plugins = ["tests.support.storage"]
 
 
 def run(*args: str) -> list[str]:

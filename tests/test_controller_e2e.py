@@ -13,8 +13,9 @@ from google.protobuf import text_format
 
 from controller.base.errors import InputError, SwitchError
 from controller.base.p4info import P4Schema
+from controller.control.config import SwitchSpec
+from controller.control.controller import Controller
 from controller.control.registry import RegisterPolicy
-from controller.control.run import Controller, SwitchSpec
 from controller.engine.activity import ActivityTable
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget, WriteError
@@ -210,7 +211,9 @@ def test_closed_units_reach_the_callback(wire: Wire, tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with running(
-            Controller(config(tmp_path, wire.address, time_unit=0.5), closed.append)
+            Controller(
+                config(tmp_path, wire.address, time_unit=0.5), lambda c: closed.append(c.activity)
+            )
         ):
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
             await until(lambda: len(closed) > 0 and sum(len(t) for t in closed) > 0)

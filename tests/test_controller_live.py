@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.control.controller import Controller
 from controller.control.live import NEXT_UNIT_KEY, LiveSettings
-from controller.control.run import Controller
 from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import UNKNOWN, References, enroll, identify

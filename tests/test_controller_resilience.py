@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.control.run import Controller
+from controller.control.controller import Controller
 from controller.p4rt import entries
 from tests.support.paths import P4INFO, ROOT
 from tests.support.switch import (

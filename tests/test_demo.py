@@ -13,7 +13,9 @@ import pytest
 
 from controller.base.errors import InputError, SvcfpError
 from controller.ingest import synth
-from topology.demo import DemoConfig, build_scenario, choose_types, main, run_demo
+from svcfp.cli.demo import main
+from topology.demo import run_demo
+from topology.scenario import DemoConfig, build_scenario, choose_types
 from topology.state import STATE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,9 +67,9 @@ def test_bmv2_demo_without_bmv2_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("units", "unit_seconds", "devices_per_type", "message"),
     [
-        (0, 1.0, 1, r"--units must lie in 1\.\.600 and --unit-seconds in 0\.2\.\.10"),
+        (0, 1.0, 1, r"--units must lie in 1\.\.600 and --time-unit in 0\.2\.\.10"),
         (601, 1.0, 1, r"--units must lie in 1\.\.600"),
-        (10, 0.1, 1, r"--unit-seconds in 0\.2\.\.10"),
+        (10, 0.1, 1, r"--time-unit in 0\.2\.\.10"),
         (10, 1.0, 0, r"--devices-per-type must lie in 1\.\.5"),
         (10, 1.0, 6, r"--devices-per-type must lie in 1\.\.5"),
     ],

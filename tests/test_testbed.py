@@ -15,7 +15,7 @@ import pytest
 from topology.state import TestbedState, is_ours
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
 
 
 def svcfp(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.base.errors import InputError
+from svcfp.cli import testbed as testbed_cli
 from topology import graph as topo
 from topology import testbed
 from topology.testbed import TestbedConfig, switch_specs, write_devices_file
@@ -76,23 +77,23 @@ def test_start_without_root_or_with_bad_numbers_is_refused(tmp_path: Path) -> No
         time_unit=1.0, interval=1.0, foreground=False,
     )  # fmt: skip
     with pytest.raises(InputError, match="--devices and --units must be ≥ 0"):
-        testbed.start(args)
+        testbed_cli.start(args)
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == "[]"
 
 
 def test_the_supervisor_is_given_the_same_options_it_was_started_with(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    testbed.register(parser.add_subparsers())
+    testbed_cli.register(parser.add_subparsers())
     given = parser.parse_args(
         ["testbed", "start", "--logs", str(tmp_path), "--units", "0", "--time-unit", "0.5",
          "--topology", "mine.json", "--switch", "bmv2", "--grpc-addr", "127.0.0.1:9700"]
     )  # fmt: skip
-    forwarded = testbed._forwarded(given)
+    forwarded = testbed_cli._forwarded(given)
     assert forwarded[:4] == ["--switch", "bmv2", "--grpc-addr", "127.0.0.1:9700"]
     again = parser.parse_args(["testbed", "start", *forwarded, "--foreground"])
     assert again.foreground and not given.foreground
-    assert testbed._config(again) == testbed._config(given)
-    assert testbed._config(again).topology == Path("mine.json")
+    assert testbed_cli._config(again) == testbed_cli._config(given)
+    assert testbed_cli._config(again).topology == Path("mine.json")
     default = parser.parse_args(["testbed", "start"])
-    assert "--topology" not in testbed._forwarded(default)
-    assert testbed._config(default).bmv2_json is None
+    assert "--topology" not in testbed_cli._forwarded(default)
+    assert testbed_cli._config(default).bmv2_json is None

@@ -17,8 +17,10 @@ from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
 from controller.store.storage import Storage
 from topology import graph as topo
-from topology.demo import DemoConfig, LiveView, build_scenario, run_network
+from topology.demo import run_network
+from topology.live_table import LiveView
 from topology.protocols import LINK_LOCAL_SERVICES, MULTICAST_SERVICES
+from topology.scenario import DemoConfig, build_scenario
 from topology.state import STATE_FILE, interface_exists
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +28,7 @@ P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
 # Services whose exchanges expect no reply: multicast, link-local, bare IP protocols.
 NO_REPLY = set(MULTICAST_SERVICES) | set(LINK_LOCAL_SERVICES)
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
 
 
 async def counted_services(grpc_addr: str, db: Path) -> dict[str, set[str]]:
@@ -63,7 +65,7 @@ def test_devices_reach_services_are_counted_exactly_and_identified(
     created = topo.interfaces(graph)
     assert not any(interface_exists(name) for name in created)
     macs = {h.name: h.mac for h in topo.hosts(graph, topo.DEVICE)}
-    view = LiveView(scenario, config.exporter, config.unit_seconds, io.StringIO())
+    view = LiveView(scenario, io.StringIO())
     counted: dict[str, set[str]] = {}
 
     def inspect(network: Any) -> None:
@@ -130,7 +132,7 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
 ) -> None:
     import json
 
-    from controller.control.run import Controller
+    from controller.control.controller import Controller
     from topology.devices import Activity
     from topology.emulation import DeviceSchedule, start_emulation
     from topology.network import running_network

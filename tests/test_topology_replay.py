@@ -13,7 +13,8 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.base.p4info import P4Schema
-from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.control.config import RunConfig, SwitchSpec
+from controller.control.controller import Controller
 from controller.engine.catalogue import Catalogue
 from controller.ingest.pcap import read_pcap
 from controller.p4rt import entries
@@ -100,6 +101,8 @@ async def replayed_services(graph: Any, prepared: Prepared, tmp: Path, port: int
 
 
 @pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.tcpreplay
 @pytest.mark.slow
 @pytest.mark.data
 def test_real_capture_replayed_through_a_device_host_is_counted_as_offline(

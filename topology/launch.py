@@ -99,6 +99,13 @@ def bmv2_command(
     ]
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a switch asked to listen on port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def ensure_port_free(port: int, what: str) -> None:
     """`SwitchError` if something already listens on 127.0.0.1:`port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -1,45 +1,43 @@
 """`svcfp testbed start|stop`: a Mininet testbed with a P4 switch and the controller.
 
-`start` launches one detached supervisor process (`svcfp testbed start --foreground`) and waits
-until it reports ready. The supervisor records itself, every switch and host process and every
-interface name in `<logs>/testbed.json` before creating them, builds the topology with the chosen
-switch, optionally plays emulated devices, and runs the controller until it receives SIGTERM;
-then it stops everything and removes the record. `stop` signals the recorded supervisor and
-then stops any recorded process and removes any recorded interface that is still there, so an
-interrupted run leaves nothing behind. Both are idempotent.
+`start_testbed` launches one detached supervisor process (`svcfp testbed start --foreground`)
+and waits until it reports ready. The supervisor records itself, every switch and host process
+and every interface name in `<logs>/testbed.json` before creating them, builds the topology with
+the chosen switch, optionally plays emulated devices, and runs the controller until it receives
+SIGTERM; then it stops everything and removes the record. `stop_testbed` signals the recorded
+supervisor and then stops any recorded process and removes any recorded interface that is still
+there, so an interrupted run leaves nothing behind. Both are idempotent.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
-import p4src
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import open_atomically
-from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.control.config import RunConfig, SwitchSpec
+from controller.control.controller import Controller
+from controller.control.live import LiveSettings
 from controller.ingest import synth
 from topology import graph as topo
 from topology.entry import stop_on_termination
-from topology.launch import SWITCH_KINDS, start_detached
+from topology.launch import start_detached
 from topology.schedules import default_device_profiles, synthetic_schedules
 from topology.state import TestbedState, recorded_run, stop_process, teardown
+from topology.tools import missing_for_mininet, why_missing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_P4INFO = p4src.P4INFO
-DEFAULT_BMV2_JSON = p4src.BMV2_JSON
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 
@@ -110,6 +108,7 @@ def controller_config(
     bmv2_json: Path | None,
     interval: float,
     time_unit: float,
+    live: LiveSettings | None = None,
 ) -> RunConfig:
     """The controller's configuration for a topology's switches and hosts.
 
@@ -125,6 +124,7 @@ def controller_config(
         db=db,
         devices=write_devices_file(graph, db.parent / "devices.csv"),
         log_dir=logs / "p4runtime",
+        live=live,
     )
 
 
@@ -217,33 +217,32 @@ def supervise(config: TestbedConfig) -> int:
     return 0
 
 
-def start(args: argparse.Namespace) -> int:
-    """`svcfp testbed start`."""
-    config = _config(args)
+def start_testbed(config: TestbedConfig, supervisor: list[str]) -> str:
+    """Start `supervisor` (the command that runs `supervise(config)`) detached, wait until it
+    reports ready; returns what to tell the user. Refused without root or over a recorded run."""
     if os.geteuid() != 0:
         raise SvcfpError("testbed start builds a Mininet network and needs root")
+    missing = missing_for_mininet()
+    if missing:
+        raise SvcfpError(f"testbed start builds a Mininet network: {why_missing(missing)}")
     if config.switch == "bmv2" and (config.bmv2_json is None or not config.bmv2_json.exists()):
         raise InputError(f"{config.bmv2_json}: BMv2 needs the compiled program; run `make build`")
-    if args.foreground:
-        return supervise(config)
     existing = TestbedState.load(config.logs)
     if existing is not None:
         raise InputError(
             f"{existing.path}: a testbed is already recorded; run `svcfp testbed stop` first"
         )
-    command = [sys.executable, "-m", "svcfp", "testbed", "start", "--foreground"]
     console = config.logs / "testbed.log"
-    process = start_detached([*command, *_forwarded(args)], console)
+    process = start_detached(supervisor, console)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         state = TestbedState.load(config.logs)
         if state is not None and state.info.get("ready"):
-            print(
+            return (
                 f"testbed running: {config.switch} switch at {state.info.get('grpc_addrs')}, "
                 f"hosts {', '.join(state.info.get('hosts', []))}; logs in {config.logs}/; "
                 "stop with `svcfp testbed stop` (make stop)"
             )
-            return 0
         if process.poll() is not None:
             tail = console.read_text(errors="replace")[-3000:]
             raise SvcfpError(f"the testbed failed to start (status {process.returncode}):\n{tail}")
@@ -252,13 +251,12 @@ def start(args: argparse.Namespace) -> int:
     raise SvcfpError(f"the testbed was not ready within {READY_TIMEOUT:.0f} s; see {console}")
 
 
-def stop(args: argparse.Namespace) -> int:
-    """`svcfp testbed stop`: end the recorded run and remove exactly what it created."""
-    logs: Path = args.logs
+def stop_testbed(logs: Path) -> str:
+    """End the run recorded in `logs` and remove exactly what it created; returns what to tell
+    the user. Idempotent."""
     state = TestbedState.load(logs)
     if state is None:
-        print(f"no testbed recorded in {logs}/: nothing to stop")
-        return 0
+        return f"no testbed recorded in {logs}/: nothing to stop"
     supervisor = next((p for p in state.processes if p.label == "testbed"), None)
     # A supervisor that ends on SIGTERM undoes everything itself and removes the record.
     clean = (
@@ -268,7 +266,7 @@ def stop(args: argparse.Namespace) -> int:
     )
     # Whatever the supervisor could not undo (killed, crashed, timed out) is undone here.
     report = teardown(state)
-    print(
+    return (
         f"testbed stopped: {len(state.processes)} recorded processes, "
         f"{len(state.interfaces)} interfaces; "
         + (
@@ -278,57 +276,3 @@ def stop(args: argparse.Namespace) -> int:
             "interfaces removed here"
         )
     )
-    return 0
-
-
-def _config(args: argparse.Namespace) -> TestbedConfig:
-    if args.devices < 0 or args.units < 0 or args.time_unit <= 0 or args.interval <= 0:
-        raise InputError("--devices and --units must be ≥ 0, --time-unit and --interval > 0")
-    # Every field of the config is the `testbed start` option of the same name.
-    chosen = {item.name: getattr(args, item.name) for item in fields(TestbedConfig)}
-    if args.switch != "bmv2":
-        chosen["bmv2_json"] = None
-    return TestbedConfig(**chosen)
-
-
-def _forwarded(args: argparse.Namespace) -> list[str]:
-    """The `testbed start` options in `args` as command-line flags again, for the supervisor."""
-    forwarded = []
-    for item in fields(TestbedConfig):
-        value = getattr(args, item.name)
-        if value is not None:
-            forwarded += [f"--{item.name.replace('_', '-')}", str(value)]
-    return forwarded
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `svcfp testbed start|stop`."""
-    parser = subparsers.add_parser(
-        "testbed", help="start/stop a Mininet testbed with a P4 switch and the controller"
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    begin = actions.add_parser("start", help="build the network and run the controller")
-    begin.add_argument("--switch", choices=SWITCH_KINDS, default="refswitch")
-    begin.add_argument(
-        "--grpc-addr",
-        default=f"127.0.0.1:{topo.FIRST_GRPC_PORT}",
-        help="switch s1's P4Runtime address",
-    )
-    begin.add_argument("--device-id", type=int, default=1, help="switch s1's P4Runtime device id")
-    begin.add_argument("--logs", type=Path, default=Path("logs"))
-    begin.add_argument("--p4info", type=Path, default=DEFAULT_P4INFO)
-    begin.add_argument("--bmv2-json", type=Path, default=DEFAULT_BMV2_JSON, help="BMv2 only")
-    begin.add_argument("--topology", type=Path, help="topology JSON (default: built-in)")
-    begin.add_argument("--devices", type=int, default=4, help="emulated devices (default topology)")
-    begin.add_argument(
-        "--units", type=int, default=600, help="time units the devices play (0: no traffic)"
-    )
-    begin.add_argument("--time-unit", type=float, default=1.0, help="seconds per time unit")
-    begin.add_argument("--interval", type=float, default=1.0, help="counter poll interval, s")
-    begin.add_argument(
-        "--foreground", action="store_true", help="run the testbed in this process until SIGTERM"
-    )
-    begin.set_defaults(func=start)
-    end = actions.add_parser("stop", help="stop the recorded testbed and remove what it created")
-    end.add_argument("--logs", type=Path, default=Path("logs"))
-    end.set_defaults(func=stop)

@@ -128,8 +128,13 @@ class Collector:
         when: float,
         macs_by_id: npt.NDArray[np.object_],
         service_names: Sequence[str],
+        unit: int | None = None,
     ) -> PollResult:
-        """Store the activity since the last poll (in the unit of `when`) and move the baseline."""
+        """Store the activity since the last poll and move the baseline.
+
+        The activity goes to `unit`, the unit the poll interval lies in (see
+        controller/control/schedule.py), or without one to the unit of `when`.
+        """
         deltas = counter_deltas(self.baseline, values)
         if deltas.resets:
             log.warning(
@@ -137,7 +142,8 @@ class Collector:
                 self.switch,
                 deltas.resets,
             )
-        unit = self.unit_of(when)
+        if unit is None:
+            unit = self.unit_of(when)
         records, lost = attribute(deltas, unit, self.max_services, macs_by_id, service_names)
         # A read's arrays are never written to again: they become the baseline without a copy.
         self.storage.record_poll(self.switch, values, records, when)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.base.errors import InputError
@@ -56,6 +57,16 @@ class LiveSettings:
                 f"{source}: references are {representation_name(refs.granularity)}, "
                 f"--granularity asks for {representation_name(self.exporter.granularity)}"
             )
+
+
+def verdict(labels: Sequence[str]) -> int:
+    """Which of a device's decisions (oldest first, by label) answers for it: the latest of
+    those with the most frequent label, so one odd window does not flip the answer."""
+    if not labels:
+        raise ValueError("a verdict needs at least one decision")
+    votes = Counter(labels)
+    top = max(votes.values())
+    return max(i for i, label in enumerate(labels) if votes[label] == top)
 
 
 def identify_fingerprints(
@@ -117,8 +128,23 @@ def decision_line(decision: Decision, device_id: int | None) -> str:
     )
 
 
+@dataclass(frozen=True)
+class LiveResult:
+    """What closing units produced: the exported fingerprints, their decisions, and the unit the
+    exporter is to be fed from next."""
+
+    fingerprints: tuple[Fingerprint, ...]
+    decisions: tuple[Decision, ...]
+    next_unit: int
+    decided_at: float
+
+
 class LiveIdentification:
-    """Feeds closed units to the exporter, identifies what it exports, stores and logs it."""
+    """Feeds closed units to the exporter, identifies what it exports, stores and logs it.
+
+    `close_units` does all three in the caller's thread. The controller splits them: `identify`
+    (the computation) on a thread of its own, `store` in the storage thread, `log` on the loop.
+    """
 
     def __init__(self, storage: Storage, settings: LiveSettings, unit_seconds: float) -> None:
         self.storage = storage
@@ -130,29 +156,38 @@ class LiveIdentification:
 
     def close_units(self, table: ActivityTable, end_unit: int) -> list[Decision]:
         """Feed the activity of the units before `end_unit` not fed yet; store what comes out."""
+        result = self.identify(table, end_unit)
+        if result is None:
+            return []
+        self.store(result)
+        self.log(result, {row.mac: row.device_id for row in self.storage.devices()})
+        return list(result.decisions)
+
+    def identify(self, table: ActivityTable, end_unit: int) -> LiveResult | None:
+        """Feed the units before `end_unit` not fed yet and identify what is exported; None when
+        every one of them was fed before. Touches no storage."""
         if self.next_unit is not None:
             if end_unit <= self.next_unit:
-                return []
+                return None
             table = table.select(units=(self.next_unit, end_unit))
         exported = self.exporter.feed_table(table, end_unit=end_unit)
         references = self.settings.references
         decisions = [] if references is None else identify_fingerprints(exported, references)
-        now = time.time()
-        self.storage.add_results(
-            [fingerprint_record(fp) for fp in exported],
-            [decision_record(d, self.representation, now) for d in decisions],
-            meta={NEXT_UNIT_KEY: str(end_unit)},
-            when=now,
-        )
         self.next_unit = end_unit
-        self._log(exported, decisions)
-        return decisions
+        return LiveResult(tuple(exported), tuple(decisions), end_unit, time.time())
 
-    def _log(self, exported: Sequence[Fingerprint], decisions: Sequence[Decision]) -> None:
-        if not exported:
-            return
-        ids = {row.mac: row.device_id for row in self.storage.devices()}
-        for fp in exported:
+    def store(self, result: LiveResult) -> None:
+        """Store a result's fingerprints, decisions and next unit in one transaction."""
+        self.storage.add_results(
+            [fingerprint_record(fp) for fp in result.fingerprints],
+            [decision_record(d, self.representation, result.decided_at) for d in result.decisions],
+            meta={NEXT_UNIT_KEY: str(result.next_unit)},
+            when=result.decided_at,
+        )
+
+    def log(self, result: LiveResult, ids: Mapping[str, int | None]) -> None:
+        """One line per exported fingerprint and per decision, with the devices' ids."""
+        for fp in result.fingerprints:
             log.info(
                 "event=fingerprint device=%s mac=%s window=%d..%d converged=%s services=%s",
                 "-" if ids.get(fp.device) is None else ids[fp.device],
@@ -162,5 +197,5 @@ class LiveIdentification:
                 fp.converged,
                 ",".join(f"{s}:{w:.3f}" for s, w in fp.as_dict().items()) or "-",
             )
-        for decision in decisions:
+        for decision in result.decisions:
             log.info("%s", decision_line(decision, ids.get(decision.device)))

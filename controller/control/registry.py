@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +22,22 @@ import numpy.typing as npt
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import read_text
 from controller.base.p4info import normalize_mac
-from controller.store.storage import DeviceRow, Storage
+from controller.store.storage import DeviceRow
 
 PolicyMode = Literal["all", "none", "allowlist"]
 UNKNOWN = "unknown"
+
+
+class DeviceStore(Protocol):
+    """Where the registry keeps its rows: `Storage`, or the controller's storage thread."""
+
+    def devices(self) -> list[DeviceRow]:
+        """Every stored device."""
+        ...
+
+    def put_devices(self, rows: Iterable[DeviceRow]) -> None:
+        """Insert or replace these rows."""
+        ...
 
 
 class RegistryFull(SvcfpError):
@@ -113,14 +125,16 @@ def load_devices_file(path: Path) -> list[StaticDevice]:
 class Registry:
     """MAC ↔ device id, with labels and first/last seen, backed by `Storage`."""
 
-    def __init__(self, storage: Storage, max_devices: int, capacity: int | None = None) -> None:
+    def __init__(self, storage: DeviceStore, max_devices: int, capacity: int | None = None) -> None:
         if max_devices < 2:
             raise InputError(f"MAX_DEVICES {max_devices} leaves no device id to hand out")
         self.storage = storage
         self.max_devices = max_devices
-        self.capacity = max_devices - 1 if capacity is None else min(capacity, max_devices - 1)
-        if self.capacity < 1:
-            raise InputError(f"device capacity {capacity} must be at least 1")
+        self.capacity = max_devices - 1 if capacity is None else capacity
+        if not 1 <= self.capacity < max_devices:
+            raise InputError(
+                f"device capacity {capacity}: the device table has ids 1..{max_devices - 1}"
+            )
         self._rows: dict[str, DeviceRow] = {row.mac: row for row in storage.devices()}
         self._evicting: dict[str, int] = {}
 

@@ -1,4 +1,9 @@
-"""L2 forwarding state: static MAC → port maps, ports learned from digests, flooding, tap mode."""
+"""L2 forwarding state: static MAC → port maps, ports learned from digests, flooding, tap mode.
+
+Only unicast source addresses are learned, and never more than the table holds: a host sending
+from random or group source MACs must not fill the table or turn each new MAC into a failing
+Write.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ from finsy.proto import p4r
 
 from controller.base.p4info import P4Schema, normalize_mac
 from controller.p4rt.entries import flood_group, l2_default, l2_entry
+
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def is_unicast(mac: str) -> bool:
+    """Whether `mac` (normalised) can be a host's source address: not a group address (the I/G
+    bit, the lowest bit of the first octet) and not all zeros."""
+    return mac != ZERO_MAC and not int(mac[:2], 16) & 1
 
 
 class Forwarding:
@@ -23,19 +36,28 @@ class Forwarding:
         static: Mapping[str, int] | None = None,
         tap: bool = False,
         cpu_port: int | None = None,
+        capacity: int | None = None,
     ) -> None:
         self.ports = tuple(sorted({p for p in ports if p != cpu_port}))
         self.static = {normalize_mac(mac): port for mac, port in (static or {}).items()}
         self.tap = tap
         self.cpu_port = cpu_port
+        self.capacity = capacity
         self.learned: dict[str, int] = {}
+
+    @property
+    def full(self) -> bool:
+        """Whether the table holds as many entries as it can (static and learned)."""
+        return self.capacity is not None and len(self.table()) >= self.capacity
 
     def learn(self, mac: str, port: int) -> bool:
         """Remember that `mac` is behind `port`; True when that changes the table."""
         mac = normalize_mac(mac)
-        if self.tap or port == self.cpu_port or mac in self.static:
+        if self.tap or port == self.cpu_port or mac in self.static or not is_unicast(mac):
             return False
         if self.learned.get(mac) == port:
+            return False
+        if mac not in self.learned and self.full:
             return False
         self.learned[mac] = port
         return True

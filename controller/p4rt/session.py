@@ -333,6 +333,24 @@ class Session:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        """Around an RPC: one cancelled because the session closed under it is a `SwitchError`.
+
+        grpc.aio raises `asyncio.CancelledError` in a call whose channel is closed; unless the
+        caller's own task is being cancelled, that is a lost session, which callers handle as
+        any other switch failure rather than as the end of their task.
+        """
+        try:
+            yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise SwitchError(
+                f"{self.target.describe()}: {what} was cut short: the session closed"
+            ) from None
+
     @property
     def disconnect_reason(self) -> str | None:
         """Why the stream ended, once `disconnected` is set."""
@@ -446,7 +464,8 @@ class Session:
         )
         self._record(what, request)
         try:
-            await self.stub.Write(request, timeout=self.rpc_timeout)
+            async with self._call(what):
+                await self.stub.Write(request, timeout=self.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             failures = _update_failures(exc, updates)
             if failures:
@@ -459,8 +478,9 @@ class Session:
         self._record(what, request)
         found: list[p4r.Entity] = []
         try:
-            async for response in self.stub.Read(request, timeout=self.rpc_timeout):
-                found.extend(response.entities)
+            async with self._call(what):
+                async for response in self.stub.Read(request, timeout=self.rpc_timeout):
+                    found.extend(response.entities)
         except grpc.aio.AioRpcError as exc:
             raise self._refused(what, exc) from None
         return found
@@ -477,8 +497,9 @@ class Session:
         self._record(f"Read counter {counter.name}", request)
         chunks: list[bytes] = []
         try:
-            async for chunk in call(request, timeout=self.rpc_timeout):
-                chunks.append(chunk)
+            async with self._call(f"reading counter {counter.name}"):
+                async for chunk in call(request, timeout=self.rpc_timeout):
+                    chunks.append(chunk)
         except grpc.aio.AioRpcError as exc:
             raise self._refused(f"reading counter {counter.name}", exc) from None
         return chunks

@@ -284,6 +284,14 @@ class Storage:
                 ],
             )
 
+    def delete_devices(self, macs: Iterable[str]) -> int:
+        """Forget these devices (their activity stays) in one transaction; how many were stored."""
+        chosen = sorted(set(macs))
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany("DELETE FROM devices WHERE mac = ?", [(mac,) for mac in chosen])
+            return db.total_changes - before
+
     # -- services -----------------------------------------------------------------------------
 
     def put_services(self, services: Iterable[Service]) -> None:

@@ -7,23 +7,27 @@ import logging
 from pathlib import Path
 
 from controller.base.errors import InputError
-from controller.control import run as control_run
-from controller.control.live import LiveSettings
-from controller.control.registry import RegisterPolicy
-from controller.control.run import (
+from controller.control import controller as control_loop
+from controller.control.config import (
+    DEFAULT_IDLE_UNITS,
     MONITOR_ELECTION_ID,
+    PORT_LIMIT,
     PRIMARY_ELECTION_ID,
+    RegisterRate,
     RunConfig,
     SwitchSpec,
     load_switches,
 )
+from controller.control.controller import log_unit
+from controller.control.live import LiveSettings
+from controller.control.registry import RegisterPolicy
 from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
 from svcfp import api
 from svcfp.cli.engine import add_engine_arguments, engine_config
 
-log = logging.getLogger("controller.control.run")
+log = logging.getLogger("controller.control.controller")
 
 
 def _election_id(text: str) -> tuple[int, int]:
@@ -41,8 +45,14 @@ def _ports(text: str) -> tuple[int, ...]:
     try:
         for part in text.split(","):
             if "-" in part:
-                lo, hi = part.split("-")
-                ports.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(end) for end in part.split("-"))
+                if hi < lo:
+                    raise argparse.ArgumentTypeError(f"{part!r}: a range runs low-high, e.g. 0-3")
+                if lo < 0 or hi >= PORT_LIMIT:
+                    raise argparse.ArgumentTypeError(
+                        f"{part!r}: switch ports lie in 0..{PORT_LIMIT - 1}"
+                    )
+                ports.extend(range(lo, hi + 1))
             elif part:
                 ports.append(int(part))
     except ValueError:
@@ -50,12 +60,19 @@ def _ports(text: str) -> tuple[int, ...]:
     return tuple(ports)
 
 
+def _register_rate(text: str) -> RegisterRate:
+    try:
+        return RegisterRate.parse(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `svcfp run`."""
     parser = subparsers.add_parser(
         "run",
         help="program switches and collect per-device service activity into SQLite",
-        description=control_run.__doc__,
+        description=control_loop.__doc__,
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--grpc-addr", action="append", help="switch address (repeatable)")
@@ -86,13 +103,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--devices", type=Path, help="static devices CSV: mac,label[,port[,switch]]"
     )
-    parser.add_argument("--register-policy", default="all", choices=["all", "none", "allowlist"])
+    parser.add_argument(
+        "--register-policy",
+        default="all",
+        choices=["all", "none", "allowlist"],
+        help="which MACs new-device digests register (group addresses never)",
+    )
     parser.add_argument(
         "--allowlist", type=Path, help="MACs registered under --register-policy allowlist"
     )
-    parser.add_argument("--capacity", type=int, default=None, help="max registered devices")
     parser.add_argument(
-        "--idle-timeout", type=float, default=None, help="evict devices idle this long (s)"
+        "--register-rate",
+        type=_register_rate,
+        default=RegisterRate(),
+        metavar="COUNT/SECONDS",
+        help="new MACs registered or learned per switch port per interval",
+    )
+    parser.add_argument(
+        "--capacity", type=int, default=None, help="max registered devices (default: the table)"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="evict devices registered from digests after this many silent seconds; 0 never "
+        f"(default: {DEFAULT_IDLE_UNITS} time units)",
     )
     parser.add_argument("--tap", action="store_true", help="count, then drop (mirror port)")
     parser.add_argument(
@@ -133,8 +168,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     election = args.election_id or (
         MONITOR_ELECTION_ID if role == "monitor" else PRIMARY_ELECTION_ID
     )
-    if args.interval <= 0 or args.time_unit <= 0:
-        raise InputError("--interval and --time-unit must be positive")
     tls = None
     live = live_settings(args)
     if args.tls_ca or args.tls_cert or args.tls_key:
@@ -154,6 +187,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         catalogue=args.catalogue,
         devices=args.devices,
         policy=RegisterPolicy.parse(args.register_policy, args.allowlist),
+        register_rate=args.register_rate,
         capacity=args.capacity,
         idle_timeout=args.idle_timeout,
         tap=args.tap,
@@ -182,6 +216,6 @@ def live_settings(args: argparse.Namespace) -> LiveSettings:
 def main(args: argparse.Namespace) -> int:
     """Entry point of `svcfp run`."""
     config = config_from_args(args)
-    stats = api.run(config, control_run.log_unit)
+    stats = api.run(config, log_unit)
     log.info("event=stopped polls=%d rows=%d", stats.polls, stats.rows)
     return 0

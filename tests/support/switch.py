@@ -12,7 +12,8 @@ from pathlib import Path
 from finsy.proto import p4r
 
 from controller.base.p4info import P4Schema, decode_int, decode_mac
-from controller.control.run import Controller, RunConfig, SwitchSpec
+from controller.control.config import RunConfig, SwitchSpec
+from controller.control.controller import Controller
 from controller.engine.catalogue import Catalogue
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget

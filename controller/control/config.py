@@ -1,0 +1,216 @@
+"""What a controller run is asked to do: the switches it programs and every setting of the run.
+
+The values are checked where they are made, so a bad one is refused as bad input (exit status 2)
+naming the setting, before any switch is contacted or anything is stored: a NaN interval would
+be a busy loop, a device id outside 64 bits cannot be sent, a port past 9 bits cannot be
+programmed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from controller.base.errors import InputError
+from controller.base.fileio import read_json
+from controller.base.p4info import normalize_mac
+from controller.control.live import LiveSettings
+from controller.control.registry import RegisterPolicy
+from controller.p4rt.session import Role, TlsOptions
+
+# Read-only clients (a monitor, an operator's p4runtime-shell at 0,1) stay below the primary.
+PRIMARY_ELECTION_ID = (0, 10)
+MONITOR_ELECTION_ID = (0, 5)
+# v1model ports are 9 bits wide.
+PORT_LIMIT = 512
+UINT64_LIMIT = 2**64
+# Shorter intervals or units than this are a busy loop rather than a measurement.
+MIN_SECONDS = 0.01
+# Idle devices registered from digests are evicted after this many time units by default.
+DEFAULT_IDLE_UNITS = 24
+ExportFormat = Literal["csv", "parquet"]
+
+
+def check_seconds(name: str, value: float, *, minimum: float = MIN_SECONDS) -> float:
+    """`value` if it is a finite number of seconds of at least `minimum`, else InputError."""
+    if not math.isfinite(value) or value < minimum:
+        raise InputError(f"{name} {value!r}: expected a finite number of seconds ≥ {minimum:g}")
+    return value
+
+
+def check_port(name: str, port: int) -> int:
+    """`port` if it is a switch port number (9 bits), else InputError."""
+    if not 0 <= port < PORT_LIMIT:
+        raise InputError(f"{name} {port}: switch ports lie in 0..{PORT_LIMIT - 1}")
+    return port
+
+
+def check_grpc_addr(addr: str) -> str:
+    """`addr` if it is HOST:PORT (IPv6 hosts in brackets) with a port in 1..65535."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--grpc-addr {addr!r}: expected HOST:PORT with a port in 1..65535")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise InputError(f"--grpc-addr {addr!r}: write an IPv6 host in brackets, e.g. [::1]:9559")
+    return addr
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """One switch the controller programs: its name, address, device id, flood ports, MACs."""
+
+    name: str
+    grpc_addr: str
+    device_id: int
+    ports: tuple[int, ...] = ()
+    l2: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InputError("a switch needs a name")
+        check_grpc_addr(self.grpc_addr)
+        if not 0 <= self.device_id < UINT64_LIMIT:
+            raise InputError(f"--device-id {self.device_id}: P4Runtime device ids lie in 0..2^64-1")
+        for port in self.ports:
+            check_port("--ports: port", port)
+        for mac, port in self.l2.items():
+            check_port(f"switch {self.name}: port of {mac}", port)
+
+
+def load_switches(path: Path) -> list[SwitchSpec]:
+    """Parse a JSON list of {name, grpc_addr, device_id, ports[, l2]}."""
+    data = read_json(path, "switches file")
+    if not isinstance(data, list) or not data:
+        raise InputError(f"{path}: expected a non-empty JSON list of switches")
+    specs: list[SwitchSpec] = []
+    for i, item in enumerate(data):
+        where = f"{path}: switch #{i}"
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: expected an object")
+        try:
+            spec = SwitchSpec(
+                name=str(item.get("name", f"s{i + 1}")),
+                grpc_addr=str(item["grpc_addr"]),
+                device_id=int(item["device_id"]),
+                ports=tuple(int(p) for p in item.get("ports", ())),
+                l2={normalize_mac(m): int(p) for m, p in dict(item.get("l2", {})).items()},
+            )
+        except KeyError as exc:
+            raise InputError(f"{where}: missing {exc.args[0]!r}") from None
+        except (TypeError, ValueError, InputError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: switch names must be unique")
+    return specs
+
+
+@dataclass(frozen=True)
+class RegisterRate:
+    """At most `count` devices registered (or MACs learned) per switch port per `seconds`.
+
+    A host sending frames from random source MACs then costs one port its budget, not the
+    device table.
+    """
+
+    count: int = 8
+    seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise InputError(f"--register-rate {self.count}/{self.seconds:g}: count must be ≥ 1")
+        check_seconds("--register-rate: seconds", self.seconds)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> RegisterRate:
+        """`COUNT/SECONDS`, e.g. `8/60`."""
+        count, sep, seconds = text.partition("/")
+        try:
+            return cls(int(count), float(seconds) if sep else 60.0)
+        except ValueError:
+            raise InputError(
+                f"--register-rate {text!r}: expected COUNT/SECONDS, e.g. 8/60"
+            ) from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a controller run was asked to do (`svcfp run`, the testbed, the demo).
+
+    `idle_timeout` None evicts devices registered from digests after DEFAULT_IDLE_UNITS silent
+    time units; 0 never evicts.
+    """
+
+    switches: tuple[SwitchSpec, ...]
+    p4info: Path
+    bmv2_json: Path | None = None
+    skip_config: bool = False
+    election_id: tuple[int, int] = PRIMARY_ELECTION_ID
+    role: Role = "primary"
+    tls: TlsOptions | None = None
+    cpu_port: int | None = None
+    interval: float = 5.0
+    time_unit: float = 3600.0
+    db: Path = Path("svcfp.db")
+    catalogue: Path | None = None
+    devices: Path | None = None
+    policy: RegisterPolicy = field(default_factory=lambda: RegisterPolicy("all"))
+    register_rate: RegisterRate = field(default_factory=RegisterRate)
+    capacity: int | None = None
+    idle_timeout: float | None = None
+    tap: bool = False
+    log_dir: Path | None = None
+    export_dir: Path | None = None
+    export_format: ExportFormat = "csv"
+    duration: float | None = None
+    connect_timeout: float = 10.0
+    reconnect_delay: float = 1.0
+    # Settings of the live exporter and identification (controller/control/live.py).
+    live: LiveSettings | None = None
+
+    def __post_init__(self) -> None:
+        if not self.switches:
+            raise InputError("no switch to program")
+        names = [s.name for s in self.switches]
+        if len(set(names)) != len(names):
+            raise InputError(f"switch names must be unique: {', '.join(names)}")
+        high, low = self.election_id
+        if not (0 <= high < UINT64_LIMIT and 0 <= low < UINT64_LIMIT) or (high, low) == (0, 0):
+            raise InputError(f"--election-id {high},{low}: two 64-bit halves, not both 0")
+        if self.cpu_port is not None:
+            check_port("--cpu-port", self.cpu_port)
+        check_seconds("--interval", self.interval)
+        check_seconds("--time-unit", self.time_unit)
+        check_seconds("--connect-timeout", self.connect_timeout, minimum=0.1)
+        check_seconds("reconnect delay", self.reconnect_delay, minimum=0.0)
+        if self.duration is not None:
+            check_seconds("--duration", self.duration)
+        if self.idle_timeout is not None:
+            check_seconds("--idle-timeout", self.idle_timeout, minimum=0.0)
+        if self.capacity is not None and self.capacity < 1:
+            raise InputError(f"--capacity {self.capacity}: at least one device")
+        if self.export_format not in ("csv", "parquet"):
+            raise InputError(f"--export-format {self.export_format!r}: csv or parquet")
+
+    @property
+    def idle_seconds(self) -> float | None:
+        """How long a device registered from a digest may be silent before it is evicted."""
+        if self.idle_timeout is None:
+            return DEFAULT_IDLE_UNITS * self.time_unit
+        return self.idle_timeout or None
+
+
+@dataclass
+class RunStats:
+    """What a run did, for logs and tests."""
+
+    polls: int = 0
+    rows: int = 0
+    connects: dict[str, int] = field(default_factory=dict)
+    pushes: dict[str, int] = field(default_factory=dict)

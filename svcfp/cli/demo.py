@@ -1,0 +1,79 @@
+"""`svcfp demo`: emulated IoT devices identified live by the services they use."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import p4src
+from topology import demo
+from topology import graph as topo
+from topology.launch import SWITCH_KINDS
+from topology.scenario import DemoConfig, check_sizes
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `svcfp demo`."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="emulated IoT devices identified live by their services",
+        description=demo.__doc__,
+    )
+    parser.add_argument("--switch", choices=SWITCH_KINDS, default="refswitch", help="P4 switch")
+    parser.add_argument("--out", type=Path, default=Path("logs/demo"), help="report folder")
+    parser.add_argument("--logs", type=Path, default=Path("logs"), help="switch logs, run record")
+    parser.add_argument("--units", type=int, default=60, help="time units the devices play")
+    parser.add_argument(
+        "--time-unit", type=float, default=1.0, help="seconds per unit (default: 1.0)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic")
+    parser.add_argument(
+        "--known",
+        type=_names,
+        default=(),
+        help="known types, comma-separated (default: camera,plug,speaker,thermostat)",
+    )
+    parser.add_argument(
+        "--held-out", default=None, help="the type left out of the references (default: hub)"
+    )
+    parser.add_argument(
+        "--devices-per-type", type=int, default=1, help="emulated devices of each type"
+    )
+    parser.add_argument(
+        "--no-network", action="store_true", help="replay synthesised frames even as root"
+    )
+    parser.add_argument("--p4info", type=Path, default=p4src.P4INFO, help="P4Info of the program")
+    parser.add_argument("--bmv2-json", type=Path, default=p4src.BMV2_JSON, help="BMv2 only")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=topo.FIRST_GRPC_PORT,
+        help="switch s1's P4Runtime port (0: a free one)",
+    )
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `svcfp demo`."""
+    check_sizes(args.units, args.time_unit, args.devices_per_type)
+    config = DemoConfig(
+        switch=args.switch,
+        out=args.out,
+        logs=args.logs,
+        units=args.units,
+        unit_seconds=args.time_unit,
+        seed=args.seed,
+        known=args.known,
+        held_out=args.held_out,
+        devices_per_type=args.devices_per_type,
+        no_network=args.no_network,
+        p4info=args.p4info,
+        bmv2_json=args.bmv2_json,
+        grpc_port=args.grpc_port,
+    )
+    demo.run_demo(config)
+    return 0
