@@ -78,7 +78,7 @@ def test_bad_arguments_are_input_errors(
     units: int, unit_seconds: float, devices_per_type: int, message: str
 ) -> None:
     args = argparse.Namespace(
-        units=units, unit_seconds=unit_seconds, devices_per_type=devices_per_type
+        units=units, time_unit=unit_seconds, devices_per_type=devices_per_type
     )
     with pytest.raises(InputError, match=message):
         main(args)
