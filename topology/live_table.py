@@ -63,8 +63,8 @@ class LiveView:
         theta = self.scenario.references.theta
         lines = [
             f"\nunit {self.units_seen:3d}  (θ = {theta:.2f}; the controller has stored "
-            f"{self.fingerprints} fingerprints and {len(self.decisions)} decisions on these "
-            "devices; answer = majority of each one's decisions)",
+            f"{self.fingerprints} fingerprints of all hosts and {len(self.decisions)} decisions "
+            "on these devices; answer = majority of each one's decisions)",
             f"{'device':8} {'MAC':17} {'true type':18} {'identified as':18} {'sim':>5} "
             f"{'n':>3}  top services (share of similarity)",
         ]
