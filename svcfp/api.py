@@ -42,7 +42,7 @@ from controller.engine.identify import identify as identify_fingerprints
 from controller.engine.representation import representation_name
 from controller.engine.results import Evaluation
 from controller.ingest.sources import Loaded, Sources, load
-from controller.store.storage import SourceFile, Storage
+from controller.store.storage import SourceFile, open_store
 
 __all__ = [
     "Decision",
@@ -72,11 +72,12 @@ def read(sources: Sources, need_labels: bool = False) -> Loaded:
 def ingest(
     sources: Sources,
     out: Path | None = None,
-    db: Path | None = None,
+    db: Path | str | None = None,
     replace: bool = False,
 ) -> Loaded:
     """Read flow records and captures (by MAC: a shared MAC stays one device) and write the
-    activity to an activity CSV `out` and/or the database `db`, where each file is added once
+    activity to an activity CSV `out` and/or the database `db` (a SQLite path or a
+    `postgresql://` URL), where each file is added once
     (recognised by its content; `replace` takes back what it added before)."""
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
@@ -84,7 +85,7 @@ def ingest(
     if out is not None:
         loaded.activity.to_csv(out)
     if db is not None:
-        with Storage(db) as storage:
+        with open_store(db) as storage:
             storage.add_sources(
                 [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
                 replace=replace,

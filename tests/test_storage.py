@@ -1,8 +1,10 @@
-"""SQLite storage: round trips, upsert-add, baselines, transactions, export."""
+"""Storage on SQLite and PostgreSQL: round trips, upsert-add, baselines, transactions, export,
+schema versions, controllers sharing one database."""
 
 from __future__ import annotations
 
 import csv
+import re
 import sqlite3
 from pathlib import Path
 
@@ -12,15 +14,21 @@ import pytest
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityRecord, ActivityTable
 from controller.engine.services import Service
+from controller.store.schema import LATEST
 from controller.store.storage import (
     Baseline,
     DecisionRecord,
     DeviceRow,
     FingerprintRecord,
     Storage,
+    Store,
+    open_store,
 )
 
 pytest_plugins = ["tests.support.storage"]
+
+MAC1 = "02:00:00:00:00:01"
+MAC2 = "02:00:00:00:00:02"
 
 
 def baseline(cells: int, **values: tuple[int, int]) -> Baseline:
@@ -32,15 +40,15 @@ def baseline(cells: int, **values: tuple[int, int]) -> Baseline:
     return result
 
 
-def test_wal_mode_and_schema(store: Storage) -> None:
-    db = sqlite3.connect(store.path)
+def test_wal_mode_and_schema(sqlite_store: Storage) -> None:
+    db = sqlite3.connect(sqlite_store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"devices", "services", "activity", "baselines", "fingerprints", "decisions"} <= tables
     db.close()
 
 
-def test_poll_adds_activity_and_moves_baseline_together(store: Storage) -> None:
+def test_poll_adds_activity_and_moves_baseline_together(store: Store) -> None:
     store.put_devices([DeviceRow("02:00:00:00:00:01", 1, "plug", None, None, "static", 5.0, 5.0)])
     first = [ActivityRecord("02:00:00:00:00:01", 10, "tcp/443", 3, 300)]
     store.record_poll("s1", baseline(8, c3=(3, 300)), first, when=100.0)
@@ -63,17 +71,17 @@ def test_poll_adds_activity_and_moves_baseline_together(store: Storage) -> None:
     assert store.devices()[0].last_seen == 200.0
 
 
-def test_failed_poll_leaves_nothing_half_written(store: Storage) -> None:
+def test_failed_poll_leaves_nothing_half_written(store: Store) -> None:
     store.record_poll("s1", baseline(4, c1=(1, 10)), [ActivityRecord("m", 1, "x", 1, 10)], 1.0)
     bad = [ActivityRecord("m", 1, "x", 1, 10), ActivityRecord("m", 1, None, 1, 1)]  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store.integrity_error):
         store.record_poll("s1", baseline(4, c1=(3, 30)), bad, 2.0)
     assert store.activity() == [ActivityRecord("m", 1, "x", 1, 10)]
     kept = store.baseline("s1", 4)
     assert kept is not None and kept.packets.tolist() == [0, 1, 0, 0]
 
 
-def test_meta_refuses_a_different_time_unit(store: Storage) -> None:
+def test_meta_refuses_a_different_time_unit(store: Store) -> None:
     store.check_time_unit(3600)
     store.check_time_unit(3600.0)
     assert store.meta("time_unit_seconds") == "3600.0"
@@ -82,9 +90,8 @@ def test_meta_refuses_a_different_time_unit(store: Storage) -> None:
     assert store.meta("time_unit_seconds") == "3600.0"
 
 
-def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "round.db"
-    with Storage(path) as store:
+def test_devices_services_fingerprints_decisions_round_trip(db_location: str | Path) -> None:
+    with open_store(db_location) as store:
         store.put_devices(
             [
                 DeviceRow("02:00:00:00:00:02", 2, "camera", "s1", 3, "digest", 1.0, 2.0),
@@ -106,7 +113,7 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
             ],
             when=50.0,
         )
-    with Storage(path) as again:
+    with open_store(db_location) as again:
         assert again.devices() == [
             DeviceRow("02:00:00:00:00:01", None, "unknown", None, None, "digest", 1.0, 1.5),
             DeviceRow("02:00:00:00:00:02", 2, "camera", "s1", 3, "digest", 1.0, 2.0),
@@ -125,7 +132,7 @@ def test_devices_services_fingerprints_decisions_round_trip(tmp_path: Path) -> N
         ]
 
 
-def test_export_csv_and_parquet(store: Storage, tmp_path: Path) -> None:
+def test_export_csv_and_parquet(store: Store, tmp_path: Path) -> None:
     rows = [ActivityRecord("a", 1, "tcp/80", 2, 200), ActivityRecord("b", 1, "udp/53", 1, 70)]
     store.record_poll("s1", Baseline.zeros(2), rows, 1.0)
     out = tmp_path / "activity.csv"
@@ -156,7 +163,7 @@ def test_unopenable_database_names_the_file(tmp_path: Path) -> None:
     assert bad.read_bytes() == b"this is not sqlite" * 100
 
 
-def test_baseline_roundtrip_is_sparse_but_exact(store: Storage) -> None:
+def test_baseline_roundtrip_is_sparse_but_exact(store: Store) -> None:
     rng = np.random.default_rng(7)
     values = Baseline(
         (rng.random(262_144) < 0.01) * rng.integers(1, 2**40, 262_144),
@@ -170,7 +177,7 @@ def test_baseline_roundtrip_is_sparse_but_exact(store: Storage) -> None:
     assert np.array_equal(back.bytes, values.bytes)
 
 
-def test_add_activity_sums_and_reads_back_as_a_table(store: Storage) -> None:
+def test_add_activity_sums_and_reads_back_as_a_table(store: Store) -> None:
     first = ActivityTable.from_records(
         [("02:00:00:00:00:01", 10, "tcp/443", 3, 300), ("02:00:00:00:00:02", 11, "udp/53", 1, 70)],
         unit_seconds=60.0,
@@ -196,7 +203,7 @@ def test_add_activity_sums_and_reads_back_as_a_table(store: Storage) -> None:
     assert store.activity_table(11, 11, unit_seconds=1.0).unit_seconds == 1.0
 
 
-def test_add_activity_of_another_unit_is_refused_whole(store: Storage) -> None:
+def test_add_activity_of_another_unit_is_refused_whole(store: Store) -> None:
     store.add_activity(ActivityTable.from_records([("a", 1, "tcp/80", 1, 60)], unit_seconds=60.0))
     other = ActivityTable.from_records([("a", 1, "tcp/80", 9, 900)], unit_seconds=1.0)
     with pytest.raises(InputError, match=r"written with time_unit_seconds=60.0, not 1.0"):
@@ -204,17 +211,17 @@ def test_add_activity_of_another_unit_is_refused_whole(store: Storage) -> None:
     assert store.activity() == [ActivityRecord("a", 1, "tcp/80", 1, 60)]
 
 
-def test_activity_table_of_an_empty_database_names_it(store: Storage) -> None:
-    with pytest.raises(InputError, match=rf"database {store.path} has no time unit"):
+def test_activity_table_of_an_empty_database_names_it(store: Store) -> None:
+    with pytest.raises(InputError, match=rf"database {re.escape(store.name)} has no time unit"):
         store.activity_table()
 
 
-def test_results_and_settings_commit_together(store: Storage) -> None:
+def test_results_and_settings_commit_together(store: Store) -> None:
     good = FingerprintRecord("m", 0, 4, "prevalence", {"udp/53": 1.0}, True)
     decision = DecisionRecord("m", 0, 4, "prevalence", "plug", 0.8, {"matched": []}, 5.0)
     store.add_results([good], [decision], meta={"live_next_unit": "4"}, when=5.0)
     broken = DecisionRecord("m", 4, 8, "prevalence", None, 0.1, {}, 6.0)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store.integrity_error):
         store.add_results([good], [broken], meta={"live_next_unit": "8"})
     assert store.fingerprints() == [good]
     assert store.decisions() == [decision]
@@ -233,3 +240,79 @@ def test_a_database_from_before_the_dst_table_flag_opens(tmp_path: Path) -> None
     db.close()
     with Storage(path) as store:
         assert store.services() == [Service(1, "tcp/443", 6, 443, 443, 100)]
+
+
+def test_a_new_database_has_every_migration(store: Store) -> None:
+    assert store.schema_version() == LATEST == 2
+
+
+def test_a_database_from_before_schema_versions_keeps_its_devices(tmp_path: Path) -> None:
+    path = tmp_path / "unversioned.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE devices (mac TEXT PRIMARY KEY, device_id INTEGER UNIQUE, label TEXT NOT "
+        "NULL DEFAULT 'unknown', switch TEXT, port INTEGER, source TEXT NOT NULL, first_seen "
+        "REAL NOT NULL, last_seen REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO devices VALUES ('02:00:00:00:00:07', 7, 'plug', 's1', 2, 'x', 1, 2)")
+    db.commit()
+    db.close()
+    with Storage(path) as store:
+        assert store.schema_version() == LATEST
+        assert store.devices() == [
+            DeviceRow("02:00:00:00:00:07", 7, "plug", "s1", 2, "x", 1.0, 2.0)
+        ]
+    with Storage(path) as again:
+        assert again.schema_version() == LATEST, "migrations run once"
+        assert len(again.devices()) == 1
+
+
+def test_a_database_of_a_later_schema_is_refused(db_location: str | Path) -> None:
+    with open_store(db_location) as store, store.transaction() as sql:
+        sql.run(
+            "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+            (LATEST + 1, "from the future", 0.0),
+        )
+    with pytest.raises(InputError, match=rf"schema version {LATEST + 1}; this svcfp knows up"):
+        open_store(db_location)
+
+
+def test_scopes_keep_controllers_devices_apart(db_location: str | Path) -> None:
+    with open_store(db_location, scope="a") as a, open_store(db_location, scope="b") as b:
+        a.put_devices([DeviceRow("02:00:00:00:00:01", 1, "plug", "s1", 1, "digest", 1.0, 1.0)])
+        # The same device id in another scope: ids index each controller's own switch tables.
+        b.put_devices([DeviceRow("02:00:00:00:00:02", 1, "camera", "s2", 1, "digest", 1.0, 1.0)])
+        a.record_poll("s1", baseline(4, c1=(5, 50)), [ActivityRecord(MAC1, 3, "x", 5, 50)], 9.0)
+        b.record_poll("s2", baseline(4, c1=(2, 20)), [ActivityRecord(MAC2, 3, "y", 2, 20)], 8.0)
+        assert a.devices() == [DeviceRow(MAC1, 1, "plug", "s1", 1, "digest", 1.0, 9.0)]
+        assert b.devices() == [DeviceRow(MAC2, 1, "camera", "s2", 1, "digest", 1.0, 8.0)]
+        assert (
+            a.activity()
+            == b.activity()
+            == [
+                ActivityRecord(MAC1, 3, "x", 5, 50),
+                ActivityRecord(MAC2, 3, "y", 2, 20),
+            ]
+        )
+        a.claim_switches({"s1": "127.0.0.1:1"})
+        b.claim_switches({"s2": "127.0.0.1:2"})
+        a.claim_switches({"s1": "127.0.0.1:3"})
+        with pytest.raises(InputError, match=r"switch s1 \(127.0.0.1:3\) is polled by .* 'a'"):
+            b.claim_switches({"s2": "127.0.0.1:2", "s1": "127.0.0.1:9"})
+
+
+def test_activity_is_ordered_by_bytes_whatever_the_locale(store: Store) -> None:
+    rows = [ActivityRecord(d, 1, s, 1, 1) for d in ("b", "A", "a:1", "a1") for s in ("_x", "X")]
+    store.record_poll("s1", Baseline.zeros(1), rows, 1.0)
+    assert store.activity() == sorted(rows)
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(
+        InputError,
+        match=r"cannot connect to database "
+        r"postgresql://svcfp@127.0.0.1:1/none:",
+    ) as caught:
+        open_store("postgresql://svcfp:secret@127.0.0.1:1/none")
+    assert "secret" not in str(caught.value)

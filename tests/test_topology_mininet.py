@@ -15,7 +15,7 @@ from controller.engine.catalogue import Catalogue
 from controller.engine.identify import UNKNOWN
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
-from controller.store.storage import Storage
+from controller.store.storage import Storage, open_store
 from topology import graph as topo
 from topology.demo import run_network
 from topology.live_table import LiveView
@@ -164,7 +164,7 @@ def test_three_switches_in_a_loop_forward_by_shortest_path_and_flood_without_loo
         controller.stop.set()
         await task
         schema = P4Schema.load(P4INFO)
-        with Storage(config.db) as storage:
+        with open_store(config.db) as storage:
             d1 = next(r.device_id for r in storage.devices() if r.mac == "02:00:00:00:02:01")
         assert d1 is not None
         s1 = topo.switches(graph)[0]

@@ -21,7 +21,8 @@ import numpy.typing as npt
 from controller.base.errors import SwitchError
 from controller.base.wire import CounterValues
 from controller.engine.activity import ActivityRecord
-from controller.store.storage import Baseline, Storage
+from controller.store.records import Baseline
+from controller.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Collector:
     def __init__(
         self,
         switch: str,
-        storage: Storage,
+        storage: Store,
         cells: int,
         max_services: int,
         unit_seconds: float,

@@ -157,7 +157,9 @@ class RunConfig:
     cpu_port: int | None = None
     interval: float = 5.0
     time_unit: float = 3600.0
-    db: Path = Path("svcfp.db")
+    db: Path | str = Path("svcfp.db")
+    # Controllers sharing one database each keep their devices and switches in a scope.
+    scope: str = ""
     catalogue: Path | None = None
     devices: Path | None = None
     policy: RegisterPolicy = field(default_factory=lambda: RegisterPolicy("all"))

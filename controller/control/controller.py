@@ -89,11 +89,12 @@ class Controller:
             except OSError as exc:
                 raise InputError(f"cannot read {config.bmv2_json}: {exc.strerror}") from exc
         static = load_devices_file(config.devices) if config.devices else []
-        self.store = StorageThread(config.db)
+        self.store = StorageThread(config.db, config.scope)
         self._identifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="identify")
         try:
             storage = self.store.storage
             self.store.run(storage.check_time_unit, config.time_unit)
+            self.store.run(storage.claim_switches, {s.name: s.grpc_addr for s in config.switches})
             self.registry = Registry(self.store, self.max_devices, config.capacity)
             if config.role == "primary":
                 self.store.run(storage.put_services, self.catalogue.services)
@@ -304,6 +305,10 @@ class Controller:
             await previous
         storage = self.store.storage
         table = await self.store.call(storage.activity_table, first, last, self.config.time_unit)
+        if self.config.scope:
+            # A shared database holds other controllers' devices too: this one reports its own.
+            mine = await self.store.call(storage.devices)
+            table = table.select(devices=[row.mac for row in mine])
         result: LiveResult | None = None
         if self.live is not None:
             loop = asyncio.get_running_loop()

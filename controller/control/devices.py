@@ -16,7 +16,9 @@ from controller.base.errors import InputError
 from controller.base.p4info import normalize_mac
 from controller.control.live import verdict
 from controller.p4rt.forwarding import is_unicast
-from controller.store.storage import DeviceRow, Storage
+from controller.store.records import DeviceRow
+from controller.store.storage import is_url, open_store
+from controller.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,11 @@ class DeviceView:
     similarity: float | None
 
 
-def open_existing(db: Path) -> Storage:
+def open_existing(db: Path | str) -> Store:
     """The database at `db`; InputError when there is none (not an empty new one)."""
-    if not db.is_file():
+    if not is_url(db) and not Path(db).is_file():
         raise InputError(f"{db}: no such database")
-    return Storage(db)
+    return open_store(db)
 
 
 def list_devices(db: Path) -> list[DeviceView]:

@@ -26,7 +26,8 @@ from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import Decision, References, ServiceContribution, identify
 from controller.engine.representation import representation_name
-from controller.store.storage import DecisionRecord, FingerprintRecord, Storage
+from controller.store.records import DecisionRecord, FingerprintRecord
+from controller.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,13 @@ class LiveIdentification:
     (the computation) on a thread of its own, `store` in the storage thread, `log` on the loop.
     """
 
-    def __init__(self, storage: Storage, settings: LiveSettings, unit_seconds: float) -> None:
+    def __init__(self, storage: Store, settings: LiveSettings, unit_seconds: float) -> None:
         self.storage = storage
         self.settings = settings
         self.exporter = StreamingExporter(settings.exporter, unit_seconds)
-        stored = storage.meta(NEXT_UNIT_KEY)
+        # Controllers sharing a database each feed their own exporter: one mark per scope.
+        self.next_unit_key = f"{NEXT_UNIT_KEY}:{storage.scope}" if storage.scope else NEXT_UNIT_KEY
+        stored = storage.meta(self.next_unit_key)
         self.next_unit = None if stored is None else int(stored)
         self.representation = representation_name(settings.exporter.granularity)
 
@@ -181,7 +184,7 @@ class LiveIdentification:
         self.storage.add_results(
             [fingerprint_record(fp) for fp in result.fingerprints],
             [decision_record(d, self.representation, result.decided_at) for d in result.decisions],
-            meta={NEXT_UNIT_KEY: str(result.next_unit)},
+            meta={self.next_unit_key: str(result.next_unit)},
             when=result.decided_at,
         )
 

@@ -29,7 +29,7 @@ UNKNOWN = "unknown"
 
 
 class DeviceStore(Protocol):
-    """Where the registry keeps its rows: `Storage`, or the controller's storage thread."""
+    """Where the registry keeps its rows: a `Store`, or the controller's storage thread."""
 
     def devices(self) -> list[DeviceRow]:
         """Every stored device."""
@@ -123,7 +123,7 @@ def load_devices_file(path: Path) -> list[StaticDevice]:
 
 
 class Registry:
-    """MAC ↔ device id, with labels and first/last seen, backed by `Storage`."""
+    """MAC ↔ device id, with labels and first/last seen, backed by a `DeviceStore`."""
 
     def __init__(self, storage: DeviceStore, max_devices: int, capacity: int | None = None) -> None:
         if max_devices < 2:

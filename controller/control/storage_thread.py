@@ -1,10 +1,10 @@
 """The controller's database on a thread of its own, and its identification on another.
 
 A poll's transaction takes about 0.1 s at 16k rows and identifying a closed unit can take longer;
-on the event loop either would hold up digests and the other switches' polls. The SQLite
-connection is opened in the storage thread and used only there (sqlite3 refuses any other thread),
-and every database call goes through it in the order it was made, so a poll's activity is stored
-before the units it closes are read back. Writes nobody waits for (registry changes) are kept in
+on the event loop either would hold up digests and the other switches' polls. The database
+connection (SQLite or PostgreSQL) is opened in the storage thread and used only there (sqlite3
+refuses any other thread), and every database call goes through it in the order it was made, so
+a poll's activity is stored before the units it closes are read back. Writes nobody waits for (registry changes) are kept in
 that order too, and the first one that fails ends the run at the next `check`.
 """
 
@@ -16,20 +16,22 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from controller.store.storage import DeviceRow, Storage
+from controller.store.records import DeviceRow
+from controller.store.storage import open_store
+from controller.store.store import Store
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
 
 class StorageThread:
-    """One `Storage` confined to one thread; calls from the event loop are awaited or queued."""
+    """One `Store` confined to one thread; calls from the event loop are awaited or queued."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, location: Path | str, scope: str = "") -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="storage")
         self._failure: BaseException | None = None
         try:
-            self.storage: Storage = self._executor.submit(Storage, path).result()
+            self.storage: Store = self._executor.submit(open_store, location, scope).result()
         except BaseException:
             self._executor.shutdown()
             raise

@@ -41,7 +41,7 @@ from controller.ingest.files import (
 )
 from controller.ingest.flows import IngestStats
 from controller.ingest.labels import Labels
-from controller.store.storage import Storage
+from controller.store.storage import is_url, open_store
 
 TRACK_SEPARATOR = "#"
 Tracks = Literal["device", "capture"]
@@ -53,7 +53,8 @@ class Sources:
     """What to read and how.
 
     `files` are flow records and captures (a directory stands for its capture and flow files);
-    `activity` activity CSVs; `database` a controller database. `time_unit` is the unit in
+    `activity` activity CSVs; `database` a controller database (a SQLite path or a
+    `postgresql://` URL). `time_unit` is the unit in
     seconds (None: the unit of stored activity, or the default hour for raw files).
     `service_granularity` decides how raw files' ports group into services (see
     `controller.engine.catalogue`); `catalogue` is the catalogue file it starts from.
@@ -61,7 +62,7 @@ class Sources:
 
     files: tuple[Path, ...] = ()
     activity: tuple[Path, ...] = ()
-    database: Path | None = None
+    database: Path | str | None = None
     input_format: Format = "auto"
     labels: Path | None = None
     all_devices: bool = False
@@ -122,7 +123,9 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
     for path in sources.activity:
         parts.append((path.stem, ActivityTable.from_csv(path), by_mac, None))
     if sources.database is not None:
-        parts.append((sources.database.stem, read_database(sources.database), by_mac, None))
+        parts.append(
+            (database_name(sources.database), read_database(sources.database), by_mac, None)
+        )
     raw = expand_paths(sources.files)
     unit = sources.time_unit
     catalogue = None
@@ -192,12 +195,19 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
     return Loaded(activity, stats, labels, groups, name, catalogue, per_file)
 
 
-def read_database(path: Path) -> ActivityTable:
-    """The activity a controller (or `svcfp ingest --db`) stored in `path`."""
-    if not path.exists():
-        raise InputError(f"{path}: no such database")
-    with Storage(path) as storage:
+def read_database(location: Path | str) -> ActivityTable:
+    """The activity a controller (or `svcfp ingest --db`) stored at `location`."""
+    if not is_url(location) and not Path(location).exists():
+        raise InputError(f"{location}: no such database")
+    with open_store(location) as storage:
         return storage.activity_table()
+
+
+def database_name(location: Path | str) -> str:
+    """A short name of a database: its file's stem, or the database name of a URL."""
+    if is_url(location):
+        return str(location).rsplit("/", 1)[-1].split("?", 1)[0] or "postgresql"
+    return Path(location).stem
 
 
 def merge_instances(types: set[str]) -> dict[str, str]:

@@ -13,9 +13,11 @@ from controller.engine.learned import for_granularity
 from controller.ingest.labels import Labels
 from svcfp import api
 from svcfp.cli.inputs import (
+    DB_HELP,
     add_catalogue_arguments,
     add_input_arguments,
     add_time_unit,
+    database_location,
     report_skips,
     sources_from_args,
 )
@@ -38,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--save-catalogue", type=Path, help="write the catalogue used (JSON), e.g. a learned one"
     )
     ingest.add_argument("--out", type=Path, help="activity CSV to write")
-    ingest.add_argument("--db", type=Path, help="SQLite database to add the activity to")
+    ingest.add_argument(
+        "--db", type=database_location, help=f"database to add the activity to: {DB_HELP}"
+    )
     ingest.add_argument(
         "--replace",
         action="store_true",
@@ -87,7 +91,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     for path, what in ((args.out, "--out"), (args.save_catalogue, "--save-catalogue")):
         if path is not None:
             check_writable(path, what)
-    if args.db is not None:
+    if isinstance(args.db, Path):
         check_writable(args.db, "--db")
     if sources.labels is not None:
         for note in Labels.load(sources.labels).notes:

@@ -15,6 +15,7 @@ from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import FORMATS
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.sources import TRACKS, Loaded, Sources
+from controller.store.storage import is_url
 
 # A parser or an argument group of one: both take add_argument.
 Container = argparse._ActionsContainer
@@ -27,6 +28,14 @@ SERVICE_GRANULARITY_HELP = (
     "own service. Both learned forms read the input once more and need a port in at least two "
     "(device, unit) cells. Ports left out fall into catch-all ranges. (default: catalogue)"
 )
+
+
+DB_HELP = "a SQLite file or a postgresql://user@host:port/dbname URL"
+
+
+def database_location(text: str) -> Path | str:
+    """An argparse type: a `postgresql://` URL as given, anything else a SQLite path."""
+    return text if is_url(text) else Path(text)
 
 
 def positive_seconds(text: str) -> float:
@@ -93,7 +102,11 @@ def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool =
             default=[],
             help="activity CSV written by ingest or run --export (repeatable)",
         )
-        group.add_argument("--db", type=Path, help="a controller database to read activity from")
+        group.add_argument(
+            "--db",
+            type=database_location,
+            help=f"a controller database to read activity from: {DB_HELP}",
+        )
     group.add_argument(
         "--input-format",
         choices=FORMATS,

@@ -1,4 +1,4 @@
-"""`svcfp run`: program the switches, collect their counters into SQLite, until stopped."""
+"""`svcfp run`: program the switches, collect their counters into a database, until stopped."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
 from svcfp import api
 from svcfp.cli.engine import add_engine_arguments, engine_config
+from svcfp.cli.inputs import DB_HELP, database_location
 
 log = logging.getLogger("controller.control.controller")
 
@@ -98,7 +99,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--cpu-port", type=int, default=None)
     parser.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds")
     parser.add_argument("--time-unit", type=float, default=3600.0, help="time unit, seconds")
-    parser.add_argument("--db", type=Path, default=Path("svcfp.db"))
+    parser.add_argument(
+        "--db",
+        type=database_location,
+        default=Path("svcfp.db"),
+        help=f"where activity and results go: {DB_HELP} (default: svcfp.db)",
+    )
+    parser.add_argument(
+        "--scope",
+        default="",
+        help="this controller's name in a database several controllers share: its devices "
+        "and switches are its own (switch names must differ between controllers)",
+    )
     parser.add_argument("--catalogue", type=Path, help="catalogue JSON (default: built-in)")
     parser.add_argument(
         "--devices", type=Path, help="static devices CSV: mac,label[,port[,switch]]"
@@ -184,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         interval=args.interval,
         time_unit=args.time_unit,
         db=args.db,
+        scope=args.scope,
         catalogue=args.catalogue,
         devices=args.devices,
         policy=RegisterPolicy.parse(args.register_policy, args.allowlist),

@@ -1,0 +1,84 @@
+"""The values storage keeps: input files, devices, fingerprints and decisions, counter baselines.
+
+Every backend (`controller.store.storage` for SQLite, `controller.store.postgres`) stores and
+returns exactly these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.base.errors import InputError
+from controller.base.wire import CounterValues
+
+# The last raw counter values read from one switch, one entry per counter cell.
+Baseline = CounterValues
+
+# The one time unit of every activity row in the database, in seconds.
+TIME_UNIT_KEY = "time_unit_seconds"
+
+EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """An input file as the database knows it: by its content (SHA-256), so the same capture is
+    recognised whatever it is called or wherever it lies now."""
+
+    digest: str
+    name: str
+
+    @classmethod
+    def of(cls, path: Path) -> SourceFile:
+        """The digest of the file at `path`, read in 1 MiB blocks."""
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+        return cls(digest.hexdigest(), str(path))
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One device as stored: `device_id` is None once the device was evicted from the switch."""
+
+    mac: str
+    device_id: int | None
+    label: str
+    switch: str | None
+    port: int | None
+    source: str
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class FingerprintRecord:
+    """An exported fingerprint of one device over one window."""
+
+    device: str
+    window_start_unit: int
+    window_end_unit: int
+    representation: str
+    fingerprint: dict[str, float]
+    converged: bool
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """An identification decision with its explanation."""
+
+    device: str
+    window_start_unit: int
+    window_end_unit: int
+    representation: str
+    label: str
+    similarity: float
+    explanation: dict[str, Any]
+    decided_at: float

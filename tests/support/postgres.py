@@ -1,0 +1,172 @@
+"""A PostgreSQL server of the tests' own: `initdb` in a temporary folder, a loopback port, stopped
+by its PID. Debian's server binaries (`apt-get install postgresql`, under
+/usr/lib/postgresql/N/bin) or `initdb` on PATH; `postgres_binaries()` is None without them.
+
+initdb refuses to run as root, so as root the cluster belongs to `nobody` (its folder too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPERUSER = "svcfp"
+UNPRIVILEGED = "nobody"
+
+
+def postgres_binaries() -> Path | None:
+    """The folder holding `initdb` and `postgres`: from PATH, else Debian's newest."""
+    found = shutil.which("initdb")
+    candidates = [Path(found).parent] if found else []
+    candidates += sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    """One running cluster on 127.0.0.1:`port`, trusting local connections of `SUPERUSER`."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    names: Iterator[int]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """The URL of a new, empty database."""
+        import psycopg
+
+        name = f"test_{os.getpid()}_{next(self.names)}"
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def log(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT) of the server we started, then remove its folder."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_server(binaries: Path) -> PostgresServer:
+    """initdb and start a throwaway cluster; raises RuntimeError with the server's log."""
+    root = Path(tempfile.mkdtemp(prefix="svcfp-pg-"))
+    user: str | None = None
+    if os.geteuid() == 0:
+        user = UNPRIVILEGED
+        owner = pwd.getpwnam(user)
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data = root / "data"
+    try:
+        subprocess.run(
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            user=user,
+            cwd=root,
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+    for _attempt in range(3):
+        port = _free_port()
+        with (root / "server.log").open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    str(binaries / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(root),
+                    # A test cluster: durability is not the point, memory and speed are.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "shared_buffers=32MB",
+                    "-c",
+                    "max_connections=40",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+                cwd=root,
+                start_new_session=True,
+            )
+        server = PostgresServer(root, port, process, itertools.count())
+        if _wait_ready(server):
+            return server
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    log_text = server.log()
+    shutil.rmtree(root, ignore_errors=True)
+    raise RuntimeError(f"the PostgreSQL server did not start:\n{log_text}")
+
+
+def _wait_ready(server: PostgresServer, timeout: float = 30.0) -> bool:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            return False
+        with contextlib.suppress(psycopg.OperationalError):
+            psycopg.connect(server.url(), connect_timeout=2).close()
+            return True
+        time.sleep(0.2)
+    return False
