@@ -4,8 +4,9 @@ A poll's transaction takes about 0.1 s at 16k rows and identifying a closed unit
 on the event loop either would hold up digests and the other switches' polls. The database
 connection (SQLite or PostgreSQL) is opened in the storage thread and used only there (sqlite3
 refuses any other thread), and every database call goes through it in the order it was made, so
-a poll's activity is stored before the units it closes are read back. Writes nobody waits for (registry changes) are kept in
-that order too, and the first one that fails ends the run at the next `check`.
+a poll's activity is stored before the units it closes are read back. Writes nobody waits for
+(registry changes) are kept in that order too, and the first one that fails ends the run at the
+next `check`.
 """
 
 from __future__ import annotations
