@@ -26,6 +26,8 @@ from pathlib import Path
 from controller.base.errors import InputError
 from controller.control.config import RunConfig, RunStats, SwitchSpec
 from controller.control.controller import UnitCallback, run_controller
+from controller.distributed.engine import DaskEngine, DaskSettings
+from controller.engine import partition
 from controller.engine.evaluate import Dataset, EvalSettings, Progress, Windows, make_windows
 from controller.engine.evaluate import evaluate as evaluate_dataset
 from controller.engine.exporter import ExporterConfig
@@ -38,13 +40,15 @@ from controller.engine.identify import (
     References,
 )
 from controller.engine.identify import enroll as enroll_fingerprints
-from controller.engine.identify import identify as identify_fingerprints
+from controller.engine.partition import SERIAL, Parallel
 from controller.engine.representation import representation_name
 from controller.engine.results import Evaluation
-from controller.ingest.sources import Loaded, Sources, load
+from controller.ingest.sources import FileReader, Loaded, Sources, load, read_serially
 from controller.store.storage import SourceFile, open_store
 
 __all__ = [
+    "DaskEngine",
+    "DaskSettings",
     "Decision",
     "EvalSettings",
     "Evaluation",
@@ -64,9 +68,18 @@ __all__ = [
 ]
 
 
-def read(sources: Sources, need_labels: bool = False) -> Loaded:
-    """Read activity, flow records and captures into activity by track, with their labels."""
-    return load(sources, need_labels)
+def read(sources: Sources, need_labels: bool = False, engine: DaskEngine | None = None) -> Loaded:
+    """Read activity, flow records and captures into activity by track, with their labels;
+    with `engine` (an open `DaskEngine`) each raw file is read as a task on its cluster."""
+    return load(sources, need_labels, reader=_reader(engine))
+
+
+def _reader(engine: DaskEngine | None) -> FileReader:
+    return read_serially if engine is None else engine.read_files
+
+
+def _parallel(engine: DaskEngine | None) -> Parallel:
+    return SERIAL if engine is None else engine.parallel()
 
 
 def ingest(
@@ -74,6 +87,7 @@ def ingest(
     out: Path | None = None,
     db: Path | str | None = None,
     replace: bool = False,
+    engine: DaskEngine | None = None,
 ) -> Loaded:
     """Read flow records and captures (by MAC: a shared MAC stays one device) and write the
     activity to an activity CSV `out` and/or the database `db` (a SQLite path or a
@@ -81,7 +95,7 @@ def ingest(
     (recognised by its content; `replace` takes back what it added before)."""
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
-    loaded = load(sources, split_shared=False)
+    loaded = load(sources, split_shared=False, reader=_reader(engine))
     if out is not None:
         loaded.activity.to_csv(out)
     if db is not None:
@@ -122,9 +136,11 @@ def identify(
     references: References,
     exporter: ExporterConfig | None = None,
     windows: Windows = "exporter",
+    engine: DaskEngine | None = None,
 ) -> list[Decision]:
     """Decisions, with explanations, for every fingerprint of `data` against `references`;
-    the exporter settings default to the references' own."""
+    the exporter settings default to the references' own. With `engine` fingerprints and
+    decisions are computed per group of devices on its cluster."""
     if not math.isclose(data.activity.unit_seconds, references.unit_seconds):
         raise InputError(
             f"references use {references.unit_seconds:g} s units, the input "
@@ -136,15 +152,22 @@ def identify(
             f"references are {representation_name(references.granularity)}, the exporter "
             f"asks for {representation_name(config.granularity)}"
         )
-    fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
-    return identify_fingerprints(fingerprints, references)
+    parallel = _parallel(engine)
+    fingerprints = make_windows(data.activity, config, windows, data.groups is not None, parallel)
+    return partition.decisions(fingerprints, references, parallel)
 
 
-def evaluate(data: Loaded, settings: EvalSettings, progress: Progress | None = None) -> Evaluation:
+def evaluate(
+    data: Loaded,
+    settings: EvalSettings,
+    progress: Progress | None = None,
+    engine: DaskEngine | None = None,
+) -> Evaluation:
     """The time-ordered evaluation of `settings` on the labelled tracks of `data`; `progress`
-    hears of each grid point done."""
+    hears of each grid point done. With `engine` fingerprints are computed per group of
+    devices on its cluster."""
     dataset = Dataset(data.activity, data.labels, data.groups, data.name)
-    return evaluate_dataset(dataset, settings, progress)
+    return evaluate_dataset(dataset, settings, progress, _parallel(engine))
 
 
 def run(config: RunConfig, on_unit_closed: UnitCallback | None = None) -> RunStats:

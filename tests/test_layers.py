@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.engine",),
     ("controller.store",),
     ("controller.ingest",),
+    ("controller.distributed",),
     ("controller.p4rt",),
     ("controller.control",),
     ("refswitch",),

@@ -24,8 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.engine import partition
 from controller.engine.activity import ActivityTable
-from controller.engine.exporter import ExporterConfig, export_fingerprints, whole_windows
+from controller.engine.exporter import ExporterConfig, whole_windows
 from controller.engine.fingerprints import FingerprintSet
 from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
@@ -41,6 +42,7 @@ from controller.engine.identify import (
     score,
 )
 from controller.engine.metrics import accuracy, auroc, cdf, confusion_matrix, macro_f1
+from controller.engine.partition import SERIAL, Parallel
 from controller.engine.recurrence import recurrence
 from controller.engine.representation import FloatArray, IntArray, representation_name
 from controller.engine.results import (
@@ -201,15 +203,16 @@ def _n_train(n: int, fraction: float) -> int:
 
 
 def make_windows(
-    activity: ActivityTable, config: ExporterConfig, windows: Windows, captures: bool
+    activity: ActivityTable,
+    config: ExporterConfig,
+    windows: Windows,
+    captures: bool,
+    parallel: Parallel = SERIAL,
 ) -> FingerprintSet:
     """Fingerprints of every track: the exporter's windows (for `captures`, each track ending
-    with its own last activity and its open window exported too), or one whole window per track."""
-    if windows == "whole":
-        return whole_windows(activity, config.granularity, config.threshold)
-    if captures:
-        return export_fingerprints(activity, config, own_end=True, flush=True)
-    return export_fingerprints(activity, config)
+    with its own last activity and its open window exported too), or one whole window per track;
+    computed per group of devices as `parallel` says (in this process by default)."""
+    return partition.windows(activity, config, windows == "whole", captures, parallel)
 
 
 def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> ClosedSet:
@@ -386,10 +389,14 @@ def early_identification(
 
 
 def evaluate(
-    dataset: Dataset, settings: EvalSettings, progress: Progress | None = None
+    dataset: Dataset,
+    settings: EvalSettings,
+    progress: Progress | None = None,
+    parallel: Parallel = SERIAL,
 ) -> Evaluation:
     """Every metric for every (time unit, G, mode) of the grid; `progress` hears of each grid
-    point done (the CLI draws a progress bar with it)."""
+    point done (the CLI draws a progress bar with it); fingerprints are computed per group of
+    devices as `parallel` says (in this process by default)."""
     base = dataset.activity.unit_seconds
     units = settings.unit_seconds or (base,)
     grid = [(u, g) for u in units for g in settings.granularities]
@@ -400,7 +407,7 @@ def evaluate(
             if math.isclose(unit_seconds, base)
             else dataset.activity.with_unit_seconds(unit_seconds)
         )
-        results.extend(_evaluate_one(dataset, activity, granularity, settings))
+        results.extend(_evaluate_one(dataset, activity, granularity, settings, parallel))
         if progress is not None:
             progress(done + 1, len(grid))
     return Evaluation(
@@ -413,10 +420,14 @@ def evaluate(
 
 
 def _evaluate_one(
-    dataset: Dataset, activity: ActivityTable, granularity: int | None, settings: EvalSettings
+    dataset: Dataset,
+    activity: ActivityTable,
+    granularity: int | None,
+    settings: EvalSettings,
+    parallel: Parallel,
 ) -> Iterator[GridResult]:
     config = replace(settings.exporter, granularity=granularity)
-    fps = make_windows(activity, config, settings.windows, settings.captures)
+    fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
     if not split.train.size or not split.test.size:
         raise InputError(

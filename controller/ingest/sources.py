@@ -17,12 +17,13 @@ own: its captures record different setups, so each of them becomes its own track
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
@@ -111,8 +112,49 @@ def mac_of(track: str) -> str:
     return track.split(TRACK_SEPARATOR, 1)[0]
 
 
-def load(sources: Sources, need_labels: bool = False, split_shared: bool = True) -> Loaded:
-    """Read `sources` into one activity table keyed by track, with the tracks' labels."""
+@dataclass(frozen=True, eq=False)
+class FileJob:
+    """One raw file to read, with everything `read_file` takes: a task of its own."""
+
+    path: Path
+    catalogue: Catalogue
+    unit_seconds: float
+    devices: npt.NDArray[np.uint64] | None
+    options: IngestOptions
+
+    def read(self) -> tuple[ActivityTable, IngestStats]:
+        """The file's activity and what reading it found."""
+        return read_file(self.path, self.catalogue, self.unit_seconds, self.devices, self.options)
+
+
+FileResult = tuple[ActivityTable, IngestStats] | InputError
+FileReader = Callable[[Sequence[FileJob]], Sequence[FileResult]]
+"""Reads every job, in any order or place, and answers in the jobs' order: each file's activity,
+or the InputError that says why it cannot be read."""
+
+
+def read_serially(jobs: Sequence[FileJob]) -> list[FileResult]:
+    """Every file in turn, in this process; the first unreadable one ends the reading unless
+    bad files are to be skipped."""
+    results: list[FileResult] = []
+    for job in jobs:
+        try:
+            results.append(job.read())
+        except InputError as exc:
+            results.append(exc)
+            if not job.options.skip_bad_records:
+                break
+    return results
+
+
+def load(
+    sources: Sources,
+    need_labels: bool = False,
+    split_shared: bool = True,
+    reader: FileReader = read_serially,
+) -> Loaded:
+    """Read `sources` into one activity table keyed by track, with the tracks' labels; raw
+    files are read by `reader` (in this process by default, or as a cluster's tasks)."""
     if sources.is_empty:
         raise InputError("no input: give flow or capture files, activity CSVs or a database")
     if need_labels and sources.labels is None:
@@ -147,20 +189,25 @@ def load(sources: Sources, need_labels: bool = False, split_shared: bool = True)
             options,
             unit,
         )
+        jobs = []
         for path in raw:
             in_capture = known.for_capture(path) if known is not None else {}
             counted = None
             if known is not None and not sources.all_devices:
                 counted = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
-            try:
-                table, stats[path] = read_file(path, catalogue, unit, counted, options)
-            except InputError as exc:
+            jobs.append(FileJob(path, catalogue, unit, counted, options))
+        # Not strict: a reader stops at the first unreadable file unless bad files are skipped.
+        for job, result in zip(jobs, reader(jobs), strict=False):
+            path = job.path
+            if isinstance(result, InputError):
                 # A file that cannot be read at all is one bad input among many, when asked.
                 if not sources.skip_bad_records:
-                    raise
+                    raise result
                 stats[path] = IngestStats()
-                stats[path].skip(f"{exc}; the whole file was left out", path.stat().st_size)
+                stats[path].skip(f"{result}; the whole file was left out", path.stat().st_size)
                 continue
+            table, stats[path] = result
+            in_capture = known.for_capture(path) if known is not None else {}
             parts.append((_tag(path, sources.files), table, in_capture, path))
     if not parts:
         raise InputError("no input could be read: every file was left out as bad")

@@ -54,7 +54,13 @@ from controller.engine.representation import (
     representation_name,
 )
 from svcfp import api
-from svcfp.cli.inputs import add_input_arguments, report_skips, sources_from_args
+from svcfp.cli.inputs import (
+    add_cluster_arguments,
+    add_input_arguments,
+    engine_from_args,
+    report_skips,
+    sources_from_args,
+)
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -229,18 +235,9 @@ def _decision_line(d: Decision) -> str:
     )
 
 
-def cmd_identify(args: argparse.Namespace) -> int:
-    """Identify the devices of the input against enrolled references."""
-    refs = References.load(args.references)
-    if args.theta is not None:
-        refs = refs.with_settings(theta=args.theta)
-    if args.neighbours is not None:
-        refs = refs.with_settings(neighbours=args.neighbours)
-    sources = sources_from_args(args)
-    if sources.time_unit is None:
-        sources = replace(sources, time_unit=refs.unit_seconds)
-    inputs = api.read(sources)
-    report_skips("identify", inputs)
+def _decisions(
+    args: argparse.Namespace, refs: References, inputs: api.Loaded, engine: api.DaskEngine | None
+) -> list[Decision]:
     if not math.isclose(inputs.activity.unit_seconds, refs.unit_seconds):
         raise InputError(
             f"{args.references}: references use {refs.unit_seconds:g} s units, the input "
@@ -253,7 +250,23 @@ def cmd_identify(args: argparse.Namespace) -> int:
             f"--granularity asks for {representation_name(config.granularity)}"
         )
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
-    decisions = api.identify(inputs, refs, config, windows)
+    return api.identify(inputs, refs, config, windows, engine)
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Identify the devices of the input against enrolled references."""
+    refs = References.load(args.references)
+    if args.theta is not None:
+        refs = refs.with_settings(theta=args.theta)
+    if args.neighbours is not None:
+        refs = refs.with_settings(neighbours=args.neighbours)
+    sources = sources_from_args(args)
+    if sources.time_unit is None:
+        sources = replace(sources, time_unit=refs.unit_seconds)
+    with engine_from_args(args) as engine:
+        inputs = api.read(sources, engine=engine)
+        report_skips("identify", inputs)
+        decisions = _decisions(args, refs, inputs, engine)
     if args.output_format == "json":
         json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
         print()
@@ -272,7 +285,12 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the method over a grid of representations and time units; write a report."""
     prepare_report_folder(args.out)
-    inputs = api.read(sources_from_args(args), need_labels=True)
+    with engine_from_args(args) as engine:
+        return _evaluate(args, engine)
+
+
+def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
+    inputs = api.read(sources_from_args(args), need_labels=True, engine=engine)
     report_skips("evaluate", inputs)
     settings = EvalSettings(
         granularities=args.granularities,
@@ -295,7 +313,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        metrics = api.evaluate(inputs, settings, progress=advance)
+        metrics = api.evaluate(inputs, settings, progress=advance, engine=engine)
     paths = write_report(metrics, args.out)
     best = metrics.best()
     print(
@@ -319,6 +337,7 @@ def register(subparsers: Subparsers) -> None:
 
     p = subparsers.add_parser("identify", help="identify devices against references")
     add_input_arguments(p)
+    add_cluster_arguments(p)
     _add_exporter(p, defaults=False)
     p.add_argument("--references", type=Path, required=True, help="references JSON from enroll")
     p.add_argument("--theta", type=float, help="override the references' θ")
@@ -333,6 +352,7 @@ def register(subparsers: Subparsers) -> None:
 
     p = subparsers.add_parser("evaluate", help="evaluate identification and write a report")
     add_input_arguments(p)
+    add_cluster_arguments(p)
     _add_exporter(p)
     _add_matching(p)
     p.add_argument(

@@ -15,9 +15,11 @@ from svcfp import api
 from svcfp.cli.inputs import (
     DB_HELP,
     add_catalogue_arguments,
+    add_cluster_arguments,
     add_input_arguments,
     add_time_unit,
     database_location,
+    engine_from_args,
     report_skips,
     sources_from_args,
 )
@@ -36,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the switch does, and write the per-unit activity.",
     )
     add_input_arguments(ingest, stored_activity=False)
+    add_cluster_arguments(ingest)
     ingest.add_argument(
         "--save-catalogue", type=Path, help="write the catalogue used (JSON), e.g. a learned one"
     )
@@ -96,7 +99,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     if sources.labels is not None:
         for note in Labels.load(sources.labels).notes:
             log.warning("%s", note)
-    loaded = api.ingest(sources, args.out, args.db, args.replace)
+    with engine_from_args(args) as engine:
+        loaded = api.ingest(sources, args.out, args.db, args.replace, engine)
     report_skips("ingest", loaded)
     activity = loaded.activity
     catalogue = loaded.catalogue

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from controller.base.errors import InputError
+from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSettings
 from controller.engine.learned import GRANULARITIES
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
@@ -155,6 +158,55 @@ def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool =
         action="store_true",
         help="skip (and count) malformed records and damaged files instead of stopping",
     )
+
+
+ENGINES = ("process", "dask")
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--engine process|dask` and where the Dask cluster is."""
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="process",
+        help="process: all in this process; dask: on a Dask distributed cluster, each input "
+        "file read as a task and fingerprints computed per group of devices, with the same "
+        "results (default: process)",
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --engine dask: the address of a running scheduler, e.g. tcp://host:8786 "
+        "(default: a local cluster of --workers processes)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"with --engine dask and no --scheduler: local worker processes "
+        f"(default: {DEFAULT_WORKERS})",
+    )
+    group.add_argument(
+        "--scratch",
+        type=Path,
+        help="with --engine dask: folder for the workers' Parquet activity, the same path on "
+        "every worker and here (default: a temporary folder; needed with --scheduler)",
+    )
+
+
+@contextmanager
+def engine_from_args(args: argparse.Namespace) -> Iterator[DaskEngine | None]:
+    """The Dask engine the flags ask for, open for the command's duration (None: this
+    process)."""
+    if args.engine != "dask":
+        if args.scheduler is not None or args.scratch is not None:
+            raise InputError("--scheduler and --scratch go with --engine dask")
+        yield None
+        return
+    settings = DaskSettings(args.scheduler, args.workers, scratch=args.scratch)
+    with DaskEngine(settings) as engine:
+        yield engine
 
 
 def report_skips(command: str, loaded: Loaded) -> None:
