@@ -39,6 +39,32 @@ def in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         return pool.apply(func, args)
 
 
+def in_parent_of_workers(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`func(*args)` in a freshly spawned, non-daemonic process (one that may start worker
+    processes of its own, as a local Dask cluster does); its result comes back through a pipe."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_result, args=(send, func, *args))
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    finally:
+        child.join()
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert isinstance(outcome, dict)
+    return outcome
+
+
+def _send_result(send: Any, func: Callable[..., dict[str, Any]], *args: Any) -> None:
+    try:
+        send.send(func(*args))
+    except BaseException as exc:
+        send.send(exc)
+        raise
+
+
 def synthetic_flows_csv(
     path: Path, records: int, seed: int, devices: int, unit_seconds: float
 ) -> tuple[list[int], dict[str, Any]]:
