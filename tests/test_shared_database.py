@@ -19,7 +19,7 @@ import pytest
 
 from controller.store.storage import open_store
 from tests.support.paths import P4INFO, ROOT
-from tests.support.switch import CAMERA, DEVICE_ID, PLUG, SERVER, Wire, frame
+from tests.support.switch import CAMERA, DEVICE_ID, PLUG, SERVER, Wire, frame, totals
 
 pytest_plugins = ["tests.support.storage"]
 pytestmark = pytest.mark.slow
@@ -61,15 +61,6 @@ class ControllerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
-
-
-def totals(location: str | Path) -> dict[tuple[str, str], tuple[int, int]]:
-    with open_store(location) as store:
-        summed: dict[tuple[str, str], tuple[int, int]] = {}
-        for row in store.activity():
-            p, b = summed.get((row.device, row.service), (0, 0))
-            summed[(row.device, row.service)] = (p + row.packets, b + row.bytes)
-        return summed
 
 
 def wait_for(location: str | Path, expected: dict[tuple[str, str], tuple[int, int]]) -> None:

@@ -86,14 +86,7 @@ class PostgresStorage(Store):
         except psycopg.Error as exc:
             raise InputError(f"cannot connect to database {self.name}: {exc}") from exc
         self._plain = _PostgresSql(self._db)
-        try:
-            self._migrate()
-        except psycopg.Error as exc:
-            self._db.close()
-            raise InputError(f"cannot set up database {self.name}: {exc}") from exc
-        except BaseException:
-            self._db.close()
-            raise
+        self._set_up(psycopg.Error)
 
     def close(self) -> None:
         """Close the connection."""

@@ -76,18 +76,13 @@ class Storage(Store):
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
         self._plain = _SqliteSql(self._db)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # Another controller on the same file waits for the write lock instead of failing.
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise InputError(f"cannot open database {path}: {exc}") from exc
-        except BaseException:
-            self._db.close()
-            raise
+        self._set_up(sqlite3.DatabaseError, self._pragmas)
+
+    def _pragmas(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        # Another controller on the same file waits for the write lock instead of failing.
+        self._db.execute("PRAGMA busy_timeout=30000")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""

@@ -17,7 +17,7 @@ import csv
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,6 +114,21 @@ class Store(ABC):
         """Keep other processes from migrating the same database at the same time."""
 
     # -- schema -------------------------------------------------------------------------------
+
+    def _set_up(
+        self, failures: type[Exception], prepare: Callable[[], object] = lambda: None
+    ) -> None:
+        """Prepare the fresh connection and migrate the schema; on any failure the connection is
+        closed, and a database error becomes an InputError naming the database."""
+        try:
+            prepare()
+            self._migrate()
+        except failures as exc:
+            self.close()
+            raise InputError(f"cannot open database {self.name}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
 
     def _migrate(self) -> None:
         """Apply the migrations this database lacks, each in its own transaction."""

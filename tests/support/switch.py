@@ -17,7 +17,7 @@ from controller.control.controller import Controller
 from controller.engine.catalogue import Catalogue
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
-from controller.store.storage import Storage
+from controller.store.storage import open_store
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
 from tests.support.paths import P4INFO
@@ -150,8 +150,9 @@ async def read_tables(address: str) -> dict[str, list[p4r.TableEntry]]:
         return found
 
 
-def totals(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    with Storage(db) as store:
+def totals(db: Path | str) -> dict[tuple[str, str], tuple[int, int]]:
+    """Packets and bytes per (device, service) over every unit stored in `db`."""
+    with open_store(db) as store:
         summed: dict[tuple[str, str], tuple[int, int]] = {}
         for row in store.activity():
             p, b = summed.get((row.device, row.service), (0, 0))
