@@ -13,7 +13,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tqdm import tqdm
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_writable
+from controller.base.fileio import check_writable, write_text_atomically
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
     DEFAULT_PREFIXES,
@@ -53,7 +53,10 @@ from controller.engine.representation import (
     parse_granularity,
     representation_name,
 )
+from controller.mud.compliance import Finding, findings_table
+from controller.mud.profile import MudProfiles
 from svcfp import api
+from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
 from svcfp.cli.inputs import add_input_arguments, report_skips, sources_from_args
 
 if TYPE_CHECKING:
@@ -253,14 +256,32 @@ def cmd_identify(args: argparse.Namespace) -> int:
             f"--granularity asks for {representation_name(config.granularity)}"
         )
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
+    profiles = mud_profiles_from_args(args)
     decisions = api.identify(inputs, refs, config, windows)
+    findings = (
+        api.compliance(inputs, decisions, profiles)
+        if profiles is not None
+        else [[] for _ in decisions]
+    )
     if args.output_format == "json":
-        json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
+        out = [d.to_json() for d in decisions]
+        if profiles is not None:
+            unit = inputs.activity.unit_seconds
+            for entry, found in zip(out, findings, strict=True):
+                entry["compliance"] = [f.to_json(unit) for f in found]
+        json.dump(out, sys.stdout, indent=1)
         print()
     else:
         print("device\twindow\tlabel\tbest type\tsimilarity\texplanation")
         for d in decisions:
             print(_decision_line(d))
+        if profiles is not None:
+            print()
+            print_findings(
+                "MUD compliance findings",
+                [f for found in findings for f in found],
+                inputs.activity.unit_seconds,
+            )
     known = sum(d.label != UNKNOWN for d in decisions)
     print(
         f"{len(decisions)} decisions, {known} known, {len(decisions) - known} unknown",
@@ -296,7 +317,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         metrics = api.evaluate(inputs, settings, progress=advance)
-    paths = write_report(metrics, args.out)
+    profiles = mud_profiles_from_args(args)
+    sections: list[str] = []
+    if profiles is not None:
+        findings = api.labelled_compliance(inputs, profiles)
+        unit = inputs.activity.unit_seconds
+        sections.append(compliance_section(findings, profiles, unit))
+        write_text_atomically(
+            args.out / "compliance.json",
+            json.dumps([f.to_json(unit) for f in findings], indent=1) + "\n",
+        )
+    paths = write_report(metrics, args.out, sections)
+    if profiles is not None:
+        paths.append(args.out / "compliance.json")
     best = metrics.best()
     print(
         f"best: {best.representation}, {best.mode}, unit {best.unit_seconds:g} s: "
@@ -305,6 +338,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def compliance_section(
+    findings: Sequence[Finding], profiles: MudProfiles, unit_seconds: float
+) -> str:
+    """The report section listing what labelled devices use that their type's profile does
+    not allow."""
+    lines = [
+        "## MUD compliance",
+        "",
+        f"Every service a labelled device used that the MUD profile of its type does not allow "
+        f"(profiles of {len(profiles.types)} types: {', '.join(profiles.types)}). "
+        f"{len(findings)} findings.",
+        "",
+        *findings_table(findings, unit_seconds),
+    ]
+    return "\n".join(lines)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -329,6 +379,7 @@ def register(subparsers: Subparsers) -> None:
         default="table",
         help="decisions as a table or as JSON (default: table)",
     )
+    add_mud_argument(p)
     p.set_defaults(func=cmd_identify)
 
     p = subparsers.add_parser("evaluate", help="evaluate identification and write a report")
@@ -367,4 +418,5 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--modes", default=",".join(MODES), help="matching modes (default: both)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_mud_argument(p)
     p.set_defaults(func=cmd_evaluate)
