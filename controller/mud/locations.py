@@ -196,6 +196,12 @@ class LocationSettings:
     threshold: int = 1
     unit_seconds: float = DEFAULT_UNIT_SECONDS
 
+    def __post_init__(self) -> None:
+        if not self.percentiles or any(not 0.0 <= p <= 100.0 for p in self.percentiles):
+            raise InputError(f"percentiles {self.percentiles} must lie in [0, 100]")
+        if self.threshold < 1:
+            raise InputError(f"threshold h={self.threshold} must be ≥ 1 packet")
+
 
 class _Folds:
     """Per capture folder, the references without its MUD files, each one's leave-one-out

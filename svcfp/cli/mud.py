@@ -34,7 +34,7 @@ from controller.mud.profile import MudProfiles, Role
 from controller.store.storage import TIME_UNIT_KEY, Storage
 from svcfp import api
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
-from svcfp.cli.engine import _add_exporter, _modes, engine_config
+from svcfp.cli.engine import _add_exporter, _floats, _modes, engine_config
 from svcfp.cli.inputs import add_input_arguments, add_time_unit, report_skips, sources_from_args
 
 if TYPE_CHECKING:
@@ -253,18 +253,6 @@ def cmd_findings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percentiles(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not 0 <= v <= 100 for v in values):
-        raise argparse.ArgumentTypeError(f"percentiles must lie in [0, 100], got {text!r}")
-    return values
-
-
 def register(subparsers: Subparsers) -> None:
     """Add `svcfp mud` and its subcommands."""
     mud = subparsers.add_parser("mud", help="MUD (RFC 8520): import, export, validate, evaluate")
@@ -332,7 +320,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--modes", default=",".join(MODES), help="matching modes (default: both)")
     p.add_argument(
         "--percentiles",
-        type=_percentiles,
+        type=_floats,
         default=LocationSettings().percentiles,
         help="θ percentiles to compare (default: "
         + ",".join(f"{v:g}" for v in LocationSettings().percentiles)
