@@ -3,6 +3,7 @@
 Researchers read their data, enroll references, identify and evaluate without a shell::
 
     from pathlib import Path
+from typing import Any
     from svcfp import api
 
     captures = Path("iot-sentinel/captures")
@@ -15,19 +16,31 @@ Researchers read their data, enroll references, identify and evaluate without a 
 Testbed operators run a controller the same way (`api.run_controller(api.RunConfig(...))`). The
 `svcfp` command is a thin layer over these functions: each subcommand builds the same objects
 from its flags.
+
+MUD (RFC 8520) profiles meet the same engine: `mud_import` turns manufacturers' MUD files into
+references (and the catalogue the switch needs), `mud_export` writes what was learned as a MUD
+file, `compliance` lists what identified devices use that their type's profile does not allow,
+and `mud_evaluate` runs the cross-location evaluation of a MUDgee data set::
+
+    imported = api.mud_import([Path("mud-profiles")])
+    decisions = api.identify(data, imported.references, windows="whole")
+    findings = api.compliance(data, decisions, api.mud_profiles([Path("mud-profiles")]))
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from controller.base.errors import InputError
+from controller.base.fileio import read_json
 from controller.control.config import RunConfig, RunStats, SwitchSpec
 from controller.control.controller import UnitCallback, run_controller
 from controller.distributed.engine import DaskEngine, DaskSettings
 from controller.engine import partition
+from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import Dataset, EvalSettings, Progress, Windows, make_windows
 from controller.engine.evaluate import evaluate as evaluate_dataset
 from controller.engine.exporter import ExporterConfig
@@ -41,10 +54,29 @@ from controller.engine.identify import (
 )
 from controller.engine.identify import enroll as enroll_fingerprints
 from controller.engine.partition import SERIAL, Parallel
-from controller.engine.representation import representation_name
+from controller.engine.representation import DEFAULT_UNIT_SECONDS, representation_name
 from controller.engine.results import Evaluation
 from controller.ingest.sources import FileReader, Loaded, Sources, load, read_serially
-from controller.store.storage import SourceFile, open_store
+from controller.mud.compliance import Finding, check_activity, decision_findings
+from controller.mud.export import (
+    ExportSettings,
+    MudExport,
+    device_support,
+    export_mud,
+    type_support,
+)
+from controller.mud.locations import (
+    LocationEvaluation,
+    LocationSettings,
+    evaluate_locations,
+    load_locations,
+)
+from controller.mud.mudfile import read_muds
+from controller.mud.profile import MudProfiles
+from controller.mud.references import MudImport, import_muds
+from controller.mud.validate import validate_mud
+from controller.store.compliance import stored_findings
+from controller.store.storage import SourceFile, Storage, open_store
 
 __all__ = [
     "DaskEngine",
@@ -52,19 +84,33 @@ __all__ = [
     "Decision",
     "EvalSettings",
     "Evaluation",
+    "ExportSettings",
     "ExporterConfig",
+    "Finding",
     "Loaded",
+    "LocationSettings",
+    "MudExport",
+    "MudImport",
+    "MudProfiles",
     "References",
     "RunConfig",
     "RunStats",
     "Sources",
     "SwitchSpec",
+    "compliance",
     "enroll",
     "evaluate",
     "identify",
     "ingest",
+    "labelled_compliance",
+    "mud_evaluate",
+    "mud_export",
+    "mud_findings",
+    "mud_import",
+    "mud_profiles",
     "read",
     "run",
+    "validate_mud_file",
 ]
 
 
@@ -173,3 +219,91 @@ def evaluate(
 def run(config: RunConfig, on_unit_closed: UnitCallback | None = None) -> RunStats:
     """Run a controller until SIGINT/SIGTERM or its duration ends (the last poll is flushed)."""
     return asyncio.run(run_controller(config, on_unit_closed))
+
+
+# --- MUD (RFC 8520) -----------------------------------------------------------------------------
+
+
+def mud_profiles(paths: Sequence[Path], type_name: str | None = None) -> MudProfiles:
+    """The profiles of the MUD files among `paths` (folders searched for `*.json`; JSON files
+    in them that are no MUD document are passed over)."""
+    profiles, _ = read_muds(paths, type_name)
+    return MudProfiles(tuple(profiles))
+
+
+def mud_import(
+    paths: Sequence[Path],
+    type_name: str | None = None,
+    unit_seconds: float = DEFAULT_UNIT_SECONDS,
+    catalogue: Path | None = None,
+    mode: Mode = DEFAULT_MODE,
+    theta: float | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> MudImport:
+    """MUD files → Service List references (one per file with a service), the catalogue the
+    switch needs (`catalogue`, or the built-in one, with the services it lacks), and per file
+    what was dropped."""
+    return import_muds(
+        paths,
+        type_name,
+        unit_seconds,
+        Catalogue.load_or_default(catalogue),
+        mode=mode,
+        theta=theta,
+        percentile=percentile,
+    )
+
+
+def mud_export(
+    type_name: str,
+    settings: ExportSettings,
+    references: References | None = None,
+    data: Loaded | None = None,
+    device: str | None = None,
+    exporter: ExporterConfig | None = None,
+    windows: Windows = "exporter",
+) -> MudExport:
+    """A MUD document for a type (from its reference fingerprints) or for one device (from its
+    fingerprints in `data`), validated against RFC 8520 / RFC 8519."""
+    if references is not None:
+        support = type_support(references, type_name)
+    elif data is not None and device is not None:
+        config = exporter if exporter is not None else ExporterConfig()
+        fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
+        support = device_support(fingerprints, device)
+    else:
+        raise InputError("export needs references and a type, or input data and a device")
+    exported = export_mud(type_name, support, settings)
+    validate_mud(exported.document, f"the MUD file of {type_name}")
+    return exported
+
+
+def validate_mud_file(path: Path) -> None:
+    """Refuse a file that is not valid RFC 8520 / RFC 8519 JSON (the error names the element)."""
+    validate_mud(read_json(path, "MUD file"), str(path))
+
+
+def compliance(
+    data: Loaded, decisions: Sequence[Decision], profiles: MudProfiles
+) -> list[list[Finding]]:
+    """Per decision, what its device used in its window that the profile of the type it was
+    identified as does not allow."""
+    return decision_findings(data.activity, decisions, profiles, data.catalogue)
+
+
+def labelled_compliance(data: Loaded, profiles: MudProfiles) -> list[Finding]:
+    """What every labelled track used that its type's profile does not allow (whole input)."""
+    return check_activity(data.activity, data.labels, profiles, data.catalogue)
+
+
+def mud_findings(db: Path) -> list[Finding]:
+    """The compliance findings `svcfp run` stored in a controller database."""
+    with Storage(db) as storage:
+        return stored_findings(storage)
+
+
+def mud_evaluate(
+    root: Path, settings: LocationSettings, models: Mapping[str, str] | None = None
+) -> LocationEvaluation:
+    """The cross-location evaluation of a folder of MUDgee capture folders."""
+    return evaluate_locations(load_locations(root, models), settings)

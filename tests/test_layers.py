@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("p4src",),
     ("controller.base",),
     ("controller.engine",),
+    ("controller.mud",),
     ("controller.store",),
     ("controller.ingest",),
     ("controller.distributed",),

@@ -26,6 +26,7 @@ from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import Decision, References, ServiceContribution, identify
 from controller.engine.representation import representation_name
+from controller.mud.profile import MudProfiles
 from controller.store.records import DecisionRecord, FingerprintRecord
 from controller.store.store import Store
 
@@ -38,10 +39,12 @@ TOP_SERVICES = 3
 
 @dataclass(frozen=True)
 class LiveSettings:
-    """How the controller fingerprints and identifies: exporter settings, optional references."""
+    """How the controller fingerprints and identifies: exporter settings, optional references,
+    and optional MUD profiles to check identified devices against."""
 
     exporter: ExporterConfig
     references: References | None = None
+    mud: MudProfiles | None = None
 
     def check(self, unit_seconds: float, source: str) -> None:
         """Refuse references made with other units or another representation."""
@@ -132,12 +135,15 @@ def decision_line(decision: Decision, device_id: int | None) -> str:
 @dataclass(frozen=True)
 class LiveResult:
     """What closing units produced: the exported fingerprints, their decisions, and the unit the
-    exporter is to be fed from next."""
+    exporter is to be fed from next; with MUD profiles also the units fed (from `first_unit`),
+    for their compliance check."""
 
     fingerprints: tuple[Fingerprint, ...]
     decisions: tuple[Decision, ...]
     next_unit: int
     decided_at: float
+    fed: ActivityTable | None = None
+    first_unit: int = 0
 
 
 class LiveIdentification:
@@ -156,6 +162,12 @@ class LiveIdentification:
         stored = storage.meta(self.next_unit_key)
         self.next_unit = None if stored is None else int(stored)
         self.representation = representation_name(settings.exporter.granularity)
+        self.compliance = None
+        if settings.mud is not None:
+            # Imported here: the compliance check uses this module's verdict.
+            from controller.control.compliance import LiveCompliance
+
+            self.compliance = LiveCompliance(storage, settings.mud)
 
     def close_units(self, table: ActivityTable, end_unit: int) -> list[Decision]:
         """Feed the activity of the units before `end_unit` not fed yet; store what comes out."""
@@ -173,11 +185,14 @@ class LiveIdentification:
             if end_unit <= self.next_unit:
                 return None
             table = table.select(units=(self.next_unit, end_unit))
+        span = table.unit_range()
+        first_unit = self.next_unit if self.next_unit is not None else span[0] if span else end_unit
         exported = self.exporter.feed_table(table, end_unit=end_unit)
         references = self.settings.references
         decisions = [] if references is None else identify_fingerprints(exported, references)
         self.next_unit = end_unit
-        return LiveResult(tuple(exported), tuple(decisions), end_unit, time.time())
+        fed = table if self.compliance is not None else None
+        return LiveResult(tuple(exported), tuple(decisions), end_unit, time.time(), fed, first_unit)
 
     def store(self, result: LiveResult) -> None:
         """Store a result's fingerprints, decisions and next unit in one transaction."""
@@ -187,6 +202,8 @@ class LiveIdentification:
             meta={self.next_unit_key: str(result.next_unit)},
             when=result.decided_at,
         )
+        if self.compliance is not None and result.fed is not None:
+            self.compliance.close_units(result.fed, result.decisions, result.first_unit)
 
     def log(self, result: LiveResult, ids: Mapping[str, int | None]) -> None:
         """One line per exported fingerprint and per decision, with the devices' ids."""

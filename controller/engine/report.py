@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +66,21 @@ def top_confusions(result: GridResult, limit: int = 15) -> list[tuple[str, str, 
     return sorted(cells, key=lambda c: (-c[2], c[0], c[1]))[:limit]
 
 
-def markdown(metrics: Evaluation, plots: Mapping[str, str]) -> str:
-    """The Markdown report."""
+def markdown(
+    metrics: Evaluation,
+    plots: Mapping[str, str],
+    sections: Sequence[str] = (),
+    intro: str | None = None,
+) -> str:
+    """The Markdown report; `sections` (Markdown, each starting with its heading) go before the
+    plots, and `intro` replaces the sentence describing the settings."""
     settings = metrics.settings
     best = metrics.best()
     lines = [
         f"# Fingerprint evaluation: {metrics.dataset}",
         "",
-        f"{metrics.tracks} tracks of {len(metrics.types)} types; windows: "
+        intro
+        or f"{metrics.tracks} tracks of {len(metrics.types)} types; windows: "
         f"{settings.windows}; split: {settings.split} (train fraction "
         f"{settings.train_fraction}); exporter {settings.exporter.to_json()}; θ: "
         + (
@@ -117,6 +124,8 @@ def markdown(metrics: Evaluation, plots: Mapping[str, str]) -> str:
         ]
     lines += ["", "### Accuracy per type", "", "| type | accuracy |", "|---|---|"]
     lines += [f"| {t} | {_fmt(a)} |" for t, a in best.closed_set.per_type_accuracy.items()]
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({name})" for title, name in plots.items()]
     lines.append("")
@@ -221,7 +230,7 @@ def prepare_report_folder(out_dir: Path) -> None:
     check_writable(out / "metrics.json", "report folder")
 
 
-def write_report(metrics: Evaluation, out_dir: Path) -> list[Path]:
+def write_report(metrics: Evaluation, out_dir: Path, sections: Sequence[str] = ()) -> list[Path]:
     """Write metrics.json, report.md and the plots into `out_dir` (created if missing); every
     file appears only once complete. Returns the paths written."""
     out = Path(out_dir)
@@ -239,6 +248,6 @@ def write_report(metrics: Evaluation, out_dir: Path) -> list[Path]:
     plot_similarities(best, out / plots["Similarity distributions (best setting)"])
     text = json.dumps(metrics.to_json(), indent=1, sort_keys=True) + "\n"
     write_text_atomically(out / "metrics.json", text)
-    report = markdown(metrics, plots)
+    report = markdown(metrics, plots, sections)
     write_text_atomically(out / "report.md", report)
     return [out / "metrics.json", out / "report.md", *(out / name for name in plots.values())]

@@ -1,7 +1,8 @@
 """Ingest any mix of flow and capture files into one activity table.
 
 Formats: `pcap` (pcap or pcapng), `ipfix` (binary IPFIX / NetFlow v9 messages), `ipfix-csv`
-(IPFIX CSV); `auto` tells them apart by their first bytes.
+(IPFIX CSV), `mudgee` (MUDgee's per-device flow rules with counters); `auto` tells them apart by
+their first bytes (and a CSV file's header).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.ipfix_csv import read_ipfix_csv
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.labels import Labels
+from controller.ingest.mudgee import read_mudgee
 from controller.ingest.pcap import read_pcap
+from controller.mud.flows import is_flows_header
 
-Format = Literal["auto", "ipfix-csv", "ipfix", "pcap"]
-FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap")
+Format = Literal["auto", "ipfix-csv", "ipfix", "pcap", "mudgee"]
+FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap", "mudgee")
 
 DIRECTORY_SUFFIXES = {".pcap", ".pcapng", ".cap", ".csv", ".ipfix"}
 
@@ -91,17 +94,27 @@ def expand_paths(
 
 
 def detect_format(path: Path) -> Format:
-    """`pcap`, `ipfix` or `ipfix-csv` from the file's first bytes."""
+    """`pcap`, `ipfix`, `mudgee` or `ipfix-csv` from the file's first bytes (a CSV file's
+    header line tells MUDgee flows from IPFIX records)."""
     try:
         with Path(path).open("rb") as handle:
-            head = handle.read(4)
+            first_line = handle.readline(4096)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    head = first_line[:4]
     if head in CAPTURE_MAGICS:
         return "pcap"
     if head[:2] in (b"\x00\x0a", b"\x00\x09"):
         return "ipfix"
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        text = first_line.decode("ascii", errors="replace")
+        if is_flows_header(text):
+            return "mudgee"
+        if text.startswith("srcMac,dstMac,"):
+            raise InputError(
+                f"{path}: MUDgee's list of rules, without packet counters: it holds no "
+                "activity (its <mac>_ipflows.csv beside it does)"
+            )
         return "ipfix-csv"
     raise InputError(
         f"{path}: cannot tell the format (first bytes {head.hex()}); use --input-format"
@@ -127,6 +140,8 @@ def read_file(
         return read_pcap(path, catalogue, unit_seconds, devices, skip, ports=ports)
     if kind == "ipfix":
         return read_ipfix(path, catalogue, unit_seconds, devices, skip, ports=ports)
+    if kind == "mudgee":
+        return read_mudgee(path, catalogue, unit_seconds, devices)
     return read_ipfix_csv(
         path, catalogue, unit_seconds, devices, options.column_map, skip, ports=ports
     )

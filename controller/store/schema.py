@@ -179,6 +179,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "MUD compliance findings: what a device uses that its type's profile does not allow",
+        (
+            """CREATE TABLE mud_findings (
+                device TEXT NOT NULL,
+                type TEXT NOT NULL,
+                service TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                first_unit {int} NOT NULL,
+                last_unit {int} NOT NULL,
+                units {int} NOT NULL,
+                packets {int} NOT NULL,
+                bytes {int} NOT NULL,
+                updated_at {real} NOT NULL,
+                PRIMARY KEY (device, type, service, direction)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

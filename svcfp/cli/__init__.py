@@ -13,6 +13,7 @@ from svcfp.cli.demo import register as register_demo
 from svcfp.cli.devices import register as register_devices
 from svcfp.cli.engine import register as register_engine
 from svcfp.cli.ingest import register as register_ingest
+from svcfp.cli.mud import register as register_mud
 from svcfp.cli.run import register as register_run
 from svcfp.cli.switch import register as register_switch
 from svcfp.cli.testbed import register as register_testbed
@@ -31,6 +32,7 @@ def _registrations() -> list[Register]:
     registrations.append(register_demo)
     registrations.append(register_testbed)
     registrations.append(register_ingest)
+    registrations.append(register_mud)
     return registrations
 
 

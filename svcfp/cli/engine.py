@@ -13,7 +13,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tqdm import tqdm
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_writable
+from controller.base.fileio import check_writable, write_text_atomically
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
     DEFAULT_PREFIXES,
@@ -53,7 +53,10 @@ from controller.engine.representation import (
     parse_granularity,
     representation_name,
 )
+from controller.mud.compliance import Finding, findings_table
+from controller.mud.profile import MudProfiles
 from svcfp import api
+from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
 from svcfp.cli.inputs import (
     add_cluster_arguments,
     add_input_arguments,
@@ -267,13 +270,31 @@ def cmd_identify(args: argparse.Namespace) -> int:
         inputs = api.read(sources, engine=engine)
         report_skips("identify", inputs)
         decisions = _decisions(args, refs, inputs, engine)
+    profiles = mud_profiles_from_args(args)
+    findings = (
+        api.compliance(inputs, decisions, profiles)
+        if profiles is not None
+        else [[] for _ in decisions]
+    )
     if args.output_format == "json":
-        json.dump([d.to_json() for d in decisions], sys.stdout, indent=1)
+        out = [d.to_json() for d in decisions]
+        if profiles is not None:
+            unit = inputs.activity.unit_seconds
+            for entry, found in zip(out, findings, strict=True):
+                entry["compliance"] = [f.to_json(unit) for f in found]
+        json.dump(out, sys.stdout, indent=1)
         print()
     else:
         print("device\twindow\tlabel\tbest type\tsimilarity\texplanation")
         for d in decisions:
             print(_decision_line(d))
+        if profiles is not None:
+            print()
+            print_findings(
+                "MUD compliance findings",
+                [f for found in findings for f in found],
+                inputs.activity.unit_seconds,
+            )
     known = sum(d.label != UNKNOWN for d in decisions)
     print(
         f"{len(decisions)} decisions, {known} known, {len(decisions) - known} unknown",
@@ -314,7 +335,19 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
             bar.update(done - bar.n)
 
         metrics = api.evaluate(inputs, settings, progress=advance, engine=engine)
-    paths = write_report(metrics, args.out)
+    profiles = mud_profiles_from_args(args)
+    sections: list[str] = []
+    if profiles is not None:
+        findings = api.labelled_compliance(inputs, profiles)
+        unit = inputs.activity.unit_seconds
+        sections.append(compliance_section(findings, profiles, unit))
+        write_text_atomically(
+            args.out / "compliance.json",
+            json.dumps([f.to_json(unit) for f in findings], indent=1) + "\n",
+        )
+    paths = write_report(metrics, args.out, sections)
+    if profiles is not None:
+        paths.append(args.out / "compliance.json")
     best = metrics.best()
     print(
         f"best: {best.representation}, {best.mode}, unit {best.unit_seconds:g} s: "
@@ -323,6 +356,23 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def compliance_section(
+    findings: Sequence[Finding], profiles: MudProfiles, unit_seconds: float
+) -> str:
+    """The report section listing what labelled devices use that their type's profile does
+    not allow."""
+    lines = [
+        "## MUD compliance",
+        "",
+        f"Every service a labelled device used that the MUD profile of its type does not allow "
+        f"(profiles of {len(profiles.types)} types: {', '.join(profiles.types)}). "
+        f"{len(findings)} findings.",
+        "",
+        *findings_table(findings, unit_seconds),
+    ]
+    return "\n".join(lines)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -348,6 +398,7 @@ def register(subparsers: Subparsers) -> None:
         default="table",
         help="decisions as a table or as JSON (default: table)",
     )
+    add_mud_argument(p)
     p.set_defaults(func=cmd_identify)
 
     p = subparsers.add_parser("evaluate", help="evaluate identification and write a report")
@@ -387,4 +438,5 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--modes", default=",".join(MODES), help="matching modes (default: both)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_mud_argument(p)
     p.set_defaults(func=cmd_evaluate)

@@ -116,8 +116,9 @@ def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool =
         default="auto",
         help="pcap: captures (pcap, pcapng); ipfix: binary IPFIX / NetFlow v9 messages, back to "
         "back or as the UDP payloads of a capture of the exporter's traffic; ipfix-csv: IPFIX "
-        "records as CSV; auto tells files apart by their first bytes and takes captures for "
-        "pcap (default: auto)",
+        "records as CSV; mudgee: MUDgee's <mac>_ipflows.csv flow rules with counters (one "
+        "unit, no timestamps); auto tells files apart by their first bytes (and a CSV file's "
+        "header) and takes captures for pcap (default: auto)",
     )
     group.add_argument(
         "--labels",

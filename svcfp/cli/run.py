@@ -25,6 +25,7 @@ from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
 from svcfp import api
+from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args
 from svcfp.cli.engine import add_engine_arguments, engine_config
 from svcfp.cli.inputs import DB_HELP, database_location
 
@@ -159,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         help="references JSON from `svcfp enroll`: identify every exported fingerprint",
     )
+    add_mud_argument(parser)
     add_engine_arguments(parser)
     parser.set_defaults(func=main)
 
@@ -216,12 +218,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def live_settings(args: argparse.Namespace) -> LiveSettings:
     """Exporter settings from the flags over the references' (or the defaults without them);
     references made with another time unit or representation are refused."""
+    profiles = mud_profiles_from_args(args)
     if args.references is None:
-        return LiveSettings(engine_config(args, ExporterConfig()))
+        return LiveSettings(engine_config(args, ExporterConfig()), mud=profiles)
     refs = References.load(args.references)
     if args.theta is not None:
         refs = refs.with_settings(theta=args.theta)
-    settings = LiveSettings(engine_config(args, refs.config), refs)
+    settings = LiveSettings(engine_config(args, refs.config), refs, profiles)
     settings.check(args.time_unit, str(args.references))
     return settings
 
