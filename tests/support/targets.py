@@ -4,6 +4,7 @@ tests/support/bmv2.py for BMv2)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,11 @@ class Target:
     def send(self, data: bytes, port: int, count: int = 1) -> None:
         """`count` copies of `data` arrive on `port`; returns once the switch has counted them."""
         raise NotImplementedError
+
+    def send_frames(self, frames: Sequence[bytes], port: int) -> None:
+        """Every frame of `frames`, in order, arrives on `port`; returns once all are counted."""
+        for data in frames:
+            self.send(data, port)
 
     def crash(self) -> None:
         """The switch process dies; its address stays reserved for `restart`."""
