@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from finsy.proto import p4r
 
 import p4src
@@ -43,13 +44,10 @@ class Bmv2Target(Target):
     """simple_switch_grpc with four ports in its own namespace; see the module docstring."""
 
     kind = "bmv2"
-    bmv2_json = p4src.BMV2_JSON
+    bmv2_json: Path | None = p4src.BMV2_JSON
 
-    def __init__(self, logs: Path, device_id: int, ports: int = PORTS) -> None:
-        binary = shutil.which("simple_switch_grpc")
-        if binary is None:
-            raise RuntimeError("simple_switch_grpc is not on PATH")
-        self.binary = binary
+    def __init__(self, logs: Path, device_id: int, ports: int = PORTS, *, log: bool = True) -> None:
+        self.log = log
         self.device_id = device_id
         self.ports = ports
         self.logs = logs
@@ -76,16 +74,28 @@ class Bmv2Target(Target):
             raise
         super().__init__(self._forwarder.address)
 
-    def _start(self) -> None:
+    def command(self) -> list[str]:
+        """The switch's command line inside the namespace: switch port N on veth(2N)."""
+        binary = shutil.which("simple_switch_grpc")
+        if binary is None:
+            raise RuntimeError("simple_switch_grpc is not on PATH")
         interfaces = [(port, f"veth{2 * port}") for port in range(self.ports)]
         command = bmv2_command(
-            self.binary,
+            binary,
             f"127.0.0.1:{GRPC_PORT}",
             self.device_id,
             THRIFT_PORT,
             self.logs / "bmv2.log",
             interfaces,
         )
+        if not self.log:
+            # No per-packet log (what a benchmark measures): drop --log-file and --log-flush.
+            at = command.index("--log-file")
+            del command[at : at + 3]
+        return command
+
+    def _start(self) -> None:
+        command = self.command()
         output = (self.logs / "bmv2.out").open("ab")
         self.process = subprocess.Popen(
             in_namespace(self.netns, command), stdout=output, stderr=subprocess.STDOUT
@@ -96,14 +106,12 @@ class Bmv2Target(Target):
         while True:
             if self.process.poll() is not None:
                 tail = (self.logs / "bmv2.out").read_text(errors="replace")[-2000:]
-                raise RuntimeError(
-                    f"simple_switch_grpc exited with {self.process.returncode}:\n{tail}"
-                )
+                raise RuntimeError(f"{command[0]} exited with {self.process.returncode}:\n{tail}")
             with contextlib.suppress(OSError):
                 connect(self.netns, GRPC_PORT).close()
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"simple_switch_grpc did not listen within {START_TIMEOUT_S} s")
+                raise RuntimeError(f"{command[0]} did not listen within {START_TIMEOUT_S} s")
             time.sleep(0.1)
 
     @property
@@ -135,7 +143,7 @@ class Bmv2Target(Target):
     def _total(self) -> int:
         request = p4r.ReadRequest(device_id=self.device_id)
         request.entities.add().counter_entry.counter_id = self._counter.id
-        read = self._channel.unary_stream(
+        read: grpc.UnaryStreamMultiCallable[p4r.ReadRequest, bytes] = self._channel.unary_stream(
             "/p4.v1.P4Runtime/Read",
             request_serializer=p4r.ReadRequest.SerializeToString,
             response_deserializer=None,
