@@ -103,47 +103,24 @@ class FingerprintTest(BaseTest):
         entry.insert()
         self._undo.append(entry.delete)
 
-    def try_insert(self, entry: Any) -> bool:
-        """Insert `entry` if the target accepts it (undone after the test); False if refused."""
+    def _install(self, entry: Any, may_refuse: bool) -> bool:
+        """Insert `entry` (undone after the test). With `may_refuse`, a target's refusal is an
+        answer, not a failure: False."""
+        if not may_refuse:
+            self._insert(entry)
+            return True
         try:
             self._insert(entry)
         except P4RuntimeWriteException:
             return False
         return True
 
-    def device_entry(self, mac: str, device_id: int) -> Any:
-        """device_table: source MAC -> device id (not yet inserted)."""
+    def add_device(self, mac: str, device_id: int, *, may_refuse: bool = False) -> bool:
+        """device_table: source MAC -> device id; False if refused (with `may_refuse`)."""
         entry = sh.TableEntry(names.DEVICE_TABLE)(action=names.SET_DEVICE)
         entry.match[names.SRC_MAC] = mac
         entry.action[names.DEVICE_ID] = str(device_id)
-        return entry
-
-    def service_entries(
-        self,
-        service_id: int,
-        proto: int | None,
-        ports: tuple[int, int] | None,
-        priority: int,
-        tables: tuple[str, ...] = names.SERVICE_TABLES,
-    ) -> list[Any]:
-        """A service as the controller installs it, one entry per table (not yet inserted):
-        ternary protocol, port range, priority. `proto` None matches every protocol and `ports`
-        None every port (the field is left out, as P4Runtime requires for a wildcard)."""
-        entries = []
-        for table in tables:
-            entry = sh.TableEntry(table)(action=names.SET_SERVICE)
-            if proto is not None:
-                entry.match[names.PROTO] = f"{proto}&&&0xff"
-            if ports is not None:
-                entry.match[names.PORT] = f"{ports[0]}..{ports[1]}"
-            entry.action[names.SERVICE_ID] = str(service_id)
-            entry.priority = priority
-            entries.append(entry)
-        return entries
-
-    def add_device(self, mac: str, device_id: int) -> None:
-        """device_table: source MAC -> device id."""
-        self._insert(self.device_entry(mac, device_id))
+        return self._install(entry, may_refuse)
 
     def add_service(
         self,
@@ -152,10 +129,24 @@ class FingerprintTest(BaseTest):
         ports: tuple[int, int] | None,
         priority: int,
         tables: tuple[str, ...] = names.SERVICE_TABLES,
-    ) -> None:
-        """A service in both service tables (or `tables`); see `service_entries`."""
-        for entry in self.service_entries(service_id, proto, ports, priority, tables):
-            self._insert(entry)
+        *,
+        may_refuse: bool = False,
+    ) -> bool:
+        """A service as the controller installs it, in both service tables (or `tables`):
+        ternary protocol, port range, priority. `proto` None matches every protocol and `ports`
+        None every port (the field is left out, as P4Runtime requires for a wildcard). False if
+        a table refused it (with `may_refuse`)."""
+        installed = True
+        for table in tables:
+            entry = sh.TableEntry(table)(action=names.SET_SERVICE)
+            if proto is not None:
+                entry.match[names.PROTO] = f"{proto}&&&0xff"
+            if ports is not None:
+                entry.match[names.PORT] = f"{ports[0]}..{ports[1]}"
+            entry.action[names.SERVICE_ID] = str(service_id)
+            entry.priority = priority
+            installed &= self._install(entry, may_refuse)
+        return installed
 
     def add_l2(self, mac: str, port: int) -> None:
         """l2_forward: destination MAC -> egress port."""

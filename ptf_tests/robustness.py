@@ -154,9 +154,8 @@ class IdsBeyondTheCounterLayout(FingerprintTest):
         self.install_hosts()
         self.add_service(HTTPS, PROTO_TCP, (443, 443), priority=10)
         self.enable_digests()
-        self.try_insert(self.device_entry(BEYOND_MAC, self.max_devices))
-        for entry in self.service_entries(self.max_services, PROTO_UDP, (5683, 5683), 10):
-            self.try_insert(entry)
+        self.add_device(BEYOND_MAC, self.max_devices, may_refuse=True)
+        self.add_service(self.max_services, PROTO_UDP, (5683, 5683), 10, may_refuse=True)
         # Unguarded, device 1's service MAX_SERVICES would be device 2's service 0, and device
         # MAX_DEVICES's cells would lie past the end of the array.
         beyond = (

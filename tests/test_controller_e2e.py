@@ -26,7 +26,6 @@ from tests.support.switch import (
     PLUG,
     SERVER,
     TARGETS,
-    Target,
     assert_catalogue_installed,
     config,
     frame,
@@ -39,6 +38,7 @@ from tests.support.switch import (
     totals,
     until,
 )
+from tests.support.targets import Target
 
 
 @pytest.fixture(params=TARGETS)

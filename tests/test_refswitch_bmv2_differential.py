@@ -34,7 +34,7 @@ async def replay(
     session_target = SwitchTarget("diff", target.address, DEVICE_ID, election_id=(0, 9))
     async with Session(session_target, connect_timeout=5.0) as session:
         await session.ensure_pipeline(schema, target.device_config, skip_config=False)
-        programmed = [
+        programmed: list[entries.Writable] = [
             entries.device_entry(schema, device_mac, 1),
             *entries.catalogue_entries(schema, Catalogue.default()),
             entries.digest_entry(schema),
