@@ -224,9 +224,7 @@ def test_closed_units_reach_the_callback(wire: Target, tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with running(
-            Controller(
-                config(tmp_path, wire, time_unit=0.5), lambda c: closed.append(c.activity)
-            )
+            Controller(config(tmp_path, wire, time_unit=0.5), lambda c: closed.append(c.activity))
         ):
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
             await until(lambda: len(closed) > 0 and sum(len(t) for t in closed) > 0)

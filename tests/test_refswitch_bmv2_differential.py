@@ -11,11 +11,11 @@ import pytest
 from finsy.proto import p4r
 
 from controller.base.p4info import P4Schema, normalize_mac
+from controller.base.pcapfile import read_frames
 from controller.base.wire import CounterValues
 from controller.engine.catalogue import Catalogue
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
-from refswitch.pcap import read_pcap
 from tests.support.paths import P4INFO
 from tests.support.switch import DEVICE_ID, started
 from tests.support.targets import Target
@@ -62,7 +62,7 @@ def test_a_real_capture_counts_and_announces_the_same_on_both(
     shared_data: Path, tmp_path: Path
 ) -> None:
     capture = shared_data / CAPTURE
-    frames = [frame.data for frame in read_pcap(capture)]
+    frames = [frame.data for frame in read_frames(capture)]
     device = normalize_mac((capture.parent / "_iotdevice-mac.txt").read_text().strip())
     results = {}
     for kind in ("bmv2", "refswitch"):
