@@ -38,7 +38,7 @@ from scapy.packet import Packet
 from benchmarks.common import write_results
 from controller.base.p4info import P4Schema
 from controller.base.pcapfile import PcapWriter, read_frames
-from refswitch.pipeline import FLOOD_GROUP, ServiceRule, TableState
+from refswitch.pipeline import ServiceRule, TableState
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
 
@@ -100,7 +100,7 @@ def _tables() -> TableState:
         by_dst=tuple(rules),
         by_src=tuple(rules[:16]),
         l2=l2,
-        groups={FLOOD_GROUP: (0, 1, 2, 3)},
+        groups={P4Schema.load(P4INFO).contract.flood_group: (0, 1, 2, 3)},
     )
 
 

@@ -28,6 +28,15 @@
 #define FLOOD_GROUP 1
 #endif
 
+// Headers whose fields contradict themselves: parsing stops there with one of these errors, the
+// packet still goes through ingress (v1model does not drop on a parser error) and is forwarded,
+// but it is never looked up as a service.
+error {
+    Ipv4BadVersion,
+    Ipv4BadTotalLength,
+    TcpBadDataOffset
+}
+
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
 const bit<16> ETHERTYPE_ARP  = 0x0806;
 const bit<16> ETHERTYPE_VLAN = 0x8100;
@@ -187,6 +196,8 @@ parser ParserImpl(packet_in packet,
     // IHL below 5 cannot describe a valid header: stop there rather than guess where L4 starts.
     state parse_ipv4 {
         packet.extract(hdr.ipv4);
+        verify(hdr.ipv4.version == 4, error.Ipv4BadVersion);
+        verify(hdr.ipv4.total_len >= (bit<16>)hdr.ipv4.ihl * 4, error.Ipv4BadTotalLength);
         transition select(hdr.ipv4.ihl) {
             0:       accept;
             1:       accept;
@@ -225,6 +236,7 @@ parser ParserImpl(packet_in packet,
 
     state parse_tcp {
         packet.extract(hdr.tcp);
+        verify(hdr.tcp.data_offset >= 5, error.TcpBadDataOffset);
         transition accept;
     }
 
@@ -362,6 +374,12 @@ control IngressImpl(inout headers_t hdr,
         meta.flooded = 0;
 
         device_table.apply();
+        // A device id beyond the counter's layout (an entry a controller must never write, but
+        // BMv2 accepts any 16-bit value) is treated as a miss: unregistered, and announced.
+        if (meta.device_id >= MAX_DEVICES) {
+            meta.device_id = 0;
+            meta.registered = 0;
+        }
 
         if (meta.registered == 0) {
             hash(meta.digest_slot, HashAlgorithm.crc16, (bit<32>)0, { hdr.ethernet.src },
@@ -377,8 +395,9 @@ control IngressImpl(inout headers_t hdr,
             }
         }
 
-        // The service key. A TCP or UDP packet whose header is missing (later fragment) or
-        // truncated is never looked up, so it can never be mistaken for a port-0 service.
+        // The service key, only for a packet parsed without error: a TCP or UDP packet whose
+        // header is missing (later fragment), truncated or contradicts itself is never looked
+        // up, so it can never be mistaken for a port-0 service.
         meta.has_service_key = 0;
         meta.l4_proto = 0;
         meta.l4_sport = 0;
@@ -388,18 +407,19 @@ control IngressImpl(inout headers_t hdr,
         } else if (hdr.ipv6.isValid()) {
             meta.l4_proto = hdr.ipv6.next_hdr;
         }
-        if (hdr.tcp.isValid()) {
-            meta.l4_sport = hdr.tcp.src_port;
-            meta.l4_dport = hdr.tcp.dst_port;
-            meta.has_service_key = 1;
-        } else if (hdr.udp.isValid()) {
-            meta.l4_sport = hdr.udp.src_port;
-            meta.l4_dport = hdr.udp.dst_port;
-            meta.has_service_key = 1;
-        } else if ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
-                   && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP
-                   && standard_metadata.parser_error == error.NoError) {
-            meta.has_service_key = 1;
+        if (standard_metadata.parser_error == error.NoError) {
+            if (hdr.tcp.isValid()) {
+                meta.l4_sport = hdr.tcp.src_port;
+                meta.l4_dport = hdr.tcp.dst_port;
+                meta.has_service_key = 1;
+            } else if (hdr.udp.isValid()) {
+                meta.l4_sport = hdr.udp.src_port;
+                meta.l4_dport = hdr.udp.dst_port;
+                meta.has_service_key = 1;
+            } else if ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
+                       && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP) {
+                meta.has_service_key = 1;
+            }
         }
 
         if (meta.has_service_key == 1) {
@@ -408,6 +428,11 @@ control IngressImpl(inout headers_t hdr,
             }
         }
 
+        // Likewise a service id beyond the layout counts as "other": never in another device's
+        // cells, never outside the array.
+        if (meta.service_id >= MAX_SERVICES) {
+            meta.service_id = 0;
+        }
         service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
 
         l2_forward.apply();
@@ -444,6 +469,11 @@ control DeparserImpl(packet_out packet, in headers_t hdr) {
     }
 }
 
+// The compile-time constants the control plane and the reference switch need, carried into the
+// P4Info (pkg_info.structured_annotations) with the values this build was compiled with.
+@svcfp_contract[max_devices=MAX_DEVICES, max_services=MAX_SERVICES,
+                digest_cache_size=DIGEST_CACHE_SIZE, digest_repeat_us=DIGEST_REPEAT_US,
+                flood_group=FLOOD_GROUP]
 V1Switch(ParserImpl(),
          VerifyChecksumImpl(),
          IngressImpl(),

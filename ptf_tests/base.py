@@ -7,6 +7,11 @@ behave the same. Counters are never reset, so tests assert on deltas between two
 
 Test parameters: grpcaddr, p4info, config (the device config file: BMv2 JSON, or any file the
 reference switch accepts), device_id.
+
+The names, sizes and constants come from the project's contract module and the counter reads are
+decoded by the project's wire codec (the checkout is on the PTF process's path; both need numpy
+and the standard library only), so this suite checks the same contract the controller and the
+reference switch use, for whatever build the P4Info describes.
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import p4runtime_sh.shell as sh
 import ptf
-from counter_wire import CounterSnapshot, read_response_entities
 from google.protobuf import text_format
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4runtime_pb2
+from p4runtime_sh.p4runtime import P4RuntimeWriteException
 from ptf import testutils
 from ptf.base_tests import BaseTest
+
+from controller.base import contract as names
+from controller.base.contract import Contract
+from controller.base.wire import CounterValues, decode_counter_read
 
 # PTF port N faces switch port N; the runner wires up this many.
 PORTS = (0, 1, 2, 3)
@@ -48,11 +58,12 @@ class FingerprintTest(BaseTest):
         p4info_path = str(testutils.test_param_get("p4info"))
         config_path = str(testutils.test_param_get("config"))
         self.p4info = text_format.Parse(Path(p4info_path).read_text(), p4info_pb2.P4Info())
-        counter = self._p4info_object(self.p4info.counters, "service_hits")
+        self.contract = Contract.from_p4info(self.p4info, p4info_path)
+        counter = self._p4info_object(self.p4info.counters, names.COUNTER)
         self.counter_id = counter.preamble.id
         self.counter_size = int(counter.size)
-        self.max_devices = int(self._p4info_object(self.p4info.tables, "device_table").size)
-        self.max_services = self.counter_size // self.max_devices
+        self.max_devices = self.contract.max_devices
+        self.max_services = self.contract.max_services
         sh.setup(
             device_id=self.device_id,
             grpc_addr=self.grpc_addr,
@@ -80,11 +91,11 @@ class FingerprintTest(BaseTest):
             raise failures[0]
 
     @staticmethod
-    def _p4info_object(objects: Iterable[Any], alias: str) -> Any:
+    def _p4info_object(objects: Iterable[Any], name: str) -> Any:
         for obj in objects:
-            if obj.preamble.alias == alias:
+            if obj.preamble.name == name:
                 return obj
-        raise AssertionError(f"P4Info has no object named {alias}")
+        raise AssertionError(f"P4Info has no object named {name}")
 
     # --- control plane -------------------------------------------------------------------------
 
@@ -92,12 +103,24 @@ class FingerprintTest(BaseTest):
         entry.insert()
         self._undo.append(entry.delete)
 
-    def add_device(self, mac: str, device_id: int) -> None:
-        """device_table: source MAC -> device id."""
-        entry = sh.TableEntry("device_table")(action="set_device")
-        entry.match["src_mac"] = mac
-        entry.action["device_id"] = str(device_id)
-        self._insert(entry)
+    def _install(self, entry: Any, may_refuse: bool) -> bool:
+        """Insert `entry` (undone after the test). With `may_refuse`, a target's refusal is an
+        answer, not a failure: False."""
+        if not may_refuse:
+            self._insert(entry)
+            return True
+        try:
+            self._insert(entry)
+        except P4RuntimeWriteException:
+            return False
+        return True
+
+    def add_device(self, mac: str, device_id: int, *, may_refuse: bool = False) -> bool:
+        """device_table: source MAC -> device id; False if refused (with `may_refuse`)."""
+        entry = sh.TableEntry(names.DEVICE_TABLE)(action=names.SET_DEVICE)
+        entry.match[names.SRC_MAC] = mac
+        entry.action[names.DEVICE_ID] = str(device_id)
+        return self._install(entry, may_refuse)
 
     def add_service(
         self,
@@ -105,55 +128,59 @@ class FingerprintTest(BaseTest):
         proto: int | None,
         ports: tuple[int, int] | None,
         priority: int,
-        tables: tuple[str, ...] = ("service_by_dst", "service_by_src"),
-    ) -> None:
-        """A service as the controller installs it: ternary protocol, port range, priority.
-
-        `proto` None matches every protocol and `ports` None every port (the field is left out,
-        as P4Runtime requires for a wildcard).
-        """
+        tables: tuple[str, ...] = names.SERVICE_TABLES,
+        *,
+        may_refuse: bool = False,
+    ) -> bool:
+        """A service as the controller installs it, in both service tables (or `tables`):
+        ternary protocol, port range, priority. `proto` None matches every protocol and `ports`
+        None every port (the field is left out, as P4Runtime requires for a wildcard). False if
+        a table refused it (with `may_refuse`)."""
+        installed = True
         for table in tables:
-            entry = sh.TableEntry(table)(action="set_service")
+            entry = sh.TableEntry(table)(action=names.SET_SERVICE)
             if proto is not None:
-                entry.match["proto"] = f"{proto}&&&0xff"
+                entry.match[names.PROTO] = f"{proto}&&&0xff"
             if ports is not None:
-                entry.match["port"] = f"{ports[0]}..{ports[1]}"
-            entry.action["service_id"] = str(service_id)
+                entry.match[names.PORT] = f"{ports[0]}..{ports[1]}"
+            entry.action[names.SERVICE_ID] = str(service_id)
             entry.priority = priority
-            self._insert(entry)
+            installed &= self._install(entry, may_refuse)
+        return installed
 
     def add_l2(self, mac: str, port: int) -> None:
         """l2_forward: destination MAC -> egress port."""
-        entry = sh.TableEntry("l2_forward")(action="forward")
-        entry.match["dst_mac"] = mac
-        entry.action["port"] = str(port)
+        entry = sh.TableEntry(names.L2_TABLE)(action=names.FORWARD)
+        entry.match[names.DST_MAC] = mac
+        entry.action[names.PORT] = str(port)
         self._insert(entry)
 
     def add_l2_drop(self, mac: str) -> None:
         """l2_forward: frames to `mac` are dropped (after being counted)."""
-        entry = sh.TableEntry("l2_forward")(action="drop")
-        entry.match["dst_mac"] = mac
+        entry = sh.TableEntry(names.L2_TABLE)(action=names.DROP)
+        entry.match[names.DST_MAC] = mac
         self._insert(entry)
 
-    def add_flood_group(self, ports: Iterable[int] = PORTS, group_id: int = 1) -> None:
-        """The multicast group flood() uses: every port (hairpins are pruned in egress)."""
-        group = sh.MulticastGroupEntry(group_id)
+    def add_flood_group(self, ports: Iterable[int] = PORTS) -> None:
+        """The multicast group flood() uses (the build's FLOOD_GROUP): every port (hairpins are
+        pruned in egress)."""
+        group = sh.MulticastGroupEntry(self.contract.flood_group)
         for port in ports:
             group.add(port, 1)
         self._insert(group)
 
     def set_tap_mode(self) -> None:
         """l2_forward's default becomes drop(): count, then drop. Restored to flood() after."""
-        tap = sh.TableEntry("l2_forward")(action="drop")
+        tap = sh.TableEntry(names.L2_TABLE)(action=names.DROP)
         tap.is_default = True
         tap.modify()
-        restore = sh.TableEntry("l2_forward")(action="flood")
+        restore = sh.TableEntry(names.L2_TABLE)(action=names.FLOOD)
         restore.is_default = True
         self._undo.append(restore.modify)
 
     def enable_digests(self) -> None:
         """Ask for every new-device digest at once (one per list), acknowledged by the reader."""
-        entry = sh.DigestEntry("new_device_t")
+        entry = sh.DigestEntry(names.NEW_DEVICE_DIGEST)
         entry.max_timeout_ns = 0
         entry.max_list_size = 1
         entry.ack_timeout_ns = 1_000_000_000
@@ -189,11 +216,11 @@ class FingerprintTest(BaseTest):
 
     def cell(self, device_id: int, service_id: int) -> int:
         """The service_hits index of (device, service)."""
-        return device_id * self.max_services + service_id
+        return self.contract.cell(device_id, service_id)
 
-    def read_counters(self) -> CounterSnapshot:
+    def read_counters(self) -> CounterValues:
         """One wildcard CounterEntry read of service_hits, every cell of which the target must
-        return."""
+        return (exactly once), decoded from the wire bytes."""
         request = p4runtime_pb2.ReadRequest(device_id=self.device_id)
         request.entities.add().counter_entry.counter_id = self.counter_id
         read = self._reader.unary_stream(
@@ -201,21 +228,28 @@ class FingerprintTest(BaseTest):
             request_serializer=p4runtime_pb2.ReadRequest.SerializeToString,
             response_deserializer=None,
         )
-        entities: list[bytes] = []
-        for response in read(request, timeout=60):
-            entities.extend(read_response_entities(response))
-        self.assertEqual(len(entities), self.counter_size, "wildcard read must return every cell")
-        return CounterSnapshot(tuple(entities))
+        responses = list(read(request, timeout=60))
+        return decode_counter_read(
+            responses, self.counter_id, self.counter_size, self.grpc_addr, complete=True
+        )
+
+    @staticmethod
+    def changes(before: CounterValues, after: CounterValues) -> dict[int, tuple[int, int]]:
+        """{index: (packets, bytes)} of every cell that moved from `before` to `after`."""
+        packets = after.packets - before.packets
+        octets = after.bytes - before.bytes
+        moved = np.flatnonzero((packets != 0) | (octets != 0))
+        return {int(i): (int(packets[i]), int(octets[i])) for i in moved}
 
     def assert_counted(
-        self, before: CounterSnapshot, expected: dict[tuple[int, int], tuple[int, int]]
+        self, before: CounterValues, expected: dict[tuple[int, int], tuple[int, int]]
     ) -> None:
         """The counters moved by exactly `expected` {(device, service): (packets, bytes)} since
         `before`, and no other cell moved. Waits briefly for dropped packets to be counted."""
         want = {self.cell(d, s): counts for (d, s), counts in expected.items()}
         deadline = time.monotonic() + COUNTER_SETTLE_S
         while True:
-            delta = self.read_counters().since(before)
+            delta = self.changes(before, self.read_counters())
             if delta == want or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -3,7 +3,8 @@
 `python -m ptf_tests.runner --target refswitch|bmv2 --logs logs` (what `make ptf` runs, as
 root): creates namespace `svcfp-ptf-<pid>` holding veth pairs veth0..veth(2N-1) (switch port N on
 veth(2N), PTF port N on veth(2N+1)) and its own loopback for gRPC, starts the target switch in it,
-waits for its P4Runtime port, runs `ptf` from the PTF environment in it, prints
+waits for its P4Runtime port, runs `ptf` from the PTF environment in it (with the checkout on its
+PYTHONPATH: the tests use the project's contract module and wire codec), prints
 `N passed, N failed`, and always stops the switch it started (by PID) and deletes the namespace
 it created (by name), which removes the veths with it.
 
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DIR = Path(__file__).resolve().parent
 DEFAULT_P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
 BUILD_DIR = ROOT / "p4src" / "build"
-DEFAULT_BMV2_JSON = BUILD_DIR / "fingerprint.json"
+# p4c's BMv2 config for the default build, committed beside the P4Info.
+DEFAULT_BMV2_JSON = ROOT / "p4src" / "fingerprint.json"
 DEFAULT_PTF = ROOT / ".venv-ptf" / "bin" / "ptf"
 GRPC_PORT = 9559
 DEVICE_ID = 0
@@ -318,12 +320,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PASSED if results.failed == 0 and results.ran > 0 else EXIT_FAILED
 
 
+def ptf_environment() -> dict[str, str]:
+    """This process's environment with the checkout first on PYTHONPATH, so the suite imports
+    the project's `controller.base` modules as they are in this checkout."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def run_ptf(command: Sequence[str], output_file: Path) -> str:
     """Run ptf, echoing and saving its output; killed (by PID) after PTF_TIMEOUT_S."""
     lines: list[str] = []
     with output_file.open("w") as sink:
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ptf_environment(),
         )
         watchdog = threading.Timer(PTF_TIMEOUT_S, process.kill)
         watchdog.start()

@@ -27,7 +27,6 @@ from controller.base.command import LOG_FORMAT, LOG_LEVELS, run_command
 from controller.base.errors import InputError
 from controller.base.fileio import write_text_atomically
 from controller.base.p4info import P4Schema
-from refswitch.pipeline import DIGEST_REPEAT_US
 from refswitch.ports import Ports, parse_binding
 from refswitch.server import P4RuntimeServer
 from refswitch.status import P4RuntimeError
@@ -97,9 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--digest-repeat-us",
         type=int,
-        default=DIGEST_REPEAT_US,
-        help="DIGEST_REPEAT_US of the P4 build being modelled (not in the P4Info; default "
-        f"{DIGEST_REPEAT_US})",
+        help="model another DIGEST_REPEAT_US than the one the pushed P4Info carries "
+        "(default: the P4Info's, from @svcfp_contract)",
     )
     parser.add_argument("--cpu-port", type=int, help="port whose frames become PacketIn messages")
     parser.add_argument("--log-file", type=Path, help="this switch's log file")
@@ -124,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     _plain_loggers()
     if args.log_file:
         _log_to(args.log_file)
-    if args.digest_repeat_us < 0:
+    if args.digest_repeat_us is not None and args.digest_repeat_us < 0:
         raise InputError("--digest-repeat-us must not be negative")
     switch = Switch(args.device_id, cpu_port=args.cpu_port, digest_repeat_us=args.digest_repeat_us)
     stop = threading.Event()

@@ -36,10 +36,11 @@ PROTO_ICMPV6 = 58
 
 NO_ERROR = "NoError"
 PACKET_TOO_SHORT = "PacketTooShort"
+# fingerprint.p4's own parser errors (its `verify` statements).
+IPV4_BAD_VERSION = "Ipv4BadVersion"
+IPV4_BAD_TOTAL_LENGTH = "Ipv4BadTotalLength"
+TCP_BAD_DATA_OFFSET = "TcpBadDataOffset"
 
-# Compile-time constants of fingerprint.p4 that do not appear in the P4Info.
-DIGEST_REPEAT_US = 5_000_000
-FLOOD_GROUP = 1
 # v1model's mark_to_drop() port on BMv2.
 DROP_PORT = 511
 
@@ -216,7 +217,8 @@ class ParserImpl:
             self.hdr.arp = True
 
     def parse_ipv4(self, offset: int) -> None:
-        """IPv4: IHL 0–4 stops parsing, IHL 6–15 goes through the options."""
+        """IPv4: a version other than 4 or a total length below IHL × 4 is a parser error;
+        IHL 0–4 stops parsing, IHL 6–15 goes through the options."""
         if not self._fits(offset, 20):
             return
         frame, hdr = self._frame, self.hdr
@@ -224,6 +226,12 @@ class ParserImpl:
         ihl = frame[offset] & 0x0F
         hdr.l3_proto = frame[offset + 9]
         frag_offset = ((frame[offset + 6] & 0x1F) << 8) | frame[offset + 7]
+        if frame[offset] >> 4 != 4:
+            hdr.parser_error = IPV4_BAD_VERSION
+            return
+        if ((frame[offset + 2] << 8) | frame[offset + 3]) < ihl * 4:
+            hdr.parser_error = IPV4_BAD_TOTAL_LENGTH
+            return
         if ihl < 5:
             return
         if ihl > 5:
@@ -258,8 +266,11 @@ class ParserImpl:
             state(offset + 40)
 
     def parse_tcp(self, offset: int) -> None:
-        """TCP: the 20-byte fixed header."""
+        """TCP: the 20-byte fixed header; a data offset below 5 is a parser error (the header
+        stays valid, as after P4's `verify`)."""
         self.hdr.tcp = self._extract_ports(offset, 20)
+        if self.hdr.tcp and self._frame[offset + 12] >> 4 < 5:
+            self.hdr.parser_error = TCP_BAD_DATA_OFFSET
 
     def parse_udp(self, offset: int) -> None:
         """UDP: 8 bytes."""
@@ -323,10 +334,12 @@ class Pipeline:
         *,
         clock: Callable[[], int] | None = None,
         digest_sink: DigestSink | None = None,
-        digest_repeat_us: int = DIGEST_REPEAT_US,
+        digest_repeat_us: int | None = None,
     ) -> None:
         self.program = program
         self.max_services = program.max_services
+        self.max_devices = program.max_devices
+        self._flood_group = program.contract.flood_group
         self._counter_size = program.service_hits.size
         # array('q') increments fast in pure Python and exposes its buffer to numpy for reads.
         self._packets = array.array("q", bytes(8 * self._counter_size))
@@ -334,14 +347,16 @@ class Pipeline:
         cache = program.digest_cache_size
         self.digest_mac = [0] * cache
         self.digest_time = [0] * cache
-        self._digest_repeat_us = digest_repeat_us
+        # The build's DIGEST_REPEAT_US unless a test or the command line models another.
+        self.digest_repeat_us = (
+            program.contract.digest_repeat_us if digest_repeat_us is None else digest_repeat_us
+        )
         self._clock = clock or _monotonic_us()
         self._digest_sink = digest_sink
         self._parser = ParserImpl()
         self._lock = threading.Lock()
         self._tables = TableState()
         self._service_memo: dict[tuple[int, int, int], int] = {}
-        self._bad_indices: set[int] = set()
         self.parser_errors = 0
 
     # Control plane side -------------------------------------------------------------------------
@@ -404,51 +419,35 @@ class Pipeline:
             self._log_parser_error(frame, ingress_port)
         tables = self._tables
 
-        # device_table
-        device_id = tables.devices.get(hdr.src)
-        registered = True
-        if device_id is None:
-            device_id = tables.device_default
-            if device_id is None:
-                device_id = 0
-                registered = False
+        # device_table; an id beyond the counter's layout is treated as a miss, as in the P4.
+        found = tables.devices.get(hdr.src, tables.device_default)
+        registered = found is not None and found < self.max_devices
+        device_id = found if found is not None and registered else 0
         digest = None
         if not registered:
             digest = self._new_device_digest(hdr.src, ingress_port)
 
-        # The service key: a TCP/UDP packet without its header is never looked up.
+        # The service key, only after a parse without error: a TCP/UDP packet without its
+        # header, or with one that contradicts itself, is never looked up.
         service_id = 0
         proto = hdr.l3_proto
-        if hdr.tcp or hdr.udp:
-            service_id = self._service(proto, hdr.sport, hdr.dport)
-        elif (
-            (hdr.ipv4 or hdr.ipv6)
-            and proto != PROTO_TCP
-            and proto != PROTO_UDP
-            and hdr.parser_error == NO_ERROR
-        ):
-            service_id = self._service(proto, 0, 0)
+        if hdr.parser_error == NO_ERROR:
+            if hdr.tcp or hdr.udp:
+                service_id = self._service(proto, hdr.sport, hdr.dport)
+            elif (hdr.ipv4 or hdr.ipv6) and proto != PROTO_TCP and proto != PROTO_UDP:
+                service_id = self._service(proto, 0, 0)
 
-        # service_hits
+        # service_hits: a service id beyond the layout counts as "other", as in the P4.
+        if service_id >= self.max_services:
+            service_id = 0
         index = device_id * self.max_services + service_id
-        if index < self._counter_size:
-            self._packets[index] += 1
-            self._bytes[index] += len(frame)
-        elif index not in self._bad_indices:
-            self._bad_indices.add(index)
-            log.warning(
-                "service_hits index %d (device %d, service %d) is outside the counter's %d "
-                "cells; not counted",
-                index,
-                device_id,
-                service_id,
-                self._counter_size,
-            )
+        self._packets[index] += 1
+        self._bytes[index] += len(frame)
 
         # l2_forward, then the v1model traffic manager and EgressImpl.
         action = tables.l2.get(hdr.dst, tables.l2_default)
         if action == FLOOD:
-            replicas = tables.groups.get(FLOOD_GROUP, ())
+            replicas = tables.groups.get(self._flood_group, ())
             ports = tuple(port for port in replicas if port != ingress_port)
         elif action in (DROP, DROP_PORT):
             ports = ()
@@ -485,7 +484,7 @@ class Pipeline:
         cached_time = self.digest_time[slot]
         if (
             cached_mac != mac
-            or ((timestamp - cached_time) & _TIMESTAMP_MASK) >= self._digest_repeat_us
+            or ((timestamp - cached_time) & _TIMESTAMP_MASK) >= self.digest_repeat_us
         ):
             self.digest_mac[slot] = mac
             self.digest_time[slot] = timestamp

@@ -1,16 +1,20 @@
 """The program the reference switch runs, resolved by name from the P4Info it is given.
 
 The switch implements exactly one P4 program (p4src/fingerprint.p4). A pushed P4Info is accepted
-when it declares every object the pipeline model uses, with the same match kinds and widths; sizes
-(`-D MAX_DEVICES=...` builds) are taken from the P4Info, never assumed.
+when it carries that program's contract (`controller.base.contract`: every object with the same
+match kinds and widths, and the compile-time constants p4c copied from `@svcfp_contract`); sizes
+and constants of `-D` builds come from it, never from a copy here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from finsy.proto import p4i
 
+from controller.base import contract as names
+from controller.base.contract import Contract
 from controller.base.errors import InputError
 from controller.base.p4info import (
     ActionInfo,
@@ -22,32 +26,13 @@ from controller.base.p4info import (
 )
 from refswitch.status import invalid_argument
 
-# (table, ((field, bitwidth, match kind), ...), actions the table must offer)
-_TABLES: tuple[tuple[str, tuple[tuple[str, int, str], ...], tuple[str, ...]], ...] = (
-    ("device_table", (("src_mac", 48, "EXACT"),), ("set_device", "unregistered")),
-    ("service_by_dst", (("proto", 8, "TERNARY"), ("port", 16, "RANGE")), ("set_service",)),
-    ("service_by_src", (("proto", 8, "TERNARY"), ("port", 16, "RANGE")), ("set_service",)),
-    ("l2_forward", (("dst_mac", 48, "EXACT"),), ("forward", "flood", "drop")),
-)
-_ACTIONS: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
-    ("set_device", (("device_id", 16),)),
-    ("unregistered", ()),
-    ("set_service", (("service_id", 16),)),
-    ("forward", (("port", 9),)),
-    ("flood", ()),
-    ("drop", ()),
-)
-_REGISTERS: tuple[tuple[str, int], ...] = (("digest_mac", 48), ("digest_time", 48))
-_DIGEST_MEMBERS: tuple[tuple[str, int], ...] = (("mac", 48), ("port", 9))
-
-NO_ACTION_NAME = "NoAction"
-
 
 @dataclass(frozen=True)
 class Program:
     """Every P4 object the pipeline model uses, with its P4Runtime id and size."""
 
     schema: P4Schema
+    contract: Contract
     device_table: TableInfo
     service_by_dst: TableInfo
     service_by_src: TableInfo
@@ -63,21 +48,24 @@ class Program:
     digest_mac: RegisterInfo
     digest_time: RegisterInfo
     new_device: DigestInfo
+    # (action id, parameter id) → the exclusive bound that keeps the counter layout intact, and
+    # the constant it is.
+    param_limits: Mapping[tuple[int, int], tuple[int, str]]
 
     @property
     def max_devices(self) -> int:
-        """MAX_DEVICES: the device table's capacity."""
-        return self.device_table.size
+        """MAX_DEVICES of the build."""
+        return self.contract.max_devices
 
     @property
     def max_services(self) -> int:
-        """MAX_SERVICES: counter cells per device."""
-        return self.service_hits.size // self.device_table.size
+        """MAX_SERVICES of the build: counter cells per device."""
+        return self.contract.max_services
 
     @property
     def digest_cache_size(self) -> int:
         """DIGEST_CACHE_SIZE: slots of the new-device digest de-duplication cache."""
-        return self.digest_mac.size
+        return self.contract.digest_cache_size
 
     @classmethod
     def from_p4info(cls, p4info: p4i.P4Info) -> Program:
@@ -95,81 +83,32 @@ class Program:
 
 
 def _resolve(schema: P4Schema) -> Program:
-    actions = {name: _check_action(schema, name, params) for name, params in _ACTIONS}
-    tables = {
-        name: _check_table(schema, name, fields, tuple(actions[a].id for a in needed))
-        for name, fields, needed in _TABLES
-    }
-    counter = schema.counter("service_hits")
-    if counter.unit != "BOTH":
-        raise InputError(f"counter {counter.name} counts {counter.unit}, expected BOTH")
-    devices = tables["device_table"].size
-    if devices <= 0 or counter.size <= 0 or counter.size % devices:
-        raise InputError(
-            f"counter {counter.name} has {counter.size} cells, not a whole multiple of "
-            f"device_table's {devices} entries (MAX_DEVICES * MAX_SERVICES)"
-        )
-    registers = {name: _check_register(schema, name, width) for name, width in _REGISTERS}
-    if registers["digest_mac"].size != registers["digest_time"].size:
-        raise InputError("registers digest_mac and digest_time have different sizes")
-    digest = schema.digest("new_device_t")
-    if digest.members != _DIGEST_MEMBERS:
-        raise InputError(
-            f"digest {digest.name} has members {digest.members}, expected {_DIGEST_MEMBERS}"
-        )
-    no_action = schema.actions.get(NO_ACTION_NAME)
+    contract = schema.contract
+    limits: dict[tuple[int, int], tuple[int, str]] = {}
+    for action_name, params in names.ACTIONS.items():
+        action = schema.action(action_name)
+        for param_name, _ in params:
+            limit = contract.param_limit(action_name, param_name)
+            if limit is not None:
+                limits[(action.id, action.param(param_name).id)] = limit
+    no_action = schema.actions.get(names.NO_ACTION)
     return Program(
         schema=schema,
-        device_table=tables["device_table"],
-        service_by_dst=tables["service_by_dst"],
-        service_by_src=tables["service_by_src"],
-        l2_forward=tables["l2_forward"],
-        set_device=actions["set_device"],
-        unregistered=actions["unregistered"],
-        set_service=actions["set_service"],
-        forward=actions["forward"],
-        flood=actions["flood"],
-        drop=actions["drop"],
+        contract=contract,
+        device_table=schema.table(names.DEVICE_TABLE),
+        service_by_dst=schema.table(names.SERVICE_BY_DST),
+        service_by_src=schema.table(names.SERVICE_BY_SRC),
+        l2_forward=schema.table(names.L2_TABLE),
+        set_device=schema.action(names.SET_DEVICE),
+        unregistered=schema.action(names.UNREGISTERED),
+        set_service=schema.action(names.SET_SERVICE),
+        forward=schema.action(names.FORWARD),
+        flood=schema.action(names.FLOOD),
+        drop=schema.action(names.DROP),
         no_action_id=no_action.id if no_action is not None else 0,
-        service_hits=counter,
-        digest_mac=registers["digest_mac"],
-        digest_time=registers["digest_time"],
-        new_device=digest,
+        service_hits=schema.counter(names.COUNTER),
+        digest_mac=schema.register(names.DIGEST_MAC),
+        digest_time=schema.register(names.DIGEST_TIME),
+        new_device=schema.digest(names.NEW_DEVICE_DIGEST),
+        param_limits=limits,
     )
-
-
-def _check_action(schema: P4Schema, name: str, params: tuple[tuple[str, int], ...]) -> ActionInfo:
-    action = schema.action(name)
-    found = tuple((p.name, p.bitwidth) for p in action.params)
-    if found != params:
-        raise InputError(f"action {action.name} has parameters {found}, expected {params}")
-    return action
-
-
-def _check_table(
-    schema: P4Schema,
-    name: str,
-    fields: tuple[tuple[str, int, str], ...],
-    action_ids: tuple[int, ...],
-) -> TableInfo:
-    table = schema.table(name)
-    found = tuple((f.name, f.bitwidth, f.match_type) for f in table.match_fields)
-    if found != fields:
-        raise InputError(f"table {table.name} has key {found}, expected {fields}")
-    for action_id in action_ids:
-        if action_id not in table.action_ids:
-            action = schema.action(action_id)
-            raise InputError(f"table {table.name} does not offer action {action.name}")
-    if table.size <= 0:
-        raise InputError(f"table {table.name} has size {table.size}")
-    return table
-
-
-def _check_register(schema: P4Schema, name: str, bitwidth: int) -> RegisterInfo:
-    register = schema.register(name)
-    if register.bitwidth != bitwidth or register.size <= 0:
-        raise InputError(
-            f"register {register.name} is bit<{register.bitwidth}>[{register.size}], "
-            f"expected bit<{bitwidth}> cells"
-        )
-    return register

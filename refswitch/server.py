@@ -4,7 +4,7 @@ Behaviour follows the P4Runtime specification and, where the specification leave
 (BMv2's server): per-update write errors travel as status UNKNOWN whose details hold one
 `p4.v1.Error` per update; register reads are UNIMPLEMENTED; arbitration answers OK to the primary
 and ALREADY_EXISTS to backups. Read responses are passed to gRPC as pre-encoded bytes, so a wildcard
-counter read is encoded once, vectorised (see `counter_codec`).
+counter read is encoded once, vectorised (see `controller.base.wire`).
 """
 
 from __future__ import annotations

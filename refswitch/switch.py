@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 from finsy.proto import p4r, rpc_code
 
-from refswitch.counter_codec import CounterArrayEncoder
+from controller.base.wire import CounterArrayEncoder
 from refswitch.digests import DigestEngine, DigestSender
-from refswitch.pipeline import DIGEST_REPEAT_US, DROP, FLOOD, Pipeline, ServiceRule, TableState
+from refswitch.pipeline import DROP, FLOOD, Pipeline, ServiceRule, TableState
 from refswitch.program import Program
 from refswitch.replication import ReplicationEngine
 from refswitch.status import P4RuntimeError, invalid_argument, unimplemented
@@ -50,7 +50,7 @@ class Switch:
         *,
         cpu_port: int | None = None,
         clock_us: Callable[[], int] | None = None,
-        digest_repeat_us: int = DIGEST_REPEAT_US,
+        digest_repeat_us: int | None = None,
     ) -> None:
         self.device_id = device_id
         self.cpu_port = cpu_port
@@ -180,6 +180,7 @@ class Switch:
                 program.device_table.id: ActionCall(program.unregistered.id),
                 program.l2_forward.id: ActionCall(program.flood.id),
             },
+            program.param_limits,
         )
         self.replication.clear()
         self._saved = None
@@ -192,11 +193,13 @@ class Switch:
         )
         pipeline.install(self._table_state(self._loaded))
         log.info(
-            "pipeline committed: MAX_DEVICES=%d MAX_SERVICES=%d DIGEST_CACHE_SIZE=%d, "
-            "device config %d bytes",
+            "pipeline committed: MAX_DEVICES=%d MAX_SERVICES=%d DIGEST_CACHE_SIZE=%d "
+            "DIGEST_REPEAT_US=%d FLOOD_GROUP=%d, device config %d bytes",
             program.max_devices,
             program.max_services,
             program.digest_cache_size,
+            pipeline.digest_repeat_us,
+            program.contract.flood_group,
             len(config.p4_device_config),
         )
 

@@ -65,8 +65,15 @@ def decode_bytestring(data: bytes, bitwidth: int, what: str) -> int:
 class TableStore:
     """Every table's entries and default action for one pipeline."""
 
-    def __init__(self, schema: P4Schema, initial_defaults: Mapping[int, ActionCall]) -> None:
+    def __init__(
+        self,
+        schema: P4Schema,
+        initial_defaults: Mapping[int, ActionCall],
+        param_limits: Mapping[tuple[int, int], tuple[int, str]] | None = None,
+    ) -> None:
         self.schema = schema
+        # Parameters whose values must stay below a bound (ids that index the counter).
+        self._param_limits = dict(param_limits or {})
         self._initial_defaults = dict(initial_defaults)
         self._entries: dict[int, dict[tuple[MatchKey, int], Entry]] = {}
         self._defaults: dict[int, ActionCall] = {}
@@ -233,7 +240,7 @@ class TableStore:
             raise invalid_argument(
                 f"table {table.name}: action {action.name} is only allowed as the default action"
             )
-        return ActionCall(action.id, _params(action, message.action.params))
+        return ActionCall(action.id, _params(action, message.action.params, self._param_limits))
 
     # Reads --------------------------------------------------------------------------------------
 
@@ -290,7 +297,11 @@ class TableStore:
             )
 
 
-def _params(action: ActionInfo, given: Iterable[p4r.Action.Param]) -> tuple[int, ...]:
+def _params(
+    action: ActionInfo,
+    given: Iterable[p4r.Action.Param],
+    limits: Mapping[tuple[int, int], tuple[int, str]],
+) -> tuple[int, ...]:
     values: dict[int, int] = {}
     by_id = {p.id: p for p in action.params}
     for param in given:
@@ -301,9 +312,16 @@ def _params(action: ActionInfo, given: Iterable[p4r.Action.Param]) -> tuple[int,
             )
         if param.param_id in values:
             raise invalid_argument(f"action {action.name}: parameter {info.name} given twice")
-        values[param.param_id] = decode_bytestring(
+        value = decode_bytestring(
             param.value, info.bitwidth, f"action {action.name} parameter {info.name}"
         )
+        bound = limits.get((action.id, param.param_id))
+        if bound is not None and value >= bound[0]:
+            raise invalid_argument(
+                f"action {action.name} parameter {info.name}: {value} is out of range, "
+                f"{bound[1]} is {bound[0]} (the id indexes the service_hits counter)"
+            )
+        values[param.param_id] = value
     missing = [p.name for p in action.params if p.id not in values]
     if missing:
         raise invalid_argument(f"action {action.name}: missing parameter(s) {', '.join(missing)}")

@@ -7,8 +7,7 @@ import pytest
 from finsy.proto import p4r
 
 from controller.base.errors import SwitchError
-from controller.base.wire import decode_counter_read
-from refswitch.counter_codec import CounterArrayEncoder
+from controller.base.wire import CounterArrayEncoder, decode_counter_read
 
 COUNTER = 301989889
 

@@ -1,5 +1,5 @@
-"""End to end over real gRPC: the controller programs the reference switch, frames go through its
-pipeline, and exact activity lands in SQLite."""
+"""End to end over real gRPC: the controller programs the switch, frames go through its pipeline,
+and exact activity lands in SQLite. Every test runs on the reference switch and on BMv2."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.support.switch import (
     DEVICE_ID,
     PLUG,
     SERVER,
-    Wire,
+    TARGETS,
     assert_catalogue_installed,
     config,
     frame,
@@ -33,23 +33,31 @@ from tests.support.switch import (
     polls,
     read_tables,
     running,
+    start_target,
+    started,
     totals,
     until,
 )
+from tests.support.targets import Target
+
+
+@pytest.fixture(params=TARGETS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def wire() -> Iterator[Wire]:
-    started = Wire()
+def wire(kind: str, tmp_path: Path) -> Iterator[Target]:
+    target = start_target(kind, tmp_path / "switch")
     try:
-        yield started
+        yield target
     finally:
-        started.stop()
+        target.stop()
 
 
-def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Path) -> None:
+def test_frames_to_registry_entries_and_exact_activity(wire: Target, tmp_path: Path) -> None:
     async def scenario() -> Controller:
-        async with running(Controller(config(tmp_path, wire.address))) as controller:
+        async with running(Controller(config(tmp_path, wire))) as controller:
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
             wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=2)
             # The plug is unknown: its first frame raises a digest and registers it.
@@ -79,9 +87,9 @@ def test_frames_to_registry_entries_and_exact_activity(wire: Wire, tmp_path: Pat
     assert mac_params(tables[entries.L2_TABLE]) == {CAMERA: 1, SERVER: 0, PLUG: 2}
 
 
-def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path: Path) -> None:
+def test_controller_restart_resumes_without_counting_twice(wire: Target, tmp_path: Path) -> None:
     async def run_once(send: int) -> Controller:
-        async with running(Controller(config(tmp_path, wire.address))) as controller:
+        async with running(Controller(config(tmp_path, wire))) as controller:
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=send)
             await asyncio.sleep(0.3)
         return controller
@@ -93,10 +101,12 @@ def test_controller_restart_resumes_without_counting_twice(wire: Wire, tmp_path:
     assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (7, 700)}
 
 
-def test_monitor_joins_as_backup_without_disturbing_the_primary(wire: Wire, tmp_path: Path) -> None:
+def test_monitor_joins_as_backup_without_disturbing_the_primary(
+    wire: Target, tmp_path: Path
+) -> None:
     monitoring = config(
         tmp_path,
-        wire.address,
+        wire,
         role="monitor",
         skip_config=True,
         election_id=(0, 1),
@@ -104,7 +114,7 @@ def test_monitor_joins_as_backup_without_disturbing_the_primary(wire: Wire, tmp_
     )
 
     async def scenario() -> tuple[Controller, Controller]:
-        async with running(Controller(config(tmp_path, wire.address))) as primary:
+        async with running(Controller(config(tmp_path, wire))) as primary:
             async with running(Controller(monitoring)) as monitor:
                 session = monitor.workers[0].session
                 assert session is not None and not session.is_primary
@@ -121,10 +131,15 @@ def test_monitor_joins_as_backup_without_disturbing_the_primary(wire: Wire, tmp_
     assert totals(tmp_path / "monitor.db") == {(CAMERA, "udp/53"): (6, 480)}
 
 
-def test_wrong_device_id_and_unreachable_switch_name_the_switch(wire: Wire) -> None:
+def test_wrong_device_id_and_unreachable_switch_name_the_switch(wire: Target) -> None:
+    schema = P4Schema.load(P4INFO)
+
     async def connect(address: str, device_id: int, timeout: float) -> None:
-        async with Session(SwitchTarget("s9", address, device_id), connect_timeout=timeout):
-            pass
+        # BMv2 arbitrates any device id and refuses the pipeline; the reference switch refuses
+        # already at arbitration. Either way the controller cannot program the wrong device.
+        target = SwitchTarget("s9", address, device_id)
+        async with Session(target, connect_timeout=timeout) as session:
+            await session.ensure_pipeline(schema, wire.device_config, skip_config=False)
 
     with pytest.raises(SwitchError, match=rf"switch s9 at {wire.address} \(device id 7\)"):
         asyncio.run(connect(wire.address, 7, 2.0))
@@ -134,11 +149,11 @@ def test_wrong_device_id_and_unreachable_switch_name_the_switch(wire: Wire) -> N
         asyncio.run(connect("127.0.0.1:1", DEVICE_ID, 0.5))
 
 
-def test_mismatched_p4info_is_refused_naming_the_object(wire: Wire, tmp_path: Path) -> None:
+def test_mismatched_p4info_is_refused_naming_the_object(wire: Target, tmp_path: Path) -> None:
     async def push_then_attach(other: Path) -> None:
-        first = Controller(config(tmp_path, wire.address, duration=0.1))
+        first = Controller(config(tmp_path, wire, duration=0.1))
         await first.run()
-        second = Controller(config(tmp_path, wire.address, p4info=other, skip_config=True))
+        second = Controller(config(tmp_path, wire, p4info=other, skip_config=True))
         await second.run()
 
     schema = P4Schema.load(P4INFO)
@@ -151,13 +166,13 @@ def test_mismatched_p4info_is_refused_naming_the_object(wire: Wire, tmp_path: Pa
         asyncio.run(push_then_attach(other))
 
 
-def test_per_update_errors_are_listed(wire: Wire) -> None:
+def test_per_update_errors_are_listed(wire: Target) -> None:
     schema = P4Schema.load(P4INFO)
 
     async def scenario() -> WriteError:
         target = SwitchTarget("s1", wire.address, DEVICE_ID, election_id=(0, 5))
         async with Session(target, connect_timeout=3.0) as session:
-            await session.ensure_pipeline(schema, b"", skip_config=False)
+            await session.ensure_pipeline(schema, wire.device_config, skip_config=False)
             good = entries.device_entry(schema, CAMERA, 1)
             await session.write(entries.updates(p4r.Update.INSERT, [good]))
             again = entries.updates(
@@ -175,14 +190,12 @@ def test_per_update_errors_are_listed(wire: Wire) -> None:
 
 
 def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
-    wire: Wire, tmp_path: Path
+    wire: Target, tmp_path: Path
 ) -> None:
     newcomer = "02:00:00:00:00:0c"
 
     async def scenario() -> Controller:
-        async with running(
-            Controller(config(tmp_path, wire.address, idle_timeout=0.6))
-        ) as controller:
+        async with running(Controller(config(tmp_path, wire, idle_timeout=0.6))) as controller:
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: controller.registry.get(PLUG) is not None)
             await until(lambda: len(wire.devices) == 3)
@@ -206,14 +219,12 @@ def test_idle_eviction_frees_the_id_and_the_next_owner_starts_from_zero(
     }
 
 
-def test_closed_units_reach_the_callback(wire: Wire, tmp_path: Path) -> None:
+def test_closed_units_reach_the_callback(wire: Target, tmp_path: Path) -> None:
     closed: list[ActivityTable] = []
 
     async def scenario() -> None:
         async with running(
-            Controller(
-                config(tmp_path, wire.address, time_unit=0.5), lambda c: closed.append(c.activity)
-            )
+            Controller(config(tmp_path, wire, time_unit=0.5), lambda c: closed.append(c.activity))
         ):
             wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
             await until(lambda: len(closed) > 0 and sum(len(t) for t in closed) > 0)
@@ -227,10 +238,10 @@ def test_closed_units_reach_the_callback(wire: Wire, tmp_path: Path) -> None:
 
 
 def test_full_device_table_warns_and_keeps_serving(
-    wire: Wire, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    wire: Target, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> Controller:
-        async with running(Controller(config(tmp_path, wire.address, capacity=2))) as controller:
+        async with running(Controller(config(tmp_path, wire, capacity=2))) as controller:
             wire.send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
             await until(lambda: "event=registry_full" in caplog.text)
             wire.send(frame(CAMERA, SERVER, 17, 5000, 53, 64), port=1, count=3)
@@ -245,15 +256,14 @@ def test_full_device_table_warns_and_keeps_serving(
     assert learned[PLUG] == 2, "forwarding still learns the unregistered device"
 
 
-def test_several_switches_from_one_process(tmp_path: Path) -> None:
-    wires = [Wire(), Wire()]
-    try:
+def test_several_switches_from_one_process(kind: str, tmp_path: Path) -> None:
+    with started(kind, tmp_path, count=2) as wires:
         specs = tuple(
             SwitchSpec(f"s{i + 1}", w.address, DEVICE_ID, ports=(0, 1)) for i, w in enumerate(wires)
         )
 
         async def scenario() -> Controller:
-            controlling = Controller(config(tmp_path, wires[0].address, switches=specs))
+            controlling = Controller(config(tmp_path, wires[0], switches=specs))
             async with running(controlling) as controller:
                 wires[0].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
                 wires[1].send(frame(SERVER, CAMERA, 6, 443, 50000, 60), port=0, count=3)
@@ -273,19 +283,14 @@ def test_several_switches_from_one_process(tmp_path: Path) -> None:
             (CAMERA, "tcp/443"): (2, 200),
             (SERVER, "tcp/443"): (3, 180),
         }
-    finally:
-        for wire in wires:
-            wire.stop()
 
 
-def test_tap_mode_counts_then_drops_and_policy_filters(wire: Wire, tmp_path: Path) -> None:
+def test_tap_mode_counts_then_drops_and_policy_filters(wire: Target, tmp_path: Path) -> None:
     allow = tmp_path / "allow.txt"
     allow.write_text(f"{PLUG}\n")
     stranger = "02:00:00:00:00:0d"
 
-    tapping = config(
-        tmp_path, wire.address, tap=True, policy=RegisterPolicy.parse("allowlist", allow)
-    )
+    tapping = config(tmp_path, wire, tap=True, policy=RegisterPolicy.parse("allowlist", allow))
 
     async def scenario() -> Controller:
         async with running(Controller(tapping)) as controller:
@@ -301,7 +306,7 @@ def test_tap_mode_counts_then_drops_and_policy_filters(wire: Wire, tmp_path: Pat
     controller = asyncio.run(scenario())
     assert controller.registry.get(stranger) is None, "not on the allowlist"
     assert wire.sent == [], "tap mode forwards nothing"
-    assert wire.switch.replication.ports() == {}
+    assert wire.multicast_groups() == {}
     assert totals(tmp_path / "svcfp.db") == {
         (PLUG, "udp/53"): (2, 128),
         (CAMERA, "tcp/443"): (1, 100),

@@ -105,7 +105,7 @@ def test_forwarding_entries_default_and_flood(schema: P4Schema) -> None:
     assert text(forwarding.default(schema)) == (
         "table_id: 33554436 action { action { action_id: 16777221 } } is_default_action: true"
     )
-    assert text(forwarding.flood() or p4r.Entity()) == (
+    assert text(forwarding.flood(schema) or p4r.Entity()) == (
         "packet_replication_engine_entry { multicast_group_entry { multicast_group_id: 1"
         " replicas { egress_port: 0 instance: 1 } replicas { egress_port: 1 instance: 1 }"
         " replicas { egress_port: 2 instance: 1 } replicas { egress_port: 3 instance: 1 } } }"
@@ -115,7 +115,7 @@ def test_forwarding_entries_default_and_flood(schema: P4Schema) -> None:
 def test_tap_mode_drops_and_installs_no_forwarding(schema: P4Schema) -> None:
     tap = Forwarding(ports=[0, 1], static={"02:00:00:00:00:0a": 1}, tap=True)
     assert tap.entries(schema) == []
-    assert tap.flood() is None
+    assert tap.flood(schema) is None
     assert text(tap.default(schema)) == (
         "table_id: 33554436 action { action { action_id: 16777222 } } is_default_action: true"
     )

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from controller.base.errors import InputError
+from controller.base.p4info import P4Schema
 from controller.p4rt import build as p4build
 
 ROOT = Path(__file__).resolve().parent.parent
 P4_SOURCE = ROOT / "p4src" / "fingerprint.p4"
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
+BMV2_JSON = ROOT / "p4src" / "fingerprint.json"
 
 # A stand-in p4c: records its arguments and writes the outputs the real one writes, taking the
 # P4Info text from $EMIT_P4INFO. It exercises everything p4build does around the compiler.
@@ -78,16 +80,18 @@ def test_identical_p4info_passes_and_writes_the_json(
     assert run(out, str(fake_p4c)) == 0
     assert json.loads((out / "fingerprint.json").read_text()) == {"program": "fingerprint.p4"}
     assert (out / "fingerprint.p4info.txtpb").read_text() == P4INFO.read_text()
+    # p4c runs in a staging folder on relative paths, so its JSON does not depend on where the
+    # checkout or the output folder are.
     assert (tmp_path / "argv").read_text().splitlines() == [
         "--target",
         "bmv2",
         "--arch",
         "v1model",
         "--p4runtime-files",
-        str(out / "fingerprint.p4info.txtpb"),
+        "p4src/fingerprint.p4info.txtpb",
         "-o",
-        str(out),
-        str(P4_SOURCE),
+        "p4src",
+        "p4src/fingerprint.p4",
     ]
     assert "matches what p4c generated" in capsys.readouterr().out
 
@@ -114,7 +118,7 @@ def test_defines_are_passed_to_p4c_and_skip_the_comparison(
     out = tmp_path / "build"
     assert run(out, str(fake_p4c), "-D", "MAX_DEVICES=4096", "-D", "MAX_SERVICES=64") == 0
     argv = (tmp_path / "argv").read_text().splitlines()
-    assert argv[-3:] == ["-DMAX_DEVICES=4096", "-DMAX_SERVICES=64", str(P4_SOURCE)]
+    assert argv[-3:] == ["-DMAX_DEVICES=4096", "-DMAX_SERVICES=64", "p4src/fingerprint.p4"]
     assert f"use {out / 'fingerprint.p4info.txtpb'}" in capsys.readouterr().out
 
 
@@ -155,6 +159,28 @@ def test_real_p4c_compiles_and_matches_the_committed_p4info(tmp_path: Path) -> N
     config = json.loads((out / "fingerprint.json").read_text())
     assert {"parsers", "pipelines", "deparsers"} <= set(config)
     assert (out / "fingerprint.p4info.txtpb").read_text() == P4INFO.read_text()
+    # The committed BMv2 JSON is p4c's own output too, byte for byte, wherever it was built.
+    assert (out / "fingerprint.json").read_bytes() == BMV2_JSON.read_bytes()
+
+
+def test_in_place_build_rewrites_the_committed_files_and_says_so(
+    tmp_path: Path, fake_p4c: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "p4src"
+    folder.mkdir()
+    source = folder / "fingerprint.p4"
+    source.write_text(P4_SOURCE.read_text())
+    committed = folder / "fingerprint.p4info.txtpb"
+    committed.write_text(P4INFO.read_text())
+    argv = ["--p4", str(source), "--p4info", str(committed), "--out", str(folder)]
+    assert p4build.main(argv, environ={"PATH": str(fake_p4c)}) == 0
+    assert f"rewritten by p4c: {folder / 'fingerprint.json'} (commit them)" in (
+        capsys.readouterr().out
+    )
+    assert p4build.main(argv, environ={"PATH": str(fake_p4c)}) == 0
+    assert "exactly what p4c generated" in capsys.readouterr().out
+    assert p4build.main([*argv, "-D", "MAX_SERVICES=512"], environ={"PATH": str(fake_p4c)}) == 2
+    assert "would overwrite the committed" in capsys.readouterr().err
 
 
 @pytest.mark.p4c
@@ -164,3 +190,7 @@ def test_real_p4c_honours_defines(tmp_path: Path) -> None:
     out = tmp_path / "build"
     assert run(out, str(Path(p4c).parent), "-D", "MAX_DEVICES=64", "-D", "MAX_SERVICES=32") == 0
     assert "size: 2048\n" in (out / "fingerprint.p4info.txtpb").read_text()
+    # The constants reach the contract the controller and the reference switch read.
+    schema = P4Schema.load(out / "fingerprint.p4info.txtpb")
+    assert (schema.contract.max_devices, schema.contract.max_services) == (64, 32)
+    assert schema.table("device_table").size == 64

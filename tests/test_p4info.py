@@ -1,17 +1,15 @@
-"""The committed P4Info against the P4 source it describes and the contract in p4src/README.md.
+"""The committed P4Info against the contract the controller and the reference switch expect.
 
-p4c is not available everywhere, so drift between `fingerprint.p4` and the committed
-`fingerprint.p4info.txtpb` is caught here by reading the declarations out of the P4 text and
-building the P4Info p4c would emit for them (names, IDs, match fields, action references, sizes,
-counter/register/digest specs), in p4c's text format.
+The committed P4Info and BMv2 JSON are p4c's own output (`make build` writes them; with p4c on
+PATH, tests/test_p4build.py compiles afresh and requires both byte for byte). Here, without p4c:
+the objects, IDs, widths, kinds and sizes the README's contract table and `controller.base.contract`
+state, the compile-time constants p4c copied from `@svcfp_contract`, and the refusal of a P4Info
+that breaks the contract, naming what differs.
 """
 
 from __future__ import annotations
 
-import ast
-import operator
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,222 +17,13 @@ import pytest
 from finsy.proto import p4i
 from google.protobuf import text_format
 
+from controller.base import contract as names
+from controller.base.contract import Contract
+from controller.base.errors import InputError
+
 ROOT = Path(__file__).resolve().parent.parent
-P4_SOURCE = ROOT / "p4src" / "fingerprint.p4"
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
 CONTRACT = ROOT / "p4src" / "README.md"
-
-HEADER_LINES = "# proto-file: p4/config/v1/p4info.proto\n# proto-message: p4.config.v1.P4Info\n\n"
-
-# p4c's ID prefixes (top byte) per object kind.
-PREFIX = {"action": 0x01, "table": 0x02, "counter": 0x12, "register": 0x16, "digest": 0x17}
-MATCH_TYPES = {
-    "exact": p4i.MatchField.EXACT,
-    "ternary": p4i.MatchField.TERNARY,
-    "range": p4i.MatchField.RANGE,
-    "lpm": p4i.MatchField.LPM,
-}
-NOACTION = "NoAction"
-ANNOTATION = r"(?P<annotations>(?:@\w+(?:\([^)]*\))?\s*)*)"
-
-
-def jenkins_one_at_a_time(text: str) -> int:
-    """The 32-bit hash p4c derives IDs from for objects without `@id`."""
-    mask = 0xFFFFFFFF
-    value = 0
-    for byte in text.encode():
-        value = (value + byte) & mask
-        value = (value + (value << 10)) & mask
-        value ^= value >> 6
-    value = (value + (value << 3)) & mask
-    value ^= value >> 11
-    return (value + (value << 15)) & mask
-
-
-def object_id(kind: str, name: str, annotations: str) -> int:
-    """The ID p4c assigns: the `@id` value with its kind prefix, else the hash of the name."""
-    pinned = re.search(r"@id\(\s*(0x[0-9a-fA-F]+|\d+)\s*\)", annotations)
-    if pinned is None:
-        return PREFIX[kind] << 24 | (jenkins_one_at_a_time(name) & 0xFFFFFF)
-    value = int(pinned.group(1), 0)
-    return value if value >> 24 else PREFIX[kind] << 24 | value
-
-
-def name_preamble(
-    preamble: p4i.Preamble, kind: str, name: str, alias: str, annotations: str
-) -> None:
-    """Fill a preamble's ID, name and alias as p4c does."""
-    preamble.id = object_id(kind, name, annotations)
-    preamble.name = name
-    preamble.alias = alias
-
-
-@dataclass(frozen=True)
-class P4Source:
-    """The parts of a P4 program's text that its P4Info is derived from."""
-
-    text: str
-    defines: dict[str, str]
-
-    @classmethod
-    def read(cls, path: Path, overrides: dict[str, str] | None = None) -> P4Source:
-        raw = path.read_text()
-        defines = dict(re.findall(r"^#define\s+(\w+)\s+(.+?)\s*$", raw, re.MULTILINE))
-        defines.update(overrides or {})
-        text = re.sub(r"/\*.*?\*/", " ", raw, flags=re.DOTALL)
-        text = re.sub(r"//[^\n]*", " ", text)
-        text = re.sub(r"^#[^\n]*", " ", text, flags=re.MULTILINE)
-        return cls(text, defines)
-
-    def evaluate(self, expression: str) -> int:
-        """A constant integer expression over the #define'd names."""
-        expanded = re.sub(r"\b[A-Za-z_]\w*\b", lambda m: self.defines[m.group(0)], expression)
-        return _constant(ast.parse(expanded.strip(), mode="eval").body)
-
-    def fields(self, type_name: str) -> dict[str, tuple[str, int]]:
-        """Members of a header or struct: name -> (type name, bit width or 0 if not bit<W>)."""
-        match = re.search(rf"\b(?:header|struct)\s+{type_name}\s*\{{", self.text)
-        assert match, f"no header or struct {type_name}"
-        members: dict[str, tuple[str, int]] = {}
-        for kind, name in re.findall(r"([\w<>]+)\s+(\w+)\s*;", _block(self.text, match.start())):
-            width = re.fullmatch(r"bit<(\d+)>", kind)
-            members[name] = (kind, int(width.group(1)) if width else 0)
-        return members
-
-    def control(self, name: str) -> tuple[str, dict[str, str]]:
-        """A control's body and its parameter name -> type name."""
-        match = re.search(rf"\bcontrol\s+{name}\s*\(([^)]*)\)", self.text)
-        assert match, f"no control {name}"
-        params = {
-            param: kind
-            for kind, param in re.findall(
-                r"(?:in|out|inout)?\s*(\w+)\s+(\w+)\s*(?:,|$)", match.group(1)
-            )
-        }
-        return _block(self.text, match.end()), params
-
-    def width(self, expression: str, params: dict[str, str]) -> int:
-        """Bit width of a field path such as `hdr.ethernet.src` or `meta.l4_proto`."""
-        parts = expression.split(".")
-        type_name = params[parts[0]]
-        for part in parts[1:-1]:
-            type_name = self.fields(type_name)[part][0]
-        return self.fields(type_name)[parts[-1]][1]
-
-
-def derive_p4info(source: P4Source, control_name: str = "IngressImpl") -> p4i.P4Info:
-    """The P4Info p4c emits for the control-plane objects of one v1model control."""
-    body, params = source.control(control_name)
-    info = p4i.P4Info()
-    info.pkg_info.arch = "v1model"
-
-    declared_actions: list[tuple[str, str, str]] = re.findall(
-        ANNOTATION + r"action\s+(\w+)\s*\(([^)]*)\)", body
-    )
-    table_heads = list(re.finditer(ANNOTATION + r"table\s+(\w+)\s*\{", body))
-    referenced = set()
-    for head in table_heads:
-        table_body = _block(body, head.start())
-        referenced.update(re.findall(r"(\w+)\s*;", _section(table_body, "actions")))
-
-    action_ids: dict[str, int] = {}
-    if NOACTION in referenced:
-        action = info.actions.add()
-        name_preamble(action.preamble, "action", NOACTION, NOACTION, "")
-        action.preamble.annotations.append('@noWarn("unused")')
-        action_ids[NOACTION] = action.preamble.id
-    for pinned, name, param_text in declared_actions:
-        action = info.actions.add()
-        name_preamble(action.preamble, "action", f"{control_name}.{name}", name, pinned)
-        action_ids[name] = action.preamble.id
-        for number, (width, param) in enumerate(
-            re.findall(r"bit<(\d+)>\s+(\w+)", param_text), start=1
-        ):
-            action.params.add(id=number, name=param, bitwidth=int(width))
-
-    for head in table_heads:
-        table_body = _block(body, head.start())
-        name = head.group(2)
-        table = info.tables.add()
-        pinned = head.group("annotations")
-        name_preamble(table.preamble, "table", f"{control_name}.{name}", name, pinned)
-        keys = re.findall(
-            r"([\w.]+)\s*:\s*(\w+)\s*(?:@name\(\"(\w+)\"\))?\s*;", _section(table_body, "key")
-        )
-        for number, (expression, kind, alias) in enumerate(keys, start=1):
-            table.match_fields.add(
-                id=number,
-                name=alias or expression,
-                bitwidth=source.width(expression, params),
-                match_type=MATCH_TYPES[kind],
-            )
-        for default_only, action_name in re.findall(
-            r"(@defaultonly\s+)?(\w+)\s*;", _section(table_body, "actions")
-        ):
-            ref = table.action_refs.add(id=action_ids[action_name])
-            if default_only:
-                ref.annotations.append("@defaultonly")
-                ref.scope = p4i.ActionRef.DEFAULT_ONLY
-        size = re.search(r"\bsize\s*=\s*([^;]+);", table_body)
-        table.size = source.evaluate(size.group(1)) if size else 1024
-
-    counter_decl = ANNOTATION + r"counter\s*\(([^;]*),\s*CounterType\.(\w+)\s*\)\s*(\w+)\s*;"
-    for pinned, size_text, unit, name in re.findall(counter_decl, body):
-        counter = info.counters.add()
-        name_preamble(counter.preamble, "counter", f"{control_name}.{name}", name, pinned)
-        counter.spec.unit = {
-            "packets": p4i.CounterSpec.PACKETS,
-            "bytes": p4i.CounterSpec.BYTES,
-            "packets_and_bytes": p4i.CounterSpec.BOTH,
-        }[unit]
-        counter.size = source.evaluate(size_text)
-
-    register_decl = ANNOTATION + r"register\s*<\s*bit<(\d+)>\s*>\s*\(([^;]*)\)\s*(\w+)\s*;"
-    for pinned, width, size_text, name in re.findall(register_decl, body):
-        register = info.registers.add()
-        name_preamble(register.preamble, "register", f"{control_name}.{name}", name, pinned)
-        register.type_spec.bitstring.bit.bitwidth = int(width)
-        register.size = source.evaluate(size_text)
-
-    for struct_name in dict.fromkeys(re.findall(r"\bdigest\s*<\s*(\w+)\s*>", body)):
-        digest = info.digests.add()
-        name_preamble(digest.preamble, "digest", struct_name, struct_name, "")
-        digest.type_spec.struct.name = struct_name
-        members = info.type_info.structs[struct_name].members
-        for member, (_, width) in source.fields(struct_name).items():
-            members.add(name=member).type_spec.bitstring.bit.bitwidth = width
-    return info
-
-
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-
-
-def _constant(node: ast.expr) -> int:
-    """An integer expression of literals, +, - and *."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return int(node.value)
-    assert isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS, ast.dump(node)
-    return int(_OPERATORS[type(node.op)](_constant(node.left), _constant(node.right)))
-
-
-def _block(text: str, start: int) -> str:
-    opening = text.index("{", start)
-    depth = 0
-    for position in range(opening, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[position], 0)
-        if depth == 0:
-            return text[opening + 1 : position]
-    raise AssertionError(f"unbalanced braces after offset {start}")
-
-
-def _section(table_body: str, name: str) -> str:
-    match = re.search(rf"\b{name}\s*=\s*\{{", table_body)
-    return _block(table_body, match.start()) if match else ""
-
-
-def render(info: p4i.P4Info) -> str:
-    """P4Info in the text format p4c writes with --p4runtime-files."""
-    return HEADER_LINES + text_format.MessageToString(info)
 
 
 def committed() -> p4i.P4Info:
@@ -253,20 +42,6 @@ def contract_rows() -> list[tuple[str, str, int]]:
         assert name and number, line
         rows.append((cells[0], name.group(1), int(number.group(1), 0)))
     return rows
-
-
-def test_probe_p4info_is_what_p4c_emitted_for_the_probe() -> None:
-    """The derivation reproduces byte for byte a P4Info p4c really emitted."""
-    probe = ROOT.parent / "shared" / "examples"
-    if not (probe / "probe.p4").is_file():
-        pytest.skip("the p4c-compiled probe example is not on this machine")
-    derived = derive_p4info(P4Source.read(probe / "probe.p4"))
-    assert render(derived) == (probe / "probe.p4info.txtpb").read_text()
-
-
-def test_committed_p4info_matches_the_p4_source_exactly() -> None:
-    derived = render(derive_p4info(P4Source.read(P4_SOURCE)))
-    assert P4INFO.read_text() == derived
 
 
 def test_committed_p4info_has_every_contract_object_with_its_id() -> None:
@@ -348,15 +123,91 @@ def test_defaults_are_only_defaults() -> None:
     }
 
 
-def test_defines_resize_the_counter_and_tables() -> None:
-    """`-DMAX_DEVICES=...` reaches every size derived from it."""
-    info = derive_p4info(P4Source.read(P4_SOURCE, {"MAX_DEVICES": "64", "MAX_SERVICES": "32"}))
-    assert info.counters[0].size == 64 * 32
-    assert {t.preamble.alias: t.size for t in info.tables}["device_table"] == 64
+def constants_table() -> dict[str, int]:
+    """Compile-time constant → default, from the constants table of p4src/README.md."""
+    found = {}
+    for line in CONTRACT.read_text().splitlines():
+        match = re.match(r"\|\s*`([A-Z_]+)`\s*\|\s*(\d+)\s*\|", line)
+        if match:
+            found[match.group(1)] = int(match.group(2))
+    return found
 
 
-def test_jenkins_hash_gives_p4c_ids() -> None:
-    assert object_id("digest", "new_device_t", "") == 388360070
-    assert object_id("action", "NoAction", "") == 21257015
-    assert object_id("action", "IngressImpl.set_device", "@id(1)") == 16777217
-    assert object_id("table", "IngressImpl.t", "@id(0x02000010)") == 0x02000010
+def test_contract_constants_are_the_documented_defaults() -> None:
+    contract = Contract.from_p4info(committed(), str(P4INFO))
+    assert contract == Contract(
+        max_devices=1024,
+        max_services=256,
+        digest_cache_size=256,
+        digest_repeat_us=5_000_000,
+        flood_group=1,
+    )
+    documented = constants_table()
+    assert {name.lower(): value for name, value in documented.items()} == {
+        key: getattr(contract, key) for key in names.CONSTANTS
+    }
+    assert contract.cell(1023, 255) == contract.counter_size - 1 == 262143
+
+
+def test_contract_names_every_object_of_the_committed_p4info() -> None:
+    info = committed()
+    assert {t.preamble.name for t in info.tables} == set(names.TABLES)
+    assert {a.preamble.name for a in info.actions} == {*names.ACTIONS, names.NO_ACTION}
+    assert {c.preamble.name for c in info.counters} == {names.COUNTER}
+    assert {r.preamble.name for r in info.registers} == set(names.REGISTERS)
+    assert {d.preamble.name for d in info.digests} == {names.NEW_DEVICE_DIGEST}
+
+
+def _edited(change: Any) -> p4i.P4Info:
+    info = committed()
+    change(info)
+    return info
+
+
+def _set_constant(info: p4i.P4Info, key: str, value: int) -> None:
+    for pair in info.pkg_info.structured_annotations[0].kv_pair_list.kv_pairs:
+        if pair.key == key:
+            pair.value.int64_value = value
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda info: info.pkg_info.ClearField("structured_annotations"),
+            r"has no @svcfp_contract annotation in pkg_info",
+        ),
+        (
+            lambda info: info.pkg_info.structured_annotations[0].kv_pair_list.kv_pairs.pop(4),
+            r"@svcfp_contract lacks flood_group",
+        ),
+        (
+            lambda info: _set_constant(info, "max_services", 512),
+            r"counter IngressImpl.service_hits has 262144 cells, MAX_DEVICES × MAX_SERVICES is "
+            r"1024 × 512",
+        ),
+        (
+            lambda info: _set_constant(info, "max_devices", 2048),
+            r"table IngressImpl.device_table holds 1024 entries, MAX_DEVICES is 2048",
+        ),
+        (
+            lambda info: setattr(info.tables[0].match_fields[0], "bitwidth", 32),
+            r"table IngressImpl.device_table has key \(\('src_mac', 32, 'EXACT'\),\)",
+        ),
+        (
+            lambda info: setattr(info.actions[3].params[0], "bitwidth", 8),
+            r"action IngressImpl.set_service has parameters \(\('service_id', 8\),\)",
+        ),
+        (
+            lambda info: setattr(info.registers[1], "size", 128),
+            r"register IngressImpl.digest_time is bit<48>\[128\], expected bit<48>\[256\]",
+        ),
+        (
+            lambda info: info.ClearField("digests"),
+            r"has no digest 'new_device_t'",
+        ),
+    ],
+)
+def test_a_p4info_that_breaks_the_contract_is_refused_naming_it(change: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Contract.from_p4info(_edited(change), "edited.p4info.txtpb")

@@ -4,12 +4,15 @@ every test of the suite required to have run and passed."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from controller.base.p4info import P4Schema
+from controller.p4rt.build import compile_p4
 from ptf_tests import runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,4 +56,43 @@ def test_ptf_suite_passes(target: str, tmp_path: Path) -> None:
     passed = {test for test, outcome in results.outcomes if outcome == "ok"}
     assert passed == expected, completed.stdout[-5000:] + completed.stderr[-2000:]
     assert f"{len(expected)} passed, 0 failed" in completed.stdout.splitlines()
+    assert completed.returncode == runner.EXIT_PASSED
+
+
+@pytest.mark.root
+@pytest.mark.p4c
+@pytest.mark.slow
+@pytest.mark.timeout(SUITE_TIMEOUT_S)
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("refswitch", id="reference-switch"),
+        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2]),
+    ],
+)
+def test_a_512_service_build_works_end_to_end_with_no_other_edit(
+    target: str, tmp_path: Path
+) -> None:
+    """`-DMAX_SERVICES=512` reaches the P4Info's contract, the switch accepts the pipeline, and the
+    last-cell test (device MAX_DEVICES-1, service MAX_SERVICES-1) passes against it."""
+    p4c = shutil.which("p4c")
+    assert p4c is not None
+    build = compile_p4(
+        Path(p4c), ROOT / "p4src" / "fingerprint.p4", tmp_path / "build", {"MAX_SERVICES": "512"}
+    )
+    assert P4Schema.load(build.p4info).contract.counter_size == 1024 * 512
+    command = [
+        sys.executable, "-m", "ptf_tests.runner", "--target", target,
+        "--logs", str(tmp_path / "logs"), "--p4info", str(build.p4info),
+        "--bmv2-json", str(build.bmv2_json), "services.LastCounterCell",
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT_S - 60,
+    )
+    results = runner.parse_results(completed.stdout)
+    assert results.outcomes == (("services.LastCounterCell", "ok"),), completed.stdout[-3000:]
     assert completed.returncode == runner.EXIT_PASSED

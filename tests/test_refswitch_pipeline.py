@@ -9,10 +9,8 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from controller.base.p4info import P4Schema
 from refswitch.pipeline import (
-    DIGEST_REPEAT_US,
     DROP,
     FLOOD,
-    FLOOD_GROUP,
     PACKET_TOO_SHORT,
     Pipeline,
     ServiceRule,
@@ -29,6 +27,10 @@ OTHER_RAW = bytes.fromhex("aabbccddee02")
 SERVER_MAC = "02:00:00:00:00:fe"
 SERVER_RAW = bytes.fromhex("0200000000fe")
 DEVICE_ID = 5
+# The committed build's constants, as its P4Info carries them.
+CONTRACT = P4Schema.load(P4INFO).contract
+DIGEST_REPEAT_US = CONTRACT.digest_repeat_us
+FLOOD_GROUP = CONTRACT.flood_group
 
 S_HTTPS, S_DNS, S_HTTP, S_ICMP, S_ICMPV6, S_EPHEMERAL, S_ANY_UDP = 3, 4, 5, 6, 7, 8, 9
 
@@ -349,12 +351,32 @@ def test_last_device_and_last_service_hit_the_last_cell(program: Program) -> Non
     assert packets[:-1].sum() == 0
 
 
-def test_device_beyond_the_counter_is_not_counted(program: Program) -> None:
-    pipeline = Pipeline(program)
-    pipeline.install(TableState(devices={DEV_RAW: program.max_devices}))
-    pipeline.process(tcp(443), 0)
-    packets, _ = pipeline.read_counters()
-    assert packets.sum() == 0
+def test_ids_beyond_the_counter_count_as_unregistered_and_other(program: Program) -> None:
+    """As fingerprint.p4 guards the index: a device id >= MAX_DEVICES is a device_table miss
+    (device 0, announced), a service id >= MAX_SERVICES is service 0; no other cell moves."""
+    sent: list[tuple[int, int]] = []
+    pipeline = Pipeline(program, digest_sink=lambda mac, port: sent.append((mac, port)))
+    pipeline.install(
+        TableState(
+            devices={DEV_RAW: program.max_devices, OTHER_RAW: 7},
+            by_dst=(
+                ServiceRule(1, 6, 0xFF, 443, 443, S_HTTPS),
+                ServiceRule(1, 17, 0xFF, 53, 53, program.max_services),
+            ),
+        )
+    )
+    frame = tcp(443)
+    verdict = pipeline.trace(frame, 2)
+    assert (verdict.device_id, verdict.service_id) == (0, S_HTTPS)
+    assert sent == [(int(DEV_RAW.hex(), 16), 2)]
+    dns = bytes(Ether(src=OTHER_MAC, dst=SERVER_MAC) / IP() / UDP(dport=53))
+    assert pipeline.trace(dns, 2).counter_index == 7 * program.max_services
+    packets, byte_counts = pipeline.read_counters()
+    assert {int(i): int(packets[i]) for i in packets.nonzero()[0]} == {
+        S_HTTPS: 1,
+        7 * program.max_services: 1,
+    }
+    assert byte_counts.sum() == len(frame) + len(dns)
 
 
 def test_unregistered_device_is_device_zero_and_announced_once(
@@ -434,11 +456,18 @@ def test_new_tables_invalidate_memoised_lookups(pipe: Pipeline) -> None:
 
 
 def _resized(devices: int, cells: int) -> Program:
+    """The P4Info of a build with other sizes, as p4c would write it (sizes and contract)."""
     p4info = P4Schema.load(P4INFO).p4info
     for table in p4info.tables:
         if table.preamble.alias == "device_table":
             table.size = devices
     p4info.counters[0].size = cells
+    (contract,) = p4info.pkg_info.structured_annotations
+    for pair in contract.kv_pair_list.kv_pairs:
+        if pair.key == "max_devices":
+            pair.value.int64_value = devices
+        elif pair.key == "max_services":
+            pair.value.int64_value = cells // devices
     return Program.from_p4info(p4info)
 
 

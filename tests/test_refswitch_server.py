@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controller.base.p4info import P4Schema, encode_int
-from refswitch.counter_codec import CounterArrayEncoder
+from controller.base.wire import CounterArrayEncoder
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
 from tests.support.entries import device_entry, service_entry

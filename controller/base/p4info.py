@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TypedDict, TypeVar
 
@@ -16,6 +17,7 @@ from finsy.proto import p4i
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from controller.base.contract import Contract
 from controller.base.errors import InputError
 from controller.base.macs import int_to_mac, mac_key, mac_to_int
 
@@ -159,6 +161,11 @@ class P4Schema:
         if not message.tables and not message.actions:
             raise InputError(f"{path} is not a valid P4Info: it declares no tables or actions")
         return cls(message, source=str(path))
+
+    @cached_property
+    def contract(self) -> Contract:
+        """The data-plane contract this P4Info carries (checked on first use)."""
+        return Contract.from_p4info(self.p4info, self.source)
 
     def _get(self, kind: str, index: dict[str | int, _I], key: str | int) -> _I:
         try:

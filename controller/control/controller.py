@@ -76,7 +76,7 @@ class Controller:
             raise InputError(
                 f"--capacity {config.capacity}: the device table has ids 1..{self.max_devices - 1}"
             )
-        self.catalogue = Catalogue.load_or_default(config.catalogue)
+        self.catalogue = Catalogue.load_or_default(config.catalogue, self.max_services)
         if self.catalogue.max_id >= self.max_services:
             raise InputError(
                 f"catalogue {self.catalogue.source} has {self.catalogue.max_id} services; "

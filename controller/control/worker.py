@@ -165,7 +165,7 @@ class SwitchWorker:
         )
         await session.write(updates, "Write tables")
         await self._upsert(session, [entries.digest_entry(schema)], "digest config")
-        flood = self.forwarding.flood()
+        flood = self.forwarding.flood(schema)
         if flood is not None:
             await self._upsert(session, [flood], "flood group")
         log.info(

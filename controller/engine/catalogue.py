@@ -26,7 +26,7 @@ from controller.base.errors import InputError
 from controller.base.fileio import listed, parse_json, read_text, write_text_atomically
 from controller.engine.lookup import ServiceLookup
 from controller.engine.services import (
-    MAX_SERVICE_ID,
+    DEFAULT_MAX_SERVICES,
     PORT_MAX,
     PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
@@ -49,12 +49,18 @@ class Catalogue:
     source: str = field(default="<memory>", compare=False)
 
     @classmethod
-    def from_specs(cls, specs: Sequence[ServiceSpec], source: str = "<memory>") -> Catalogue:
-        """Assign ids 1.. in order, derive missing names and priorities, validate."""
-        if len(specs) > MAX_SERVICE_ID:
+    def from_specs(
+        cls,
+        specs: Sequence[ServiceSpec],
+        source: str = "<memory>",
+        max_services: int = DEFAULT_MAX_SERVICES,
+    ) -> Catalogue:
+        """Assign ids 1.. in order, derive missing names and priorities, validate; a switch
+        built with `max_services` (MAX_SERVICES) holds at most max_services - 1 of them."""
+        if len(specs) > max_services - 1:
             raise InputError(
                 f"{source}: {len(specs)} services, but the switch holds at most "
-                f"{MAX_SERVICE_ID} (MAX_SERVICES - 1; id 0 is 'other')"
+                f"{max_services - 1} (MAX_SERVICES - 1; id 0 is 'other')"
             )
         services = []
         for index, spec in enumerate(specs):
@@ -84,18 +90,20 @@ class Catalogue:
     # --- file format --------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Path) -> Catalogue:
+    def load(cls, path: Path, max_services: int = DEFAULT_MAX_SERVICES) -> Catalogue:
         """Read a JSON catalogue; raises `InputError` naming the file and the bad entry."""
-        return cls.from_json(read_text(path, "catalogue"), str(path))
+        return cls.from_json(read_text(path, "catalogue"), str(path), max_services)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<json>") -> Catalogue:
+    def from_json(
+        cls, text: str, source: str = "<json>", max_services: int = DEFAULT_MAX_SERVICES
+    ) -> Catalogue:
         """Parse the JSON catalogue format (see `to_json`)."""
         entries = listed(parse_json(text, source), "services", source)
         specs = [
             _spec_from_json(entry, f"{source}: service {i + 1}") for i, entry in enumerate(entries)
         ]
-        return cls.from_specs(specs, source)
+        return cls.from_specs(specs, source, max_services)
 
     def to_json(self) -> str:
         """The catalogue as JSON: `{"services": [{"name", "proto", "ports", "priority",
@@ -122,9 +130,11 @@ class Catalogue:
         write_text_atomically(path, self.to_json())
 
     @classmethod
-    def load_or_default(cls, path: Path | None) -> Catalogue:
+    def load_or_default(
+        cls, path: Path | None, max_services: int = DEFAULT_MAX_SERVICES
+    ) -> Catalogue:
         """The catalogue in `path`, or the built-in one when no file is given."""
-        return cls.load(path) if path is not None else cls.default()
+        return cls.load(path, max_services) if path is not None else cls.default()
 
     @classmethod
     def default(cls) -> Catalogue:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_SERVICES = 256
-MAX_SERVICE_ID = MAX_SERVICES - 1
+# MAX_SERVICES of the default build of p4src/fingerprint.p4. The engine has no P4Info, so this is
+# only the default limit: a controller passes its switch's MAX_SERVICES (from the P4Info's
+# @svcfp_contract) and checks the catalogue against it.
+DEFAULT_MAX_SERVICES = 256
+MAX_SERVICE_ID = DEFAULT_MAX_SERVICES - 1
 TCP = 6
 UDP = 17
 ICMP = 1

@@ -99,11 +99,15 @@ def parse_frames(frames: Frames) -> FlowBatch:
     error |= is4 & ~v4_fit
     is4 &= v4_fit
     ihl = ip[:, 0] & 0x0F
+    # fingerprint.p4 verifies the version and that the total length covers IHL × 4 bytes, and
+    # stops parsing with an error otherwise.
+    contradictory = is4 & (((ip[:, 0] >> 4) != 4) | (((ip[:, 2] << 8) | ip[:, 3]) < ihl * 4))
+    error |= contradictory
     short_ihl = is4 & (ihl < 5)
     options_fit = cap >= l3 + ihl * 4
     error |= is4 & ~short_ihl & ~options_fit
     fragment = ((ip[:, 6] & 0x1F) << 8) | ip[:, 7]
-    first_fragment = (fragment == 0) & ~short_ihl & options_fit
+    first_fragment = (fragment == 0) & ~short_ihl & options_fit & ~contradictory
 
     is6 = ~error & (ethertype == 0x86DD)
     v6_fit = cap >= l3 + 40
@@ -119,6 +123,11 @@ def parse_frames(frames: Frames) -> FlowBatch:
     error |= parse_l4 & (need > 0) & ~l4_fit
     transport = (proto == TCP) | (proto == UDP)
     l4_valid = transport & parse_l4 & l4_fit
+    # A TCP data offset below 5 is a parser error too (the header itself fits).
+    data_offset = window(data, 1, off + l4 + 12)[:, 0] >> 4
+    bad_offset = l4_valid & (proto == TCP) & (data_offset < 5)
+    error |= bad_offset
+    l4_valid &= ~bad_offset
     ports = window(data, 4, off + l4).view(">u2").astype(np.int64)
     sport = np.where(l4_valid, ports[:, 0], 0)
     dport = np.where(l4_valid, ports[:, 1], 0)

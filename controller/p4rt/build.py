@@ -1,10 +1,16 @@
-"""Compile the P4 program with p4c and check that the committed P4Info has not drifted.
+"""Compile the P4 program with p4c: the committed P4Info and BMv2 JSON are p4c's own output.
 
 `python -m controller.p4rt.build --p4 p4src/fingerprint.p4 --p4info p4src/fingerprint.p4info.txtpb
---out p4src/build` (what `make build` runs) writes `<out>/<prog>.json` (the BMv2 config) and a fresh
-`<out>/<prog>.p4info.txtpb`, and fails with a unified diff when the fresh P4Info differs from the
-committed one. Where p4c is not installed it says so and succeeds: the committed P4Info is what
-the controller and the reference switch use.
+--out p4src` (what `make build` runs) writes `<out>/<prog>.json` (the BMv2 config) and
+`<out>/<prog>.p4info.txtpb`. When `<out>` is the committed files' own folder they are rewritten in
+place and the command says whether they changed (CI fails on any difference from the commit);
+with another `<out>` the fresh P4Info is compared with the committed one and a difference fails
+with a unified diff. Where p4c is not installed it says so and succeeds: the committed files are
+what the controller, the reference switch and BMv2 use.
+
+p4c writes the source's path and its own output path into the JSON, so it always runs in a
+staging folder with the relative paths `p4src/<prog>.p4` and `-o p4src`: the JSON is then the same
+byte for byte wherever the checkout and the output folder are.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,8 @@ from pathlib import Path
 from controller.base.errors import InputError, SvcfpError
 
 P4C = "p4c"
+# The folder name p4c sees for the source and its output, whatever the real ones are.
+STAGED_FOLDER = "p4src"
 _DEFINE = re.compile(r"[A-Za-z_]\w*(=.*)?")
 
 
@@ -54,7 +63,8 @@ def parse_defines(values: Sequence[str]) -> dict[str, str]:
 def compile_p4(
     p4c: Path, source: Path, out: Path, defines: Mapping[str, str] | None = None
 ) -> Build:
-    """Run `p4c --target bmv2 --arch v1model` on `source`, writing into `out`."""
+    """Run `p4c --target bmv2 --arch v1model` on `source`, writing `<stem>.json` and
+    `<stem>.p4info.txtpb` into `out` (see the module docstring for the staging folder)."""
     if not source.is_file():
         raise InputError(f"{source}: P4 source not found")
     out.mkdir(parents=True, exist_ok=True)
@@ -62,28 +72,42 @@ def compile_p4(
         bmv2_json=out / f"{source.stem}.json",
         p4info=out / f"{source.stem}.p4info.txtpb",
     )
-    command = [
-        str(p4c),
-        "--target",
-        "bmv2",
-        "--arch",
-        "v1model",
-        "--p4runtime-files",
-        str(build.p4info),
-        "-o",
-        str(out),
-        *(f"-D{name}={value}" for name, value in (defines or {}).items()),
-        str(source),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SvcfpError(
-            f"{source}: p4c failed with status {result.returncode}:\n"
-            f"{result.stderr.strip() or result.stdout.strip()}"
+    with tempfile.TemporaryDirectory(prefix="svcfp-p4c-") as staging:
+        folder = Path(staging) / STAGED_FOLDER
+        folder.mkdir()
+        # Every P4 file beside the source, so its local #includes resolve as they would in place.
+        for sibling in source.parent.glob("*.p4"):
+            shutil.copyfile(sibling, folder / sibling.name)
+        staged = Build(
+            bmv2_json=Path(STAGED_FOLDER, build.bmv2_json.name),
+            p4info=Path(STAGED_FOLDER, build.p4info.name),
         )
-    for produced in (build.bmv2_json, build.p4info):
-        if not produced.is_file():
-            raise SvcfpError(f"{source}: p4c succeeded but did not write {produced}")
+        command = [
+            str(p4c),
+            "--target",
+            "bmv2",
+            "--arch",
+            "v1model",
+            "--p4runtime-files",
+            str(staged.p4info),
+            "-o",
+            STAGED_FOLDER,
+            *(f"-D{name}={value}" for name, value in (defines or {}).items()),
+            str(Path(STAGED_FOLDER, source.name)),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=staging)
+        if result.returncode != 0:
+            raise SvcfpError(
+                f"{source}: p4c failed with status {result.returncode}:\n"
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+        for produced, target in (
+            (staged.bmv2_json, build.bmv2_json),
+            (staged.p4info, build.p4info),
+        ):
+            if not (Path(staging) / produced).is_file():
+                raise SvcfpError(f"{source}: p4c succeeded but did not write {target.name}")
+            shutil.copyfile(Path(staging) / produced, target)
     return build
 
 
@@ -108,17 +132,33 @@ def build(
     defines: Mapping[str, str],
     p4c: Path | None,
 ) -> int:
-    """Compile if p4c is available and check the P4Info; returns the exit status."""
+    """Compile if p4c is available; rewrite or check the committed files; the exit status."""
     if p4c is None:
         if not committed.is_file():
             raise InputError(f"{committed}: committed P4Info not found")
         print(
-            f"p4c not found on PATH: {source} was not compiled and no BMv2 JSON was written; "
-            f"the committed P4Info {committed} stays in use"
+            f"p4c not found on PATH: {source} was not compiled; the committed P4Info "
+            f"{committed} and the BMv2 JSON beside it stay in use"
         )
         return 0
+    in_place = out.resolve() == committed.resolve().parent
+    if in_place and defines:
+        raise InputError(
+            f"-D overrides would overwrite the committed {committed}: pass --out another folder"
+        )
+    before = {
+        path: path.read_bytes() if path.is_file() else None
+        for path in (committed, committed.with_name(f"{source.stem}.json"))
+    }
     result = compile_p4(p4c, source, out, defines)
     print(f"compiled {source} -> {result.bmv2_json}, {result.p4info}")
+    if in_place:
+        changed = [str(path) for path, data in before.items() if path.read_bytes() != data]
+        if changed:
+            print(f"rewritten by p4c: {', '.join(changed)} (commit them)")
+        else:
+            print(f"{committed} and its BMv2 JSON are exactly what p4c generated")
+        return 0
     if defines:
         # The committed P4Info describes the default sizes; a resized build brings its own.
         print(f"built with -D overrides: use {result.p4info}, not {committed}")

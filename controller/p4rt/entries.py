@@ -1,8 +1,10 @@
 """Pure builders of every P4Runtime entity the controller writes.
 
 Each function turns registry, catalogue or forwarding state into protobuf entities, resolving every
-table, action, field and digest by name through the `P4Schema`. Nothing here talks to a switch, so
-the exact bytes of each entry are testable against the committed P4Info.
+table, action, field and digest by name (`controller.base.contract`) through the `P4Schema`, and
+refusing ids the switch's counter layout cannot hold (its contract's MAX_DEVICES and
+MAX_SERVICES). Nothing here talks to a switch, so the exact bytes of each entry are testable
+against the committed P4Info.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ from collections.abc import Iterable, Sequence
 
 from finsy.proto import p4r
 
+from controller.base import contract
+
+# Re-exported: callers name the tables and the counter through this module.
+from controller.base.contract import COUNTER as COUNTER
+from controller.base.contract import DEVICE_TABLE as DEVICE_TABLE
+from controller.base.contract import L2_TABLE as L2_TABLE
+from controller.base.contract import NEW_DEVICE_DIGEST as NEW_DEVICE_DIGEST
+from controller.base.contract import SERVICE_TABLES as SERVICE_TABLES
 from controller.base.errors import InputError
 from controller.base.p4info import P4Schema, encode_int, encode_mac
 from controller.engine.catalogue import Catalogue
 from controller.engine.services import Service
-
-DEVICE_TABLE = "IngressImpl.device_table"
-SERVICE_TABLES = ("IngressImpl.service_by_dst", "IngressImpl.service_by_src")
-L2_TABLE = "IngressImpl.l2_forward"
-COUNTER = "IngressImpl.service_hits"
-NEW_DEVICE_DIGEST = "new_device_t"
-# FLOOD_GROUP is a compile-time constant of the P4 program, not a P4Info object.
-FLOOD_GROUP = 1
 
 # What an Update can carry: a table entry, a digest entry, or an already wrapped entity.
 Writable = p4r.TableEntry | p4r.DigestEntry | p4r.Entity
@@ -58,10 +60,20 @@ def _mac_entry(
     )
 
 
+def _check_id(schema: P4Schema, action: str, param: str, value: int, what: str) -> None:
+    limit = schema.contract.param_limit(action, param)
+    if limit is not None and not 0 <= value < limit[0]:
+        raise InputError(
+            f"{what}: {param} {value} is out of range for {schema.source} "
+            f"({limit[1]} is {limit[0]})"
+        )
+
+
 def device_entry(schema: P4Schema, mac: str, device_id: int) -> p4r.TableEntry:
     """device_table: src_mac exact `mac` → set_device(device_id)."""
+    _check_id(schema, contract.SET_DEVICE, contract.DEVICE_ID, device_id, f"device {mac}")
     return _mac_entry(
-        schema, DEVICE_TABLE, "src_mac", mac, "IngressImpl.set_device", device_id=device_id
+        schema, DEVICE_TABLE, contract.SRC_MAC, mac, contract.SET_DEVICE, device_id=device_id
     )
 
 
@@ -76,12 +88,16 @@ def service_entries(
     entries: list[p4r.TableEntry] = []
     for table_name, services in zip(SERVICE_TABLES, (list(dst), list(src)), strict=True):
         table = schema.table(table_name)
-        proto_field = table.field("proto")
-        port_field = table.field("port")
+        proto_field = table.field(contract.PROTO)
+        port_field = table.field(contract.PORT)
         full_port = (1 << port_field.bitwidth) - 1
         for service in services:
             if service.id == 0:
                 continue
+            _check_id(
+                schema, contract.SET_SERVICE, contract.SERVICE_ID, service.id,
+                f"service {service.name}",
+            )  # fmt: skip
             if service.priority <= 0:
                 raise InputError(f"service {service.name}: priority must be > 0")
             if not 0 <= service.port_lo <= service.port_hi <= full_port:
@@ -113,7 +129,7 @@ def service_entries(
                 p4r.TableEntry(
                     table_id=table.id,
                     match=match,
-                    action=_action(schema, "IngressImpl.set_service", service_id=service.id),
+                    action=_action(schema, contract.SET_SERVICE, service_id=service.id),
                     priority=service.priority,
                 )
             )
@@ -127,24 +143,25 @@ def catalogue_entries(schema: P4Schema, catalogue: Catalogue) -> list[p4r.TableE
 
 def l2_entry(schema: P4Schema, mac: str, port: int) -> p4r.TableEntry:
     """l2_forward: dst_mac exact `mac` → forward(port)."""
-    return _mac_entry(schema, L2_TABLE, "dst_mac", mac, "IngressImpl.forward", port=port)
+    return _mac_entry(schema, L2_TABLE, contract.DST_MAC, mac, contract.FORWARD, port=port)
 
 
 def l2_default(schema: P4Schema, tap: bool) -> p4r.TableEntry:
     """The l2_forward default: flood() normally, drop() in tap mode (count, then drop)."""
     return p4r.TableEntry(
         table_id=schema.table(L2_TABLE).id,
-        action=_action(schema, "IngressImpl.drop" if tap else "IngressImpl.flood"),
+        action=_action(schema, contract.DROP if tap else contract.FLOOD),
         is_default_action=True,
     )
 
 
-def flood_group(ports: Sequence[int], group_id: int = FLOOD_GROUP) -> p4r.Entity:
-    """The multicast group that floods to every port (the data plane prunes the ingress port)."""
+def flood_group(schema: P4Schema, ports: Sequence[int]) -> p4r.Entity:
+    """The multicast group flood() uses (the contract's FLOOD_GROUP) with every port; the data
+    plane prunes the ingress port."""
     return p4r.Entity(
         packet_replication_engine_entry=p4r.PacketReplicationEngineEntry(
             multicast_group_entry=p4r.MulticastGroupEntry(
-                multicast_group_id=group_id,
+                multicast_group_id=schema.contract.flood_group,
                 replicas=[p4r.Replica(egress_port=port, instance=1) for port in sorted(set(ports))],
             )
         )
@@ -207,13 +224,5 @@ def match_key(entry: p4r.TableEntry) -> bytes:
 
 
 def max_services(schema: P4Schema) -> int:
-    """MAX_SERVICES, derived from the P4Info: the counter has MAX_DEVICES × MAX_SERVICES cells
-    and device_table has MAX_DEVICES entries."""
-    devices = schema.table(DEVICE_TABLE).size
-    cells = schema.counter(COUNTER).size
-    if devices <= 0 or cells % devices:
-        raise InputError(
-            f"{schema.source}: counter size {cells} is not a multiple of "
-            f"device_table size {devices}"
-        )
-    return cells // devices
+    """MAX_SERVICES of the switch's build, from its P4Info's contract."""
+    return schema.contract.max_services

@@ -79,8 +79,8 @@ class Forwarding:
         """The l2_forward default entry (flood, or drop in tap mode)."""
         return l2_default(schema, self.tap)
 
-    def flood(self) -> p4r.Entity | None:
+    def flood(self, schema: P4Schema) -> p4r.Entity | None:
         """The flood multicast group, or None in tap mode or without ports."""
         if self.tap or not self.ports:
             return None
-        return flood_group(self.ports)
+        return flood_group(schema, self.ports)

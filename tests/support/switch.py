@@ -1,14 +1,21 @@
-"""The reference switch in the test's own process and the controller around it: frames, a
-switch on an ephemeral port, a run configuration, bounded waits, and table reads."""
+"""Switches under test and the controller around them: frames, a target switch on an ephemeral
+port (the reference switch in the test's own process, or BMv2 in a network namespace of the
+test's own), a run configuration, bounded waits, and table reads.
+
+A `Target` is what the controller tests drive, whichever switch it is: its P4Runtime address,
+the device config to push, frames injected on a port, the frames it sent out, its device_table
+and multicast groups as P4Runtime reads them, and a crash and restart on the same address.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
 from finsy.proto import p4r
 
 from controller.base.p4info import P4Schema, decode_int, decode_mac
@@ -21,6 +28,7 @@ from controller.store.storage import open_store
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
 from tests.support.paths import P4INFO
+from tests.support.targets import Target
 
 CAMERA = "02:00:00:00:00:0a"
 PLUG = "02:00:00:00:00:0b"
@@ -53,37 +61,53 @@ def frame(src: str, dst: str, proto: int, sport: int, dport: int, size: int) -> 
     return packet + bytes(size - len(packet))
 
 
-class Wire:
+class Wire(Target):
     """A reference switch with a P4Runtime server on an ephemeral port, capturing egress."""
 
+    kind = "refswitch"
+
     def __init__(self, device_id: int = DEVICE_ID, address: str = "127.0.0.1:0") -> None:
-        self.switch = Switch(device_id)
-        self.sent: list[tuple[int, bytes]] = []
-        self.switch.set_transmit(lambda port, data: self.sent.append((port, data)))
+        self.device_id = device_id
+        self._sent: list[tuple[int, bytes]] = []
+        self._start(address)
+        super().__init__(self.server.address)
+
+    def _start(self, address: str) -> None:
+        self.switch = Switch(self.device_id)
+        self.switch.set_transmit(lambda port, data: self._sent.append((port, data)))
         self.server = P4RuntimeServer(self.switch, address).start()
-        self.address = self.server.address
 
     @property
-    def devices(self) -> dict[bytes, int]:
-        """The device_table entries the switch holds now (empty before a pipeline is pushed)."""
-        pipeline = self.switch.pipeline
-        return {} if pipeline is None else dict(pipeline.tables.devices)
+    def sent(self) -> list[tuple[int, bytes]]:
+        """(port, frame) of every frame the switch sent out, in order."""
+        return list(self._sent)
 
     def send(self, data: bytes, port: int, count: int = 1) -> None:
         for _ in range(count):
             self.switch.receive(data, port)
 
-    def stop(self) -> None:
+    def crash(self) -> None:
         self.server.stop(0)
         self.switch.close()
 
+    def restart(self) -> None:
+        self._start(self.address)
 
-def config(tmp_path: Path, address: str, **overrides: object) -> RunConfig:
+    def stop(self) -> None:
+        super().stop()
+        self.crash()
+
+
+def config(tmp_path: Path, target: str | Target, **overrides: object) -> RunConfig:
+    """A run on the switch at `target` (an address, or a target: its address and device
+    config), with the camera and the service host known."""
     devices = tmp_path / "devices.csv"
     devices.write_text(f"mac,label,port\n{CAMERA},camera,1\n{SERVER},service-host,0\n")
+    address = target if isinstance(target, str) else target.address
     values: dict[str, object] = {
         "switches": (SwitchSpec("s1", address, DEVICE_ID, ports=(0, 1, 2, 3)),),
         "p4info": P4INFO,
+        "bmv2_json": None if isinstance(target, str) else target.bmv2_json,
         "interval": 0.1,
         "time_unit": 3600.0,
         "db": tmp_path / "svcfp.db",
@@ -158,3 +182,32 @@ def totals(db: Path | str) -> dict[tuple[str, str], tuple[int, int]]:
             p, b = summed.get((row.device, row.service), (0, 0))
             summed[(row.device, row.service)] = (p + row.packets, b + row.bytes)
         return summed
+
+
+# Every target the controller tests run on: the same test, parametrised by target.
+TARGETS = [
+    pytest.param("refswitch", id="refswitch"),
+    pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
+]
+
+
+def start_target(kind: str, logs: Path, device_id: int = DEVICE_ID) -> Target:
+    """A switch of `kind` ('refswitch' or 'bmv2') with four ports, ready for a pipeline."""
+    if kind == "refswitch":
+        return Wire(device_id)
+    from tests.support.bmv2 import Bmv2Target
+
+    return Bmv2Target(logs, device_id)
+
+
+@contextlib.contextmanager
+def started(kind: str, logs: Path, count: int = 1) -> Iterator[list[Target]]:
+    """`count` targets of `kind`, stopped (and everything they created removed) on exit."""
+    targets: list[Target] = []
+    try:
+        for number in range(count):
+            targets.append(start_target(kind, logs / f"switch{number}"))
+        yield targets
+    finally:
+        for target in targets:
+            target.stop()
