@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controller.base.errors import InputError
 from controller.base.fileio import read_json
@@ -78,6 +79,9 @@ from controller.mud.validate import validate_mud
 from controller.store.compliance import stored_findings
 from controller.store.storage import SourceFile, Storage, open_store
 
+if TYPE_CHECKING:
+    from controller.web.settings import WebSettings
+
 __all__ = [
     "DaskEngine",
     "DaskSettings",
@@ -110,6 +114,7 @@ __all__ = [
     "mud_profiles",
     "read",
     "run",
+    "run_with_dashboard",
     "validate_mud_file",
 ]
 
@@ -307,3 +312,16 @@ def mud_evaluate(
 ) -> LocationEvaluation:
     """The cross-location evaluation of a folder of MUDgee capture folders."""
     return evaluate_locations(load_locations(root, models), settings)
+
+
+def run_with_dashboard(
+    config: RunConfig,
+    web: WebSettings,
+    on_unit_closed: UnitCallback | None = None,
+    on_url: Callable[[str], None] | None = None,
+) -> RunStats:
+    """Run a controller as `run` does, with its dashboard and metrics served at `web`."""
+    # Imported here: the web stack (aiohttp, Jinja2, prometheus-client) is the `web` extra.
+    from controller.web.run import run_with_dashboard as serve
+
+    return asyncio.run(serve(config, web, on_unit_closed, on_url))

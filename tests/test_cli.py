@@ -25,8 +25,8 @@ def test_help_lists_every_registered_subcommand() -> None:
     assert len(subactions) == 1
     names = sorted(subactions[0].choices or {})
     assert names == [
-        "demo", "devices", "enroll", "evaluate", "identify", "ingest", "mud", "run", "switch",
-        "synth", "testbed",
+        "dashboard", "demo", "devices", "enroll", "evaluate", "identify", "ingest", "mud", "run",
+        "switch", "synth", "testbed",
     ]  # fmt: skip
     for name in names:
         assert name in help_text

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("controller.distributed",),
     ("controller.p4rt",),
     ("controller.control",),
+    ("controller.web",),
     ("refswitch",),
     ("topology",),
     ("svcfp",),

@@ -17,14 +17,15 @@ gRPC exactly as in the network mode; the demo says which and why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TextIO
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TextIO
 
 from controller.base.errors import InputError, SvcfpError
 from controller.control.config import RunConfig
@@ -41,6 +42,10 @@ from topology.state import recorded_run
 from topology.testbed import controller_config, wait_programmed
 from topology.tools import missing_for_mininet, why_missing
 
+if TYPE_CHECKING:
+    from controller.web.server import Dashboard
+    from controller.web.settings import WebSettings
+
 # Frames of the no-network mode enter the switch here: no host is attached to port 0, and the
 # switch counts by source MAC, whatever the port.
 REPLAY_PORT = 0
@@ -50,8 +55,9 @@ DATABASE = "demo.db"
 
 @dataclass(frozen=True)
 class Playback:
-    """Traffic being played: when it ends (epoch seconds), and how to stop it early."""
+    """Traffic being played: when it starts and ends (epoch seconds), how to stop it early."""
 
+    start: float
     end: float
     stop: Callable[[], None]
 
@@ -77,21 +83,72 @@ def _run_config(config: DemoConfig, scenario: Scenario) -> RunConfig:
     )
 
 
-async def _drive(run_config: RunConfig, view: LiveView, play: Callable[[], Playback]) -> None:
-    """Run the controller; once it has programmed every switch, play; stop when play ends."""
+async def _drive(
+    run_config: RunConfig,
+    view: LiveView,
+    play: Callable[[], Playback],
+    config: DemoConfig,
+) -> bool:
+    """Run the controller (and its dashboard when asked); once it has programmed every switch,
+    play; stop when play ends or on Ctrl-C / SIGTERM. True when stopped early."""
     controller = Controller(run_config, view.on_units)
-    task = asyncio.create_task(controller.run())
-    await wait_programmed(controller, task, _READY_TIMEOUT)
-    playback = play()
-    # One more unit and poll after the traffic ends, so the last unit closes with its counts.
-    end = playback.end + run_config.time_unit + run_config.interval
+    controller.alerts.listeners.append(view.on_alert)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, interrupted.set)
+            handled.append(sig)
+    dashboard = None
     try:
-        while time.time() < end and not task.done():
-            await asyncio.sleep(0.1)
+        if config.http is not None:
+            dashboard = await _dashboard(run_config, config.http, controller, view)
+        task = asyncio.create_task(controller.run())
+        await wait_programmed(controller, task, _READY_TIMEOUT)
+        playback = play()
+        view.playing(playback.start, run_config.time_unit, config.units)
+        # One more unit and poll after the traffic ends, so the last unit closes with its counts.
+        end = playback.end + run_config.time_unit + run_config.interval
+        try:
+            while time.time() < end and not task.done() and not interrupted.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(interrupted.wait(), 0.1)
+        finally:
+            if interrupted.is_set():
+                view.stop("interrupted; the controller stores its last poll")
+            playback.stop()
+            controller.stop.set()
+            await task
     finally:
-        playback.stop()
-        controller.stop.set()
-        await task
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if dashboard is not None:
+            await dashboard.stop()
+    return interrupted.is_set()
+
+
+async def _dashboard(
+    run_config: RunConfig, settings: WebSettings, controller: Controller, view: LiveView
+) -> Dashboard | None:
+    """The dashboard beside the demo's controller; None (said why) when it cannot listen."""
+    # Imported here: the demo runs without the web extra, only without its dashboard.
+    try:
+        from controller.web.server import Dashboard
+    except ImportError as exc:
+        view.out.write(f"no dashboard: {exc.name} is not installed (pip install 'svcfp[web]')\n")
+        return None
+    for choice in (settings, replace(settings, port=0)):
+        dashboard = Dashboard(run_config.db, choice, controller, title="svcfp demo")
+        try:
+            view.on_dashboard(await dashboard.start())
+        except InputError as exc:
+            await dashboard.stop()
+            # Another program holds the port: any free one will do for a demo.
+            view.out.write(f"dashboard: {exc}\n")
+            continue
+        return dashboard
+    return None
 
 
 def run_network(
@@ -123,11 +180,13 @@ def run_network(
                 network, scenario.schedules, config.unit_seconds, config.out / "devices", state
             )
             runs.append(run)
-            return Playback(run.end, run.stop)
+            return Playback(run.start, run.end, run.stop)
 
-        asyncio.run(_drive(run_config, view, play))
+        interrupted = asyncio.run(_drive(run_config, view, play, config))
         if before_teardown is not None:
             before_teardown(network)
+        if interrupted:
+            return {"interrupted": True}
         return runs[0].reports() if runs else {}
 
 
@@ -167,10 +226,10 @@ def run_replay(config: DemoConfig, scenario: Scenario, view: LiveView) -> dict[s
             delay = start + (frames[0].time - origin) - time.time()
             timer = threading.Timer(max(0.0, delay), os.kill, (process.pid, signal.SIGUSR1))
             timer.start()
-            return Playback(start + (frames[-1].time - origin) + 0.5, timer.cancel)
+            return Playback(start, start + (frames[-1].time - origin) + 0.5, timer.cancel)
 
-        asyncio.run(_drive(run_config, view, play))
-        return {"frames": len(frames), "pcap": str(pcap)}
+        interrupted = asyncio.run(_drive(run_config, view, play, config))
+        return {"frames": len(frames), "pcap": str(pcap), "interrupted": interrupted}
 
 
 def network_mode(config: DemoConfig) -> tuple[bool, str]:
@@ -208,13 +267,28 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> dict[str, Any]:
         f"{', '.join(scenario.references.types)}; θ = {scenario.references.theta:.3f}; "
         f"held out: {scenario.held_out}\n"
     )
+    if scenario.change is not None:
+        change = scenario.change
+        out.write(
+            f"{change.host} ({scenario.truth[change.host]}) plays {change.profile} from unit "
+            f"{change.at_unit} on: its behaviour changes\n"
+        )
     view = LiveView(scenario, out)
     mode = f"mininet ({config.switch})" if network else "pcap replay (refswitch)"
     extra = (run_network if network else run_replay)(config, scenario, view)
+    view.close()
     seconds = time.monotonic() - begun
     summary, paths = write_report(config, scenario, config.out / DATABASE, mode, seconds, extra)
+    scored = [row for row in summary["devices"] if row["correct"] is not None]
     out.write(
-        f"\n{summary['correct']} of {len(summary['devices'])} devices answered correctly; "
-        f"{seconds:.0f} s; report: {', '.join(str(p) for p in paths)}\n"
+        f"\n{summary['correct']} of {len(scored)} devices answered correctly"
+        + (
+            f" ({len(summary['devices']) - len(scored)} changed behaviour)"
+            if len(scored) < len(summary["devices"])
+            else ""
+        )
+        + f"; {len(summary['alerts'])} alerts; {seconds:.0f} s"
+        + (" (interrupted)" if extra.get("interrupted") else "")
+        + f"; report: {', '.join(str(p) for p in paths)}\n"
     )
     return summary

@@ -7,6 +7,7 @@ the decisions its identification took, the same rows `svcfp run --references` wr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def _decision(host: str, record: DecisionRecord) -> dict[str, Any]:
 
 def outcome(scenario: Scenario, decisions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per emulated device: its true type, the controller's verdict, and whether it is right (a
-    known type identified as itself, the held-out type as unknown)."""
+    known type identified as itself, the held-out type as unknown; None for a device that
+    changed its behaviour, whose alerts say what happened)."""
     macs = {h.name: h.mac for h in topo.hosts(scenario.graph, topo.DEVICE)}
     rows = []
     for host in sorted(scenario.truth):
@@ -60,6 +62,8 @@ def outcome(scenario: Scenario, decisions: Sequence[Mapping[str, Any]]) -> list[
         expected = truth if truth in scenario.references.types else UNKNOWN
         mine = [d for d in decisions if d["device"] == host]
         answer = mine[verdict([d["label"] for d in mine])] if mine else None
+        change = scenario.change if scenario.change and scenario.change.host == host else None
+        correct = answer is not None and answer["label"] == expected
         rows.append(
             {
                 "device": host,
@@ -71,7 +75,11 @@ def outcome(scenario: Scenario, decisions: Sequence[Mapping[str, Any]]) -> list[
                 "similarity": answer["similarity"] if answer else None,
                 "decisions": len(mine),
                 "exported": bool(mine),
-                "correct": answer is not None and answer["label"] == expected,
+                "correct": None if change is not None else correct,
+                "changed": None
+                if change is None
+                else {"profile": change.profile, "at_unit": change.at_unit},
+                "latest": mine[-1]["label"] if mine else None,
                 "explanation": answer["explanation"] if answer else None,
             }
         )
@@ -98,6 +106,10 @@ def write_report(
             "decisions": len(storage.decisions()),
         }
         activity = storage.activity_table(unit_seconds=config.unit_seconds)
+        hosts = {h.mac: h.name for h in topo.hosts(scenario.graph, topo.DEVICE)}
+        alerts = [
+            {**a.to_json(), "host": hosts.get(a.device or "")} for a in reversed(storage.alerts())
+        ]
     summary = {
         "mode": mode,
         "switch": config.switch,
@@ -110,9 +122,10 @@ def write_report(
         "exporter": config.exporter.to_json(),
         "database": str(db),
         "stored": stored,
-        "correct": sum(r["correct"] for r in rows),
+        "correct": sum(1 for r in rows if r["correct"]),
         "devices": rows,
         "decisions": decisions,
+        "alerts": alerts,
         "playback": dict(extra),
     }
     written = [out / "decisions.json", out / "report.md"]
@@ -174,7 +187,8 @@ def _markdown(
         f"{', '.join(summary['known_types'])}; held out of the references: "
         f"{summary['held_out']}. θ = {summary['theta']:.3f}.",
         "",
-        f"**{summary['correct']} of {len(rows)} devices answered correctly** (a known type as "
+        f"**{summary['correct']} of {sum(1 for r in rows if r['correct'] is not None)} devices "
+        "answered correctly** (a known type as "
         "itself, the held-out type as unknown). The controller stored "
         f"{summary['stored']['fingerprints']} fingerprints and {summary['stored']['decisions']} "
         f"decisions in `{summary['database']}`.",
@@ -184,11 +198,17 @@ def _markdown(
     ]
     for row in rows:
         similarity = "–" if row["similarity"] is None else f"{row['similarity']:.3f}"
+        right = "changed" if row["correct"] is None else "yes" if row["correct"] else "NO"
         lines.append(
             f"| {row['device']} | {row['mac']} | {row['true_type']} | {row['identified']} | "
-            f"{similarity} | {row['decisions']} | "
-            f"{'yes' if row['correct'] else 'NO'} |"
+            f"{similarity} | {row['decisions']} | {right} |"
         )
+    lines += ["", "## Alerts", ""]
+    lines += [
+        f"- {time.strftime('%H:%M:%S', time.localtime(a['raised_at']))} "
+        f"**{a['kind']}** ({a['severity']}): {a['message']}"
+        for a in summary["alerts"]
+    ] or ["None."]
     lines += ["", "## Why", ""]
     for row in rows:
         why = row["explanation"]

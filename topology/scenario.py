@@ -20,10 +20,11 @@ from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import References, enroll
 from controller.ingest import synth
+from controller.web.settings import WebSettings
 from topology import graph as topo
 from topology.emulation import DeviceSchedule
 from topology.launch import free_port
-from topology.schedules import synthetic_schedules
+from topology.schedules import schedule_from_uses, synthetic_schedules
 
 # The demo's exporter: short windows, so fingerprints converge within a few dozen units.
 DEMO_EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=3, n_min=8, n_max=24)
@@ -50,8 +51,31 @@ def check_sizes(units: int, unit_seconds: float, devices_per_type: int) -> None:
 
 
 @dataclass(frozen=True)
+class BehaviourChange:
+    """One emulated device that starts behaving as another type part-way (a device re-purposed,
+    replaced or compromised): `host` plays `profile` from unit `at_unit` on."""
+
+    host: str
+    profile: str
+    at_unit: int
+
+    @classmethod
+    def parse(cls, text: str) -> BehaviourChange:
+        """`HOST=TYPE@UNIT`, e.g. `d2=hub@30`."""
+        host, _, rest = text.partition("=")
+        profile, _, unit = rest.partition("@")
+        if not (host and profile and unit.isdigit()):
+            raise InputError(f"--change {text!r}: expected HOST=TYPE@UNIT, e.g. d2=hub@30")
+        return cls(host.strip(), profile.strip(), int(unit))
+
+
+@dataclass(frozen=True)
 class DemoConfig:
-    """Everything `svcfp demo` was asked to do."""
+    """Everything `svcfp demo` was asked to do.
+
+    `http` serves the dashboard while the demo runs; `change` makes one device change its
+    behaviour part-way.
+    """
 
     switch: str = "refswitch"
     out: Path = Path("logs/demo")
@@ -69,9 +93,16 @@ class DemoConfig:
     bmv2_json: Path = p4src.BMV2_JSON
     grpc_port: int = topo.FIRST_GRPC_PORT
     exporter: ExporterConfig = DEMO_EXPORTER
+    http: WebSettings | None = None
+    change: BehaviourChange | None = None
 
     def __post_init__(self) -> None:
         check_sizes(self.units, self.unit_seconds, self.devices_per_type)
+        if self.change is not None and not 0 < self.change.at_unit < self.units:
+            raise InputError(
+                f"--change {self.change.host}: the change must come within the demo's "
+                f"{self.units} units (1..{self.units - 1})"
+            )
 
 
 @dataclass(frozen=True)
@@ -84,6 +115,7 @@ class Scenario:
     references: References
     schedules: dict[str, DeviceSchedule]
     graph: nx.Graph[str]
+    change: BehaviourChange | None = None
 
 
 def choose_types(config: DemoConfig, names: Sequence[str]) -> tuple[list[str], str]:
@@ -118,4 +150,32 @@ def build_scenario(config: DemoConfig) -> Scenario:
     # Port 0: any free one, so a demo can run beside another switch.
     graph = topo.default_topology(sorted(truth.items()), grpc_port=config.grpc_port or free_port())
     schedules = synthetic_schedules(graph, config.units, config.seed + 1000, profiles)
-    return Scenario(truth, held_out, references, schedules, graph)
+    change = config.change
+    if change is not None:
+        if change.host not in truth:
+            raise InputError(f"--change {change.host}: the demo's devices are {', '.join(truth)}")
+        if change.profile not in profiles:
+            raise InputError(
+                f"--change {change.host}: unknown profile {change.profile!r}; profiles: "
+                f"{', '.join(sorted(profiles))}"
+            )
+        schedules[change.host] = changed_schedule(
+            schedules[change.host],
+            synthetic_schedules_of(profiles[change.profile], config.units, config.seed + 2000),
+            change.at_unit,
+        )
+    return Scenario(truth, held_out, references, schedules, graph, change)
+
+
+def synthetic_schedules_of(profile: synth.DeviceProfile, n_units: int, seed: int) -> DeviceSchedule:
+    """One schedule drawn from `profile` (units are hours, as in `synthetic_schedules`)."""
+    return schedule_from_uses(synth.schedule(profile, n_units, seed, unit_seconds=3600.0), n_units)
+
+
+def changed_schedule(before: DeviceSchedule, after: DeviceSchedule, at_unit: int) -> DeviceSchedule:
+    """`before` up to unit `at_unit`, `after` from there on."""
+    return DeviceSchedule(
+        units=before.units[:at_unit] + after.units[at_unit:],
+        serve=tuple(s for s in before.serve if s[0] < at_unit)
+        + tuple(s for s in after.serve if s[0] >= at_unit),
+    )

@@ -4,21 +4,24 @@ output pipe as status 141."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 
 from controller.base.errors import SvcfpError
+from controller.base.logformat import LOG_FORMAT, LogFormat, configure_logging
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+__all__ = ["LOG_FORMAT", "LOG_LEVELS", "run_command"]
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def run_command(name: str, func: Callable[[], int], log_level: str = "INFO") -> int:
+def run_command(
+    name: str, func: Callable[[], int], log_level: str = "INFO", log_format: LogFormat = "text"
+) -> int:
     """Run `func` as the command `name`; returns the process exit status."""
-    logging.basicConfig(level=getattr(logging, log_level), format=LOG_FORMAT)
+    configure_logging(log_level, log_format)
     try:
         return func()
     except SvcfpError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controller.control.config import RegisterRate
@@ -30,13 +31,19 @@ class PortBudget:
 
 @dataclass
 class Admission:
-    """Per switch: the rate limit per port, and whether the full-table warning was given."""
+    """Per switch: the rate limit per port, and whether the full-table warning was given.
+
+    `on_refusal(reason)` hears of every refused digest (`group_source`, `rate_limited`);
+    `on_storm(port, mac)` of the first refusal on a port in an interval: a registration storm.
+    """
 
     switch: str
     rate: RegisterRate
     budgets: dict[int, PortBudget] = field(default_factory=dict)
     full_warned: set[str] = field(default_factory=set)
     group_refused: int = 0
+    on_refusal: Callable[[str], None] | None = None
+    on_storm: Callable[[int, str], None] | None = None
 
     def admit(self, mac: str, port: int, now: float | None = None) -> bool:
         """Whether to act on a digest of `mac` on `port`: a unicast MAC within the port's budget.
@@ -46,6 +53,8 @@ class Admission:
         """
         if not is_unicast(mac):
             self.group_refused += 1
+            if self.on_refusal is not None:
+                self.on_refusal("group_source")
             if self.group_refused == 1:
                 log.warning(
                     "switch=%s event=group_source_refused mac=%s port=%d: a group or zero "
@@ -69,7 +78,11 @@ class Admission:
             budget = self.budgets[port] = PortBudget(stamp)
         if budget.used >= self.rate.count:
             budget.refused += 1
+            if self.on_refusal is not None:
+                self.on_refusal("rate_limited")
             if budget.refused == 1:
+                if self.on_storm is not None:
+                    self.on_storm(port, mac)
                 log.warning(
                     "switch=%s event=register_rate_limited port=%d mac=%s: more than %d new "
                     "MACs on this port in %g s; further ones are ignored until the interval ends",

@@ -8,14 +8,16 @@ programmed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from controller.base.errors import InputError
 from controller.base.fileio import read_json
 from controller.base.p4info import normalize_mac
+from controller.control.alerts import AlertSettings
 from controller.control.live import LiveSettings
 from controller.control.registry import RegisterPolicy
 from controller.p4rt.session import Role, TlsOptions
@@ -59,13 +61,21 @@ def check_grpc_addr(addr: str) -> str:
 
 @dataclass(frozen=True)
 class SwitchSpec:
-    """One switch the controller programs: its name, address, device id, flood ports, MACs."""
+    """One switch the controller programs: its name, address, device id, flood ports, MACs.
+
+    `tap`, `cpu_port`, `register_rate` and `tls`, when given, override the run's setting for
+    this switch alone (a mirror port on one switch, a CPU port on another).
+    """
 
     name: str
     grpc_addr: str
     device_id: int
     ports: tuple[int, ...] = ()
     l2: dict[str, int] = field(default_factory=dict)
+    tap: bool | None = None
+    cpu_port: int | None = None
+    register_rate: RegisterRate | None = None
+    tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -77,34 +87,62 @@ class SwitchSpec:
             check_port("--ports: port", port)
         for mac, port in self.l2.items():
             check_port(f"switch {self.name}: port of {mac}", port)
+        if self.cpu_port is not None:
+            check_port(f"switch {self.name}: cpu_port", self.cpu_port)
+
+
+# The keys a switch may have in a switches file (JSON) or a run's config file (TOML).
+SWITCH_KEYS = frozenset(
+    {"name", "grpc_addr", "device_id", "ports", "l2", "tap", "cpu_port", "register_rate", "tls"}
+)
+
+
+def switch_from_mapping(item: Any, where: str, index: int) -> SwitchSpec:
+    """A switch from one entry of a switches file or a config file (InputError naming `where`)."""
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: expected an object")
+    unknown = sorted(set(item) - SWITCH_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown keys {', '.join(unknown)}")
+    try:
+        tls = item.get("tls")
+        rate = item.get("register_rate")
+        cpu_port = item.get("cpu_port")
+        tap = item.get("tap")
+        return SwitchSpec(
+            name=str(item.get("name", f"s{index + 1}")),
+            grpc_addr=str(item["grpc_addr"]),
+            device_id=int(item["device_id"]),
+            ports=tuple(int(p) for p in item.get("ports", ())),
+            l2={normalize_mac(m): int(p) for m, p in dict(item.get("l2", {})).items()},
+            tap=None if tap is None else bool(tap),
+            cpu_port=None if cpu_port is None else int(cpu_port),
+            register_rate=None if rate is None else RegisterRate.parse(str(rate)),
+            tls=None
+            if tls is None
+            else TlsOptions(*(Path(tls[k]) if tls.get(k) else None for k in ("ca", "cert", "key"))),
+        )
+    except KeyError as exc:
+        raise InputError(f"{where}: missing {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, InputError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def check_unique_names(specs: list[SwitchSpec], source: str) -> None:
+    """Refuse two switches of one name."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"{source}: switch names must be unique")
 
 
 def load_switches(path: Path) -> list[SwitchSpec]:
-    """Parse a JSON list of {name, grpc_addr, device_id, ports[, l2]}."""
+    """Parse a JSON list of {name, grpc_addr, device_id, ports[, l2, tap, cpu_port,
+    register_rate, tls]}."""
     data = read_json(path, "switches file")
     if not isinstance(data, list) or not data:
         raise InputError(f"{path}: expected a non-empty JSON list of switches")
-    specs: list[SwitchSpec] = []
-    for i, item in enumerate(data):
-        where = f"{path}: switch #{i}"
-        if not isinstance(item, dict):
-            raise InputError(f"{where}: expected an object")
-        try:
-            spec = SwitchSpec(
-                name=str(item.get("name", f"s{i + 1}")),
-                grpc_addr=str(item["grpc_addr"]),
-                device_id=int(item["device_id"]),
-                ports=tuple(int(p) for p in item.get("ports", ())),
-                l2={normalize_mac(m): int(p) for m, p in dict(item.get("l2", {})).items()},
-            )
-        except KeyError as exc:
-            raise InputError(f"{where}: missing {exc.args[0]!r}") from None
-        except (TypeError, ValueError, InputError) as exc:
-            raise InputError(f"{where}: {exc}") from None
-        specs.append(spec)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise InputError(f"{path}: switch names must be unique")
+    specs = [switch_from_mapping(item, f"{path}: switch #{i}", i) for i, item in enumerate(data)]
+    check_unique_names(specs, str(path))
     return specs
 
 
@@ -175,6 +213,7 @@ class RunConfig:
     reconnect_delay: float = 1.0
     # Settings of the live exporter and identification (controller/control/live.py).
     live: LiveSettings | None = None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def __post_init__(self) -> None:
         if not self.switches:
@@ -199,6 +238,56 @@ class RunConfig:
             raise InputError(f"--capacity {self.capacity}: at least one device")
         if self.export_format not in ("csv", "parquet"):
             raise InputError(f"--export-format {self.export_format!r}: csv or parquet")
+
+    def tap_of(self, spec: SwitchSpec) -> bool:
+        """Whether `spec` runs in tap mode (its own setting, else the run's)."""
+        return self.tap if spec.tap is None else spec.tap
+
+    def cpu_port_of(self, spec: SwitchSpec) -> int | None:
+        """The CPU port of `spec` (its own setting, else the run's)."""
+        return self.cpu_port if spec.cpu_port is None else spec.cpu_port
+
+    def register_rate_of(self, spec: SwitchSpec) -> RegisterRate:
+        """The registration rate limit on the ports of `spec`."""
+        return self.register_rate if spec.register_rate is None else spec.register_rate
+
+    def tls_of(self, spec: SwitchSpec) -> TlsOptions | None:
+        """The TLS options of the session with `spec`."""
+        return self.tls if spec.tls is None else spec.tls
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting as plain JSON values: what the controller logs at start."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, RegisterRate):
+                return str(value)
+            if isinstance(value, RegisterPolicy):
+                return {"mode": value.mode, "allowlist": len(value.allowlist)}
+            if isinstance(value, LiveSettings):
+                refs = value.references
+                return {
+                    "exporter": value.exporter.to_json(),
+                    "references": None
+                    if refs is None
+                    else {
+                        "types": list(refs.types),
+                        "fingerprints": len(refs.labels),
+                        "theta": refs.theta,
+                    },
+                }
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if isinstance(value, dict):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, tuple | list):
+                return [plain(v) for v in value]
+            return value
+
+        described: dict[str, Any] = plain(self)
+        described["idle_seconds"] = self.idle_seconds
+        return described
 
     @property
     def idle_seconds(self) -> float | None:

@@ -28,17 +28,25 @@ from typing import Any
 
 from controller.base.errors import InputError, SvcfpError, SwitchError
 from controller.base.p4info import P4Schema
+from controller.control.alerts import (
+    DEFAULT_HISTORY_THRESHOLD,
+    Alerts,
+    BehaviourWatch,
+)
 from controller.control.config import RunConfig, RunStats
 from controller.control.live import LiveIdentification, LiveResult
 from controller.control.registry import Registry, load_devices_file
 from controller.control.schedule import Poll, PollSchedule
 from controller.control.storage_thread import StorageThread
+from controller.control.telemetry import NO_SWITCH, Telemetry
 from controller.control.worker import SwitchWorker
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision
 from controller.p4rt import entries
+from controller.store.records import AlertRecord
+from controller.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +97,9 @@ class Controller:
             except OSError as exc:
                 raise InputError(f"cannot read {config.bmv2_json}: {exc.strerror}") from exc
         static = load_devices_file(config.devices) if config.devices else []
+        self.telemetry = Telemetry()
         self.store = StorageThread(config.db, config.scope)
+        self.alerts = Alerts(self._store_alert, self.telemetry, config.alerts)
         self._identifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="identify")
         try:
             storage = self.store.storage
@@ -107,6 +117,7 @@ class Controller:
                 if config.live is None
                 else self.store.run(LiveIdentification, storage, config.live, config.time_unit)
             )
+            self.watch = self.store.run(self._load_watch, storage)
             self.workers = [SwitchWorker(spec, self) for spec in config.switches]
             self.store.sync()
         except BaseException:
@@ -124,9 +135,35 @@ class Controller:
         self.stop = asyncio.Event()
         self.cycle = 0
 
+    def close(self) -> None:
+        """Release a controller that will not run (its threads, the database)."""
+        self._shutdown_threads()
+
     def _shutdown_threads(self) -> None:
         self._identifier.shutdown()
+        self.alerts.close()
         self.store.close()
+
+    def _load_watch(self, storage: Store) -> BehaviourWatch:
+        """The behaviour watch, with every device's history as stored (in the storage thread)."""
+        threshold = self.config.alerts.history_threshold
+        if threshold is None:
+            threshold = DEFAULT_HISTORY_THRESHOLD
+        flagged = {a.device for a in storage.alerts() if a.kind == "new_unknown_device"}
+        return BehaviourWatch(
+            threshold,
+            storage.decision_summaries(),
+            storage.fingerprints(),
+            {mac for mac in flagged if mac is not None},
+        )
+
+    def _store_alert(self, alert: AlertRecord) -> None:
+        self.store.submit(self.store.storage.add_alerts, [alert])
+
+    def switch_of(self, mac: str) -> str | None:
+        """The switch a device was registered on (None: every switch, or not registered)."""
+        row = self.registry.get(mac)
+        return None if row is None else row.switch
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run `work` beside the loop; a switch error is logged, any other failure ends the run."""
@@ -266,7 +303,7 @@ class Controller:
         """Write the stored activity, devices, fingerprints and decisions into `folder` (in the
         storage thread)."""
         folder.mkdir(parents=True, exist_ok=True)
-        for table in ("activity", "devices", "fingerprints", "decisions"):
+        for table in ("activity", "devices", "fingerprints", "decisions", "alerts"):
             rows = self.store.storage.export(table, folder / f"{table}.{file_format}")
             log.info("event=exported table=%s rows=%d folder=%s", table, rows, folder)
 
@@ -318,6 +355,7 @@ class Controller:
             if result is not None:
                 await self.store.call(self.live.store, result)
                 self.live.log(result, {row.mac: row.device_id for row in self.registry.active()})
+                self._review(result)
         if self.on_unit_closed is not None:
             self.on_unit_closed(
                 ClosedUnits(
@@ -328,6 +366,18 @@ class Controller:
                     () if result is None else result.decisions,
                 )
             )
+
+    def _review(self, result: LiveResult) -> None:
+        """Count what was decided and raise the alerts it calls for."""
+        telemetry = self.telemetry
+        for fp in result.fingerprints:
+            telemetry.fingerprints[self.switch_of(fp.device) or NO_SWITCH] += 1
+        for decision in result.decisions:
+            telemetry.decisions[(self.switch_of(decision.device) or NO_SWITCH, decision.label)] += 1
+        for alert in self.watch.review(
+            result.fingerprints, result.decisions, self.switch_of, result.decided_at
+        ):
+            self.alerts.raise_alert(alert)
 
 
 def log_unit(closed: ClosedUnits) -> None:
@@ -347,7 +397,11 @@ def log_unit(closed: ClosedUnits) -> None:
 async def run_controller(config: RunConfig, on_unit_closed: UnitCallback | None = None) -> RunStats:
     """Run a controller; SIGINT/SIGTERM stop it cleanly (last poll flushed), a second one at
     once."""
-    controller = Controller(config, on_unit_closed)
+    return await serve_controller(Controller(config, on_unit_closed))
+
+
+async def serve_controller(controller: Controller) -> RunStats:
+    """Run a controller made already (a dashboard beside it) with run_controller's signals."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     handled: list[signal.Signals] = []

@@ -149,6 +149,10 @@ class Registry:
         rows = [r for r in self._rows.values() if self.is_active(r.mac)]
         return sorted(rows, key=lambda r: r.device_id or 0)
 
+    def rows(self) -> list[DeviceRow]:
+        """Every device the registry knows, evicted ones included, by MAC."""
+        return sorted(self._rows.values(), key=lambda r: r.mac)
+
     def for_switch(self, switch: str) -> list[DeviceRow]:
         """Active devices installed on `switch` (those without a home switch go everywhere)."""
         return [r for r in self.active() if r.switch in (None, switch)]

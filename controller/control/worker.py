@@ -20,13 +20,16 @@ from finsy.proto import p4r
 
 from controller.base.errors import SvcfpError, SwitchError
 from controller.base.p4info import decode_int, decode_mac
+from controller.base.wire import decode_counter_read
 from controller.control.admission import Admission
+from controller.control.alerts import make_alert
 from controller.control.collector import Collector
 from controller.control.config import SwitchSpec
 from controller.control.registry import RegistryFull
 from controller.p4rt import entries
 from controller.p4rt.forwarding import Forwarding
 from controller.p4rt.session import Session, SwitchTarget, WriteError
+from controller.store.records import SwitchStatusRecord
 
 if TYPE_CHECKING:
     from controller.control.controller import Controller
@@ -47,16 +50,24 @@ class SwitchWorker:
             device_id=spec.device_id,
             election_id=config.election_id,
             role=config.role,
-            tls=config.tls,
+            tls=config.tls_of(spec),
         )
         self.forwarding = Forwarding(
             spec.ports,
             spec.l2,
-            config.tap,
-            config.cpu_port,
+            config.tap_of(spec),
+            config.cpu_port_of(spec),
             capacity=controller.schema.table(entries.L2_TABLE).size,
         )
-        self.admission = Admission(spec.name, config.register_rate)
+        self.telemetry = controller.telemetry.switch(spec.name, spec.grpc_addr)
+        self.admission = Admission(
+            spec.name,
+            config.register_rate_of(spec),
+            on_refusal=self._refused,
+            on_storm=self._storm,
+        )
+        # When the session was lost (epoch seconds), until it is back.
+        self.lost_at: float | None = None
         store = controller.store
         self.collector = store.run(
             Collector,
@@ -91,6 +102,7 @@ class SwitchWorker:
                     self.ready.set()
                     stats = self.controller.stats
                     stats.connects[self.spec.name] = stats.connects.get(self.spec.name, 0) + 1
+                    self._connected()
                     if self.programming:
                         self._serve_digests(session)
                     await session.disconnected.wait()
@@ -99,15 +111,104 @@ class SwitchWorker:
                         self.spec.name,
                         session.disconnect_reason,
                     )
+                    self._lost(session.disconnect_reason or "disconnected")
             except SvcfpError as exc:
                 if not self.ready.is_set() and self.first_error is None:
                     self.first_error = exc
                     self.ready.set()
                     return
+                self.telemetry.errors["session_failed"] += 1
                 log.warning("switch=%s event=session_failed error=%s", self.spec.name, exc)
             finally:
                 self.session = None
             await asyncio.sleep(config.reconnect_delay)
+
+    # -- what operators are told: connection state, refusals, storms ----------------------------
+
+    def _connected(self) -> None:
+        telemetry = self.telemetry
+        telemetry.connected = True
+        telemetry.connects += 1
+        if self.lost_at is not None:
+            down = time.time() - self.lost_at
+            self.lost_at = None
+            self.controller.alerts.raise_alert(
+                make_alert(
+                    "switch_regained",
+                    f"switch {self.spec.name} ({self.spec.grpc_addr}) is back after {down:.1f} s",
+                    time.time(),
+                    switch=self.spec.name,
+                    details={"down_seconds": down},
+                )
+            )
+        self.store_status()
+
+    def _lost(self, reason: str) -> None:
+        self.telemetry.connected = False
+        self.lost_at = time.time()
+        self.controller.alerts.raise_alert(
+            make_alert(
+                "switch_lost",
+                f"switch {self.spec.name} ({self.spec.grpc_addr}) lost: {reason}",
+                self.lost_at,
+                switch=self.spec.name,
+                details={"reason": reason},
+            )
+        )
+        self.store_status()
+
+    def _refused(self, reason: str) -> None:
+        self.telemetry.refusals[reason] += 1
+
+    def _storm(self, port: int, mac: str) -> None:
+        rate = self.admission.rate
+        self.controller.alerts.raise_alert(
+            make_alert(
+                "registration_storm",
+                f"switch {self.spec.name} port {port}: more than {rate.count} new MACs in "
+                f"{rate.seconds:g} s (latest {mac}); further ones are ignored until the "
+                "interval ends",
+                time.time(),
+                device=None,
+                switch=self.spec.name,
+                details={"port": port, "mac": mac, "count": rate.count, "seconds": rate.seconds},
+            )
+        )
+
+    def store_status(self, now: float | None = None) -> None:
+        """Queue this switch's latest state for the database (what dashboards of stored runs
+        show)."""
+        stamp = time.time() if now is None else now
+        store = self.controller.store
+        store.submit(
+            store.storage.put_switch_status,
+            SwitchStatusRecord(self.spec.name, self.telemetry.status(), stamp),
+        )
+
+    def _occupancy(self) -> dict[str, tuple[int, int]]:
+        controller = self.controller
+        schema = controller.schema
+        devices = sum(1 for r in controller.registry.for_switch(self.spec.name) if r.device_id)
+        return {
+            "devices": (devices, controller.max_devices - 1),
+            "l2": (
+                len(self.forwarding.table()),
+                schema.table(entries.L2_TABLE).size
+                if self.forwarding.capacity is None
+                else self.forwarding.capacity,
+            ),
+            **{
+                name.rpartition(".")[2]: (count, schema.table(name).size)
+                for name, count in zip(
+                    entries.SERVICE_TABLES,
+                    (
+                        len(controller.catalogue.dst_services()),
+                        len(controller.catalogue.src_services()),
+                    ),
+                    strict=True,
+                )
+            },
+        }
 
     async def _setup(self, session: Session) -> None:
         config = self.controller.config
@@ -197,9 +298,14 @@ class SwitchWorker:
             for item in digest.items:
                 if len(item) < 2:
                     continue
+                self.telemetry.digests += 1
                 try:
                     await self.on_new_device(session, decode_mac(item[0]), decode_int(item[1]))
                 except SwitchError as exc:
+                    if isinstance(exc, WriteError):
+                        self.telemetry.write_failures += 1
+                    else:
+                        self.telemetry.errors["digest_failed"] += 1
                     log.warning("switch=%s event=digest_failed error=%s", self.spec.name, exc)
 
     async def on_new_device(self, session: Session, mac: str, port: int) -> None:
@@ -224,6 +330,7 @@ class SwitchWorker:
             try:
                 row = registry.register(mac, source="digest", switch=self.spec.name, port=port)
             except RegistryFull as exc:
+                self._refused("registry_full")
                 self.admission.full(
                     "registry_full",
                     f"{exc}; new devices are counted as unregistered (said again once ids are "
@@ -231,6 +338,7 @@ class SwitchWorker:
                 )
             else:
                 self.admission.room("registry_full")
+                self.telemetry.registered += 1
                 assert row.device_id is not None
                 log.info(
                     "switch=%s event=registered mac=%s device_id=%d port=%d",
@@ -261,6 +369,7 @@ class SwitchWorker:
             await session.write(entries.updates(p4r.Update.DELETE, items), "Write eviction")
         except WriteError as exc:
             if not exc.only("NOT_FOUND"):
+                self.telemetry.write_failures += 1
                 raise
 
     async def macs_by_id(self, session: Session) -> npt.NDArray[np.object_]:
@@ -289,18 +398,37 @@ class SwitchWorker:
         session = self.session
         if session is None or session.disconnected.is_set():
             return -1
+        counter = self.controller.counter
+        started = time.perf_counter()
         try:
-            values = await session.read_counter(self.controller.counter)
+            chunks = await session.read_counter_raw(counter)
+            values = decode_counter_read(
+                chunks, counter.id, counter.size, session.target.describe()
+            )
             macs = await self.macs_by_id(session)
         except SwitchError as exc:
+            self.telemetry.poll_failures += 1
+            self.telemetry.errors["poll_failed"] += 1
             log.warning("switch=%s event=poll_failed error=%s", self.spec.name, exc)
             return -1
+        seconds = time.perf_counter() - started
         now = time.time()
         result = await self.controller.store.call(
             self.collector.record, values, now, macs, self.controller.catalogue.names, unit
         )
         self.polled_cycle = cycle
         self.controller.registry.touch({r.device for r in result.records}, now)
+        telemetry = self.telemetry
+        telemetry.polled(
+            seconds,
+            sum(len(c) for c in chunks),
+            len(result.records),
+            sum(r.packets for r in result.records),
+            now,
+        )
+        telemetry.unregistered_packets += result.unregistered_packets
+        telemetry.tables = self._occupancy()
+        self.store_status(now)
         if result.records or result.unregistered_packets:
             log.debug(
                 "switch=%s event=poll unit=%d rows=%d unregistered_packets=%d",

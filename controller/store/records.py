@@ -7,7 +7,7 @@ returns exactly these.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ Baseline = CounterValues
 # The one time unit of every activity row in the database, in seconds.
 TIME_UNIT_KEY = "time_unit_seconds"
 
-EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services")
+EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services", "alerts")
 
 
 @dataclass(frozen=True)
@@ -81,4 +81,46 @@ class DecisionRecord:
     label: str
     similarity: float
     explanation: dict[str, Any]
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An alert as stored: what happened (`kind`), to which device or switch, and why.
+
+    `id` is None until stored; `details` holds what the alert's kind measured (labels,
+    similarities, counts)."""
+
+    kind: str
+    severity: str
+    device: str | None
+    switch: str | None
+    message: str
+    details: dict[str, Any]
+    raised_at: float
+    id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SwitchStatusRecord:
+    """A switch's latest state as the controller saw it (connection, last poll, tables)."""
+
+    switch: str
+    status: dict[str, Any]
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DecisionSummary:
+    """A decision without its explanation: what lists of many devices need."""
+
+    id: int
+    device: str
+    window_end_unit: int
+    label: str
+    similarity: float
     decided_at: float

@@ -198,6 +198,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "what operators watch: alerts as events, and each switch's latest poll and tables",
+        (
+            """CREATE TABLE alerts (
+                id {id},
+                kind TEXT NOT NULL,
+                severity TEXT NOT NULL,
+                device TEXT,
+                switch TEXT,
+                message TEXT NOT NULL,
+                details TEXT NOT NULL,
+                raised_at {real} NOT NULL,
+                scope TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX alerts_by_device ON alerts (device)",
+            """CREATE TABLE switch_status (
+                switch TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                updated_at {real} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -16,11 +16,14 @@ from controller.base.errors import InputError
 from controller.store.records import (
     EXPORTABLE,
     TIME_UNIT_KEY,
+    AlertRecord,
     Baseline,
     DecisionRecord,
+    DecisionSummary,
     DeviceRow,
     FingerprintRecord,
     SourceFile,
+    SwitchStatusRecord,
 )
 from controller.store.schema import SQLITE
 from controller.store.store import Sql, Store
@@ -28,13 +31,16 @@ from controller.store.store import Sql, Store
 __all__ = [
     "EXPORTABLE",
     "TIME_UNIT_KEY",
+    "AlertRecord",
     "Baseline",
     "DecisionRecord",
+    "DecisionSummary",
     "DeviceRow",
     "FingerprintRecord",
     "SourceFile",
     "Storage",
     "Store",
+    "SwitchStatusRecord",
     "is_url",
     "open_store",
 ]
@@ -63,20 +69,43 @@ class _SqliteSql:
 
 
 class Storage(Store):
-    """The project's SQLite database."""
+    """The project's SQLite database.
+
+    `readonly` opens an existing database for reading only (a dashboard beside a running
+    controller): nothing is created or migrated, and tables it lacks read as empty.
+    """
 
     dialect = SQLITE
     integrity_error = sqlite3.IntegrityError
 
-    def __init__(self, path: Path, scope: str = "") -> None:
+    def __init__(self, path: Path, scope: str = "", readonly: bool = False) -> None:
         super().__init__(str(path), scope)
         self.path = path
+        self.readonly = readonly
+        self._tables: set[str] | None = None
+        if readonly and not path.is_file():
+            raise InputError(f"database {path} does not exist")
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None)
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                self._db = sqlite3.connect(str(path), isolation_level=None)
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
         self._plain = _SqliteSql(self._db)
-        self._set_up(sqlite3.DatabaseError, self._pragmas)
+        if readonly:
+            self._set_up(sqlite3.DatabaseError, self._read_tables, migrate=False)
+        else:
+            self._set_up(sqlite3.DatabaseError, self._pragmas)
+
+    def _read_tables(self) -> None:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        self._tables = {str(row[0]) for row in rows}
+
+    def _has_table(self, name: str) -> bool:
+        return self._tables is None or name in self._tables
 
     def _pragmas(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -31,11 +31,14 @@ from controller.engine.services import Service
 from controller.store.records import (
     EXPORTABLE,
     TIME_UNIT_KEY,
+    AlertRecord,
     Baseline,
     DecisionRecord,
+    DecisionSummary,
     DeviceRow,
     FingerprintRecord,
     SourceFile,
+    SwitchStatusRecord,
 )
 from controller.store.schema import LATEST, MIGRATIONS, VERSION_TABLE, Dialect
 
@@ -116,13 +119,18 @@ class Store(ABC):
     # -- schema -------------------------------------------------------------------------------
 
     def _set_up(
-        self, failures: type[Exception], prepare: Callable[[], object] = lambda: None
+        self,
+        failures: type[Exception],
+        prepare: Callable[[], object] = lambda: None,
+        migrate: bool = True,
     ) -> None:
-        """Prepare the fresh connection and migrate the schema; on any failure the connection is
-        closed, and a database error becomes an InputError naming the database."""
+        """Prepare the fresh connection and migrate the schema (unless it is only read); on any
+        failure the connection is closed, and a database error becomes an InputError naming the
+        database."""
         try:
             prepare()
-            self._migrate()
+            if migrate:
+                self._migrate()
         except failures as exc:
             self.close()
             raise InputError(f"cannot open database {self.name}: {exc}") from exc
@@ -473,16 +481,141 @@ class Store(ABC):
     def fingerprints(self) -> list[FingerprintRecord]:
         """Every stored fingerprint, oldest first."""
         rows = self._sql().rows(f"SELECT {_FINGERPRINT_COLUMNS} FROM fingerprints ORDER BY id")
-        return [
-            FingerprintRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5])) for r in rows
-        ]
+        return [_fingerprint(r) for r in rows]
 
     def decisions(self) -> list[DecisionRecord]:
         """Every stored decision, oldest first."""
         rows = self._sql().rows(f"SELECT {_DECISION_COLUMNS} FROM decisions ORDER BY id")
+        return [_decision(r) for r in rows]
+
+    # -- what operators watch: alerts, switch status, one device's history --------------------
+
+    def _has_table(self, name: str) -> bool:
+        """Whether the database has table `name` (a migrated one has every table)."""
+        return True
+
+    def add_alerts(self, alerts: Sequence[AlertRecord]) -> list[int]:
+        """Store alerts of this scope in one transaction; their ids, in order."""
+        ids: list[int] = []
+        with self.transaction() as sql:
+            for a in alerts:
+                (row,) = sql.rows(
+                    "INSERT INTO alerts (kind, severity, device, switch, message, details, "
+                    "raised_at, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (
+                        a.kind,
+                        a.severity,
+                        a.device,
+                        a.switch,
+                        a.message,
+                        json.dumps(a.details, sort_keys=True),
+                        a.raised_at,
+                        self.scope,
+                    ),
+                )
+                ids.append(int(row[0]))
+        return ids
+
+    def alerts(
+        self, after_id: int = 0, device: str | None = None, limit: int | None = None
+    ) -> list[AlertRecord]:
+        """Stored alerts (of every scope) with ids above `after_id`, of one device if given,
+        newest first."""
+        if not self._has_table("alerts"):
+            return []
+        where, params = "id > ?", list[Any]([after_id])
+        if device is not None:
+            where += " AND device = ?"
+            params.append(device)
+        bound = "" if limit is None else f" LIMIT {int(limit)}"
+        rows = self._sql().rows(
+            "SELECT kind, severity, device, switch, message, details, raised_at, id FROM alerts "
+            f"WHERE {where} ORDER BY id DESC{bound}",
+            params,
+        )
         return [
-            DecisionRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7]) for r in rows
+            AlertRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows
         ]
+
+    def alert_counts(self) -> dict[str, int]:
+        """How many alerts each device has had."""
+        if not self._has_table("alerts"):
+            return {}
+        rows = self._sql().rows(
+            "SELECT device, count(*) FROM alerts WHERE device IS NOT NULL GROUP BY device"
+        )
+        return {str(device): int(n) for device, n in rows}
+
+    def put_switch_status(self, record: SwitchStatusRecord) -> None:
+        """Replace one switch's latest state."""
+        with self.transaction() as sql:
+            sql.run(
+                "INSERT INTO switch_status (switch, status, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (switch) DO UPDATE SET status = excluded.status, "
+                "updated_at = excluded.updated_at",
+                (record.switch, json.dumps(record.status, sort_keys=True), record.updated_at),
+            )
+
+    def switch_status(self) -> list[SwitchStatusRecord]:
+        """Every switch's latest state, by name."""
+        if not self._has_table("switch_status"):
+            return []
+        rows = self._sql().rows(
+            "SELECT switch, status, updated_at FROM switch_status "
+            f"ORDER BY switch{self._text_order()}"
+        )
+        return [SwitchStatusRecord(r[0], json.loads(r[1]), r[2]) for r in rows]
+
+    def decision_summaries(self) -> list[DecisionSummary]:
+        """Every decision without its explanation, oldest first."""
+        rows = self._sql().rows(
+            "SELECT id, device, window_end_unit, label, similarity, decided_at FROM decisions "
+            "ORDER BY id"
+        )
+        return [DecisionSummary(*r) for r in rows]
+
+    def device_decisions(self, mac: str) -> list[DecisionRecord]:
+        """One device's decisions, oldest first."""
+        rows = self._sql().rows(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE device = ? ORDER BY id", (mac,)
+        )
+        return [_decision(r) for r in rows]
+
+    def device_fingerprints(self, mac: str) -> list[FingerprintRecord]:
+        """One device's exported fingerprints, oldest first."""
+        rows = self._sql().rows(
+            f"SELECT {_FINGERPRINT_COLUMNS} FROM fingerprints WHERE device = ? ORDER BY id",
+            (mac,),
+        )
+        return [_fingerprint(r) for r in rows]
+
+    def device_activity(self, mac: str, unit_from: int | None = None) -> list[ActivityRecord]:
+        """One device's activity rows from `unit_from` on, by unit and service."""
+        rows = self._sql().rows(
+            "SELECT device, unit, service, packets, bytes FROM activity "
+            f"WHERE device = ? AND unit >= ? ORDER BY unit, service{self._text_order()}",
+            (mac, -(2**62) if unit_from is None else unit_from),
+        )
+        return [ActivityRecord(*row) for row in rows]
+
+    def last_unit(self) -> int | None:
+        """The latest unit any activity was stored in."""
+        rows = self._sql().rows("SELECT max(unit) FROM activity")
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def change_marks(self) -> dict[str, float]:
+        """Cheap marks that move when something a dashboard shows was written: the newest
+        decision, fingerprint and alert, the devices' latest sighting, the latest poll."""
+        marks = {
+            "decisions": "SELECT max(id) FROM decisions",
+            "fingerprints": "SELECT max(id) FROM fingerprints",
+            "devices": "SELECT count(*) + coalesce(max(last_seen), 0) FROM devices",
+        }
+        if self._has_table("alerts"):
+            marks["alerts"] = "SELECT max(id) FROM alerts"
+        if self._has_table("switch_status"):
+            marks["switches"] = "SELECT max(updated_at) FROM switch_status"
+        return {topic: float(self._sql().rows(query)[0][0] or 0) for topic, query in marks.items()}
 
     # -- export -------------------------------------------------------------------------------
 
@@ -526,6 +659,14 @@ def _lock_order(record: Sequence[Any]) -> str:
     the rows they share in that order, so they never deadlock. (Any total order does; this
     one also orders malformed rows, which the database then refuses.)"""
     return repr(tuple(record[:3]))
+
+
+def _fingerprint(r: Sequence[Any]) -> FingerprintRecord:
+    return FingerprintRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5]))
+
+
+def _decision(r: Sequence[Any]) -> DecisionRecord:
+    return DecisionRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7])
 
 
 def _window(row: FingerprintRecord | DecisionRecord) -> tuple[str, int, int, str]:

@@ -9,6 +9,8 @@ from typing import Any
 
 from controller import __version__
 from controller.base.command import LOG_LEVELS, run_command
+from controller.base.logformat import LOG_FORMATS
+from svcfp.cli.dashboard import register as register_dashboard
 from svcfp.cli.demo import register as register_demo
 from svcfp.cli.devices import register as register_devices
 from svcfp.cli.engine import register as register_engine
@@ -28,6 +30,7 @@ def _registrations() -> list[Register]:
     registrations.append(register_switch)
     registrations.append(register_run)
     registrations.append(register_devices)
+    registrations.append(register_dashboard)
     registrations.append(register_engine)
     registrations.append(register_demo)
     registrations.append(register_testbed)
@@ -50,12 +53,38 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose help shows defaults, for every subcommand too."""
+class _Unset(list[Any]):
+    """Stands for "not on the command line" while `Parser` finds which options were given (a
+    list, so that `append` options can append to a copy of it)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+
+_UNSET = _Unset()
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help shows defaults, for every subcommand too.
+
+    A parser made with `track_given=True` also records, as `given` on the namespace, which
+    options the command line set (whatever their value): a config file fills in the others.
+    """
+
+    def __init__(self, *args: object, track_given: bool = False, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.track_given = track_given
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse; with `track_given`, once more over placeholders to see which were set."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        if self.track_given:
+            probe = argparse.Namespace(
+                **{a.dest: _UNSET for a in self._actions if a.dest != argparse.SUPPRESS}
+            )
+            super().parse_known_args(sys.argv[1:] if args is None else list(args), probe)
+            parsed.given = frozenset(k for k, v in vars(probe).items() if v is not _UNSET)
+        return parsed, extra
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         """An option without help text still gets a help line: its default."""
@@ -78,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="logging threshold (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="log lines as text or as JSON objects, one per line (default: text)",
+    )
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=Parser
     )
@@ -94,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
-    return run_command(f"svcfp {args.command}", lambda: int(func(args)), args.log_level)
+    return run_command(
+        f"svcfp {args.command}", lambda: int(func(args)), args.log_level, args.log_format
+    )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 
 import p4src
+from controller.base.errors import InputError
+from controller.base.logformat import logging_to
+from controller.web.settings import DEFAULT_LISTEN, WebSettings
 from topology import demo
 from topology import graph as topo
 from topology.launch import SWITCH_KINDS
-from topology.scenario import DemoConfig, check_sizes
+from topology.scenario import BehaviourChange, DemoConfig, check_sizes
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -54,12 +57,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=topo.FIRST_GRPC_PORT,
         help="switch s1's P4Runtime port (0: a free one)",
     )
+    parser.add_argument(
+        "--http",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help="serve the live dashboard here while the demo runs (port 0: any free one; "
+        "'off': none)",
+    )
+    parser.add_argument(
+        "--change",
+        default=None,
+        metavar="HOST=TYPE@UNIT",
+        help="one device starts behaving as another type at a unit, e.g. d2=hub@30",
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `svcfp demo`."""
     check_sizes(args.units, args.time_unit, args.devices_per_type)
+    http = getattr(args, "http", DEFAULT_LISTEN)
+    change = getattr(args, "change", None)
     config = DemoConfig(
         switch=args.switch,
         out=args.out,
@@ -74,6 +92,20 @@ def main(args: argparse.Namespace) -> int:
         p4info=args.p4info,
         bmv2_json=args.bmv2_json,
         grpc_port=args.grpc_port,
+        http=None if http == "off" else _loopback(http),
+        change=None if change is None else BehaviourChange.parse(change),
     )
-    demo.run_demo(config)
-    return 0
+    # The terminal shows the live table; the controller's log goes to a file beside the others.
+    log_file = config.logs / "demo.log"
+    print(f"svcfp demo: the controller logs to {log_file}", flush=True)
+    with logging_to(log_file):
+        summary = demo.run_demo(config)
+    # Stopped by Ctrl-C or SIGTERM: the report covers what was stored, the status says so.
+    return 130 if summary["playback"].get("interrupted") else 0
+
+
+def _loopback(listen: str) -> WebSettings:
+    settings = WebSettings.parse(listen)
+    if settings.token is not None:
+        raise InputError("the demo's dashboard listens on loopback, without a token")
+    return settings

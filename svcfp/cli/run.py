@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 from controller.base.errors import InputError
+from controller.base.logformat import LOG_FORMATS, configure_logging
 from controller.control import controller as control_loop
+from controller.control.alerts import DEFAULT_HISTORY_THRESHOLD, AlertSettings
 from controller.control.config import (
     DEFAULT_IDLE_UNITS,
     MONITOR_ELECTION_ID,
@@ -24,7 +27,9 @@ from controller.control.registry import RegisterPolicy
 from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import References
 from controller.p4rt.session import Role, TlsOptions
+from controller.web.settings import DEFAULT_LISTEN, TOKEN_ENV, WebSettings
 from svcfp import api
+from svcfp.cli import config_file
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args
 from svcfp.cli.engine import add_engine_arguments, engine_config
 from svcfp.cli.inputs import DB_HELP, database_location
@@ -75,8 +80,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run",
         help="program switches and collect per-device service activity into SQLite",
         description=control_loop.__doc__,
+        track_given=True,
     )
-    where = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with any of these settings and [[switch]] tables; flags override it",
+    )
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--grpc-addr", action="append", help="switch address (repeatable)")
     where.add_argument(
         "--switches", type=Path, help="JSON list of {name, grpc_addr, device_id, ports}"
@@ -94,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="HIGH,LOW (default 0,10 for a primary, 0,5 for a monitor)",
     )
     parser.add_argument("--role", choices=["primary", "monitor"], default="primary")
-    parser.add_argument("--p4info", type=Path, required=True)
+    parser.add_argument("--p4info", type=Path, help="P4Info of the program (required)")
     parser.add_argument("--bmv2-json", type=Path, help="device config to push (BMv2 JSON)")
     parser.add_argument("--skip-config", action="store_true", help="attach to the running pipeline")
     parser.add_argument("--cpu-port", type=int, default=None)
@@ -162,22 +173,62 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_mud_argument(parser)
     add_engine_arguments(parser)
-    parser.set_defaults(func=main)
+    web = parser.add_argument_group("dashboard, metrics and alerts")
+    web.add_argument(
+        "--http",
+        nargs="?",
+        const=DEFAULT_LISTEN,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"serve the dashboard and /metrics here (alone: {DEFAULT_LISTEN}); an address "
+        "beyond loopback needs --http-token-file",
+    )
+    web.add_argument(
+        "--http-token-file",
+        type=Path,
+        help=f"file holding the dashboard's access token (or set {TOKEN_ENV})",
+    )
+    web.add_argument("--alert-webhook", help="POST every alert as JSON to this http(s) URL")
+    web.add_argument(
+        "--history-threshold",
+        type=float,
+        default=None,
+        help="a fingerprint less similar than this to each of the device's recent ones is a "
+        f"behaviour change (default: {DEFAULT_HISTORY_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="log lines as text or JSON (default: svcfp --log-format, text)",
+    )
+    parser.set_defaults(func=main, run_parser=parser)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig a parsed `svcfp run` command line describes."""
+def config_from_args(
+    args: argparse.Namespace, file_switches: list[SwitchSpec] | None = None
+) -> RunConfig:
+    """The RunConfig a parsed `svcfp run` command line describes (with the switches of its
+    config file, unless the command line names its own)."""
+    if args.p4info is None:
+        raise InputError("--p4info is required (or p4info in the --config file)")
     if args.switches is not None:
         if args.device_id is not None:
             raise InputError("--device-id goes with --grpc-addr; --switches files carry device_id")
         switches = load_switches(args.switches)
-    else:
+    elif args.grpc_addr:
         if args.device_id is None:
             raise InputError("--device-id is required with --grpc-addr (BMv2 defaults to 0)")
         switches = [
             SwitchSpec(f"s{i + 1}", addr, args.device_id, args.ports)
             for i, addr in enumerate(args.grpc_addr)
         ]
+    elif file_switches:
+        switches = file_switches
+    else:
+        raise InputError(
+            "no switch: give --grpc-addr, --switches, or [[switch]] tables in --config"
+        )
     role: Role = args.role
     election = args.election_id or (
         MONITOR_ELECTION_ID if role == "monitor" else PRIMARY_ELECTION_ID
@@ -212,6 +263,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         duration=args.duration,
         connect_timeout=args.connect_timeout,
         live=live,
+        alerts=AlertSettings(
+            webhook=getattr(args, "alert_webhook", None),
+            history_threshold=getattr(args, "history_threshold", None),
+        ),
     )
 
 
@@ -229,9 +284,48 @@ def live_settings(args: argparse.Namespace) -> LiveSettings:
     return settings
 
 
+def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, list[SwitchSpec] | None]:
+    """The command line over its `--config` file, if any: every option's value and the file's
+    switches."""
+    if args.config is None:
+        return args, None
+    options = {a.dest: a for a in args.run_parser._actions if a.dest != argparse.SUPPRESS}
+    options["log_format"] = next(a for a in args.run_parser._actions if a.dest == "log_format")
+    merged, switches, from_file = config_file.merge(args, options, args.config, _ports)
+    log.info("event=config_file path=%s settings=%s", args.config, ",".join(from_file) or "-")
+    return merged, switches
+
+
+def web_settings(args: argparse.Namespace) -> WebSettings | None:
+    """Where to serve the dashboard, if anywhere."""
+    if args.http is None:
+        if args.http_token_file is not None:
+            raise InputError("--http-token-file goes with --http")
+        return None
+    return WebSettings.parse(args.http, args.http_token_file)
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of `svcfp run`."""
-    config = config_from_args(args)
-    stats = api.run(config, log_unit)
+    args, file_switches = resolve(args)
+    log_format = getattr(args, "log_format", None)
+    if log_format is not None:
+        configure_logging(args.log_level, log_format)
+    config = config_from_args(args, file_switches)
+    web = web_settings(args)
+    described = config.describe() | {
+        "http": None
+        if web is None
+        else {"listen": f"{web.host}:{web.port}", "token": bool(web.token)}
+    }
+    log.info("event=config settings=%s", json.dumps(described, separators=(",", ":")))
+    if web is None:
+        stats = api.run(config, log_unit)
+    else:
+        stats = api.run_with_dashboard(config, web, log_unit, _announce)
     log.info("event=stopped polls=%d rows=%d", stats.polls, stats.rows)
     return 0
+
+
+def _announce(url: str) -> None:
+    log.info("event=dashboard_ready url=%s", url)

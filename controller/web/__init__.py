@@ -1,0 +1,1 @@
+"""The dashboard, its event stream and the Prometheus metrics of a running controller."""
