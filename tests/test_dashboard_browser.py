@@ -10,6 +10,7 @@ switches and alerts pages. Screenshots of every page are saved under logs/dashbo
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import threading
@@ -122,7 +123,7 @@ def test_dashboard_shows_identification_unknown_devices_and_a_behaviour_change_l
             return row_label(browser, macs[host]) == scenario.truth[host]
 
         for host in ("d1", "d3", "d4"):
-            wait_for(lambda h=host: identified(h), DEMO_TIMEOUT, f"{host} identified")
+            wait_for(functools.partial(identified, host), DEMO_TIMEOUT, f"{host} identified")
         # The hub the references leave out is flagged unknown, with its alert.
         wait_for(lambda: row_label(browser, macs["d5"]) == "unknown", DEMO_TIMEOUT, "d5 unknown")
         wait_for(
