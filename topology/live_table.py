@@ -72,13 +72,13 @@ class LiveView:
             self.redraw()
             return
         for decision in mine:
-            self.out.write(f"{self.progress():>11}  {self._decision_line(decision)}\n")
+            self.out.write(f"{self.progress()}  {self._decision_line(decision)}\n")
         played = self.played()
         if played is not None and played - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = played
             answered = len(self.final())
             self.out.write(
-                f"{self.progress():>11}  {answered} of {len(self.scenario.truth)} devices "
+                f"{self.progress()}  {answered} of {len(self.scenario.truth)} devices "
                 f"answered, {len(self.decisions)} decisions, {len(self.alerts)} alerts\n"
             )
         self.out.flush()
@@ -89,7 +89,7 @@ class LiveView:
         if self.tty:
             self.redraw()
         else:
-            self.out.write(f"{self.progress():>11}  ALERT {alert.kind}: {self._named(alert)}\n")
+            self.out.write(f"{self.progress()}  ALERT {alert.kind}: {self._named(alert)}\n")
             self.out.flush()
 
     def on_dashboard(self, url: str) -> None:
@@ -112,7 +112,7 @@ class LiveView:
         if self.tty:
             self.redraw()
         else:
-            self.out.write(f"{self.progress():>11}  stopping: {why}\n")
+            self.out.write(f"{self.progress()}  stopping: {why}\n")
             self.out.flush()
 
     def close(self) -> None:

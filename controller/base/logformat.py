@@ -55,9 +55,13 @@ def message_fields(message: str) -> dict[str, Any]:
                 fields[match.group(1)] = value
                 position = end
                 continue
-        end = message.find(" ", start)
-        end = len(message) if end == -1 else end
-        raw = message[start:end].rstrip(":,;")
+        following = _FIELD.search(message, start)
+        end = len(message) if following is None else following.start()
+        segment = message[start:end].rstrip()
+        first = segment.split(" ", 1)[0]
+        # A value runs to the next field, unless its first word ends a clause ("mac=...: more
+        # than 8 new MACs"): then it is that word.
+        raw = first.rstrip(":,;") if first.endswith((":", ",", ";")) else segment
         fields[match.group(1)] = _value(raw)
         position = end
 

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from controller import __version__
+from controller.control.alerts import KINDS
 from controller.control.live import verdict
 from controller.control.telemetry import NO_SWITCH
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 # A device without a decision yet.
 UNIDENTIFIED = "unidentified"
+# The errors a switch's worker counts (controller/control/worker.py).
+ERROR_EVENTS = ("digest_failed", "poll_failed", "session_failed")
 
 
 def _bound(value: float) -> str:
@@ -141,8 +144,8 @@ class ControllerCollector(Collector):
             last_read.add_metric([name], t.last_read_bytes)
             for reason in ("group_source", "rate_limited", "registry_full"):
                 refusals.add_metric([name, reason], t.refusals.get(reason, 0))
-            for event, n in sorted(t.errors.items()):
-                errors.add_metric([name, event], n)
+            for event in sorted(set(ERROR_EVENTS) | set(t.errors)):
+                errors.add_metric([name, event], t.errors.get(event, 0))
             for table, (held, size) in sorted(t.tables.items()):
                 entries.add_metric([name, table], held)
                 sizes.add_metric([name, table], size)
@@ -177,7 +180,12 @@ class ControllerCollector(Collector):
             "Identification decisions stored, by label",
             labels=["switch", "label"],
         )
-        for (switch, label), n in sorted(telemetry.decisions.items()):
+        # Every series a query may ask for exists from the start, at 0 until counted.
+        live = controller.config.live
+        labels = ["unknown", *live.references.types] if live and live.references else []
+        counted = Counter({(s, label): 0 for s in switches for label in labels})
+        counted.update(telemetry.decisions)
+        for (switch, label), n in sorted(counted.items()):
             decisions.add_metric([switch, label], n)
         yield decisions
         fingerprints = CounterMetricFamily(
@@ -189,7 +197,9 @@ class ControllerCollector(Collector):
         alerts = CounterMetricFamily(
             "svcfp_alerts", "Alerts raised, by kind", labels=["switch", "kind"]
         )
-        for (switch, kind), n in sorted(telemetry.alerts.items()):
+        raised = Counter({(s, kind): 0 for s in switches for kind in KINDS})
+        raised.update(telemetry.alerts)
+        for (switch, kind), n in sorted(raised.items()):
             alerts.add_metric([switch, kind], n)
         yield alerts
         webhook = controller.alerts.webhook

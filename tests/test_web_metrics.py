@@ -1,0 +1,218 @@
+"""The metrics a Prometheus server scrapes from `svcfp run --http`, checked against what the
+controller stored, during a run over real gRPC: a camera identified, a device the references do
+not know flagged, a switch lost and regained. Also: the shipped Grafana dashboard and Prometheus
+example name only metrics the controller serves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.control.controller import Controller
+from controller.control.live import LiveSettings
+from controller.engine.activity import ActivityTable
+from controller.engine.exporter import ExporterConfig, export_fingerprints
+from controller.engine.identify import References, enroll
+from controller.store.storage import Storage
+from controller.web.server import Dashboard
+from controller.web.settings import WebSettings
+from tests.support.paths import ROOT
+from tests.support.switch import CAMERA, PLUG, SERVER, Wire, config, frame, until
+
+pytestmark = pytest.mark.slow
+
+UNIT = 0.5
+EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=1, n_min=2, n_max=4)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def references() -> References:
+    """A camera (tcp/443) and a plug (udp/123), in 0.5 s units."""
+    activity = ActivityTable.from_records(
+        [
+            (mac, unit, service, 1, 60)
+            for unit in range(8)
+            for mac, service in (("aa", "tcp/443"), ("bb", "udp/123"), ("cc", "tcp/443"))
+        ],
+        unit_seconds=UNIT,
+    )
+    return enroll(
+        export_fingerprints(activity, EXPORTER),
+        {"aa": "camera", "bb": "plug", "cc": "camera"},
+        config=EXPORTER,
+    )
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape: (name, sorted labels) → value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the database holds, read as a dashboard reads it."""
+
+    packets: int
+    decisions: Counter[str]
+    alerts: Counter[str]
+    devices: int
+    status: dict[str, dict[str, Any]]
+
+    @classmethod
+    def read(cls, db: Path) -> Stored:
+        with Storage(db, readonly=True) as storage:
+            return cls(
+                sum(r.packets for r in storage.activity()),
+                Counter(d.label for d in storage.decisions()),
+                Counter(a.kind for a in storage.alerts()),
+                len(storage.devices()),
+                {s.switch: s.status for s in storage.switch_status()},
+            )
+
+
+def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None:
+    wires = [Wire()]
+    port = wires[0].server.port
+    refs = references()
+    live = LiveSettings(EXPORTER, refs)
+    run = config(tmp_path, wires[0].address, time_unit=UNIT, interval=0.1, live=live)
+    scrapes: list[Samples] = []
+
+    async def scenario() -> Stored:
+        controller = Controller(run)
+        dashboard = Dashboard(run.db, WebSettings("127.0.0.1", 0), controller)
+        url = await dashboard.start()
+        task = asyncio.create_task(controller.run())
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def scrape() -> Samples:
+                    async with http.get(f"{url}metrics") as response:
+                        assert response.status == 200
+                        assert response.headers["Content-Type"].startswith("text/plain")
+                        return parse(await response.text())
+
+                await until(lambda: all(w.session is not None for w in controller.workers))
+                # A camera using its one service, and a device no reference knows (udp/53),
+                # registered from its digest, for a few units each.
+                deadline = time.time() + 8 * UNIT
+                while time.time() < deadline:
+                    wires[-1].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
+                    wires[-1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
+                    await asyncio.sleep(UNIT / 2)
+                await until(lambda: controller.telemetry.alerts, timeout=10.0)
+                await until(lambda: sum(controller.telemetry.decisions.values()) >= 2, timeout=10.0)
+                # The switch dies and comes back on the same address.
+                wires[-1].stop()
+                await until(lambda: controller.telemetry.alerts[("s1", "switch_lost")], 10.0)
+                wires.append(Wire(address=f"127.0.0.1:{port}"))
+                await until(lambda: controller.telemetry.alerts[("s1", "switch_regained")], 10.0)
+                await until(lambda: controller.telemetry.switches["s1"].polls > 0)
+
+                # Scrape, let every queued write land, read the database, scrape again: when
+                # nothing moved between the scrapes, the database must say exactly the same.
+                for _ in range(20):
+                    before = await scrape()
+                    await controller.store.call(int)
+                    db = await asyncio.to_thread(Stored.read, run.db)
+                    after = await scrape()
+                    scrapes.append(before)
+                    if before == after:
+                        return db
+                    await asyncio.sleep(0.05)
+                raise AssertionError("the metrics never held still between two scrapes")
+        finally:
+            controller.stop.set()
+            await task
+            await dashboard.stop()
+
+    try:
+        db = asyncio.run(scenario())
+    finally:
+        wires[-1].stop()
+
+    samples = scrapes[-1]
+    assert total(samples, "svcfp_activity_packets_total", switch="s1") == db.packets > 0
+    decisions = db.decisions
+    assert decisions["camera"] >= 1 and decisions["unknown"] >= 1
+    for label, n in decisions.items():
+        assert total(samples, "svcfp_decisions_total", label=label) == n, label
+    alerts = db.alerts
+    assert alerts["new_unknown_device"] == 1
+    assert alerts["switch_lost"] == 1 and alerts["switch_regained"] == 1
+    for kind, n in alerts.items():
+        assert total(samples, "svcfp_alerts_total", kind=kind) == n, kind
+    assert total(samples, "svcfp_alerts_total", switch="s1", kind="new_unknown_device") == 1
+    # Devices: the static camera and server, and the one registered from its digest.
+    assert total(samples, "svcfp_devices") == db.devices == 3
+    assert total(samples, "svcfp_devices", state="active", type="camera") == 1
+    assert total(samples, "svcfp_unknown_devices", switch="s1") == 1
+    s1 = db.status["s1"]
+    assert total(samples, "svcfp_polls_total", switch="s1") == s1["polls"] > 0
+    assert total(samples, "svcfp_read_bytes_total", switch="s1") == s1["read_bytes"] > 0
+    assert total(samples, "svcfp_poll_duration_seconds_count", switch="s1") == s1["polls"]
+    assert total(samples, "svcfp_connects_total", switch="s1") == s1["connects"] == 2
+    assert total(samples, "svcfp_switch_up", switch="s1") == 1
+    assert total(samples, "svcfp_registrations_total", switch="s1") == s1["registered"] >= 1
+    assert total(samples, "svcfp_digests_total", switch="s1") == s1["digests"] >= 1
+    devices_table = s1["tables"]["devices"]
+    assert total(samples, "svcfp_table_entries", switch="s1", table="devices") == devices_table[0]
+    assert devices_table == [3, 1023]
+
+
+def test_grafana_dashboard_and_prometheus_example_name_served_metrics(tmp_path: Path) -> None:
+    wire = Wire()
+    live = LiveSettings(EXPORTER, references())
+    run = config(tmp_path, wire.address, time_unit=UNIT, interval=0.1, live=live)
+
+    async def scrape_once() -> str:
+        controller = Controller(run)
+        dashboard = Dashboard(run.db, WebSettings("127.0.0.1", 0), controller)
+        url = await dashboard.start()
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(lambda: controller.telemetry.switches["s1"].polls > 0)
+            async with aiohttp.ClientSession() as http, http.get(f"{url}metrics") as response:
+                return await response.text()
+        finally:
+            controller.stop.set()
+            await task
+            await dashboard.stop()
+
+    try:
+        text = asyncio.run(scrape_once())
+    finally:
+        wire.stop()
+    served = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    grafana = json.loads((ROOT / "deploy" / "grafana" / "svcfp.json").read_text())
+    exprs = [t["expr"] for panel in grafana["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 8
+    named = {m for e in exprs for m in re.findall(r"\bsvcfp_[a-z_]+", e)}
+    assert named and named <= served, named - served
+    prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
+    assert "metrics_path: /metrics" in prometheus
+    rules = (ROOT / "deploy" / "alerts.yml").read_text()
+    assert set(re.findall(r"\bsvcfp_[a-z_]+", rules)) <= served
