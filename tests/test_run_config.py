@@ -16,7 +16,8 @@ from controller.base.errors import InputError
 from controller.base.logformat import JsonFormatter, message_fields
 from controller.control.config import RegisterRate, RunConfig
 from svcfp.cli import build_parser, main
-from svcfp.cli.run import config_from_args, resolve
+from svcfp.cli import config_file
+from svcfp.cli.run import port_list, config_from_args, resolve
 from tests.support.database import kept
 from tests.support.paths import P4INFO, ROOT
 from tests.support.switch import DEVICE_ID, Wire
@@ -183,3 +184,19 @@ def test_svcfp_run_logs_json_lines(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "event", "message"} <= set(line) for line in lines)
     # The error itself is the command's one line, as with text logs.
     assert "svcfp run: error: switch s1 at 127.0.0.1:1" in result.stderr
+
+
+def test_the_readme_example_is_a_valid_config_file(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "svcfp.toml"
+    path.write_text(example)
+    args = build_parser().parse_args(["run", "--config", str(path)])
+    options = {a.dest: a for a in args.run_parser._actions}
+    merged, switches, from_file = config_file.merge(args, options, path, port_list)
+    assert merged.time_unit == 3600.0 and merged.log_format == "json"
+    assert merged.references == tmp_path / "refs.json"
+    assert merged.http == "127.0.0.1:8080"
+    assert switches is not None and switches[0].ports == (0, 1, 2, 3)
+    assert switches[0].register_rate == RegisterRate(4, 60.0)
+    assert "alert_webhook" in from_file

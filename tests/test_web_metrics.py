@@ -6,10 +6,12 @@ example name only metrics the controller serves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.control.config import RunConfig
 from controller.control.controller import Controller
 from controller.control.live import LiveSettings
 from controller.engine.activity import ActivityTable
@@ -93,6 +96,21 @@ class Stored:
             )
 
 
+@contextlib.asynccontextmanager
+async def served(run: RunConfig) -> AsyncIterator[tuple[Controller, str]]:
+    """A controller running with its dashboard: the controller and the dashboard's URL."""
+    controller = Controller(run)
+    dashboard = Dashboard(run.db, WebSettings("127.0.0.1", 0), controller)
+    url = await dashboard.start()
+    task = asyncio.create_task(controller.run())
+    try:
+        yield controller, url
+    finally:
+        controller.stop.set()
+        await task
+        await dashboard.stop()
+
+
 def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None:
     wires = [Wire()]
     port = wires[0].server.port
@@ -102,52 +120,43 @@ def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None
     scrapes: list[Samples] = []
 
     async def scenario() -> Stored:
-        controller = Controller(run)
-        dashboard = Dashboard(run.db, WebSettings("127.0.0.1", 0), controller)
-        url = await dashboard.start()
-        task = asyncio.create_task(controller.run())
-        try:
-            async with aiohttp.ClientSession() as http:
+        async with served(run) as (controller, url), aiohttp.ClientSession() as http:
 
-                async def scrape() -> Samples:
-                    async with http.get(f"{url}metrics") as response:
-                        assert response.status == 200
-                        assert response.headers["Content-Type"].startswith("text/plain")
-                        return parse(await response.text())
+            async def scrape() -> Samples:
+                async with http.get(f"{url}metrics") as response:
+                    assert response.status == 200
+                    assert response.headers["Content-Type"].startswith("text/plain")
+                    return parse(await response.text())
 
-                await until(lambda: all(w.session is not None for w in controller.workers))
-                # A camera using its one service, and a device no reference knows (udp/53),
-                # registered from its digest, for a few units each.
-                deadline = time.time() + 8 * UNIT
-                while time.time() < deadline:
-                    wires[-1].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
-                    wires[-1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
-                    await asyncio.sleep(UNIT / 2)
-                await until(lambda: controller.telemetry.alerts, timeout=10.0)
-                await until(lambda: sum(controller.telemetry.decisions.values()) >= 2, timeout=10.0)
-                # The switch dies and comes back on the same address.
-                wires[-1].stop()
-                await until(lambda: controller.telemetry.alerts[("s1", "switch_lost")], 10.0)
-                wires.append(Wire(address=f"127.0.0.1:{port}"))
-                await until(lambda: controller.telemetry.alerts[("s1", "switch_regained")], 10.0)
-                await until(lambda: controller.telemetry.switches["s1"].polls > 0)
+            await until(lambda: all(w.session is not None for w in controller.workers))
+            # A camera using its one service, and a device no reference knows (udp/53),
+            # registered from its digest, for a few units each.
+            deadline = time.time() + 8 * UNIT
+            while time.time() < deadline:
+                wires[-1].send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=2)
+                wires[-1].send(frame(PLUG, SERVER, 17, 5000, 53, 64), port=2)
+                await asyncio.sleep(UNIT / 2)
+            await until(lambda: controller.telemetry.alerts, timeout=10.0)
+            await until(lambda: sum(controller.telemetry.decisions.values()) >= 2, timeout=10.0)
+            # The switch dies and comes back on the same address.
+            wires[-1].stop()
+            await until(lambda: controller.telemetry.alerts[("s1", "switch_lost")], 10.0)
+            wires.append(Wire(address=f"127.0.0.1:{port}"))
+            await until(lambda: controller.telemetry.alerts[("s1", "switch_regained")], 10.0)
+            await until(lambda: controller.telemetry.switches["s1"].polls > 0)
 
-                # Scrape, let every queued write land, read the database, scrape again: when
-                # nothing moved between the scrapes, the database must say exactly the same.
-                for _ in range(20):
-                    before = await scrape()
-                    await controller.store.call(int)
-                    db = await asyncio.to_thread(Stored.read, run.db)
-                    after = await scrape()
-                    scrapes.append(before)
-                    if before == after:
-                        return db
-                    await asyncio.sleep(0.05)
-                raise AssertionError("the metrics never held still between two scrapes")
-        finally:
-            controller.stop.set()
-            await task
-            await dashboard.stop()
+            # Scrape, let every queued write land, read the database, scrape again: when
+            # nothing moved between the scrapes, the database must say exactly the same.
+            for _ in range(20):
+                before = await scrape()
+                await controller.store.call(int)
+                db = await asyncio.to_thread(Stored.read, run.db)
+                after = await scrape()
+                scrapes.append(before)
+                if before == after:
+                    return db
+                await asyncio.sleep(0.05)
+            raise AssertionError("the metrics never held still between two scrapes")
 
     try:
         db = asyncio.run(scenario())
@@ -189,30 +198,22 @@ def test_grafana_dashboard_and_prometheus_example_name_served_metrics(tmp_path: 
     run = config(tmp_path, wire.address, time_unit=UNIT, interval=0.1, live=live)
 
     async def scrape_once() -> str:
-        controller = Controller(run)
-        dashboard = Dashboard(run.db, WebSettings("127.0.0.1", 0), controller)
-        url = await dashboard.start()
-        task = asyncio.create_task(controller.run())
-        try:
+        async with served(run) as (controller, url):
             await until(lambda: controller.telemetry.switches["s1"].polls > 0)
             async with aiohttp.ClientSession() as http, http.get(f"{url}metrics") as response:
                 return await response.text()
-        finally:
-            controller.stop.set()
-            await task
-            await dashboard.stop()
 
     try:
         text = asyncio.run(scrape_once())
     finally:
         wire.stop()
-    served = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    exposed = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     grafana = json.loads((ROOT / "deploy" / "grafana" / "svcfp.json").read_text())
     exprs = [t["expr"] for panel in grafana["panels"] for t in panel.get("targets", [])]
     assert len(exprs) >= 8
     named = {m for e in exprs for m in re.findall(r"\bsvcfp_[a-z_]+", e)}
-    assert named and named <= served, named - served
+    assert named and named <= exposed, named - exposed
     prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
     assert "metrics_path: /metrics" in prometheus
     rules = (ROOT / "deploy" / "alerts.yml").read_text()
-    assert set(re.findall(r"\bsvcfp_[a-z_]+", rules)) <= served
+    assert set(re.findall(r"\bsvcfp_[a-z_]+", rules)) <= exposed

@@ -47,7 +47,8 @@ def _election_id(text: str) -> tuple[int, int]:
     return high, low
 
 
-def _ports(text: str) -> tuple[int, ...]:
+def port_list(text: str) -> tuple[int, ...]:
+    """Ports as `--ports` takes them: `0,1,2`, `0-3`, or both (`0-3,8`)."""
     ports: list[int] = []
     try:
         for part in text.split(","):
@@ -96,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--device-id", type=int, default=None, help="P4Runtime device id (with --grpc-addr)"
     )
     parser.add_argument(
-        "--ports", type=_ports, default=(), help="switch ports to flood to, e.g. 0-3"
+        "--ports", type=port_list, default=(), help="switch ports to flood to, e.g. 0-3"
     )
     parser.add_argument(
         "--election-id",
@@ -291,7 +292,7 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, list[SwitchSp
         return args, None
     options = {a.dest: a for a in args.run_parser._actions if a.dest != argparse.SUPPRESS}
     options["log_format"] = next(a for a in args.run_parser._actions if a.dest == "log_format")
-    merged, switches, from_file = config_file.merge(args, options, args.config, _ports)
+    merged, switches, from_file = config_file.merge(args, options, args.config, port_list)
     log.info("event=config_file path=%s settings=%s", args.config, ",".join(from_file) or "-")
     return merged, switches
 
