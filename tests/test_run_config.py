@@ -15,9 +15,8 @@ import pytest
 from controller.base.errors import InputError
 from controller.base.logformat import JsonFormatter, message_fields
 from controller.control.config import RegisterRate, RunConfig
-from svcfp.cli import build_parser, main
-from svcfp.cli import config_file
-from svcfp.cli.run import port_list, config_from_args, resolve
+from svcfp.cli import build_parser, config_file, main
+from svcfp.cli.run import config_from_args, port_list, resolve
 from tests.support.database import kept
 from tests.support.paths import P4INFO, ROOT
 from tests.support.switch import DEVICE_ID, Wire
