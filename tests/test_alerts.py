@@ -28,7 +28,15 @@ from controller.control.config import RegisterRate
 from controller.control.telemetry import Histogram, Telemetry
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision, explain
-from controller.store.storage import AlertRecord, DecisionSummary, FingerprintRecord, Storage
+from controller.store.records import (
+    AlertRecord,
+    DecisionSummary,
+    FingerprintRecord,
+    SwitchStatusRecord,
+)
+from controller.store.storage import Storage, open_store
+
+pytest_plugins = ["tests.support.storage"]
 
 MAC = "02:00:00:00:00:01"
 
@@ -205,24 +213,39 @@ def test_alert_settings_refuse_bad_values() -> None:
         AlertSettings(history_threshold=1.5)
 
 
-def test_stored_alerts_and_switch_status_read_back_and_read_only(tmp_path: Path) -> None:
-    db = tmp_path / "svcfp.db"
+def test_stored_alerts_read_back_newest_first(db_location: str | Path) -> None:
     first = make_alert("new_unknown_device", "unknown device", 1.0, device=MAC, switch="s1")
     second = make_alert("switch_lost", "lost", 2.0, switch="s1", details={"reason": "reset"})
-    with Storage(db) as storage:
+    with open_store(db_location) as storage:
         assert storage.add_alerts([first, second]) == [1, 2]
-    with Storage(db, readonly=True) as reader:
-        newest = reader.alerts()
+        newest = storage.alerts()
         assert [(a.id, a.kind, a.details) for a in newest] == [
             (2, "switch_lost", {"reason": "reset"}), (1, "new_unknown_device", {})
         ]  # fmt: skip
-        assert reader.alerts(after_id=1) == [newest[0]]
-        assert reader.alerts(device=MAC) == [newest[1]]
-        assert reader.alert_counts() == {MAC: 1}
-        marks = reader.change_marks()
-        assert marks["alerts"] == 2.0
+        assert storage.alerts(after_id=1) == [newest[0]]
+        assert storage.alerts(device=MAC) == [newest[1]]
+        assert storage.alerts(limit=1) == [newest[0]]
+        assert storage.alert_counts() == {MAC: 1}
+        assert storage.change_marks()["alerts"] == 2.0
+        status = SwitchStatusRecord("s1", {"polls": 3, "connected": True}, 5.0)
+        storage.put_switch_status(status)
+        storage.put_switch_status(SwitchStatusRecord("s1", {"polls": 4}, 6.0))
+        assert storage.switch_status() == [SwitchStatusRecord("s1", {"polls": 4}, 6.0)]
+
+
+def test_a_read_only_database_reads_and_refuses_writes(tmp_path: Path) -> None:
+    db = tmp_path / "svcfp.db"
+    with Storage(db) as storage:
+        storage.add_alerts([make_alert("switch_lost", "lost", 2.0, switch="s1")])
+    with Storage(db, readonly=True) as reader:
+        assert [a.kind for a in reader.alerts()] == ["switch_lost"]
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            reader.add_alerts([first])
+            reader.add_alerts([make_alert("switch_lost", "lost", 3.0)])
+    # A database from before the alerts table reads as having none.
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).execute("CREATE TABLE devices (mac TEXT)").connection.close()
+    with Storage(old, readonly=True) as reader:
+        assert reader.alerts() == [] and reader.switch_status() == []
     with pytest.raises(InputError, match="does not exist"):
         Storage(tmp_path / "none.db", readonly=True)
 

@@ -150,7 +150,7 @@ def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None
             for _ in range(20):
                 before = await scrape()
                 await controller.store.call(int)
-                db = await asyncio.to_thread(Stored.read, run.db)
+                db = await asyncio.to_thread(Stored.read, Path(run.db))
                 after = await scrape()
                 scrapes.append(before)
                 if before == after:

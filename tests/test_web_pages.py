@@ -26,6 +26,7 @@ from controller.store.storage import (
     FingerprintRecord,
     Storage,
     SwitchStatusRecord,
+    open_store,
 )
 from controller.web.server import Dashboard
 from controller.web.settings import WebSettings
@@ -35,6 +36,7 @@ CAMERA = "02:00:00:00:00:0a"
 HUB = "02:00:00:00:00:0b"
 QUIET = "02:00:00:00:00:0c"
 TOKEN = "a-token-of-sixteen-or-more"
+pytest_plugins = ["tests.support.storage"]
 NOW = 1_800_000_000.0
 UNIT = 10.0
 
@@ -61,11 +63,11 @@ def explanation(best: str, similarity: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def stored_run(db: Path) -> None:
+def stored_run(db: Path | str) -> None:
     """Three devices (a camera, a hub nobody knows with an alert, a silent one), activity of the
     camera in four units, one switch's status."""
     unit = int(NOW // UNIT)
-    with Storage(db) as storage:
+    with open_store(db) as storage:
         storage.check_time_unit(UNIT)
         storage.put_devices(
             [
@@ -129,7 +131,7 @@ def stored_run(db: Path) -> None:
 
 
 async def serving(
-    db: Path,
+    db: Path | str,
     settings: WebSettings,
     check: Callable[[str, aiohttp.ClientSession], Coroutine[Any, Any, None]],
 ) -> None:
@@ -150,13 +152,20 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def any_db(db_location: str | Path) -> str | Path:
+    """The stored run in a database of each backend."""
+    stored_run(db_location)
+    return db_location
+
+
 def cells(html: str, mac: str) -> str:
     row = re.search(rf'<tr [^>]*data-mac="{mac}">(.*?)</tr>', html, re.S)
     assert row is not None, mac
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row.group(1))).strip()
 
 
-def test_pages_show_the_stored_run(db: Path) -> None:
+def test_pages_show_the_stored_run(any_db: str | Path) -> None:
     async def check(url: str, http: aiohttp.ClientSession) -> None:
         async with http.get(url) as response:
             assert response.status == 200
@@ -202,7 +211,7 @@ def test_pages_show_the_stored_run(db: Path) -> None:
         async with http.get(f"{url}metrics") as response:
             assert response.status == 404
 
-    asyncio.run(serving(db, WebSettings("127.0.0.1", 0), check))
+    asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
 
 
 def test_event_stream_names_what_a_writer_changed(db: Path) -> None:
