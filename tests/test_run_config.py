@@ -199,3 +199,22 @@ def test_the_readme_example_is_a_valid_config_file(tmp_path: Path) -> None:
     assert switches is not None and switches[0].ports == (0, 1, 2, 3)
     assert switches[0].register_rate == RegisterRate(4, 60.0)
     assert "alert_webhook" in from_file
+
+
+def test_svcfp_run_serves_its_dashboard_while_it_runs(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire = Wire()
+    args = ["run", "--p4info", str(P4INFO), "--grpc-addr", wire.address, "--device-id"]
+    args += [str(DEVICE_ID), "--db", str(db), "--interval", "0.1", "--duration", "0.6"]
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main([*args, "--http", "127.0.0.1:0"]) == 0
+    finally:
+        wire.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    ready = [message_fields(m) for m in messages if "event=dashboard_ready" in m]
+    assert len(ready) == 1 and str(ready[0]["url"]).startswith("http://127.0.0.1:")
+    config = next(message_fields(m) for m in messages if "event=config " in m)
+    assert config["settings"]["http"] == {"listen": "127.0.0.1:0", "token": False}
+    assert kept(db)
