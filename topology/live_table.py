@@ -54,6 +54,8 @@ class LiveView:
     def __post_init__(self) -> None:
         self.hosts = {h.mac: h.name for h in topo.hosts(self.scenario.graph, topo.DEVICE)}
         self.macs = {name: mac for mac, name in self.hosts.items()}
+        # Every host by MAC, service hosts too: alerts name whichever host they are about.
+        self.names = {h.mac: h.name for h in topo.hosts(self.scenario.graph)}
         self.tty = self.out.isatty()
         self._drawn = 0
         self._last_progress = 0
@@ -206,7 +208,7 @@ class LiveView:
         """The alert's message after its device: the host name of an emulated one, else MAC."""
         if alert.device is None:
             return alert.message
-        return f"{self.hosts.get(alert.device, alert.device)}: {alert.message}"
+        return f"{self.names.get(alert.device, alert.device)}: {alert.message}"
 
     def _truth(self, host: str) -> str:
         truth = self.scenario.truth[host]
