@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -149,20 +150,33 @@ def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None
             await until(lambda: controller.telemetry.alerts[("s1", "switch_lost")], 10.0)
             wires.append(Wire(address=f"127.0.0.1:{port}"))
             await until(lambda: controller.telemetry.alerts[("s1", "switch_regained")], 10.0)
-            await until(lambda: controller.telemetry.switches["s1"].polls > 0)
+            # Two polls of the switch that came back, so its latest status is stored.
+            regained = controller.telemetry.switches["s1"].polls
+            await until(lambda: controller.telemetry.switches["s1"].polls >= regained + 2)
 
-            # Scrape, let every queued write land, read the database, scrape again: when
-            # nothing moved between the scrapes, the database must say exactly the same.
-            for _ in range(20):
+            # Hold the storage thread once every queued write has landed: no poll, decision or
+            # alert can be counted until it is released (each is counted once stored). Then the
+            # metrics and the database must say exactly the same, at one moment of the run.
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                held.set()
+                release.wait(10.0)
+
+            blocker = asyncio.ensure_future(controller.store.call(hold))
+            try:
+                await until(held.is_set)
+                # What the loop does with the last stored poll (counting it) happens first.
+                await asyncio.sleep(0.3)
                 before = await scrape()
-                await controller.store.call(int)
                 db = await asyncio.to_thread(Stored.read, Path(run.db))
                 after = await scrape()
-                scrapes.append(before)
-                if before == after:
-                    return db
-                await asyncio.sleep(0.05)
-            raise AssertionError("the metrics never held still between two scrapes")
+            finally:
+                release.set()
+                await blocker
+            assert before == after, "the metrics moved while storage was held"
+            scrapes.append(before)
+            return db
 
     try:
         db = asyncio.run(scenario())
