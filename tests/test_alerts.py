@@ -20,6 +20,7 @@ from controller.control.alerts import (
     Alerts,
     AlertSettings,
     BehaviourWatch,
+    ComplianceWatch,
     Webhook,
     fingerprint_similarity,
     make_alert,
@@ -28,6 +29,7 @@ from controller.control.config import RegisterRate
 from controller.control.telemetry import Histogram, Telemetry
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision, explain
+from controller.mud.compliance import Finding
 from controller.store.records import (
     AlertRecord,
     DecisionSummary,
@@ -256,3 +258,24 @@ def test_poll_latency_histogram_counts_into_buckets() -> None:
         h.observe(value)
     assert h.cumulative() == [(0.01, 2), (0.1, 3), (1.0, 3), (float("inf"), 4)]
     assert h.total == pytest.approx(2.065) and h.count == 4
+
+
+def test_a_compliance_finding_is_alerted_once_per_device_type_service_and_role() -> None:
+    telnet = Finding(MAC, "camera", "tcp/23", None, 20, 20, 1, 1, 60)
+    watch = ComplianceWatch()
+    (alert,) = watch.review([telnet], lambda mac: "s1", 7.0)
+    assert (alert.kind, alert.severity, alert.device, alert.switch) == (
+        "compliance", "warning", MAC, "s1"
+    )  # fmt: skip
+    assert alert.message == (
+        "uses tcp/23, which the MUD profile of camera does not allow (1 packets in units 20..20)"
+    )
+    # The same finding widened by a later check is not news; a served port is.
+    wider = Finding(MAC, "camera", "tcp/23", None, 20, 22, 2, 4, 240)
+    served = Finding(MAC, "camera", "tcp/8080", "server", 22, 22, 1, 2, 120)
+    assert [a.details["service"] for a in watch.review([wider, served], lambda m: None, 8.0)] == [
+        "tcp/8080"
+    ]
+    # A restarted controller remembers what it alerted.
+    again = ComplianceWatch([alert])
+    assert again.review([wider], lambda m: None, 9.0) == []

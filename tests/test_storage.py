@@ -243,7 +243,7 @@ def test_a_database_from_before_the_dst_table_flag_opens(tmp_path: Path) -> None
 
 
 def test_a_new_database_has_every_migration(store: Store) -> None:
-    assert store.schema_version() == LATEST == 3
+    assert store.schema_version() == LATEST == 4
 
 
 def test_a_database_from_before_schema_versions_keeps_its_devices(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ Kinds and how each is detected:
 - `registration_storm`: a switch port announced more new MACs than `--register-rate` allows
   (one alert per port per rate interval; admission.py refuses the rest).
 - `switch_lost` / `switch_regained`: a switch's P4Runtime session dropped, and came back.
-- `compliance`: reserved for findings against a device's declared behaviour (MUD profiles).
+- `compliance`: a device uses a service the MUD profile of its type does not allow (`svcfp run
+  --mud`); once per device, type, service and role.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from controller.control.telemetry import NO_SWITCH, Telemetry
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import UNKNOWN, Decision
 from controller.engine.similarity import weighted_jaccard
+from controller.mud.compliance import Finding
 from controller.store.records import AlertRecord, DecisionSummary, FingerprintRecord
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,50 @@ class BehaviourWatch:
             if decision is not None:
                 history.labels.append(decision.label)
             history.remember(weights)
+        return alerts
+
+
+class ComplianceWatch:
+    """Turns MUD compliance findings into alerts: the first finding of each (device, type,
+    service, role) only; a later check that widens it is not news."""
+
+    def __init__(self, alerted: Iterable[AlertRecord] = ()) -> None:
+        self.seen = {
+            (a.device or "", str(a.details.get("type")), str(a.details.get("service")),
+             str(a.details.get("role") or ""))
+            for a in alerted
+            if a.kind == "compliance"
+        }  # fmt: skip
+
+    def review(
+        self, findings: Sequence[Finding], switch_of: Callable[[str], str | None], now: float
+    ) -> list[AlertRecord]:
+        """The alerts for findings not alerted before."""
+        alerts = []
+        for f in findings:
+            if f.key in self.seen:
+                continue
+            self.seen.add(f.key)
+            role = f" as a {f.role}" if f.role else ""
+            alerts.append(
+                make_alert(
+                    "compliance",
+                    f"uses {f.service}{role}, which the MUD profile of {f.type} does not allow "
+                    f"({f.packets} packets in units {f.first_unit}..{f.last_unit})",
+                    now,
+                    device=f.device,
+                    switch=switch_of(f.device),
+                    details={
+                        "type": f.type,
+                        "service": f.service,
+                        "role": f.role,
+                        "first_unit": f.first_unit,
+                        "last_unit": f.last_unit,
+                        "packets": f.packets,
+                        "bytes": f.bytes,
+                    },
+                )
+            )
         return alerts
 
 

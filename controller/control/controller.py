@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from controller.control.alerts import (
     DEFAULT_HISTORY_THRESHOLD,
     Alerts,
     BehaviourWatch,
+    ComplianceWatch,
 )
 from controller.control.config import RunConfig, RunStats
 from controller.control.live import LiveIdentification, LiveResult
@@ -44,6 +45,7 @@ from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision
+from controller.mud.compliance import Finding
 from controller.p4rt import entries
 from controller.store.records import AlertRecord
 from controller.store.store import Store
@@ -118,6 +120,7 @@ class Controller:
                 else self.store.run(LiveIdentification, storage, config.live, config.time_unit)
             )
             self.watch = self.store.run(self._load_watch, storage)
+            self.compliance_watch = ComplianceWatch(self.store.run(storage.alerts))
             self.workers = [SwitchWorker(spec, self) for spec in config.switches]
             self.store.sync()
         except BaseException:
@@ -353,9 +356,9 @@ class Controller:
                 self._identifier, self.live.identify, table, last + 1
             )
             if result is not None:
-                await self.store.call(self.live.store, result)
+                findings = await self.store.call(self.live.store, result)
                 self.live.log(result, {row.mac: row.device_id for row in self.registry.active()})
-                self._review(result)
+                self._review(result, findings)
         if self.on_unit_closed is not None:
             self.on_unit_closed(
                 ClosedUnits(
@@ -367,8 +370,8 @@ class Controller:
                 )
             )
 
-    def _review(self, result: LiveResult) -> None:
-        """Count what was decided and raise the alerts it calls for."""
+    def _review(self, result: LiveResult, findings: Sequence[Finding]) -> None:
+        """Count what was decided and raise the alerts it (and MUD compliance) calls for."""
         telemetry = self.telemetry
         for fp in result.fingerprints:
             telemetry.fingerprints[self.switch_of(fp.device) or NO_SWITCH] += 1
@@ -377,6 +380,8 @@ class Controller:
         for alert in self.watch.review(
             result.fingerprints, result.decisions, self.switch_of, result.decided_at
         ):
+            self.alerts.raise_alert(alert)
+        for alert in self.compliance_watch.review(findings, self.switch_of, result.decided_at):
             self.alerts.raise_alert(alert)
 
 

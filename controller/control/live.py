@@ -26,6 +26,7 @@ from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import Decision, References, ServiceContribution, identify
 from controller.engine.representation import representation_name
+from controller.mud.compliance import Finding
 from controller.mud.profile import MudProfiles
 from controller.store.records import DecisionRecord, FingerprintRecord
 from controller.store.store import Store
@@ -194,8 +195,9 @@ class LiveIdentification:
         fed = table if self.compliance is not None else None
         return LiveResult(tuple(exported), tuple(decisions), end_unit, time.time(), fed, first_unit)
 
-    def store(self, result: LiveResult) -> None:
-        """Store a result's fingerprints, decisions and next unit in one transaction."""
+    def store(self, result: LiveResult) -> list[Finding]:
+        """Store a result's fingerprints, decisions and next unit in one transaction; the MUD
+        compliance findings of its units (none without MUD profiles)."""
         self.storage.add_results(
             [fingerprint_record(fp) for fp in result.fingerprints],
             [decision_record(d, self.representation, result.decided_at) for d in result.decisions],
@@ -203,7 +205,8 @@ class LiveIdentification:
             when=result.decided_at,
         )
         if self.compliance is not None and result.fed is not None:
-            self.compliance.close_units(result.fed, result.decisions, result.first_unit)
+            return self.compliance.close_units(result.fed, result.decisions, result.first_unit)
+        return []
 
     def log(self, result: LiveResult, ids: Mapping[str, int | None]) -> None:
         """One line per exported fingerprint and per decision, with the devices' ids."""
