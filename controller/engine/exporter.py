@@ -481,3 +481,25 @@ def whole_windows(
         usage=usage[:, :, by_name],
         intensity=intensity,
     )
+
+
+def prefix_windows(
+    table: ActivityTable,
+    length: int,
+    granularity: int | None,
+    threshold: int = DEFAULT_THRESHOLD,
+    intensity: Intensity | None = None,
+    starts: Mapping[str, int] | None = None,
+) -> FingerprintSet:
+    """One fingerprint per device over the first `length` units of its timeline — from its
+    first unit with activity, or from `starts[device]` — as one window: what a device looks like
+    when it has been seen only that long (early identification; references of short captures)."""
+    first = np.full(len(table.devices), np.iinfo(np.int64).max)
+    np.minimum.at(first, table.device, table.unit)
+    if starts is not None:
+        given = np.array([starts.get(d, -1) for d in table.devices], dtype=np.int64)
+        first = np.where(given >= 0, given, first)
+    offset = table.unit - first[table.device] if len(table) else table.unit
+    return whole_windows(
+        table.where((offset >= 0) & (offset < length)), granularity, threshold, intensity
+    )

@@ -397,10 +397,27 @@ def enroll(
     return refs
 
 
+def _held_out_together(refs: References) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Each reference's device (from its origin "<device>@<start>-<end>"), and per type whether
+    it has references of several devices. A reference is left out of its own type together
+    with every other reference of its device when the type has other devices: windows of one
+    device (or the short prefixes of one capture) resemble each other more than a new device
+    of the type resembles any of them."""
+    names = [origin.rpartition("@")[0] or f"#{i}" for i, origin in enumerate(refs.origins)]
+    _, device = np.unique(np.array(names, dtype=object), return_inverse=True)
+    device = device.astype(np.int64).reshape(-1)
+    idx = refs.type_index
+    multi = np.zeros(len(refs.types), dtype=bool)
+    for t in range(len(refs.types)):
+        multi[t] = np.unique(device[idx == t]).size > 1
+    return device, multi
+
+
 def own_type_similarity(refs: References) -> FloatArray:
-    """Leave-one-out similarity of each reference to its own type (NaN for a type's only
-    reference): nearest mode — best similarity to another reference of the type; centroid mode —
-    similarity to the type's prototype rebuilt without it."""
+    """Leave-one-out similarity of each reference to its own type (NaN when nothing of its type
+    is left): nearest mode — best similarity to another reference of the type, of another
+    device where the type has several (see `_held_out_together`); centroid mode — similarity to
+    the type's prototype rebuilt without it."""
     idx = refs.type_index
     out = np.full(len(refs.labels), np.nan)
     if not len(refs.labels):
@@ -409,11 +426,15 @@ def own_type_similarity(refs: References) -> FloatArray:
     counts = np.bincount(idx, minlength=len(refs.types))
     several = counts[idx] >= 2
     if refs.mode == "nearest":
+        device, multi = _held_out_together(refs)
         # Only same-type pairs matter: one small similarity matrix per type.
         for t in np.flatnonzero(counts >= 2).tolist():
             rows = np.flatnonzero(idx == t)
             sims = similarity_matrix(features[rows], features[rows])
-            np.fill_diagonal(sims, -np.inf)
+            if multi[t]:
+                sims[device[rows][:, None] == device[rows][None, :]] = -np.inf
+            else:
+                np.fill_diagonal(sims, -np.inf)
             out[rows] = sims.max(axis=1)
     else:
         sums = np.zeros((len(refs.types), features.shape[1]))
@@ -481,8 +502,10 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
         mine = similarity_pairs(features[chosen], rebuilt)
         out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
         return out
+    device, multi = _held_out_together(refs)
     perm = np.argsort(idx, kind="stable")
     sorted_idx = idx[perm]
+    sorted_device = device[perm]
     bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
     firsts = np.concatenate([[0], bounds]).astype(np.int64)
     columns = features[perm]
@@ -493,6 +516,8 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
         part = chosen[lo : lo + block]
         sims = similarity_matrix(features[part], columns)
         sims[np.arange(len(part)), position[part]] = -np.inf
+        together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
+        sims[together] = -np.inf
         out[lo : lo + block] = np.maximum.reduceat(sims, firsts, axis=1)
     return out
 

@@ -170,6 +170,38 @@ def _accumulation_lines(result: GridResult) -> list[str]:
     return lines + _table([*header, "changes"], rows)
 
 
+def _open_set_lines(result: GridResult) -> list[str]:
+    folds = sorted(result.open_set.folds, key=lambda f: (_order(f.auroc), f.left_out))
+    if not folds:
+        return []
+    rows = [
+        [
+            f.left_out,
+            str(f.n_unknown),
+            str(f.n_known),
+            _fmt(f.theta),
+            _fmt(f.unknown_detection),
+            _fmt(f.known_accuracy),
+            _fmt(f.auroc),
+        ]
+        for f in folds
+    ]
+    header = ["left out", "unknown windows", "known windows", "θ", "unknown det."]
+    return [
+        "",
+        "### Open set, type by type",
+        "",
+        "Each type left out of the references in turn (worst AUROC first): a type whose "
+        "traffic another type repeats cannot come out unknown.",
+        "",
+        *_table([*header, "known acc.", "AUROC"], rows),
+    ]
+
+
+def _order(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
 def _robustness_lines(metrics: Evaluation) -> list[str]:
     rows = [
         [r.representation, str(x.one_in), str(x.n_test), _fmt(x.accuracy), _fmt(x.macro_f1)]
@@ -269,6 +301,7 @@ def markdown(
     lines += _per_type_lines(best, baseline)
     lines += ["", "### Confusion matrix", ""]
     lines += _confusion_lines(best)
+    lines += _open_set_lines(best)
     lines += _robustness_lines(metrics)
     for section in sections:
         lines += ["", section.rstrip("\n")]
@@ -284,6 +317,18 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize)
+
+
+def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label a [0, 1] plot, add its legend (if it drew anything) and save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -341,13 +386,7 @@ def plot_convergence(metrics: Evaluation, path: Path) -> None:
                 where="post",
                 label=f"{representation_name(r.granularity)}, {_fmt(r.unit_seconds, 0)} s",
             )
-    ax.set_xlabel("convergence time (units)")
-    ax.set_ylabel("fraction of converged windows")
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, "convergence time (units)", "fraction of converged windows", path)
 
 
 def plot_similarities(result: GridResult, path: Path) -> None:
@@ -396,13 +435,7 @@ def plot_early(metrics: Evaluation, path: Path) -> None:
         style = "-" if r.intensity is not None else "--"
         ax.plot(early.seconds, early.accuracy, style, marker="o", markersize=3, label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("seconds of the capture seen")
-    ax.set_ylabel("closed-set accuracy")
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    if best:
-        ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, "seconds of the capture seen", "closed-set accuracy", path)
 
 
 def prepare_report_folder(out_dir: Path) -> None:

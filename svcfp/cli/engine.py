@@ -332,7 +332,8 @@ def _decisions(
     if (config.granularity, config.intensity) != (refs.granularity, refs.intensity):
         raise InputError(
             f"{args.references}: references are {refs.representation}, "
-            f"--granularity and --intensity ask for {config.representation}"
+            f"{'--granularity' if refs.intensity == config.intensity else '--intensity'} asks "
+            f"for {config.representation}"
         )
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
     return api.identify(inputs, refs, config, windows, engine)
