@@ -89,8 +89,9 @@ SPLITS: tuple[Split, ...] = ("time", "group", "instance")
 Progress = Callable[[int, int], None]
 """Called with (grid points done, grid points in all) as an evaluation advances."""
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
-DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = (None, "relative")
-"""Every grid compares the paper's presence-only representations with relative intensity."""
+DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = (None, "relative", "absolute")
+"""Every grid compares the paper's presence-only representations with both intensities: relative
+(rate-free, robust to sampling) and absolute (packets per unit, for unsampled counts)."""
 CALIBRATION_BINS = 10
 MAX_SPLICES = 200
 """Spliced device pairs that test change detection (a seeded sample when there are more)."""
