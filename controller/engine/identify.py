@@ -663,8 +663,8 @@ class ServiceContribution:
     reference_bytes_per_packet: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+        """A JSON-ready dict (ranges as [low, high] lists, as JSON reads them back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def describe(self, unit_seconds: float) -> str:
         """The contribution in intensity terms: "udp/10001: 210 packets/h (references 40-60),
