@@ -48,6 +48,7 @@ from controller.engine.exporter import ExporterConfig
 from controller.engine.identify import (
     DEFAULT_MODE,
     DEFAULT_NEIGHBOURS,
+    DEFAULT_PER_TYPE_THETA,
     DEFAULT_PERCENTILE,
     Decision,
     Mode,
@@ -55,7 +56,7 @@ from controller.engine.identify import (
 )
 from controller.engine.identify import enroll as enroll_fingerprints
 from controller.engine.partition import SERIAL, Parallel
-from controller.engine.representation import DEFAULT_UNIT_SECONDS, representation_name
+from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.results import Evaluation
 from controller.ingest.sources import FileReader, Loaded, Sources, load, read_serially
 from controller.mud.compliance import Finding, check_activity, decision_findings
@@ -166,9 +167,10 @@ def enroll(
     theta: float | None = None,
     percentile: float = DEFAULT_PERCENTILE,
     neighbours: int = DEFAULT_NEIGHBOURS,
+    per_type: bool = DEFAULT_PER_TYPE_THETA,
 ) -> References:
     """Reference fingerprints of the labelled tracks of `data` (θ chosen at `percentile` of the
-    references' own similarity unless given)."""
+    references' own similarity unless given; with `per_type`, per type where it can be)."""
     config = exporter if exporter is not None else ExporterConfig()
     fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
     return enroll_fingerprints(
@@ -179,6 +181,7 @@ def enroll(
         percentile=percentile,
         neighbours=neighbours,
         config=config,
+        per_type=per_type,
     )
 
 
@@ -198,10 +201,10 @@ def identify(
             f"{data.activity.unit_seconds:g} s"
         )
     config = exporter or references.config or ExporterConfig(granularity=references.granularity)
-    if config.granularity != references.granularity:
+    if (config.granularity, config.intensity) != (references.granularity, references.intensity):
         raise InputError(
-            f"references are {representation_name(references.granularity)}, the exporter "
-            f"asks for {representation_name(config.granularity)}"
+            f"references are {references.representation}, the exporter "
+            f"asks for {config.representation}"
         )
     parallel = _parallel(engine)
     fingerprints = make_windows(data.activity, config, windows, data.groups is not None, parallel)

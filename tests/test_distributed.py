@@ -104,13 +104,17 @@ def test_the_evaluation_is_the_single_process_one(
 ) -> None:
     files, labels = inputs
     data = api.read(api.Sources(files=files, labels=labels), need_labels=True)
-    settings = EvalSettings(granularities=(1, 4, None), exporter=EXPORTER)
+    settings = EvalSettings(granularities=(1, 4, None), exporter=EXPORTER, intensities=(None,))
     alone = api.evaluate(data, settings)
     spread = api.evaluate(data, settings, engine=engine)
     assert json.dumps(spread.to_json(), sort_keys=True) == json.dumps(
         alone.to_json(), sort_keys=True
     )
     assert len(alone.results) == 6
+    weighed = EvalSettings(granularities=(None,), exporter=EXPORTER, intensities=("relative",))
+    assert json.dumps(api.evaluate(data, weighed, engine=engine).to_json(), sort_keys=True) == (
+        json.dumps(api.evaluate(data, weighed).to_json(), sort_keys=True)
+    )
 
 
 def test_parts_cut_between_devices_and_keep_every_row() -> None:

@@ -99,6 +99,7 @@ def synthetic_dataset() -> Dataset:
 class TestEvaluate:
     SETTINGS = EvalSettings(
         granularities=(1, None),
+        intensities=(None,),
         exporter=ExporterConfig(tau=0.9, k=2, n_min=5, n_max=10),
     )
 
@@ -129,6 +130,7 @@ class TestEvaluate:
     def test_unit_grid_regroups_activity(self) -> None:
         settings = EvalSettings(
             granularities=(1,),
+            intensities=(None,),
             unit_seconds=(10.0, 20.0),
             exporter=ExporterConfig(tau=0.9, k=2, n_min=5, n_max=10),
             modes=("nearest",),

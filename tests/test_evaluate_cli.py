@@ -102,7 +102,8 @@ def test_evaluate_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     status = main(
         [
             *("evaluate", "--activity", str(activity), "--labels", str(labels), "--out", str(out)),
-            *(*EXPORTER, "--granularities", "list,prevalence", "--no-progress"),
+            *(*EXPORTER, "--granularities", "list,prevalence", "--intensities", "none"),
+            "--no-progress",
         ]
     )
     assert status == 0

@@ -22,31 +22,13 @@ from controller.engine.identify import (
     score,
 )
 from tests.support.engine import contributions
-
-
-def fp(device: str, services: str, granularity: int | None = 1, start: int = 0) -> Fingerprint:
-    names = tuple(sorted(services.split())) if services else ()
-    return Fingerprint(
-        device, start, start + 10, granularity, names, np.ones(len(names)), True, 1.0
-    )
-
-
-# Type X: {a,b}, {a,b,c}, {a}; type Y: {d}, {d,e}; type Z: {f} (a single reference).
-REFERENCE_FPS = [
-    fp("x1", "a b"),
-    fp("x2", "a b c"),
-    fp("x3", "a"),
-    fp("y1", "d"),
-    fp("y2", "d e"),
-    fp("z1", "f"),
-]
-LABELS = {"x1": "X", "x2": "X", "x3": "X", "y1": "Y", "y2": "Y", "z1": "Z"}
+from tests.support.fingerprints import HAND_LABELS, HAND_REFERENCES, listed
 
 
 def references(mode: str = "nearest", theta: float | None = None) -> References:
     return enroll(
-        FingerprintSet.from_fingerprints(REFERENCE_FPS),
-        LABELS,
+        FingerprintSet.from_fingerprints(HAND_REFERENCES),
+        HAND_LABELS,
         mode=mode,  # type: ignore[arg-type]
         theta=theta,
         percentile=0.0,
@@ -87,7 +69,7 @@ class TestTheta:
         assert references(theta=0.9).theta == 0.9
 
     def test_theta_needs_a_type_with_two_references(self) -> None:
-        only = FingerprintSet.from_fingerprints([fp("x1", "a"), fp("y1", "d")])
+        only = FingerprintSet.from_fingerprints([listed("x1", "a"), listed("y1", "d")])
         with pytest.raises(InputError, match="give θ explicitly"):
             enroll(only, {"x1": "X", "y1": "Y"})
 
@@ -95,11 +77,11 @@ class TestTheta:
 def queries(granularity: int | None = 1) -> FingerprintSet:
     return FingerprintSet.from_fingerprints(
         [
-            fp("q1", "a b", granularity),
-            fp("q2", "d e g", granularity),
-            fp("q3", "z", granularity),
-            fp("q4", "f", granularity),
-            fp("q5", "a b c d e f g h", granularity),
+            listed("q1", "a b", granularity),
+            listed("q2", "d e g", granularity),
+            listed("q3", "z", granularity),
+            listed("q4", "f", granularity),
+            listed("q5", "a b c d e f g h", granularity),
         ]
     )
 
@@ -138,12 +120,12 @@ class TestDecisions:
         # nearest neighbour says Y; three neighbours vote X two to one.
         refs = enroll(
             FingerprintSet.from_fingerprints(
-                [fp("x1", "a b c d"), fp("x2", "a b c e"), fp("y1", "a b c")]
+                [listed("x1", "a b c d"), listed("x2", "a b c e"), listed("y1", "a b c")]
             ),
             {"x1": "X", "x2": "X", "y1": "Y"},
             theta=0.0,
         )
-        query = FingerprintSet.from_fingerprints([fp("q", "a b c")])
+        query = FingerprintSet.from_fingerprints([listed("q", "a b c")])
         assert identify(query, refs)[0].label == "Y"
         voted = identify(query, refs.with_settings(neighbours=3))[0]
         assert (voted.label, voted.similarity, voted.reference) == ("X", 0.75, "x1@0-10")

@@ -25,7 +25,6 @@ from controller.engine.activity import ActivityTable
 from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import Decision, References, ServiceContribution, identify
-from controller.engine.representation import representation_name
 from controller.mud.compliance import Finding
 from controller.mud.profile import MudProfiles
 from controller.store.records import DecisionRecord, FingerprintRecord
@@ -57,10 +56,14 @@ class LiveSettings:
                 f"{source}: references use {refs.unit_seconds:g} s units, the controller "
                 f"{unit_seconds:g} s; pass --time-unit {refs.unit_seconds:g}"
             )
-        if refs.granularity != self.exporter.granularity:
+        if (refs.granularity, refs.intensity) != (
+            self.exporter.granularity,
+            self.exporter.intensity,
+        ):
             raise InputError(
-                f"{source}: references are {representation_name(refs.granularity)}, "
-                f"--granularity asks for {representation_name(self.exporter.granularity)}"
+                f"{source}: references are {refs.representation}, "
+                f"{'--granularity' if refs.intensity == self.exporter.intensity else '--intensity'}"
+                f" asks for {self.exporter.representation}"
             )
 
 
@@ -162,7 +165,7 @@ class LiveIdentification:
         self.next_unit_key = f"{NEXT_UNIT_KEY}:{storage.scope}" if storage.scope else NEXT_UNIT_KEY
         stored = storage.meta(self.next_unit_key)
         self.next_unit = None if stored is None else int(stored)
-        self.representation = representation_name(settings.exporter.granularity)
+        self.representation = settings.exporter.representation
         self.compliance = None
         if settings.mud is not None:
             # Imported here: the compliance check uses this module's verdict.

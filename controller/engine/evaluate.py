@@ -25,8 +25,12 @@ import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.engine import partition
+from controller.engine.accumulate import Accumulator, Belief, WindowDecision, accumulate
 from controller.engine.activity import ActivityTable
-from controller.engine.exporter import ExporterConfig, whole_windows
+from controller.engine.exporter import (
+    ExporterConfig,
+    prefix_windows,
+)
 from controller.engine.fingerprints import FingerprintSet
 from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
@@ -37,36 +41,67 @@ from controller.engine.identify import (
     References,
     Scores,
     choose_theta,
+    choose_thetas,
     enroll,
     own_type_similarity,
     score,
 )
-from controller.engine.metrics import accuracy, auroc, cdf, confusion_matrix, macro_f1
+from controller.engine.metrics import (
+    accuracy,
+    auroc,
+    cdf,
+    confusion_matrix,
+    macro_f1,
+    wilson_interval,
+)
 from controller.engine.partition import SERIAL, Parallel
 from controller.engine.recurrence import recurrence
-from controller.engine.representation import FloatArray, IntArray, representation_name
+from controller.engine.representation import (
+    INTENSITIES,
+    FloatArray,
+    IntArray,
+    Intensity,
+    representation_name,
+)
 from controller.engine.results import (
+    Accumulation,
+    Calibration,
     Cdf,
     ClosedSet,
     Confusion,
     Convergence,
+    DeviceAccumulation,
     EarlyIdentification,
     Evaluation,
     GridResult,
     OpenSet,
     OpenSetFold,
     RecurrenceSummary,
+    Robustness,
     TimeToIdentification,
+    TypeResult,
 )
+from controller.engine.sampling import sample_packets
 
 Windows = Literal["exporter", "whole"]
-Split = Literal["time", "group"]
+Split = Literal["time", "group", "instance"]
+SPLITS: tuple[Split, ...] = ("time", "group", "instance")
 Progress = Callable[[int, int], None]
 """Called with (grid points done, grid points in all) as an evaluation advances."""
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
+DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = (None, "relative", "absolute")
+"""Every grid compares the paper's presence-only representations with both intensities: relative
+(rate-free, robust to sampling) and absolute (packets per unit, for unsampled counts)."""
+CALIBRATION_BINS = 10
+MAX_SPLICES = 200
+"""Spliced device pairs that test change detection (a seeded sample when there are more)."""
 DEFAULT_TRAIN_FRACTION = 0.5
 DEFAULT_PREFIXES = (1, 2, 5, 10, 20, 30, 60, 120, 300)
 """Observation lengths (units) at which early identification of captures is measured."""
+DEFAULT_REFERENCE_PREFIXES = (10, 30, 60)
+"""Captures: besides its whole capture, each training capture enrols its first 10, 30 and 60
+units, so a device seen only briefly is compared with references seen as briefly (IoT Sentinel:
+accuracy after 30 s 0.72 → 0.84 with intensity, whole captures unchanged within 0.005)."""
 
 
 # --- data and settings ----------------------------------------------------------------------------
@@ -93,7 +128,9 @@ class EvalSettings:
 
     `captures`: every track is a separate short capture, so its timeline ends with its own last
     activity and the window still open there is exported too (unconverged); early
-    identification is then measured on the first `prefixes` units of every test capture.
+    identification is then measured on the first `prefixes` units of every test capture, and
+    every training capture also enrols its first `reference_prefixes` units as references.
+    `sampling`: each 1:N also identifies the test data thinned by packet sampling.
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -104,15 +141,28 @@ class EvalSettings:
     split: Split = "time"
     train_fraction: float = DEFAULT_TRAIN_FRACTION
     modes: tuple[Mode, ...] = MODES
-    neighbours: int = DEFAULT_NEIGHBOURS
+    neighbours: tuple[int, ...] = (DEFAULT_NEIGHBOURS,)
     percentile: float = DEFAULT_PERCENTILE
     theta: float | None = None
     prefixes: tuple[int, ...] = DEFAULT_PREFIXES
+    intensities: tuple[Intensity | None, ...] = DEFAULT_INTENSITIES
+    reference_prefixes: tuple[int, ...] = DEFAULT_REFERENCE_PREFIXES
+    sampling: tuple[int, ...] = ()
+    seed: int = 0
+
+    @property
+    def representations(self) -> list[str]:
+        """The names of the grid's representations, in grid order."""
+        return [representation_name(g, i) for g in self.granularities for i in self.intensities]
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict (representations by name)."""
         return {
             "granularities": [representation_name(g) for g in self.granularities],
+            "intensities": list(self.intensities),
+            "representations": self.representations,
+            "sampling": list(self.sampling),
+            "reference_prefixes": list(self.reference_prefixes),
             "unit_seconds": list(self.unit_seconds),
             "exporter": self.exporter.to_json(),
             "windows": self.windows,
@@ -126,6 +176,8 @@ class EvalSettings:
         }
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise InputError(f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
         if not 0.0 < self.train_fraction < 1.0:
             raise InputError(f"train fraction {self.train_fraction} must lie strictly in (0, 1)")
         if not self.granularities:
@@ -133,6 +185,14 @@ class EvalSettings:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise InputError(f"modes {bad or '(none)'}: choose from {', '.join(MODES)}")
+        if not self.neighbours or min(self.neighbours) < 1:
+            raise InputError(f"neighbours {self.neighbours}: give one or more counts ≥ 1")
+        if not self.intensities or any(i not in (None, *INTENSITIES) for i in self.intensities):
+            raise InputError(
+                f"intensities {self.intensities}: choose from none, {', '.join(INTENSITIES)}"
+            )
+        if any(n < 1 for n in self.sampling):
+            raise InputError(f"sampling {self.sampling}: every 1:N needs N ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -155,17 +215,30 @@ def split_rows(
     time: per device, its windows in time order; the first ⌈fraction·n⌉ − (1 if that leaves no
     test window and n ≥ 2) train, the rest test. group: per type, its groups ordered by their
     earliest window (ties by name); the first ⌈fraction·g⌉ groups train (at most g − 1), the
-    rest test. A device or type with a single window or group trains only.
+    rest test. A device or type with a single window or group trains only. instance: per type
+    with several devices, the first ⌊fraction·d⌋ devices by name (at least one, at most d − 1)
+    train and the others test, whole (a type is recognised on units never enrolled); a type
+    with one device is split in time.
     """
     names = fps.device_names
     keep = [i for i, name in enumerate(names) if labels.get(name, UNKNOWN) != UNKNOWN]
     train: list[int] = []
     test: list[int] = []
-    if how == "time":
+    if how in ("time", "instance"):
         by_device: dict[str, list[int]] = {}
         for i in keep:
             by_device.setdefault(names[i], []).append(i)
-        for rows in by_device.values():
+        instances: dict[str, list[str]] = {}
+        for name in sorted(by_device):
+            instances.setdefault(labels[name], []).append(name)
+        for name, rows in by_device.items():
+            siblings = instances[labels[name]]
+            if how == "instance" and len(siblings) > 1:
+                n_devices = min(
+                    len(siblings) - 1, max(1, math.floor(train_fraction * len(siblings)))
+                )
+                (train if name in siblings[:n_devices] else test).extend(rows)
+                continue
             rows.sort(key=lambda i: int(fps.start[i]))
             n_train = _n_train(len(rows), train_fraction)
             train.extend(rows[:n_train])
@@ -217,14 +290,21 @@ def make_windows(
 
 def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> ClosedSet:
     """Closed-set metrics on test fingerprints whose types are all known (and the accuracy when
-    θ may also answer "unknown"); the raw decisions and scores ride along for plots."""
+    θ, global or per type, may also answer "unknown"); the raw decisions and scores ride along
+    for plots and accumulation."""
     scores = score(test, refs)
     predicted = [scores.types[w] for w in scores.winner.tolist()]
     best = scores.best
     open_labels = [
         p if b >= refs.theta else UNKNOWN for p, b in zip(predicted, best.tolist(), strict=True)
     ]
+    type_theta = refs.theta_of(scores.winner)
+    typed_labels = [
+        p if b >= t else UNKNOWN
+        for p, b, t in zip(predicted, best.tolist(), type_theta.tolist(), strict=True)
+    ]
     classes, matrix = confusion_matrix(truth, predicted)
+    right = sum(t == p for t, p in zip(truth, predicted, strict=True))
     return ClosedSet(
         n_test=len(truth),
         accuracy=accuracy(truth, predicted),
@@ -234,7 +314,16 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
         theta=refs.theta,
         confusion=Confusion.of(classes, matrix),
         per_type_accuracy=_per_type(truth, predicted),
+        accuracy_ci=wilson_interval(right, len(truth)),
+        accuracy_with_type_theta=accuracy(truth, typed_labels),
+        per_type=_type_results(classes, matrix, set(truth)),
+        calibration=_calibration(
+            scores.confidence(refs.temperature),
+            np.array([t == p for t, p in zip(truth, predicted, strict=True)], dtype=bool),
+            refs.temperature,
+        ),
         open_labels=tuple(open_labels),
+        type_labels=tuple(typed_labels),
         scores=scores,
     )
 
@@ -246,6 +335,53 @@ def _per_type(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float
     return {t: sum(v) / len(v) for t, v in sorted(out.items())}
 
 
+def _type_results(
+    classes: Sequence[str], matrix: IntArray, true_types: set[str]
+) -> tuple[TypeResult, ...]:
+    out = []
+    for i, name in enumerate(classes):
+        if name not in true_types:
+            continue
+        n, hit, called = int(matrix[i].sum()), int(matrix[i, i]), int(matrix[:, i].sum())
+        lo, hi = wilson_interval(hit, n)
+        out.append(
+            TypeResult(
+                type=name,
+                n=n,
+                correct=hit,
+                accuracy=hit / n if n else math.nan,
+                ci_low=lo,
+                ci_high=hi,
+                precision=hit / called if called else math.nan,
+                f1=2 * hit / (n + called) if n + called else math.nan,
+            )
+        )
+    return tuple(out)
+
+
+def _calibration(
+    confidence: FloatArray, correct: npt.NDArray[np.bool_], temperature: float | None
+) -> Calibration:
+    if temperature is None or not confidence.size:
+        return Calibration(temperature=temperature)
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+    gap = 0.0
+    for b in range(CALIBRATION_BINS):
+        inside = bins == b
+        if inside.any():
+            gap += abs(float(correct[inside].mean()) - float(confidence[inside].mean())) * float(
+                inside.mean()
+            )
+    return Calibration(
+        ece=gap,
+        brier=float(np.mean((confidence - correct) ** 2)),
+        mean_confidence=float(confidence.mean()),
+        accuracy=float(correct.mean()),
+        bins=CALIBRATION_BINS,
+        temperature=temperature,
+    )
+
+
 def open_set(
     refs: References,
     test: FingerprintSet,
@@ -253,6 +389,7 @@ def open_set(
     percentile: float,
     theta: float | None,
     scores: Scores | None = None,
+    per_type: bool = False,
 ) -> OpenSet:
     """Leave-one-type-out: each type with test windows in turn is removed from the references
     (θ re-chosen from what is left unless given) and must come out "unknown".
@@ -261,6 +398,10 @@ def open_set(
     are untouched, and so are the other types' leave-one-out similarities behind θ), so with a
     single voting neighbour one scoring of `test` (`scores`, computed if not given) serves every
     fold; with several voting neighbours each fold is scored anew.
+
+    `per_type`: each remaining type's own θ (`choose_thetas`, the fold's θ for types with too
+    few references) decides, and the known-vs-unknown score of the AUROC is the margin of the
+    best similarity over the winner's θ.
     """
     folds = []
     pooled_scores: list[FloatArray] = []
@@ -268,7 +409,7 @@ def open_set(
     truth_arr = np.array(truth, dtype=object)
     reuse = refs.mode == "centroid" or refs.neighbours == 1
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
-    own = own_type_similarity(refs) if theta is None else None
+    own = own_type_similarity(refs) if theta is None or per_type else None
     labels_arr = np.array(refs.labels, dtype=object)
     for left_out in sorted(set(truth) & set(refs.labels)):
         rest_types = tuple(t for t in refs.types if t != left_out)
@@ -287,16 +428,26 @@ def open_set(
             ts[:, full.types.index(left_out)] = -np.inf
             winner = np.argmax(ts, axis=1)
             best = ts[np.arange(len(winner)), winner]
-            predicted = np.array([full.types[w] for w in winner.tolist()], dtype=object)
+            winner_types = [full.types[w] for w in winner.tolist()]
         else:
             fold = score(test, refs.without_types([left_out]))
             best = fold.best
-            predicted = np.array([fold.types[w] for w in fold.winner.tolist()], dtype=object)
+            winner_types = [fold.types[w] for w in fold.winner.tolist()]
+        predicted = np.array(winner_types, dtype=object)
+        if per_type:
+            assert own is not None
+            thetas = dict(
+                zip(refs.types, choose_thetas(refs, percentile, fold_theta, own), strict=True)
+            )
+            bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
+        else:
+            bar = np.full(len(best), fold_theta)
         unknown = truth_arr == left_out
         # Known test windows of types the references never had cannot be judged here.
         judged = unknown | np.isin(truth_arr, np.array(rest_types, dtype=object))
         known = judged & ~unknown
-        accepted = best >= fold_theta
+        accepted = best >= bar
+        margin = best - bar if per_type else best
         folds.append(
             OpenSetFold(
                 left_out=left_out,
@@ -309,10 +460,10 @@ def open_set(
                 )
                 if known.any()
                 else math.nan,
-                auroc=auroc(best[judged], known[judged]),
+                auroc=auroc(margin[judged], known[judged]),
             )
         )
-        pooled_scores.append(best[judged])
+        pooled_scores.append(margin[judged])
         pooled_known.append(known[judged])
     if not folds:
         return OpenSet()
@@ -359,20 +510,19 @@ def early_identification(
     tracks: Mapping[str, str],
     prefixes: Sequence[int],
     threshold: int,
+    starts: Mapping[str, int] | None = None,
 ) -> EarlyIdentification:
     """Closed-set accuracy when only the first t units of each track are seen, per t.
 
     Each test track (device key → true type) is cut to units [first, first + t) of its own
-    timeline and fingerprinted as one window: how fast a capture is recognised.
+    timeline — from its first unit, or from `starts[track]` (where its test windows begin) —
+    and fingerprinted as one window: how fast a capture, or a device, is recognised.
     """
     sub = activity.select(devices=tracks)
-    first = np.full(len(sub.devices), np.iinfo(np.int64).max)
-    np.minimum.at(first, sub.device, sub.unit)
-    offset = sub.unit - first[sub.device]
     accuracies: list[float] = []
     seen: list[int] = []
     for t in prefixes:
-        fps = whole_windows(sub.where(offset < t), refs.granularity, threshold)
+        fps = prefix_windows(sub, t, refs.granularity, threshold, refs.intensity, starts)
         names = fps.device_names
         predicted = [] if not names else [refs.types[w] for w in score(fps, refs).winner.tolist()]
         hits = sum(p == tracks[n] for p, n in zip(predicted, names, strict=True))
@@ -388,26 +538,171 @@ def early_identification(
     )
 
 
+def window_decisions(
+    refs: References, test: FingerprintSet, closed: ClosedSet
+) -> list[WindowDecision]:
+    """What accumulation needs of every test window's decision."""
+    scores = closed.scores if closed.scores is not None else score(test, refs)
+    confidence = scores.confidence(refs.temperature)
+    return [
+        WindowDecision(
+            device=name,
+            start_unit=int(test.start[i]),
+            end_unit=int(test.end[i]),
+            best_type=scores.types[int(scores.winner[i])],
+            confidence=float(confidence[i]),
+            known=closed.type_labels[i] != UNKNOWN,
+        )
+        for i, name in enumerate(test.device_names)
+    ]
+
+
+def accumulation(
+    types: Sequence[str],
+    windows: Sequence[WindowDecision],
+    truth: Mapping[str, str],
+    seed: int = 0,
+) -> Accumulation:
+    """Accumulated decisions per test device, and change detection on spliced pairs."""
+    beliefs = accumulate(types, windows)
+    by_device: dict[str, list[Belief]] = {}
+    for belief in beliefs:
+        by_device.setdefault(belief.device, []).append(belief)
+    starts: dict[str, int] = {}
+    for w in windows:
+        starts[w.device] = min(starts.get(w.device, w.start_unit), w.start_unit)
+    devices = []
+    for name, seq in sorted(by_device.items()):
+        right = [b.label == truth[name] for b in seq]
+        settled = None
+        if right[-1]:
+            k = len(right)
+            while k > 0 and right[k - 1]:
+                k -= 1
+            settled = seq[k].end_unit - starts[name]
+        devices.append(
+            DeviceAccumulation(
+                device=name,
+                type=truth[name],
+                windows=len(seq),
+                right=sum(right),
+                settled_units=settled,
+                changes=sum(b.changed for b in seq),
+            )
+        )
+    window_right = [w.best_type == truth[w.device] and w.known for w in windows]
+    spliced, detected, delays = _splices(types, windows, truth, seed)
+    return Accumulation(
+        windows=len(beliefs),
+        accuracy=sum(d.right for d in devices) / max(1, len(beliefs)),
+        window_accuracy=sum(window_right) / max(1, len(window_right)),
+        devices=tuple(devices),
+        false_changes=sum(d.changes for d in devices),
+        spliced=spliced,
+        detected=detected,
+        detection_delay_median=float(np.median(delays)) if delays else None,
+    )
+
+
+def _splices(
+    types: Sequence[str],
+    windows: Sequence[WindowDecision],
+    truth: Mapping[str, str],
+    seed: int,
+) -> tuple[int, int, list[int]]:
+    """Change detection: device a's test windows, then device b's (another type) under a's
+    name. Returns (pairs, pairs whose change was declared after the splice, windows from the
+    splice to the declaration)."""
+    by_device: dict[str, list[WindowDecision]] = {}
+    for w in sorted(windows, key=lambda w: w.start_unit):
+        by_device.setdefault(w.device, []).append(w)
+    pairs = [
+        (a, b)
+        for a in sorted(by_device)
+        for b in sorted(by_device)
+        if truth[a] != truth[b] and len(by_device[a]) >= 2 and len(by_device[b]) >= 2
+    ]
+    if len(pairs) > MAX_SPLICES:
+        rng = np.random.default_rng(seed)
+        pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), MAX_SPLICES, replace=False))]
+    detected, delays = 0, []
+    for a, b in pairs:
+        accumulator = Accumulator(types)
+        before = by_device[a]
+        for w in before:
+            accumulator.update(a, 0, w.best_type, w.confidence, w.known)
+        for k, w in enumerate(by_device[b]):
+            if accumulator.update(a, 0, w.best_type, w.confidence, w.known).changed:
+                detected += 1
+                delays.append(k + 1)
+                break
+    return len(pairs), detected, delays
+
+
+def robustness(
+    refs: References,
+    activity: ActivityTable,
+    config: ExporterConfig,
+    settings: EvalSettings,
+    test: FingerprintSet,
+    labels: Mapping[str, str],
+) -> tuple[Robustness, ...]:
+    """Closed-set results on the test devices observed through 1:N packet sampling: their
+    activity is sampled, fingerprinted again, and the windows from where their test windows
+    began are identified against the references of the full data."""
+    begin: dict[str, int] = {}
+    for name, start in zip(test.device_names, test.start.tolist(), strict=True):
+        begin[name] = min(begin.get(name, start), start)
+    out = []
+    for n in settings.sampling:
+        thinned = sample_packets(activity.select(devices=begin), n, settings.seed)
+        fps = make_windows(thinned, config, settings.windows, settings.captures)
+        rows = [
+            i
+            for i, (name, start) in enumerate(
+                zip(fps.device_names, fps.start.tolist(), strict=True)
+            )
+            if name in begin and start >= begin[name]
+        ]
+        sub = fps.select(np.array(rows, dtype=np.int64))
+        truth = [labels[name] for name in sub.device_names]
+        predicted = [refs.types[w] for w in score(sub, refs).winner.tolist()] if len(sub) else []
+        # Test devices with no window left under sampling count as wrong.
+        missing = len(set(begin) - set(sub.device_names))
+        total = len(truth) + missing
+        right = sum(t == p for t, p in zip(truth, predicted, strict=True))
+        out.append(
+            Robustness(
+                one_in=n,
+                n_test=total,
+                accuracy=right / total if total else math.nan,
+                macro_f1=macro_f1(truth, predicted) if truth else math.nan,
+            )
+        )
+    return tuple(out)
+
+
 def evaluate(
     dataset: Dataset,
     settings: EvalSettings,
     progress: Progress | None = None,
     parallel: Parallel = SERIAL,
 ) -> Evaluation:
-    """Every metric for every (time unit, G, mode) of the grid; `progress` hears of each grid
-    point done (the CLI draws a progress bar with it); fingerprints are computed per group of
-    devices as `parallel` says (in this process by default)."""
+    """Every metric for every (time unit, G, intensity, mode, neighbours) of the grid;
+    `progress` hears of each (time unit, representation) done (the CLI draws a progress bar);
+    fingerprints are computed per group of devices as `parallel` says (in this process by
+    default)."""
     base = dataset.activity.unit_seconds
     units = settings.unit_seconds or (base,)
-    grid = [(u, g) for u in units for g in settings.granularities]
+    grid = [(u, g, i) for u in units for g in settings.granularities for i in settings.intensities]
     results: list[GridResult] = []
-    for done, (unit_seconds, granularity) in enumerate(grid):
+    for done, (unit_seconds, granularity, intensity) in enumerate(grid):
         activity = (
             dataset.activity
             if math.isclose(unit_seconds, base)
             else dataset.activity.with_unit_seconds(unit_seconds)
         )
-        results.extend(_evaluate_one(dataset, activity, granularity, settings, parallel))
+        results.extend(_evaluate_one(dataset, activity, granularity, intensity, settings, parallel))
         if progress is not None:
             progress(done + 1, len(grid))
     return Evaluation(
@@ -423,50 +718,70 @@ def _evaluate_one(
     dataset: Dataset,
     activity: ActivityTable,
     granularity: int | None,
+    intensity: Intensity | None,
     settings: EvalSettings,
     parallel: Parallel,
 ) -> Iterator[GridResult]:
-    config = replace(settings.exporter, granularity=granularity)
+    config = replace(settings.exporter, granularity=granularity, intensity=intensity)
+    name = representation_name(granularity, intensity)
     fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
     if not split.train.size or not split.test.size:
         raise InputError(
-            f"{dataset.name}: {representation_name(granularity)} at {activity.unit_seconds} s "
+            f"{dataset.name}: {name} at {activity.unit_seconds} s "
             f"gives {split.train.size} training and {split.test.size} test windows; "
             "need some of each"
         )
     convergence = _convergence(fps)
     recurrence_summary = _recurrence(fps)
     train = fps.select(split.train)
+    if settings.captures and settings.reference_prefixes:
+        train = _with_prefixes(train, activity, settings.reference_prefixes, config)
     test = fps.select(split.test)
     truth = [dataset.labels[name] for name in test.device_names]
-    for mode in settings.modes:
+    tracks = dict(zip(test.device_names, truth, strict=True))
+    # Votes matter only among nearest references; a prototype per type is one neighbour.
+    combos = [(m, k if m == "nearest" else 1) for m in settings.modes for k in settings.neighbours]
+    for mode, k in dict.fromkeys(combos):
         refs = enroll(
             train,
             dataset.labels,
             mode=mode,
             theta=settings.theta if settings.theta is not None else 0.0,
-            neighbours=settings.neighbours,
-            config=settings.exporter,
+            neighbours=k,
+            config=config,
         )
         if settings.theta is None:
             try:
-                refs = refs.with_settings(theta=choose_theta(refs, settings.percentile))
+                theta = choose_theta(refs, settings.percentile)
+                refs = refs.with_settings(theta=theta)
+                refs = replace(refs, thetas=choose_thetas(refs, settings.percentile, theta))
             except InputError:
                 refs = refs.with_settings(theta=0.0)
         closed = closed_set(refs, test, truth)
         early = None
-        if settings.captures and settings.prefixes:
-            tracks = dict(zip(test.device_names, truth, strict=True))
+        if settings.prefixes and (settings.captures or settings.windows == "exporter"):
+            starts: dict[str, int] | None = None
+            if not settings.captures:
+                starts = {}
+                for d, start in zip(test.device_names, test.start.tolist(), strict=True):
+                    starts[d] = min(starts.get(d, start), start)
             early = early_identification(
-                refs, activity, tracks, settings.prefixes, settings.exporter.threshold
+                refs, activity, tracks, settings.prefixes, settings.exporter.threshold, starts
+            )
+        accumulated = None
+        if not settings.captures and settings.windows == "exporter":
+            accumulated = accumulation(
+                refs.types, window_decisions(refs, test, closed), tracks, settings.seed
             )
         yield GridResult(
             unit_seconds=activity.unit_seconds,
-            representation=representation_name(granularity),
+            representation=name,
             granularity=granularity,
+            intensity=intensity,
+            neighbours=k,
             windows=len(fps),
-            n_train=int(split.train.size),
+            n_train=len(train),
             convergence=convergence,
             recurrence=recurrence_summary,
             mode=mode,
@@ -474,9 +789,33 @@ def _evaluate_one(
             open_set=open_set(
                 refs, test, truth, settings.percentile, settings.theta, closed.scores
             ),
+            open_set_per_type=open_set(
+                refs, test, truth, settings.percentile, settings.theta, closed.scores, True
+            )
+            if settings.theta is None
+            else None,
             time_to_identification=time_to_identification(test, truth, closed.open_labels),
             early_identification=early,
+            accumulation=accumulated,
+            robustness=robustness(refs, activity, config, settings, test, dataset.labels)
+            if settings.sampling and mode == "nearest" and k == 1
+            else (),
         )
+
+
+def _with_prefixes(
+    train: FingerprintSet, activity: ActivityTable, lengths: Sequence[int], config: ExporterConfig
+) -> FingerprintSet:
+    """The training captures, and each one's first `lengths` units as references of their own
+    (only where the capture is longer: a shorter one's prefix is the capture itself)."""
+    span = dict(zip(train.device_names, train.n_units.tolist(), strict=True))
+    trained = activity.select(devices=set(span))
+    parts = [train]
+    for t in lengths:
+        cut = prefix_windows(trained, t, config.granularity, config.threshold, config.intensity)
+        longer = [i for i, name in enumerate(cut.device_names) if span[name] > t]
+        parts.append(cut.select(np.array(longer, dtype=np.int64)))
+    return FingerprintSet.concat(parts)
 
 
 def _convergence(fps: FingerprintSet) -> Convergence:

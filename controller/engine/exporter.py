@@ -7,6 +7,11 @@ batch API (`export_fingerprints`) and the incremental API (`StreamingExporter`) 
 same decisions. A window in which the device used no service at all (it was silent throughout)
 closes like any other but exports nothing: an empty fingerprint identifies nothing.
 
+Convergence is judged on the prevalence weights alone, whatever the intensity: the paper's
+exporter decides where windows end, and intensity only adds to what a window's fingerprint says.
+Every exported fingerprint carries its window's usage (active units, packets and bytes per
+service, summed over the units where the service counted as used).
+
 `whole_windows` is the exporter's alternative for short captures: one window per device over its
 whole active span.
 """
@@ -21,15 +26,18 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.engine.fingerprints import Fingerprint, FingerprintSet
+from controller.engine.fingerprints import USAGE_ROWS, Fingerprint, FingerprintSet
 from controller.engine.representation import (
     DEFAULT_GRANULARITY,
     DEFAULT_THRESHOLD,
     DEFAULT_UNIT_SECONDS,
+    INTENSITIES,
     BoolArray,
     FloatArray,
     IntArray,
+    Intensity,
     quantise,
+    representation_name,
 )
 from controller.engine.similarity import ratio
 
@@ -56,6 +64,7 @@ class ExporterConfig:
     k: int = DEFAULT_K
     n_min: int = DEFAULT_N_MIN
     n_max: int = DEFAULT_N_MAX
+    intensity: Intensity | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +76,8 @@ class ExporterConfig:
             problems.append(f"tau={self.tau} must lie in [0, 1]")
         if self.k < 1:
             problems.append(f"k={self.k} must be ≥ 1")
+        if self.intensity not in (None, *INTENSITIES):
+            problems.append(f"intensity {self.intensity!r} must be one of {', '.join(INTENSITIES)}")
         if not 1 <= self.n_min <= self.n_max:
             problems.append(f"need 1 ≤ n_min ({self.n_min}) ≤ n_max ({self.n_max})")
         if problems:
@@ -86,7 +97,13 @@ class ExporterConfig:
             k=int(data["k"]),
             n_min=int(data["n_min"]),
             n_max=int(data["n_max"]),
+            intensity=data.get("intensity"),
         )
+
+    @property
+    def representation(self) -> str:
+        """The name of the representation these settings export."""
+        return representation_name(self.granularity, self.intensity)
 
 
 def _step_similarity(
@@ -168,12 +185,14 @@ def export_fingerprints(
     dev = table.device[active].astype(np.int64)
     unit = table.unit[active].astype(np.int64)
     svc = table.service[active].astype(np.int64)
+    pkt = table.packets[active]
+    byt = table.bytes[active]
     stop = int(table.unit.max()) + 1 if end_unit is None and len(table.unit) else end_unit
     wanted = (
         None if devices is None else {table.devices.index(d) for d in devices if d in table.devices}
     )
     order = np.lexsort((unit, dev))
-    dev, unit, svc = dev[order], unit[order], svc[order]
+    dev, unit, svc, pkt, byt = dev[order], unit[order], svc[order], pkt[order], byt[order]
     bounds = np.flatnonzero(np.diff(dev)) + 1
     starts = np.concatenate([[0], bounds]) if dev.size else np.zeros(0, dtype=np.int64)
     ends = np.concatenate([bounds, [dev.size]]) if dev.size else np.zeros(0, dtype=np.int64)
@@ -182,6 +201,7 @@ def export_fingerprints(
     all_services = tuple(table.services)
     rows_w: list[FloatArray] = []
     rows_s: list[IntArray] = []
+    rows_u: list[IntArray] = []
     meta: list[tuple[int, int, int, bool]] = []
     for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
         code = int(dev[lo])
@@ -218,17 +238,26 @@ def export_fingerprints(
             if counts.any():
                 rows_w.append(quantise(counts, length, cfg.granularity))
                 rows_s.append(local)
+                # The device's rows are in unit order: the window's rows are one slice.
+                a, b = lo + np.searchsorted(u, [first + offset, first + offset + length])
+                sums = [
+                    np.bincount(local_idx[a - lo : b - lo], weights=x[a:b], minlength=local.size)
+                    for x in (pkt, byt)
+                ]
+                rows_u.append(np.stack([counts, *sums]).astype(np.int64))
                 meta.append((code, first + offset, first + offset + length, converged))
             offset += length
 
     if not meta:
-        return FingerprintSet.empty(cfg.granularity, unit_seconds)
+        return FingerprintSet.empty(cfg.granularity, unit_seconds, cfg.intensity)
     used = np.unique(np.concatenate(rows_s))
     position = np.full(len(all_services), -1, dtype=np.int64)
     position[used] = np.arange(used.size)
     weights = np.zeros((len(meta), used.size), dtype=np.float64)
-    for i, (w, s) in enumerate(zip(rows_w, rows_s, strict=True)):
+    usage = np.zeros((len(USAGE_ROWS), len(meta), used.size), dtype=np.int64)
+    for i, (w, s, c) in enumerate(zip(rows_w, rows_s, rows_u, strict=True)):
         weights[i, position[s]] = w
+        usage[:, i, position[s]] = c
     names = [all_services[j] for j in used.tolist()]
     by_name = np.argsort(np.array(names, dtype=object), kind="stable")
     codes = sorted({m[0] for m in meta})
@@ -243,6 +272,8 @@ def export_fingerprints(
         converged=np.array([m[3] for m in meta], dtype=bool),
         granularity=cfg.granularity,
         unit_seconds=unit_seconds,
+        usage=usage[:, :, by_name],
+        intensity=cfg.intensity,
     )
 
 
@@ -255,6 +286,8 @@ class _Window:
     streak: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     previous: dict[str, int] = field(default_factory=dict)
+    packets: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
 
 
 class StreamingExporter:
@@ -277,8 +310,14 @@ class StreamingExporter:
         """The unit the exporter expects next (None before the first unit)."""
         return self._next_unit
 
-    def feed_unit(self, unit: int, packets: Mapping[str, Mapping[str, int]]) -> list[Fingerprint]:
-        """Close `unit`: `packets` maps device → service → packets sent in it.
+    def feed_unit(
+        self,
+        unit: int,
+        packets: Mapping[str, Mapping[str, int]],
+        bytes: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> list[Fingerprint]:
+        """Close `unit`: `packets` maps device → service → packets sent in it, `bytes` (same
+        keys; None: no byte counts) the bytes.
 
         Units skipped since the previous call are closed first as silent for every known device.
         Returns the fingerprints exported by the units closed now, in unit order.
@@ -290,8 +329,8 @@ class StreamingExporter:
         exported: list[Fingerprint] = []
         if self._next_unit is not None:
             for silent in range(self._next_unit, unit):
-                exported.extend(self._close({}, silent))
-        exported.extend(self._close(packets, unit))
+                exported.extend(self._close({}, {}, silent))
+        exported.extend(self._close(packets, bytes or {}, unit))
         self._next_unit = unit + 1
         return exported
 
@@ -311,15 +350,18 @@ class StreamingExporter:
         bounds = np.searchsorted(units, np.arange(first, stop + 1))
         for i, unit in enumerate(range(first, stop)):
             rows = order[bounds[i] : bounds[i + 1]]
-            per_device: dict[str, dict[str, int]] = {}
-            for d, s, p in zip(
+            packets: dict[str, dict[str, int]] = {}
+            sent: dict[str, dict[str, int]] = {}
+            for d, s, p, b in zip(
                 table.device[rows].tolist(),
                 table.service[rows].tolist(),
                 table.packets[rows].tolist(),
+                table.bytes[rows].tolist(),
                 strict=True,
             ):
-                per_device.setdefault(table.devices[d], {})[table.services[s]] = int(p)
-            exported.extend(self.feed_unit(unit, per_device))
+                packets.setdefault(table.devices[d], {})[table.services[s]] = int(p)
+                sent.setdefault(table.devices[d], {})[table.services[s]] = int(b)
+            exported.extend(self.feed_unit(unit, packets, sent))
         return exported
 
     def pending(self) -> list[Fingerprint]:
@@ -330,7 +372,12 @@ class StreamingExporter:
             if window.n > 0
         ]
 
-    def _close(self, packets: Mapping[str, Mapping[str, int]], unit: int) -> list[Fingerprint]:
+    def _close(
+        self,
+        packets: Mapping[str, Mapping[str, int]],
+        sent: Mapping[str, Mapping[str, int]],
+        unit: int,
+    ) -> list[Fingerprint]:
         cfg = self.config
         exported: list[Fingerprint] = []
         for device, services in packets.items():
@@ -338,10 +385,13 @@ class StreamingExporter:
                 self._windows[device] = _Window(start_unit=unit)
         for device, window in self._windows.items():
             used = packets.get(device, {})
+            volume = sent.get(device, {})
             window.n += 1
             for name, count in used.items():
                 if count >= cfg.threshold:
                     window.counts[name] = window.counts.get(name, 0) + 1
+                    window.packets[name] = window.packets.get(name, 0) + count
+                    window.bytes[name] = window.bytes.get(name, 0) + volume.get(name, 0)
             if window.n > 1:
                 axis = sorted(window.counts)
                 sim = _step_similarity(
@@ -377,6 +427,14 @@ class StreamingExporter:
             weights=np.array([weights[n] for n in names], dtype=np.float64),
             converged=converged,
             unit_seconds=self.unit_seconds,
+            usage=np.array(
+                [
+                    [w.get(n, 0) for n in names]
+                    for w in (window.counts, window.packets, window.bytes)
+                ],
+                dtype=np.int64,
+            ).reshape(len(USAGE_ROWS), len(names)),
+            intensity=self.config.intensity,
         )
 
 
@@ -384,6 +442,7 @@ def whole_windows(
     table: ActivityTable,
     granularity: int | None,
     threshold: int = DEFAULT_THRESHOLD,
+    intensity: Intensity | None = None,
 ) -> FingerprintSet:
     """One fingerprint per device over its whole active span, from its first to its last unit
     with activity (for short captures, where each capture is one observation window)."""
@@ -393,12 +452,15 @@ def whole_windows(
     svc = table.service[active].astype(np.int64)
     seconds = float(table.unit_seconds)
     if not dev.size:
-        return FingerprintSet.empty(granularity, seconds)
+        return FingerprintSet.empty(granularity, seconds, intensity)
     codes, dev_idx = np.unique(dev, return_inverse=True)
     used, svc_idx = np.unique(svc, return_inverse=True)
-    counts = np.zeros((codes.size, used.size), dtype=np.int64)
+    usage = np.zeros((len(USAGE_ROWS), codes.size, used.size), dtype=np.int64)
     # Each (device, unit, service) occurs once in an ActivityTable, so counting rows counts units.
-    np.add.at(counts, (dev_idx, svc_idx), 1)
+    np.add.at(usage[0], (dev_idx, svc_idx), 1)
+    np.add.at(usage[1], (dev_idx, svc_idx), table.packets[active])
+    np.add.at(usage[2], (dev_idx, svc_idx), table.bytes[active])
+    counts = usage[0]
     first = np.full(codes.size, np.iinfo(np.int64).max)
     last = np.full(codes.size, np.iinfo(np.int64).min)
     np.minimum.at(first, dev_idx, unit)
@@ -416,4 +478,28 @@ def whole_windows(
         converged=np.ones(codes.size, dtype=bool),
         granularity=granularity,
         unit_seconds=seconds,
+        usage=usage[:, :, by_name],
+        intensity=intensity,
+    )
+
+
+def prefix_windows(
+    table: ActivityTable,
+    length: int,
+    granularity: int | None,
+    threshold: int = DEFAULT_THRESHOLD,
+    intensity: Intensity | None = None,
+    starts: Mapping[str, int] | None = None,
+) -> FingerprintSet:
+    """One fingerprint per device over the first `length` units of its timeline — from its
+    first unit with activity, or from `starts[device]` — as one window: what a device looks like
+    when it has been seen only that long (early identification; references of short captures)."""
+    first = np.full(len(table.devices), np.iinfo(np.int64).max)
+    np.minimum.at(first, table.device, table.unit)
+    if starts is not None:
+        given = np.array([starts.get(d, -1) for d in table.devices], dtype=np.int64)
+        first = np.where(given >= 0, given, first)
+    offset = table.unit - first[table.device] if len(table) else table.unit
+    return whole_windows(
+        table.where((offset >= 0) & (offset < length)), granularity, threshold, intensity
     )

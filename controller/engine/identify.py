@@ -15,9 +15,25 @@ percentile of the references' leave-one-out similarity to their own type (neares
 similarity to another reference of the type; centroid: similarity to the prototype rebuilt
 without it) — "as similar as the least typical reference still is to its own kind".
 
+Per-type thresholds: each known type with at least `MIN_TYPE_REFERENCES` leave-one-out values
+gets its own θ (the same percentile of its own values): a type whose references all look alike
+rejects a stranger that a global θ, set by the loosest type, would let in. Other types use the
+global θ.
+
+Confidence: the probability that the winning type is right, a softmax of the type scores at a
+temperature fitted to the references' own leave-one-out scores (the temperature that gives their
+true types the highest likelihood). It is what `controller.engine.accumulate` adds up over a
+device's successive windows.
+
 Every decision carries an explanation against the reference it matched: per service, its part of
 Σmin (numerator) and of Σmax (denominator), and its share min/Σmax of the similarity. The shares
-sum to the reported similarity, which is Σnumerator / Σdenominator.
+sum to the reported similarity, which is Σnumerator / Σdenominator. With intensity a service's
+part sums its three weights (prevalence, share or rate, size), and the explanation quotes the
+intensity itself: packets per active unit and bytes per packet, against the range of the
+matched type's references.
+
+References files carry a version: 1 (presence only) is still read; 2 adds every reference's
+usage, the intensity, per-type thresholds and the temperature.
 """
 
 from __future__ import annotations
@@ -35,8 +51,14 @@ import numpy.typing as npt
 from controller.base.errors import InputError
 from controller.base.fileio import read_json, write_text_atomically
 from controller.engine.exporter import ExporterConfig
-from controller.engine.fingerprints import FingerprintSet
-from controller.engine.representation import FloatArray, IntArray, representation_name
+from controller.engine.fingerprints import USAGE_ROWS, FingerprintSet
+from controller.engine.representation import (
+    FloatArray,
+    IntArray,
+    Intensity,
+    feature_matrix,
+    representation_name,
+)
 from controller.engine.similarity import similarity_matrix, similarity_pairs
 
 Mode = Literal["nearest", "centroid"]
@@ -48,18 +70,30 @@ DEFAULT_PERCENTILE = 5.0
 """θ is this percentile of the references' leave-one-out similarity to their own type."""
 DEFAULT_NEIGHBOURS = 1
 """Reference fingerprints that vote in nearest mode."""
+DEFAULT_PER_TYPE_THETA = False
+"""Whether enrolment gives types their own θ by default (see the module docstring)."""
+MIN_TYPE_REFERENCES = 3
+"""Leave-one-out values a type needs for a θ of its own."""
+CALIBRATION_ROWS = 2_000
+"""References (a seeded sample, at most) whose leave-one-out scores fit the temperature."""
+TEMPERATURES = np.geomspace(0.002, 1.0, 60)
 FORMAT = "svcfp-references"
 # Similarities held at once while scoring (rows × references), about 128 MB of float64.
 _SCORE_BLOCK = 16_000_000
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
-def _prototype(mean: FloatArray, granularity: int | None) -> FloatArray:
-    """Round a mean fingerprint to the nearest level of the representation (halves go up)."""
+def _prototype(mean: FloatArray, granularity: int | None, services: int) -> FloatArray:
+    """Round a mean fingerprint to the nearest level of the representation (halves go up); only
+    the prevalence weights (the first `services` columns) have levels, intensity weights stay
+    means."""
     if granularity is None:
         return mean
+    out = mean.copy()
     # A tiny tolerance keeps exact halves (e.g. 1 of 2 references) from rounding down.
-    return np.floor(mean * granularity + 0.5 + 1e-9) / granularity
+    out[..., :services] = np.floor(mean[..., :services] * granularity + 0.5 + 1e-9) / granularity
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +101,10 @@ class References:
     """Reference fingerprints of known device types, with the settings that made them.
 
     Rows of `weights` are reference fingerprints over `services`; `labels[i]` is the type of row
-    i and `origins[i]` says where it came from ("<device>@<start>-<end>").
+    i and `origins[i]` says where it came from ("<device>@<start>-<end>"). `usage` (3 × rows ×
+    services, optional for presence representations) holds each reference's active units,
+    packets and bytes. `thetas` holds per-type thresholds (aligned with `types`; None: θ for
+    every type); `temperature` the confidence calibration (None: not fitted).
     """
 
     services: tuple[str, ...]
@@ -80,9 +117,26 @@ class References:
     theta: float = 0.0
     neighbours: int = DEFAULT_NEIGHBOURS
     config: ExporterConfig | None = None
+    usage: IntArray | None = None
+    intensity: Intensity | None = None
+    thetas: tuple[float, ...] | None = None
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
+        if self.usage is not None and self.usage.shape != (len(USAGE_ROWS), *self.weights.shape):
+            raise InputError(
+                f"references: usage of shape {self.usage.shape} for weights {self.weights.shape}"
+            )
+        if self.intensity is not None and self.usage is None:
+            raise InputError(
+                f"references: the {self.representation} representation needs every "
+                "reference's packet and byte counts"
+            )
+        if self.thetas is not None and len(self.thetas) != len(self.types):
+            raise InputError(
+                f"references: {len(self.thetas)} per-type thresholds for {len(self.types)} types"
+            )
         if self.weights.shape != (n, len(self.services)) or len(self.origins) != n:
             raise InputError(
                 f"references: {n} labels, {len(self.origins)} origins and weights of shape "
@@ -99,18 +153,55 @@ class References:
         return tuple(sorted(set(self.labels)))
 
     @property
+    def representation(self) -> str:
+        """The name of the references' representation."""
+        return representation_name(self.granularity, self.intensity)
+
+    def theta_of(self, types: IntArray) -> FloatArray:
+        """The threshold that applies to each of `types` (indices into `types`)."""
+        if self.thetas is None:
+            return np.full(len(types), self.theta)
+        thetas: FloatArray = np.asarray(self.thetas, dtype=np.float64)[types]
+        return thetas
+
+    def features(self, services: Sequence[str] | None = None) -> FloatArray:
+        """What similarity compares, per reference, laid out over `services` (default: the
+        references' own axis)."""
+        axis = self.services if services is None else tuple(services)
+        if axis == self.services:
+            weights, usage = self.weights, self.usage
+        else:
+            position = {name: j for j, name in enumerate(axis)}
+            cols = np.array([position[name] for name in self.services], dtype=np.int64)
+            weights = np.zeros((len(self.labels), len(axis)))
+            weights[:, cols] = self.weights
+            usage = None
+            if self.usage is not None:
+                usage = np.zeros((len(USAGE_ROWS), len(self.labels), len(axis)), dtype=np.int64)
+                usage[:, :, cols] = self.usage
+        return feature_matrix(
+            weights,
+            None if usage is None else usage[0],
+            None if usage is None else usage[1],
+            None if usage is None else usage[2],
+            self.intensity,
+        )
+
+    @property
     def type_index(self) -> IntArray:
         """Each reference row's index into `types`."""
         index = {t: i for i, t in enumerate(self.types)}
         return np.array([index[label] for label in self.labels], dtype=np.int64)
 
-    def centroids(self) -> FloatArray:
-        """One prototype per type (rows in `types` order)."""
+    def centroids(self, services: Sequence[str] | None = None) -> FloatArray:
+        """One prototype per type (rows in `types` order), in feature space over `services`."""
+        features = self.features(services)
         idx = self.type_index
-        sums = np.zeros((len(self.types), len(self.services)))
-        np.add.at(sums, idx, self.weights)
+        sums = np.zeros((len(self.types), features.shape[1]))
+        np.add.at(sums, idx, features)
         counts = np.bincount(idx, minlength=len(self.types)).astype(np.float64)
-        return _prototype(sums / counts[:, None], self.granularity)
+        width = len(self.services) if services is None else len(services)
+        return _prototype(sums / counts[:, None], self.granularity, width)
 
     def with_settings(
         self,
@@ -118,11 +209,13 @@ class References:
         theta: float | None = None,
         neighbours: int | None = None,
     ) -> References:
-        """A copy with other matching settings (None keeps a setting)."""
+        """A copy with other matching settings (None keeps a setting). A θ given here applies to
+        every type: per-type thresholds are dropped."""
         return replace(
             self,
             mode=self.mode if mode is None else mode,
             theta=self.theta if theta is None else theta,
+            thetas=self.thetas if theta is None else None,
             neighbours=self.neighbours if neighbours is None else neighbours,
         )
 
@@ -130,11 +223,18 @@ class References:
         """The references with every fingerprint of `types` removed (θ kept as it is)."""
         drop = set(types)
         keep = np.array([label not in drop for label in self.labels], dtype=bool)
+        thetas = None
+        if self.thetas is not None:
+            thetas = tuple(
+                t for name, t in zip(self.types, self.thetas, strict=True) if name not in drop
+            )
         return replace(
             self,
             weights=self.weights[keep],
             labels=tuple(label for label in self.labels if label not in drop),
             origins=tuple(o for o, k in zip(self.origins, keep.tolist(), strict=True) if k),
+            usage=None if self.usage is None else self.usage[:, keep],
+            thetas=thetas,
         )
 
     # --- persistence --------------------------------------------------------------------------
@@ -144,32 +244,44 @@ class References:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "representation": representation_name(self.granularity),
+            "representation": self.representation,
             "granularity": self.granularity,
+            "intensity": self.intensity,
             "unit_seconds": self.unit_seconds,
             "mode": self.mode,
             "theta": self.theta,
+            "thetas": None
+            if self.thetas is None
+            else dict(zip(self.types, self.thetas, strict=True)),
+            "temperature": self.temperature,
             "neighbours": self.neighbours,
             "exporter": None if self.config is None else self.config.to_json(),
-            "references": [
-                {
-                    "type": label,
-                    "origin": origin,
-                    "weights": {
-                        self.services[j]: float(row[j]) for j in np.flatnonzero(row).tolist()
-                    },
-                }
-                for label, origin, row in zip(self.labels, self.origins, self.weights, strict=True)
-            ],
+            "references": [self._entry(i) for i in range(len(self.labels))],
         }
+
+    def _entry(self, i: int) -> dict[str, Any]:
+        row = self.weights[i]
+        used = np.flatnonzero(row).tolist()
+        entry: dict[str, Any] = {
+            "type": self.labels[i],
+            "origin": self.origins[i],
+            "weights": {self.services[j]: float(row[j]) for j in used},
+        }
+        if self.usage is not None:
+            entry["usage"] = {self.services[j]: self.usage[:, i, j].tolist() for j in used}
+        return entry
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "references") -> References:
         """References from `to_json` output; `source` names the input in errors."""
         if data.get("format") != FORMAT:
             raise InputError(f"{source}: not an svcfp references file (format {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise InputError(f"{source}: references version {data.get('version')} unsupported")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise InputError(
+                f"{source}: references version {version!r} unsupported: this svcfp reads "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}; enroll the references again"
+            )
         try:
             entries = list(data["references"])
             services = tuple(sorted({str(s) for e in entries for s in e["weights"]}))
@@ -178,14 +290,31 @@ class References:
             for i, entry in enumerate(entries):
                 for name, value in dict(entry["weights"]).items():
                     weights[i, col[str(name)]] = float(value)
+            usage = None
+            if entries and all("usage" in e for e in entries):
+                usage = np.zeros((len(USAGE_ROWS), len(entries), len(services)), dtype=np.int64)
+                for i, entry in enumerate(entries):
+                    for name, counts in dict(entry["usage"]).items():
+                        usage[:, i, col[str(name)]] = [int(v) for v in counts]
             exporter = data.get("exporter")
             mode = str(data.get("mode", DEFAULT_MODE))
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+            intensity = data.get("intensity")
+            if intensity not in (None, "relative", "absolute"):
+                raise ValueError(f"intensity {intensity!r} is not relative or absolute")
+            per_type = data.get("thetas")
+            labels = tuple(str(e["type"]) for e in entries)
+            thetas = (
+                None
+                if per_type is None
+                else tuple(float(dict(per_type)[t]) for t in sorted(set(labels)))
+            )
+            temperature = data.get("temperature")
             return cls(
                 services=services,
                 weights=weights,
-                labels=tuple(str(e["type"]) for e in entries),
+                labels=labels,
                 origins=tuple(str(e.get("origin", "")) for e in entries),
                 granularity=None if data["granularity"] is None else int(data["granularity"]),
                 unit_seconds=float(data["unit_seconds"]),
@@ -193,6 +322,10 @@ class References:
                 theta=float(data.get("theta", 0.0)),
                 neighbours=int(data.get("neighbours", DEFAULT_NEIGHBOURS)),
                 config=None if exporter is None else ExporterConfig.from_json(exporter),
+                usage=usage,
+                intensity=intensity,
+                thetas=thetas,
+                temperature=None if temperature is None else float(temperature),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{source}: malformed references: {exc}") from None
@@ -218,11 +351,15 @@ def enroll(
     percentile: float = DEFAULT_PERCENTILE,
     neighbours: int = DEFAULT_NEIGHBOURS,
     config: ExporterConfig | None = None,
+    per_type: bool = DEFAULT_PER_TYPE_THETA,
+    calibrate: bool = True,
 ) -> References:
     """References from exported fingerprints of labelled devices (device key → type).
 
     Fingerprints of devices without a label, or labelled "unknown", are left out. θ is chosen
-    with `choose_theta` at `percentile` unless given.
+    with `choose_theta` at `percentile` unless given; with `per_type` (and no θ given) every
+    type with enough references gets its own (`choose_thetas`). `calibrate` fits the confidence
+    temperature (`fit_temperature`).
     """
     rows = [
         i
@@ -247,35 +384,66 @@ def enroll(
         mode=mode,
         neighbours=neighbours,
         config=config,
+        usage=None if chosen.usage is None else chosen.usage[:, :, used],
+        intensity=chosen.intensity,
     )
     if theta is None:
         theta = choose_theta(refs, percentile)
-    return refs.with_settings(theta=theta)
+        if per_type:
+            refs = replace(refs, thetas=choose_thetas(refs, percentile, theta))
+    refs = replace(refs, theta=theta)
+    if calibrate:
+        refs = replace(refs, temperature=fit_temperature(refs))
+    return refs
+
+
+def _held_out_together(refs: References) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Each reference's device (from its origin "<device>@<start>-<end>"), and per type whether
+    it has references of several devices. A reference is left out of its own type together
+    with every other reference of its device when the type has other devices: windows of one
+    device (or the short prefixes of one capture) resemble each other more than a new device
+    of the type resembles any of them."""
+    names = [origin.rpartition("@")[0] or f"#{i}" for i, origin in enumerate(refs.origins)]
+    _, device = np.unique(np.array(names, dtype=object), return_inverse=True)
+    device = device.astype(np.int64).reshape(-1)
+    idx = refs.type_index
+    multi = np.zeros(len(refs.types), dtype=bool)
+    for t in range(len(refs.types)):
+        multi[t] = np.unique(device[idx == t]).size > 1
+    return device, multi
 
 
 def own_type_similarity(refs: References) -> FloatArray:
-    """Leave-one-out similarity of each reference to its own type (NaN for a type's only
-    reference): nearest mode — best similarity to another reference of the type; centroid mode —
-    similarity to the type's prototype rebuilt without it."""
+    """Leave-one-out similarity of each reference to its own type (NaN when nothing of its type
+    is left): nearest mode — best similarity to another reference of the type, of another
+    device where the type has several (see `_held_out_together`); centroid mode — similarity to
+    the type's prototype rebuilt without it."""
     idx = refs.type_index
     out = np.full(len(refs.labels), np.nan)
     if not len(refs.labels):
         return out
+    features = refs.features()
     counts = np.bincount(idx, minlength=len(refs.types))
     several = counts[idx] >= 2
     if refs.mode == "nearest":
+        device, multi = _held_out_together(refs)
         # Only same-type pairs matter: one small similarity matrix per type.
         for t in np.flatnonzero(counts >= 2).tolist():
             rows = np.flatnonzero(idx == t)
-            sims = similarity_matrix(refs.weights[rows], refs.weights[rows])
-            np.fill_diagonal(sims, -np.inf)
+            sims = similarity_matrix(features[rows], features[rows])
+            if multi[t]:
+                sims[device[rows][:, None] == device[rows][None, :]] = -np.inf
+            else:
+                np.fill_diagonal(sims, -np.inf)
             out[rows] = sims.max(axis=1)
     else:
-        sums = np.zeros((len(refs.types), len(refs.services)))
-        np.add.at(sums, idx, refs.weights)
+        sums = np.zeros((len(refs.types), features.shape[1]))
+        np.add.at(sums, idx, features)
         rest = np.maximum(counts[idx] - 1, 1).astype(np.float64)
-        loo = _prototype((sums[idx] - refs.weights) / rest[:, None], refs.granularity)
-        out[several] = similarity_pairs(refs.weights[several], loo[several])
+        loo = _prototype(
+            (sums[idx] - features) / rest[:, None], refs.granularity, len(refs.services)
+        )
+        out[several] = similarity_pairs(features[several], loo[several])
     return out
 
 
@@ -291,6 +459,99 @@ def choose_theta(refs: References, percentile: float = DEFAULT_PERCENTILE) -> fl
             "cannot choose θ: no known type has two reference fingerprints; give θ explicitly"
         )
     return float(np.percentile(values, percentile, method="lower"))
+
+
+def choose_thetas(
+    refs: References, percentile: float, fallback: float, own: FloatArray | None = None
+) -> tuple[float, ...]:
+    """Per type (in `types` order): the `percentile`-th percentile of its own leave-one-out
+    similarities when it has at least `MIN_TYPE_REFERENCES` of them, else `fallback`."""
+    values = own_type_similarity(refs) if own is None else own
+    idx = refs.type_index
+    out = []
+    for t in range(len(refs.types)):
+        mine = values[(idx == t) & ~np.isnan(values)]
+        enough = mine.size >= MIN_TYPE_REFERENCES
+        out.append(float(np.percentile(mine, percentile, method="lower")) if enough else fallback)
+    return tuple(out)
+
+
+def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArray:
+    """Each reference's score for every type with itself left out (nearest: best similarity to
+    the type's other references; centroid: similarity to the prototypes, its own rebuilt
+    without it); -inf for a type with no other reference. `rows` picks references (default
+    all)."""
+    chosen = np.arange(len(refs.labels)) if rows is None else np.asarray(rows, dtype=np.int64)
+    features = refs.features()
+    idx = refs.type_index
+    n_types = len(refs.types)
+    out = np.full((len(chosen), n_types), -np.inf)
+    if refs.mode == "centroid":
+        protos = refs.centroids()
+        counts = np.bincount(idx, minlength=n_types)
+        out[:] = similarity_matrix(features[chosen], protos)
+        own = idx[chosen]
+        rest = counts[own] - 1
+        all_sums = np.zeros((n_types, features.shape[1]))
+        np.add.at(all_sums, idx, features)
+        rebuilt = _prototype(
+            (all_sums[own] - features[chosen]) / np.maximum(rest, 1)[:, None],
+            refs.granularity,
+            len(refs.services),
+        )
+        mine = similarity_pairs(features[chosen], rebuilt)
+        out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
+        return out
+    device, multi = _held_out_together(refs)
+    perm = np.argsort(idx, kind="stable")
+    sorted_idx = idx[perm]
+    sorted_device = device[perm]
+    bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
+    firsts = np.concatenate([[0], bounds]).astype(np.int64)
+    columns = features[perm]
+    position = np.empty(len(perm), dtype=np.int64)
+    position[perm] = np.arange(len(perm))
+    block = max(1, _SCORE_BLOCK // max(1, len(perm)))
+    for lo in range(0, len(chosen), block):
+        part = chosen[lo : lo + block]
+        sims = similarity_matrix(features[part], columns)
+        sims[np.arange(len(part)), position[part]] = -np.inf
+        together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
+        sims[together] = -np.inf
+        out[lo : lo + block] = np.maximum.reduceat(sims, firsts, axis=1)
+    return out
+
+
+def softmax(scores: FloatArray, temperature: float) -> FloatArray:
+    """Row-wise softmax of type scores at `temperature` (-inf scores get probability 0)."""
+    z = scores / temperature
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def fit_temperature(refs: References, seed: int = 0) -> float | None:
+    """The temperature (from `TEMPERATURES`) that maximises the likelihood of the references'
+    true types under the softmax of their leave-one-out type scores; None when no type has two
+    references. At most `CALIBRATION_ROWS` references (a seeded sample) are scored."""
+    idx = refs.type_index
+    counts = np.bincount(idx, minlength=len(refs.types))
+    eligible = np.flatnonzero(counts[idx] >= 2)
+    if not eligible.size or len(refs.types) < 2:
+        return None
+    if eligible.size > CALIBRATION_ROWS:
+        rng = np.random.default_rng(seed)
+        eligible = np.sort(rng.choice(eligible, CALIBRATION_ROWS, replace=False))
+    scores = loo_type_scores(refs, eligible)
+    truth = idx[eligible]
+    best, best_nll = None, math.inf
+    for t in TEMPERATURES.tolist():
+        p = softmax(scores, t)[np.arange(len(truth)), truth]
+        nll = float(-np.log(np.maximum(p, 1e-12)).mean())
+        if nll < best_nll:
+            best, best_nll = t, nll
+    return best
 
 
 @dataclass(frozen=True)
@@ -313,39 +574,44 @@ class Scores:
         scored: FloatArray = self.type_scores[np.arange(len(self.winner)), self.winner]
         return scored
 
+    def confidence(self, temperature: float | None) -> FloatArray:
+        """The calibrated probability of each winning type (NaN without a temperature)."""
+        if temperature is None:
+            return np.full(len(self.winner), np.nan)
+        probs = softmax(self.type_scores, temperature)
+        chosen: FloatArray = probs[np.arange(len(self.winner)), self.winner]
+        return chosen
 
-def _common_axis(
-    fingerprints: FingerprintSet, refs: References
-) -> tuple[tuple[str, ...], FloatArray, IntArray]:
-    """The services of both, the fingerprints' weights over them, and where each reference
-    service sits on that axis."""
-    axis = tuple(sorted(set(refs.services) | set(fingerprints.services)))
-    position = {name: j for j, name in enumerate(axis)}
-    ref_cols = np.array([position[name] for name in refs.services], dtype=np.int64)
-    return axis, fingerprints.aligned(axis), ref_cols
+
+def _common_axis(fingerprints: FingerprintSet, refs: References) -> tuple[str, ...]:
+    """The services of both, sorted."""
+    return tuple(sorted(set(refs.services) | set(fingerprints.services)))
+
+
+def _check_representation(fingerprints: FingerprintSet, refs: References) -> None:
+    if not refs.labels:
+        raise InputError("references hold no fingerprint")
+    if (fingerprints.granularity, fingerprints.intensity) != (refs.granularity, refs.intensity):
+        raise InputError(
+            f"fingerprints use the {fingerprints.representation} representation, "
+            f"references the {refs.representation} one"
+        )
 
 
 def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     """Score every fingerprint against every known type in one matrix operation."""
-    if not refs.labels:
-        raise InputError("references hold no fingerprint")
-    if fingerprints.granularity != refs.granularity:
-        raise InputError(
-            f"fingerprints use the {representation_name(fingerprints.granularity)} "
-            f"representation, references the {representation_name(refs.granularity)} one"
-        )
-    axis, x, ref_cols = _common_axis(fingerprints, refs)
+    _check_representation(fingerprints, refs)
+    axis = _common_axis(fingerprints, refs)
+    x = fingerprints.features(axis)
     types = refs.types
     m = len(fingerprints)
     if refs.mode == "centroid":
-        protos = np.zeros((len(types), len(axis)))
-        protos[:, ref_cols] = refs.centroids()
+        protos = refs.centroids(axis)
         type_scores = similarity_matrix(x, protos) if m else np.zeros((0, len(types)))
         winner = np.argmax(type_scores, axis=1) if m else np.zeros(0, dtype=np.int64)
         return Scores(types, type_scores, winner.astype(np.int64), winner.astype(np.int64))
 
-    r = np.zeros((len(refs.labels), len(axis)))
-    r[:, ref_cols] = refs.weights
+    r = refs.features(axis)
     idx = refs.type_index
     # References sorted by type, so a type's best similarity is one reduceat over its columns.
     perm = np.argsort(idx, kind="stable")
@@ -379,7 +645,11 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
 
 @dataclass(frozen=True)
 class ServiceContribution:
-    """One service's part in a similarity: min and max of its two weights, and min / Σmax."""
+    """One service's part in a similarity: min and max of its weights (summed over prevalence and
+    intensity weights), and min / Σmax. `observed` and `reference` are the prevalence weights.
+
+    With usage: the fingerprint's packets per active unit and bytes per packet, and the lowest
+    and highest of each among the matched type's references that use the service."""
 
     service: str
     observed: float
@@ -387,10 +657,37 @@ class ServiceContribution:
     numerator: float
     denominator: float
     share: float
+    packets_per_unit: float | None = None
+    bytes_per_packet: float | None = None
+    reference_packets_per_unit: tuple[float, float] | None = None
+    reference_bytes_per_packet: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+        """A JSON-ready dict (ranges as [low, high] lists, as JSON reads them back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def describe(self, unit_seconds: float) -> str:
+        """The contribution in intensity terms: "udp/10001: 210 packets/h (references 40-60),
+        120 B/packet (references 110-130), share 0.120"."""
+        per = _per_unit(unit_seconds)
+        parts = [self.service + ":"]
+        if self.packets_per_unit is not None:
+            parts.append(f"{self.packets_per_unit:.4g} packets/{per}")
+            if self.reference_packets_per_unit is not None:
+                lo, hi = self.reference_packets_per_unit
+                parts.append(f"(references {lo:.4g}-{hi:.4g}),")
+            parts.append(f"{self.bytes_per_packet:.4g} B/packet")
+            if self.reference_bytes_per_packet is not None:
+                lo, hi = self.reference_bytes_per_packet
+                parts.append(f"(references {lo:.4g}-{hi:.4g}),")
+        parts.append(f"prevalence {self.observed:.3g} (reference {self.reference:.3g}),")
+        parts.append(f"share {self.share:.3f}")
+        return " ".join(parts)
+
+
+def _per_unit(unit_seconds: float) -> str:
+    names = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}
+    return names.get(float(unit_seconds), f"{unit_seconds:g} s")
 
 
 @dataclass(frozen=True)
@@ -420,19 +717,36 @@ class Explanation:
         }
 
 
+Intensities = Mapping[
+    str, tuple[float, float, tuple[float, float] | None, tuple[float, float] | None]
+]
+"""Per service: packets per unit, bytes per packet, and the references' ranges of both."""
+
+
 def explain(
-    observed: npt.ArrayLike, reference: npt.ArrayLike, services: Sequence[str]
+    observed: npt.ArrayLike,
+    reference: npt.ArrayLike,
+    services: Sequence[str],
+    intensities: Intensities | None = None,
 ) -> Explanation:
-    """Service-by-service breakdown of the weighted Jaccard of two aligned weight vectors."""
+    """Service-by-service breakdown of the weighted Jaccard of two aligned feature vectors (one
+    weight per service, or with intensity three: [prevalence | share or rate | size])."""
     a = np.asarray(observed, dtype=np.float64)
     b = np.asarray(reference, dtype=np.float64)
-    lo = np.minimum(a, b)
-    hi = np.maximum(a, b)
-    numerator = math.fsum(lo.tolist())
-    denominator = math.fsum(hi.tolist())
+    width = len(services)
+    if a.shape != b.shape or (width == 0 and a.size) or (width and a.size % width):
+        raise ValueError(f"feature vectors of shape {a.shape} and {b.shape} for {width} services")
+    blocks = a.size // width if width else 1
+    lo_all = np.minimum(a, b)
+    hi_all = np.maximum(a, b)
+    numerator = math.fsum(lo_all.tolist())
+    denominator = math.fsum(hi_all.tolist())
     similarity = 1.0 if denominator == 0.0 else numerator / denominator
+    lo = lo_all.reshape(blocks, width).sum(axis=0) if width else lo_all
+    hi = hi_all.reshape(blocks, width).sum(axis=0) if width else hi_all
     groups: dict[str, list[ServiceContribution]] = {"matched": [], "unexpected": [], "missing": []}
     for j in np.flatnonzero(hi > 0).tolist():
+        extra = (intensities or {}).get(services[j])
         contribution = ServiceContribution(
             service=services[j],
             observed=float(a[j]),
@@ -440,6 +754,10 @@ def explain(
             numerator=float(lo[j]),
             denominator=float(hi[j]),
             share=float(lo[j]) / denominator,
+            packets_per_unit=None if extra is None else extra[0],
+            bytes_per_packet=None if extra is None else extra[1],
+            reference_packets_per_unit=None if extra is None else extra[2],
+            reference_bytes_per_packet=None if extra is None else extra[3],
         )
         key = "matched" if a[j] > 0 and b[j] > 0 else "unexpected" if a[j] > 0 else "missing"
         groups[key].append(contribution)
@@ -459,7 +777,11 @@ def explain(
 
 @dataclass(frozen=True)
 class Decision:
-    """The identification of one exported fingerprint, with its explanation."""
+    """The identification of one exported fingerprint, with its explanation.
+
+    `theta` is the threshold of the best type (its own, or the global one); `confidence` the
+    calibrated probability that `best_type` is right (NaN when the references carry no
+    calibration)."""
 
     device: str
     start_unit: int
@@ -472,6 +794,7 @@ class Decision:
     runner_up_similarity: float | None
     reference: str
     explanation: Explanation
+    confidence: float = math.nan
 
     @property
     def known(self) -> bool:
@@ -479,9 +802,45 @@ class Decision:
         return self.label != UNKNOWN
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (the explanation in its own `to_json` form)."""
+        """A JSON-ready dict (the explanation in its own `to_json` form; NaN as None)."""
         shallow = {f.name: getattr(self, f.name) for f in fields(self)}
+        if math.isnan(self.confidence):
+            shallow["confidence"] = None
         return shallow | {"explanation": self.explanation.to_json()}
+
+
+def _intensities(
+    fingerprints: FingerprintSet, i: int, refs: References, winner: int, axis: Sequence[str]
+) -> Intensities | None:
+    """Packets per unit and bytes per packet of row i's services, with the ranges among the
+    winning type's references that use each."""
+    if fingerprints.usage is None:
+        return None
+    mine = fingerprints.aligned_usage(axis)[:, i]
+    ref_rows = np.flatnonzero(refs.type_index == winner)
+    theirs = None
+    if refs.usage is not None:
+        position = {name: j for j, name in enumerate(refs.services)}
+        theirs = (refs.usage[:, ref_rows], position)
+    out: dict[str, tuple[float, float, tuple[float, float] | None, tuple[float, float] | None]] = {}
+    for j, name in enumerate(axis):
+        units, packets, sent = (int(v) for v in mine[:, j])
+        rate_range = size_range = None
+        if theirs is not None and name in theirs[1]:
+            c, p, b = (theirs[0][r, :, theirs[1][name]] for r in range(len(USAGE_ROWS)))
+            use = (c > 0) & (p > 0)
+            if use.any():
+                rates, sizes = p[use] / c[use], b[use] / p[use]
+                rate_range = (float(rates.min()), float(rates.max()))
+                size_range = (float(sizes.min()), float(sizes.max()))
+        if units or rate_range is not None:
+            out[name] = (
+                packets / units if units else 0.0,
+                sent / packets if packets else 0.0,
+                rate_range,
+                size_range,
+            )
+    return out
 
 
 def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
@@ -489,24 +848,31 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
     if not len(fingerprints):
         return []
     scores = score(fingerprints, refs)
-    axis, x, ref_cols = _common_axis(fingerprints, refs)
+    axis = _common_axis(fingerprints, refs)
+    x = fingerprints.features(axis)
     if refs.mode == "centroid":
-        targets = refs.centroids()
+        targets = refs.centroids(axis)
         target_names = [f"prototype of {t}" for t in refs.types]
     else:
-        targets = refs.weights
+        targets = refs.features(axis)
         target_names = list(refs.origins)
+    thetas = refs.theta_of(scores.winner)
+    confidence = scores.confidence(refs.temperature)
     decisions = []
     names = fingerprints.device_names
     for i in range(len(fingerprints)):
         winner = int(scores.winner[i])
-        target = np.zeros(len(axis))
-        target[ref_cols] = targets[int(scores.matched[i])]
-        why = explain(x[i], target, axis)
+        why = explain(
+            x[i],
+            targets[int(scores.matched[i])],
+            axis,
+            _intensities(fingerprints, i, refs, winner, axis),
+        )
         others = np.delete(scores.type_scores[i], winner)
         other_types = [t for j, t in enumerate(scores.types) if j != winner]
         runner = int(np.argmax(others)) if others.size else None
-        label = scores.types[winner] if why.similarity >= refs.theta else UNKNOWN
+        theta = float(thetas[i])
+        label = scores.types[winner] if why.similarity >= theta else UNKNOWN
         decisions.append(
             Decision(
                 device=names[i],
@@ -515,11 +881,12 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
                 label=label,
                 best_type=scores.types[winner],
                 similarity=why.similarity,
-                theta=refs.theta,
+                theta=theta,
                 runner_up=None if runner is None else other_types[runner],
                 runner_up_similarity=None if runner is None else float(others[runner]),
                 reference=target_names[int(scores.matched[i])],
                 explanation=why,
+                confidence=float(confidence[i]),
             )
         )
     return decisions

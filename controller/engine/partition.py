@@ -86,7 +86,7 @@ def _windows_of(
     end_unit: int | None,
 ) -> FingerprintSet:
     if whole:
-        return whole_windows(activity, config.granularity, config.threshold)
+        return whole_windows(activity, config.granularity, config.threshold, config.intensity)
     if captures:
         return export_fingerprints(activity, config, own_end=True, flush=True)
     return export_fingerprints(activity, config, end_unit=end_unit)

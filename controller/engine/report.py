@@ -16,6 +16,7 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, replace_atomically, write_text_atomically
+from controller.engine.representation import representation_name
 from controller.engine.results import Confusion, Evaluation, GridResult
 
 if TYPE_CHECKING:
@@ -33,24 +34,38 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def summary_cells(result: GridResult) -> list[str]:
     """The headline numbers of one grid point, formatted as the settings table's cells."""
     closed, opened = result.closed_set, result.open_set
+    typed = result.open_set_per_type
+    lo, hi = closed.accuracy_ci
+    mode = result.mode if result.neighbours == 1 else f"{result.mode} k={result.neighbours}"
     return [
         _fmt(result.unit_seconds, 0),
         result.representation,
-        result.mode,
+        mode,
         str(result.windows),
         str(closed.n_test),
         _fmt(closed.accuracy),
         _fmt(closed.macro_f1),
+        f"{_fmt(lo)}–{_fmt(hi)}",
         _fmt(closed.accuracy_with_theta),
         _fmt(closed.theta),
         _fmt(opened.unknown_detection),
         _fmt(opened.known_accuracy),
         _fmt(opened.auroc),
+        _fmt(None if typed is None else typed.unknown_detection),
+        _fmt(None if typed is None else typed.auroc),
+        _fmt(closed.calibration.ece),
         _fmt(result.time_to_identification.median_units, 1),
         _fmt(result.convergence.converged_fraction),
         _fmt(result.recurrence.intra_mean),
         _fmt(result.recurrence.inter_mean),
     ]
+
+
+SUMMARY_HEADER = (
+    "| unit s | representation | mode | windows | test | accuracy | macro-F1 | 95 % CI "
+    "| acc. with θ | θ | unknown det. | known acc. | AUROC | unknown det. (type θ) "
+    "| AUROC (type θ) | ECE | TTI median (units) | converged | intra | inter |"
+)
 
 
 def top_confusions(result: GridResult, limit: int = 15) -> list[tuple[str, str, int]]:
@@ -66,6 +81,146 @@ def top_confusions(result: GridResult, limit: int = 15) -> list[tuple[str, str, 
     return sorted(cells, key=lambda c: (-c[2], c[0], c[1]))[:limit]
 
 
+def best_presence(metrics: Evaluation) -> GridResult | None:
+    """The best grid point among the presence-only (paper's) representations."""
+    baseline = [r for r in metrics.results if r.intensity is None]
+    return (
+        Evaluation(
+            metrics.dataset, metrics.tracks, metrics.types, metrics.settings, tuple(baseline)
+        ).best()
+        if baseline
+        else None
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _per_type_lines(best: GridResult, baseline: GridResult | None) -> list[str]:
+    base = {} if baseline is None else {t.type: t for t in baseline.closed_set.per_type}
+    header = ["type", "test windows", "right", "accuracy", "95 % CI", "precision", "F1"]
+    if baseline is not None and baseline is not best:
+        header.append(f"accuracy ({baseline.representation})")
+    rows = []
+    for t in best.closed_set.per_type:
+        row = [
+            t.type,
+            str(t.n),
+            str(t.correct),
+            _fmt(t.accuracy),
+            f"{_fmt(t.ci_low)}–{_fmt(t.ci_high)}",
+            _fmt(t.precision),
+            _fmt(t.f1),
+        ]
+        if len(header) > 7:
+            other = base.get(t.type)
+            row.append(_fmt(None if other is None else other.accuracy))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _confusion_lines(result: GridResult) -> list[str]:
+    classes = result.closed_set.confusion.classes
+    matrix = result.closed_set.confusion.array()
+    short = [f"{i + 1}" for i in range(len(classes))]
+    rows = [
+        [f"{i + 1} {name}", *(str(int(v)) if v else "·" for v in matrix[i])]
+        for i, name in enumerate(classes)
+    ]
+    return [
+        "Rows: true type; columns: predicted type (numbered as the rows); cells: test windows.",
+        "",
+        *_table(["true \\ predicted", *short], rows),
+    ]
+
+
+def _accumulation_lines(result: GridResult) -> list[str]:
+    acc = result.accumulation
+    if acc is None:
+        return []
+    lines = [
+        "",
+        "### Decisions accumulated over each device's windows",
+        "",
+        f"Windows right alone: {_fmt(acc.window_accuracy)}; with the device's accumulated "
+        f"decision: {_fmt(acc.accuracy)} ({acc.windows} test windows). Changes of behaviour "
+        f"declared on unchanged devices: {acc.false_changes}. Spliced devices (one device's "
+        f"windows, then another type's under its name): {acc.detected} of {acc.spliced} "
+        f"changes detected, median delay {_fmt(acc.detection_delay_median, 1)} windows.",
+        "",
+    ]
+    rows = [
+        [
+            d.device,
+            d.type,
+            str(d.windows),
+            str(d.right),
+            _fmt(d.right / d.windows if d.windows else None),
+            "never" if d.settled_units is None else str(d.settled_units),
+            str(d.changes),
+        ]
+        for d in acc.devices
+    ]
+    header = ["device", "type", "windows", "right", "share right", "settled after (units)"]
+    return lines + _table([*header, "changes"], rows)
+
+
+def _open_set_lines(result: GridResult) -> list[str]:
+    folds = sorted(result.open_set.folds, key=lambda f: (_order(f.auroc), f.left_out))
+    if not folds:
+        return []
+    rows = [
+        [
+            f.left_out,
+            str(f.n_unknown),
+            str(f.n_known),
+            _fmt(f.theta),
+            _fmt(f.unknown_detection),
+            _fmt(f.known_accuracy),
+            _fmt(f.auroc),
+        ]
+        for f in folds
+    ]
+    header = ["left out", "unknown windows", "known windows", "θ", "unknown det."]
+    return [
+        "",
+        "### Open set, type by type",
+        "",
+        "Each type left out of the references in turn (worst AUROC first): a type whose "
+        "traffic another type repeats cannot come out unknown.",
+        "",
+        *_table([*header, "known acc.", "AUROC"], rows),
+    ]
+
+
+def _order(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _robustness_lines(metrics: Evaluation) -> list[str]:
+    rows = [
+        [r.representation, str(x.one_in), str(x.n_test), _fmt(x.accuracy), _fmt(x.macro_f1)]
+        for r in metrics.results
+        for x in r.robustness
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "## Observed through packet sampling",
+        "",
+        "Test data thinned by 1:N random packet sampling (references from the full data), "
+        "nearest reference, one neighbour:",
+        "",
+        *_table(["representation", "1:N", "test windows", "accuracy", "macro-F1"], rows),
+    ]
+
+
 def markdown(
     metrics: Evaluation,
     plots: Mapping[str, str],
@@ -76,6 +231,7 @@ def markdown(
     plots, and `intro` replaces the sentence describing the settings."""
     settings = metrics.settings
     best = metrics.best()
+    baseline = best_presence(metrics)
     lines = [
         f"# Fingerprint evaluation: {metrics.dataset}",
         "",
@@ -88,42 +244,65 @@ def markdown(
             if settings.theta is not None
             else f"{settings.percentile}th percentile of leave-one-out own-type similarity"
         )
-        + ".",
+        + '. Representations without "+" are the paper\'s presence-only ones; "+intensity" '
+        'adds each service\'s packet share and packet size, "+rate" its packets per unit.',
         "",
         "## All settings",
         "",
-        "| unit s | representation | mode | windows | test | accuracy | macro-F1 | acc. with θ | θ "
-        "| unknown det. | known acc. | AUROC | TTI median (units) | converged | intra | inter |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        SUMMARY_HEADER,
+        "|" + "---|" * SUMMARY_HEADER.count(" |"),
     ]
     lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in metrics.results]
     lines += [
         "",
         f"## Best setting: {best.label}",
         "",
-        f"Closed-set accuracy {_fmt(best.closed_set.accuracy)}, macro-F1 "
-        f"{_fmt(best.closed_set.macro_f1)} on {best.closed_set.n_test} test windows.",
-        "",
-        "### Most frequent confusions",
-        "",
-        "| true type | predicted | windows |",
-        "|---|---|---|",
+        f"Closed-set accuracy {_fmt(best.closed_set.accuracy)} (95 % CI "
+        f"{_fmt(best.closed_set.accuracy_ci[0])}–{_fmt(best.closed_set.accuracy_ci[1])}), "
+        f"macro-F1 {_fmt(best.closed_set.macro_f1)} on {best.closed_set.n_test} test windows"
+        + (
+            ""
+            if baseline is None or baseline is best
+            else f"; the best presence-only setting ({baseline.label}) reaches "
+            f"{_fmt(baseline.closed_set.accuracy)}, macro-F1 {_fmt(baseline.closed_set.macro_f1)}"
+        )
+        + ".",
     ]
-    lines += [f"| {t} | {p} | {n} |" for t, p, n in top_confusions(best)] or ["| – | – | 0 |"]
+    calibration = best.closed_set.calibration
+    if calibration.temperature is not None:
+        lines += [
+            "",
+            f"Confidence: temperature {calibration.temperature:.4g}, mean confidence "
+            f"{_fmt(calibration.mean_confidence)} against accuracy {_fmt(calibration.accuracy)}, "
+            f"expected calibration error {_fmt(calibration.ece)}, Brier score "
+            f"{_fmt(calibration.brier)}.",
+        ]
+    lines += ["", "### Most frequent confusions", ""]
+    lines += _table(
+        ["true type", "predicted", "windows"],
+        [[t, p, str(n)] for t, p, n in top_confusions(best)] or [["–", "–", "0"]],
+    )
     early = best.early_identification
     if early is not None:
+        what = "capture" if settings.captures else "device's test period"
         lines += [
             "",
             "### Early identification",
             "",
-            "Closed-set accuracy when only the first seconds of each test capture are seen:",
+            f"Closed-set accuracy when only the first seconds of each test {what} are seen:",
             "",
-            "| seen (s) | " + " | ".join(_fmt(t, 0) for t in early.seconds) + " |",
-            "|---|" + "---|" * len(early.seconds),
-            "| accuracy | " + " | ".join(_fmt(a) for a in early.accuracy) + " |",
+            *_table(
+                ["seen (s)", *(_fmt(t, 0) for t in early.seconds)],
+                [["accuracy", *(_fmt(a) for a in early.accuracy)]],
+            ),
         ]
-    lines += ["", "### Accuracy per type", "", "| type | accuracy |", "|---|---|"]
-    lines += [f"| {t} | {_fmt(a)} |" for t, a in best.closed_set.per_type_accuracy.items()]
+    lines += _accumulation_lines(best)
+    lines += ["", "### Per type", ""]
+    lines += _per_type_lines(best, baseline)
+    lines += ["", "### Confusion matrix", ""]
+    lines += _confusion_lines(best)
+    lines += _open_set_lines(best)
+    lines += _robustness_lines(metrics)
     for section in sections:
         lines += ["", section.rstrip("\n")]
     lines += ["", "## Plots", ""]
@@ -140,13 +319,26 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return Figure(figsize=figsize)
 
 
+def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label a [0, 1] plot, add its legend (if it drew anything) and save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def plot_confusion(confusion: Confusion, title: str, path: Path) -> None:
-    """Row-normalised confusion matrix, titled "Confusion (<title>)"."""
+    """Row-normalised confusion matrix with each cell's count of windows, titled
+    "Confusion (<title>)"."""
     classes = confusion.classes
     matrix = confusion.array().astype(np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
@@ -160,17 +352,29 @@ def plot_confusion(confusion: Confusion, title: str, path: Path) -> None:
     ax.set_xlabel("predicted type")
     ax.set_ylabel("true type")
     ax.set_title(f"Confusion ({title})", fontsize=9)
+    counts = confusion.array()
+    for i, j in zip(*np.nonzero(counts), strict=True):
+        ax.text(
+            int(j),
+            int(i),
+            str(int(counts[i, j])),
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if shares[i, j] > 0.5 else "black",
+        )
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true type's windows")
     _save(fig, path)
 
 
 def plot_convergence(metrics: Evaluation, path: Path) -> None:
-    """CDF of convergence times, one curve per representation and unit (first mode only)."""
+    """CDF of convergence times, one curve per granularity and unit (intensity does not move
+    where windows end)."""
     fig = _figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
     seen = set()
     for r in metrics.results:
-        key = (r.representation, r.unit_seconds)
+        key = (r.granularity, r.unit_seconds)
         if key in seen:
             continue
         seen.add(key)
@@ -180,15 +384,9 @@ def plot_convergence(metrics: Evaluation, path: Path) -> None:
                 curve.units,
                 curve.fraction,
                 where="post",
-                label=f"{r.representation}, {_fmt(r.unit_seconds, 0)} s",
+                label=f"{representation_name(r.granularity)}, {_fmt(r.unit_seconds, 0)} s",
             )
-    ax.set_xlabel("convergence time (units)")
-    ax.set_ylabel("fraction of converged windows")
-    ax.set_ylim(0.0, 1.02)
-    ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, "convergence time (units)", "fraction of converged windows", path)
 
 
 def plot_similarities(result: GridResult, path: Path) -> None:
@@ -219,6 +417,27 @@ def plot_similarities(result: GridResult, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_early(metrics: Evaluation, path: Path) -> None:
+    """Early identification: accuracy against the seconds of each test capture seen, one curve
+    per representation (its best mode)."""
+    fig = _figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    best: dict[str, GridResult] = {}
+    for r in metrics.results:
+        if r.early_identification is None:
+            continue
+        held = best.get(r.representation)
+        if held is None or r.closed_set.accuracy > held.closed_set.accuracy:
+            best[r.representation] = r
+    for name, r in best.items():
+        early = r.early_identification
+        assert early is not None
+        style = "-" if r.intensity is not None else "--"
+        ax.plot(early.seconds, early.accuracy, style, marker="o", markersize=3, label=name)
+    ax.set_xscale("log")
+    _finish(fig, ax, "seconds of the capture seen", "closed-set accuracy", path)
+
+
 def prepare_report_folder(out_dir: Path) -> None:
     """Create the report folder and check that files can be written into it, so that a bad
     `--out` is refused before an evaluation runs rather than after."""
@@ -236,16 +455,19 @@ def write_report(metrics: Evaluation, out_dir: Path, sections: Sequence[str] = (
     out = Path(out_dir)
     prepare_report_folder(out)
     best = metrics.best()
-    plots = {
-        "Confusion matrix (best setting)": "confusion.png",
-        "Convergence time CDF": "convergence_cdf.png",
-        "Similarity distributions (best setting)": "similarity.png",
-    }
-    plot_confusion(
-        best.closed_set.confusion, best.label, out / plots["Confusion matrix (best setting)"]
-    )
-    plot_convergence(metrics, out / plots["Convergence time CDF"])
-    plot_similarities(best, out / plots["Similarity distributions (best setting)"])
+    plots = {"Confusion matrix (best setting)": "confusion.png"}
+    plot_confusion(best.closed_set.confusion, best.label, out / "confusion.png")
+    # Whole captures are one window each: they have no convergence to show.
+    if metrics.settings.windows == "exporter":
+        plots["Convergence time CDF"] = "convergence_cdf.png"
+        plot_convergence(metrics, out / "convergence_cdf.png")
+    plots["Similarity distributions (best setting)"] = "similarity.png"
+    plot_similarities(best, out / "similarity.png")
+    if any(r.early_identification is not None for r in metrics.results) and (
+        metrics.settings.captures
+    ):
+        plots["Early identification"] = "early_identification.png"
+        plot_early(metrics, out / "early_identification.png")
     text = json.dumps(metrics.to_json(), indent=1, sort_keys=True) + "\n"
     write_text_atomically(out / "metrics.json", text)
     report = markdown(metrics, plots, sections)

@@ -85,9 +85,38 @@ class Confusion(Json):
 
 
 @dataclass(frozen=True)
+class TypeResult(Json):
+    """One type's closed-set result: its test windows, how many were right (with the Wilson 95 %
+    interval of that accuracy), and its precision and F1."""
+
+    type: str
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    precision: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class Calibration(Json):
+    """How well the decisions' confidences match how often they are right: the expected
+    calibration error over `bins` equal-width bins, the Brier score of the winning type, and
+    the mean confidence against the accuracy."""
+
+    ece: float = math.nan
+    brier: float = math.nan
+    mean_confidence: float = math.nan
+    accuracy: float = math.nan
+    bins: int = 10
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class ClosedSet(Json):
     """Closed-set metrics on test windows whose types are all known, and the accuracy when θ may
-    also answer "unknown"."""
+    also answer "unknown" (global θ, and each type's own θ)."""
 
     n_test: int
     accuracy: float
@@ -97,7 +126,12 @@ class ClosedSet(Json):
     theta: float
     confusion: Confusion
     per_type_accuracy: Mapping[str, float]
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)
+    accuracy_with_type_theta: float = math.nan
+    per_type: tuple[TypeResult, ...] = ()
+    calibration: Calibration = field(default_factory=Calibration)
     open_labels: tuple[str, ...] = field(default=(), compare=False, repr=False, metadata=PRIVATE)
+    type_labels: tuple[str, ...] = field(default=(), compare=False, repr=False, metadata=PRIVATE)
     scores: Scores | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
 
 
@@ -178,8 +212,49 @@ class RecurrenceSummary(Json):
 
 
 @dataclass(frozen=True)
+class DeviceAccumulation(Json):
+    """One test device's accumulated decisions: its windows, how many of them left the
+    accumulated label right, and the units from its first test window's start until the label
+    was right and stayed right to the end (None: never settled on the right type)."""
+
+    device: str
+    type: str
+    windows: int
+    right: int
+    settled_units: int | None
+    changes: int
+
+
+@dataclass(frozen=True)
+class Accumulation(Json):
+    """Decisions accumulated over each test device's successive windows (see
+    `controller.engine.accumulate`), and change detection on spliced devices: a device's test
+    windows followed by those of a device of another type under the same name."""
+
+    windows: int
+    accuracy: float
+    window_accuracy: float
+    devices: tuple[DeviceAccumulation, ...]
+    false_changes: int
+    spliced: int
+    detected: int
+    detection_delay_median: float | None
+
+
+@dataclass(frozen=True)
+class Robustness(Json):
+    """Closed-set results when the test data are observed through 1:`one_in` packet sampling
+    (references from the full data)."""
+
+    one_in: int
+    n_test: int
+    accuracy: float
+    macro_f1: float
+
+
+@dataclass(frozen=True)
 class GridResult(Json):
-    """Every metric of one grid point: (time unit, representation, matching mode)."""
+    """Every metric of one grid point: (time unit, representation, matching mode, neighbours)."""
 
     unit_seconds: float
     representation: str
@@ -193,11 +268,17 @@ class GridResult(Json):
     open_set: OpenSet
     time_to_identification: TimeToIdentification
     early_identification: EarlyIdentification | None = None
+    intensity: str | None = None
+    neighbours: int = 1
+    open_set_per_type: OpenSet | None = None
+    accumulation: Accumulation | None = None
+    robustness: tuple[Robustness, ...] = ()
 
     @property
     def label(self) -> str:
-        """ "<representation>, <mode>, unit <u> s", as reports name a grid point."""
-        return f"{self.representation}, {self.mode}, unit {self.unit_seconds:.0f} s"
+        """ "<representation>, <mode>[, k=<n>], unit <u> s", as reports name a grid point."""
+        k = f", k={self.neighbours}" if self.neighbours > 1 else ""
+        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s"
 
 
 @dataclass(frozen=True)

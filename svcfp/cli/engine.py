@@ -24,8 +24,10 @@ from controller.base.errors import InputError
 from controller.base.fileio import check_writable, write_text_atomically
 from controller.engine.evaluate import (
     DEFAULT_GRANULARITIES,
+    DEFAULT_INTENSITIES,
     DEFAULT_PREFIXES,
     DEFAULT_TRAIN_FRACTION,
+    SPLITS,
     EvalSettings,
     Windows,
 )
@@ -39,6 +41,7 @@ from controller.engine.exporter import (
 from controller.engine.identify import (
     DEFAULT_MODE,
     DEFAULT_NEIGHBOURS,
+    DEFAULT_PER_TYPE_THETA,
     DEFAULT_PERCENTILE,
     MODES,
     UNKNOWN,
@@ -50,6 +53,9 @@ from controller.engine.report import prepare_report_folder, write_report
 from controller.engine.representation import (
     DEFAULT_GRANULARITY,
     DEFAULT_THRESHOLD,
+    INTENSITIES,
+    INTENSITY_NAMES,
+    Intensity,
     parse_granularity,
     representation_name,
 )
@@ -176,10 +182,82 @@ def _add_matching(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The exporter's flags (h, G, τ, k, n_min, n_max) and θ for a command that fingerprints
-    activity unit by unit; a flag left out keeps the references' setting."""
+    """The exporter's flags (h, G, τ, k, n_min, n_max, intensity) and θ for a command that
+    fingerprints activity unit by unit; a flag left out keeps the references' setting."""
     _add_exporter(parser, defaults=False, windows=False)
+    _add_intensity(parser, defaults=False)
     parser.add_argument("--theta", type=float, help="override the references' θ")
+
+
+# --- intensity, per-type thresholds and the evaluation grid ---------------------------------------
+
+INTENSITY_CHOICES = ("none", *INTENSITIES)
+
+
+def _intensity(text: str) -> Intensity | None:
+    name = text.strip().lower()
+    if name in ("none", "presence", ""):
+        return None
+    if name in ("relative", INTENSITY_NAMES["relative"]):
+        return "relative"
+    if name in ("absolute", INTENSITY_NAMES["absolute"]):
+        return "absolute"
+    raise argparse.ArgumentTypeError(
+        f"intensity {text!r}: choose one of {', '.join(INTENSITY_CHOICES)}"
+    )
+
+
+def _intensities(text: str) -> tuple[Intensity | None, ...]:
+    return tuple(_intensity(part) for part in text.split(",") if part.strip())
+
+
+def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """--intensity: what fingerprints say of how much each service is used."""
+    parser.add_argument(
+        "--intensity",
+        type=_intensity,
+        default=None,
+        help="intensity weights next to prevalence: none (the paper's presence-only "
+        "fingerprints), relative (packet share and packet size, independent of the "
+        "observation rate) or absolute (packets per unit and packet size) "
+        + ("(default: none)" if defaults else "(default: the references' setting)"),
+    )
+
+
+def _add_thresholds(parser: argparse.ArgumentParser) -> None:
+    """--per-type-theta: one θ per known type, from its own references."""
+    parser.add_argument(
+        "--per-type-theta",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_PER_TYPE_THETA,
+        help="give every type with enough references its own θ (the --percentile of its own "
+        f"leave-one-out similarities) instead of one θ for all (default: "
+        f"{'on' if DEFAULT_PER_TYPE_THETA else 'off'})",
+    )
+
+
+def _add_grid(parser: argparse.ArgumentParser) -> None:
+    """The evaluation grid's intensity, neighbour and sampling axes."""
+    parser.add_argument(
+        "--intensities",
+        type=_intensities,
+        default=DEFAULT_INTENSITIES,
+        help="intensities to compare, each with every granularity (default: "
+        + ",".join("none" if i is None else i for i in DEFAULT_INTENSITIES)
+        + ")",
+    )
+    parser.add_argument(
+        "--neighbour-counts",
+        type=_units,
+        help="nearest references that vote, several to compare (default: --neighbours)",
+    )
+    parser.add_argument(
+        "--sampling",
+        type=_units,
+        default=(),
+        help="also identify the test data observed through 1:N packet sampling, for each N "
+        "given, e.g. 10,100 (default: none)",
+    )
 
 
 def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) -> ExporterConfig:
@@ -195,6 +273,8 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
     config = replace(start, **{k: v for k, v in values.items() if v is not None})
     if args.granularity is not None or base is None:
         config = replace(config, granularity=args.granularity)
+    if getattr(args, "intensity", None) is not None or base is None:
+        config = replace(config, intensity=getattr(args, "intensity", None))
     return config
 
 
@@ -214,13 +294,15 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         theta=args.theta,
         percentile=args.percentile,
         neighbours=args.neighbours,
+        per_type=args.per_type_theta,
     )
     refs.save(args.out)
     counts = Counter(refs.labels)
     print(
         f"enrolled {len(refs.labels)} reference fingerprints of {len(counts)} types "
-        f"({representation_name(refs.granularity)}, {refs.mode}, θ = {refs.theta:.4f}) "
-        f"into {args.out}"
+        f"({refs.representation}, {refs.mode}, θ = {refs.theta:.4f}"
+        + (", per-type θ" if refs.thetas is not None else "")
+        + f") into {args.out}"
     )
     for label, n in sorted(counts.items()):
         print(f"  {label}: {n}")
@@ -247,10 +329,11 @@ def _decisions(
             f"{inputs.activity.unit_seconds:g} s; pass --time-unit {refs.unit_seconds:g}"
         )
     config = engine_config(args, refs.config)
-    if config.granularity != refs.granularity:
+    if (config.granularity, config.intensity) != (refs.granularity, refs.intensity):
         raise InputError(
-            f"{args.references}: references are {representation_name(refs.granularity)}, "
-            f"--granularity asks for {representation_name(config.granularity)}"
+            f"{args.references}: references are {refs.representation}, "
+            f"{'--granularity' if refs.intensity == config.intensity else '--intensity'} asks "
+            f"for {config.representation}"
         )
     windows: Windows = "whole" if args.windows == "whole" else "exporter"
     return api.identify(inputs, refs, config, windows, engine)
@@ -322,10 +405,12 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         split=args.split,
         train_fraction=args.train_fraction,
         modes=_modes(args.modes),
-        neighbours=args.neighbours,
+        neighbours=args.neighbour_counts or (args.neighbours,),
         percentile=args.percentile,
         theta=args.theta,
         prefixes=args.prefixes,
+        intensities=args.intensities,
+        sampling=args.sampling,
     )
     show = sys.stderr.isatty() and not args.no_progress
     with tqdm(desc="evaluate", disable=not show) as bar:
@@ -350,7 +435,9 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         paths.append(args.out / "compliance.json")
     best = metrics.best()
     print(
-        f"best: {best.representation}, {best.mode}, unit {best.unit_seconds:g} s: "
+        f"best: {best.representation}, {best.mode}"
+        + (f", k={best.neighbours}" if best.neighbours > 1 else "")
+        + f", unit {best.unit_seconds:g} s: "
         f"accuracy {best.closed_set.accuracy:.3f}, macro-F1 {best.closed_set.macro_f1:.3f}"
     )
     for path in paths:
@@ -380,7 +467,9 @@ def register(subparsers: Subparsers) -> None:
     p = subparsers.add_parser("enroll", help="enroll reference fingerprints from labelled data")
     add_input_arguments(p)
     _add_exporter(p)
+    _add_intensity(p)
     _add_matching(p)
+    _add_thresholds(p)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
     p.add_argument("--out", type=Path, required=True, help="references JSON to write")
     p.set_defaults(func=cmd_enroll)
@@ -389,6 +478,7 @@ def register(subparsers: Subparsers) -> None:
     add_input_arguments(p)
     add_cluster_arguments(p)
     _add_exporter(p, defaults=False)
+    _add_intensity(p, defaults=False)
     p.add_argument("--references", type=Path, required=True, help="references JSON from enroll")
     p.add_argument("--theta", type=float, help="override the references' θ")
     p.add_argument("--neighbours", type=int, help="override the references' neighbour count")
@@ -406,6 +496,7 @@ def register(subparsers: Subparsers) -> None:
     add_cluster_arguments(p)
     _add_exporter(p)
     _add_matching(p)
+    _add_grid(p)
     p.add_argument(
         "--granularities",
         type=_granularities,
@@ -427,7 +518,14 @@ def register(subparsers: Subparsers) -> None:
         help="with --tracks capture: units of each test capture seen for early identification "
         f"(default: {','.join(map(str, DEFAULT_PREFIXES))})",
     )
-    p.add_argument("--split", choices=["time", "group"], default="time", help="default: time")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="time",
+        help="time: each device's windows in time order; group: each type's captures (groups) "
+        "in time order; instance: each type's first devices train, its other devices test "
+        "(types with one device split in time) (default: time)",
+    )
     p.add_argument(
         "--train-fraction",
         type=float,

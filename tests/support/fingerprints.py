@@ -78,3 +78,23 @@ def fingerprint_similarity(one: Fingerprint, other: Fingerprint) -> float:
     """Weighted Jaccard of two fingerprints over the union of their services."""
     axis = sorted(set(one.services) | set(other.services))
     return weighted_jaccard(one.vector(axis), other.vector(axis))
+
+
+def listed(device: str, services: str, granularity: int | None = 1, start: int = 0) -> Fingerprint:
+    """A Service List fingerprint (weight 1 per service) of one 10-unit window, 1 s units."""
+    names = tuple(sorted(services.split())) if services else ()
+    return Fingerprint(
+        device, start, start + 10, granularity, names, np.ones(len(names)), True, 1.0
+    )
+
+
+# Type X: {a,b}, {a,b,c}, {a}; type Y: {d}, {d,e}; type Z: {f} (a single reference).
+HAND_REFERENCES = (
+    listed("x1", "a b"),
+    listed("x2", "a b c"),
+    listed("x3", "a"),
+    listed("y1", "d"),
+    listed("y2", "d e"),
+    listed("z1", "f"),
+)
+HAND_LABELS = {"x1": "X", "x2": "X", "x3": "X", "y1": "Y", "y2": "Y", "z1": "Z"}
