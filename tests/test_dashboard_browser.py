@@ -62,6 +62,20 @@ def row_label(driver: WebDriver, mac: str) -> str | None:
         return None
 
 
+def retry_stale(check: Callable[[], None], attempts: int = 5) -> None:
+    """Run `check`, again (at most `attempts` times) when the page replaced an element it held."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for attempt in range(attempts):
+        try:
+            check()
+            return
+        except StaleElementReferenceException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
 def alert_texts(driver: WebDriver) -> list[str]:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -148,33 +162,45 @@ def test_dashboard_shows_identification_unknown_devices_and_a_behaviour_change_l
 
         # One device: heat map, the latest fingerprint beside its reference, the history with
         # each decision's explanation.
-        browser.get(f"{url}devices/{macs['d2']}")
-        heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap text.svc")
-        assert len(heat_rows) >= 3
-        services = {e.text for e in heat_rows}
-        assert "tcp/443" in services
-        assert browser.find_elements(By.CSS_SELECTOR, "#fingerprint tbody tr")
-        decisions = browser.find_elements(By.CSS_SELECTOR, "#history tr.decision")
-        labels = [d.find_element(By.CSS_SELECTOR, "td:nth-child(3)").text for d in decisions]
-        assert "plug" in labels and "unknown" in labels, labels
-        first = decisions[-1]
-        first.find_element(By.TAG_NAME, "summary").click()
-        explanation = first.find_element(By.CSS_SELECTOR, ".explanation").text
-        assert "matched:" in explanation and "tcp/443" in explanation, explanation
-        alerts_here = browser.find_element(By.ID, "alerts").text
-        assert "behaviour change" in alerts_here and "was plug" in alerts_here
+        # Parts of the page are replaced live while the demo runs: a check that meets a
+        # replaced element starts again on the fresh page.
+        def device_page() -> None:
+            browser.get(f"{url}devices/{macs['d2']}")
+            heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap text.svc")
+            assert len(heat_rows) >= 3
+            services = {e.text for e in heat_rows}
+            assert "tcp/443" in services
+            assert browser.find_elements(By.CSS_SELECTOR, "#fingerprint tbody tr")
+            decisions = browser.find_elements(By.CSS_SELECTOR, "#history tr.decision")
+            labels = [d.find_element(By.CSS_SELECTOR, "td:nth-child(3)").text for d in decisions]
+            assert "plug" in labels and "unknown" in labels, labels
+            first = decisions[-1]
+            first.find_element(By.TAG_NAME, "summary").click()
+            explanation = first.find_element(By.CSS_SELECTOR, ".explanation").text
+            assert "matched:" in explanation and "tcp/443" in explanation, explanation
+            alerts_here = browser.find_element(By.ID, "alerts").text
+            assert "behaviour change" in alerts_here and "was plug" in alerts_here
+
+        retry_stale(device_page)
         screenshot(browser, "device")
 
-        browser.get(f"{url}switches")
-        row = browser.find_element(By.CSS_SELECTOR, '#switches tr[data-switch="s1"]')
-        assert "up" in row.text
-        assert re.search(r"\d+\.\d ms / \d+\.\d ms", row.text), row.text
-        assert re.search(r"devices\s+\d+/1023", row.text), row.text
+        def switches_page() -> None:
+            browser.get(f"{url}switches")
+            row = browser.find_element(By.CSS_SELECTOR, '#switches tr[data-switch="s1"]')
+            assert "up" in row.text
+            assert re.search(r"\d+\.\d ms / \d+\.\d ms", row.text), row.text
+            assert re.search(r"devices\s+\d+/1023", row.text), row.text
+
+        retry_stale(switches_page)
         screenshot(browser, "switches")
 
-        browser.get(f"{url}alerts")
-        kinds = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#alerts td:nth-child(3)")}
-        assert {"new unknown device", "behaviour change"} <= kinds, kinds
+        def alerts_page() -> None:
+            browser.get(f"{url}alerts")
+            cells = browser.find_elements(By.CSS_SELECTOR, "#alerts td:nth-child(3)")
+            kinds = {e.text for e in cells}
+            assert {"new unknown device", "behaviour change"} <= kinds, kinds
+
+        retry_stale(alerts_page)
         screenshot(browser, "alerts")
     finally:
         demo.join(DEMO_TIMEOUT)
