@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import socket
 from collections.abc import Callable
@@ -57,8 +58,14 @@ def test_scenario_enrolls_only_known_types_and_schedules_every_host(tmp_path: Pa
     assert scenario.schedules["d1"].serve == ()
 
 
-@pytest.mark.skipif(shutil.which("simple_switch_grpc") is not None, reason="BMv2 is installed")
-def test_bmv2_demo_without_bmv2_is_a_clear_error(tmp_path: Path) -> None:
+def test_bmv2_demo_without_bmv2_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where BMv2 is installed, hide it: the demo looks it up on PATH.
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    kept = [f for f in folders if not (Path(f) / "simple_switch_grpc").exists()]
+    monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    assert shutil.which("simple_switch_grpc") is None
     with pytest.raises(SvcfpError, match=r"simple_switch_grpc is not on PATH|needs root"):
         run_demo(config(tmp_path, switch="bmv2"), io.StringIO())
     assert not (tmp_path / "logs" / STATE_FILE).exists()
