@@ -214,6 +214,28 @@ def test_pages_show_the_stored_run(any_db: str | Path) -> None:
     asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
 
 
+def test_devices_of_every_controller_sharing_the_database_are_shown(any_db: str | Path) -> None:
+    """A second controller (scope edge2) registers a device in the same database: the devices
+    page lists it beside the first controller's, and its device page opens."""
+    other = "02:00:00:00:00:0d"
+    with open_store(any_db, scope="edge2") as storage:
+        storage.put_devices([DeviceRow(other, 1, "unknown", "s2", 4, "digest", NOW - 70, NOW)])
+        assert [row.mac for row in storage.devices()] == [other]
+    with open_store(any_db) as storage:
+        assert other not in [row.mac for row in storage.devices()]
+
+    async def check(url: str, http: aiohttp.ClientSession) -> None:
+        async with http.get(url) as response:
+            page = await response.text()
+        assert re.findall(r'data-mac="([0-9a-f:]+)"', page) == [HUB, CAMERA, QUIET, other]
+        assert cells(page, other).startswith(f"{other} 1 s2:4 pending")
+        async with http.get(f"{url}devices/{other}") as response:
+            assert response.status == 200
+            assert "<dt>switch</dt><dd>s2</dd>" in await response.text()
+
+    asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
+
+
 def test_event_stream_names_what_a_writer_changed(db: Path) -> None:
     async def check(url: str, http: aiohttp.ClientSession) -> None:
         async with http.get(f"{url}events", timeout=aiohttp.ClientTimeout(total=10)) as stream:

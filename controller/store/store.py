@@ -213,12 +213,14 @@ class Store(ABC):
 
     # -- devices and switches -----------------------------------------------------------------
 
-    def devices(self) -> list[DeviceRow]:
-        """Every device of this scope ever registered, evicted ones included."""
+    def devices(self, every_scope: bool = False) -> list[DeviceRow]:
+        """Every device of this scope ever registered, evicted ones included; with
+        `every_scope`, those of every controller writing to this database (what a dashboard of a
+        shared database shows)."""
+        where, params = ("", ()) if every_scope else ("WHERE scope = ? ", (self.scope,))
         rows = self._sql().rows(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE scope = ? "
-            f"ORDER BY mac{self._text_order()}",
-            (self.scope,),
+            f"SELECT {_DEVICE_COLUMNS} FROM devices {where}ORDER BY mac{self._text_order()}",
+            params,
         )
         return [DeviceRow(*row) for row in rows]
 

@@ -266,7 +266,9 @@ class DashboardData:
     def overview(self) -> Overview:
         """The devices page."""
         storage = self._storage
-        devices = summarize(storage.devices(), storage.decision_summaries(), storage.alert_counts())
+        devices = summarize(
+            storage.devices(every_scope=True), storage.decision_summaries(), storage.alert_counts()
+        )
         recent = storage.alerts(limit=RECENT_ALERTS)
         return Overview(
             devices=tuple(devices),
@@ -280,7 +282,7 @@ class DashboardData:
     def device(self, mac: str, units: int = HEATMAP_UNITS) -> DeviceDetail | None:
         """The device page of `mac`, None when the registry has no such device."""
         storage = self._storage
-        row = next((r for r in storage.devices() if r.mac == mac), None)
+        row = next((r for r in storage.devices(every_scope=True) if r.mac == mac), None)
         if row is None:
             return None
         records = storage.device_decisions(mac)
