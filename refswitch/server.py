@@ -50,7 +50,7 @@ _NOT_PRIMARY = "Not primary"
 # wire); with the message, the trailer stays below gRPC's default 8 KiB metadata limit.
 DETAILS_BUDGET = 3072
 # Characters of one update's error inside the details, and of the first one in the message.
-_DETAIL_MESSAGE = 240
+_DETAIL_MESSAGE = 320
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:
