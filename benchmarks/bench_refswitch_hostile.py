@@ -106,7 +106,7 @@ def case(updates: list[p4r.Update]) -> dict[str, Any]:
                 code, message, trailer = "OK", "", 0
             except grpc.RpcError as exc:
                 code, message = exc.code().name, exc.details() or ""
-                trailer = sum(len(k) + len(v) for k, v in exc.trailing_metadata() or ())
+                trailer = sum(len(m.key) + len(m.value) for m in exc.trailing_metadata() or ())
             seconds = time.perf_counter() - start
             done.set()
             stream.cancel()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -52,6 +53,16 @@ def committed_switch() -> Switch:
     return switch
 
 
+class StreamCall(Protocol):
+    """A StreamChannel call as gRPC returns it: a response iterator and a future at once."""
+
+    def __next__(self) -> p4r.StreamMessageResponse: ...
+    def done(self) -> bool: ...
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> str | None: ...
+    def cancel(self) -> bool: ...
+
+
 class Peer:
     """One client channel: StreamChannels it holds open until closed, and unary calls."""
 
@@ -61,16 +72,16 @@ class Peer:
         )
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self._hold = threading.Event()
-        self.calls: list[grpc.Future] = []
+        self.calls: list[StreamCall] = []
 
-    def stream(self, *first: p4r.StreamMessageRequest) -> grpc.Future:
+    def stream(self, *first: p4r.StreamMessageRequest) -> StreamCall:
         """A StreamChannel that sends `first` (nothing: an idle one) and then stays open."""
 
         def requests() -> Iterator[p4r.StreamMessageRequest]:
             yield from first
             self._hold.wait()
 
-        call = self.stub.StreamChannel(requests())
+        call = cast(StreamCall, self.stub.StreamChannel(requests()))
         self.calls.append(call)
         return call
 
@@ -79,7 +90,7 @@ class Peer:
         arbitration.arbitration.device_id = 0
         arbitration.arbitration.election_id.low = 1
         call = self.stream(arbitration)
-        assert next(call).arbitration.status.code == rpc_code.OK  # type: ignore[attr-defined]
+        assert next(call).arbitration.status.code == rpc_code.OK
 
     def write(self, *updates: p4r.Update, timeout: float = 60.0) -> None:
         request = p4r.WriteRequest(device_id=0, updates=updates)
@@ -124,7 +135,7 @@ def insert(entry: p4r.TableEntry) -> p4r.Update:
     return p4r.Update(type=p4r.Update.INSERT, entity=p4r.Entity(table_entry=entry))
 
 
-def settled_refusals(calls: list[grpc.Future], expected: int) -> list[grpc.Future]:
+def settled_refusals(calls: list[StreamCall], expected: int) -> list[StreamCall]:
     """The calls that ended, once `expected` have (bounded wait) and no more end after."""
     deadline = time.monotonic() + 10
     while sum(c.done() for c in calls) < expected and time.monotonic() < deadline:
@@ -168,8 +179,8 @@ def test_idle_streams_beyond_a_client_bound_are_refused_and_unary_rpcs_still_ans
     refused = settled_refusals(idle, len(idle) - (per_client - 1))
     assert len(refused) == len(idle) - (per_client - 1) == 33
     for call in refused:
-        assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-        assert call.details() == (  # type: ignore[attr-defined]
+        assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert call.details() == (
             f"too many StreamChannels from 127.0.0.1: {per_client} open, at most {per_client} "
             "per client (--max-streams-per-client)"
         )
@@ -189,7 +200,7 @@ def test_streams_beyond_the_total_are_refused_and_a_closed_one_frees_its_place(
     calls = [first.stream() for _ in range(6)]
     refused = settled_refusals(calls, 2)
     assert len(refused) == 2
-    assert {c.details() for c in refused} == {  # type: ignore[attr-defined]
+    assert {c.details() for c in refused} == {
         "too many StreamChannels: 4 open, at most 4 (--max-streams)"
     }
     with pytest.raises(grpc.RpcError) as full:
@@ -274,13 +285,12 @@ def test_a_request_beyond_the_size_limit_is_refused_and_the_switch_serves_on(
 
 def details_status(exc: grpc.RpcError) -> rpc_status.Status:
     """The google.rpc.Status of a failed call, checking its trailer fits a client's limit."""
-    metadata = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
-    raw = metadata["grpc-status-details-bin"]
+    (raw,) = [m.value for m in exc.trailing_metadata() or () if m.key == "grpc-status-details-bin"]
     assert isinstance(raw, bytes)
-    on_the_wire = len(base64.b64encode(raw)) + len(exc.details().encode())  # type: ignore[attr-defined]
-    assert on_the_wire < TRAILER_LIMIT
+    message = exc.details() or ""
+    assert len(base64.b64encode(raw)) + len(message.encode()) < TRAILER_LIMIT
     status = rpc_status.Status.FromString(raw)
-    assert status.message == exc.details()  # type: ignore[attr-defined]
+    assert status.message == message
     return status
 
 
@@ -393,7 +403,7 @@ def test_bad_flags_are_refused_before_anything_listens(args: tuple[str, ...], me
 def test_svcfp_switch_and_svcfp_run_refuse_an_address_by_one_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert controller.control.config.check_grpc_addr is checks.check_grpc_addr
+    assert vars(controller.control.config)["check_grpc_addr"] is checks.check_grpc_addr
     done = switch_command("--grpc-addr", "127.0.0.1:99999", module="svcfp")
     assert done.returncode == 2
     assert "--grpc-addr '127.0.0.1:99999': expected HOST:PORT with a port in 0..65535" in (
