@@ -97,6 +97,12 @@ class Peer:
         request.election_id.low = 1
         self.stub.Write(request, timeout=timeout)
 
+    def devices(self) -> int:
+        """How many device_table entries the switch holds."""
+        read = p4r.ReadRequest(device_id=0)
+        read.entities.add().table_entry.table_id = SCHEMA.table("device_table").id
+        return sum(len(r.entities) for r in self.stub.Read(read, timeout=10))
+
     def close(self) -> None:
         self._hold.set()
         for call in self.calls:
@@ -129,6 +135,15 @@ def serve(
     server = P4RuntimeServer(committed_switch(), "127.0.0.1:0", limits, tls).start()
     servers.append(server)
     return server
+
+
+@pytest.fixture
+def primary(servers: list[P4RuntimeServer], peers: list[Peer]) -> Peer:
+    """The primary client of a switch with the default limits."""
+    peer = Peer(serve(servers).address)
+    peers.append(peer)
+    peer.become_primary()
+    return peer
 
 
 def insert(entry: p4r.TableEntry) -> p4r.Update:
@@ -234,13 +249,9 @@ def test_a_client_is_the_peer_host(peer: str, client: str) -> None:
 
 
 def test_a_huge_invalid_value_is_refused_naming_the_field_and_showing_its_start(
-    servers: list[P4RuntimeServer], peers: list[Peer], caplog: pytest.LogCaptureFixture
+    primary: Peer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = serve(servers)
-    peer = Peer(server.address)
-    peers.append(peer)
-    peer.become_primary()
     huge = device_entry("02:00:00:00:00:01", 1)
     huge.match[0].exact.value = b"\xff" * (16 << 20)
     expected = (
@@ -249,7 +260,7 @@ def test_a_huge_invalid_value_is_refused_naming_the_field_and_showing_its_start(
         + "… (16777216 bytes) does not fit in 48 bits"
     )
     with pytest.raises(grpc.RpcError) as written:
-        peer.write(insert(huge))
+        primary.write(insert(huge))
     assert written.value.code() == grpc.StatusCode.UNKNOWN
     status = details_status(written.value)
     error = p4r.Error()
@@ -261,7 +272,7 @@ def test_a_huge_invalid_value_is_refused_naming_the_field_and_showing_its_start(
     read = p4r.ReadRequest(device_id=0)
     read.entities.add().table_entry.CopyFrom(huge)
     with pytest.raises(grpc.RpcError) as filtered:
-        list(peer.stub.Read(read, timeout=30))
+        list(primary.stub.Read(read, timeout=30))
     assert filtered.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert filtered.value.details() == expected
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
@@ -301,19 +312,15 @@ def errors_of(status: rpc_status.Status) -> list[p4r.Error]:
 
 
 def test_a_failing_batch_of_50000_inserts_fits_the_trailer_and_counts_the_rest(
-    servers: list[P4RuntimeServer], peers: list[Peer]
+    primary: Peer,
 ) -> None:
-    server = serve(servers)
-    peer = Peer(server.address)
-    peers.append(peer)
-    peer.become_primary()
     updates = [
         insert(device_entry(f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
                             MAX_DEVICES))
         for i in range(50_000)
     ]  # fmt: skip
     with pytest.raises(grpc.RpcError) as written:
-        peer.write(*updates)
+        primary.write(*updates)
     assert written.value.code() == grpc.StatusCode.UNKNOWN
     status = details_status(written.value)
     errors = errors_of(status)
@@ -330,18 +337,10 @@ def test_a_failing_batch_of_50000_inserts_fits_the_trailer_and_counts_the_rest(
         f"0-{shown - 1} only, {50_000 - shown} failed update(s) after them are not listed; "
         f"first: update 0: INVALID_ARGUMENT: {reason}"
     )
-    read = p4r.ReadRequest(device_id=0)
-    read.entities.add().table_entry.table_id = SCHEMA.table("device_table").id
-    assert sum(len(r.entities) for r in peer.stub.Read(read, timeout=10)) == 0
+    assert primary.devices() == 0
 
 
-def test_failures_beyond_the_details_are_named_in_the_message(
-    servers: list[P4RuntimeServer], peers: list[Peer]
-) -> None:
-    server = serve(servers)
-    peer = Peer(server.address)
-    peers.append(peer)
-    peer.become_primary()
+def test_failures_beyond_the_details_are_named_in_the_message(primary: Peer) -> None:
     updates = [
         insert(device_entry(f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", i % 100 + 1))
         for i in range(1000)
@@ -349,7 +348,7 @@ def test_failures_beyond_the_details_are_named_in_the_message(
     for bad in (700, 999):
         updates[bad].entity.table_entry.action.action.params[0].value = b"\xff\xff"
     with pytest.raises(grpc.RpcError) as written:
-        peer.write(*updates)
+        primary.write(*updates)
     status = details_status(written.value)
     errors = errors_of(status)
     assert {e.canonical_code for e in errors} == {rpc_code.OK} and len(errors) < 700
@@ -358,9 +357,7 @@ def test_failures_beyond_the_details_are_named_in_the_message(
         f"0-{len(errors) - 1} only, 2 failed update(s) after them are not listed; first: update "
         "700: INVALID_ARGUMENT: action IngressImpl.set_device parameter device_id: 65535 is out"
     )
-    read = p4r.ReadRequest(device_id=0)
-    read.entities.add().table_entry.table_id = SCHEMA.table("device_table").id
-    assert sum(len(r.entities) for r in peer.stub.Read(read, timeout=10)) == 998
+    assert primary.devices() == 998
 
 
 # Flags ------------------------------------------------------------------------------------------
