@@ -6,11 +6,14 @@ and sends it one Write from this process over loopback gRPC:
 
 - `valid` (the baseline): one valid device_table entry;
 - `value_<N>mib`: one device_table entry whose 48-bit source MAC is N MiB of 0xff;
-- `batch_<N>`: N inserts whose set_device id is beyond MAX_DEVICES, every one refused.
+- `batch_<N>`: N inserts whose set_device id is beyond MAX_DEVICES, every one refused;
+- `idle_streams_<N>`: the valid Write and a Capabilities call (5 s deadline each) while N more
+  StreamChannels are open and idle.
 
 Reported per case: the server's peak resident memory and its ratio to the baseline's, the
 longest line and the size of its log, the status code the client got, the length of its
-message and of the trailing metadata, and the seconds the Write took.
+message and of the trailing metadata, the seconds the Write took, and with idle streams how
+many of them the switch refused and how long Capabilities took.
 
     .venv/bin/python -m benchmarks.bench_refswitch_hostile [--value-mib 100 48] [--batch 50000]
 """
@@ -75,8 +78,15 @@ def _arbitrate(done: threading.Event) -> Iterator[p4r.StreamMessageRequest]:
     done.wait()
 
 
-def case(updates: list[p4r.Update]) -> dict[str, Any]:
-    """Send one Write of `updates` to a fresh server process; what it cost and what came back."""
+def _idle(done: threading.Event) -> Iterator[p4r.StreamMessageRequest]:
+    done.wait()
+    yield from ()
+
+
+def case(updates: list[p4r.Update], idle_streams: int = 0) -> dict[str, Any]:
+    """Send one Write of `updates` to a fresh server process, `idle_streams` StreamChannels open
+    beside it; what it cost and what came back."""
+    timeout = 5.0 if idle_streams else 600.0
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "switch.log"
@@ -96,20 +106,31 @@ def case(updates: list[p4r.Update]) -> dict[str, Any]:
             done = threading.Event()
             stream = stub.StreamChannel(_arbitrate(done))
             next(stream)
+            idle = [stub.StreamChannel(_idle(done)) for _ in range(idle_streams)]
+            time.sleep(1.0 if idle_streams else 0.0)
+            refused = sum(call.done() for call in idle)  # type: ignore[attr-defined]
+            start = time.perf_counter()
+            try:
+                stub.Capabilities(p4r.CapabilitiesRequest(), timeout=timeout)
+                capabilities = "OK"
+            except grpc.RpcError as exc:
+                capabilities = exc.code().name
+            capabilities_seconds = time.perf_counter() - start
             request = p4r.WriteRequest(device_id=0)
             request.election_id.low = 1
             request.updates.extend(updates)
             request_mb = request.ByteSize() / 2**20
             start = time.perf_counter()
             try:
-                stub.Write(request, timeout=600)
+                stub.Write(request, timeout=timeout)
                 code, message, trailer = "OK", "", 0
             except grpc.RpcError as exc:
                 code, message = exc.code().name, exc.details() or ""
                 trailer = sum(len(m.key) + len(m.value) for m in exc.trailing_metadata() or ())
             seconds = time.perf_counter() - start
             done.set()
-            stream.cancel()
+            for call in (stream, *idle):
+                call.cancel()
             channel.close()
             parent.send("report")
             server_peak = parent.recv()
@@ -126,6 +147,9 @@ def case(updates: list[p4r.Update]) -> dict[str, Any]:
         "message_start": message[:160],
         "trailer_bytes": trailer,
         "seconds": seconds,
+        "idle_streams_refused": refused,
+        "capabilities": capabilities,
+        "capabilities_seconds": capabilities_seconds,
     }
 
 
@@ -134,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--value-mib", type=int, nargs="*", default=[100, 48])
     parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--idle-streams", type=int, default=40)
     args = parser.parse_args()
     schema = P4Schema.load(P4INFO)
     max_devices = schema.contract.max_devices
@@ -141,6 +166,9 @@ def main() -> None:
     baseline = results["valid"]["server_peak_rss_mb"]
     for mib in args.value_mib:
         results[f"value_{mib}mib"] = case([_entry(schema, b"\xff" * (mib << 20), 1)])
+    results[f"idle_streams_{args.idle_streams}"] = case(
+        [_entry(schema, b"\x02" + bytes(5), 1)], args.idle_streams
+    )
     results[f"batch_{args.batch}"] = case(
         [_entry(schema, (i + 1).to_bytes(6, "big"), max_devices) for i in range(args.batch)]
     )
