@@ -9,6 +9,12 @@ program the switch and read its counters over gRPC while a replay runs; `--repla
 holds the replay until a pipeline is committed, `--replay-start signal` until SIGUSR1 (sent by the
 controller once its tables are written). `--counters-out FILE.json` writes the final counters when
 the replay is done, and `--exit-when-done` then stops the switch.
+
+Serving: `--tls-cert`/`--tls-key` serve P4Runtime over TLS, `--tls-ca` then also requires client
+certificates signed by that CA. A client (a host) holds at most `--max-streams-per-client`
+StreamChannels and all clients at most `--max-streams`; Read, Write, Capabilities and the
+pipeline RPCs keep `--unary-workers` threads of their own, so idle streams cannot starve them.
+Requests above `--max-request-mib` are refused by gRPC with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ from pathlib import Path
 
 from finsy.proto import p4r
 
+from controller.base.checks import PORT_LIMIT, check_device_id, check_grpc_addr, check_port
 from controller.base.command import LOG_FORMAT, LOG_LEVELS, run_command
 from controller.base.errors import InputError
 from controller.base.fileio import write_text_atomically
 from controller.base.p4info import P4Schema
+from refswitch.limits import ServerLimits
 from refswitch.ports import Ports, parse_binding
 from refswitch.server import P4RuntimeServer
 from refswitch.status import P4RuntimeError
 from refswitch.switch import Switch
+from refswitch.tls import server_tls
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="P4Runtime server address (default: 127.0.0.1:9559)",
     )
     parser.add_argument("--device-id", type=int, default=0, help="P4Runtime device id (default 0)")
+    defaults = ServerLimits()
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=defaults.max_streams,
+        help=f"StreamChannels open at once, all clients together (default {defaults.max_streams})",
+    )
+    parser.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=defaults.max_streams_per_client,
+        help="StreamChannels open at once from one client host "
+        f"(default {defaults.max_streams_per_client})",
+    )
+    parser.add_argument(
+        "--unary-workers",
+        type=int,
+        default=defaults.unary_workers,
+        help="threads kept for Read, Write, Capabilities and the pipeline RPCs "
+        f"(default {defaults.unary_workers})",
+    )
+    parser.add_argument(
+        "--max-request-mib",
+        type=int,
+        default=defaults.max_request_mib,
+        help="largest request accepted, in MiB; larger ones get RESOURCE_EXHAUSTED "
+        f"(default {defaults.max_request_mib})",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="require client certificates signed by this CA (PEM; needs --tls-cert/--tls-key)",
+    )
     parser.add_argument(
         "-i",
         "--interface",
@@ -99,7 +143,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model another DIGEST_REPEAT_US than the one the pushed P4Info carries "
         "(default: the P4Info's, from @svcfp_contract)",
     )
-    parser.add_argument("--cpu-port", type=int, help="port whose frames become PacketIn messages")
+    parser.add_argument(
+        "--cpu-port",
+        type=int,
+        help=f"port whose frames become PacketIn messages (0..{PORT_LIMIT - 1})",
+    )
     parser.add_argument("--log-file", type=Path, help="this switch's log file")
     parser.add_argument("--p4info", type=Path, help="preload a pipeline from this P4Info")
     parser.add_argument(
@@ -119,6 +167,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the switch until SIGTERM/SIGINT (or the end of the replays with --exit-when-done)."""
     if args.exit_when_done and not args.pcap_in:
         raise InputError("--exit-when-done needs at least one --pcap-in")
+    check_grpc_addr(args.grpc_addr, listen=True)
+    check_device_id(args.device_id)
+    if args.cpu_port is not None:
+        check_port("--cpu-port", args.cpu_port)
+    limits = ServerLimits(
+        max_streams=args.max_streams,
+        max_streams_per_client=args.max_streams_per_client,
+        unary_workers=args.unary_workers,
+        max_request_mib=args.max_request_mib,
+    )
+    tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca)
     _plain_loggers()
     if args.log_file:
         _log_to(args.log_file)
@@ -142,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if args.p4info:
             _preload(switch, args.p4info, args.bmv2_json)
         try:
-            server = P4RuntimeServer(switch, args.grpc_addr).start()
+            server = P4RuntimeServer(switch, args.grpc_addr, limits, tls).start()
         except (OSError, RuntimeError) as exc:
             raise InputError(f"--grpc-addr {args.grpc_addr}: cannot listen: {exc}") from exc
 

@@ -5,6 +5,12 @@ Behaviour follows the P4Runtime specification and, where the specification leave
 `p4.v1.Error` per update; register reads are UNIMPLEMENTED; arbitration answers OK to the primary
 and ALREADY_EXISTS to backups. Read responses are passed to gRPC as pre-encoded bytes, so a wildcard
 counter read is encoded once, vectorised (see `controller.base.wire`).
+
+Where a client could make the switch unusable, it is bounded instead (`refswitch.limits`): open
+StreamChannels, the size of a request, and the write errors a trailer carries. gRPC clients
+refuse trailers beyond 8-16 KiB, so the details of a failed Write hold the errors of its first
+updates up to a budget (as a prefix, so detail i is still update i) and the message counts the
+failures beyond them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -22,15 +28,29 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
-from refswitch.status import P4RuntimeError, invalid_argument, not_found, unimplemented
+from refswitch.limits import ServerLimits, StreamAdmission, client_of
+from refswitch.status import (
+    P4RuntimeError,
+    bounded,
+    invalid_argument,
+    not_found,
+    unimplemented,
+)
 from refswitch.switch import Switch
+from refswitch.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
 P4RUNTIME_API_VERSION = "1.4.1"
 _SERVICE = "p4.v1.P4Runtime"
-_MAX_MESSAGE = 256 << 20
+# What a response may be: a wildcard read of a whole counter array fits.
+_MAX_RESPONSE = 256 << 20
 _NOT_PRIMARY = "Not primary"
+# Serialized bytes of the google.rpc.Status a failed Write's trailer carries (base64 on the
+# wire); with the message, the trailer stays below gRPC's default 8 KiB metadata limit.
+DETAILS_BUDGET = 3072
+# Characters of one update's error inside the details, and of the first one in the message.
+_DETAIL_MESSAGE = 320
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:
@@ -150,8 +170,10 @@ class Arbitration:
 class P4RuntimeService:
     """The P4Runtime RPCs over one `Switch`."""
 
-    def __init__(self, switch: Switch) -> None:
+    def __init__(self, switch: Switch, limits: ServerLimits | None = None) -> None:
         self.switch = switch
+        self.limits = limits or ServerLimits()
+        self.streams = StreamAdmission(self.limits)
         self.arbitration = Arbitration(switch.device_id)
         switch.set_digest_sender(self.arbitration.send_to_primary)
         switch.set_packet_in(self._packet_in)
@@ -220,7 +242,7 @@ class P4RuntimeService:
             results = self.switch.write(list(request.updates))
         except P4RuntimeError as exc:
             self._abort(context, exc)
-        failures = [r for r in results if r is not None]
+        failures = [i for i, r in enumerate(results) if r is not None]
         kinds = Counter(
             f"{p4r.Update.Type.Name(u.type)} {u.entity.WhichOneof('entity')}"
             for u in request.updates
@@ -232,21 +254,13 @@ class P4RuntimeService:
             ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())),
         )
         if failures:
-            for failure in failures[:10]:
-                log.info("write error: %s", failure)
-            status = rpc_status.Status(code=rpc_code.UNKNOWN, message="Write failure.")
-            for result in results:
-                error = p4r.Error(canonical_code=rpc_code.OK)
-                if result is not None:
-                    error.canonical_code = result.code
-                    error.message = result.message
-                detail = any_pb2.Any()
-                detail.Pack(error)
-                status.details.append(detail)
+            for index in failures[:10]:
+                log.info("write error: update %d: %s", index, results[index])
+            status = write_failure(results, failures)
             context.set_trailing_metadata(
                 (("grpc-status-details-bin", status.SerializeToString()),)
             )
-            context.abort(grpc.StatusCode.UNKNOWN, "Write failure.")
+            context.abort(grpc.StatusCode.UNKNOWN, status.message)
         return p4r.WriteResponse()
 
     def read(self, request: p4r.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -262,6 +276,18 @@ class P4RuntimeService:
         self, requests: Iterator[p4r.StreamMessageRequest], context: grpc.ServicerContext
     ) -> Iterator[p4r.StreamMessageResponse]:
         """Arbitration, digest lists and acks for one controller connection."""
+        client = client_of(context.peer())
+        refused = self.streams.admit(client)
+        if refused is not None:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+        try:
+            yield from self._stream_channel(requests, context)
+        finally:
+            self.streams.release(client)
+
+    def _stream_channel(
+        self, requests: Iterator[p4r.StreamMessageRequest], context: grpc.ServicerContext
+    ) -> Iterator[p4r.StreamMessageResponse]:
         stream = _Stream()
         reader = threading.Thread(
             target=self._read_stream, args=(stream, requests), name="stream-reader", daemon=True
@@ -343,21 +369,76 @@ def _packet_out_error(packet: p4r.PacketOut) -> p4r.StreamMessageResponse:
     return message
 
 
-class P4RuntimeServer:
-    """A running gRPC server for one switch; use as a context manager or call stop()."""
+def write_failure(
+    results: Sequence[P4RuntimeError | None], failures: Sequence[int]
+) -> rpc_status.Status:
+    """The status of a Write whose updates at `failures` (indices into `results`) were refused.
 
-    def __init__(self, switch: Switch, address: str = "127.0.0.1:9559", workers: int = 32) -> None:
-        self.service = P4RuntimeService(switch)
+    One p4.v1.Error per update, in order, as far as DETAILS_BUDGET allows; the message counts
+    the failures and those the details leave out, and shows the first.
+    """
+    status = rpc_status.Status(code=rpc_code.UNKNOWN)
+    size = 0
+    shown_failures = 0
+    for result in results:
+        error = p4r.Error(canonical_code=rpc_code.OK)
+        if result is not None:
+            error.canonical_code = result.code
+            error.message = bounded(result.message, _DETAIL_MESSAGE)
+        detail = any_pb2.Any()
+        detail.Pack(error)
+        # The field's tag and length take 3 bytes at most for a detail this small.
+        cost = detail.ByteSize() + 3
+        if size + cost > DETAILS_BUDGET:
+            break
+        status.details.append(detail)
+        size += cost
+        shown_failures += result is not None
+    message = f"Write failure: {len(failures)} of {len(results)} updates failed"
+    shown = len(status.details)
+    if shown < len(results):
+        message += (
+            f"; the details hold the errors of updates 0-{shown - 1} only, "
+            f"{len(failures) - shown_failures} failed update(s) after them are not listed"
+        )
+    first = failures[0]
+    status.message = f"{message}; first: update {first}: " + bounded(
+        str(results[first]), _DETAIL_MESSAGE
+    )
+    return status
+
+
+class P4RuntimeServer:
+    """A running gRPC server for one switch; use as a context manager or call stop().
+
+    `limits` bounds streams, threads and request size (`refswitch.limits`); `tls` serves TLS
+    instead of plaintext.
+    """
+
+    def __init__(
+        self,
+        switch: Switch,
+        address: str = "127.0.0.1:9559",
+        limits: ServerLimits | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
+        self.limits = limits or ServerLimits()
+        self.service = P4RuntimeService(switch, self.limits)
+        self.tls = tls
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p4rt"),
+            futures.ThreadPoolExecutor(max_workers=self.limits.workers, thread_name_prefix="p4rt"),
             options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_RESPONSE),
+                ("grpc.max_receive_message_length", self.limits.max_request_bytes),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=self.limits.concurrent_rpcs,
         )
         self._server.add_generic_rpc_handlers((self.service.handler(),))
-        self.port = self._server.add_insecure_port(address)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         host = address.rsplit(":", 1)[0]
@@ -366,8 +447,21 @@ class P4RuntimeServer:
     def start(self) -> P4RuntimeServer:
         """Start serving."""
         self._server.start()
+        limits = self.limits
         log.info(
-            "P4Runtime server for device %d on %s", self.service.switch.device_id, self.address
+            "P4Runtime server for device %d on %s (%s): requests up to %d MiB, at most %d "
+            "StreamChannels (%d per client), %d threads for the other RPCs",
+            self.service.switch.device_id,
+            self.address,
+            "plaintext"
+            if self.tls is None
+            else "TLS, client certificates required"
+            if self.tls.mutual
+            else "TLS",
+            limits.max_request_mib,
+            limits.max_streams,
+            limits.max_streams_per_client,
+            limits.unary_workers,
         )
         return self
 

@@ -21,6 +21,7 @@ from refswitch.status import (
     already_exists,
     invalid_argument,
     not_found,
+    shown_bytes,
     unimplemented,
 )
 
@@ -53,13 +54,26 @@ class Entry:
 
 
 def decode_bytestring(data: bytes, bitwidth: int, what: str) -> int:
-    """A P4Runtime bytestring as an int, checking it fits `bitwidth` bits."""
+    """A P4Runtime bytestring as an int, checking it fits `bitwidth` bits.
+
+    Leading zero bytes beyond the width are accepted (P4Runtime allows non-canonical strings);
+    a longer value is refused before it is converted, and the error shows only its start.
+    """
     if not data:
         raise invalid_argument(f"{what}: empty bytestring")
+    excess = len(data) - (bitwidth + 7) // 8
+    if excess > 0:
+        if data.count(0, 0, excess) != excess:
+            raise _too_wide(data, bitwidth, what)
+        data = data[excess:]
     value = int.from_bytes(data, "big")
     if value >> bitwidth:
-        raise invalid_argument(f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
+        raise _too_wide(data, bitwidth, what)
     return value
+
+
+def _too_wide(data: bytes, bitwidth: int, what: str) -> P4RuntimeError:
+    return invalid_argument(f"{what}: value {shown_bytes(data)} does not fit in {bitwidth} bits")
 
 
 class TableStore:

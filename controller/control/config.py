@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from controller.base.checks import UINT64_LIMIT, check_device_id, check_grpc_addr, check_port
 from controller.base.errors import InputError
 from controller.base.fileio import read_json
 from controller.base.p4info import normalize_mac
@@ -25,9 +26,6 @@ from controller.p4rt.session import Role, TlsOptions
 # Read-only clients (a monitor, an operator's p4runtime-shell at 0,1) stay below the primary.
 PRIMARY_ELECTION_ID = (0, 10)
 MONITOR_ELECTION_ID = (0, 5)
-# v1model ports are 9 bits wide.
-PORT_LIMIT = 512
-UINT64_LIMIT = 2**64
 # Shorter intervals or units than this are a busy loop rather than a measurement.
 MIN_SECONDS = 0.01
 # Idle devices registered from digests are evicted after this many time units by default.
@@ -40,23 +38,6 @@ def check_seconds(name: str, value: float, *, minimum: float = MIN_SECONDS) -> f
     if not math.isfinite(value) or value < minimum:
         raise InputError(f"{name} {value!r}: expected a finite number of seconds ≥ {minimum:g}")
     return value
-
-
-def check_port(name: str, port: int) -> int:
-    """`port` if it is a switch port number (9 bits), else InputError."""
-    if not 0 <= port < PORT_LIMIT:
-        raise InputError(f"{name} {port}: switch ports lie in 0..{PORT_LIMIT - 1}")
-    return port
-
-
-def check_grpc_addr(addr: str) -> str:
-    """`addr` if it is HOST:PORT (IPv6 hosts in brackets) with a port in 1..65535."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"--grpc-addr {addr!r}: expected HOST:PORT with a port in 1..65535")
-    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        raise InputError(f"--grpc-addr {addr!r}: write an IPv6 host in brackets, e.g. [::1]:9559")
-    return addr
 
 
 @dataclass(frozen=True)
@@ -81,8 +62,7 @@ class SwitchSpec:
         if not self.name:
             raise InputError("a switch needs a name")
         check_grpc_addr(self.grpc_addr)
-        if not 0 <= self.device_id < UINT64_LIMIT:
-            raise InputError(f"--device-id {self.device_id}: P4Runtime device ids lie in 0..2^64-1")
+        check_device_id(self.device_id)
         for port in self.ports:
             check_port("--ports: port", port)
         for mac, port in self.l2.items():

@@ -35,6 +35,8 @@ _READ_METHOD = "/p4.v1.P4Runtime/Read"
 _DETAILS_KEY = "grpc-status-details-bin"
 # One connection attempt waits this long before the channel is dropped and rebuilt.
 _ATTEMPT_TIMEOUT = 2.0
+# How long the RPC that asks why a connection failed may take.
+_PROBE_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ class Session:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         except TimeoutError:
-            raise _Retry(f"no connection within {timeout:.1f} s") from None
+            reason = await _connection_failure(channel, self.target.tls is not None)
+            raise _Retry(f"no connection within {timeout:.1f} s{reason}") from None
         self._stub = p4r_grpc.P4RuntimeStub(channel)
         self._read_raw = channel.unary_stream(
             _READ_METHOD,
@@ -526,6 +529,31 @@ class Session:
                 except grpc.aio.AioRpcError as exc:
                     log.warning("%s: digest ack failed: %s", self.target.describe(), exc.details())
             yield digest
+
+
+async def _connection_failure(channel: grpc.aio.Channel, tls: bool) -> str:
+    """Why `channel` does not connect, as gRPC last saw it (a refused port, a TLS handshake).
+
+    channel_ready() only waits; an RPC that does not wait for the channel carries the reason.
+    """
+    try:
+        await p4r_grpc.P4RuntimeStub(channel).Capabilities(
+            p4r.CapabilitiesRequest(), timeout=_PROBE_TIMEOUT, wait_for_ready=False
+        )
+    except grpc.aio.AioRpcError as exc:
+        reason = exc.details() or exc.code().name
+    else:
+        return ""
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        reason += "; --tls-ca must name the CA that signed the switch's certificate"
+    elif "Socket closed" in reason:
+        reason += (
+            "; a switch that requires client certificates closes connections without an "
+            "accepted one: check --tls-cert and --tls-key"
+            if tls
+            else "; a switch that serves TLS closes plaintext connections: give --tls-ca"
+        )
+    return f" ({reason})"
 
 
 class _Retry(SwitchError):

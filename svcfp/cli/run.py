@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from controller.base.checks import PORT_LIMIT
 from controller.base.errors import InputError
 from controller.base.logformat import LOG_FORMATS, configure_logging
 from controller.control import controller as control_loop
@@ -14,7 +15,6 @@ from controller.control.alerts import DEFAULT_HISTORY_THRESHOLD, AlertSettings
 from controller.control.config import (
     DEFAULT_IDLE_UNITS,
     MONITOR_ELECTION_ID,
-    PORT_LIMIT,
     PRIMARY_ELECTION_ID,
     RegisterRate,
     RunConfig,
