@@ -4,7 +4,6 @@ compiler compared with the committed P4Info."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,7 @@ def test_device_config_of_a_compiler_output_folder(tmp_path: Path) -> None:
         + (2).to_bytes(4, "little")
         + b"{}"
     )
-    with pytest.raises(InputError, match="tofino2.bin"):
+    with pytest.raises(InputError, match=r"tofino2\.bin"):
         tofino.device_config(tmp_path, "fingerprint_tna", "tofino2")
 
 
@@ -152,25 +151,25 @@ def barefoot_form(standard: p4i.P4Info) -> p4i.P4Info:
         instance.info.type_url = "type.googleapis.com/barefoot.Counter"
         instance.info.value = _field(1, item.spec.SerializeToString()) + _field(2, item.size)
     register = message.externs.add(extern_type_id=139, extern_type_name="Register")
-    for number, item in enumerate(standard.registers):
+    for number, cache in enumerate(standard.registers):
         instance = register.instances.add()
-        instance.preamble.CopyFrom(item.preamble)
+        instance.preamble.CopyFrom(cache.preamble)
         instance.preamble.id = 0x8B000001 + number
-        instance.preamble.name = "pipe." + item.preamble.name
+        instance.preamble.name = "pipe." + cache.preamble.name
         instance.info.type_url = "type.googleapis.com/barefoot.Register"
         instance.info.value = (
-            _field(1, item.type_spec.SerializeToString())
-            + _field(2, item.size)
-            + _field(3, item.preamble.name.encode())
+            _field(1, cache.type_spec.SerializeToString())
+            + _field(2, cache.size)
+            + _field(3, cache.preamble.name.encode())
         )
     digest = message.externs.add(extern_type_id=142, extern_type_name="Digest")
-    for item in standard.digests:
+    for announced in standard.digests:
         instance = digest.instances.add()
-        instance.preamble.CopyFrom(item.preamble)
+        instance.preamble.CopyFrom(announced.preamble)
         instance.preamble.id = 0x8E000001
-        instance.preamble.name = "pipe." + item.preamble.name
+        instance.preamble.name = "pipe." + announced.preamble.name
         instance.info.type_url = "type.googleapis.com/barefoot.Digest"
-        instance.info.value = _field(1, item.type_spec.SerializeToString())
+        instance.info.value = _field(1, announced.type_spec.SerializeToString())
     return message
 
 
@@ -259,9 +258,11 @@ def test_fresh_compile_matches_the_committed_p4info_and_fits(tmp_path: Path, chi
 def test_a_layout_beyond_one_stage_does_not_fit_and_says_why(tmp_path: Path) -> None:
     assert P4C is not None
     attempts = tofino.search_layouts(
-        P4C, TNA_SOURCE, tmp_path, "tofino", services=(256,), max_devices=4096
+        P4C, TNA_SOURCE, tmp_path, "tofino", services=(256,), step=256, first=256
     )
-    best = tofino.largest(attempts)
-    assert best is not None and attempts[-1].resources is None
-    assert attempts[-1].devices == best.devices * 2
-    shutil.rmtree(tmp_path)
+    assert [(a.devices, a.resources is not None) for a in attempts] == [(256, True), (512, False)]
+    assert "131072 entries of Counter IngressImpl.service_hits" in attempts[1].reason
+    assert tofino.largest(attempts) is attempts[0]
+    table = tofino.layouts_table(attempts)
+    assert "| Tofino 1 | 256 | 256 | 65536 |" in table
+    assert "| 512: Could not place table" in table

@@ -97,6 +97,8 @@ def type_width(type_spec: Any, p4info: Any) -> int:
         members = p4info.type_info.structs[type_spec.struct.name].members
         return sum(type_width(member.type_spec, p4info) for member in members)
     return 0
+
+
 DIGEST_MEMBERS: tuple[tuple[str, int], ...] = (("mac", 48), ("port", 9))
 
 

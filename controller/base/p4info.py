@@ -198,8 +198,9 @@ def standard_form(p4info: p4i.P4Info) -> p4i.P4Info:
     ]
     if not barefoot:
         return p4info
-    pipes = {t.preamble.name.split(".")[0] for t in p4info.tables if t.preamble.name.count(".") >= 2}
-    pipes |= {i.preamble.name.split(".")[0] for _, i in barefoot if "." in i.preamble.name}
+    # Barefoot names are <pipeline>.<control>.<object>: the first part of any three-part name.
+    named = [t.preamble.name for t in p4info.tables] + [i.preamble.name for _, i in barefoot]
+    pipes = {name.split(".")[0] for name in named if name.count(".") >= 2}
 
     def unpiped(preamble: p4i.Preamble) -> None:
         first, _, rest = preamble.name.partition(".")

@@ -307,6 +307,14 @@ class Attempt:
     reason: str = ""
 
 
+def _why(error: SvcfpError) -> str:
+    """The compiler's first error of a failed build, without its file and line."""
+    for line in str(error).splitlines():
+        if "error:" in line:
+            return re.sub(r"^.*?error: (\S+\(\d+\): )?", "", line).strip()
+    return str(error).splitlines()[-1] if str(error) else "failed"
+
+
 def search_layouts(
     p4c: Path,
     source: Path,
@@ -315,24 +323,47 @@ def search_layouts(
     services: Sequence[int] = (64, 128, 256),
     max_devices: int = 65536,
     budget_seconds: float = 900.0,
+    step: int = 32,
+    first: int = 64,
 ) -> list[Attempt]:
-    """For each MAX_SERVICES, MAX_DEVICES doubling from 64 until the build no longer fits (or
-    reaches `max_devices`); stops early once `budget_seconds` are spent."""
+    """For each MAX_SERVICES, MAX_DEVICES doubling from `first` until the build no longer fits (or
+    reaches `max_devices`), then halving the gap between the largest that fit and the smallest
+    that did not down to `step` devices; stops early once `budget_seconds` are spent."""
     spec = CHIPS[chip]
     attempts: list[Attempt] = []
     started = time.monotonic()
+
+    def attempt(devices: int, per_device: int) -> Attempt:
+        defines = {"MAX_DEVICES": str(devices), "MAX_SERVICES": str(per_device)}
+        folder = out / f"{chip}-{devices}x{per_device}"
+        try:
+            result = compile_tna(p4c, source, folder, chip, defines)
+        except SvcfpError as exc:
+            found = Attempt(spec, devices, per_device, None, _why(exc))
+        else:
+            found = Attempt(spec, devices, per_device, read_resources(result.logs))
+        shutil.rmtree(folder, ignore_errors=True)
+        attempts.append(found)
+        return found
+
+    def in_budget() -> bool:
+        return time.monotonic() - started < budget_seconds
+
     for per_device in services:
-        devices = 64
-        while devices <= max_devices and time.monotonic() - started < budget_seconds:
-            defines = {"MAX_DEVICES": str(devices), "MAX_SERVICES": str(per_device)}
-            try:
-                result = compile_tna(p4c, source, out / f"{chip}-{devices}x{per_device}", chip, defines)
-            except SvcfpError as exc:
-                reason = str(exc).splitlines()[-1] if str(exc).splitlines() else str(exc)
-                attempts.append(Attempt(spec, devices, per_device, None, reason))
+        fits, fails = 0, 0
+        devices = first
+        while devices <= max_devices and in_budget():
+            if attempt(devices, per_device).resources is None:
+                fails = devices
                 break
-            attempts.append(Attempt(spec, devices, per_device, read_resources(result.logs)))
+            fits = devices
             devices *= 2
+        while fits and fails and fails - fits > step and in_budget():
+            middle = (fits + fails) // 2 // step * step
+            if attempt(middle, per_device).resources is None:
+                fails = middle
+            else:
+                fits = middle
     return attempts
 
 
@@ -347,7 +378,7 @@ def layouts_table(attempts: Sequence[Attempt]) -> str:
     MAX_DEVICES that fits and the first that does not."""
     lines = [
         "| chip | MAX_SERVICES | largest MAX_DEVICES that fits | counter cells | stages | "
-        "SRAM blocks | map RAMs | next size up |\n",
+        "SRAM blocks | map RAMs | smallest MAX_DEVICES that does not fit |\n",
         "|---|---|---|---|---|---|---|---|\n",
     ]
     groups: dict[tuple[str, int], list[Attempt]] = {}
@@ -355,12 +386,9 @@ def layouts_table(attempts: Sequence[Attempt]) -> str:
         groups.setdefault((attempt.chip.title, attempt.services), []).append(attempt)
     for (title, per_device), group in groups.items():
         best = largest(group)
-        failed = next((a for a in group if a.resources is None), None)
-        next_up = (
-            f"{failed.devices}: does not fit ({failed.reason.strip().replace('|', '/')[:90]})"
-            if failed
-            else "not tried"
-        )
+        failures = [a for a in group if a.resources is None]
+        failed = min(failures, key=lambda a: a.devices, default=None)
+        next_up = f"{failed.devices}: {failed.reason.replace('|', '/')}" if failed else "not tried"
         if best is None or best.resources is None:
             lines.append(f"| {title} | {per_device} | none | | | | | {next_up} |\n")
             continue
@@ -410,9 +438,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         attempts = [
             attempt
             for chip in CHIPS
-            for attempt in search_layouts(
-                p4c, args.p4, args.out, chip, budget_seconds=args.budget
-            )
+            for attempt in search_layouts(p4c, args.p4, args.out, chip, budget_seconds=args.budget)
         ]
         text = args.readme.read_text()
         args.readme.write_text(
