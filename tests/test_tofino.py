@@ -5,6 +5,7 @@ compiler compared with the committed P4Info."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from finsy.proto import p4i
@@ -142,34 +143,24 @@ def barefoot_form(standard: p4i.P4Info) -> p4i.P4Info:
     del message.counters[:], message.registers[:], message.digests[:]
     for table in message.tables:
         table.preamble.name = "pipe." + table.preamble.name
-    counter = message.externs.add(extern_type_id=131, extern_type_name="Counter")
-    for item in standard.counters:
-        instance = counter.instances.add()
-        instance.preamble.CopyFrom(item.preamble)
-        instance.preamble.id = 0x83000001
-        instance.preamble.name = "pipe." + item.preamble.name
-        instance.info.type_url = "type.googleapis.com/barefoot.Counter"
-        instance.info.value = _field(1, item.spec.SerializeToString()) + _field(2, item.size)
-    register = message.externs.add(extern_type_id=139, extern_type_name="Register")
-    for number, cache in enumerate(standard.registers):
-        instance = register.instances.add()
-        instance.preamble.CopyFrom(cache.preamble)
-        instance.preamble.id = 0x8B000001 + number
-        instance.preamble.name = "pipe." + cache.preamble.name
-        instance.info.type_url = "type.googleapis.com/barefoot.Register"
-        instance.info.value = (
-            _field(1, cache.type_spec.SerializeToString())
-            + _field(2, cache.size)
-            + _field(3, cache.preamble.name.encode())
-        )
-    digest = message.externs.add(extern_type_id=142, extern_type_name="Digest")
-    for announced in standard.digests:
-        instance = digest.instances.add()
-        instance.preamble.CopyFrom(announced.preamble)
-        instance.preamble.id = 0x8E000001
-        instance.preamble.name = "pipe." + announced.preamble.name
-        instance.info.type_url = "type.googleapis.com/barefoot.Digest"
-        instance.info.value = _field(1, announced.type_spec.SerializeToString())
+    kinds: list[tuple[int, str, int, Any]] = [
+        (131, "Counter", 0x83000001, standard.counters),
+        (139, "Register", 0x8B000001, standard.registers),
+        (142, "Digest", 0x8E000001, standard.digests),
+    ]
+    for type_id, kind, first_id, items in kinds:
+        extern = message.externs.add(extern_type_id=type_id, extern_type_name=kind)
+        for number, item in enumerate(items):
+            instance = extern.instances.add()
+            instance.preamble.CopyFrom(item.preamble)
+            instance.preamble.id = first_id + number
+            instance.preamble.name = "pipe." + item.preamble.name
+            instance.info.type_url = f"type.googleapis.com/barefoot.{kind}"
+            spec = item.spec if kind == "Counter" else item.type_spec
+            info = _field(1, spec.SerializeToString())
+            if kind != "Digest":
+                info += _field(2, item.size)
+            instance.info.value = info
     return message
 
 

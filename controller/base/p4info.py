@@ -212,25 +212,23 @@ def standard_form(p4info: p4i.P4Info) -> p4i.P4Info:
     del standard.externs[:]
     for table in standard.tables:
         unpiped(table.preamble)
+    targets: dict[str, Any] = {
+        "Counter": standard.counters,
+        "Register": standard.registers,
+        "Digest": standard.digests,
+    }
     for kind, instance in barefoot:
+        # barefoot.Counter {spec = 1; size = 2}, barefoot.Register {type_spec = 1; size = 2; ...},
+        # barefoot.Digest {type_spec = 1}: field 1 is the standard entry's spec or type_spec.
         fields = _wire_fields(instance.info.value)
-        if kind == "Counter":
-            counter = standard.counters.add()
-            counter.preamble.CopyFrom(instance.preamble)
-            counter.spec.ParseFromString(_first(fields, 1, b""))
-            counter.size = _first(fields, 2, 0)
-            unpiped(counter.preamble)
-        elif kind == "Register":
-            register = standard.registers.add()
-            register.preamble.CopyFrom(instance.preamble)
-            register.type_spec.ParseFromString(_first(fields, 1, b""))
-            register.size = _first(fields, 2, 0)
-            unpiped(register.preamble)
-        elif kind == "Digest":
-            digest = standard.digests.add()
-            digest.preamble.CopyFrom(instance.preamble)
-            digest.type_spec.ParseFromString(_first(fields, 1, b""))
-            unpiped(digest.preamble)
+        entry: Any = targets[kind].add()
+        entry.preamble.CopyFrom(instance.preamble)
+        unpiped(entry.preamble)
+        (entry.spec if kind == "Counter" else entry.type_spec).ParseFromString(
+            _first(fields, 1, b"")
+        )
+        if kind != "Digest":
+            entry.size = _first(fields, 2, 0)
     standard.externs.extend(
         e for e in p4info.externs if e.extern_type_name not in _BAREFOOT_STANDARD
     )
