@@ -246,6 +246,27 @@ def test_fresh_compile_matches_the_committed_p4info_and_fits(tmp_path: Path, chi
 
 
 @needs_compiler
+def test_the_barefoot_form_the_compiler_writes_reads_as_the_committed_p4info(
+    tmp_path: Path,
+) -> None:
+    assert P4C is not None
+    build = tofino.compile_tna(P4C, TNA_SOURCE, tmp_path / "out", "tofino", std_externs=False)
+    barefoot, committed = P4Schema.load(build.p4info), P4Schema.load(TNA_P4INFO)
+    assert not barefoot.p4info.counters and barefoot.p4info.externs
+    assert barefoot.contract == committed.contract
+    counter = barefoot.counter(contract.COUNTER)
+    assert counter.id >> 24 == 0x83, "a Barefoot counter id"
+    assert (counter.name, counter.unit, counter.size) == (
+        contract.COUNTER,
+        "BOTH",
+        committed.contract.counter_size,
+    )
+    for name in contract.TABLES:
+        assert barefoot.table(name) == committed.table(name)
+    assert barefoot.digest(contract.NEW_DEVICE_DIGEST).members == contract.DIGEST_MEMBERS
+
+
+@needs_compiler
 def test_a_layout_beyond_one_stage_does_not_fit_and_says_why(tmp_path: Path) -> None:
     assert P4C is not None
     attempts = tofino.search_layouts(

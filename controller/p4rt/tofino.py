@@ -107,9 +107,11 @@ def compile_tna(
     out: Path,
     chip: str = "tofino",
     defines: Mapping[str, str] | None = None,
+    std_externs: bool = True,
 ) -> TofinoBuild:
     """Compile `source` for `chip` with resource logs (`-g`) into `out`; the P4Info is
-    `out/<stem>.p4info.txtpb`. `SvcfpError` carries the compiler's errors when it fails."""
+    `out/<stem>.p4info.txtpb`, or with Barefoot externs (`std_externs` False) the binary
+    `out/<stem>.p4info.bin`. `SvcfpError` carries the compiler's errors when it fails."""
     if not source.is_file():
         raise InputError(f"{source}: P4 source not found")
     try:
@@ -119,7 +121,8 @@ def compile_tna(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    build = TofinoBuild(spec, out, out / f"{source.stem}.p4info.txtpb")
+    suffix = "txtpb" if std_externs else "bin"
+    build = TofinoBuild(spec, out, out / f"{source.stem}.p4info.{suffix}")
     command = [
         str(p4c),
         "--target",
@@ -127,7 +130,7 @@ def compile_tna(
         "--arch",
         spec.arch,
         "-g",
-        "--p4runtime-force-std-externs",
+        *(["--p4runtime-force-std-externs"] if std_externs else []),
         "--p4runtime-files",
         str(build.p4info.resolve()),
         *spec.flags,
