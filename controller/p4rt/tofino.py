@@ -232,8 +232,9 @@ RESOURCES_END = "<!-- tofino-resources:end -->"
 LAYOUTS_BEGIN = "<!-- tofino-layouts:begin (make tofino-layouts rewrites this) -->"
 LAYOUTS_END = "<!-- tofino-layouts:end -->"
 RESOURCE_HEADER = (
-    "| chip | MAX_DEVICES × MAX_SERVICES | counter cells | stages used | SRAM blocks | "
-    "map RAMs | TCAM blocks | PHV containers (bits) |\n"
+    "| chip | MAX_DEVICES × MAX_SERVICES | counter cells | stages used | "
+    "SRAM blocks (mean stage use) | map RAMs | TCAM blocks (mean stage use) | "
+    "PHV containers (bits) |\n"
     "|---|---|---|---|---|---|---|---|\n"
 )
 
