@@ -13,8 +13,8 @@
 #include <tna.p4>
 #endif
 
-// The largest layout that fits Tofino 1 (p4src/README.md, "Tofino"); the v1model defaults of
-// svcfp_headers.p4 (1024 × 256) do not: the counter must sit in one stage.
+// The largest layout with 256 services that fits Tofino 1 (p4src/README.md, "Tofino"); the
+// v1model defaults of svcfp_headers.p4 (1024 × 256) do not: the counter must sit in one stage.
 #ifndef MAX_DEVICES
 #define MAX_DEVICES 256
 #endif
