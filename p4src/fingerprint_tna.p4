@@ -100,8 +100,8 @@
 #error "MAX_DEVICES must be at most 65536"
 #endif
 #define CELL_BITS (DEVICE_BITS + SERVICE_BITS)
-#if (DIGEST_CACHE_SIZE & (DIGEST_CACHE_SIZE - 1)) != 0
-#error "DIGEST_CACHE_SIZE must be a power of two on Tofino"
+#if (DIGEST_CACHE_SIZE & (DIGEST_CACHE_SIZE - 1)) != 0 || DIGEST_CACHE_SIZE > 65536
+#error "DIGEST_CACHE_SIZE must be a power of two up to 65536 on Tofino"
 #endif
 
 // The cache's clock: the ingress MAC timestamp (ns) in units of 1024 ns, 32 bits wide (it wraps

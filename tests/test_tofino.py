@@ -11,7 +11,7 @@ import pytest
 from finsy.proto import p4i
 
 from controller.base import contract
-from controller.base.errors import InputError
+from controller.base.errors import InputError, SvcfpError
 from controller.base.p4info import P4Schema
 from controller.control.config import RunConfig, SwitchSpec
 from controller.control.controller import read_device_config
@@ -278,3 +278,21 @@ def test_a_layout_beyond_one_stage_does_not_fit_and_says_why(tmp_path: Path) -> 
     table = tofino.layouts_table(attempts)
     assert "| Tofino 1 | 256 | 256 | 65536 |" in table
     assert "| 512: Could not place table" in table
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("define", "message"),
+    [
+        ("MAX_SERVICES=100", "MAX_SERVICES must be a power of two"),
+        ("DIGEST_CACHE_SIZE=100", "DIGEST_CACHE_SIZE must be a power of two"),
+    ],
+)
+def test_sizes_tofino_cannot_index_are_refused_naming_the_constant(
+    tmp_path: Path, define: str, message: str
+) -> None:
+    assert P4C is not None
+    name, _, value = define.partition("=")
+    with pytest.raises(SvcfpError, match=message):
+        tofino.compile_tna(P4C, TNA_SOURCE, tmp_path, "tofino", {name: value})
+    assert not (tmp_path / "pipe").exists()

@@ -118,11 +118,12 @@ def compile_tna(
         spec = CHIPS[chip]
     except KeyError:
         raise InputError(f"unknown Tofino chip {chip!r}: expected one of {sorted(CHIPS)}") from None
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     suffix = "txtpb" if std_externs else "bin"
     build = TofinoBuild(spec, out, out / f"{source.stem}.p4info.{suffix}")
+    # A failed run must not leave an earlier run's outputs looking like its own.
+    shutil.rmtree(out / "pipe", ignore_errors=True)
+    build.p4info.unlink(missing_ok=True)
     command = [
         str(p4c),
         "--target",
