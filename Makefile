@@ -13,6 +13,8 @@ PY_PTF := $(VENV_PTF)/bin/python
 
 P4SRC := p4src/fingerprint.p4
 P4INFO := p4src/fingerprint.p4info.txtpb
+P4SRC_TNA := p4src/fingerprint_tna.p4
+P4INFO_TNA := p4src/fingerprint_tna.p4info.txtpb
 BUILD := p4src/build
 # p4c's output for the default sizes is committed beside the source; a build with P4FLAGS
 # (-D overrides) goes to $(BUILD) instead.
@@ -24,13 +26,15 @@ GRPC_ADDR ?= 127.0.0.1:9559
 DEVICE_ID ?= 0
 LOGS := logs
 
-.PHONY: help venv venv-ptf lock demo test check-fresh build ptf run stop shell lint bench clean
+.PHONY: help venv venv-ptf lock demo test check-fresh build tofino-layouts ptf run stop shell lint bench clean
 
 help:
 	@echo "make demo    the main job: emulated IoT devices identified live (reference switch by default; SWITCH=bmv2)"
 	@echo "make test    the test suite (unit, gRPC end-to-end, PTF and Mininet where root is available)"
 	@echo "make check-fresh  make demo and make test on a fresh clone, without mininet and tcpreplay"
 	@echo "make build   compile $(P4SRC) with p4c (if on PATH) into the committed P4Info and BMv2 JSON"
+	@echo "             TARGET=tofino: compile $(P4SRC_TNA) with the Tofino compiler (/opt/p4tofino)"
+	@echo "make tofino-layouts  the largest MAX_DEVICES x MAX_SERVICES that fit Tofino 1 and 2"
 	@echo "make ptf     PTF regression suite against TARGET=refswitch|bmv2"
 	@echo "make run     start a switch and the controller in the background (SWITCH=refswitch|bmv2)"
 	@echo "make stop    stop what 'make run' or 'make demo' started and remove what they created"
@@ -84,8 +88,20 @@ check-fresh: venv
 	  $(PY) -m tests.support.absent $(MAKE) -C "$$clone" demo DEMO_ARGS="--units 36 --grpc-port 0" && \
 	  $(PY) -m tests.support.absent $(MAKE) -C "$$clone" test
 
+# TARGET=tofino compiles the TNA program for Tofino 1 and 2 instead (skipped, saying so, where
+# the Tofino compiler is not installed): its P4Info and the resource table of p4src/README.md.
 build: venv
+ifeq ($(TARGET),tofino)
+	$(PY) -m controller.p4rt.tofino build --p4 $(P4SRC_TNA) --p4info $(P4INFO_TNA) \
+	    --out $(BUILD)/tofino --readme p4src/README.md
+else
 	$(PY) -m controller.p4rt.build --p4 $(P4SRC) --p4info $(P4INFO) --out $(BUILD_OUT) $(P4FLAGS)
+endif
+
+# Compiles at increasing sizes (a few minutes) and rewrites the layout table of p4src/README.md.
+tofino-layouts: venv
+	$(PY) -m controller.p4rt.tofino layouts --p4 $(P4SRC_TNA) --out $(BUILD)/layouts \
+	    --readme p4src/README.md
 
 ptf: venv venv-ptf
 	$(PY) -m ptf_tests.runner --target $(TARGET) --logs $(LOGS)

@@ -1,5 +1,7 @@
 /*
  * svcfp data plane (P4_16, v1model): maps every packet to (device, service) and counts it.
+ * The constants, header types and parse graph it shares with fingerprint_tna.p4 are
+ * svcfp_headers.p4 and svcfp_parser.p4; the v1model metadata, controls and package are here.
  *
  * The contract this program implements — names, IDs, semantics — is p4src/README.md; the
  * reference switch (refswitch/) implements the same contract and the PTF suite checks both.
@@ -8,25 +10,7 @@
 #include <core.p4>
 #include <v1model.p4>
 
-#ifndef MAX_DEVICES
-#define MAX_DEVICES 1024
-#endif
-
-#ifndef MAX_SERVICES
-#define MAX_SERVICES 256
-#endif
-
-#ifndef DIGEST_CACHE_SIZE
-#define DIGEST_CACHE_SIZE 256
-#endif
-
-#ifndef DIGEST_REPEAT_US
-#define DIGEST_REPEAT_US 5000000
-#endif
-
-#ifndef FLOOD_GROUP
-#define FLOOD_GROUP 1
-#endif
+#include "svcfp_headers.p4"
 
 // Headers whose fields contradict themselves: parsing stops there with one of these errors, the
 // packet still goes through ingress (v1model does not drop on a parser error) and is forwarded,
@@ -35,117 +19,6 @@ error {
     Ipv4BadVersion,
     Ipv4BadTotalLength,
     TcpBadDataOffset
-}
-
-const bit<16> ETHERTYPE_IPV4 = 0x0800;
-const bit<16> ETHERTYPE_ARP  = 0x0806;
-const bit<16> ETHERTYPE_VLAN = 0x8100;
-const bit<16> ETHERTYPE_IPV6 = 0x86DD;
-
-const bit<8> PROTO_ICMP   = 1;
-const bit<8> PROTO_TCP    = 6;
-const bit<8> PROTO_UDP    = 17;
-const bit<8> PROTO_ICMPV6 = 58;
-
-header ethernet_t {
-    bit<48> dst;
-    bit<48> src;
-    bit<16> ether_type;
-}
-
-header vlan_t {
-    bit<3>  pcp;
-    bit<1>  dei;
-    bit<12> vid;
-    bit<16> ether_type;
-}
-
-header arp_t {
-    bit<16> htype;
-    bit<16> ptype;
-    bit<8>  hlen;
-    bit<8>  plen;
-    bit<16> oper;
-    bit<48> sha;
-    bit<32> spa;
-    bit<48> tha;
-    bit<32> tpa;
-}
-
-header ipv4_t {
-    bit<4>  version;
-    bit<4>  ihl;
-    bit<8>  diffserv;
-    bit<16> total_len;
-    bit<16> identification;
-    bit<3>  flags;
-    bit<13> frag_offset;
-    bit<8>  ttl;
-    bit<8>  protocol;
-    bit<16> hdr_checksum;
-    bit<32> src_addr;
-    bit<32> dst_addr;
-}
-
-// Up to 40 bytes of options: IHL 15 is 60 bytes, 20 of them the fixed header.
-header ipv4_options_t {
-    varbit<320> options;
-}
-
-header ipv6_t {
-    bit<4>   version;
-    bit<8>   traffic_class;
-    bit<20>  flow_label;
-    bit<16>  payload_len;
-    bit<8>   next_hdr;
-    bit<8>   hop_limit;
-    bit<128> src_addr;
-    bit<128> dst_addr;
-}
-
-header tcp_t {
-    bit<16> src_port;
-    bit<16> dst_port;
-    bit<32> seq_no;
-    bit<32> ack_no;
-    bit<4>  data_offset;
-    bit<4>  res;
-    bit<8>  flags;
-    bit<16> window;
-    bit<16> checksum;
-    bit<16> urgent_ptr;
-}
-
-header udp_t {
-    bit<16> src_port;
-    bit<16> dst_port;
-    bit<16> length;
-    bit<16> checksum;
-}
-
-// ICMP and ICMPv6 share their first four bytes; only those are parsed.
-header icmp_t {
-    bit<8>  icmp_type;
-    bit<8>  icmp_code;
-    bit<16> checksum;
-}
-
-struct headers_t {
-    ethernet_t     ethernet;
-    vlan_t         vlan;
-    arp_t          arp;
-    ipv4_t         ipv4;
-    ipv4_options_t ipv4_options;
-    ipv6_t         ipv6;
-    tcp_t          tcp;
-    udp_t          udp;
-    icmp_t         icmp;
-}
-
-// The new-device digest: its type name is the digest's P4Runtime name.
-struct new_device_t {
-    bit<48> mac;
-    bit<9>  port;
 }
 
 struct metadata_t {
@@ -162,93 +35,15 @@ struct metadata_t {
     bit<48> cached_time;
 }
 
+// The shared parse graph starts at `start`; a header that contradicts itself is a parser error.
+#define SVCFP_ETHERNET_STATE start
+#define SVCFP_VERIFY(condition, err) verify(condition, err)
+
 parser ParserImpl(packet_in packet,
                   out headers_t hdr,
                   inout metadata_t meta,
                   inout standard_metadata_t standard_metadata) {
-    state start {
-        packet.extract(hdr.ethernet);
-        transition select(hdr.ethernet.ether_type) {
-            ETHERTYPE_VLAN: parse_vlan;
-            ETHERTYPE_ARP:  parse_arp;
-            ETHERTYPE_IPV4: parse_ipv4;
-            ETHERTYPE_IPV6: parse_ipv6;
-            default:        accept;
-        }
-    }
-
-    // At most one tag: a second 0x8100 is left unparsed.
-    state parse_vlan {
-        packet.extract(hdr.vlan);
-        transition select(hdr.vlan.ether_type) {
-            ETHERTYPE_ARP:  parse_arp;
-            ETHERTYPE_IPV4: parse_ipv4;
-            ETHERTYPE_IPV6: parse_ipv6;
-            default:        accept;
-        }
-    }
-
-    state parse_arp {
-        packet.extract(hdr.arp);
-        transition accept;
-    }
-
-    // IHL below 5 cannot describe a valid header: stop there rather than guess where L4 starts.
-    state parse_ipv4 {
-        packet.extract(hdr.ipv4);
-        verify(hdr.ipv4.version == 4, error.Ipv4BadVersion);
-        verify(hdr.ipv4.total_len >= (bit<16>)hdr.ipv4.ihl * 4, error.Ipv4BadTotalLength);
-        transition select(hdr.ipv4.ihl) {
-            0:       accept;
-            1:       accept;
-            2:       accept;
-            3:       accept;
-            4:       accept;
-            5:       parse_ipv4_l4;
-            default: parse_ipv4_options;
-        }
-    }
-
-    state parse_ipv4_options {
-        packet.extract(hdr.ipv4_options, (bit<32>)(((bit<16>)hdr.ipv4.ihl - 5) * 32));
-        transition parse_ipv4_l4;
-    }
-
-    // Only the first fragment carries the L4 header.
-    state parse_ipv4_l4 {
-        transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
-            (0, PROTO_TCP):  parse_tcp;
-            (0, PROTO_UDP):  parse_udp;
-            (0, PROTO_ICMP): parse_icmp;
-            default:         accept;
-        }
-    }
-
-    state parse_ipv6 {
-        packet.extract(hdr.ipv6);
-        transition select(hdr.ipv6.next_hdr) {
-            PROTO_TCP:    parse_tcp;
-            PROTO_UDP:    parse_udp;
-            PROTO_ICMPV6: parse_icmp;
-            default:      accept;
-        }
-    }
-
-    state parse_tcp {
-        packet.extract(hdr.tcp);
-        verify(hdr.tcp.data_offset >= 5, error.TcpBadDataOffset);
-        transition accept;
-    }
-
-    state parse_udp {
-        packet.extract(hdr.udp);
-        transition accept;
-    }
-
-    state parse_icmp {
-        packet.extract(hdr.icmp);
-        transition accept;
-    }
+#include "svcfp_parser.p4"
 }
 
 // Headers are forwarded unchanged, so there is nothing to verify or recompute.
@@ -469,11 +264,7 @@ control DeparserImpl(packet_out packet, in headers_t hdr) {
     }
 }
 
-// The compile-time constants the control plane and the reference switch need, carried into the
-// P4Info (pkg_info.structured_annotations) with the values this build was compiled with.
-@svcfp_contract[max_devices=MAX_DEVICES, max_services=MAX_SERVICES,
-                digest_cache_size=DIGEST_CACHE_SIZE, digest_repeat_us=DIGEST_REPEAT_US,
-                flood_group=FLOOD_GROUP]
+SVCFP_CONTRACT
 V1Switch(ParserImpl(),
          VerifyChecksumImpl(),
          IngressImpl(),

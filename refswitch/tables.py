@@ -92,7 +92,7 @@ class TableStore:
         self._entries: dict[int, dict[tuple[MatchKey, int], Entry]] = {}
         self._defaults: dict[int, ActionCall] = {}
         self._scopes: dict[tuple[int, int], int] = {}
-        for table in schema.p4info.tables:
+        for table in schema.standard.tables:
             self._entries[table.preamble.id] = {}
             for ref in table.action_refs:
                 self._scopes[(table.preamble.id, ref.id)] = ref.scope

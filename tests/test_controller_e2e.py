@@ -19,7 +19,6 @@ from controller.control.registry import RegisterPolicy
 from controller.engine.activity import ActivityTable
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget, WriteError
-from tests.support.paths import P4INFO
 from tests.support.switch import (
     CAMERA,
     DEVICE_ID,
@@ -132,7 +131,7 @@ def test_monitor_joins_as_backup_without_disturbing_the_primary(
 
 
 def test_wrong_device_id_and_unreachable_switch_name_the_switch(wire: Target) -> None:
-    schema = P4Schema.load(P4INFO)
+    schema = P4Schema.load(wire.p4info)
 
     async def connect(address: str, device_id: int, timeout: float) -> None:
         # BMv2 arbitrates any device id and refuses the pipeline; the reference switch refuses
@@ -156,7 +155,7 @@ def test_mismatched_p4info_is_refused_naming_the_object(wire: Target, tmp_path: 
         second = Controller(config(tmp_path, wire, p4info=other, skip_config=True))
         await second.run()
 
-    schema = P4Schema.load(P4INFO)
+    schema = P4Schema.load(wire.p4info)
     changed = p4i.P4Info()
     changed.CopyFrom(schema.p4info)
     changed.tables[3].size = 2048
@@ -167,7 +166,7 @@ def test_mismatched_p4info_is_refused_naming_the_object(wire: Target, tmp_path: 
 
 
 def test_per_update_errors_are_listed(wire: Target) -> None:
-    schema = P4Schema.load(P4INFO)
+    schema = P4Schema.load(wire.p4info)
 
     async def scenario() -> WriteError:
         target = SwitchTarget("s1", wire.address, DEVICE_ID, election_id=(0, 5))

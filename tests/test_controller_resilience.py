@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from controller.base import contract
+from controller.base.p4info import P4Schema
 from controller.control.controller import Controller
 from controller.p4rt import entries
-from tests.support.paths import P4INFO, ROOT
+from tests.support.paths import ROOT
 from tests.support.switch import (
     CAMERA,
     DEVICE_ID,
@@ -82,7 +84,7 @@ def _sigterm_scenario(wire: Target, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "svcfp", "--log-level", "INFO", "run",
         "--grpc-addr", wire.address,
-        "--device-id", str(DEVICE_ID), "--p4info", str(P4INFO), "--db", str(db),
+        "--device-id", str(DEVICE_ID), "--p4info", str(wire.p4info), "--db", str(db),
         "--devices", str(devices), "--ports", "0-3",
         # A long interval: only the shutdown flush can have stored the frames.
         "--interval", "60", "--duration", "30", "--log-dir", str(tmp_path / "logs"),
@@ -129,4 +131,5 @@ def _sigterm_scenario(wire: Target, tmp_path: Path) -> None:
     assert third.returncode == 0, third.stderr
     assert totals(db) == {(CAMERA, "udp/53"): (11, 880)}
     dump = (tmp_path / "logs" / "p4runtime-requests-s1.txt").read_text()
-    assert "SetForwardingPipelineConfig" in dump and "counter_id: 301989889" in dump
+    counter_id = P4Schema.load(wire.p4info).counter(contract.COUNTER).id
+    assert "SetForwardingPipelineConfig" in dump and f"counter_id: {counter_id}" in dump

@@ -28,9 +28,11 @@ def suite_tests() -> set[str]:
     return names
 
 
-def run_suite(target: str, logs: Path) -> tuple[subprocess.CompletedProcess[str], runner.Results]:
+def run_suite(
+    target: str, logs: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], runner.Results]:
     completed = subprocess.run(
-        [sys.executable, "-m", "ptf_tests.runner", "--target", target, "--logs", str(logs)],
+        [sys.executable, "-m", "ptf_tests.runner", "--target", target, "--logs", str(logs), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,14 +45,18 @@ def run_suite(target: str, logs: Path) -> tuple[subprocess.CompletedProcess[str]
 @pytest.mark.slow
 @pytest.mark.timeout(SUITE_TIMEOUT_S + 60)
 @pytest.mark.parametrize(
-    "target",
+    ("target", "p4info"),
     [
-        pytest.param("refswitch", id="reference-switch"),
-        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.p4c]),
+        pytest.param("refswitch", "fingerprint.p4info.txtpb", id="reference-switch"),
+        # The reference switch programmed with the TNA program's P4Info: the same contract.
+        pytest.param("refswitch", "fingerprint_tna.p4info.txtpb", id="reference-switch-tna"),
+        pytest.param(
+            "bmv2", "fingerprint.p4info.txtpb", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.p4c]
+        ),
     ],
 )
-def test_ptf_suite_passes(target: str, tmp_path: Path) -> None:
-    completed, results = run_suite(target, tmp_path)
+def test_ptf_suite_passes(target: str, p4info: str, tmp_path: Path) -> None:
+    completed, results = run_suite(target, tmp_path, "--p4info", str(ROOT / "p4src" / p4info))
     expected = suite_tests()
     assert len(expected) >= 15
     passed = {test for test, outcome in results.outcomes if outcome == "ok"}

@@ -71,6 +71,34 @@ ACTIONS: dict[str, tuple[tuple[str, int], ...]] = {
     DROP: (),
 }
 REGISTERS: dict[str, int] = {DIGEST_MAC: 48, DIGEST_TIME: 48}
+# The de-duplication cache is the data plane's own (no controller reads it), so its cell widths
+# follow the architecture: TNA keeps the MAC as a pair of 32-bit halves (mac_pair_t) and the time
+# in 32 bits (p4src/README.md, "Tofino").
+ARCH_REGISTERS: dict[str, dict[str, int]] = {
+    "v1model": REGISTERS,
+    "tna": {DIGEST_MAC: 64, DIGEST_TIME: 32},
+    "t2na": {DIGEST_MAC: 64, DIGEST_TIME: 32},
+}
+
+
+def register_widths(arch: str) -> dict[str, int]:
+    """The digest cache's register widths for a P4Info's `pkg_info.arch` (v1model's when the
+    architecture is not one the project builds for)."""
+    return ARCH_REGISTERS.get(arch, REGISTERS)
+
+
+def type_width(type_spec: Any, p4info: Any) -> int:
+    """The bit width of a P4Info `P4DataTypeSpec`: a bitstring's width, or the sum of a struct's
+    members' (from `type_info`); 0 for anything else."""
+    kind = type_spec.WhichOneof("type_spec")
+    if kind == "bitstring":
+        return int(type_spec.bitstring.bit.bitwidth)
+    if kind == "struct" and type_spec.struct.name in p4info.type_info.structs:
+        members = p4info.type_info.structs[type_spec.struct.name].members
+        return sum(type_width(member.type_spec, p4info) for member in members)
+    return 0
+
+
 DIGEST_MEMBERS: tuple[tuple[str, int], ...] = (("mac", 48), ("port", 9))
 
 
@@ -180,9 +208,9 @@ def _check(p4info: p4i.P4Info, contract: Contract, source: str) -> None:
             f"{source}: counter {COUNTER} has {counter.size} cells{shape}, MAX_DEVICES × "
             f"MAX_SERVICES is {contract.max_devices} × {contract.max_services}"
         )
-    for name, width in REGISTERS.items():
+    for name, width in register_widths(p4info.pkg_info.arch).items():
         register = _named(p4info.registers, "register", name, source)
-        found_width = register.type_spec.bitstring.bit.bitwidth
+        found_width = type_width(register.type_spec, p4info)
         if (found_width, register.size) != (width, contract.digest_cache_size):
             raise InputError(
                 f"{source}: register {name} is bit<{found_width}>[{register.size}], expected "

@@ -3,6 +3,17 @@
 Controller and reference switch both resolve tables, actions, fields, counters, registers and
 digests *by name* through a `P4Schema` built from the P4Info they are given, never by a hard-coded
 number. Values travel as P4Runtime canonical bytestrings (big-endian, no leading zero bytes).
+
+A TNA P4Info comes in two forms. Compiled with `--p4runtime-force-std-externs` (the committed
+p4src/fingerprint_tna.p4info.txtpb, what Stratum takes) it has standard `counters`, `registers`
+and `digests`, named as the v1model program's. Without it, the TNA `Counter`, `Register` and
+`Digest` are Barefoot `externs` entries (`barefoot.Counter` ... packed in `Any`) and every table
+and extern name starts with the pipeline's (`pipe.IngressImpl.device_table`): `standard_form`
+turns such a P4Info into the standard one — the externs as standard entries with the extern
+instance's id (the id a Tofino P4Runtime server then expects in a `CounterEntry`), the names
+without the pipeline — and the schema resolves names against that. The P4Info pushed to a switch
+is always the one given. Such a P4Info must be binary or arrive over P4Runtime: its text form
+names Barefoot message types this module does not carry.
 """
 
 from __future__ import annotations
@@ -11,13 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from finsy.proto import p4i
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from controller.base.contract import Contract
+from controller.base.contract import Contract, type_width
 from controller.base.errors import InputError
 from controller.base.macs import int_to_mac, mac_key, mac_to_int
 
@@ -131,16 +142,112 @@ def _index(kind: str, items: list[_I]) -> dict[str | int, _I]:
     return index
 
 
+def _wire_fields(data: bytes) -> dict[int, list[int | bytes]]:
+    """The fields of a serialized protobuf message: number → values (varints as ints,
+    length-delimited fields as bytes); fixed-width fields are skipped."""
+    fields: dict[int, list[int | bytes]] = {}
+    index = 0
+
+    def varint() -> int:
+        nonlocal index
+        value = shift = 0
+        while True:
+            if index >= len(data):
+                raise InputError("truncated Barefoot extern info in the P4Info")
+            byte = data[index]
+            index += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while index < len(data):
+        key = varint()
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            fields.setdefault(number, []).append(varint())
+        elif wire_type == 2:
+            length = varint()
+            fields.setdefault(number, []).append(data[index : index + length])
+            index += length
+        elif wire_type in (1, 5):
+            index += 8 if wire_type == 1 else 4
+        else:
+            raise InputError(f"unexpected wire type {wire_type} in Barefoot extern info")
+    return fields
+
+
+def _first(fields: dict[int, list[int | bytes]], number: int, default: int | bytes) -> Any:
+    return fields.get(number, [default])[0]
+
+
+# The Barefoot extern types with a standard P4Info counterpart.
+_BAREFOOT_STANDARD = ("Counter", "Register", "Digest")
+
+
+def standard_form(p4info: p4i.P4Info) -> p4i.P4Info:
+    """`p4info` with the Barefoot `Counter`, `Register` and `Digest` externs as standard entries
+    and the pipeline's name taken off table and extern names; `p4info` itself when it has none
+    (see the module docstring)."""
+    barefoot = [
+        (extern.extern_type_name, instance)
+        for extern in p4info.externs
+        for instance in extern.instances
+        if extern.extern_type_name in _BAREFOOT_STANDARD
+        and instance.info.type_url.startswith("type.googleapis.com/barefoot.")
+    ]
+    if not barefoot:
+        return p4info
+    # Barefoot names are <pipeline>.<control>.<object>: the first part of any three-part name.
+    named = [t.preamble.name for t in p4info.tables] + [i.preamble.name for _, i in barefoot]
+    pipes = {name.split(".")[0] for name in named if name.count(".") >= 2}
+
+    def unpiped(preamble: p4i.Preamble) -> None:
+        first, _, rest = preamble.name.partition(".")
+        if rest and first in pipes:
+            preamble.name = rest
+
+    standard = p4i.P4Info()
+    standard.CopyFrom(p4info)
+    del standard.externs[:]
+    for table in standard.tables:
+        unpiped(table.preamble)
+    targets: dict[str, Any] = {
+        "Counter": standard.counters,
+        "Register": standard.registers,
+        "Digest": standard.digests,
+    }
+    for kind, instance in barefoot:
+        # barefoot.Counter {spec = 1; size = 2}, barefoot.Register {type_spec = 1; size = 2; ...},
+        # barefoot.Digest {type_spec = 1}: field 1 is the standard entry's spec or type_spec.
+        fields = _wire_fields(instance.info.value)
+        entry: Any = targets[kind].add()
+        entry.preamble.CopyFrom(instance.preamble)
+        unpiped(entry.preamble)
+        (entry.spec if kind == "Counter" else entry.type_spec).ParseFromString(
+            _first(fields, 1, b"")
+        )
+        if kind != "Digest":
+            entry.size = _first(fields, 2, 0)
+    standard.externs.extend(
+        e for e in p4info.externs if e.extern_type_name not in _BAREFOOT_STANDARD
+    )
+    return standard
+
+
 class P4Schema:
-    """Lookups by name, alias or id over one P4Info message."""
+    """Lookups by name, alias or id over one P4Info message (its standard form, see
+    `standard_form`); `p4info` is the message as given."""
 
     def __init__(self, p4info: p4i.P4Info, source: str = "P4Info") -> None:
         self.p4info = p4info
         self.source = source
+        self.standard = standard_form(p4info)
+        p4info = self.standard
         self.tables = _index("table", [_table(t) for t in p4info.tables])
         self.actions = _index("action", [_action(a) for a in p4info.actions])
         self.counters = _index("counter", [_counter(c) for c in p4info.counters])
-        self.registers = _index("register", [_register(r) for r in p4info.registers])
+        self.registers = _index("register", [_register(r, p4info) for r in p4info.registers])
         self.digests = _index("digest", [_digest(d, p4info) for d in p4info.digests])
 
     @classmethod
@@ -157,7 +264,13 @@ class P4Schema:
             else:
                 text_format.Parse(data.decode("utf-8"), message)
         except (text_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not a valid P4Info: {exc}") from exc
+            hint = ""
+            if "barefoot." in str(exc):
+                hint = (
+                    " (a TNA P4Info with Barefoot externs: compile with "
+                    "--p4runtime-force-std-externs, or give its binary form)"
+                )
+            raise InputError(f"{path} is not a valid P4Info: {exc}{hint}") from exc
         if not message.tables and not message.actions:
             raise InputError(f"{path} is not a valid P4Info: it declares no tables or actions")
         return cls(message, source=str(path))
@@ -165,7 +278,7 @@ class P4Schema:
     @cached_property
     def contract(self) -> Contract:
         """The data-plane contract this P4Info carries (checked on first use)."""
-        return Contract.from_p4info(self.p4info, self.source)
+        return Contract.from_p4info(self.standard, self.source)
 
     def _get(self, kind: str, index: dict[str | int, _I], key: str | int) -> _I:
         try:
@@ -267,10 +380,10 @@ def _counter(counter: p4i.Counter) -> CounterInfo:
     )
 
 
-def _register(register: p4i.Register) -> RegisterInfo:
+def _register(register: p4i.Register, p4info: p4i.P4Info) -> RegisterInfo:
     return RegisterInfo(
         **_names(register.preamble),
-        bitwidth=register.type_spec.bitstring.bit.bitwidth,
+        bitwidth=type_width(register.type_spec, p4info),
         size=register.size,
     )
 

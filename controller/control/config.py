@@ -168,6 +168,11 @@ class RunConfig:
     switches: tuple[SwitchSpec, ...]
     p4info: Path
     bmv2_json: Path | None = None
+    # "bmv2": the device config is the BMv2 JSON (`bmv2_json`); "tofino"/"tofino2": it is packed
+    # from the Tofino compiler's output folder `tofino_out` under `program_name`.
+    target: str = "bmv2"
+    tofino_out: Path | None = None
+    program_name: str = "fingerprint_tna"
     skip_config: bool = False
     election_id: tuple[int, int] = PRIMARY_ELECTION_ID
     role: Role = "primary"

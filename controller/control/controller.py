@@ -46,7 +46,7 @@ from controller.engine.catalogue import Catalogue
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision
 from controller.mud.compliance import Finding
-from controller.p4rt import entries
+from controller.p4rt import entries, tofino
 from controller.store.records import AlertRecord
 from controller.store.store import Store
 
@@ -92,12 +92,7 @@ class Controller:
                 f"catalogue {self.catalogue.source} has {self.catalogue.max_id} services; "
                 f"the switch counts at most {self.max_services - 1}"
             )
-        self.device_config = b""
-        if config.bmv2_json is not None and not config.skip_config:
-            try:
-                self.device_config = config.bmv2_json.read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read {config.bmv2_json}: {exc.strerror}") from exc
+        self.device_config = b"" if config.skip_config else read_device_config(config)
         static = load_devices_file(config.devices) if config.devices else []
         self.telemetry = Telemetry()
         self.store = StorageThread(config.db, config.scope)
@@ -432,3 +427,20 @@ async def serve_controller(controller: Controller) -> RunStats:
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+def read_device_config(config: RunConfig) -> bytes:
+    """The `p4_device_config` the run pushes: the BMv2 JSON, or for a Tofino target the packed
+    compiler output (empty when neither was given)."""
+    if config.target in tofino.CHIPS:
+        if config.tofino_out is None:
+            raise InputError(
+                f"--target {config.target}: give --tofino-out, the Tofino compiler's output folder"
+            )
+        return tofino.device_config(config.tofino_out, config.program_name, config.target)
+    if config.bmv2_json is None:
+        return b""
+    try:
+        return config.bmv2_json.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {config.bmv2_json}: {exc.strerror}") from exc

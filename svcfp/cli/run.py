@@ -108,6 +108,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--role", choices=["primary", "monitor"], default="primary")
     parser.add_argument("--p4info", type=Path, help="P4Info of the program (required)")
     parser.add_argument("--bmv2-json", type=Path, help="device config to push (BMv2 JSON)")
+    parser.add_argument(
+        "--target",
+        choices=["bmv2", "tofino", "tofino2"],
+        default="bmv2",
+        help="what the device config is: BMv2 JSON (--bmv2-json) or the Tofino compiler's output "
+        "(--tofino-out) packed as Tofino P4Runtime servers take it (default bmv2)",
+    )
+    parser.add_argument(
+        "--tofino-out", type=Path, help="Tofino compiler output folder (p4c -o), with pipe/"
+    )
+    parser.add_argument(
+        "--program-name",
+        default="fingerprint_tna",
+        help="program name in a Tofino device config (default fingerprint_tna)",
+    )
     parser.add_argument("--skip-config", action="store_true", help="attach to the running pipeline")
     parser.add_argument("--cpu-port", type=int, default=None)
     parser.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds")
@@ -242,6 +257,9 @@ def config_from_args(
         switches=tuple(switches),
         p4info=args.p4info,
         bmv2_json=args.bmv2_json,
+        target=args.target,
+        tofino_out=args.tofino_out,
+        program_name=args.program_name,
         skip_config=args.skip_config or role == "monitor",
         election_id=election,
         role=role,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 P4INFO = ROOT / "p4src" / "fingerprint.p4info.txtpb"
+# The TNA program's P4Info: the reference switch takes it too (its contract is by name).
+TNA_P4INFO = ROOT / "p4src" / "fingerprint_tna.p4info.txtpb"
 
 
 def data_dir() -> Path | None:

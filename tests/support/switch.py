@@ -27,7 +27,7 @@ from controller.p4rt.session import Session, SwitchTarget
 from controller.store.storage import open_store
 from refswitch.server import P4RuntimeServer
 from refswitch.switch import Switch
-from tests.support.paths import P4INFO
+from tests.support.paths import P4INFO, TNA_P4INFO
 from tests.support.targets import Target
 
 CAMERA = "02:00:00:00:00:0a"
@@ -98,6 +98,13 @@ class Wire(Target):
         self.crash()
 
 
+class TnaWire(Wire):
+    """The reference switch programmed with the TNA program's P4Info."""
+
+    kind = "refswitch-tna"
+    p4info = TNA_P4INFO
+
+
 def config(tmp_path: Path, target: str | Target, **overrides: object) -> RunConfig:
     """A run on the switch at `target` (an address, or a target: its address and device
     config), with the camera and the service host known."""
@@ -106,7 +113,7 @@ def config(tmp_path: Path, target: str | Target, **overrides: object) -> RunConf
     address = target if isinstance(target, str) else target.address
     values: dict[str, object] = {
         "switches": (SwitchSpec("s1", address, DEVICE_ID, ports=(0, 1, 2, 3)),),
-        "p4info": P4INFO,
+        "p4info": P4INFO if isinstance(target, str) else target.p4info,
         "bmv2_json": None if isinstance(target, str) else target.bmv2_json,
         "interval": 0.1,
         "time_unit": 3600.0,
@@ -187,14 +194,18 @@ def totals(db: Path | str) -> dict[tuple[str, str], tuple[int, int]]:
 # Every target the controller tests run on: the same test, parametrised by target.
 TARGETS = [
     pytest.param("refswitch", id="refswitch"),
+    pytest.param("refswitch-tna", id="refswitch-tna"),
     pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
 ]
 
 
 def start_target(kind: str, logs: Path, device_id: int = DEVICE_ID) -> Target:
-    """A switch of `kind` ('refswitch' or 'bmv2') with four ports, ready for a pipeline."""
+    """A switch of `kind` ('refswitch', 'refswitch-tna' or 'bmv2') with four ports, ready for a
+    pipeline."""
     if kind == "refswitch":
         return Wire(device_id)
+    if kind == "refswitch-tna":
+        return TnaWire(device_id)
     from tests.support.bmv2 import Bmv2Target
 
     return Bmv2Target(logs, device_id)

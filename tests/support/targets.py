@@ -22,6 +22,8 @@ class Target:
 
     kind = "target"
     device_id: int
+    # The P4Info the controller pushes to this target.
+    p4info: Path = P4INFO
     # The device config the controller pushes with the P4Info (None: the switch needs none).
     bmv2_json: Path | None = None
 
@@ -79,7 +81,7 @@ class Target:
     @property
     def devices(self) -> dict[bytes, int]:
         """The device_table entries the switch holds now (empty before a pipeline is pushed)."""
-        table = SCHEMA.table(contract.DEVICE_TABLE)
+        table = P4Schema.load(self.p4info).table(contract.DEVICE_TABLE)
         found = self._read(p4r.Entity(table_entry=p4r.TableEntry(table_id=table.id)))
         return {
             e.table_entry.match[0].exact.value.rjust(6, b"\0"): decode_int(
