@@ -220,7 +220,7 @@ def evaluate(
     """The time-ordered evaluation of `settings` on the labelled tracks of `data`; `progress`
     hears of each grid point done. With `engine` fingerprints are computed per group of
     devices on its cluster."""
-    dataset = Dataset(data.activity, data.labels, data.groups, data.name)
+    dataset = Dataset(data.activity, data.labels, data.groups, data.name, data.flows)
     return evaluate_dataset(dataset, settings, progress, _parallel(engine))
 
 

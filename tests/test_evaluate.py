@@ -161,7 +161,7 @@ class TestEvaluate:
         assert "open_labels" not in saved["results"][0]["closed_set"]
         assert "scores" not in saved["results"][0]["open_set"]
         text = (tmp_path / "report" / "report.md").read_text()
-        assert "| 10 | list | nearest | 48 | 24 | 1.000 | 1.000 |" in text
+        assert "| 10 | list | built-in | nearest | 48 | 24 | 1.000 | 1.000 |" in text
         assert metrics.best().representation == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

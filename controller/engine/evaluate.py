@@ -27,6 +27,7 @@ from controller.base.errors import InputError
 from controller.engine import partition
 from controller.engine.accumulate import Accumulator, Belief, WindowDecision, accumulate
 from controller.engine.activity import ActivityTable
+from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import (
     ExporterConfig,
     prefix_windows,
@@ -46,6 +47,7 @@ from controller.engine.identify import (
     own_type_similarity,
     score,
 )
+from controller.engine.learned import FlowCells, for_granularity
 from controller.engine.metrics import (
     accuracy,
     auroc,
@@ -84,6 +86,11 @@ from controller.engine.results import (
 from controller.engine.sampling import sample_packets
 
 Windows = Literal["exporter", "whole"]
+CatalogueChoice = Literal["built-in", "train-learned"]
+CATALOGUES: tuple[CatalogueChoice, ...] = ("built-in", "train-learned")
+"""built-in: services as the activity was attributed (the built-in catalogue unless ingested
+otherwise); train-learned: per split, the `learned` granularity's catalogue learned from the
+training split's flow records alone, every track's records attributed with it."""
 Split = Literal["time", "group", "instance"]
 SPLITS: tuple[Split, ...] = ("time", "group", "instance")
 Progress = Callable[[int, int], None]
@@ -113,13 +120,16 @@ class Dataset:
 
     Device keys of `activity` are *tracks*: a device, or one capture of a device (for capture
     data sets, where each capture is its own short observation). `labels` maps every track to its
-    type; `groups` (optional) maps tracks to their setup/capture group for group splits.
+    type; `groups` (optional) maps tracks to their setup/capture group for group splits;
+    `flows` (optional) the tracks' flow records by ports, which the train-learned catalogue
+    needs.
     """
 
     activity: ActivityTable
     labels: Mapping[str, str]
     groups: Mapping[str, str] | None = None
     name: str = "dataset"
+    flows: FlowCells | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class EvalSettings:
     identification is then measured on the first `prefixes` units of every test capture, and
     every training capture also enrols its first `reference_prefixes` units as references.
     `sampling`: each 1:N also identifies the test data thinned by packet sampling.
+    `catalogues`: which service catalogues to compare (see `CATALOGUES`).
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -149,6 +160,7 @@ class EvalSettings:
     reference_prefixes: tuple[int, ...] = DEFAULT_REFERENCE_PREFIXES
     sampling: tuple[int, ...] = ()
     seed: int = 0
+    catalogues: tuple[CatalogueChoice, ...] = ("built-in",)
 
     @property
     def representations(self) -> list[str]:
@@ -173,6 +185,7 @@ class EvalSettings:
             "neighbours": self.neighbours,
             "percentile": self.percentile,
             "theta": self.theta,
+            "catalogues": list(self.catalogues),
         }
 
     def __post_init__(self) -> None:
@@ -193,6 +206,8 @@ class EvalSettings:
             )
         if any(n < 1 for n in self.sampling):
             raise InputError(f"sampling {self.sampling}: every 1:N needs N ≥ 1")
+        if not self.catalogues or any(c not in CATALOGUES for c in self.catalogues):
+            raise InputError(f"catalogues {self.catalogues}: choose from {', '.join(CATALOGUES)}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +285,60 @@ def _n_train(n: int, fraction: float) -> int:
     if n <= 1:
         return n
     return min(n - 1, max(1, math.ceil(fraction * n)))
+
+
+@dataclass(frozen=True)
+class TrainLearned:
+    """A catalogue learned from a split's training traffic alone, and every track's activity
+    attributed with it.
+
+    `cut` is, per track of the split (in units of the evaluation): where its test part begins —
+    the start of its first test window, before its first unit when it only tests, and never
+    (+∞) when it only trains. Only records before a track's cut taught the catalogue.
+    """
+
+    catalogue: Catalogue
+    activity: ActivityTable
+    cut: Mapping[str, float]
+
+    def split(self, fps: FingerprintSet, labels: Mapping[str, str]) -> SplitRows:
+        """The same split on windows of the learned activity: a labelled track's windows that
+        end by its cut train, those that start at or after it test; a window across the cut
+        (possible in a time split, whose windows the new services may place differently) is
+        left out, so neither references nor catalogue see test traffic."""
+        train: list[int] = []
+        test: list[int] = []
+        for i, name in enumerate(fps.device_names):
+            cut = self.cut.get(name)
+            if cut is None or labels.get(name, UNKNOWN) == UNKNOWN:
+                continue
+            if fps.end[i] <= cut:
+                train.append(i)
+            elif fps.start[i] >= cut:
+                test.append(i)
+        return SplitRows(np.array(train, dtype=np.int64), np.array(test, dtype=np.int64))
+
+
+def train_learned(
+    flows: FlowCells, unit_seconds: float, fps: FingerprintSet, split: SplitRows
+) -> TrainLearned:
+    """The `learned` granularity's catalogue from the records of `split`'s training part of
+    `fps` (windows of `unit_seconds`), and all of `flows` attributed with it."""
+    factor = round(unit_seconds / flows.unit_seconds)
+    names = fps.device_names
+    cut: dict[str, float] = {}
+    for i in split.train.tolist():
+        cut.setdefault(names[i], math.inf)
+    for i in split.test.tolist():
+        begin = float(fps.start[i]) if names[i] in cut else -math.inf
+        cut[names[i]] = min(cut.get(names[i], math.inf), begin)
+    limit = np.array([cut.get(t, -math.inf) for t in flows.tracks], dtype=np.float64)
+    taught = flows.unit < limit[flows.track] * factor if len(flows) else np.zeros(0, dtype=bool)
+    catalogue = for_granularity("learned", observed=flows.usage(taught))
+    activity = flows.activity(catalogue)
+    if factor != 1:
+        activity = activity.with_unit_seconds(unit_seconds)
+    return TrainLearned(catalogue, activity, cut)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -692,17 +761,30 @@ def evaluate(
     `progress` hears of each (time unit, representation) done (the CLI draws a progress bar);
     fingerprints are computed per group of devices as `parallel` says (in this process by
     default)."""
+    if "train-learned" in settings.catalogues and dataset.flows is None:
+        raise InputError(
+            f"{dataset.name}: the train-learned catalogue needs flow records or captures "
+            "(activity CSVs and databases hold services, not ports)"
+        )
     base = dataset.activity.unit_seconds
     units = settings.unit_seconds or (base,)
-    grid = [(u, g, i) for u in units for g in settings.granularities for i in settings.intensities]
+    grid = [
+        (u, g, i, c)
+        for u in units
+        for g in settings.granularities
+        for i in settings.intensities
+        for c in settings.catalogues
+    ]
     results: list[GridResult] = []
-    for done, (unit_seconds, granularity, intensity) in enumerate(grid):
+    for done, (unit_seconds, granularity, intensity, catalogue) in enumerate(grid):
         activity = (
             dataset.activity
             if math.isclose(unit_seconds, base)
             else dataset.activity.with_unit_seconds(unit_seconds)
         )
-        results.extend(_evaluate_one(dataset, activity, granularity, intensity, settings, parallel))
+        results.extend(
+            _evaluate_one(dataset, activity, granularity, intensity, catalogue, settings, parallel)
+        )
         if progress is not None:
             progress(done + 1, len(grid))
     return Evaluation(
@@ -719,6 +801,7 @@ def _evaluate_one(
     activity: ActivityTable,
     granularity: int | None,
     intensity: Intensity | None,
+    catalogue: CatalogueChoice,
     settings: EvalSettings,
     parallel: Parallel,
 ) -> Iterator[GridResult]:
@@ -726,6 +809,14 @@ def _evaluate_one(
     name = representation_name(granularity, intensity)
     fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
+    services = len(activity.services)
+    if catalogue == "train-learned" and split.train.size:
+        assert dataset.flows is not None
+        learned = train_learned(dataset.flows, activity.unit_seconds, fps, split)
+        activity = learned.activity
+        services = learned.catalogue.max_id
+        fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
+        split = learned.split(fps, dataset.labels)
     if not split.train.size or not split.test.size:
         raise InputError(
             f"{dataset.name}: {name} at {activity.unit_seconds} s "
@@ -777,6 +868,8 @@ def _evaluate_one(
         yield GridResult(
             unit_seconds=activity.unit_seconds,
             representation=name,
+            catalogue=catalogue,
+            services=services,
             granularity=granularity,
             intensity=intensity,
             neighbours=k,

@@ -40,6 +40,7 @@ def summary_cells(result: GridResult) -> list[str]:
     return [
         _fmt(result.unit_seconds, 0),
         result.representation,
+        result.catalogue,
         mode,
         str(result.windows),
         str(closed.n_test),
@@ -62,7 +63,7 @@ def summary_cells(result: GridResult) -> list[str]:
 
 
 SUMMARY_HEADER = (
-    "| unit s | representation | mode | windows | test | accuracy | macro-F1 | 95 % CI "
+    "| unit s | representation | catalogue | mode | windows | test | accuracy | macro-F1 | 95 % CI "
     "| acc. with θ | θ | unknown det. | known acc. | AUROC | unknown det. (type θ) "
     "| AUROC (type θ) | ECE | TTI median (units) | converged | intra | inter |"
 )
@@ -245,7 +246,9 @@ def markdown(
             else f"{settings.percentile}th percentile of leave-one-out own-type similarity"
         )
         + '. Representations without "+" are the paper\'s presence-only ones; "+intensity" '
-        'adds each service\'s packet share and packet size, "+rate" its packets per unit.',
+        'adds each service\'s packet share and packet size, "+rate" its packets per unit. '
+        "Catalogue built-in: services as ingested; train-learned: the most used ports of each "
+        "split's training traffic alone, so no test port shapes the services.",
         "",
         "## All settings",
         "",

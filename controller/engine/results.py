@@ -273,12 +273,16 @@ class GridResult(Json):
     open_set_per_type: OpenSet | None = None
     accumulation: Accumulation | None = None
     robustness: tuple[Robustness, ...] = ()
+    catalogue: str = "built-in"
+    services: int = 0
 
     @property
     def label(self) -> str:
-        """ "<representation>, <mode>[, k=<n>], unit <u> s", as reports name a grid point."""
+        """ "<representation>, <mode>[, k=<n>], unit <u> s[, train-learned catalogue]", as
+        reports name a grid point."""
         k = f", k={self.neighbours}" if self.neighbours > 1 else ""
-        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s"
+        learned = "" if self.catalogue == "built-in" else f", {self.catalogue} catalogue"
+        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s{learned}"
 
 
 @dataclass(frozen=True)
