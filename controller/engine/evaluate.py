@@ -27,6 +27,7 @@ from controller.base.errors import InputError
 from controller.engine import partition
 from controller.engine.accumulate import Accumulator, Belief, WindowDecision, accumulate
 from controller.engine.activity import ActivityTable
+from controller.engine.anchors import anchor_results
 from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import (
     ExporterConfig,
@@ -831,6 +832,7 @@ def _evaluate_one(
     test = fps.select(split.test)
     truth = [dataset.labels[name] for name in test.device_names]
     tracks = dict(zip(test.device_names, truth, strict=True))
+    anchors = anchor_results(train, [dataset.labels[n] for n in train.device_names], test, truth)
     # Votes matter only among nearest references; a prototype per type is one neighbour.
     combos = [(m, k if m == "nearest" else 1) for m in settings.modes for k in settings.neighbours]
     for mode, k in dict.fromkeys(combos):
@@ -870,6 +872,7 @@ def _evaluate_one(
             representation=name,
             catalogue=catalogue,
             services=services,
+            anchors=anchors,
             granularity=granularity,
             intensity=intensity,
             neighbours=k,

@@ -203,6 +203,41 @@ def _order(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
 
+def _anchor_lines(metrics: Evaluation) -> list[str]:
+    """The method next to the anchor baselines, on the same windows, per grid point (first
+    mode and neighbour count only: the anchors do not depend on them)."""
+    first = (metrics.settings.modes[0], metrics.settings.neighbours[0])
+    shown = [r for r in metrics.results if r.anchors and (r.mode, r.neighbours) == first]
+    if not shown:
+        return []
+    names = [a.name for a in shown[0].anchors]
+
+    def cells(accuracy: float, ci: tuple[float, float], f1: float) -> list[str]:
+        return [_fmt(accuracy), f"{_fmt(ci[0])}–{_fmt(ci[1])}", _fmt(f1)]
+
+    header = ["unit s", "representation", "catalogue", "test", "method", "95 % CI", "macro-F1"]
+    for name in names:
+        header += [name, "95 % CI", "macro-F1"]
+    rows = []
+    for r in shown:
+        closed = r.closed_set
+        row = [_fmt(r.unit_seconds, 0), r.representation, r.catalogue, str(closed.n_test)]
+        row += cells(closed.accuracy, closed.accuracy_ci, closed.macro_f1)
+        for a in r.anchors:
+            row += cells(a.accuracy, a.accuracy_ci, a.macro_f1)
+        rows.append(row)
+    return [
+        "",
+        "## Anchor baselines",
+        "",
+        f"Closed-set accuracy of the method ({first[0]}) and of simple classifiers on the same "
+        "training and test windows: 1-NN over log(1 + packets) per service (Euclidean), and "
+        "the most frequent training type.",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def _robustness_lines(metrics: Evaluation) -> list[str]:
     rows = [
         [r.representation, str(x.one_in), str(x.n_test), _fmt(x.accuracy), _fmt(x.macro_f1)]
@@ -305,6 +340,7 @@ def markdown(
     lines += ["", "### Confusion matrix", ""]
     lines += _confusion_lines(best)
     lines += _open_set_lines(best)
+    lines += _anchor_lines(metrics)
     lines += _robustness_lines(metrics)
     for section in sections:
         lines += ["", section.rstrip("\n")]

@@ -85,6 +85,18 @@ class Confusion(Json):
 
 
 @dataclass(frozen=True)
+class AnchorResult(Json):
+    """An anchor baseline's closed-set result on the grid point's own training and test
+    windows (see `controller.engine.anchors`)."""
+
+    name: str
+    n_test: int
+    accuracy: float
+    macro_f1: float
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)
+
+
+@dataclass(frozen=True)
 class TypeResult(Json):
     """One type's closed-set result: its test windows, how many were right (with the Wilson 95 %
     interval of that accuracy), and its precision and F1."""
@@ -275,6 +287,7 @@ class GridResult(Json):
     robustness: tuple[Robustness, ...] = ()
     catalogue: str = "built-in"
     services: int = 0
+    anchors: tuple[AnchorResult, ...] = ()
 
     @property
     def label(self) -> str:
