@@ -168,6 +168,10 @@ class TestEvaluate:
         assert anchors["1-NN log packets"].accuracy == 1.0
         assert anchors["majority type"].accuracy == pytest.approx(1 / 3)
         assert "## Anchor baselines" in text
+        # The open-set study's "similarity" score is the one behind the headline AUROC.
+        by_score = saved["results"][0]["open_set"]["auroc_by_score"]
+        assert by_score["similarity"] == metrics.results[0].open_set.auroc
+        assert "## Open-set scores" in text
         assert "| 10 | list | built-in | 24 | 1.000 |" in text
         assert metrics.best().representation == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

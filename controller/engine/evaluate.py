@@ -452,6 +452,61 @@ def _calibration(
     )
 
 
+OPEN_SET_SCORES = (
+    "similarity",
+    "margin to type θ",
+    "margin to second type",
+    "distance ratio",
+    "type z-score",
+)
+"""Known-vs-unknown scores whose AUROC the open-set study reports (higher: more likely known):
+the best type's similarity; its margin over the winner's own θ (per-type percentile of
+leave-one-out own-type similarity); its margin over the second-best type; 1 − (1 − best) /
+(1 − second), the nearest-neighbour distance ratio; and the best similarity standardised by the
+winner's leave-one-out own-type similarities (mean and spread)."""
+
+
+def open_set_scores(
+    type_scores: FloatArray,
+    types: Sequence[str],
+    labels: Sequence[str],
+    own: FloatArray,
+    thetas: Mapping[str, float],
+) -> dict[str, FloatArray]:
+    """Every `OPEN_SET_SCORES` score of each row of `type_scores` (scores for `types`, −∞ for
+    types left out); `own` is the leave-one-out own-type similarity of references of types
+    `labels`, `thetas` each type's θ. A type with fewer than two own values is standardised by
+    all of them."""
+    order = np.argsort(-type_scores, axis=1, kind="stable")
+    rows = np.arange(len(type_scores))
+    winner = order[:, 0]
+    best = type_scores[rows, winner]
+    second = (
+        type_scores[rows, order[:, 1]] if type_scores.shape[1] > 1 else np.full(len(rows), -np.inf)
+    )
+    second = np.where(np.isfinite(second), second, 0.0)
+    winner_types = [types[w] for w in winner.tolist()]
+    label = np.array(labels, dtype=object)
+    valid = ~np.isnan(own)
+    overall = own[valid]
+    centre: dict[str, tuple[float, float]] = {}
+    for name in set(winner_types):
+        mine = own[(label == name) & valid]
+        pool = mine if mine.size >= 2 else overall
+        width = float(pool.std()) if pool.size >= 2 else 0.0
+        centre[name] = (float(pool.mean()) if pool.size else 0.0, max(width, 1e-3))
+    mean = np.array([centre[t][0] for t in winner_types], dtype=np.float64)
+    spread = np.array([centre[t][1] for t in winner_types], dtype=np.float64)
+    bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
+    return {
+        "similarity": best,
+        "margin to type θ": best - bar,
+        "margin to second type": best - second,
+        "distance ratio": 1.0 - (1.0 - best) / np.maximum(1.0 - second, 1e-9),
+        "type z-score": (best - mean) / spread,
+    }
+
+
 def open_set(
     refs: References,
     test: FingerprintSet,
@@ -471,15 +526,17 @@ def open_set(
 
     `per_type`: each remaining type's own θ (`choose_thetas`, the fold's θ for types with too
     few references) decides, and the known-vs-unknown score of the AUROC is the margin of the
-    best similarity over the winner's θ.
+    best similarity over the winner's θ. Either way the AUROC of every `OPEN_SET_SCORES` score,
+    pooled over the folds, is reported too.
     """
     folds = []
     pooled_scores: list[FloatArray] = []
     pooled_known: list[npt.NDArray[np.bool_]] = []
+    pooled_study: dict[str, list[FloatArray]] = {name: [] for name in OPEN_SET_SCORES}
     truth_arr = np.array(truth, dtype=object)
     reuse = refs.mode == "centroid" or refs.neighbours == 1
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
-    own = own_type_similarity(refs) if theta is None or per_type else None
+    own = own_type_similarity(refs)
     labels_arr = np.array(refs.labels, dtype=object)
     for left_out in sorted(set(truth) & set(refs.labels)):
         rest_types = tuple(t for t in refs.types if t != left_out)
@@ -488,27 +545,27 @@ def open_set(
         if theta is not None:
             fold_theta = theta
         else:
-            assert own is not None
             values = own[(labels_arr != left_out) & ~np.isnan(own)]
             fold_theta = (
                 float(np.percentile(values, percentile, method="lower")) if values.size else 0.0
             )
         if full is not None:
             ts = full.type_scores.copy()
-            ts[:, full.types.index(left_out)] = -np.inf
+            fold_types = full.types
+            ts[:, fold_types.index(left_out)] = -np.inf
             winner = np.argmax(ts, axis=1)
             best = ts[np.arange(len(winner)), winner]
             winner_types = [full.types[w] for w in winner.tolist()]
         else:
             fold = score(test, refs.without_types([left_out]))
+            ts, fold_types = fold.type_scores, fold.types
             best = fold.best
             winner_types = [fold.types[w] for w in fold.winner.tolist()]
         predicted = np.array(winner_types, dtype=object)
+        thetas = dict(
+            zip(refs.types, choose_thetas(refs, percentile, fold_theta, own), strict=True)
+        )
         if per_type:
-            assert own is not None
-            thetas = dict(
-                zip(refs.types, choose_thetas(refs, percentile, fold_theta, own), strict=True)
-            )
             bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
         else:
             bar = np.full(len(best), fold_theta)
@@ -535,6 +592,9 @@ def open_set(
         )
         pooled_scores.append(margin[judged])
         pooled_known.append(known[judged])
+        study = open_set_scores(ts[judged], fold_types, refs.labels, own, thetas)
+        for name in OPEN_SET_SCORES:
+            pooled_study[name].append(study[name])
     if not folds:
         return OpenSet()
     all_scores, all_known = np.concatenate(pooled_scores), np.concatenate(pooled_known)
@@ -544,6 +604,9 @@ def open_set(
         known_accuracy=float(np.nanmean([f.known_accuracy for f in folds])),
         auroc_mean=float(np.nanmean([f.auroc for f in folds])),
         auroc=auroc(all_scores, all_known),
+        auroc_by_score={
+            name: auroc(np.concatenate(pooled_study[name]), all_known) for name in OPEN_SET_SCORES
+        },
         scores=all_scores,
         known=all_known,
     )

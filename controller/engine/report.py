@@ -199,6 +199,36 @@ def _open_set_lines(result: GridResult) -> list[str]:
     ]
 
 
+def _open_set_score_lines(metrics: Evaluation) -> list[str]:
+    """The open-set study: pooled leave-one-type-out AUROC of every known-vs-unknown score,
+    per grid point."""
+    shown = [r for r in metrics.results if r.open_set.auroc_by_score]
+    if not shown:
+        return []
+    names = list(shown[0].open_set.auroc_by_score)
+    rows = [
+        [
+            _fmt(r.unit_seconds, 0),
+            r.representation,
+            r.catalogue,
+            r.mode if r.neighbours == 1 else f"{r.mode} k={r.neighbours}",
+            *(_fmt(r.open_set.auroc_by_score.get(name)) for name in names),
+        ]
+        for r in shown
+    ]
+    return [
+        "",
+        "## Open-set scores",
+        "",
+        "Leave-one-type-out AUROC (pooled over the folds) of each known-vs-unknown score: the "
+        "best similarity; its margin over the winner's own θ; its margin over the second-best "
+        "type; the distance ratio 1 − (1 − best) / (1 − second); the best similarity "
+        "standardised by the winner's leave-one-out own-type similarities.",
+        "",
+        *_table(["unit s", "representation", "catalogue", "mode", *names], rows),
+    ]
+
+
 def _order(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
@@ -341,6 +371,7 @@ def markdown(
     lines += _confusion_lines(best)
     lines += _open_set_lines(best)
     lines += _anchor_lines(metrics)
+    lines += _open_set_score_lines(metrics)
     lines += _robustness_lines(metrics)
     for section in sections:
         lines += ["", section.rstrip("\n")]

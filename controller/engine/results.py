@@ -169,6 +169,7 @@ class OpenSet(Json):
     known_accuracy: float = math.nan
     auroc_mean: float = math.nan
     auroc: float = math.nan
+    auroc_by_score: Mapping[str, float] = field(default_factory=dict)
     scores: FloatArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
     known: BoolArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
 
