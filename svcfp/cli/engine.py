@@ -54,6 +54,7 @@ from controller.engine.identify import (
 from controller.engine.report import prepare_report_folder, write_report
 from controller.engine.representation import (
     DEFAULT_GRANULARITY,
+    DEFAULT_INTENSITY,
     DEFAULT_THRESHOLD,
     INTENSITIES,
     INTENSITY_NAMES,
@@ -218,11 +219,15 @@ def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> No
     parser.add_argument(
         "--intensity",
         type=_intensity,
-        default=None,
+        default=DEFAULT_INTENSITY if defaults else None,
         help="intensity weights next to prevalence: none (the paper's presence-only "
         "fingerprints), relative (packet share and packet size, independent of the "
         "observation rate) or absolute (packets per unit and packet size) "
-        + ("(default: none)" if defaults else "(default: the references' setting)"),
+        + (
+            f"(default: {DEFAULT_INTENSITY or 'none'})"
+            if defaults
+            else "(default: the references' setting)"
+        ),
     )
 
 
