@@ -299,14 +299,13 @@ class FlowCells:
     def activity(self, catalogue: Catalogue) -> ActivityTable:
         """Activity per (track, unit, service) with the catalogue's services, attributed as the
         switch would attribute the records."""
-        service = catalogue.tables.lookup_many(self.proto, self.sport, self.dport, self.valid)
+        counts = {"packets": self.packets, "bytes": self.bytes}
         return ActivityTable.from_arrays(
             devices=self.tracks,
             services=catalogue.names,
             device=self.track,
             unit=self.unit,
-            service=service,
-            packets=self.packets,
-            bytes=self.bytes,
+            service=catalogue.tables.lookup_many(self.proto, self.sport, self.dport, self.valid),
             unit_seconds=self.unit_seconds,
+            **counts,
         )
