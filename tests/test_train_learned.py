@@ -7,10 +7,14 @@ or be tested.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.evaluate import (
     Dataset,
@@ -25,6 +29,7 @@ from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.learned import FlowCells, for_granularity
 from controller.engine.services import TCP, UDP
+from svcfp.cli import main
 
 Record = tuple[int, int, int, int, int, int, int, int]
 
@@ -160,3 +165,34 @@ def test_flow_cells_merge_tracks_of_one_name() -> None:
     assert merged.tracks == ("z",)
     assert merged.packets.tolist() == [5]
     assert merged.bytes.tolist() == [160]
+
+
+def test_evaluate_command_compares_both_catalogues_on_flow_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flows, labels = tmp_path / "flows.csv", tmp_path / "labels.csv"
+    synth = ["synth", "--devices", "6", "--units", "48", "--seed", "3", "--out", str(flows)]
+    assert main([*synth, "--labels-out", str(labels)]) == 0
+    out = tmp_path / "report"
+    args = ["evaluate", str(flows), "--labels", str(labels), "--granularities", "prevalence"]
+    args += ["--intensities", "relative", "--modes", "nearest", "--no-progress"]
+    assert main([*args, "--catalogues", "built-in,train-learned", "--out", str(out)]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert [(r["representation"], r["catalogue"]) for r in saved["results"]] == [
+        ("prevalence+intensity", "built-in"),
+        ("prevalence+intensity", "train-learned"),
+    ]
+    built_in, learned = saved["results"]
+    assert learned["closed_set"]["n_test"] == built_in["closed_set"]["n_test"] > 0
+    assert "| prevalence+intensity | train-learned |" in (out / "report.md").read_text()
+
+
+def test_train_learned_needs_ports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    activity = tmp_path / "activity.csv"
+    mac = "02:00:00:00:00:01"
+    ActivityTable.from_records([(mac, u, "tcp/443", 2, 200) for u in range(4)]).to_csv(activity)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"mac,label\n{mac},camera\n")
+    args = ["evaluate", "--activity", str(activity), "--labels", str(labels), "--no-progress"]
+    assert main([*args, "--catalogues", "train-learned", "--out", str(tmp_path / "r")]) == 2
+    assert "train-learned catalogue needs flow records or captures" in capsys.readouterr().err
