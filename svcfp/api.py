@@ -56,7 +56,7 @@ from controller.engine.identify import (
 )
 from controller.engine.identify import enroll as enroll_fingerprints
 from controller.engine.partition import SERIAL, Parallel
-from controller.engine.representation import DEFAULT_UNIT_SECONDS
+from controller.engine.representation import DEFAULT_INTENSITY, DEFAULT_UNIT_SECONDS
 from controller.engine.results import Evaluation
 from controller.ingest.sources import FileReader, Loaded, Sources, load, read_serially
 from controller.mud.compliance import Finding, check_activity, decision_findings
@@ -171,7 +171,7 @@ def enroll(
 ) -> References:
     """Reference fingerprints of the labelled tracks of `data` (θ chosen at `percentile` of the
     references' own similarity unless given; with `per_type`, per type where it can be)."""
-    config = exporter if exporter is not None else ExporterConfig()
+    config = exporter if exporter is not None else ExporterConfig(intensity=DEFAULT_INTENSITY)
     fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
     return enroll_fingerprints(
         fingerprints,
@@ -220,7 +220,7 @@ def evaluate(
     """The time-ordered evaluation of `settings` on the labelled tracks of `data`; `progress`
     hears of each grid point done. With `engine` fingerprints are computed per group of
     devices on its cluster."""
-    dataset = Dataset(data.activity, data.labels, data.groups, data.name)
+    dataset = Dataset(data.activity, data.labels, data.groups, data.name, data.flows)
     return evaluate_dataset(dataset, settings, progress, _parallel(engine))
 
 

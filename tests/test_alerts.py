@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from controller.control.alerts import (
 )
 from controller.control.config import RegisterRate
 from controller.control.telemetry import Histogram, Telemetry
+from controller.engine.accumulate import Accumulator
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision, explain
 from controller.mud.compliance import Finding
@@ -55,8 +57,21 @@ def decision(fp: Fingerprint, label: str, best: str, similarity: float) -> Decis
     )  # fmt: skip
 
 
+TYPES = ("camera", "plug", "hub")
+# Uncalibrated decisions (confidence 0.98 once clipped) over three types: a window of another
+# type adds log(0.98 / 0.01) = 4.59 to the evidence against the device's answer, an unknown one
+# log 4 = 1.39; a change is declared at log 1000 = 6.91, so after 2 and 5 such windows.
+ACCUMULATORS: dict[int, Accumulator] = {}
+
+
 def review(watch: BehaviourWatch, fp: Fingerprint, d: Decision | None) -> list[AlertRecord]:
-    return watch.review([fp], [] if d is None else [d], lambda mac: "s1", 100.0)
+    """Review one window, its decision accumulated as the live path does (one accumulator per
+    watch)."""
+    accumulator = ACCUMULATORS.setdefault(id(watch), Accumulator(TYPES))
+    beliefs = []
+    if d is not None:
+        beliefs.append(accumulator.update(d.device, d.end_unit, d.best_type, d.confidence, d.known))
+    return watch.review([fp], [] if d is None else [d], beliefs, lambda mac: "s1", 100.0)
 
 
 CAMERA = {"tcp/443": 1.0, "udp/53": 1.0, "udp/123": 0.5}
@@ -90,17 +105,29 @@ def test_a_known_device_that_changes_is_a_behaviour_change() -> None:
     windows = [fingerprint(CAMERA, 8 * i, 8 * i + 8) for i in range(3)]
     for fp in windows:
         assert review(watch, fp, decision(fp, "camera", "camera", 0.9)) == []
-    changed = fingerprint(HUB, 24, 32)
-    (alert,) = review(watch, changed, decision(changed, "unknown", "camera", 0.2))
+    # Unknown windows: the first one leaves the camera's history but is one odd window; with
+    # the fourth most of the device's seven windows are unknown.
+    changed = [fingerprint(HUB, 24 + 8 * i, 32 + 8 * i) for i in range(4)]
+    for fp in changed[:3]:
+        assert review(watch, fp, decision(fp, "unknown", "camera", 0.2)) == []
+    (alert,) = review(watch, changed[3], decision(changed[3], "unknown", "camera", 0.2))
     assert alert.kind == "behaviour_change" and alert.severity == "critical"
     assert alert.message == (
-        "behaviour changed: was camera, now unknown (similarity 0.20 < θ 0.60); its "
-        "fingerprint left its own history (similarity 0.00 to the closest of its last 3 < 0.50)"
+        "behaviour changed: was camera, now unknown: most of its 7 windows since it was camera "
+        "are unknown (similarity 0.20 < θ 0.60)"
     )
     assert alert.details["previous_label"] == "camera"
-    assert alert.details["history_similarity"] == 0.0
+    assert alert.details["window"] == [48, 56]
+    assert alert.details["accumulated"] == {
+        "label": "unknown",
+        "confidence": None,
+        "windows": 7,
+        "changed": False,
+        "previous": "camera",
+    }
+    assert alert.details["history_similarity"] == 1.0
     # Now unknown, it is not "a new unknown device" afterwards.
-    later = fingerprint(HUB, 32, 40)
+    later = fingerprint(HUB, 56, 64)
     assert review(watch, later, decision(later, "unknown", "camera", 0.2)) == []
 
 
@@ -109,8 +136,12 @@ def test_matching_another_type_is_a_change_and_history_alone_works_without_refer
     fp = fingerprint(CAMERA, 0, 8)
     review(watch, fp, decision(fp, "camera", "camera", 0.9))
     other = fingerprint(CAMERA | {"tcp/80": 1.0}, 8, 16)
-    (alert,) = review(watch, other, decision(other, "plug", "plug", 0.8))
-    assert "was camera, now plug (best type plug, 0.80)" in alert.message
+    assert review(watch, other, decision(other, "plug", "plug", 0.8)) == []
+    again = fingerprint(CAMERA | {"tcp/80": 1.0}, 16, 24)
+    (alert,) = review(watch, again, decision(again, "plug", "plug", 0.8))
+    assert "was camera, now plug: the evidence against camera reached 1000:1" in alert.message
+    assert alert.message.endswith("(best type plug, 0.80)")
+    assert alert.details["accumulated"]["label"] == "plug"
     assert "left its own history" not in alert.message
     # No references: no decisions, only the fingerprints' own history.
     bare = BehaviourWatch(0.5)
@@ -127,9 +158,13 @@ def test_the_watch_resumes_from_what_was_stored() -> None:
         [FingerprintRecord(MAC, 0, 8, "G=4", CAMERA, True)],
         flagged=["02:00:00:00:00:09"],
     )
-    changed = fingerprint(HUB, 8, 16)
-    (alert,) = review(watch, changed, decision(changed, "unknown", "camera", 0.1))
-    assert alert.kind == "behaviour_change"
+    # The live path resumes its accumulated answers from the stored decisions too.
+    ACCUMULATORS[id(watch)] = Accumulator(TYPES)
+    ACCUMULATORS[id(watch)].update(MAC, 8, "camera", math.nan, True)
+    changed = [fingerprint(HUB, 8 * i, 8 * i + 8) for i in range(1, 4)]
+    alerts = [review(watch, fp, decision(fp, "unknown", "camera", 0.1)) for fp in changed]
+    assert [len(a) for a in alerts] == [0, 1, 0]
+    assert alerts[1][0].kind == "behaviour_change"
     flagged = fingerprint(HUB, 0, 8, "02:00:00:00:00:09")
     assert review(watch, flagged, decision(flagged, "unknown", "camera", 0.1)) == []
 

@@ -12,7 +12,8 @@ from controller.engine.identify import References
 from svcfp import api
 from svcfp.cli import main
 
-EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=2, n_min=4, n_max=8)
+# `svcfp enroll` fingerprints with relative intensity unless told otherwise.
+EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=2, n_min=4, n_max=8, intensity="relative")
 FLAGS = ["--granularity", "4", "--tau", "0.9", "--k", "2", "--n-min", "4", "--n-max", "8"]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from controller.control.controller import Controller
 from controller.control.live import NEXT_UNIT_KEY, LiveSettings
+from controller.engine.accumulate import WindowDecision, accumulate
 from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import UNKNOWN, References, enroll, identify
@@ -52,49 +53,70 @@ def references() -> References:
     return enroll(fps, {d.mac: d.profile.name for d in fleet}, config=EXPORTER)
 
 
-def frames_by_unit() -> dict[int, list[tuple[bytes, int]]]:
-    """Each device's schedule as frames (and their ingress port), by unit from the start."""
+def frames_by_unit(
+    devices: dict[str, tuple[str, int]] = DEVICES,
+    units: int = UNITS,
+    later: dict[str, tuple[str, int]] | None = None,
+) -> dict[int, list[tuple[bytes, int]]]:
+    """Each device's schedule as frames (and their ingress port), by unit from the start;
+    `later` maps a device to the type it plays from a unit on."""
     profiles = synth.load_profiles()
     planned: dict[int, list[tuple[bytes, int]]] = {}
-    for seed, (mac, (kind, port)) in enumerate(sorted(DEVICES.items())):
-        for use in synth.schedule(profiles[kind], UNITS, 100 + seed, unit_seconds=3600.0):
+    for seed, (mac, (kind, port)) in enumerate(sorted(devices.items())):
+        uses = synth.schedule(profiles[kind], units, 100 + seed, unit_seconds=3600.0)
+        if later is not None and mac in later:
+            other, at = later[mac]
+            after = synth.schedule(profiles[other], units, 200 + seed, unit_seconds=3600.0)
+            uses = [u for u in uses if u.unit < at] + [u for u in after if u.unit >= at]
+        for use in uses:
             sport, dport = (50000, use.port) if use.role == "client" else (use.port, 50000)
             data = frame(mac, SERVER, use.proto, sport, dport, 100)
             planned.setdefault(use.unit, []).extend([(data, port)] * min(use.packets, MAX_PACKETS))
     return planned
 
 
-def test_live_decisions_are_stored_explained_and_match_the_offline_engine(
-    references: References, tmp_path: Path
-) -> None:
-    devices = tmp_path / "devices.csv"
-    devices.write_text(
-        "mac,label,port\n" + "".join(f"{m},{k},{p}\n" for m, (k, p) in DEVICES.items())
+def play(
+    tmp_path: Path,
+    devices: dict[str, tuple[str, int]],
+    settings: LiveSettings,
+    units: int,
+    planned: dict[int, list[tuple[bytes, int]]],
+) -> int:
+    """Run a controller on the reference switch while `planned` frames go out unit by unit,
+    until every unit was fed to the exporter; the first unit."""
+    listed = tmp_path / "devices.csv"
+    listed.write_text(
+        "mac,label,port\n" + "".join(f"{m},{k},{p}\n" for m, (k, p) in devices.items())
     )
-    settings = LiveSettings(EXPORTER, references)
-    settings.check(UNIT, "references")
-    planned = frames_by_unit()
     wire = Wire()
 
     async def scenario() -> int:
         live_config = config(
-            tmp_path, wire.address, time_unit=UNIT, interval=0.05, devices=devices, live=settings
+            tmp_path, wire.address, time_unit=UNIT, interval=0.05, devices=listed, live=settings
         )
         async with running(Controller(live_config)) as controller:
             start = math.floor(time.time() / UNIT) + 1
-            for offset in range(UNITS):
+            for offset in range(units):
                 await asyncio.sleep(max(0.0, (start + offset) * UNIT + SEND_AFTER - time.time()))
                 for data, port in planned.get(offset, []):
                     wire.send(data, port)
             live = controller.live
             assert live is not None
-            await until(lambda: (live.next_unit or 0) >= start + UNITS, timeout=3.0)
+            await until(lambda: (live.next_unit or 0) >= start + units, timeout=3.0)
         return start
 
     try:
-        start = asyncio.run(scenario())
+        return asyncio.run(scenario())
     finally:
         wire.stop()
+
+
+def test_live_decisions_are_stored_explained_and_match_the_offline_engine(
+    references: References, tmp_path: Path
+) -> None:
+    settings = LiveSettings(EXPORTER, references)
+    settings.check(UNIT, "references")
+    start = play(tmp_path, DEVICES, settings, UNITS, frames_by_unit())
 
     with Storage(tmp_path / "svcfp.db") as store:
         activity = store.activity_table()
@@ -131,3 +153,52 @@ def test_live_decisions_are_stored_explained_and_match_the_offline_engine(
         assert math.isclose(math.fsum(shares), d.similarity, rel_tol=1e-9), d
         assert why["similarity"] == d.similarity and why["theta"] == references.theta
         assert d.representation == "G=4"
+
+
+CHANGING = "02:00:00:00:01:05"
+STEADY = "02:00:00:00:01:06"
+CHANGE_UNITS = 40
+CHANGE_AT = 12
+
+
+def test_accumulated_decisions_and_a_change_alert_for_a_device_that_changes(
+    references: References, tmp_path: Path
+) -> None:
+    """A camera that plays the plug's profile from unit 12 on, and a speaker throughout: the
+    controller stores each decision with the device's accumulated answer, exactly as the
+    offline accumulation of the offline decisions, and alerts the camera's change once."""
+    devices = {CHANGING: ("camera", 1), STEADY: ("speaker", 2)}
+    settings = LiveSettings(EXPORTER, references)
+    planned = frames_by_unit(devices, CHANGE_UNITS, {CHANGING: ("plug", CHANGE_AT)})
+    play(tmp_path, devices, settings, CHANGE_UNITS, planned)
+
+    with Storage(tmp_path / "svcfp.db") as store:
+        activity = store.activity_table()
+        decisions = store.decisions()
+        alerts = store.alerts()
+        fed_to = int(store.meta(NEXT_UNIT_KEY) or 0)
+    offline = identify(export_fingerprints(activity, EXPORTER, end_unit=fed_to), references)
+    beliefs = accumulate(
+        references.types,
+        [
+            WindowDecision(d.device, d.start_unit, d.end_unit, d.best_type, d.confidence, d.known)
+            for d in offline
+        ],
+    )
+    assert sorted(
+        (d.device, d.window_end_unit, *(d.explanation["accumulated"][k] for k in BELIEF_KEYS))
+        for d in decisions
+    ) == sorted((b.device, b.end_unit, *(b.to_json()[k] for k in BELIEF_KEYS)) for b in beliefs)
+    camera = [b for b in beliefs if b.device == CHANGING]
+    assert camera[0].label == "camera" and camera[-1].label == "plug"
+    assert all(b.label == "speaker" for b in beliefs if b.device == STEADY)
+    # The change is alerted once, at the window whose accumulated answer turned.
+    turned = [b for b in camera if b.previous == "camera" and b.label != "camera"]
+    assert len(turned) == 1
+    changes = [a for a in alerts if a.kind == "behaviour_change"]
+    assert [(a.device, a.details["window"][1]) for a in changes] == [(CHANGING, turned[0].end_unit)]
+    assert changes[0].message.startswith("behaviour changed: was camera, now ")
+    assert changes[0].details["accumulated"]["previous"] == "camera"
+
+
+BELIEF_KEYS = ("label", "windows", "changed", "previous")

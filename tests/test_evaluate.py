@@ -161,7 +161,18 @@ class TestEvaluate:
         assert "open_labels" not in saved["results"][0]["closed_set"]
         assert "scores" not in saved["results"][0]["open_set"]
         text = (tmp_path / "report" / "report.md").read_text()
-        assert "| 10 | list | nearest | 48 | 24 | 1.000 | 1.000 |" in text
+        assert "| 10 | list | built-in | nearest | 48 | 24 | 1.000 | 1.000 |" in text
+        # Anchors on the same windows: 1-NN on log packets separates the disjoint services too;
+        # the majority type (three equal types: the first name) gets a third.
+        anchors = {a.name: a for a in metrics.results[0].anchors}
+        assert anchors["1-NN log packets"].accuracy == 1.0
+        assert anchors["majority type"].accuracy == pytest.approx(1 / 3)
+        assert "## Anchor baselines" in text
+        # The open-set study's "similarity" score is the one behind the headline AUROC.
+        by_score = saved["results"][0]["open_set"]["auroc_by_score"]
+        assert by_score["similarity"] == metrics.results[0].open_set.auroc
+        assert "## Open-set scores" in text
+        assert "| 10 | list | built-in | 24 | 1.000 |" in text
         assert metrics.best().representation == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -56,7 +56,9 @@ def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     saved = json.loads(refs.read_text())
     # 12 units in windows of 4: 3 windows per device, 6 devices.
     assert len(saved["references"]) == 18
-    assert (saved["representation"], saved["mode"], saved["theta"]) == ("list", "nearest", 1.0)
+    # Enrolment is relative intensity unless told otherwise.
+    assert (saved["representation"], saved["mode"]) == ("list+intensity", "nearest")
+    assert saved["theta"] == pytest.approx(1.0)
     capsys.readouterr()
 
     test, _ = write_inputs(tmp_path, devices=1, units=4, first=9)
@@ -65,11 +67,12 @@ def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     assert status == 0
     decisions = json.loads(capsys.readouterr().out)
-    assert sorted((d["device"], d["label"], d["similarity"]) for d in decisions) == [
-        (mac("camera", 9), "camera", 1.0),
-        (mac("plug", 9), "plug", 1.0),
-        (mac("hub", 9), "hub", 1.0),
+    assert sorted((d["device"], d["label"]) for d in decisions) == [
+        (mac("camera", 9), "camera"),
+        (mac("plug", 9), "plug"),
+        (mac("hub", 9), "hub"),
     ]
+    assert [d["similarity"] for d in decisions] == pytest.approx([1.0, 1.0, 1.0])
     matched = {c["service"] for d in decisions for c in d["explanation"]["matched"]}
     assert matched == {s for used in SERVICES.values() for s in used}
 

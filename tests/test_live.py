@@ -87,9 +87,17 @@ def test_decisions_are_stored_with_their_explanation_and_logged(
     lines = [r.getMessage() for r in caplog.records if "event=decision" in r.getMessage()]
     assert lines == [
         f"event=decision device=7 mac={CAM} window=20..22 label=camera best_type=camera "
-        "similarity=1.000 theta=1.000 matched=tcp/443:0.500,udp/53:0.500 unexpected=- missing=-",
+        "similarity=1.000 theta=1.000 accumulated=camera changed=false "
+        "matched=tcp/443:0.500,udp/53:0.500 unexpected=- missing=-",
         f"event=decision device=- mac={PLUG} window=20..22 label=unknown best_type=plug "
-        "similarity=0.500 theta=1.000 matched=udp/123:0.500 unexpected=udp/5353:1.000 missing=-",
+        "similarity=0.500 theta=1.000 accumulated=unknown changed=false "
+        "matched=udp/123:0.500 unexpected=udp/5353:1.000 missing=-",
+    ]
+    # Each decision is stored with the device's accumulated answer after it.
+    accumulated = [d.explanation["accumulated"] for d in stored]
+    assert [(a["label"], a["windows"], a["changed"], a["previous"]) for a in accumulated] == [
+        ("camera", 1, False, "unknown"),
+        ("unknown", 1, False, "unknown"),
     ]
 
 
@@ -114,6 +122,24 @@ def test_a_restart_feeds_no_unit_twice_and_starts_new_windows(tmp_path: Path) ->
         ]
         assert store.meta(NEXT_UNIT_KEY) == "35"
     assert windows == [(30, 32, {"tcp/443": 1.0}), (33, 35, {"tcp/443": 1.0})]
+
+
+def test_a_restart_resumes_the_accumulated_answers(tmp_path: Path, references: References) -> None:
+    path = tmp_path / "live.db"
+    settings = LiveSettings(EXPORTER, references)
+    with Storage(path) as store:
+        first = LiveIdentification(store, settings, unit_seconds=1.0)
+        first.close_units(units(20, 21, USED), end_unit=22)
+        first.close_units(units(22, 23, USED), end_unit=24)
+    with Storage(path) as store:
+        again = LiveIdentification(store, settings, unit_seconds=1.0)
+        again.close_units(units(24, 25, USED), end_unit=26)
+        stored = store.decisions()
+    # The camera's third window is its third since its answer began, across the restart.
+    assert [
+        (d.device, d.window_end_unit, d.explanation["accumulated"]["windows"]) for d in stored
+    ] == [(CAM, 22, 1), (PLUG, 22, 1), (CAM, 24, 2), (PLUG, 24, 2), (CAM, 26, 3), (PLUG, 26, 3)]
+    assert {d.explanation["accumulated"]["label"] for d in stored if d.device == CAM} == {"camera"}
 
 
 def test_settings_refuse_references_of_other_units_or_representation(

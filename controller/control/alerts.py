@@ -5,13 +5,16 @@ Kinds and how each is detected:
 
 - `new_unknown_device`: a device's first decision is "unknown" (no reference type is within θ),
   or its first after only unknown ones was never raised; once per device.
-- `behaviour_change`: a known device's behaviour changed. Either its new decision's label
-  differs from its previous one, which was a known type (the fingerprint fell below its type's
-  θ, or now matches another type), or its new fingerprint leaves its own history: its weighted
-  Jaccard similarity to the most similar of the device's last HISTORY fingerprints is below the
-  history threshold, which also works without references. (Successive windows of one device
-  differ by chance: in the demo's profiles a stable device stays above 0.6 of its best
-  earlier window, a device playing another profile falls to about 0.3.)
+- `behaviour_change`: a known device's behaviour changed. With references, when the device's
+  accumulated answer declares a change (`controller.engine.accumulate`: the evidence of its
+  windows since its answer was last a known type turned against that type, to odds of
+  `CHANGE_ODDS` — windows of another type or "unknown" ones — or most of its windows since are
+  unknown; one odd window does not do it).
+  Without references, when its new fingerprint leaves its own history: its weighted Jaccard
+  similarity to the most similar of the device's last HISTORY fingerprints is below the history
+  threshold (successive windows of one device differ by chance: in the demo's profiles a stable
+  device stays above 0.6 of its best earlier window, a device playing another profile falls to
+  about 0.3). The history similarity is reported either way.
 - `registration_storm`: a switch port announced more new MACs than `--register-rate` allows
   (one alert per port per rate interval; admission.py refuses the rest).
 - `switch_lost` / `switch_regained`: a switch's P4Runtime session dropped, and came back.
@@ -34,6 +37,7 @@ from typing import Any, Literal
 
 from controller.base.errors import InputError
 from controller.control.telemetry import NO_SWITCH, Telemetry
+from controller.engine.accumulate import CHANGE_ODDS, Belief
 from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import UNKNOWN, Decision
 from controller.engine.similarity import weighted_jaccard
@@ -142,20 +146,26 @@ class BehaviourWatch:
         self,
         fingerprints: Sequence[Fingerprint],
         decisions: Sequence[Decision],
+        beliefs: Sequence[Belief],
         switch_of: Callable[[str], str | None],
         now: float,
     ) -> list[AlertRecord]:
-        """The alerts that this batch of exported fingerprints and their decisions raise, in
-        window order per device; the history moves on to them."""
+        """The alerts that this batch of exported fingerprints, their decisions and the
+        accumulated answers after them (one belief per decision) raise, in window order per
+        device; the history moves on to them."""
         by_window = {(d.device, d.start_unit, d.end_unit): d for d in decisions}
+        belief_of = {
+            (d.device, d.start_unit, d.end_unit): b for d, b in zip(decisions, beliefs, strict=True)
+        }
         alerts: list[AlertRecord] = []
         for fp in sorted(fingerprints, key=lambda f: (f.end_unit, f.device)):
             history = self._history(fp.device)
             weights = fp.as_dict()
-            decision = by_window.get((fp.device, fp.start_unit, fp.end_unit))
+            window = (fp.device, fp.start_unit, fp.end_unit)
+            decision, belief = by_window.get(window), belief_of.get(window)
             reasons: list[str] = []
             details: dict[str, Any] = {"window": [fp.start_unit, fp.end_unit]}
-            previous_label = history.labels[-1] if history.labels else None
+            changed = False
             if decision is not None:
                 details.update(
                     label=decision.label,
@@ -163,17 +173,13 @@ class BehaviourWatch:
                     similarity=decision.similarity,
                     theta=decision.theta,
                 )
-                if previous_label not in (None, UNKNOWN) and decision.label != previous_label:
-                    below = decision.best_type == previous_label
-                    reasons.append(
-                        f"was {previous_label}, now {decision.label}"
-                        + (
-                            f" (similarity {decision.similarity:.2f} < θ {decision.theta:.2f})"
-                            if below
-                            else f" (best type {decision.best_type}, {decision.similarity:.2f})"
-                        )
-                    )
-                    details["previous_label"] = previous_label
+            if belief is not None and decision is not None:
+                details["accumulated"] = belief.to_json()
+                reason = _accumulated_change(belief, decision)
+                if reason is not None:
+                    changed = True
+                    reasons.append(reason)
+                    details["previous_label"] = belief.previous
             if history.fingerprints:
                 own = max(fingerprint_similarity(weights, old) for old in history.fingerprints)
                 details["history_similarity"] = own
@@ -182,8 +188,9 @@ class BehaviourWatch:
                         f"its fingerprint left its own history (similarity {own:.2f} to the "
                         f"closest of its last {len(history.fingerprints)} < {self.threshold:.2f})"
                     )
+                    changed = changed or decision is None
             switch = switch_of(fp.device)
-            if reasons and (previous_label not in (None, UNKNOWN) or decision is None):
+            if changed:
                 alerts.append(
                     make_alert(
                         "behaviour_change",
@@ -216,6 +223,26 @@ class BehaviourWatch:
                 history.labels.append(decision.label)
             history.remember(weights)
         return alerts
+
+
+def _accumulated_change(belief: Belief, decision: Decision) -> str | None:
+    """Why a device's accumulated answer says it changed with this window (None: it did not):
+    the evidence against its known type reached `CHANGE_ODDS`, or most of its windows since
+    it was last identified are unknown."""
+    was = belief.previous
+    if was == UNKNOWN or not (belief.changed or belief.label == UNKNOWN):
+        return None
+    window = (
+        f"similarity {decision.similarity:.2f} < θ {decision.theta:.2f}"
+        if decision.best_type == was
+        else f"best type {decision.best_type}, {decision.similarity:.2f}"
+    )
+    why = (
+        f"the evidence against {was} reached {CHANGE_ODDS:g}:1 with this window"
+        if belief.changed
+        else f"most of its {belief.windows} windows since it was {was} are unknown"
+    )
+    return f"was {was}, now {belief.label}: {why} ({window})"
 
 
 class ComplianceWatch:

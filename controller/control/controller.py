@@ -373,7 +373,11 @@ class Controller:
         for decision in result.decisions:
             telemetry.decisions[(self.switch_of(decision.device) or NO_SWITCH, decision.label)] += 1
         for alert in self.watch.review(
-            result.fingerprints, result.decisions, self.switch_of, result.decided_at
+            result.fingerprints,
+            result.decisions,
+            result.beliefs,
+            self.switch_of,
+            result.decided_at,
         ):
             self.alerts.raise_alert(alert)
         for alert in self.compliance_watch.review(findings, self.switch_of, result.decided_at):

@@ -2,13 +2,17 @@
 
 The controller hands every range of closed units to `LiveIdentification.close_units`. The units
 go through the streaming exporter; each exported fingerprint is identified against the enrolled
-references (when there are any), and fingerprints, decisions and the next unit to feed are
-stored in one transaction.
+references (when there are any) and accumulated into the device's answer over its successive
+windows (`controller.engine.accumulate`: the answer firms up with evidence, and a change of
+behaviour is declared when the evidence against it reaches `CHANGE_ODDS`); fingerprints,
+decisions with their accumulated answer, and the next unit to feed are stored in one
+transaction.
 
 Restart: the exporter's open windows are not kept. A restarted controller starts new windows at
 the first unit after the last one fed (stored as `live_next_unit`), so no unit is ever fed twice
 and no window spans the time the controller was down. The unit open when the controller stops is
 fed as it stands; activity counted in that unit after a restart is stored but not fingerprinted.
+The accumulated answers resume from the stored decisions of the references' representation.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.base.errors import InputError
+from controller.engine.accumulate import Accumulator, Belief
 from controller.engine.activity import ActivityTable
 from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
-from controller.engine.identify import Decision, References, ServiceContribution, identify
+from controller.engine.identify import (
+    UNKNOWN,
+    Decision,
+    References,
+    ServiceContribution,
+    identify,
+)
 from controller.mud.compliance import Finding
 from controller.mud.profile import MudProfiles
 from controller.store.records import DecisionRecord, FingerprintRecord
@@ -93,8 +104,11 @@ def fingerprint_record(fp: Fingerprint) -> FingerprintRecord:
     )
 
 
-def decision_record(decision: Decision, representation: str, when: float) -> DecisionRecord:
-    """A decision as stored: its explanation with the runner-up and the matched reference."""
+def decision_record(
+    decision: Decision, representation: str, when: float, belief: Belief | None = None
+) -> DecisionRecord:
+    """A decision as stored: its explanation with the runner-up, the matched reference, the
+    calibrated confidence and the device's accumulated answer after it."""
     why = decision.explanation.to_json()
     why.update(
         best_type=decision.best_type,
@@ -102,7 +116,10 @@ def decision_record(decision: Decision, representation: str, when: float) -> Dec
         runner_up=decision.runner_up,
         runner_up_similarity=decision.runner_up_similarity,
         reference=decision.reference,
+        confidence=None if math.isnan(decision.confidence) else decision.confidence,
     )
+    if belief is not None:
+        why["accumulated"] = belief.to_json()
     return DecisionRecord(
         decision.device,
         decision.start_unit,
@@ -115,11 +132,16 @@ def decision_record(decision: Decision, representation: str, when: float) -> Dec
     )
 
 
-def decision_line(decision: Decision, device_id: int | None) -> str:
-    """One structured log line: device, MAC, label, similarity and the top services: matched
-    ones with their share of the similarity, unexpected ones with the device's weight, missing
-    ones with the reference's (neither adds to the similarity)."""
+def decision_line(decision: Decision, device_id: int | None, belief: Belief | None = None) -> str:
+    """One structured log line: device, MAC, label, similarity, the accumulated answer and the
+    top services: matched ones with their share of the similarity, unexpected ones with the
+    device's weight, missing ones with the reference's (neither adds to the similarity)."""
     why = decision.explanation
+    accumulated = (
+        ""
+        if belief is None
+        else f"accumulated={belief.label} changed={str(belief.changed).lower()} "
+    )
 
     def top(
         group: Sequence[ServiceContribution], weight: Callable[[ServiceContribution], float]
@@ -130,7 +152,7 @@ def decision_line(decision: Decision, device_id: int | None) -> str:
         f"event=decision device={'-' if device_id is None else device_id} mac={decision.device} "
         f"window={decision.start_unit}..{decision.end_unit} label={decision.label} "
         f"best_type={decision.best_type} similarity={decision.similarity:.3f} "
-        f"theta={decision.theta:.3f} matched={top(why.matched, lambda c: c.share)} "
+        f"theta={decision.theta:.3f} {accumulated}matched={top(why.matched, lambda c: c.share)} "
         f"unexpected={top(why.unexpected, lambda c: c.observed)} "
         f"missing={top(why.missing, lambda c: c.reference)}"
     )
@@ -138,9 +160,10 @@ def decision_line(decision: Decision, device_id: int | None) -> str:
 
 @dataclass(frozen=True)
 class LiveResult:
-    """What closing units produced: the exported fingerprints, their decisions, and the unit the
-    exporter is to be fed from next; with MUD profiles also the units fed (from `first_unit`),
-    for their compliance check."""
+    """What closing units produced: the exported fingerprints, their decisions, each decision's
+    device's accumulated answer after it (`beliefs`, one per decision), and the unit the exporter
+    is to be fed from next; with MUD profiles also the units fed (from `first_unit`), for their
+    compliance check."""
 
     fingerprints: tuple[Fingerprint, ...]
     decisions: tuple[Decision, ...]
@@ -148,6 +171,7 @@ class LiveResult:
     decided_at: float
     fed: ActivityTable | None = None
     first_unit: int = 0
+    beliefs: tuple[Belief, ...] = ()
 
 
 class LiveIdentification:
@@ -166,12 +190,51 @@ class LiveIdentification:
         stored = storage.meta(self.next_unit_key)
         self.next_unit = None if stored is None else int(stored)
         self.representation = settings.exporter.representation
+        refs = settings.references
+        self.accumulator = None if refs is None else Accumulator(refs.types)
+        if self.accumulator is not None:
+            self._resume(storage.decisions())
         self.compliance = None
         if settings.mud is not None:
             # Imported here: the compliance check uses this module's verdict.
             from controller.control.compliance import LiveCompliance
 
             self.compliance = LiveCompliance(storage, settings.mud)
+
+    def _resume(self, stored: Sequence[DecisionRecord]) -> None:
+        """Accumulate the stored decisions of this representation again, oldest first."""
+        assert self.accumulator is not None
+        types = set(self.accumulator.types)
+        for record in stored:
+            why = record.explanation
+            best = why.get("best_type")
+            if record.representation != self.representation or best not in types:
+                continue
+            confidence = why.get("confidence")
+            self.accumulator.update(
+                record.device,
+                record.window_end_unit,
+                str(best),
+                math.nan if confidence is None else float(confidence),
+                record.label != UNKNOWN,
+            )
+
+    def accumulate(self, decisions: Sequence[Decision]) -> tuple[Belief, ...]:
+        """Each decision's device's accumulated answer after it (in the decisions' order; fed
+        in window order, as `controller.engine.accumulate.accumulate` does offline)."""
+        if self.accumulator is None:
+            return ()
+        beliefs: dict[int, Belief] = {}
+        order = sorted(
+            range(len(decisions)),
+            key=lambda i: (decisions[i].end_unit, decisions[i].start_unit, decisions[i].device),
+        )
+        for i in order:
+            d = decisions[i]
+            beliefs[i] = self.accumulator.update(
+                d.device, d.end_unit, d.best_type, d.confidence, d.known
+            )
+        return tuple(beliefs[i] for i in range(len(decisions)))
 
     def close_units(self, table: ActivityTable, end_unit: int) -> list[Decision]:
         """Feed the activity of the units before `end_unit` not fed yet; store what comes out."""
@@ -196,14 +259,20 @@ class LiveIdentification:
         decisions = [] if references is None else identify_fingerprints(exported, references)
         self.next_unit = end_unit
         fed = table if self.compliance is not None else None
-        return LiveResult(tuple(exported), tuple(decisions), end_unit, time.time(), fed, first_unit)
+        beliefs = self.accumulate(decisions)
+        return LiveResult(
+            tuple(exported), tuple(decisions), end_unit, time.time(), fed, first_unit, beliefs
+        )
 
     def store(self, result: LiveResult) -> list[Finding]:
         """Store a result's fingerprints, decisions and next unit in one transaction; the MUD
         compliance findings of its units (none without MUD profiles)."""
         self.storage.add_results(
             [fingerprint_record(fp) for fp in result.fingerprints],
-            [decision_record(d, self.representation, result.decided_at) for d in result.decisions],
+            [
+                decision_record(d, self.representation, result.decided_at, belief)
+                for d, belief in zip(result.decisions, _beliefs(result), strict=True)
+            ],
             meta={self.next_unit_key: str(result.next_unit)},
             when=result.decided_at,
         )
@@ -223,5 +292,10 @@ class LiveIdentification:
                 fp.converged,
                 ",".join(f"{s}:{w:.3f}" for s, w in fp.as_dict().items()) or "-",
             )
-        for decision in result.decisions:
-            log.info("%s", decision_line(decision, ids.get(decision.device)))
+        for decision, belief in zip(result.decisions, _beliefs(result), strict=True):
+            log.info("%s", decision_line(decision, ids.get(decision.device), belief))
+
+
+def _beliefs(result: LiveResult) -> Sequence[Belief | None]:
+    """A result's beliefs, one per decision (None each without references to accumulate)."""
+    return result.beliefs if result.beliefs else [None] * len(result.decisions)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,9 @@ class Belief:
     """A device's accumulated answer after one more window.
 
     `label` is the type with the most evidence since the last change (or "unknown"),
-    `confidence` its posterior probability, `windows` the windows since the last change, and
-    `changed` whether this window declared a change of behaviour.
+    `confidence` its posterior probability, `windows` the windows since the last change,
+    `changed` whether this window declared a change of behaviour, and `previous` the label
+    before this window.
     """
 
     device: str
@@ -51,6 +53,17 @@ class Belief:
     confidence: float
     windows: int
     changed: bool
+    previous: str = UNKNOWN
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN confidence as None)."""
+        return {
+            "label": self.label,
+            "confidence": None if math.isnan(self.confidence) else self.confidence,
+            "windows": self.windows,
+            "changed": self.changed,
+            "previous": self.previous,
+        }
 
 
 @dataclass
@@ -79,6 +92,7 @@ class Accumulator:
         if best_type not in self.types:
             raise InputError(f"type {best_type!r} is not one of the accumulator's types")
         state = self._states.setdefault(device, _State())
+        previous = state.label
         p = 1.0 - FLOOR if math.isnan(confidence) else min(max(confidence, FLOOR), 1.0 - FLOOR)
         others = (1.0 - p) / max(1, len(self.types) - 1)
         changed = False
@@ -109,7 +123,7 @@ class Accumulator:
             best = int(np.argmax(probs))
             label, posterior = names[best], float(probs[best])
         state.label = label
-        return Belief(device, end_unit, label, posterior, state.windows, changed)
+        return Belief(device, end_unit, label, posterior, state.windows, changed, previous)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from controller.base.errors import InputError
 from controller.engine import partition
 from controller.engine.accumulate import Accumulator, Belief, WindowDecision, accumulate
 from controller.engine.activity import ActivityTable
+from controller.engine.anchors import anchor_results
+from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import (
     ExporterConfig,
     prefix_windows,
@@ -46,6 +48,7 @@ from controller.engine.identify import (
     own_type_similarity,
     score,
 )
+from controller.engine.learned import FlowCells, for_granularity
 from controller.engine.metrics import (
     accuracy,
     auroc,
@@ -84,14 +87,20 @@ from controller.engine.results import (
 from controller.engine.sampling import sample_packets
 
 Windows = Literal["exporter", "whole"]
+CatalogueChoice = Literal["built-in", "train-learned"]
+CATALOGUES: tuple[CatalogueChoice, ...] = ("built-in", "train-learned")
+"""built-in: services as the activity was attributed (the built-in catalogue unless ingested
+otherwise); train-learned: per split, the `learned` granularity's catalogue learned from the
+training split's flow records alone, every track's records attributed with it."""
 Split = Literal["time", "group", "instance"]
 SPLITS: tuple[Split, ...] = ("time", "group", "instance")
 Progress = Callable[[int, int], None]
 """Called with (grid points done, grid points in all) as an evaluation advances."""
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
-DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = (None, "relative", "absolute")
-"""Every grid compares the paper's presence-only representations with both intensities: relative
-(rate-free, robust to sampling) and absolute (packets per unit, for unsampled counts)."""
+DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = ("relative", None, "absolute")
+"""Every grid compares the default relative intensity (rate-free, robust to sampling) with the
+paper's presence-only representations and absolute intensity (packets per unit, for unsampled
+counts); the default comes first, so it is the best setting where it ties."""
 CALIBRATION_BINS = 10
 MAX_SPLICES = 200
 """Spliced device pairs that test change detection (a seeded sample when there are more)."""
@@ -113,13 +122,16 @@ class Dataset:
 
     Device keys of `activity` are *tracks*: a device, or one capture of a device (for capture
     data sets, where each capture is its own short observation). `labels` maps every track to its
-    type; `groups` (optional) maps tracks to their setup/capture group for group splits.
+    type; `groups` (optional) maps tracks to their setup/capture group for group splits;
+    `flows` (optional) the tracks' flow records by ports, which the train-learned catalogue
+    needs.
     """
 
     activity: ActivityTable
     labels: Mapping[str, str]
     groups: Mapping[str, str] | None = None
     name: str = "dataset"
+    flows: FlowCells | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class EvalSettings:
     identification is then measured on the first `prefixes` units of every test capture, and
     every training capture also enrols its first `reference_prefixes` units as references.
     `sampling`: each 1:N also identifies the test data thinned by packet sampling.
+    `catalogues`: which service catalogues to compare (see `CATALOGUES`).
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -149,6 +162,7 @@ class EvalSettings:
     reference_prefixes: tuple[int, ...] = DEFAULT_REFERENCE_PREFIXES
     sampling: tuple[int, ...] = ()
     seed: int = 0
+    catalogues: tuple[CatalogueChoice, ...] = ("built-in",)
 
     @property
     def representations(self) -> list[str]:
@@ -173,6 +187,7 @@ class EvalSettings:
             "neighbours": self.neighbours,
             "percentile": self.percentile,
             "theta": self.theta,
+            "catalogues": list(self.catalogues),
         }
 
     def __post_init__(self) -> None:
@@ -193,6 +208,8 @@ class EvalSettings:
             )
         if any(n < 1 for n in self.sampling):
             raise InputError(f"sampling {self.sampling}: every 1:N needs N ≥ 1")
+        if not self.catalogues or any(c not in CATALOGUES for c in self.catalogues):
+            raise InputError(f"catalogues {self.catalogues}: choose from {', '.join(CATALOGUES)}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +287,60 @@ def _n_train(n: int, fraction: float) -> int:
     if n <= 1:
         return n
     return min(n - 1, max(1, math.ceil(fraction * n)))
+
+
+@dataclass(frozen=True)
+class TrainLearned:
+    """A catalogue learned from a split's training traffic alone, and every track's activity
+    attributed with it.
+
+    `cut` is, per track of the split (in units of the evaluation): where its test part begins —
+    the start of its first test window, before its first unit when it only tests, and never
+    (+∞) when it only trains. Only records before a track's cut taught the catalogue.
+    """
+
+    catalogue: Catalogue
+    activity: ActivityTable
+    cut: Mapping[str, float]
+
+    def split(self, fps: FingerprintSet, labels: Mapping[str, str]) -> SplitRows:
+        """The same split on windows of the learned activity: a labelled track's windows that
+        end by its cut train, those that start at or after it test; a window across the cut
+        (possible in a time split, whose windows the new services may place differently) is
+        left out, so neither references nor catalogue see test traffic."""
+        train: list[int] = []
+        test: list[int] = []
+        for i, name in enumerate(fps.device_names):
+            cut = self.cut.get(name)
+            if cut is None or labels.get(name, UNKNOWN) == UNKNOWN:
+                continue
+            if fps.end[i] <= cut:
+                train.append(i)
+            elif fps.start[i] >= cut:
+                test.append(i)
+        return SplitRows(np.array(train, dtype=np.int64), np.array(test, dtype=np.int64))
+
+
+def train_learned(
+    flows: FlowCells, unit_seconds: float, fps: FingerprintSet, split: SplitRows
+) -> TrainLearned:
+    """The `learned` granularity's catalogue from the records of `split`'s training part of
+    `fps` (windows of `unit_seconds`), and all of `flows` attributed with it."""
+    factor = round(unit_seconds / flows.unit_seconds)
+    names = fps.device_names
+    cut: dict[str, float] = {}
+    for i in split.train.tolist():
+        cut.setdefault(names[i], math.inf)
+    for i in split.test.tolist():
+        begin = float(fps.start[i]) if names[i] in cut else -math.inf
+        cut[names[i]] = min(cut.get(names[i], math.inf), begin)
+    limit = np.array([cut.get(t, -math.inf) for t in flows.tracks], dtype=np.float64)
+    taught = flows.unit < limit[flows.track] * factor if len(flows) else np.zeros(0, dtype=bool)
+    catalogue = for_granularity("learned", observed=flows.usage(taught))
+    activity = flows.activity(catalogue)
+    if factor != 1:
+        activity = activity.with_unit_seconds(unit_seconds)
+    return TrainLearned(catalogue, activity, cut)
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -382,6 +453,61 @@ def _calibration(
     )
 
 
+OPEN_SET_SCORES = (
+    "similarity",
+    "margin to type θ",
+    "margin to second type",
+    "distance ratio",
+    "type z-score",
+)
+"""Known-vs-unknown scores whose AUROC the open-set study reports (higher: more likely known):
+the best type's similarity; its margin over the winner's own θ (per-type percentile of
+leave-one-out own-type similarity); its margin over the second-best type; 1 − (1 − best) /
+(1 − second), the nearest-neighbour distance ratio; and the best similarity standardised by the
+winner's leave-one-out own-type similarities (mean and spread)."""
+
+
+def open_set_scores(
+    type_scores: FloatArray,
+    types: Sequence[str],
+    labels: Sequence[str],
+    own: FloatArray,
+    thetas: Mapping[str, float],
+) -> dict[str, FloatArray]:
+    """Every `OPEN_SET_SCORES` score of each row of `type_scores` (scores for `types`, −∞ for
+    types left out); `own` is the leave-one-out own-type similarity of references of types
+    `labels`, `thetas` each type's θ. A type with fewer than two own values is standardised by
+    all of them."""
+    order = np.argsort(-type_scores, axis=1, kind="stable")
+    rows = np.arange(len(type_scores))
+    winner = order[:, 0]
+    best = type_scores[rows, winner]
+    second = (
+        type_scores[rows, order[:, 1]] if type_scores.shape[1] > 1 else np.full(len(rows), -np.inf)
+    )
+    second = np.where(np.isfinite(second), second, 0.0)
+    winner_types = [types[w] for w in winner.tolist()]
+    label = np.array(labels, dtype=object)
+    valid = ~np.isnan(own)
+    overall = own[valid]
+    centre: dict[str, tuple[float, float]] = {}
+    for name in set(winner_types):
+        mine = own[(label == name) & valid]
+        pool = mine if mine.size >= 2 else overall
+        width = float(pool.std()) if pool.size >= 2 else 0.0
+        centre[name] = (float(pool.mean()) if pool.size else 0.0, max(width, 1e-3))
+    mean = np.array([centre[t][0] for t in winner_types], dtype=np.float64)
+    spread = np.array([centre[t][1] for t in winner_types], dtype=np.float64)
+    bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
+    return {
+        "similarity": best,
+        "margin to type θ": best - bar,
+        "margin to second type": best - second,
+        "distance ratio": 1.0 - (1.0 - best) / np.maximum(1.0 - second, 1e-9),
+        "type z-score": (best - mean) / spread,
+    }
+
+
 def open_set(
     refs: References,
     test: FingerprintSet,
@@ -401,15 +527,17 @@ def open_set(
 
     `per_type`: each remaining type's own θ (`choose_thetas`, the fold's θ for types with too
     few references) decides, and the known-vs-unknown score of the AUROC is the margin of the
-    best similarity over the winner's θ.
+    best similarity over the winner's θ. Either way the AUROC of every `OPEN_SET_SCORES` score,
+    pooled over the folds, is reported too.
     """
     folds = []
     pooled_scores: list[FloatArray] = []
     pooled_known: list[npt.NDArray[np.bool_]] = []
+    pooled_study: dict[str, list[FloatArray]] = {name: [] for name in OPEN_SET_SCORES}
     truth_arr = np.array(truth, dtype=object)
     reuse = refs.mode == "centroid" or refs.neighbours == 1
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
-    own = own_type_similarity(refs) if theta is None or per_type else None
+    own = own_type_similarity(refs)
     labels_arr = np.array(refs.labels, dtype=object)
     for left_out in sorted(set(truth) & set(refs.labels)):
         rest_types = tuple(t for t in refs.types if t != left_out)
@@ -418,27 +546,27 @@ def open_set(
         if theta is not None:
             fold_theta = theta
         else:
-            assert own is not None
             values = own[(labels_arr != left_out) & ~np.isnan(own)]
             fold_theta = (
                 float(np.percentile(values, percentile, method="lower")) if values.size else 0.0
             )
         if full is not None:
             ts = full.type_scores.copy()
-            ts[:, full.types.index(left_out)] = -np.inf
+            fold_types = full.types
+            ts[:, fold_types.index(left_out)] = -np.inf
             winner = np.argmax(ts, axis=1)
             best = ts[np.arange(len(winner)), winner]
             winner_types = [full.types[w] for w in winner.tolist()]
         else:
             fold = score(test, refs.without_types([left_out]))
+            ts, fold_types = fold.type_scores, fold.types
             best = fold.best
             winner_types = [fold.types[w] for w in fold.winner.tolist()]
         predicted = np.array(winner_types, dtype=object)
+        thetas = dict(
+            zip(refs.types, choose_thetas(refs, percentile, fold_theta, own), strict=True)
+        )
         if per_type:
-            assert own is not None
-            thetas = dict(
-                zip(refs.types, choose_thetas(refs, percentile, fold_theta, own), strict=True)
-            )
             bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
         else:
             bar = np.full(len(best), fold_theta)
@@ -465,6 +593,9 @@ def open_set(
         )
         pooled_scores.append(margin[judged])
         pooled_known.append(known[judged])
+        study = open_set_scores(ts[judged], fold_types, refs.labels, own, thetas)
+        for name in OPEN_SET_SCORES:
+            pooled_study[name].append(study[name])
     if not folds:
         return OpenSet()
     all_scores, all_known = np.concatenate(pooled_scores), np.concatenate(pooled_known)
@@ -474,6 +605,9 @@ def open_set(
         known_accuracy=float(np.nanmean([f.known_accuracy for f in folds])),
         auroc_mean=float(np.nanmean([f.auroc for f in folds])),
         auroc=auroc(all_scores, all_known),
+        auroc_by_score={
+            name: auroc(np.concatenate(pooled_study[name]), all_known) for name in OPEN_SET_SCORES
+        },
         scores=all_scores,
         known=all_known,
     )
@@ -692,17 +826,30 @@ def evaluate(
     `progress` hears of each (time unit, representation) done (the CLI draws a progress bar);
     fingerprints are computed per group of devices as `parallel` says (in this process by
     default)."""
+    if "train-learned" in settings.catalogues and dataset.flows is None:
+        raise InputError(
+            f"{dataset.name}: the train-learned catalogue needs flow records or captures "
+            "(activity CSVs and databases hold services, not ports)"
+        )
     base = dataset.activity.unit_seconds
     units = settings.unit_seconds or (base,)
-    grid = [(u, g, i) for u in units for g in settings.granularities for i in settings.intensities]
+    grid = [
+        (u, g, i, c)
+        for u in units
+        for g in settings.granularities
+        for i in settings.intensities
+        for c in settings.catalogues
+    ]
     results: list[GridResult] = []
-    for done, (unit_seconds, granularity, intensity) in enumerate(grid):
+    for done, (unit_seconds, granularity, intensity, catalogue) in enumerate(grid):
         activity = (
             dataset.activity
             if math.isclose(unit_seconds, base)
             else dataset.activity.with_unit_seconds(unit_seconds)
         )
-        results.extend(_evaluate_one(dataset, activity, granularity, intensity, settings, parallel))
+        results.extend(
+            _evaluate_one(dataset, activity, granularity, intensity, catalogue, settings, parallel)
+        )
         if progress is not None:
             progress(done + 1, len(grid))
     return Evaluation(
@@ -719,6 +866,7 @@ def _evaluate_one(
     activity: ActivityTable,
     granularity: int | None,
     intensity: Intensity | None,
+    catalogue: CatalogueChoice,
     settings: EvalSettings,
     parallel: Parallel,
 ) -> Iterator[GridResult]:
@@ -726,6 +874,14 @@ def _evaluate_one(
     name = representation_name(granularity, intensity)
     fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
     split = split_rows(fps, dataset.labels, dataset.groups, settings.split, settings.train_fraction)
+    services = len(activity.services)
+    if catalogue == "train-learned" and split.train.size:
+        assert dataset.flows is not None
+        learned = train_learned(dataset.flows, activity.unit_seconds, fps, split)
+        activity = learned.activity
+        services = learned.catalogue.max_id
+        fps = make_windows(activity, config, settings.windows, settings.captures, parallel)
+        split = learned.split(fps, dataset.labels)
     if not split.train.size or not split.test.size:
         raise InputError(
             f"{dataset.name}: {name} at {activity.unit_seconds} s "
@@ -740,6 +896,7 @@ def _evaluate_one(
     test = fps.select(split.test)
     truth = [dataset.labels[name] for name in test.device_names]
     tracks = dict(zip(test.device_names, truth, strict=True))
+    anchors = anchor_results(train, [dataset.labels[n] for n in train.device_names], test, truth)
     # Votes matter only among nearest references; a prototype per type is one neighbour.
     combos = [(m, k if m == "nearest" else 1) for m in settings.modes for k in settings.neighbours]
     for mode, k in dict.fromkeys(combos):
@@ -777,6 +934,9 @@ def _evaluate_one(
         yield GridResult(
             unit_seconds=activity.unit_seconds,
             representation=name,
+            catalogue=catalogue,
+            services=services,
+            anchors=anchors,
             granularity=granularity,
             intensity=intensity,
             neighbours=k,

@@ -13,8 +13,8 @@ In both learned forms a port must be used in at least two (device, unit) cells.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.services import (
     EPHEMERAL_LO,
@@ -34,6 +35,7 @@ from controller.engine.services import (
     ServiceSpec,
 )
 
+I64 = npt.NDArray[np.int64]
 Granularity = Literal["catalogue", "ephemeral", "learned"]
 GRANULARITIES: tuple[Granularity, ...] = ("catalogue", "ephemeral", "learned")
 
@@ -192,3 +194,118 @@ def _ports_catalogue(ports: Sequence[tuple[int, int]], limit: int, source: str) 
     chosen = sorted(set(ports[:room]))
     specs = [ServiceSpec(proto, port, port) for proto, port in chosen]
     return Catalogue.from_specs([*specs, *fixed], source)
+
+
+@dataclass(frozen=True, eq=False)
+class FlowCells:
+    """Flow records summed per (track, unit, protocol, source port, destination port, L4
+    validity), each direction of a biflow a record of the device that sent it: what attributing
+    them with any catalogue needs. An evaluation keeps them to learn a catalogue from the
+    training split's traffic alone and to attribute every track's traffic with it.
+
+    `proto` is -1 for non-IP records, as in flow batches.
+    """
+
+    tracks: tuple[str, ...]
+    unit_seconds: float
+    track: I64
+    unit: I64
+    proto: I64
+    sport: I64
+    dport: I64
+    valid: npt.NDArray[np.bool_]
+    packets: I64
+    bytes: I64
+
+    def __len__(self) -> int:
+        return len(self.track)
+
+    @classmethod
+    def from_records(
+        cls,
+        tracks: Sequence[str],
+        unit_seconds: float,
+        columns: Sequence[npt.ArrayLike],
+    ) -> FlowCells:
+        """Sum records given as (track, unit, proto, sport, dport, valid, packets, bytes)
+        columns; the track column holds codes into `tracks`."""
+        track, unit, proto, sport, dport, valid, packets, octets = (
+            np.asarray(c, dtype=np.int64).reshape(-1) for c in columns
+        )
+        if track.size and (track.min() < 0 or track.max() >= len(tracks)):
+            raise InputError(f"flow cells: track codes outside the {len(tracks)} tracks")
+        key = np.stack([track, unit, proto, sport, dport, valid])
+        if key.shape[1] == 0:
+            unique = key
+            summed_packets = summed_bytes = np.zeros(0, np.int64)
+        else:
+            unique, inverse = np.unique(key, axis=1, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            summed_packets = np.bincount(inverse, weights=packets).astype(np.int64)
+            summed_bytes = np.bincount(inverse, weights=octets).astype(np.int64)
+        return cls(
+            tuple(tracks),
+            unit_seconds,
+            unique[0],
+            unique[1],
+            unique[2],
+            unique[3],
+            unique[4],
+            unique[5].astype(bool),
+            summed_packets,
+            summed_bytes,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[FlowCells]) -> FlowCells:
+        """The records of every part (same unit), tracks of one name merged."""
+        if not parts:
+            raise InputError("concat needs at least one set of flow cells")
+        names: dict[str, int] = {}
+        for part in parts:
+            for name in part.tracks:
+                names.setdefault(name, len(names))
+        columns = [
+            np.concatenate(
+                [np.array([names[n] for n in p.tracks], np.int64)[p.track] for p in parts]
+            )
+        ]
+        for column in ("unit", "proto", "sport", "dport", "valid", "packets", "bytes"):
+            columns.append(np.concatenate([getattr(p, column) for p in parts]))
+        return cls.from_records(tuple(names), parts[0].unit_seconds, columns)
+
+    def renamed(self, tracks: Iterable[str]) -> FlowCells:
+        """The same records under new track keys, one per entry of `tracks` (keys that
+        coincide become one track)."""
+        names = tuple(tracks)
+        if len(names) != len(self.tracks):
+            raise InputError(f"renaming {len(self.tracks)} tracks needs as many names")
+        return FlowCells.concat([replace(self, tracks=names)])
+
+    def usage(self, keep: npt.NDArray[np.bool_] | None = None) -> PortUsage:
+        """Port usage of the records `keep` selects (all by default): valid TCP/UDP only."""
+        mask = self.valid & ((self.proto == TCP) | (self.proto == UDP))
+        if keep is not None:
+            mask &= keep
+        return PortUsage.from_flows(
+            self.track[mask],
+            self.proto[mask],
+            self.sport[mask],
+            self.dport[mask],
+            self.packets[mask],
+            self.unit[mask],
+        )
+
+    def activity(self, catalogue: Catalogue) -> ActivityTable:
+        """Activity per (track, unit, service) with the catalogue's services, attributed as the
+        switch would attribute the records."""
+        counts = {"packets": self.packets, "bytes": self.bytes}
+        return ActivityTable.from_arrays(
+            devices=self.tracks,
+            services=catalogue.names,
+            device=self.track,
+            unit=self.unit,
+            service=catalogue.tables.lookup_many(self.proto, self.sport, self.dport, self.valid),
+            unit_seconds=self.unit_seconds,
+            **counts,
+        )

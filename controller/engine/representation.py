@@ -56,6 +56,14 @@ Intensity = Literal["relative", "absolute"]
 INTENSITIES: tuple[Intensity, ...] = ("relative", "absolute")
 INTENSITY_NAMES: dict[Intensity, str] = {"relative": "intensity", "absolute": "rate"}
 """How a representation's name says its intensity: "prevalence+intensity", "G=4+rate"."""
+DEFAULT_INTENSITY: Intensity | None = "relative"
+"""The intensity enrolment uses unless told otherwise (`--intensity none`: presence only).
+
+Relative intensity identifies at least as well as presence on every real data set, with the
+built-in catalogue and with one learned from the training split: IoT Sentinel (group split, 274
+test captures) prevalence 0.825 → 0.850, list 0.708 → 0.869, after 30 s 0.807 → 0.818;
+tj-oconnor (instance split, 76 test windows) prevalence 0.947 → 1.000, after one hour 0.667 →
+1.000. Being a ratio of counts of one window it is unchanged by sampling and quieter windows."""
 SHARE_DECADES = 4.0
 """Decades of packet share the relative intensity weight spans (1e-4 of the packets and below
 weigh 0)."""

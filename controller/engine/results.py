@@ -85,6 +85,18 @@ class Confusion(Json):
 
 
 @dataclass(frozen=True)
+class AnchorResult(Json):
+    """An anchor baseline's closed-set result on the grid point's own training and test
+    windows (see `controller.engine.anchors`)."""
+
+    name: str
+    n_test: int
+    accuracy: float
+    macro_f1: float
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)
+
+
+@dataclass(frozen=True)
 class TypeResult(Json):
     """One type's closed-set result: its test windows, how many were right (with the Wilson 95 %
     interval of that accuracy), and its precision and F1."""
@@ -157,6 +169,7 @@ class OpenSet(Json):
     known_accuracy: float = math.nan
     auroc_mean: float = math.nan
     auroc: float = math.nan
+    auroc_by_score: Mapping[str, float] = field(default_factory=dict)
     scores: FloatArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
     known: BoolArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
 
@@ -273,12 +286,17 @@ class GridResult(Json):
     open_set_per_type: OpenSet | None = None
     accumulation: Accumulation | None = None
     robustness: tuple[Robustness, ...] = ()
+    catalogue: str = "built-in"
+    services: int = 0
+    anchors: tuple[AnchorResult, ...] = ()
 
     @property
     def label(self) -> str:
-        """ "<representation>, <mode>[, k=<n>], unit <u> s", as reports name a grid point."""
+        """ "<representation>, <mode>[, k=<n>], unit <u> s[, train-learned catalogue]", as
+        reports name a grid point."""
         k = f", k={self.neighbours}" if self.neighbours > 1 else ""
-        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s"
+        learned = "" if self.catalogue == "built-in" else f", {self.catalogue} catalogue"
+        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s{learned}"
 
 
 @dataclass(frozen=True)

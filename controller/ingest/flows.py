@@ -21,7 +21,7 @@ import numpy.typing as npt
 from controller.base.macs import macs_to_keys
 from controller.engine.activity import ActivityTable, units_of
 from controller.engine.catalogue import Catalogue
-from controller.engine.learned import PortUsage
+from controller.engine.learned import FlowCells, PortUsage
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -178,8 +178,10 @@ def batches_to_activity(
 
 
 class PortCounter:
-    """Collects which TCP/UDP service ports the counted devices use, batch by batch, for the
-    `learned` and `ephemeral` granularities (see `controller.engine.catalogue.PortUsage`)."""
+    """Collects the counted devices' flow records, batch by batch, summed per (device, unit,
+    protocol, ports, L4 validity): which TCP/UDP service ports they use, for the `learned` and
+    `ephemeral` granularities (see `controller.engine.learned.PortUsage`), and the records an
+    evaluation attributes anew with a catalogue learned from its training split (`cells`)."""
 
     def __init__(self, devices: U64 | None = None, unit_seconds: float = 3600.0) -> None:
         self.devices = devices
@@ -189,13 +191,15 @@ class PortCounter:
     def add(self, batch: FlowBatch) -> None:
         """Count one batch (both directions of biflows)."""
         unit = units_of(batch.start, self.unit_seconds)
+        valid = np.ones(len(batch), dtype=bool) if batch.l4_valid is None else batch.l4_valid
         macs = [batch.src_mac]
         protos = [batch.proto]
         sports = [batch.sport]
         dports = [batch.dport]
         units = [unit]
+        valids = [valid]
         packets = [batch.packets]
-        valid = [batch.l4_valid] if batch.l4_valid is not None else None
+        octets = [batch.bytes]
         if batch.rev_packets is not None:
             back = batch.rev_packets > 0
             macs.append(batch.dst_mac[back])
@@ -203,41 +207,58 @@ class PortCounter:
             sports.append(batch.dport[back])
             dports.append(batch.sport[back])
             units.append(unit[back])
+            valids.append(valid[back])
             packets.append(batch.rev_packets[back])
-            if valid is not None and batch.l4_valid is not None:
-                valid.append(batch.l4_valid[back])
+            octets.append(
+                batch.rev_bytes[back]
+                if batch.rev_bytes is not None
+                else np.zeros(int(back.sum()), np.int64)
+            )
         mac = np.concatenate(macs)
-        proto = np.concatenate(protos)
-        keep = (proto == 6) | (proto == 17)
-        if valid is not None:
-            keep &= np.concatenate(valid)
+        keep = np.ones(len(mac), dtype=bool)
         if self.devices is not None:
             keep &= np.isin(mac, self.devices)
         key = np.stack(
             [
                 mac[keep].astype(np.int64),
-                proto[keep],
+                np.concatenate(protos)[keep],
                 np.concatenate(sports)[keep],
                 np.concatenate(dports)[keep],
                 np.concatenate(units)[keep],
+                np.concatenate(valids)[keep].astype(np.int64),
             ]
         )
         if key.shape[1] == 0:
             return
         unique, inverse = np.unique(key, axis=1, return_inverse=True)
-        summed = np.bincount(inverse.reshape(-1), weights=np.concatenate(packets)[keep])
-        self._parts.append((*unique, summed.astype(np.int64)))
+        inverse = inverse.reshape(-1)
+        summed = np.bincount(inverse, weights=np.concatenate(packets)[keep])
+        summed_bytes = np.bincount(inverse, weights=np.concatenate(octets)[keep])
+        self._parts.append((*unique, summed.astype(np.int64), summed_bytes.astype(np.int64)))
 
     def extend(self, other: PortCounter) -> None:
         """Take over what another counter collected."""
         self._parts.extend(other._parts)
 
+    def _columns(self) -> tuple[I64, ...]:
+        if not self._parts:
+            return tuple(np.zeros(0, np.int64) for _ in range(8))
+        return tuple(np.concatenate(c) for c in zip(*self._parts, strict=True))
+
     def usage(self) -> PortUsage:
         """Distinct devices, (device, unit) cells and packets per (protocol, service port)."""
-        if not self._parts:
-            empty = np.zeros(0, np.int64)
-            return PortUsage(empty, empty, empty, empty, empty)
-        mac, proto, sport, dport, unit, packets = (
-            np.concatenate(c) for c in zip(*self._parts, strict=True)
+        mac, proto, sport, dport, unit, valid, packets, _ = self._columns()
+        keep = (valid == 1) & ((proto == 6) | (proto == 17))
+        return PortUsage.from_flows(
+            mac[keep], proto[keep], sport[keep], dport[keep], packets[keep], unit[keep]
         )
-        return PortUsage.from_flows(mac, proto, sport, dport, packets, unit)
+
+    def cells(self) -> FlowCells:
+        """The collected records by device (keyed by MAC, as activity is)."""
+        mac, proto, sport, dport, unit, valid, packets, octets = self._columns()
+        vocabulary, codes = np.unique(mac.astype(np.uint64), return_inverse=True)
+        return FlowCells.from_records(
+            macs_to_keys(vocabulary),
+            self.unit_seconds,
+            (codes.reshape(-1), unit, proto, sport, dport, valid, packets, octets),
+        )

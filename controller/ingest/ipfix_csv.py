@@ -162,7 +162,7 @@ def read_ipfix_csv(
     columns = _Columns(path, header, mapping)
     if use_arrow:
         # The fast path may give up part way; its port counts join `ports` only if it finishes.
-        local = PortCounter(ports.devices) if ports is not None else None
+        local = PortCounter(ports.devices, ports.unit_seconds) if ports is not None else None
         stats = IngestStats()
         try:
             batches = _arrow_batches(path, columns, stats, skip_bad_records)

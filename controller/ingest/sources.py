@@ -29,7 +29,7 @@ from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
-from controller.engine.learned import Granularity
+from controller.engine.learned import FlowCells, Granularity
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import (
@@ -40,7 +40,7 @@ from controller.ingest.files import (
     expand_paths,
     read_file,
 )
-from controller.ingest.flows import IngestStats
+from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.labels import Labels
 from controller.store.storage import is_url, open_store
 
@@ -59,6 +59,8 @@ class Sources:
     seconds (None: the unit of stored activity, or the default hour for raw files).
     `service_granularity` decides how raw files' ports group into services (see
     `controller.engine.catalogue`); `catalogue` is the catalogue file it starts from.
+    `flow_cells`: also keep the raw files' records by track and ports (`Loaded.flows`), so that
+    an evaluation can learn a catalogue from its training split alone.
     """
 
     files: tuple[Path, ...] = ()
@@ -75,6 +77,7 @@ class Sources:
     max_services: int = MAX_SERVICE_ID
     column_map: Mapping[str, str] = field(default_factory=dict)
     skip_bad_records: bool = False
+    flow_cells: bool = False
 
     def __post_init__(self) -> None:
         if self.tracks not in TRACKS:
@@ -105,6 +108,7 @@ class Loaded(IngestResult):
     name: str = "inputs"
     catalogue: Catalogue | None = None
     per_file: Mapping[Path, ActivityTable] = field(default_factory=dict)
+    flows: FlowCells | None = None
 
 
 def mac_of(track: str) -> str:
@@ -215,19 +219,21 @@ def load(
         # Stored activity keeps its own unit unless another one is asked for.
         unit = parts[0][1].unit_seconds
     tables = []
+    cells: list[FlowCells] = []
     per_file: dict[Path, ActivityTable] = {}
     labels: dict[str, str] = {}
     shared = known.shared if known is not None and split_shared else {}
     for tag, table, labels_here, origin in parts:
         if not math.isclose(table.unit_seconds, unit):
             table = table.with_unit_seconds(unit)
-        if sources.tracks == "capture":
-            table = _retag(table, tag)
-        elif shared:
-            table = _retag(table, tag, shared)
+        macs = None if sources.tracks == "capture" else shared
+        if macs is None or macs:
+            table = table.renamed(_retag(table.devices, tag, macs))
         tables.append(table)
         if origin is not None:
             per_file[origin] = table
+            if sources.flow_cells:
+                cells.append(_flow_cells(origin, unit, options, labels_here, tag, macs, sources))
         labels.update(
             {d: labels_here[mac_of(d)] for d in table.used_devices() if mac_of(d) in labels_here}
         )
@@ -239,7 +245,29 @@ def load(
     if sources.tracks == "capture":
         groups = {d: d.split(TRACK_SEPARATOR, 1)[1] for d in activity.devices}
     name = parts[0][0] if len(parts) == 1 else f"{len(parts)} inputs"
-    return Loaded(activity, stats, labels, groups, name, catalogue, per_file)
+    flows = FlowCells.concat(cells) if cells and len(cells) == len(parts) else None
+    return Loaded(activity, stats, labels, groups, name, catalogue, per_file, flows)
+
+
+def _flow_cells(
+    path: Path,
+    unit: float,
+    options: IngestOptions,
+    in_capture: Mapping[str, str],
+    tag: str,
+    macs: Collection[str] | None,
+    sources: Sources,
+) -> FlowCells:
+    """One raw file's records by track and ports, its tracks named as its activity's are."""
+    counted = None
+    if options.labels is not None and not sources.all_devices:
+        counted = np.array(sorted(mac_to_int(m) for m in in_capture), dtype=np.uint64)
+    counter = PortCounter(counted, unit)
+    read_file(path, Catalogue.default(), unit, counted, options, counter)
+    found = counter.cells()
+    return (
+        found if macs is not None and not macs else found.renamed(_retag(found.tracks, tag, macs))
+    )
 
 
 def read_database(location: Path | str) -> ActivityTable:
@@ -273,12 +301,10 @@ def merge_instances(types: set[str]) -> dict[str, str]:
     return merged
 
 
-def _retag(table: ActivityTable, tag: str, macs: Collection[str] | None = None) -> ActivityTable:
+def _retag(devices: Sequence[str], tag: str, macs: Collection[str] | None = None) -> list[str]:
     """Tracks of one input file: its devices (only those in `macs`, when given) keyed
     "<mac>#<tag>"."""
-    return table.renamed(
-        f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in table.devices
-    )
+    return [f"{d}{TRACK_SEPARATOR}{tag}" if macs is None or d in macs else d for d in devices]
 
 
 def _tag(path: Path, roots: Sequence[Path]) -> str:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, write_text_atomically
 from controller.engine.evaluate import (
+    CATALOGUES,
     DEFAULT_GRANULARITIES,
     DEFAULT_INTENSITIES,
     DEFAULT_PREFIXES,
     DEFAULT_TRAIN_FRACTION,
     SPLITS,
+    CatalogueChoice,
     EvalSettings,
     Windows,
 )
@@ -52,6 +54,7 @@ from controller.engine.identify import (
 from controller.engine.report import prepare_report_folder, write_report
 from controller.engine.representation import (
     DEFAULT_GRANULARITY,
+    DEFAULT_INTENSITY,
     DEFAULT_THRESHOLD,
     INTENSITIES,
     INTENSITY_NAMES,
@@ -216,11 +219,15 @@ def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> No
     parser.add_argument(
         "--intensity",
         type=_intensity,
-        default=None,
+        default=DEFAULT_INTENSITY if defaults else None,
         help="intensity weights next to prevalence: none (the paper's presence-only "
         "fingerprints), relative (packet share and packet size, independent of the "
         "observation rate) or absolute (packets per unit and packet size) "
-        + ("(default: none)" if defaults else "(default: the references' setting)"),
+        + (
+            f"(default: {DEFAULT_INTENSITY or 'none'})"
+            if defaults
+            else "(default: the references' setting)"
+        ),
     )
 
 
@@ -236,8 +243,33 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _catalogues(text: str) -> tuple[CatalogueChoice, ...]:
+    chosen: list[CatalogueChoice] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name == "built-in":
+            chosen.append("built-in")
+        elif name == "train-learned":
+            chosen.append("train-learned")
+        elif name:
+            raise argparse.ArgumentTypeError(
+                f"catalogue {name!r}: choose from {', '.join(CATALOGUES)}"
+            )
+    if not chosen:
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(CATALOGUES)}")
+    return tuple(chosen)
+
+
 def _add_grid(parser: argparse.ArgumentParser) -> None:
-    """The evaluation grid's intensity, neighbour and sampling axes."""
+    """The evaluation grid's intensity, neighbour, sampling and catalogue axes."""
+    parser.add_argument(
+        "--catalogues",
+        type=_catalogues,
+        default=("built-in",),
+        help="service catalogues to compare: built-in (services as ingested) and/or "
+        "train-learned (per split, the most used ports of the training traffic alone; needs "
+        "flow records or captures) (default: built-in)",
+    )
     parser.add_argument(
         "--intensities",
         type=_intensities,
@@ -394,7 +426,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
-    inputs = api.read(sources_from_args(args), need_labels=True, engine=engine)
+    sources = replace(sources_from_args(args), flow_cells="train-learned" in args.catalogues)
+    inputs = api.read(sources, need_labels=True, engine=engine)
     report_skips("evaluate", inputs)
     settings = EvalSettings(
         granularities=args.granularities,
@@ -411,6 +444,7 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         prefixes=args.prefixes,
         intensities=args.intensities,
         sampling=args.sampling,
+        catalogues=args.catalogues,
     )
     show = sys.stderr.isatty() and not args.no_progress
     with tqdm(desc="evaluate", disable=not show) as bar:
