@@ -89,9 +89,11 @@ class Bmv2Target(Target):
             interfaces,
         )
         if not self.log:
-            # No per-packet log (what a benchmark measures): drop --log-file and --log-flush.
+            # No per-packet log (what a benchmark measures): drop --log-file and --log-flush, and
+            # turn the level off too. Without a file BMv2 still formats every per-packet message
+            # at its default level (trace), which costs fingerprint.p4 about a third of its time.
             at = command.index("--log-file")
-            del command[at : at + 3]
+            command[at : at + 3] = ["--log-level", "off"]
         return command
 
     def _start(self) -> None:
