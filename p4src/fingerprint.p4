@@ -273,50 +273,12 @@ control IngressImpl(inout headers_t hdr,
     @id(0x16000002)
     register<bit<48>>(DIGEST_CACHE_SIZE) digest_time;
 
-    // A device id beyond the counter's layout (an entry a controller must never write, but BMv2
-    // accepts any 16-bit value) is treated as a miss: unregistered, and announced. The guards
-    // are expressions inside the actions: on BMv2 every `if` in a control body is one more
-    // pipeline node each packet walks through.
-    @id(0x01000001)
-    action set_device(bit<16> device_id) {
-        meta.registered = device_id < MAX_DEVICES ? 1w1 : 1w0;
-        meta.device_id = device_id < MAX_DEVICES ? device_id : 16w0;
-    }
-
-    @id(0x01000002)
-    action unregistered() {
-        meta.device_id = 0;
-        meta.registered = 0;
-    }
-
-    // Likewise a service id beyond the layout counts as "other": never in another device's
-    // cells, never outside the array.
-    @id(0x01000003)
-    action set_service(bit<16> service_id) {
-        meta.service_id = service_id < MAX_SERVICES ? service_id : 16w0;
-    }
-
-    @id(0x01000004)
-    action forward(bit<9> port) {
-        standard_metadata.egress_spec = port;
-    }
-
-    @id(0x01000005)
-    action flood() {
-        standard_metadata.mcast_grp = FLOOD_GROUP;
-        meta.flooded = 1;
-    }
-
-    @id(0x01000006)
-    action drop() {
-        mark_to_drop(standard_metadata);
-    }
-
     // The per-packet defaults and the service key, in one step. The key is used only for a
     // packet parsed without error: a TCP or UDP packet whose header is missing (later fragment),
     // truncated or contradicts itself is never looked up, so it can never be mistaken for a
     // port-0 service; ICMP, ICMPv6 and any other IP protocol are looked up with ports 0.
-    // Hidden: not a P4Runtime action, only the ingress calls it.
+    // Both device_table actions run it first: device_table is applied to every packet before
+    // anything else, so this saves BMv2 a pipeline node. Hidden: not a P4Runtime action.
     @hidden
     action start_packet() {
         meta.service_id = 0;
@@ -334,6 +296,58 @@ control IngressImpl(inout headers_t hdr,
                     || ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
                         && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP))
                 ? 1w1 : 1w0;
+    }
+
+    // A device id beyond the counter's layout (an entry a controller must never write, but BMv2
+    // accepts any 16-bit value) is treated as a miss: unregistered, and announced. The guards
+    // are expressions inside the actions: on BMv2 every `if` in a control body is one more
+    // pipeline node each packet walks through.
+    @id(0x01000001)
+    action set_device(bit<16> device_id) {
+        start_packet();
+        meta.registered = device_id < MAX_DEVICES ? 1w1 : 1w0;
+        meta.device_id = device_id < MAX_DEVICES ? device_id : 16w0;
+    }
+
+    @id(0x01000002)
+    action unregistered() {
+        start_packet();
+        meta.device_id = 0;
+        meta.registered = 0;
+    }
+
+    // Likewise a service id beyond the layout counts as "other": never in another device's
+    // cells, never outside the array.
+    @id(0x01000003)
+    action set_service(bit<16> service_id) {
+        meta.service_id = service_id < MAX_SERVICES ? service_id : 16w0;
+    }
+
+    // The count, once the device and the service are known. Every l2_forward action runs it
+    // first: l2_forward is applied last to every packet and runs exactly one of them, which saves
+    // BMv2 a pipeline node of its own for the count. Hidden: not a P4Runtime action.
+    @hidden
+    action count_packet() {
+        service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
+    }
+
+    @id(0x01000004)
+    action forward(bit<9> port) {
+        count_packet();
+        standard_metadata.egress_spec = port;
+    }
+
+    @id(0x01000005)
+    action flood() {
+        count_packet();
+        standard_metadata.mcast_grp = FLOOD_GROUP;
+        meta.flooded = 1;
+    }
+
+    @id(0x01000006)
+    action drop() {
+        count_packet();
+        mark_to_drop(standard_metadata);
     }
 
     // Source MAC -> device id. A miss is an unregistered device: it is counted under device 0
@@ -400,8 +414,7 @@ control IngressImpl(inout headers_t hdr,
     }
 
     apply {
-        start_packet();
-
+        // Its actions start the packet (start_packet) before they set the device.
         device_table.apply();
 
         if (meta.registered == 0) {
@@ -424,8 +437,7 @@ control IngressImpl(inout headers_t hdr,
             }
         }
 
-        service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
-
+        // Its actions count the packet (count_packet) before they forward it.
         l2_forward.apply();
     }
 }
