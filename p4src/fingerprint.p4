@@ -68,36 +68,80 @@ control IngressImpl(inout headers_t hdr,
     @id(0x16000002)
     register<bit<48>>(DIGEST_CACHE_SIZE) digest_time;
 
+    // The per-packet defaults and the service key, in one step. The key is used only for a
+    // packet parsed without error: a TCP or UDP packet whose header is missing (later fragment),
+    // truncated or contradicts itself is never looked up, so it can never be mistaken for a
+    // port-0 service; ICMP, ICMPv6 and any other IP protocol are looked up with ports 0.
+    // Both device_table actions run it first: device_table is applied to every packet before
+    // anything else, so this saves BMv2 a pipeline node. Hidden: not a P4Runtime action.
+    @hidden
+    action start_packet() {
+        meta.service_id = 0;
+        meta.flooded = 0;
+        // At most one of each pair is valid: an OR of flat choices, which p4c keeps as one
+        // expression (a nested choice becomes several assignments).
+        meta.l4_proto = (hdr.ipv4.isValid() ? hdr.ipv4.protocol : 8w0)
+                      | (hdr.ipv6.isValid() ? hdr.ipv6.next_hdr : 8w0);
+        meta.l4_sport = (hdr.tcp.isValid() ? hdr.tcp.src_port : 16w0)
+                      | (hdr.udp.isValid() ? hdr.udp.src_port : 16w0);
+        meta.l4_dport = (hdr.tcp.isValid() ? hdr.tcp.dst_port : 16w0)
+                      | (hdr.udp.isValid() ? hdr.udp.dst_port : 16w0);
+        meta.has_service_key = standard_metadata.parser_error == error.NoError
+                && (hdr.tcp.isValid() || hdr.udp.isValid()
+                    || ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
+                        && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP))
+                ? 1w1 : 1w0;
+    }
+
+    // A device id beyond the counter's layout (an entry a controller must never write, but BMv2
+    // accepts any 16-bit value) is treated as a miss: unregistered, and announced. The guards
+    // are expressions inside the actions: on BMv2 every `if` in a control body is one more
+    // pipeline node each packet walks through.
     @id(0x01000001)
     action set_device(bit<16> device_id) {
-        meta.device_id = device_id;
-        meta.registered = 1;
+        start_packet();
+        meta.registered = device_id < MAX_DEVICES ? 1w1 : 1w0;
+        meta.device_id = device_id < MAX_DEVICES ? device_id : 16w0;
     }
 
     @id(0x01000002)
     action unregistered() {
+        start_packet();
         meta.device_id = 0;
         meta.registered = 0;
     }
 
+    // Likewise a service id beyond the layout counts as "other": never in another device's
+    // cells, never outside the array.
     @id(0x01000003)
     action set_service(bit<16> service_id) {
-        meta.service_id = service_id;
+        meta.service_id = service_id < MAX_SERVICES ? service_id : 16w0;
+    }
+
+    // The count, once the device and the service are known. Every l2_forward action runs it
+    // first: l2_forward is applied last to every packet and runs exactly one of them, which saves
+    // BMv2 a pipeline node of its own for the count. Hidden: not a P4Runtime action.
+    @hidden
+    action count_packet() {
+        service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
     }
 
     @id(0x01000004)
     action forward(bit<9> port) {
+        count_packet();
         standard_metadata.egress_spec = port;
     }
 
     @id(0x01000005)
     action flood() {
+        count_packet();
         standard_metadata.mcast_grp = FLOOD_GROUP;
         meta.flooded = 1;
     }
 
     @id(0x01000006)
     action drop() {
+        count_packet();
         mark_to_drop(standard_metadata);
     }
 
@@ -165,16 +209,8 @@ control IngressImpl(inout headers_t hdr,
     }
 
     apply {
-        meta.service_id = 0;
-        meta.flooded = 0;
-
+        // Its actions start the packet (start_packet) before they set the device.
         device_table.apply();
-        // A device id beyond the counter's layout (an entry a controller must never write, but
-        // BMv2 accepts any 16-bit value) is treated as a miss: unregistered, and announced.
-        if (meta.device_id >= MAX_DEVICES) {
-            meta.device_id = 0;
-            meta.registered = 0;
-        }
 
         if (meta.registered == 0) {
             hash(meta.digest_slot, HashAlgorithm.crc16, (bit<32>)0, { hdr.ethernet.src },
@@ -190,46 +226,13 @@ control IngressImpl(inout headers_t hdr,
             }
         }
 
-        // The service key, only for a packet parsed without error: a TCP or UDP packet whose
-        // header is missing (later fragment), truncated or contradicts itself is never looked
-        // up, so it can never be mistaken for a port-0 service.
-        meta.has_service_key = 0;
-        meta.l4_proto = 0;
-        meta.l4_sport = 0;
-        meta.l4_dport = 0;
-        if (hdr.ipv4.isValid()) {
-            meta.l4_proto = hdr.ipv4.protocol;
-        } else if (hdr.ipv6.isValid()) {
-            meta.l4_proto = hdr.ipv6.next_hdr;
-        }
-        if (standard_metadata.parser_error == error.NoError) {
-            if (hdr.tcp.isValid()) {
-                meta.l4_sport = hdr.tcp.src_port;
-                meta.l4_dport = hdr.tcp.dst_port;
-                meta.has_service_key = 1;
-            } else if (hdr.udp.isValid()) {
-                meta.l4_sport = hdr.udp.src_port;
-                meta.l4_dport = hdr.udp.dst_port;
-                meta.has_service_key = 1;
-            } else if ((hdr.ipv4.isValid() || hdr.ipv6.isValid())
-                       && meta.l4_proto != PROTO_TCP && meta.l4_proto != PROTO_UDP) {
-                meta.has_service_key = 1;
-            }
-        }
-
         if (meta.has_service_key == 1) {
             if (!service_by_dst.apply().hit) {
                 service_by_src.apply();
             }
         }
 
-        // Likewise a service id beyond the layout counts as "other": never in another device's
-        // cells, never outside the array.
-        if (meta.service_id >= MAX_SERVICES) {
-            meta.service_id = 0;
-        }
-        service_hits.count((bit<32>)meta.device_id * MAX_SERVICES + (bit<32>)meta.service_id);
-
+        // Its actions count the packet (count_packet) before they forward it.
         l2_forward.apply();
     }
 }

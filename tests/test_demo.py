@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,11 +16,21 @@ import dpkt
 import pytest
 
 from controller.base.errors import InputError, SvcfpError
+from controller.control.live import verdict
+from controller.engine.identify import UNKNOWN
 from controller.ingest import synth
+from controller.store.storage import Storage
 from svcfp.cli.demo import main
-from topology.demo import run_demo
+from topology import graph as topo
+from topology.demo import DATABASE, run_demo
 from topology.scenario import DemoConfig, build_scenario, choose_types
-from topology.state import STATE_FILE
+from topology.state import (
+    STATE_FILE,
+    TestbedState,
+    interface_exists,
+    is_ours,
+    namespace_exists,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +138,82 @@ def test_no_network_mode_identifies_known_devices_and_flags_the_held_out_type(
         frames = sum(1 for _ in dpkt.pcap.Reader(handle))
     assert frames == summary["playback"]["frames"] > 0
     # The switch process was stopped and the run record removed.
+    assert not (chosen.logs / STATE_FILE).exists()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", chosen.grpc_port))
+
+
+def run_recorded(command: list[str], logs: Path, timeout: float) -> tuple[int, TestbedState]:
+    """Run `command` to its end; its exit status and every process, interface and namespace its
+    run record (`logs`/testbed.json) listed while it ran, each seen running when first listed."""
+    seen = TestbedState(path=logs / STATE_FILE)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            assert time.monotonic() < deadline, f"{command} still runs after {timeout} s"
+            state = TestbedState.load(logs)
+            for record in state.processes if state is not None else ():
+                if record not in seen.processes:
+                    assert is_ours(record), record
+                    seen.processes.append(record)
+            for kind in ("interfaces", "namespaces"):
+                names = getattr(seen, kind)
+                names.extend(n for n in getattr(state, kind, ()) if n not in names)
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, seen
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+@pytest.mark.bmv2
+@pytest.mark.slow
+def test_bmv2_demo_identifies_every_device_and_leaves_nothing_behind(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    # What `make demo SWITCH=bmv2` runs, in 36 units rather than 60.
+    chosen = config(tmp_path, switch="bmv2", grpc_port=free_port())
+    scenario = build_scenario(chosen)
+    created = topo.interfaces(scenario.graph)
+    assert not any(interface_exists(name) for name in created)
+    command = [
+        sys.executable, "-m", "svcfp", "demo", "--switch", "bmv2",
+        "--units", str(chosen.units), "--time-unit", str(chosen.unit_seconds),
+        "--grpc-port", str(chosen.grpc_port), "--http", "off",
+        "--out", str(chosen.out), "--logs", str(chosen.logs),
+    ]  # fmt: skip
+    status, recorded = run_recorded(command, chosen.logs, timeout=240)
+    assert status == 0
+
+    # Each device's answer, from its decisions stored in the demo's database (oldest first, the
+    # most frequent label): known types as themselves, the held-out hub as unknown. The report
+    # says the same.
+    expected = {
+        h.mac: UNKNOWN if scenario.truth[h.name] == "hub" else scenario.truth[h.name]
+        for h in topo.hosts(scenario.graph, topo.DEVICE)
+    }
+    with Storage(chosen.out / DATABASE) as storage:
+        stored = [r for r in storage.decisions() if r.device in expected]
+    labels = {mac: [r.label for r in stored if r.device == mac] for mac in expected}
+    assert {mac: mine[verdict(mine)] for mac, mine in labels.items()} == expected, labels
+    summary = json.loads((chosen.out / "decisions.json").read_text())
+    assert summary["mode"] == "mininet (bmv2)"
+    assert summary["correct"] == len(expected) == 5
+    assert {row["mac"]: row["identified"] for row in summary["devices"]} == expected
+    assert len(summary["decisions"]) == len(stored)
+
+    # It ran BMv2, the hosts and their programs; none of them runs now, and every interface and
+    # namespace it created is gone.
+    labels_run = {p.label for p in recorded.processes}
+    assert {"demo", "switch:s1", "host:dns", "host:d1", "devices:d1"} <= labels_run, labels_run
+    assert not any(is_ours(p) for p in recorded.processes)
+    assert set(created) <= set(recorded.interfaces)
+    assert not any(interface_exists(name) for name in recorded.interfaces)
+    assert not any(namespace_exists(name) for name in recorded.namespaces)
     assert not (chosen.logs / STATE_FILE).exists()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", chosen.grpc_port))
