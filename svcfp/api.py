@@ -50,9 +50,11 @@ from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_PER_TYPE_THETA,
     DEFAULT_PERCENTILE,
+    DEFAULT_WEIGHTING,
     Decision,
     Mode,
     References,
+    Weighting,
 )
 from controller.engine.identify import enroll as enroll_fingerprints
 from controller.engine.partition import SERIAL, Parallel
@@ -168,9 +170,11 @@ def enroll(
     percentile: float = DEFAULT_PERCENTILE,
     neighbours: int = DEFAULT_NEIGHBOURS,
     per_type: bool = DEFAULT_PER_TYPE_THETA,
+    weighting: Weighting = DEFAULT_WEIGHTING,
 ) -> References:
     """Reference fingerprints of the labelled tracks of `data` (θ chosen at `percentile` of the
-    references' own similarity unless given; with `per_type`, per type where it can be)."""
+    references' own similarity unless given; with `per_type`, per type where it can be;
+    services weighed as `weighting` says)."""
     config = exporter if exporter is not None else ExporterConfig(intensity=DEFAULT_INTENSITY)
     fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
     return enroll_fingerprints(
@@ -182,6 +186,7 @@ def enroll(
         neighbours=neighbours,
         config=config,
         per_type=per_type,
+        weighting=weighting,
     )
 
 

@@ -37,11 +37,14 @@ from controller.engine.fingerprints import FingerprintSet
 from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_PERCENTILE,
+    DEFAULT_WEIGHTING,
     MODES,
     UNKNOWN,
+    WEIGHTINGS,
     Mode,
     References,
     Scores,
+    Weighting,
     choose_theta,
     choose_thetas,
     enroll,
@@ -144,6 +147,7 @@ class EvalSettings:
     every training capture also enrols its first `reference_prefixes` units as references.
     `sampling`: each 1:N also identifies the test data thinned by packet sampling.
     `catalogues`: which service catalogues to compare (see `CATALOGUES`).
+    `weightings`: which service weightings of the references to compare (`WEIGHTINGS`).
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -163,6 +167,7 @@ class EvalSettings:
     sampling: tuple[int, ...] = ()
     seed: int = 0
     catalogues: tuple[CatalogueChoice, ...] = ("built-in",)
+    weightings: tuple[Weighting, ...] = (DEFAULT_WEIGHTING,)
 
     @property
     def representations(self) -> list[str]:
@@ -188,6 +193,7 @@ class EvalSettings:
             "percentile": self.percentile,
             "theta": self.theta,
             "catalogues": list(self.catalogues),
+            "weightings": list(self.weightings),
         }
 
     def __post_init__(self) -> None:
@@ -210,6 +216,10 @@ class EvalSettings:
             raise InputError(f"sampling {self.sampling}: every 1:N needs N ≥ 1")
         if not self.catalogues or any(c not in CATALOGUES for c in self.catalogues):
             raise InputError(f"catalogues {self.catalogues}: choose from {', '.join(CATALOGUES)}")
+        if not self.weightings or any(w not in WEIGHTINGS for w in self.weightings):
+            raise InputError(
+                f"service weightings {self.weightings}: choose from {', '.join(WEIGHTINGS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -523,7 +533,8 @@ def open_set(
     Removing a type leaves every other type's score as it was (its references and prototype
     are untouched, and so are the other types' leave-one-out similarities behind θ), so with a
     single voting neighbour one scoring of `test` (`scores`, computed if not given) serves every
-    fold; with several voting neighbours each fold is scored anew.
+    fold; with several voting neighbours each fold is scored anew, and so is every fold of
+    references with service weights (which the fold's references learn again).
 
     `per_type`: each remaining type's own θ (`choose_thetas`, the fold's θ for types with too
     few references) decides, and the known-vs-unknown score of the AUROC is the margin of the
@@ -535,14 +546,18 @@ def open_set(
     pooled_known: list[npt.NDArray[np.bool_]] = []
     pooled_study: dict[str, list[FloatArray]] = {name: [] for name in OPEN_SET_SCORES}
     truth_arr = np.array(truth, dtype=object)
-    reuse = refs.mode == "centroid" or refs.neighbours == 1
+    reuse = refs.weighting == "none" and (refs.mode == "centroid" or refs.neighbours == 1)
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
-    own = own_type_similarity(refs)
+    all_own = own_type_similarity(refs)
     labels_arr = np.array(refs.labels, dtype=object)
     for left_out in sorted(set(truth) & set(refs.labels)):
         rest_types = tuple(t for t in refs.types if t != left_out)
         if not rest_types:
             continue
+        own = all_own
+        if refs.weighting != "none":
+            own = np.full(len(refs.labels), np.nan)
+            own[labels_arr != left_out] = own_type_similarity(refs.without_types([left_out]))
         if theta is not None:
             fold_theta = theta
         else:
@@ -898,8 +913,13 @@ def _evaluate_one(
     tracks = dict(zip(test.device_names, truth, strict=True))
     anchors = anchor_results(train, [dataset.labels[n] for n in train.device_names], test, truth)
     # Votes matter only among nearest references; a prototype per type is one neighbour.
-    combos = [(m, k if m == "nearest" else 1) for m in settings.modes for k in settings.neighbours]
-    for mode, k in dict.fromkeys(combos):
+    combos = [
+        (m, k if m == "nearest" else 1, w)
+        for w in settings.weightings
+        for m in settings.modes
+        for k in settings.neighbours
+    ]
+    for mode, k, weighting in dict.fromkeys(combos):
         refs = enroll(
             train,
             dataset.labels,
@@ -907,6 +927,7 @@ def _evaluate_one(
             theta=settings.theta if settings.theta is not None else 0.0,
             neighbours=k,
             config=config,
+            weighting=weighting,
         )
         if settings.theta is None:
             try:
@@ -940,6 +961,7 @@ def _evaluate_one(
             granularity=granularity,
             intensity=intensity,
             neighbours=k,
+            weighting=weighting,
             windows=len(fps),
             n_train=len(train),
             convergence=convergence,

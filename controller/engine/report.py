@@ -31,12 +31,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def matching(result: GridResult) -> str:
+    """How a grid point matched references: "nearest", "nearest k=3", "nearest idf"."""
+    mode = result.mode if result.neighbours == 1 else f"{result.mode} k={result.neighbours}"
+    return mode if result.weighting == "none" else f"{mode} {result.weighting}"
+
+
 def summary_cells(result: GridResult) -> list[str]:
     """The headline numbers of one grid point, formatted as the settings table's cells."""
     closed, opened = result.closed_set, result.open_set
     typed = result.open_set_per_type
     lo, hi = closed.accuracy_ci
-    mode = result.mode if result.neighbours == 1 else f"{result.mode} k={result.neighbours}"
+    mode = matching(result)
     return [
         _fmt(result.unit_seconds, 0),
         result.representation,
@@ -211,7 +217,7 @@ def _open_set_score_lines(metrics: Evaluation) -> list[str]:
             _fmt(r.unit_seconds, 0),
             r.representation,
             r.catalogue,
-            r.mode if r.neighbours == 1 else f"{r.mode} k={r.neighbours}",
+            matching(r),
             *(_fmt(r.open_set.auroc_by_score.get(name)) for name in names),
         ]
         for r in shown
@@ -235,9 +241,12 @@ def _order(value: float) -> float:
 
 def _anchor_lines(metrics: Evaluation) -> list[str]:
     """The method next to the anchor baselines, on the same windows, per grid point (first
-    mode and neighbour count only: the anchors do not depend on them)."""
-    first = (metrics.settings.modes[0], metrics.settings.neighbours[0])
-    shown = [r for r in metrics.results if r.anchors and (r.mode, r.neighbours) == first]
+    mode, neighbour count and service weighting only: the anchors do not depend on them)."""
+    settings = metrics.settings
+    first = (settings.modes[0], settings.neighbours[0], settings.weightings[0])
+    shown = [
+        r for r in metrics.results if r.anchors and (r.mode, r.neighbours, r.weighting) == first
+    ]
     if not shown:
         return []
     names = [a.name for a in shown[0].anchors]

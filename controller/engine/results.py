@@ -289,12 +289,14 @@ class GridResult(Json):
     catalogue: str = "built-in"
     services: int = 0
     anchors: tuple[AnchorResult, ...] = ()
+    weighting: str = "none"
 
     @property
     def label(self) -> str:
-        """ "<representation>, <mode>[, k=<n>], unit <u> s[, train-learned catalogue]", as
+        """ "<representation>, <mode>[, k=<n>][, idf], unit <u> s[, train-learned catalogue]", as
         reports name a grid point."""
         k = f", k={self.neighbours}" if self.neighbours > 1 else ""
+        k += "" if self.weighting == "none" else f", {self.weighting}"
         learned = "" if self.catalogue == "built-in" else f", {self.catalogue} catalogue"
         return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s{learned}"
 

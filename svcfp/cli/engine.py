@@ -45,11 +45,14 @@ from controller.engine.identify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_PER_TYPE_THETA,
     DEFAULT_PERCENTILE,
+    DEFAULT_WEIGHTING,
     MODES,
     UNKNOWN,
+    WEIGHTINGS,
     Decision,
     Mode,
     References,
+    Weighting,
 )
 from controller.engine.report import prepare_report_folder, write_report
 from controller.engine.representation import (
@@ -243,21 +246,31 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _catalogues(text: str) -> tuple[CatalogueChoice, ...]:
-    chosen: list[CatalogueChoice] = []
+Choice = TypeVar("Choice", bound=str)
+
+
+def _choices(text: str, allowed: tuple[Choice, ...], what: str) -> tuple[Choice, ...]:
+    """A comma-separated list of names, each one of `allowed` (`what` names one in errors)."""
+    chosen: list[Choice] = []
     for part in text.split(","):
         name = part.strip()
-        if name == "built-in":
-            chosen.append("built-in")
-        elif name == "train-learned":
-            chosen.append("train-learned")
-        elif name:
-            raise argparse.ArgumentTypeError(
-                f"catalogue {name!r}: choose from {', '.join(CATALOGUES)}"
-            )
+        if not name:
+            continue
+        found = [choice for choice in allowed if choice == name]
+        if not found:
+            raise argparse.ArgumentTypeError(f"{what} {name!r}: choose from {', '.join(allowed)}")
+        chosen.append(found[0])
     if not chosen:
-        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(CATALOGUES)}")
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(allowed)}")
     return tuple(chosen)
+
+
+def _weightings(text: str) -> tuple[Weighting, ...]:
+    return _choices(text, WEIGHTINGS, "service weighting")
+
+
+def _catalogues(text: str) -> tuple[CatalogueChoice, ...]:
+    return _choices(text, CATALOGUES, "catalogue")
 
 
 def _add_grid(parser: argparse.ArgumentParser) -> None:
@@ -277,6 +290,14 @@ def _add_grid(parser: argparse.ArgumentParser) -> None:
         help="intensities to compare, each with every granularity (default: "
         + ",".join("none" if i is None else i for i in DEFAULT_INTENSITIES)
         + ")",
+    )
+    parser.add_argument(
+        "--service-weightings",
+        type=_weightings,
+        default=(DEFAULT_WEIGHTING,),
+        help="service weightings of the references to compare: none (every service alike) "
+        f"and/or idf (rarer services among the known types weigh more) (default: "
+        f"{DEFAULT_WEIGHTING})",
     )
     parser.add_argument(
         "--neighbour-counts",
@@ -327,12 +348,15 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         neighbours=args.neighbours,
         per_type=args.per_type_theta,
+        weighting=args.service_weighting,
     )
     refs.save(args.out)
     counts = Counter(refs.labels)
     print(
         f"enrolled {len(refs.labels)} reference fingerprints of {len(counts)} types "
-        f"({refs.representation}, {refs.mode}, θ = {refs.theta:.4f}"
+        f"({refs.representation}, {refs.mode}"
+        + ("" if refs.weighting == "none" else f", {refs.weighting} service weights")
+        + f", θ = {refs.theta:.4f}"
         + (", per-type θ" if refs.thetas is not None else "")
         + f") into {args.out}"
     )
@@ -445,6 +469,7 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         intensities=args.intensities,
         sampling=args.sampling,
         catalogues=args.catalogues,
+        weightings=args.service_weightings,
     )
     show = sys.stderr.isatty() and not args.no_progress
     with tqdm(desc="evaluate", disable=not show) as bar:
@@ -505,6 +530,13 @@ def register(subparsers: Subparsers) -> None:
     _add_matching(p)
     _add_thresholds(p)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
+    p.add_argument(
+        "--service-weighting",
+        choices=WEIGHTINGS,
+        default=DEFAULT_WEIGHTING,
+        help="none: every service alike; idf: a service fewer known types use weighs more "
+        f"(default: {DEFAULT_WEIGHTING})",
+    )
     p.add_argument("--out", type=Path, required=True, help="references JSON to write")
     p.set_defaults(func=cmd_enroll)
 
