@@ -26,9 +26,11 @@ UNPRIVILEGED = "nobody"
 
 
 def postgres_binaries() -> Path | None:
-    """The folder holding `initdb` and `postgres`: from PATH, else Debian's newest."""
+    """The folder holding `initdb` and `postgres`: from PATH, else Debian's newest. A link on
+    PATH is followed to the real program: the unprivileged cluster owner must be able to run it,
+    and a link may live in a folder only root can enter."""
     found = shutil.which("initdb")
-    candidates = [Path(found).parent] if found else []
+    candidates = [Path(found).resolve().parent] if found else []
     candidates += sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
