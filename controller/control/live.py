@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.base.errors import InputError
-from controller.engine.accumulate import Accumulator, Belief
+from controller.engine.accumulate import Accumulator, Belief, WindowDecision, feed
 from controller.engine.activity import ActivityTable
 from controller.engine.exporter import ExporterConfig, StreamingExporter
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
@@ -224,17 +224,11 @@ class LiveIdentification:
         in window order, as `controller.engine.accumulate.accumulate` does offline)."""
         if self.accumulator is None:
             return ()
-        beliefs: dict[int, Belief] = {}
-        order = sorted(
-            range(len(decisions)),
-            key=lambda i: (decisions[i].end_unit, decisions[i].start_unit, decisions[i].device),
-        )
-        for i in order:
-            d = decisions[i]
-            beliefs[i] = self.accumulator.update(
-                d.device, d.end_unit, d.best_type, d.confidence, d.known
-            )
-        return tuple(beliefs[i] for i in range(len(decisions)))
+        windows = [
+            WindowDecision(d.device, d.start_unit, d.end_unit, d.best_type, d.confidence, d.known)
+            for d in decisions
+        ]
+        return tuple(feed(self.accumulator, windows))
 
     def close_units(self, table: ActivityTable, end_unit: int) -> list[Decision]:
         """Feed the activity of the units before `end_unit` not fed yet; store what comes out."""

@@ -138,12 +138,21 @@ class WindowDecision:
     known: bool
 
 
+def _time_order(window: WindowDecision) -> tuple[int, int, str]:
+    return window.end_unit, window.start_unit, window.device
+
+
+def feed(accumulator: Accumulator, windows: Sequence[WindowDecision]) -> list[Belief]:
+    """The belief after each of `windows`, in their order, having fed them to `accumulator` in
+    time order (ties by device), as each device's windows follow one another."""
+    beliefs: dict[int, Belief] = {}
+    for i in sorted(range(len(windows)), key=lambda i: _time_order(windows[i])):
+        w = windows[i]
+        beliefs[i] = accumulator.update(w.device, w.end_unit, w.best_type, w.confidence, w.known)
+    return [beliefs[i] for i in range(len(windows))]
+
+
 def accumulate(types: Sequence[str], windows: Iterable[WindowDecision]) -> list[Belief]:
     """Beliefs after every window, feeding each device's windows in time order (ties by
     device); the result is in that order too."""
-    ordered = sorted(windows, key=lambda w: (w.end_unit, w.start_unit, w.device))
-    accumulator = Accumulator(types)
-    return [
-        accumulator.update(w.device, w.end_unit, w.best_type, w.confidence, w.known)
-        for w in ordered
-    ]
+    return feed(Accumulator(types), sorted(windows, key=_time_order))
