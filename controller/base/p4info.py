@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 from finsy.proto import p4i
-from google.protobuf import text_format
+from google.protobuf import empty_pb2, text_format
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from controller.base.contract import Contract, type_width
 from controller.base.errors import InputError
@@ -142,43 +143,20 @@ def _index(kind: str, items: list[_I]) -> dict[str | int, _I]:
     return index
 
 
-def _wire_fields(data: bytes) -> dict[int, list[int | bytes]]:
-    """The fields of a serialized protobuf message: number → values (varints as ints,
-    length-delimited fields as bytes); fixed-width fields are skipped."""
-    fields: dict[int, list[int | bytes]] = {}
-    index = 0
-
-    def varint() -> int:
-        nonlocal index
-        value = shift = 0
-        while True:
-            if index >= len(data):
-                raise InputError("truncated Barefoot extern info in the P4Info")
-            byte = data[index]
-            index += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while index < len(data):
-        key = varint()
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            fields.setdefault(number, []).append(varint())
-        elif wire_type == 2:
-            length = varint()
-            fields.setdefault(number, []).append(data[index : index + length])
-            index += length
-        elif wire_type in (1, 5):
-            index += 8 if wire_type == 1 else 4
-        else:
-            raise InputError(f"unexpected wire type {wire_type} in Barefoot extern info")
+def _extern_fields(info: Any) -> dict[int, int | bytes]:
+    """The first value of each field of a Barefoot extern's info (packed in `Any`, of a message
+    type this module does not carry), read as protobuf's unknown fields: varints as ints,
+    length-delimited fields as bytes."""
+    message = empty_pb2.Empty()
+    try:
+        message.ParseFromString(info.value)
+    except DecodeError as exc:
+        raise InputError(f"unreadable Barefoot extern info in the P4Info: {exc}") from None
+    unknown = UnknownFieldSet(message)
+    fields: dict[int, int | bytes] = {}
+    for field in (unknown[i] for i in range(len(unknown))):
+        fields.setdefault(field.field_number, field.data)
     return fields
-
-
-def _first(fields: dict[int, list[int | bytes]], number: int, default: int | bytes) -> Any:
-    return fields.get(number, [default])[0]
 
 
 # The Barefoot extern types with a standard P4Info counterpart.
@@ -220,15 +198,13 @@ def standard_form(p4info: p4i.P4Info) -> p4i.P4Info:
     for kind, instance in barefoot:
         # barefoot.Counter {spec = 1; size = 2}, barefoot.Register {type_spec = 1; size = 2; ...},
         # barefoot.Digest {type_spec = 1}: field 1 is the standard entry's spec or type_spec.
-        fields = _wire_fields(instance.info.value)
+        fields = _extern_fields(instance.info)
         entry: Any = targets[kind].add()
         entry.preamble.CopyFrom(instance.preamble)
         unpiped(entry.preamble)
-        (entry.spec if kind == "Counter" else entry.type_spec).ParseFromString(
-            _first(fields, 1, b"")
-        )
+        (entry.spec if kind == "Counter" else entry.type_spec).ParseFromString(fields.get(1, b""))
         if kind != "Digest":
-            entry.size = _first(fields, 2, 0)
+            entry.size = fields.get(2, 0)
     standard.externs.extend(
         e for e in p4info.externs if e.extern_type_name not in _BAREFOOT_STANDARD
     )
