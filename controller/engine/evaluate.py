@@ -614,17 +614,11 @@ def open_set(
     if not folds:
         return OpenSet()
     all_scores, all_known = np.concatenate(pooled_scores), np.concatenate(pooled_known)
-    return OpenSet(
-        folds=tuple(folds),
-        unknown_detection=float(np.mean([f.unknown_detection for f in folds])),
-        known_accuracy=float(np.nanmean([f.known_accuracy for f in folds])),
-        auroc_mean=float(np.nanmean([f.auroc for f in folds])),
-        auroc=auroc(all_scores, all_known),
-        auroc_by_score={
-            name: auroc(np.concatenate(pooled_study[name]), all_known) for name in OPEN_SET_SCORES
-        },
-        scores=all_scores,
-        known=all_known,
+    return OpenSet.pooled(
+        folds,
+        all_scores,
+        all_known,
+        {name: auroc(np.concatenate(pooled_study[name]), all_known) for name in OPEN_SET_SCORES},
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.engine.identify import Scores
+from controller.engine.metrics import auroc
 from controller.engine.representation import BoolArray, FloatArray, IntArray
 
 if TYPE_CHECKING:
@@ -172,6 +173,27 @@ class OpenSet(Json):
     auroc_by_score: Mapping[str, float] = field(default_factory=dict)
     scores: FloatArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
     known: BoolArray | None = field(default=None, compare=False, repr=False, metadata=PRIVATE)
+
+    @classmethod
+    def pooled(
+        cls,
+        folds: Sequence[OpenSetFold],
+        scores: FloatArray,
+        known: BoolArray,
+        auroc_by_score: Mapping[str, float] | None = None,
+    ) -> OpenSet:
+        """The folds, their means, and the AUROC of all folds' `scores` pooled (`known`: which
+        of them belong to a type the references know)."""
+        return cls(
+            folds=tuple(folds),
+            unknown_detection=float(np.mean([f.unknown_detection for f in folds])),
+            known_accuracy=float(np.nanmean([f.known_accuracy for f in folds])),
+            auroc_mean=float(np.nanmean([f.auroc for f in folds])),
+            auroc=auroc(scores, known),
+            auroc_by_score=dict(auroc_by_score or {}),
+            scores=scores,
+            known=known,
+        )
 
 
 @dataclass(frozen=True)

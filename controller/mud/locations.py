@@ -430,15 +430,7 @@ def _evaluate_mode(
             per_type_accuracy=_per_model(truth, predicted),
             open_labels=tuple(open_labels),
         ),
-        open_set=OpenSet(
-            folds=tuple(fold_rows),
-            unknown_detection=float(np.mean([f.unknown_detection for f in fold_rows])),
-            known_accuracy=float(np.nanmean([f.known_accuracy for f in fold_rows])),
-            auroc_mean=float(np.nanmean([f.auroc for f in fold_rows])),
-            auroc=auroc(scores, known_flags),
-            scores=scores,
-            known=known_flags,
-        ),
+        open_set=OpenSet.pooled(fold_rows, scores, known_flags),
         time_to_identification=TimeToIdentification(
             tracks=len(rows),
             identified=sum(r["label"] == r["model"] for r in rows),
