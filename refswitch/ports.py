@@ -19,6 +19,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError, SvcfpError
 from controller.base.pcapfile import PcapWriter, read_frames
+from refswitch.pipeline import DROP_PORT
 from refswitch.switch import Switch
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ def parse_binding(text: str, flag: str) -> tuple[int, str]:
     if not sep or not name or not number.isdigit():
         raise InputError(f"{flag} {text!r}: expected PORT@NAME, e.g. 0@veth0")
     port = int(number)
-    if port >= 511:
-        raise InputError(f"{flag} {text!r}: port {port} must be below 511 (the drop port)")
+    if port >= DROP_PORT:
+        raise InputError(f"{flag} {text!r}: port {port} must be below {DROP_PORT} (the drop port)")
     return port, name
 
 
