@@ -164,8 +164,10 @@ class DaskEngine:
         """`function` over `items` as one task each, results in the items' order."""
         if not items:
             return []
-        # Data goes to the workers first, so the task graph itself stays small.
-        data = self.client.scatter(list(items))
+        # Data goes to the workers first, so the task graph itself stays small. Keys are unique
+        # (hash=False): with content keys, equal items of a later call could take the key of
+        # data an earlier call is still releasing, and its tasks then lose their dependencies.
+        data = self.client.scatter(list(items), hash=False)
         futures = self.client.map(function, data, pure=False)
         return list(self.client.gather(futures))
 
