@@ -12,8 +12,8 @@ from controller.engine.identify import References
 from svcfp import api
 from svcfp.cli import main
 
-# `svcfp enroll` fingerprints with relative intensity unless told otherwise.
-EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=2, n_min=4, n_max=8, intensity="relative")
+# `svcfp enroll` fingerprints with sized intensity unless told otherwise.
+EXPORTER = ExporterConfig(granularity=4, tau=0.9, k=2, n_min=4, n_max=8, intensity="sized")
 FLAGS = ["--granularity", "4", "--tau", "0.9", "--k", "2", "--n-min", "4", "--n-max", "8"]
 
 

@@ -56,8 +56,8 @@ def test_enroll_then_identify(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     saved = json.loads(refs.read_text())
     # 12 units in windows of 4: 3 windows per device, 6 devices.
     assert len(saved["references"]) == 18
-    # Enrolment is relative intensity unless told otherwise.
-    assert (saved["representation"], saved["mode"]) == ("list+intensity", "nearest")
+    # Enrolment is sized intensity unless told otherwise.
+    assert (saved["representation"], saved["mode"]) == ("list+intensity+sizes", "nearest")
     assert saved["theta"] == pytest.approx(1.0)
     capsys.readouterr()
 

@@ -15,7 +15,8 @@ from tests.support.datasets import mud_labels
 @pytest.mark.data
 def test_identification_on_the_mud_profiles(shared_data: Path, tmp_path: Path) -> None:
     """Measured when this guard was set (92 flow summaries of 29 models, 43 test summaries,
-    each one window, nearest reference): list 0.698, list+intensity 0.744."""
+    each one window, nearest reference): list 0.698, list+intensity 0.744,
+    list+intensity+sizes 0.837 (macro-F1 0.518, 0.595, 0.736)."""
     # Each summary is its own capture: link them under their profile folder (the folders also
     # hold rule files, which are no traffic).
     for flows in (shared_data / "mud-profiles").glob("*/*_ipflows.csv"):
@@ -28,7 +29,7 @@ def test_identification_on_the_mud_profiles(shared_data: Path, tmp_path: Path) -
     assert len(inputs.labels) == 92 and len(set(inputs.labels.values())) == 29
     settings = EvalSettings(
         granularities=(1,),
-        intensities=(None, "relative"),
+        intensities=(None, "relative", "sized"),
         windows="whole",
         captures=True,
         split="group",
@@ -40,3 +41,6 @@ def test_identification_on_the_mud_profiles(shared_data: Path, tmp_path: Path) -
     assert by_name["list"].n_test == 43
     assert by_name["list+intensity"].accuracy > by_name["list"].accuracy
     assert by_name["list+intensity"].accuracy >= 0.72
+    sized = by_name["list+intensity+sizes"]
+    assert sized.accuracy >= 0.82 and sized.accuracy > by_name["list+intensity"].accuracy
+    assert sized.macro_f1 >= 0.72

@@ -95,7 +95,7 @@ def random_activity(seed: int) -> ActivityTable:
 
 class TestBatchAndStreaming:
     @pytest.mark.parametrize("granularity", [1, 4, None])
-    @pytest.mark.parametrize("intensity", ["relative", "absolute"])
+    @pytest.mark.parametrize("intensity", ["relative", "absolute", "sized"])
     def test_identical_fingerprints_features_and_decisions(
         self, granularity: int | None, intensity: str
     ) -> None:

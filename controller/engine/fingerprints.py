@@ -21,6 +21,7 @@ import numpy.typing as npt
 from controller.base.errors import InputError
 from controller.engine.representation import (
     DEFAULT_UNIT_SECONDS,
+    INTENSITIES,
     BoolArray,
     FloatArray,
     IntArray,
@@ -136,8 +137,8 @@ class Fingerprint:
             names = tuple(sorted(weights))
             usage = data.get("usage")
             intensity = data.get("intensity")
-            if intensity not in (None, "relative", "absolute"):
-                raise ValueError(f"intensity {intensity!r} is not relative or absolute")
+            if intensity not in (None, *INTENSITIES):
+                raise ValueError(f"intensity {intensity!r} is not one of {', '.join(INTENSITIES)}")
             return cls(
                 device=str(data["device"]),
                 start_unit=int(data["start_unit"]),

@@ -28,9 +28,9 @@ device's successive windows.
 Every decision carries an explanation against the reference it matched: per service, its part of
 Σmin (numerator) and of Σmax (denominator), and its share min/Σmax of the similarity. The shares
 sum to the reported similarity, which is Σnumerator / Σdenominator. With intensity a service's
-part sums its three weights (prevalence, share or rate, size), and the explanation quotes the
-intensity itself: packets per active unit and bytes per packet, against the range of the
-matched type's references.
+part sums its three weights (prevalence, share or rate, size) — sized intensity adds a fourth,
+the size-matched mass — and the explanation quotes the intensity itself: packets per active
+unit and bytes per packet, against the range of the matched type's references.
 
 Service weights (`weighting`): with "idf" every service's weights (prevalence and intensity
 alike) are scaled by how few of the known types use it, learned from the references alone:
@@ -66,13 +66,14 @@ from controller.base.fileio import read_json, write_text_atomically
 from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import USAGE_ROWS, FingerprintSet
 from controller.engine.representation import (
+    INTENSITIES,
     FloatArray,
     IntArray,
     Intensity,
     feature_matrix,
     representation_name,
 )
-from controller.engine.similarity import similarity_matrix, similarity_pairs
+from controller.engine.similarity import parts, similarity_matrix, similarity_pairs
 
 Mode = Literal["nearest", "centroid"]
 MODES: tuple[Mode, ...] = ("nearest", "centroid")
@@ -179,6 +180,11 @@ class References:
     def representation(self) -> str:
         """The name of the references' representation."""
         return representation_name(self.granularity, self.intensity)
+
+    @property
+    def sized(self) -> bool:
+        """Whether the features match packet sizes (the sized intensity)."""
+        return self.intensity == "sized"
 
     def theta_of(self, types: IntArray) -> FloatArray:
         """The threshold that applies to each of `types` (indices into `types`)."""
@@ -362,8 +368,8 @@ class References:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
             intensity = data.get("intensity")
-            if intensity not in (None, "relative", "absolute"):
-                raise ValueError(f"intensity {intensity!r} is not relative or absolute")
+            if intensity not in (None, *INTENSITIES):
+                raise ValueError(f"intensity {intensity!r} is not one of {', '.join(INTENSITIES)}")
             per_type = data.get("thetas")
             labels = tuple(str(e["type"]) for e in entries)
             thetas = (
@@ -498,7 +504,7 @@ def own_type_similarity(refs: References) -> FloatArray:
         # Only same-type pairs matter: one small similarity matrix per type.
         for t in np.flatnonzero(counts >= 2).tolist():
             rows = np.flatnonzero(idx == t)
-            sims = similarity_matrix(features[rows], features[rows])
+            sims = similarity_matrix(features[rows], features[rows], refs.sized)
             if multi[t]:
                 sims[device[rows][:, None] == device[rows][None, :]] = -np.inf
             else:
@@ -512,7 +518,7 @@ def own_type_similarity(refs: References) -> FloatArray:
         loo = refs.weigh(
             _prototype((sums[idx] - raw) / rest[:, None], refs.granularity, len(refs.services))
         )
-        out[several] = similarity_pairs(features[several], loo[several])
+        out[several] = similarity_pairs(features[several], loo[several], refs.sized)
     return out
 
 
@@ -558,7 +564,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     if refs.mode == "centroid":
         protos = refs.centroids()
         counts = np.bincount(idx, minlength=n_types)
-        out[:] = similarity_matrix(features[chosen], protos)
+        out[:] = similarity_matrix(features[chosen], protos, refs.sized)
         own = idx[chosen]
         rest = counts[own] - 1
         raw = refs.raw_features()
@@ -571,7 +577,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
                 len(refs.services),
             )
         )
-        mine = similarity_pairs(features[chosen], rebuilt)
+        mine = similarity_pairs(features[chosen], rebuilt, refs.sized)
         out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
         return out
     device, multi = _held_out_together(refs)
@@ -586,7 +592,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     block = max(1, _SCORE_BLOCK // max(1, len(perm)))
     for lo in range(0, len(chosen), block):
         part = chosen[lo : lo + block]
-        sims = similarity_matrix(features[part], columns)
+        sims = similarity_matrix(features[part], columns, refs.sized)
         sims[np.arange(len(part)), position[part]] = -np.inf
         together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
         sims[together] = -np.inf
@@ -679,7 +685,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     m = len(fingerprints)
     if refs.mode == "centroid":
         protos = refs.centroids(axis)
-        type_scores = similarity_matrix(x, protos) if m else np.zeros((0, len(types)))
+        type_scores = similarity_matrix(x, protos, refs.sized) if m else np.zeros((0, len(types)))
         winner = np.argmax(type_scores, axis=1) if m else np.zeros(0, dtype=np.int64)
         return Scores(types, type_scores, winner.astype(np.int64), winner.astype(np.int64))
 
@@ -697,7 +703,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     # Rows in blocks: the fingerprint × reference matrix is never held whole.
     block = max(1, _SCORE_BLOCK // max(1, len(idx)))
     for lo in range(0, m, block):
-        sims = similarity_matrix(x[lo : lo + block], r)
+        sims = similarity_matrix(x[lo : lo + block], r, refs.sized)
         ts = np.maximum.reduceat(sims, firsts, axis=1)
         if k == 1:
             win = np.argmax(ts, axis=1)
@@ -800,17 +806,18 @@ def explain(
     reference: npt.ArrayLike,
     services: Sequence[str],
     intensities: Intensities | None = None,
+    sized: bool = False,
 ) -> Explanation:
     """Service-by-service breakdown of the weighted Jaccard of two aligned feature vectors (one
-    weight per service, or with intensity three: [prevalence | share or rate | size])."""
+    weight per service, or with intensity three: [prevalence | share or rate | size]; `sized`:
+    five, of which the size-matched mass counts as far as the sizes agree)."""
     a = np.asarray(observed, dtype=np.float64)
     b = np.asarray(reference, dtype=np.float64)
     width = len(services)
     if a.shape != b.shape or (width == 0 and a.size) or (width and a.size % width):
         raise ValueError(f"feature vectors of shape {a.shape} and {b.shape} for {width} services")
-    blocks = a.size // width if width else 1
-    lo_all = np.minimum(a, b)
-    hi_all = np.maximum(a, b)
+    lo_all, hi_all = parts(a, b, sized)
+    blocks = lo_all.size // width if width else 1
     numerator = math.fsum(lo_all.tolist())
     denominator = math.fsum(hi_all.tolist())
     similarity = 1.0 if denominator == 0.0 else numerator / denominator
@@ -939,6 +946,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
             targets[int(scores.matched[i])],
             axis,
             _intensities(fingerprints, i, refs, winner, axis),
+            refs.sized,
         )
         others = np.delete(scores.type_scores[i], winner)
         other_types = [t for j, t in enumerate(scores.types) if j != winner]

@@ -16,7 +16,7 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, replace_atomically, write_text_atomically
-from controller.engine.representation import representation_name
+from controller.engine.representation import SIZE_TOLERANCE, representation_name
 from controller.engine.results import Confusion, Evaluation, GridResult
 
 if TYPE_CHECKING:
@@ -320,7 +320,9 @@ def markdown(
             else f"{settings.percentile}th percentile of leave-one-out own-type similarity"
         )
         + '. Representations without "+" are the paper\'s presence-only ones; "+intensity" '
-        'adds each service\'s packet share and packet size, "+rate" its packets per unit. '
+        'adds each service\'s packet share and packet size, "+sizes" also matches its mean '
+        f"packet size within {SIZE_TOLERANCE * 100:g} %, "
+        '"+rate" its packets per unit. '
         "Catalogue built-in: services as ingested; train-learned: the most used ports of each "
         "split's training traffic alone, so no test port shapes the services.",
         "",

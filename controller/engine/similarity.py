@@ -13,7 +13,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from controller.engine.representation import FloatArray
+from controller.engine.representation import SIZE_TOLERANCE, SIZED_BLOCKS, FloatArray
 
 # Elements (float64) of one block of a blocked similarity computation: small enough for cache.
 BLOCK_ELEMENTS = 256_000
@@ -41,34 +41,86 @@ def weighted_jaccard(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     return 1.0 if den == 0.0 else num / den
 
 
-def similarity_pairs(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
-    """Row-wise weighted Jaccard of two equally shaped matrices (row i of `a` with row i of `b`)."""
+_PER_TOLERANCE = 1.0 / SIZE_TOLERANCE
+
+
+def _sized_layout(width: int) -> int:
+    """Services of a sized feature matrix of `width` columns (see `SIZED_BLOCKS`)."""
+    if width % SIZED_BLOCKS:
+        raise ValueError(
+            f"sized features have {SIZED_BLOCKS} blocks per service, not {width} columns"
+        )
+    return width // SIZED_BLOCKS
+
+
+def _size_match(
+    mass_a: FloatArray, mass_b: FloatArray, log_a: FloatArray, log_b: FloatArray
+) -> FloatArray:
+    """k = max(0, 1 − |ln x − ln y| / τ) from masses and mass·ln(size) (0 where a mass is 0)."""
+    matched: FloatArray = np.maximum(
+        1.0 - np.abs(_log_size(mass_a, log_a) - _log_size(mass_b, log_b)) * _PER_TOLERANCE, 0.0
+    )
+    return matched
+
+
+def _log_size(mass: FloatArray, logged: FloatArray) -> FloatArray:
+    """ln(size) from mass and mass·ln(size): 0 where the mass is 0 (and so is mass·ln(size))."""
+    size: FloatArray = logged / np.where(mass > 0, mass, 1.0)
+    return size
+
+
+def parts(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -> tuple[FloatArray, FloatArray]:
+    """Element-wise parts of Σmin and Σmax of aligned feature rows (the last axis is features),
+    over their weight columns: min and max, and for sized features' matched mass k·min and
+    a + b − k·min; the mass·ln(size) block is no weight and has no part."""
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
         raise ValueError(f"matrices of different shapes: {x.shape} and {y.shape}")
-    return ratio(np.minimum(x, y).sum(axis=-1), np.maximum(x, y).sum(axis=-1))
+    lo = np.minimum(x, y)
+    hi = np.maximum(x, y)
+    if not sized:
+        return lo, hi
+    n = _sized_layout(x.shape[-1])
+    mass = slice(3 * n, 4 * n)
+    logs = slice(4 * n, 5 * n)
+    matched = lo[..., mass] * _size_match(x[..., mass], y[..., mass], x[..., logs], y[..., logs])
+    lo[..., mass] = matched
+    hi[..., mass] = x[..., mass] + y[..., mass] - matched
+    return lo[..., : 4 * n], hi[..., : 4 * n]
 
 
-def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
+def similarity_pairs(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -> FloatArray:
+    """Row-wise weighted Jaccard of two equally shaped matrices (row i of `a` with row i of `b`);
+    `sized`: the rows are sized features (see `controller.engine.representation`)."""
+    lo, hi = parts(a, b, sized)
+    return ratio(lo.sum(axis=-1), hi.sum(axis=-1))
+
+
+def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -> FloatArray:
     """Weighted Jaccard of every row of `a` against every row of `b` (an m × n matrix).
 
     Binary matrices (Service Lists) go through one matrix product: |A∩B| = A·Bᵀ and
     |A∪B| = |A| + |B| − |A∩B|. Weighted matrices use Σmax = Σa + Σb − Σmin, with Σmin summed
-    service by service over cache-sized row blocks (temporary memory stays small).
+    service by service over cache-sized row blocks (temporary memory stays small). `sized`:
+    the rows are sized features, whose matched masses add k·min(a, b) to Σmin (and so
+    a + b − k·min(a, b) to Σmax).
     """
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"need two matrices over the same services: {x.shape} and {y.shape}")
-    sum_x = x.sum(axis=1)[:, None]
-    sum_y = y.sum(axis=1)[None, :]
-    if _is_binary(x) and _is_binary(y):
+    weights = x.shape[1]
+    if sized:
+        weights = 4 * _sized_layout(x.shape[1])
+    sum_x = x[:, :weights].sum(axis=1)[:, None]
+    sum_y = y[:, :weights].sum(axis=1)[None, :]
+    if not sized and _is_binary(x) and _is_binary(y):
         num = x @ y.T
     else:
         num = np.zeros((x.shape[0], y.shape[0]), dtype=np.float64)
         columns = np.ascontiguousarray(y.T)
-        used = x > 0
+        used = x[:, :weights] > 0
         # min(a, b) is 0 wherever a or b is. Each block of rows adds only the services its rows
         # use (few, as rows of one device sit together), and for each only the span of `b` rows
         # from the first to the last that use it (narrow when `b` is grouped, e.g. by type).
@@ -77,6 +129,23 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
         last = columns.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
         rows = max(1, BLOCK_ELEMENTS // max(1, y.shape[0]))
         scratch = np.empty((min(rows, x.shape[0]), y.shape[0]), dtype=np.float64)
+        matched_from = 3 * weights // 4 if sized else weights
+        fused = False
+        if sized:
+            # Every fingerprint's ln(size) per service once, and k built in place per block.
+            n = weights // 4
+            # In units of τ, so that k = 1 − |difference|.
+            size_x = _log_size(x[:, matched_from:weights], x[:, weights:]) * _PER_TOLERANCE
+            size_y = _log_size(y[:, matched_from:weights], y[:, weights:]) * _PER_TOLERANCE
+            size_y = np.ascontiguousarray(size_y.T)
+            match = np.empty_like(scratch)
+            # Where the matched mass is the prevalence weight itself (always, but for rounded
+            # prototypes), one min serves both: prevalence and matched mass add min·(1 + k).
+            fused = np.array_equal(x[:, :n], x[:, matched_from:weights]) and np.array_equal(
+                y[:, :n], y[:, matched_from:weights]
+            )
+            if fused:
+                used[:, matched_from:] = False
         for lo in range(0, x.shape[0], rows):
             hi = min(lo + rows, x.shape[0])
             for s in np.flatnonzero(used[lo:hi].any(axis=0)).tolist():
@@ -85,5 +154,14 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
                     continue
                 tmp = scratch[: hi - lo, a:b]
                 np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
+                if s >= matched_from or (fused and s < n):
+                    j = s - matched_from if s >= matched_from else s
+                    k = match[: hi - lo, a:b]
+                    np.subtract(size_x[lo:hi, j, None], size_y[j, None, a:b], out=k)
+                    np.abs(k, out=k)
+                    # k, or 1 + k when the prevalence weight's own min rides along.
+                    np.subtract(2.0 if fused else 1.0, k, out=k)
+                    np.maximum(k, 1.0 if fused else 0.0, out=k)
+                    tmp *= k
                 num[lo:hi, a:b] += tmp
     return ratio(num, sum_x + sum_y - num)

@@ -61,6 +61,7 @@ from controller.engine.representation import (
     DEFAULT_THRESHOLD,
     INTENSITIES,
     INTENSITY_NAMES,
+    SIZE_TOLERANCE,
     Intensity,
     parse_granularity,
     representation_name,
@@ -204,10 +205,9 @@ def _intensity(text: str) -> Intensity | None:
     name = text.strip().lower()
     if name in ("none", "presence", ""):
         return None
-    if name in ("relative", INTENSITY_NAMES["relative"]):
-        return "relative"
-    if name in ("absolute", INTENSITY_NAMES["absolute"]):
-        return "absolute"
+    for intensity in INTENSITIES:
+        if name in (intensity, INTENSITY_NAMES[intensity]):
+            return intensity
     raise argparse.ArgumentTypeError(
         f"intensity {text!r}: choose one of {', '.join(INTENSITY_CHOICES)}"
     )
@@ -225,7 +225,8 @@ def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> No
         default=DEFAULT_INTENSITY if defaults else None,
         help="intensity weights next to prevalence: none (the paper's presence-only "
         "fingerprints), relative (packet share and packet size, independent of the "
-        "observation rate) or absolute (packets per unit and packet size) "
+        "observation rate), sized (relative, and packet sizes matched within "
+        f"{SIZE_TOLERANCE * 100:g} %%) or absolute (packets per unit and packet size) "
         + (
             f"(default: {DEFAULT_INTENSITY or 'none'})"
             if defaults

@@ -1,0 +1,184 @@
+"""Sized intensity: packet sizes matched within a tolerance, by hand and against a brute-force
+definition, independent of the observation rate, in explanations, prototypes and the
+references file, and separating two models that differ by a few bytes per packet."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.engine.activity import ActivityTable
+from controller.engine.exporter import whole_windows
+from controller.engine.identify import References, enroll, explain, identify
+from controller.engine.representation import (
+    SIZE_CEILING,
+    SIZE_TOLERANCE,
+    SIZED_BLOCKS,
+    feature_matrix,
+    parse_representation,
+    representation_name,
+)
+from controller.engine.similarity import similarity_matrix, similarity_pairs
+from tests.support.engine import contributions
+
+
+def one_service(size: int, packets: int = 10) -> np.ndarray:
+    """Sized features of a window that used one service in each of its 4 units."""
+    return feature_matrix(np.array([[1.0]]), [[4]], [[packets]], [[packets * size]], "sized")
+
+
+def brute_force(x: np.ndarray, y: np.ndarray) -> float:
+    """The sized similarity from its definition, service by service."""
+    n = x.size // SIZED_BLOCKS
+    low = high = 0.0
+    for s in range(n):
+        for block in range(3):
+            a, b = x[block * n + s], y[block * n + s]
+            low, high = low + min(a, b), high + max(a, b)
+        a, b = x[3 * n + s], y[3 * n + s]
+        k = 0.0
+        if a > 0 and b > 0:
+            gap = abs(x[4 * n + s] / a - y[4 * n + s] / b)
+            k = max(0.0, 1.0 - gap / SIZE_TOLERANCE)
+        low, high = low + k * min(a, b), high + a + b - k * min(a, b)
+    return 1.0 if high == 0 else low / high
+
+
+class TestSimilarity:
+    def test_names_and_parsing(self) -> None:
+        assert representation_name(None, "sized") == "prevalence+intensity+sizes"
+        assert representation_name(1, "sized") == "list+intensity+sizes"
+        assert parse_representation("list+intensity+sizes") == (1, "sized")
+        assert parse_representation("intensity+sizes") == (None, "sized")
+        assert parse_representation("G=4+sized") == (4, "sized")
+
+    def test_a_few_bytes_apart_by_hand(self) -> None:
+        x, y = one_service(353), one_service(357)
+        size_a, size_b = (math.log2(s) / math.log2(SIZE_CEILING) for s in (353, 357))
+        k = 1.0 - math.log(357 / 353) / SIZE_TOLERANCE
+        assert 0.4 < k < 0.45
+        # prevalence 1 and share 1 on both sides, log sizes, then the matched mass.
+        expected = (1 + 1 + size_a + k) / (1 + 1 + size_b + 2 - k)
+        assert similarity_matrix(x, y, sized=True)[0, 0] == pytest.approx(expected, abs=1e-12)
+        assert similarity_pairs(x, y, sized=True)[0] == pytest.approx(expected, abs=1e-12)
+        why = explain(x[0], y[0], ["udp/67"], sized=True)
+        assert why.similarity == pytest.approx(expected, abs=1e-12)
+        assert why.matched[0].share == pytest.approx(expected, abs=1e-12)
+        # The plain log-size weight hardly sees the same 4 bytes.
+        assert min(size_a, size_b) / max(size_a, size_b) > 0.998
+
+    def test_equal_sizes_match_and_sizes_beyond_the_tolerance_do_not(self) -> None:
+        assert similarity_matrix(one_service(353), one_service(353), sized=True)[0, 0] == 1.0
+        far = math.ceil(353 * math.exp(SIZE_TOLERANCE)) + 1
+        x, y = one_service(353), one_service(far)
+        size_a, size_b = (math.log2(s) / math.log2(SIZE_CEILING) for s in (353, far))
+        expected = (2 + size_a) / (2 + size_b + 2)
+        assert similarity_matrix(x, y, sized=True)[0, 0] == pytest.approx(expected, abs=1e-12)
+
+    def test_matrix_and_pairs_agree_with_the_definition(self) -> None:
+        rng = np.random.default_rng(4)
+        services = 7
+        used = rng.random((2, 12, services)) < 0.5
+        active = np.where(used, rng.integers(1, 6, used.shape), 0)
+        packets = np.where(used, rng.integers(1, 50, used.shape), 0)
+        # Sizes near one another, so that many pairs match partly.
+        sent = packets * rng.integers(300, 312, used.shape)
+        prevalence = active / 5.0
+        a, b = (
+            feature_matrix(prevalence[i], active[i], packets[i], sent[i], "sized") for i in (0, 1)
+        )
+        matrix = similarity_matrix(a, b, sized=True)
+        expected = np.array([[brute_force(x, y) for y in b] for x in a])
+        assert matrix == pytest.approx(expected, abs=1e-12)
+        # A matched mass other than the prevalence weight (as in a rounded prototype), with the
+        # same sizes: the matrix takes its general path and still follows the definition.
+        other = b.copy()
+        other[:, 3 * services :] *= 0.5
+        assert similarity_matrix(a, other, sized=True) == pytest.approx(
+            np.array([[brute_force(x, y) for y in other] for x in a]), abs=1e-12
+        )
+        assert similarity_pairs(a, b, sized=True) == pytest.approx(np.diag(expected), abs=1e-12)
+        assert np.all((matrix >= 0) & (matrix <= 1))
+        partly = (expected > 0) & (expected < 1)
+        assert partly.sum() > 100
+        for i in range(len(a)):
+            why = explain(a[i], b[i], [f"s{j}" for j in range(services)], sized=True)
+            assert math.fsum(c.share for c in contributions(why)) == pytest.approx(
+                expected[i, i], abs=1e-12
+            )
+
+    def test_features_do_not_move_when_every_count_is_scaled(self) -> None:
+        weights = np.array([[1.0, 0.5, 0.0]])
+        active, packets, sent = [[4, 2, 0]], np.array([[40, 7, 0]]), np.array([[5_200, 2_471, 0]])
+        base = feature_matrix(weights, active, packets, sent, "sized")
+        for scale in (2, 10, 1000):
+            scaled = feature_matrix(weights, active, packets * scale, sent * scale, "sized")
+            assert np.allclose(base, scaled, rtol=0, atol=1e-12)
+
+
+def sibling_captures(sizes: dict[str, int]) -> tuple[ActivityTable, dict[str, str]]:
+    """Types whose captures use the same services in the same proportions and differ only in
+    the size of one service's packets (a DHCP request that carries the model's name)."""
+    rows = []
+    labels = {}
+    for kind, dhcp in sizes.items():
+        for i in range(4):
+            track = f"{kind}{i}"
+            labels[track] = kind
+            for u in range(20):
+                rows.append((track, u, "tcp/443", 10 + i % 2, (10 + i % 2) * (130 + i)))
+                rows.append((track, u, "tcp/80", 10, 10 * (62 + i % 2)))
+                if u in (0, 1):
+                    rows.append((track, u, "udp/67", 1, dhcp))
+    return ActivityTable.from_records(rows, unit_seconds=1.0), labels
+
+
+class TestIdentification:
+    def test_models_a_few_bytes_apart_are_told_apart(self) -> None:
+        activity, labels = sibling_captures({"motion": 353, "water": 357})
+        found = {}
+        for intensity in ("relative", "sized"):
+            fps = whole_windows(activity, None, intensity=intensity)
+            train = fps.select(
+                np.array([i for i, n in enumerate(fps.device_names) if n[-1] != "3"])
+            )
+            test = fps.select(np.array([i for i, n in enumerate(fps.device_names) if n[-1] == "3"]))
+            refs = enroll(train, labels, theta=0.0)
+            found[intensity] = identify(test, refs)
+        for decision in found["sized"]:
+            assert decision.best_type == labels[decision.device]
+            assert decision.runner_up_similarity is not None
+            assert decision.similarity - decision.runner_up_similarity > 0.01
+            dhcp = next(c for c in decision.explanation.matched if c.service == "udp/67")
+            assert dhcp.bytes_per_packet == dhcp.reference_bytes_per_packet[0]  # type: ignore[index]
+        for decision in found["relative"]:
+            assert decision.runner_up_similarity is not None
+            assert abs(decision.similarity - decision.runner_up_similarity) < 0.001
+
+    def test_a_prototype_matches_the_mean_log_size_of_its_references(self) -> None:
+        rows = [("a", 0, "udp/67", 2, 200), ("b", 0, "udp/67", 2, 242), ("c", 0, "udp/67", 5, 550)]
+        fps = whole_windows(
+            ActivityTable.from_records(rows, unit_seconds=1.0), None, intensity="sized"
+        )
+        refs = enroll(
+            fps.select(np.array([0, 1])), {"a": "t", "b": "t"}, mode="centroid", theta=0.0
+        )
+        (prototype,) = refs.centroids()
+        mass, logged = prototype[3], prototype[4]
+        assert math.exp(logged / mass) == pytest.approx(110.0, rel=1e-12)
+        (decision,) = identify(fps.select(np.array([2])), refs)
+        # 110 B per packet, the geometric mean of 100 and 121: every weight matches.
+        assert decision.similarity == pytest.approx(1.0, abs=1e-12)
+
+    def test_references_file_round_trip(self, tmp_path: Path) -> None:
+        activity, labels = sibling_captures({"motion": 353, "water": 357})
+        fps = whole_windows(activity, None, intensity="sized")
+        refs = enroll(fps, labels, percentile=5.0, per_type=True)
+        path = tmp_path / "refs.json"
+        refs.save(path)
+        back = References.load(path)
+        assert back.intensity == "sized" and back.representation == "prevalence+intensity+sizes"
+        assert identify(fps, back) == identify(fps, refs)
