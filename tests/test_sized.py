@@ -93,6 +93,12 @@ class TestSimilarity:
         matrix = similarity_matrix(a, b, sized=True)
         expected = np.array([[brute_force(x, y) for y in b] for x in a])
         assert matrix == pytest.approx(expected, abs=1e-12)
+        # References of sizes spread far apart: each block matches only the few near its own.
+        spread = packets[1] * rng.integers(40, 1500, used.shape[1:])
+        far = feature_matrix(prevalence[1], active[1], packets[1], spread, "sized")
+        assert similarity_matrix(a, far, sized=True) == pytest.approx(
+            np.array([[brute_force(x, y) for y in far] for x in a]), abs=1e-12
+        )
         # A matched mass other than the prevalence weight (as in a rounded prototype), with the
         # same sizes: the matrix takes its general path and still follows the definition.
         other = b.copy()

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from controller.engine.representation import SIZE_TOLERANCE, SIZED_BLOCKS, FloatArray
+from controller.engine.representation import SIZE_TOLERANCE, SIZED_BLOCKS, FloatArray, IntArray
 
 # Elements (float64) of one block of a blocked similarity computation: small enough for cache.
 BLOCK_ELEMENTS = 256_000
@@ -130,38 +130,71 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -
         rows = max(1, BLOCK_ELEMENTS // max(1, y.shape[0]))
         scratch = np.empty((min(rows, x.shape[0]), y.shape[0]), dtype=np.float64)
         matched_from = 3 * weights // 4 if sized else weights
-        fused = False
         if sized:
-            # Every fingerprint's ln(size) per service once, and k built in place per block.
-            n = weights // 4
-            # In units of τ, so that k = 1 − |difference|.
+            # Every fingerprint's ln(size) per service once, in units of τ (k = 1 − |difference|),
+            # and per service the rows of `b` that use it in order of size: a block of rows
+            # matches only those within τ of its own sizes, a few of the span as a rule.
             size_x = _log_size(x[:, matched_from:weights], x[:, weights:]) * _PER_TOLERANCE
             size_y = _log_size(y[:, matched_from:weights], y[:, weights:]) * _PER_TOLERANCE
             size_y = np.ascontiguousarray(size_y.T)
+            by_size = []
+            for j in range(weights - matched_from):
+                users = np.flatnonzero(columns[matched_from + j] > 0)
+                ordered = users[np.argsort(size_y[j, users], kind="stable")]
+                by_size.append((ordered, size_y[j, ordered]))
             match = np.empty_like(scratch)
-            # Where the matched mass is the prevalence weight itself (always, but for rounded
-            # prototypes), one min serves both: prevalence and matched mass add min·(1 + k).
-            fused = np.array_equal(x[:, :n], x[:, matched_from:weights]) and np.array_equal(
-                y[:, :n], y[:, matched_from:weights]
-            )
-            if fused:
-                used[:, matched_from:] = False
         for lo in range(0, x.shape[0], rows):
             hi = min(lo + rows, x.shape[0])
             for s in np.flatnonzero(used[lo:hi].any(axis=0)).tolist():
                 a, b = int(first[s]), int(last[s])
                 if not nonzero[s, a]:
                     continue
+                if s >= matched_from:
+                    _add_matched(num, x, columns, size_x, size_y, by_size, match, lo, hi, s, a, b)
+                    continue
                 tmp = scratch[: hi - lo, a:b]
                 np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
-                if s >= matched_from or (fused and s < n):
-                    j = s - matched_from if s >= matched_from else s
-                    k = match[: hi - lo, a:b]
-                    np.subtract(size_x[lo:hi, j, None], size_y[j, None, a:b], out=k)
-                    np.abs(k, out=k)
-                    # k, or 1 + k when the prevalence weight's own min rides along.
-                    np.subtract(2.0 if fused else 1.0, k, out=k)
-                    np.maximum(k, 1.0 if fused else 0.0, out=k)
-                    tmp *= k
                 num[lo:hi, a:b] += tmp
     return ratio(num, sum_x + sum_y - num)
+
+
+def _add_matched(
+    num: FloatArray,
+    x: FloatArray,
+    columns: FloatArray,
+    size_x: FloatArray,
+    size_y: FloatArray,
+    by_size: list[tuple[IntArray, FloatArray]],
+    scratch: FloatArray,
+    lo: int,
+    hi: int,
+    s: int,
+    a: int,
+    b: int,
+) -> None:
+    """Add k·min(a, b) of matched-mass column `s` for rows lo:hi of `x` to `num`: over the rows
+    of `b` whose size lies within τ of one of the block's (`by_size`), or over the span a:b
+    when those are many."""
+    j = s - (x.shape[1] // SIZED_BLOCKS) * 3
+    mine = size_x[lo:hi, j][x[lo:hi, s] > 0]
+    ordered, sizes = by_size[j]
+    start = int(np.searchsorted(sizes, mine.min() - 1.0, side="left"))
+    stop = int(np.searchsorted(sizes, mine.max() + 1.0, side="right"))
+    if stop <= start:
+        return
+    if 2 * (stop - start) < b - a:
+        near = ordered[start:stop]
+        matched = np.minimum(x[lo:hi, s, None], columns[s, near][None, :])
+        k = np.abs(size_x[lo:hi, j, None] - size_y[j, near][None, :])
+        np.subtract(1.0, k, out=k)
+        np.maximum(k, 0.0, out=k)
+        matched *= k
+        num[lo:hi, near] += matched
+        return
+    tmp = scratch[: hi - lo, a:b]
+    np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
+    k = np.abs(size_x[lo:hi, j, None] - size_y[j, None, a:b])
+    np.subtract(1.0, k, out=k)
+    np.maximum(k, 0.0, out=k)
+    tmp *= k
+    num[lo:hi, a:b] += tmp
