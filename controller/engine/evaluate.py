@@ -101,9 +101,10 @@ Progress = Callable[[int, int], None]
 """Called with (grid points done, grid points in all) as an evaluation advances."""
 DEFAULT_GRANULARITIES: tuple[int | None, ...] = (1, 2, 4, 8, None)
 DEFAULT_INTENSITIES: tuple[Intensity | None, ...] = ("sized", "relative", None, "absolute")
-"""Every grid compares the default relative intensity (rate-free, robust to sampling) with the
-paper's presence-only representations and absolute intensity (packets per unit, for unsampled
-counts); the default comes first, so it is the best setting where it ties."""
+"""Every grid compares the default sized intensity (relative intensity with packet sizes
+matched) with relative intensity alone (rate-free, robust to sampling), the paper's
+presence-only representations and absolute intensity (packets per unit, for unsampled counts);
+the default comes first, so it is the best setting where it ties."""
 CALIBRATION_BINS = 10
 MAX_SPLICES = 200
 """Spliced device pairs that test change detection (a seeded sample when there are more)."""
