@@ -9,6 +9,7 @@ references) and single vectors share that definition.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -130,6 +131,8 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -
         rows = max(1, BLOCK_ELEMENTS // max(1, y.shape[0]))
         scratch = np.empty((min(rows, x.shape[0]), y.shape[0]), dtype=np.float64)
         matched_from = 3 * weights // 4 if sized else weights
+        fused = False
+        n = 0
         if sized:
             # Every fingerprint's ln(size) per service once, in units of τ (k = 1 − |difference|),
             # and per service the rows of `b` that use it in order of size: a block of rows
@@ -142,7 +145,16 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -
                 users = np.flatnonzero(columns[matched_from + j] > 0)
                 ordered = users[np.argsort(size_y[j, users], kind="stable")]
                 by_size.append((ordered, size_y[j, ordered]))
-            match = np.empty_like(scratch)
+            buffers = (np.empty_like(scratch), np.empty_like(scratch))
+            # Where the matched mass is the prevalence weight itself (always, but for rounded
+            # prototypes), the prevalence weight's min serves the matched mass too.
+            n = weights - matched_from
+            fused = np.array_equal(x[:, :n], x[:, matched_from:weights]) and np.array_equal(
+                y[:, :n], y[:, matched_from:weights]
+            )
+            if fused:
+                used[:, matched_from:] = False
+            matched = _Matched(x, columns, size_x, size_y, by_size, buffers)
         for lo in range(0, x.shape[0], rows):
             hi = min(lo + rows, x.shape[0])
             for s in np.flatnonzero(used[lo:hi].any(axis=0)).tolist():
@@ -150,51 +162,73 @@ def similarity_matrix(a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False) -
                 if not nonzero[s, a]:
                     continue
                 if s >= matched_from:
-                    _add_matched(num, x, columns, size_x, size_y, by_size, match, lo, hi, s, a, b)
+                    matched.add(num, lo, hi, s, a, b)
                     continue
                 tmp = scratch[: hi - lo, a:b]
                 np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
+                if fused and s < n:
+                    matched.add(num, lo, hi, matched_from + s, a, b, tmp)
+                    continue
                 num[lo:hi, a:b] += tmp
     return ratio(num, sum_x + sum_y - num)
 
 
-def _add_matched(
-    num: FloatArray,
-    x: FloatArray,
-    columns: FloatArray,
-    size_x: FloatArray,
-    size_y: FloatArray,
-    by_size: list[tuple[IntArray, FloatArray]],
-    scratch: FloatArray,
-    lo: int,
-    hi: int,
-    s: int,
-    a: int,
-    b: int,
-) -> None:
-    """Add k·min(a, b) of matched-mass column `s` for rows lo:hi of `x` to `num`: over the rows
-    of `b` whose size lies within τ of one of the block's (`by_size`), or over the span a:b
-    when those are many."""
-    j = s - (x.shape[1] // SIZED_BLOCKS) * 3
-    mine = size_x[lo:hi, j][x[lo:hi, s] > 0]
-    ordered, sizes = by_size[j]
-    start = int(np.searchsorted(sizes, mine.min() - 1.0, side="left"))
-    stop = int(np.searchsorted(sizes, mine.max() + 1.0, side="right"))
-    if stop <= start:
-        return
-    if 2 * (stop - start) < b - a:
-        near = ordered[start:stop]
-        matched = np.minimum(x[lo:hi, s, None], columns[s, near][None, :])
-        k = np.abs(size_x[lo:hi, j, None] - size_y[j, near][None, :])
-        np.subtract(1.0, k, out=k)
-        np.maximum(k, 0.0, out=k)
-        matched *= k
-        num[lo:hi, near] += matched
-        return
-    tmp = scratch[: hi - lo, a:b]
-    np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
-    k = np.abs(size_x[lo:hi, j, None] - size_y[j, None, a:b])
-    np.subtract(1.0, k, out=k)
-    np.maximum(k, 0.0, out=k)
-    tmp *= k
-    num[lo:hi, a:b] += tmp
+@dataclass(frozen=True)
+class _Matched:
+    """What the matched-mass columns of one similarity matrix need: both sides' features and
+    sizes (in units of τ), `b`'s users of every service by size, and two scratch buffers."""
+
+    x: FloatArray
+    columns: FloatArray
+    size_x: FloatArray
+    size_y: FloatArray
+    by_size: list[tuple[IntArray, FloatArray]]
+    buffers: tuple[FloatArray, FloatArray]
+
+    def add(
+        self,
+        num: FloatArray,
+        lo: int,
+        hi: int,
+        s: int,
+        a: int,
+        b: int,
+        prevalence: FloatArray | None = None,
+    ) -> None:
+        """Add k·min(a, b) of matched-mass column `s` for rows lo:hi to `num`: over the rows of
+        `b` whose size lies within τ of one of the block's, or over the span a:b when those are
+        many. `prevalence`: the min of the prevalence weights over the span, equal to the
+        matched mass's, which is then added to `num` as well (min·(1 + k) in one pass)."""
+        x, columns = self.x, self.columns
+        j = s - (x.shape[1] // SIZED_BLOCKS) * 3
+        mine = self.size_x[lo:hi, j][x[lo:hi, s] > 0]
+        ordered, sizes = self.by_size[j]
+        start = int(np.searchsorted(sizes, mine.min() - 1.0, side="left"))
+        stop = int(np.searchsorted(sizes, mine.max() + 1.0, side="right"))
+        if 2 * (stop - start) < b - a:
+            if prevalence is not None:
+                num[lo:hi, a:b] += prevalence
+            if stop <= start:
+                return
+            near = ordered[start:stop]
+            matched = np.minimum(x[lo:hi, s, None], columns[s, near][None, :])
+            k = np.abs(self.size_x[lo:hi, j, None] - self.size_y[j, near][None, :])
+            np.subtract(1.0, k, out=k)
+            np.maximum(k, 0.0, out=k)
+            matched *= k
+            num[lo:hi, near] += matched
+            return
+        k = self.buffers[0][: hi - lo, a:b]
+        np.subtract(self.size_x[lo:hi, j, None], self.size_y[j, None, a:b], out=k)
+        np.abs(k, out=k)
+        if prevalence is None:
+            tmp = self.buffers[1][: hi - lo, a:b]
+            np.minimum(x[lo:hi, s, None], columns[s, None, a:b], out=tmp)
+            np.subtract(1.0, k, out=k)
+            np.maximum(k, 0.0, out=k)
+        else:
+            tmp = prevalence
+            np.subtract(2.0, k, out=k)
+            np.maximum(k, 1.0, out=k)
+        tmp *= k
+        num[lo:hi, a:b] += tmp
