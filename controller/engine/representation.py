@@ -218,14 +218,6 @@ def feature_matrix(
     first, size = intensity_weights(active, packets, bytes, intensity)
     if intensity != "sized":
         return np.concatenate([weights, first, size], axis=-1)
-    return np.concatenate([weights, first, size, weights, weights * log_sizes(packets, bytes)], -1)
-
-
-def log_sizes(packets: npt.ArrayLike, bytes: npt.ArrayLike) -> FloatArray:
-    """ln(bytes/packet) of every service a window used (packets > 0), 0 where it used none."""
-    p = np.asarray(packets, dtype=np.float64)
-    b = np.asarray(bytes, dtype=np.float64)
-    used = p > 0
-    return np.where(
-        used, np.log(np.maximum(np.where(used, b, 1.0) / np.where(used, p, 1.0), 1.0)), 0.0
-    )
+    # The size weight is log2(bytes/packet) / log2(SIZE_CEILING): ln(bytes/packet) read back.
+    logged = weights * size * math.log(SIZE_CEILING)
+    return np.concatenate([weights, first, size, weights, logged], axis=-1)
