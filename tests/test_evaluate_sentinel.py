@@ -163,9 +163,11 @@ def test_every_confusion_is_between_siblings_with_either_service_weighting(
 def test_matched_packet_sizes_on_setup_captures(shared_data: Path) -> None:
     """Measured when this guard was set (train-learned catalogue, 274 test captures, references
     from whole training captures and their first 10, 30 and 60 s): list+intensity 0.869
-    (macro-F1 0.832, AUROC 0.789, after 30 s 0.799); list+intensity+sizes 0.883 (0.864, 0.835,
-    0.883), its confidence calibrated to an error of 0.064 against 0.168. Leave-one-type-out
-    AUROC of the D-Link motion sensor 0.46 → 0.75, of Aria and Withings 0.83 → 0.95."""
+    (macro-F1 0.832, AUROC 0.789, after 30 s 0.799); list+intensity+sizes, sizes matched within
+    τ learned per service from the references, 0.923 (0.910, 0.829, 0.843; with τ = 2 % for
+    every service 0.883, 0.864, 0.835, 0.883), its confidence calibrated to an error of 0.115
+    against 0.168. The D-Link motion sensor 1 → 9 of 10 right; leave-one-type-out AUROC of the
+    motion sensor 0.46 → 0.81, of Aria and Withings 0.83 → 0.94."""
     sources = replace(sentinel_sources(shared_data), flow_cells=True)
     inputs = load(sources, need_labels=True)
     settings = replace(
@@ -179,18 +181,22 @@ def test_matched_packet_sizes_on_setup_captures(shared_data: Path) -> None:
     found = {r.representation: r for r in evaluate(dataset, settings).results}
     relative, sized = found["list+intensity"], found["list+intensity+sizes"]
     assert sized.closed_set.n_test == 274
-    assert sized.closed_set.accuracy >= 0.87
+    assert sized.closed_set.accuracy >= 0.91
     assert sized.closed_set.accuracy > relative.closed_set.accuracy
-    assert sized.closed_set.macro_f1 >= 0.85
+    assert sized.closed_set.macro_f1 >= 0.90
     assert sized.open_set.auroc >= relative.open_set.auroc + 0.03
     early = sized.early_identification
-    assert early is not None and early.accuracy[0] >= 0.85
+    assert early is not None and early.accuracy[0] >= 0.83
     assert sized.closed_set.calibration.ece < relative.closed_set.calibration.ece
     # The HomeMatic plug's few services, taken for other types' short references by their
     # proportions alone (0 of 10 right), are told apart by their sizes.
     per_type = {t.type: t for t in sized.closed_set.per_type}
     before = {t.type: t for t in relative.closed_set.per_type}
     assert before["HomeMaticPlug"].correct <= 2 and per_type["HomeMaticPlug"].correct >= 7
+    # The motion sensor's DHCP request (353 B, every capture) against the water sensor's (357 B):
+    # a size its references repeat to the byte matches within the learned floor of 0.5 % only,
+    # while tcp/80 and DNS, whose sizes vary between setups, match within their own spread.
+    assert before["D-LinkSensor"].correct <= 2 and per_type["D-LinkSensor"].correct >= 8
     # Leave-one-type-out: a type without a sibling that repeats its traffic comes out unknown
     # far more reliably than one with; the DHCP request's size lifts the D-Link motion sensor.
     folds = {f.left_out: f.auroc for f in sized.open_set.folds}

@@ -15,11 +15,14 @@ from controller.engine.exporter import whole_windows
 from controller.engine.identify import References, enroll, explain, identify
 from controller.engine.representation import (
     SIZE_CEILING,
+    SIZE_SPREADS,
     SIZE_TOLERANCE,
+    SIZE_TOLERANCE_FLOOR,
     SIZED_BLOCKS,
     feature_matrix,
     parse_representation,
     representation_name,
+    size_tolerances,
 )
 from controller.engine.similarity import similarity_matrix, similarity_pairs
 from tests.support.engine import contributions
@@ -30,9 +33,11 @@ def one_service(size: int, packets: int = 10) -> np.ndarray:
     return feature_matrix(np.array([[1.0]]), [[4]], [[packets]], [[packets * size]], "sized")
 
 
-def brute_force(x: np.ndarray, y: np.ndarray) -> float:
-    """The sized similarity from its definition, service by service."""
+def brute_force(x: np.ndarray, y: np.ndarray, tolerance: object = SIZE_TOLERANCE) -> float:
+    """The sized similarity from its definition, service by service (τ one for all services,
+    or one per service)."""
     n = x.size // SIZED_BLOCKS
+    per_service = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n,))
     low = high = 0.0
     for s in range(n):
         for block in range(3):
@@ -42,7 +47,7 @@ def brute_force(x: np.ndarray, y: np.ndarray) -> float:
         k = 0.0
         if a > 0 and b > 0:
             gap = abs(x[4 * n + s] / a - y[4 * n + s] / b)
-            k = max(0.0, 1.0 - gap / SIZE_TOLERANCE)
+            k = max(0.0, 1.0 - gap / float(per_service[s]))
         low, high = low + k * min(a, b), high + a + b - k * min(a, b)
     return 1.0 if high == 0 else low / high
 
@@ -116,6 +121,33 @@ class TestSimilarity:
                 expected[i, i], abs=1e-12
             )
 
+    def test_a_tolerance_per_service_follows_the_definition(self) -> None:
+        rng = np.random.default_rng(9)
+        services = 5
+        used = rng.random((2, 10, services)) < 0.6
+        active = np.where(used, rng.integers(1, 6, used.shape), 0)
+        packets = np.where(used, rng.integers(1, 50, used.shape), 0)
+        sent = packets * rng.integers(300, 330, used.shape)
+        a, b = (
+            feature_matrix(active[i] / 5.0, active[i], packets[i], sent[i], "sized") for i in (0, 1)
+        )
+        tolerance = np.array([0.005, 0.01, 0.02, 0.05, 0.3])
+        expected = np.array([[brute_force(x, y, tolerance) for y in b] for x in a])
+        assert similarity_matrix(a, b, True, tolerance) == pytest.approx(expected, abs=1e-12)
+        assert similarity_pairs(a, b, True, tolerance) == pytest.approx(
+            np.diag(expected), abs=1e-12
+        )
+        names = [f"s{j}" for j in range(services)]
+        for i in range(len(a)):
+            why = explain(a[i], b[i], names, sized=True, tolerance=tolerance)
+            assert why.similarity == pytest.approx(expected[i, i], abs=1e-12)
+            assert math.fsum(c.share for c in contributions(why)) == pytest.approx(
+                expected[i, i], abs=1e-12
+            )
+        # A wider τ on a service can only match its sizes more.
+        wider = similarity_matrix(a, b, True, tolerance * 2.0)
+        assert np.all(wider >= similarity_matrix(a, b, True, tolerance) - 1e-12)
+
     def test_features_do_not_move_when_every_count_is_scaled(self) -> None:
         weights = np.array([[1.0, 0.5, 0.0]])
         active, packets, sent = [[4, 2, 0]], np.array([[40, 7, 0]]), np.array([[5_200, 2_471, 0]])
@@ -140,6 +172,91 @@ def sibling_captures(sizes: dict[str, int]) -> tuple[ActivityTable, dict[str, st
                 if u in (0, 1):
                     rows.append((track, u, "udp/67", 1, dhcp))
     return ActivityTable.from_records(rows, unit_seconds=1.0), labels
+
+
+def usage_of(sizes: list[list[float]], packets: int = 10) -> np.ndarray:
+    """References' usage (units, packets, bytes) with the given mean sizes; 0: not used."""
+    size = np.array(sizes, dtype=np.float64)
+    used = size > 0
+    return np.stack(
+        [
+            np.where(used, 1, 0),
+            np.where(used, packets, 0),
+            np.where(used, np.round(size * packets), 0),
+        ]
+    ).astype(np.int64)
+
+
+class TestLearnedTolerance:
+    def test_by_hand(self) -> None:
+        # Services: a DHCP request two types repeat to the byte, a size that varies a little
+        # within each type, a service only one reference uses.
+        usage = usage_of(
+            [
+                [353, 62.0, 0],
+                [353, 62.4, 0],
+                [353, 62.2, 90],
+                [357, 63.6, 0],
+                [357, 64.2, 0],
+            ]
+        )
+        types = np.array([0, 0, 0, 1, 1])
+        tolerance = size_tolerances(usage, types, 2)
+        sizes = usage[2] / np.maximum(usage[1], 1)
+        spread = [float(np.std(np.log(sizes[types == t, 1]), ddof=1)) for t in (0, 1)]
+        assert tolerance[0] == SIZE_TOLERANCE_FLOOR
+        assert tolerance[1] == pytest.approx(SIZE_SPREADS * (spread[0] + spread[1]) / 2, rel=1e-9)
+        assert tolerance[2] == SIZE_TOLERANCE
+
+    def test_the_median_type_decides(self) -> None:
+        # Three types repeat their size; a fourth varies widely: τ stays at the floor.
+        rows = [[100.0], [100.0], [200.0], [200.0], [300.0], [300.0], [150.0], [600.0]]
+        tolerance = size_tolerances(usage_of(rows), np.array([0, 0, 1, 1, 2, 2, 3, 3]), 4)
+        assert tolerance[0] == SIZE_TOLERANCE_FLOOR
+        assert size_tolerances(usage_of(rows), np.zeros(8, dtype=np.int64), 0)[0] == (
+            SIZE_TOLERANCE
+        )
+
+    def test_a_noisy_service_stops_outweighing_a_fixed_one(self) -> None:
+        """Two models alike but for the DHCP request's size (353 against 357 B); a third service
+        whose mean size wanders between captures of either model (its cloud's answers). A
+        motion sensor's capture whose noisy service lies near the water sensor's: with τ = 2 %
+        for every service the wandering size decides and the answer is wrong; with τ learned
+        per service the DHCP size decides."""
+        rows = []
+        labels = {}
+        noisy = {"motion": [125, 128, 131, 126], "water": [133, 135, 131, 137]}
+        for kind, dhcp in (("motion", 353), ("water", 357)):
+            for i, wander in enumerate(noisy[kind]):
+                track = f"{kind}{i}"
+                labels[track] = kind
+                for u in range(10):
+                    rows.append((track, u, "tcp/443", 10, 10 * wander))
+                    rows.append((track, u, "tcp/80", 10, 10 * 62))
+                    if u == 0:
+                        rows.append((track, u, "udp/67", 1, dhcp))
+        rows += [("probe", u, "tcp/443", 10, 1340) for u in range(10)]
+        rows += [("probe", u, "tcp/80", 10, 620) for u in range(10)] + [
+            ("probe", 0, "udp/67", 1, 353)
+        ]
+        # Service Lists: every service used weighs 1, the DHCP request as much as the rest.
+        fps = whole_windows(ActivityTable.from_records(rows, 1.0), 1, intensity="sized")
+        train = fps.select(np.array([i for i, n in enumerate(fps.device_names) if n != "probe"]))
+        probe = fps.select(np.array([fps.device_names.index("probe")]))
+        refs = enroll(train, labels, theta=0.0)
+        learned = refs.tolerance()
+        assert isinstance(learned, np.ndarray)
+        by_service = dict(zip(refs.services, learned.tolist(), strict=True))
+        assert by_service["udp/67"] == SIZE_TOLERANCE_FLOOR
+        assert by_service["tcp/443"] > 0.05
+        (decision,) = identify(probe, refs)
+        assert decision.best_type == "motion"
+        axis = refs.services
+        fixed = similarity_matrix(probe.features(axis), refs.features(), True, SIZE_TOLERANCE)
+        best = {t: fixed[0, [i for i, x in enumerate(refs.labels) if x == t]].max() for t in noisy}
+        assert best["water"] > best["motion"]
+        request = next(c for c in decision.explanation.matched if c.service == "udp/67")
+        assert request.bytes_per_packet == 353.0
 
 
 class TestIdentification:

@@ -55,6 +55,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,13 +68,15 @@ from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import USAGE_ROWS, FingerprintSet
 from controller.engine.representation import (
     INTENSITIES,
+    SIZE_TOLERANCE,
     FloatArray,
     IntArray,
     Intensity,
     feature_matrix,
     representation_name,
+    size_tolerances,
 )
-from controller.engine.similarity import parts, similarity_matrix, similarity_pairs
+from controller.engine.similarity import Tolerance, parts, similarity_matrix, similarity_pairs
 
 Mode = Literal["nearest", "centroid"]
 MODES: tuple[Mode, ...] = ("nearest", "centroid")
@@ -122,7 +125,8 @@ class References:
     i and `origins[i]` says where it came from ("<device>@<start>-<end>"). `usage` (3 × rows ×
     services, optional for presence representations) holds each reference's active units,
     packets and bytes. `thetas` holds per-type thresholds (aligned with `types`; None: θ for
-    every type); `temperature` the confidence calibration (None: not fitted).
+    every type); `temperature` the confidence calibration (None: not fitted). Sized references
+    match packet sizes within τ per service learned from their own usage (`tolerance`).
     """
 
     services: tuple[str, ...]
@@ -185,6 +189,26 @@ class References:
     def sized(self) -> bool:
         """Whether the features match packet sizes (the sized intensity)."""
         return self.intensity == "sized"
+
+    @cached_property
+    def _tolerances(self) -> FloatArray:
+        if self.usage is None:
+            return np.full(len(self.services), SIZE_TOLERANCE)
+        return size_tolerances(self.usage, self.type_index, len(self.types))
+
+    def tolerance(self, services: Sequence[str] | None = None) -> Tolerance:
+        """τ of the size match per service over `services` (default: the references' own
+        axis), learned from the references (`size_tolerances`); `SIZE_TOLERANCE` for a service
+        they do not use, and for every service without the sized intensity."""
+        if not self.sized:
+            return SIZE_TOLERANCE
+        if services is None or tuple(services) == self.services:
+            return self._tolerances
+        position = {name: j for j, name in enumerate(self.services)}
+        learned = self._tolerances
+        return np.array(
+            [learned[position[name]] if name in position else SIZE_TOLERANCE for name in services]
+        )
 
     def theta_of(self, types: IntArray) -> FloatArray:
         """The threshold that applies to each of `types` (indices into `types`)."""
@@ -504,7 +528,7 @@ def own_type_similarity(refs: References) -> FloatArray:
         # Only same-type pairs matter: one small similarity matrix per type.
         for t in np.flatnonzero(counts >= 2).tolist():
             rows = np.flatnonzero(idx == t)
-            sims = similarity_matrix(features[rows], features[rows], refs.sized)
+            sims = similarity_matrix(features[rows], features[rows], refs.sized, refs.tolerance())
             if multi[t]:
                 sims[device[rows][:, None] == device[rows][None, :]] = -np.inf
             else:
@@ -518,7 +542,9 @@ def own_type_similarity(refs: References) -> FloatArray:
         loo = refs.weigh(
             _prototype((sums[idx] - raw) / rest[:, None], refs.granularity, len(refs.services))
         )
-        out[several] = similarity_pairs(features[several], loo[several], refs.sized)
+        out[several] = similarity_pairs(
+            features[several], loo[several], refs.sized, refs.tolerance()
+        )
     return out
 
 
@@ -564,7 +590,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     if refs.mode == "centroid":
         protos = refs.centroids()
         counts = np.bincount(idx, minlength=n_types)
-        out[:] = similarity_matrix(features[chosen], protos, refs.sized)
+        out[:] = similarity_matrix(features[chosen], protos, refs.sized, refs.tolerance())
         own = idx[chosen]
         rest = counts[own] - 1
         raw = refs.raw_features()
@@ -577,7 +603,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
                 len(refs.services),
             )
         )
-        mine = similarity_pairs(features[chosen], rebuilt, refs.sized)
+        mine = similarity_pairs(features[chosen], rebuilt, refs.sized, refs.tolerance())
         out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
         return out
     device, multi = _held_out_together(refs)
@@ -592,7 +618,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     block = max(1, _SCORE_BLOCK // max(1, len(perm)))
     for lo in range(0, len(chosen), block):
         part = chosen[lo : lo + block]
-        sims = similarity_matrix(features[part], columns, refs.sized)
+        sims = similarity_matrix(features[part], columns, refs.sized, refs.tolerance())
         sims[np.arange(len(part)), position[part]] = -np.inf
         together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
         sims[together] = -np.inf
@@ -685,11 +711,16 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     m = len(fingerprints)
     if refs.mode == "centroid":
         protos = refs.centroids(axis)
-        type_scores = similarity_matrix(x, protos, refs.sized) if m else np.zeros((0, len(types)))
+        type_scores = (
+            similarity_matrix(x, protos, refs.sized, refs.tolerance(axis))
+            if m
+            else np.zeros((0, len(types)))
+        )
         winner = np.argmax(type_scores, axis=1) if m else np.zeros(0, dtype=np.int64)
         return Scores(types, type_scores, winner.astype(np.int64), winner.astype(np.int64))
 
     r = refs.features(axis)
+    tolerance = refs.tolerance(axis)
     idx = refs.type_index
     # References sorted by type, so a type's best similarity is one reduceat over its columns.
     perm = np.argsort(idx, kind="stable")
@@ -703,7 +734,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     # Rows in blocks: the fingerprint × reference matrix is never held whole.
     block = max(1, _SCORE_BLOCK // max(1, len(idx)))
     for lo in range(0, m, block):
-        sims = similarity_matrix(x[lo : lo + block], r, refs.sized)
+        sims = similarity_matrix(x[lo : lo + block], r, refs.sized, tolerance)
         ts = np.maximum.reduceat(sims, firsts, axis=1)
         if k == 1:
             win = np.argmax(ts, axis=1)
@@ -807,16 +838,17 @@ def explain(
     services: Sequence[str],
     intensities: Intensities | None = None,
     sized: bool = False,
+    tolerance: Tolerance = SIZE_TOLERANCE,
 ) -> Explanation:
     """Service-by-service breakdown of the weighted Jaccard of two aligned feature vectors (one
     weight per service, or with intensity three: [prevalence | share or rate | size]; `sized`:
-    five, of which the size-matched mass counts as far as the sizes agree)."""
+    five, of which the size-matched mass counts as far as the sizes agree within `tolerance`)."""
     a = np.asarray(observed, dtype=np.float64)
     b = np.asarray(reference, dtype=np.float64)
     width = len(services)
     if a.shape != b.shape or (width == 0 and a.size) or (width and a.size % width):
         raise ValueError(f"feature vectors of shape {a.shape} and {b.shape} for {width} services")
-    lo_all, hi_all = parts(a, b, sized)
+    lo_all, hi_all = parts(a, b, sized, tolerance)
     blocks = lo_all.size // width if width else 1
     numerator = math.fsum(lo_all.tolist())
     denominator = math.fsum(hi_all.tolist())
@@ -936,6 +968,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
         targets = refs.features(axis)
         target_names = list(refs.origins)
     thetas = refs.theta_of(scores.winner)
+    tolerance = refs.tolerance(axis)
     confidence = scores.confidence(refs.temperature)
     decisions = []
     names = fingerprints.device_names
@@ -947,6 +980,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
             axis,
             _intensities(fingerprints, i, refs, winner, axis),
             refs.sized,
+            tolerance,
         )
         others = np.delete(scores.type_scores[i], winner)
         other_types = [t for j, t in enumerate(scores.types) if j != winner]

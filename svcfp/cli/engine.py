@@ -61,7 +61,6 @@ from controller.engine.representation import (
     DEFAULT_THRESHOLD,
     INTENSITIES,
     INTENSITY_NAMES,
-    SIZE_TOLERANCE,
     Intensity,
     parse_granularity,
     representation_name,
@@ -225,8 +224,9 @@ def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> No
         default=DEFAULT_INTENSITY if defaults else None,
         help="intensity weights next to prevalence: none (the paper's presence-only "
         "fingerprints), relative (packet share and packet size, independent of the "
-        "observation rate), sized (relative, and packet sizes matched within "
-        f"{SIZE_TOLERANCE * 100:g} %%) or absolute (packets per unit and packet size) "
+        "observation rate), sized (relative, and packet sizes matched within τ the references "
+        "learn per service, the more a service's size varies within a type the wider) "
+        "or absolute (packets per unit and packet size) "
         + (
             f"(default: {DEFAULT_INTENSITY or 'none'})"
             if defaults
