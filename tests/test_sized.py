@@ -257,6 +257,10 @@ class TestLearnedTolerance:
         assert best["water"] > best["motion"]
         request = next(c for c in decision.explanation.matched if c.service == "udp/67")
         assert request.bytes_per_packet == 353.0
+        assert request.size_tolerance == SIZE_TOLERANCE_FLOOR
+        assert "353 B/packet (references 353-353, sizes matched within 0.5 %)," in (
+            request.describe(1.0)
+        )
 
 
 class TestIdentification:

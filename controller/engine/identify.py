@@ -758,7 +758,8 @@ class ServiceContribution:
     intensity weights), and min / Σmax. `observed` and `reference` are the prevalence weights.
 
     With usage: the fingerprint's packets per active unit and bytes per packet, and the lowest
-    and highest of each among the matched type's references that use the service."""
+    and highest of each among the matched type's references that use the service. With sized
+    features: `size_tolerance`, the τ within which the service's sizes matched."""
 
     service: str
     observed: float
@@ -770,6 +771,7 @@ class ServiceContribution:
     bytes_per_packet: float | None = None
     reference_packets_per_unit: tuple[float, float] | None = None
     reference_bytes_per_packet: tuple[float, float] | None = None
+    size_tolerance: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (ranges as [low, high] lists, as JSON reads them back)."""
@@ -777,7 +779,8 @@ class ServiceContribution:
 
     def describe(self, unit_seconds: float) -> str:
         """The contribution in intensity terms: "udp/10001: 210 packets/h (references 40-60),
-        120 B/packet (references 110-130), share 0.120"."""
+        120 B/packet (references 110-130), share 0.120"; sized: "120 B/packet (references
+        110-130, sizes matched within 2 %)"."""
         per = _per_unit(unit_seconds)
         parts = [self.service + ":"]
         if self.packets_per_unit is not None:
@@ -788,7 +791,10 @@ class ServiceContribution:
             parts.append(f"{self.bytes_per_packet:.4g} B/packet")
             if self.reference_bytes_per_packet is not None:
                 lo, hi = self.reference_bytes_per_packet
-                parts.append(f"(references {lo:.4g}-{hi:.4g}),")
+                within = ""
+                if self.size_tolerance is not None:
+                    within = f", sizes matched within {self.size_tolerance * 100:.2g} %"
+                parts.append(f"(references {lo:.4g}-{hi:.4g}{within}),")
         parts.append(f"prevalence {self.observed:.3g} (reference {self.reference:.3g}),")
         parts.append(f"share {self.share:.3f}")
         return " ".join(parts)
@@ -856,6 +862,7 @@ def explain(
     lo = lo_all.reshape(blocks, width).sum(axis=0) if width else lo_all
     hi = hi_all.reshape(blocks, width).sum(axis=0) if width else hi_all
     groups: dict[str, list[ServiceContribution]] = {"matched": [], "unexpected": [], "missing": []}
+    per_service = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (width,))
     for j in np.flatnonzero(hi > 0).tolist():
         extra = (intensities or {}).get(services[j])
         contribution = ServiceContribution(
@@ -869,6 +876,7 @@ def explain(
             bytes_per_packet=None if extra is None else extra[1],
             reference_packets_per_unit=None if extra is None else extra[2],
             reference_bytes_per_packet=None if extra is None else extra[3],
+            size_tolerance=float(per_service[j]) if sized else None,
         )
         key = "matched" if a[j] > 0 and b[j] > 0 else "unexpected" if a[j] > 0 else "missing"
         groups[key].append(contribution)
