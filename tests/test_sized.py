@@ -52,6 +52,22 @@ def brute_force(x: np.ndarray, y: np.ndarray, tolerance: object = SIZE_TOLERANCE
     return 1.0 if high == 0 else low / high
 
 
+def random_pair(
+    seed: int, rows: int, services: int, use: float, sizes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Two random sized feature matrices over `services`, each service used with probability
+    `use`, mean sizes drawn from `sizes` (near one another, so that many pairs match partly);
+    with the counts (active units, packets, prevalence) they came from."""
+    rng = np.random.default_rng(seed)
+    used = rng.random((2, rows, services)) < use
+    active = np.where(used, rng.integers(1, 6, used.shape), 0)
+    packets = np.where(used, rng.integers(1, 50, used.shape), 0)
+    sent = packets * rng.integers(*sizes, used.shape)
+    prevalence = active / 5.0
+    a, b = (feature_matrix(prevalence[i], active[i], packets[i], sent[i], "sized") for i in (0, 1))
+    return a, b, (active, packets, prevalence)
+
+
 class TestSimilarity:
     def test_names_and_parsing(self) -> None:
         assert representation_name(None, "sized") == "prevalence+intensity+sizes"
@@ -84,22 +100,14 @@ class TestSimilarity:
         assert similarity_matrix(x, y, sized=True)[0, 0] == pytest.approx(expected, abs=1e-12)
 
     def test_matrix_and_pairs_agree_with_the_definition(self) -> None:
-        rng = np.random.default_rng(4)
         services = 7
-        used = rng.random((2, 12, services)) < 0.5
-        active = np.where(used, rng.integers(1, 6, used.shape), 0)
-        packets = np.where(used, rng.integers(1, 50, used.shape), 0)
-        # Sizes near one another, so that many pairs match partly.
-        sent = packets * rng.integers(300, 312, used.shape)
-        prevalence = active / 5.0
-        a, b = (
-            feature_matrix(prevalence[i], active[i], packets[i], sent[i], "sized") for i in (0, 1)
-        )
+        a, b, (active, packets, prevalence) = random_pair(4, 12, services, 0.5, (300, 312))
+        rng = np.random.default_rng(5)
         matrix = similarity_matrix(a, b, sized=True)
         expected = np.array([[brute_force(x, y) for y in b] for x in a])
         assert matrix == pytest.approx(expected, abs=1e-12)
         # References of sizes spread far apart: each block matches only the few near its own.
-        spread = packets[1] * rng.integers(40, 1500, used.shape[1:])
+        spread = packets[1] * rng.integers(40, 1500, packets.shape[1:])
         far = feature_matrix(prevalence[1], active[1], packets[1], spread, "sized")
         assert similarity_matrix(a, far, sized=True) == pytest.approx(
             np.array([[brute_force(x, y) for y in far] for x in a]), abs=1e-12
@@ -122,15 +130,8 @@ class TestSimilarity:
             )
 
     def test_a_tolerance_per_service_follows_the_definition(self) -> None:
-        rng = np.random.default_rng(9)
         services = 5
-        used = rng.random((2, 10, services)) < 0.6
-        active = np.where(used, rng.integers(1, 6, used.shape), 0)
-        packets = np.where(used, rng.integers(1, 50, used.shape), 0)
-        sent = packets * rng.integers(300, 330, used.shape)
-        a, b = (
-            feature_matrix(active[i] / 5.0, active[i], packets[i], sent[i], "sized") for i in (0, 1)
-        )
+        a, b, _ = random_pair(9, 10, services, 0.6, (300, 330))
         tolerance = np.array([0.005, 0.01, 0.02, 0.05, 0.3])
         expected = np.array([[brute_force(x, y, tolerance) for y in b] for x in a])
         assert similarity_matrix(a, b, True, tolerance) == pytest.approx(expected, abs=1e-12)

@@ -113,10 +113,7 @@ def parts(
 
 
 def similarity_pairs(
-    a: npt.ArrayLike,
-    b: npt.ArrayLike,
-    sized: bool = False,
-    tolerance: Tolerance = SIZE_TOLERANCE,
+    a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False, tolerance: Tolerance = SIZE_TOLERANCE
 ) -> FloatArray:
     """Row-wise weighted Jaccard of two equally shaped matrices (row i of `a` with row i of `b`);
     `sized`: the rows are sized features (see `controller.engine.representation`), their sizes
@@ -126,10 +123,7 @@ def similarity_pairs(
 
 
 def similarity_matrix(
-    a: npt.ArrayLike,
-    b: npt.ArrayLike,
-    sized: bool = False,
-    tolerance: Tolerance = SIZE_TOLERANCE,
+    a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False, tolerance: Tolerance = SIZE_TOLERANCE
 ) -> FloatArray:
     """Weighted Jaccard of every row of `a` against every row of `b` (an m × n matrix).
 
