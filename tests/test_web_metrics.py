@@ -157,23 +157,31 @@ def test_metrics_scraped_during_a_run_match_the_database(tmp_path: Path) -> None
             # Hold the storage thread once every queued write has landed: no poll, decision or
             # alert can be counted until it is released (each is counted once stored). Then the
             # metrics and the database must say exactly the same, at one moment of the run.
-            held, release = threading.Event(), threading.Event()
+            # A poll writes twice: its activity, then (once counted) its switch status; a hold
+            # queued between the two finds the status one poll behind, and is placed again
+            # (at most four times) after the next poll.
+            switch = controller.telemetry.switches["s1"]
+            for _ in range(4):
+                held, release = threading.Event(), threading.Event()
 
-            def hold() -> None:
-                held.set()
-                release.wait(10.0)
+                def hold(held: threading.Event = held, release: threading.Event = release) -> None:
+                    held.set()
+                    release.wait(10.0)
 
-            blocker = asyncio.ensure_future(controller.store.call(hold))
-            try:
-                await until(held.is_set)
-                # What the loop does with the last stored poll (counting it) happens first.
-                await asyncio.sleep(0.3)
-                before = await scrape()
-                db = await asyncio.to_thread(Stored.read, Path(run.db))
-                after = await scrape()
-            finally:
-                release.set()
-                await blocker
+                await until(lambda n=switch.polls: switch.polls > n)
+                blocker = controller.store.queued(hold)
+                try:
+                    await until(held.is_set)
+                    # What the loop does with the last stored poll (counting it) happens first.
+                    await asyncio.sleep(0.3)
+                    before = await scrape()
+                    db = await asyncio.to_thread(Stored.read, Path(run.db))
+                    after = await scrape()
+                finally:
+                    release.set()
+                    await blocker
+                if total(before, "svcfp_polls_total", switch="s1") == db.status["s1"]["polls"]:
+                    break
             assert before == after, "the metrics moved while storage was held"
             scrapes.append(before)
             return db

@@ -43,7 +43,12 @@ class StorageThread:
 
     async def call(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`func(*args)` in the storage thread, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self._executor.submit(func, *args, **kwargs))
+        return await self.queued(func, *args, **kwargs)
+
+    def queued(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Queue `func(*args)` now, behind every earlier call, and give its result to await
+        later (`call` queues only once awaited)."""
+        return asyncio.wrap_future(self._executor.submit(func, *args, **kwargs))
 
     def submit(self, func: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue `func(*args)` behind every earlier call; a failure is raised by `check`."""
