@@ -191,24 +191,23 @@ class References:
         return self.intensity == "sized"
 
     @cached_property
-    def _tolerances(self) -> FloatArray:
-        if self.usage is None:
-            return np.full(len(self.services), SIZE_TOLERANCE)
+    def _tolerances(self) -> FloatArray | None:
+        """τ per service over the references' own axis (None: not sized)."""
+        if not self.sized or self.usage is None:
+            return None
         return size_tolerances(self.usage, self.type_index, len(self.types))
 
     def tolerance(self, services: Sequence[str] | None = None) -> Tolerance:
         """τ of the size match per service over `services` (default: the references' own
         axis), learned from the references (`size_tolerances`); `SIZE_TOLERANCE` for a service
         they do not use, and for every service without the sized intensity."""
-        if not self.sized:
-            return SIZE_TOLERANCE
-        if services is None or tuple(services) == self.services:
-            return self._tolerances
-        position = {name: j for j, name in enumerate(self.services)}
         learned = self._tolerances
-        return np.array(
-            [learned[position[name]] if name in position else SIZE_TOLERANCE for name in services]
-        )
+        axis = self.services if services is None else tuple(services)
+        if learned is None or axis == self.services:
+            return SIZE_TOLERANCE if learned is None else learned
+        out = np.full(len(axis), SIZE_TOLERANCE)
+        out[self._columns_in(axis)] = learned
+        return out
 
     def theta_of(self, types: IntArray) -> FloatArray:
         """The threshold that applies to each of `types` (indices into `types`)."""
@@ -258,8 +257,7 @@ class References:
         if axis == self.services:
             weights, usage = self.weights, self.usage
         else:
-            position = {name: j for j, name in enumerate(axis)}
-            cols = np.array([position[name] for name in self.services], dtype=np.int64)
+            cols = self._columns_in(axis)
             weights = np.zeros((len(self.labels), len(axis)))
             weights[:, cols] = self.weights
             usage = None
@@ -273,6 +271,11 @@ class References:
             None if usage is None else usage[2],
             self.intensity,
         )
+
+    def _columns_in(self, axis: Sequence[str]) -> IntArray:
+        """Where each of the references' services sits on `axis` (which holds them all)."""
+        position = {name: j for j, name in enumerate(axis)}
+        return np.array([position[name] for name in self.services], dtype=np.int64)
 
     @property
     def type_index(self) -> IntArray:
@@ -521,6 +524,7 @@ def own_type_similarity(refs: References) -> FloatArray:
     if not len(refs.labels):
         return out
     features = refs.features()
+    tolerance = refs.tolerance()
     counts = np.bincount(idx, minlength=len(refs.types))
     several = counts[idx] >= 2
     if refs.mode == "nearest":
@@ -528,7 +532,7 @@ def own_type_similarity(refs: References) -> FloatArray:
         # Only same-type pairs matter: one small similarity matrix per type.
         for t in np.flatnonzero(counts >= 2).tolist():
             rows = np.flatnonzero(idx == t)
-            sims = similarity_matrix(features[rows], features[rows], refs.sized, refs.tolerance())
+            sims = similarity_matrix(features[rows], features[rows], refs.sized, tolerance)
             if multi[t]:
                 sims[device[rows][:, None] == device[rows][None, :]] = -np.inf
             else:
@@ -542,9 +546,7 @@ def own_type_similarity(refs: References) -> FloatArray:
         loo = refs.weigh(
             _prototype((sums[idx] - raw) / rest[:, None], refs.granularity, len(refs.services))
         )
-        out[several] = similarity_pairs(
-            features[several], loo[several], refs.sized, refs.tolerance()
-        )
+        out[several] = similarity_pairs(features[several], loo[several], refs.sized, tolerance)
     return out
 
 
@@ -584,13 +586,14 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     all)."""
     chosen = np.arange(len(refs.labels)) if rows is None else np.asarray(rows, dtype=np.int64)
     features = refs.features()
+    tolerance = refs.tolerance()
     idx = refs.type_index
     n_types = len(refs.types)
     out = np.full((len(chosen), n_types), -np.inf)
     if refs.mode == "centroid":
         protos = refs.centroids()
         counts = np.bincount(idx, minlength=n_types)
-        out[:] = similarity_matrix(features[chosen], protos, refs.sized, refs.tolerance())
+        out[:] = similarity_matrix(features[chosen], protos, refs.sized, tolerance)
         own = idx[chosen]
         rest = counts[own] - 1
         raw = refs.raw_features()
@@ -603,7 +606,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
                 len(refs.services),
             )
         )
-        mine = similarity_pairs(features[chosen], rebuilt, refs.sized, refs.tolerance())
+        mine = similarity_pairs(features[chosen], rebuilt, refs.sized, tolerance)
         out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
         return out
     device, multi = _held_out_together(refs)
@@ -618,7 +621,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     block = max(1, _SCORE_BLOCK // max(1, len(perm)))
     for lo in range(0, len(chosen), block):
         part = chosen[lo : lo + block]
-        sims = similarity_matrix(features[part], columns, refs.sized, refs.tolerance())
+        sims = similarity_matrix(features[part], columns, refs.sized, tolerance)
         sims[np.arange(len(part)), position[part]] = -np.inf
         together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
         sims[together] = -np.inf

@@ -16,7 +16,11 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_writable, replace_atomically, write_text_atomically
-from controller.engine.representation import SIZE_TOLERANCE_FLOOR, representation_name
+from controller.engine.representation import (
+    SIZE_SPREADS,
+    SIZE_TOLERANCE_FLOOR,
+    representation_name,
+)
 from controller.engine.results import Confusion, Evaluation, GridResult
 
 if TYPE_CHECKING:
@@ -321,8 +325,8 @@ def markdown(
         )
         + '. Representations without "+" are the paper\'s presence-only ones; "+intensity" '
         'adds each service\'s packet share and packet size, "+sizes" also matches its mean '
-        "packet size within τ learned per service from the references (three within-type "
-        f"deviations, at least {SIZE_TOLERANCE_FLOOR * 100:g} %), "
+        "packet size within τ learned per service from the references "
+        f"({SIZE_SPREADS:g} within-type deviations, at least {SIZE_TOLERANCE_FLOOR * 100:g} %), "
         '"+rate" its packets per unit. '
         "Catalogue built-in: services as ingested; train-learned: the most used ports of each "
         "split's training traffic alone, so no test port shapes the services.",

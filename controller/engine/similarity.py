@@ -48,10 +48,8 @@ Tolerance = float | FloatArray
 """τ of sized features: one for every service, or one per service (an array over the services)."""
 
 
-def _per_tolerance(tolerance: Tolerance) -> float | FloatArray:
-    """1/τ, per service where τ is."""
-    if isinstance(tolerance, float):
-        return 1.0 / tolerance
+def _per_tolerance(tolerance: Tolerance) -> FloatArray:
+    """1/τ, per service where τ is (a 0-d array where it is one)."""
     inverse: FloatArray = 1.0 / np.asarray(tolerance, dtype=np.float64)
     return inverse
 
@@ -85,10 +83,7 @@ def _log_size(mass: FloatArray, logged: FloatArray) -> FloatArray:
 
 
 def parts(
-    a: npt.ArrayLike,
-    b: npt.ArrayLike,
-    sized: bool = False,
-    tolerance: Tolerance = SIZE_TOLERANCE,
+    a: npt.ArrayLike, b: npt.ArrayLike, sized: bool = False, tolerance: Tolerance = SIZE_TOLERANCE
 ) -> tuple[FloatArray, FloatArray]:
     """Element-wise parts of Σmin and Σmax of aligned feature rows (the last axis is features),
     over their weight columns: min and max, and for sized features' matched mass k·min and
