@@ -8,7 +8,7 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.engine.catalogue import Catalogue
-from controller.engine.learned import PortUsage, for_granularity
+from controller.engine.learned import PortUsage, for_granularity, service_ports
 from controller.engine.services import (
     MAX_SERVICE_ID,
     ServiceSpec,
@@ -209,6 +209,29 @@ def test_too_many_services_and_bad_json(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(InputError, match='"services" list'):
         Catalogue.load(path)
+
+
+def test_service_port_of_a_flow() -> None:
+    # Flow 0: one device's port 50756 to tcp/9292; flow 1: another device's 50756 to HTTP;
+    # flows 2-4: a Windows XP client's low ports 1035/1036 to tcp/10000; flow 5: a server's
+    # tcp/49153 to two clients; flows 6, 7: DHCP and NTP, system ports on both ends.
+    proto = np.array([6, 6, 6, 6, 6, 6, 17, 17])
+    sport = np.array([50756, 50756, 1035, 1036, 49153, 49153, 68, 123])
+    dport = np.array([9292, 80, 10000, 10000, 40001, 40002, 67, 123])
+    # The flow to HTTP is settled by its system port and lends 50756 no counterpart: 50756 and
+    # 9292 meet one port each and the lower one, 9292, is the service.
+    expected = [9292, 80, 10000, 10000, 49153, 49153, 67, 123]
+    assert service_ports(proto, sport, dport).tolist() == expected
+    # With a registered port in place of HTTP no flow is settled: 50756 meets two ports, 9292
+    # and 8080 one each, and the ephemeral port is taken for the service of both.
+    open_flows = service_ports(proto[:2], sport[:2], np.array([9292, 8080]))
+    assert open_flows.tolist() == [50756, 50756]
+    usage = PortUsage.from_flows(
+        device=[0, 1], proto=[6, 6], sport=[50756, 50756], dport=[9292, 80], packets=[3, 4]
+    )
+    assert usage.port.tolist() == [80, 9292] and usage.proto.tolist() == [6, 6]
+    nothing = np.zeros(0, np.int64)
+    assert service_ports(nothing, nothing, nothing).size == 0
 
 
 def test_granularities() -> None:

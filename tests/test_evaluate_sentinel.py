@@ -107,7 +107,7 @@ def test_intensity_and_short_references_on_setup_captures(shared_data: Path) -> 
 
 def test_train_learned_catalogue_on_setup_captures(shared_data: Path) -> None:
     """The catalogue learned per split from the training captures alone (measured when this
-    guard was set, 274 test captures: list+intensity 0.869, prevalence+intensity 0.850, against
+    guard was set, 274 test captures: list+intensity 0.905, prevalence+intensity 0.887, against
     0.905 and 0.891 when the catalogue is learned from all captures, test ones included)."""
     sources = replace(sentinel_sources(shared_data), flow_cells=True)
     inputs = load(sources, need_labels=True)
@@ -120,8 +120,8 @@ def test_train_learned_catalogue_on_setup_captures(shared_data: Path) -> None:
     found = {(r.representation, r.catalogue): r for r in evaluate(dataset, settings).results}
     learned = found["list+intensity", "train-learned"].closed_set
     assert learned.n_test == 274
-    assert learned.accuracy >= 0.86
-    assert found["prevalence+intensity", "train-learned"].closed_set.accuracy >= 0.84
+    assert learned.accuracy >= 0.90
+    assert found["prevalence+intensity", "train-learned"].closed_set.accuracy >= 0.88
 
 
 # Types whose setup captures use the same services (and the same intensity within the noise).
@@ -162,12 +162,12 @@ def test_every_confusion_is_between_siblings_with_either_service_weighting(
 
 def test_matched_packet_sizes_on_setup_captures(shared_data: Path) -> None:
     """Measured when this guard was set (train-learned catalogue, 274 test captures, references
-    from whole training captures and their first 10, 30 and 60 s): list+intensity 0.869
-    (macro-F1 0.832, AUROC 0.789, after 30 s 0.799); list+intensity+sizes, sizes matched within
-    τ learned per service from the references, 0.923 (0.910, 0.829, 0.843; with τ = 2 % for
-    every service 0.883, 0.864, 0.835, 0.883), its confidence calibrated to an error of 0.115
-    against 0.168. The D-Link motion sensor 1 → 9 of 10 right; leave-one-type-out AUROC of the
-    motion sensor 0.46 → 0.81, of Aria and Withings 0.83 → 0.94."""
+    from whole training captures and their first 10, 30 and 60 s): list+intensity 0.905
+    (macro-F1 0.883, AUROC 0.819, after 30 s 0.836); list+intensity+sizes, sizes matched within
+    τ learned per service from the references, 0.931 (0.917, 0.861, 0.850; with τ = 2 % for
+    every service 0.891, 0.872, 0.862, 0.891), its confidence calibrated to an error of 0.091
+    against 0.180. The D-Link motion sensor 1 → 9 of 10 right; leave-one-type-out AUROC of the
+    motion sensor 0.47 → 0.85, of Aria 0.87 → 0.98 and Withings 0.87 → 1.00."""
     sources = replace(sentinel_sources(shared_data), flow_cells=True)
     inputs = load(sources, need_labels=True)
     settings = replace(
@@ -181,18 +181,21 @@ def test_matched_packet_sizes_on_setup_captures(shared_data: Path) -> None:
     found = {r.representation: r for r in evaluate(dataset, settings).results}
     relative, sized = found["list+intensity"], found["list+intensity+sizes"]
     assert sized.closed_set.n_test == 274
-    assert sized.closed_set.accuracy >= 0.91
+    assert sized.closed_set.accuracy >= 0.92
     assert sized.closed_set.accuracy > relative.closed_set.accuracy
-    assert sized.closed_set.macro_f1 >= 0.90
+    assert sized.closed_set.macro_f1 >= 0.91
     assert sized.open_set.auroc >= relative.open_set.auroc + 0.03
+    assert sized.open_set.auroc >= 0.85
     early = sized.early_identification
-    assert early is not None and early.accuracy[0] >= 0.83
+    assert early is not None and early.accuracy[0] >= 0.84
     assert sized.closed_set.calibration.ece < relative.closed_set.calibration.ece
-    # The HomeMatic plug's few services, taken for other types' short references by their
-    # proportions alone (0 of 10 right), are told apart by their sizes.
     per_type = {t.type: t for t in sized.closed_set.per_type}
     before = {t.type: t for t in relative.closed_set.per_type}
-    assert before["HomeMaticPlug"].correct <= 2 and per_type["HomeMaticPlug"].correct >= 7
+    # The HomeMatic plug talks to tcp/9292 from port 50756 in its training captures and from
+    # 51067 in its test captures; the HueBridge once used 50756 towards HTTP. The catalogue
+    # learned from the training captures names tcp/9292 (the flow to a system port does not
+    # make 50756 a service), so both test ports are the service the references know.
+    assert before["HomeMaticPlug"].correct == per_type["HomeMaticPlug"].correct == 10
     # The motion sensor's DHCP request (353 B, every capture) against the water sensor's (357 B):
     # a size its references repeat to the byte matches within the learned floor of 0.5 % only,
     # while tcp/80 and DNS, whose sizes vary between setups, match within their own spread.
@@ -201,6 +204,6 @@ def test_matched_packet_sizes_on_setup_captures(shared_data: Path) -> None:
     # far more reliably than one with; the DHCP request's size lifts the D-Link motion sensor.
     folds = {f.left_out: f.auroc for f in sized.open_set.folds}
     earlier = {f.left_out: f.auroc for f in relative.open_set.folds}
-    assert min(folds[t] for t in ("HueBridge", "Lightify", "Aria", "Withings")) >= 0.93
+    assert min(folds[t] for t in ("HueBridge", "Lightify", "Aria", "Withings")) >= 0.97
     assert max(folds[t] for t in ("iKettle2", "SmarterCoffee")) < 0.5
     assert folds["D-LinkSensor"] >= earlier["D-LinkSensor"] + 0.2

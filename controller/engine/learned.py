@@ -30,6 +30,7 @@ from controller.engine.services import (
     ICMPV6,
     MAX_SERVICE_ID,
     PORT_MAX,
+    SYSTEM_PORT_MAX,
     TCP,
     UDP,
     ServiceSpec,
@@ -45,10 +46,13 @@ class PortUsage:
     """Observed use of TCP/UDP service ports: per (protocol, port), the distinct devices, the
     distinct (device, unit) cells in which they used it, and packets.
 
-    A flow's service port is the one of its two ports that meets more distinct counterpart ports
-    over all the observed flows — a service port serves many ephemeral ports, an ephemeral port
-    meets one service — and the lower port on a tie. (Taking simply the lower port fails for
-    clients with low ephemeral ports: a Windows XP client's 1035 → 10000 is a use of 10000.)
+    A flow's service port is its system port (1–1023) when only one of its two ports is one;
+    otherwise the one of its two ports that meets more distinct counterpart ports over the
+    observed flows without such a system port — a service port serves many ephemeral ports, an
+    ephemeral port meets one service — and the lower port on a tie. (Taking simply the lower
+    port fails for clients with low ephemeral ports: a Windows XP client's 1035 → 10000 is a use
+    of 10000. Counting the flows to system ports would let an ephemeral port that two devices
+    happened to pick, one of them for HTTP, outrank the one service it served for the other.)
     """
 
     proto: npt.NDArray[np.int64]
@@ -112,30 +116,43 @@ class PortUsage:
 def service_ports(
     proto: npt.NDArray[np.int64], sport: npt.NDArray[np.int64], dport: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]:
-    """Per flow, its service port (see `PortUsage`): the port with more distinct counterparts."""
+    """Per flow, its service port (see `PortUsage`): its only system port, else the port with
+    more distinct counterparts."""
     if len(proto) == 0:
         return np.zeros(0, np.int64)
     span = PORT_MAX + 1
-    own = np.concatenate([proto * span + sport, proto * span + dport])
-    other = np.concatenate([dport, sport])
+    system_source, system_destination = _system(sport), _system(dport)
+    settled = system_source != system_destination
+    open_ = ~settled
+    own = np.concatenate([proto[open_] * span + sport[open_], proto[open_] * span + dport[open_]])
+    other = np.concatenate([dport[open_], sport[open_]])
     pairs = np.unique(own * span + other)
     keys, counterparts = np.unique(pairs // span, return_counts=True)
 
     def popularity(ports: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        found: npt.NDArray[np.int64] = counterparts[np.searchsorted(keys, proto * span + ports)]
+        at = np.minimum(np.searchsorted(keys, proto * span + ports), max(len(keys) - 1, 0))
+        found = np.zeros(len(ports), np.int64)
+        if len(keys):
+            found = np.where(keys[at] == proto * span + ports, counterparts[at], 0)
         return found
 
     source, destination = popularity(sport), popularity(dport)
     chosen = np.where(source > destination, sport, dport)
-    return np.where(source == destination, np.minimum(sport, dport), chosen)
+    chosen = np.where(source == destination, np.minimum(sport, dport), chosen)
+    return np.where(settled, np.where(system_source, sport, dport), chosen)
+
+
+def _system(ports: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Which ports are system ("well-known") ports, 1–1023."""
+    return (ports >= 1) & (ports <= SYSTEM_PORT_MAX)
 
 
 def catch_alls() -> list[ServiceSpec]:
     """Low-priority services for everything a learned catalogue does not list by port."""
     specs: list[ServiceSpec] = []
     for proto in (TCP, UDP):
-        specs.append(ServiceSpec(proto, 1, 1023))
-        specs.append(ServiceSpec(proto, 1024, EPHEMERAL_LO - 1, in_dst_table=False))
+        specs.append(ServiceSpec(proto, 1, SYSTEM_PORT_MAX))
+        specs.append(ServiceSpec(proto, SYSTEM_PORT_MAX + 1, EPHEMERAL_LO - 1, in_dst_table=False))
         specs.append(ServiceSpec(proto, EPHEMERAL_LO, PORT_MAX, in_dst_table=False))
     specs.append(ServiceSpec(ICMP, 0, 0))
     specs.append(ServiceSpec(ICMPV6, 0, 0))
