@@ -117,29 +117,35 @@ def service_ports(
     proto: npt.NDArray[np.int64], sport: npt.NDArray[np.int64], dport: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]:
     """Per flow, its service port (see `PortUsage`): its only system port, else the port with
-    more distinct counterparts."""
+    more distinct counterparts among the flows no system port settles."""
+    system_source = _system(sport)
+    settled = system_source != _system(dport)
+    out = np.where(system_source, sport, dport)
+    rest = ~settled
+    out[rest] = _most_met(proto[rest], sport[rest], dport[rest])
+    return out
+
+
+def _most_met(
+    proto: npt.NDArray[np.int64], sport: npt.NDArray[np.int64], dport: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Per flow, the one of its ports that meets more distinct counterpart ports over these
+    flows (the lower on a tie)."""
     if len(proto) == 0:
         return np.zeros(0, np.int64)
     span = PORT_MAX + 1
-    system_source, system_destination = _system(sport), _system(dport)
-    settled = system_source != system_destination
-    open_ = ~settled
-    own = np.concatenate([proto[open_] * span + sport[open_], proto[open_] * span + dport[open_]])
-    other = np.concatenate([dport[open_], sport[open_]])
+    own = np.concatenate([proto * span + sport, proto * span + dport])
+    other = np.concatenate([dport, sport])
     pairs = np.unique(own * span + other)
     keys, counterparts = np.unique(pairs // span, return_counts=True)
 
     def popularity(ports: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        at = np.minimum(np.searchsorted(keys, proto * span + ports), max(len(keys) - 1, 0))
-        found = np.zeros(len(ports), np.int64)
-        if len(keys):
-            found = np.where(keys[at] == proto * span + ports, counterparts[at], 0)
+        found: npt.NDArray[np.int64] = counterparts[np.searchsorted(keys, proto * span + ports)]
         return found
 
     source, destination = popularity(sport), popularity(dport)
     chosen = np.where(source > destination, sport, dport)
-    chosen = np.where(source == destination, np.minimum(sport, dport), chosen)
-    return np.where(settled, np.where(system_source, sport, dport), chosen)
+    return np.where(source == destination, np.minimum(sport, dport), chosen)
 
 
 def _system(ports: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
