@@ -60,6 +60,7 @@ def explanation(best: str, similarity: float) -> dict[str, Any]:
         "runner_up": "plug",
         "runner_up_similarity": 0.2,
         "reference": "ref@0-8",
+        "siblings": ["camera-v2"] if best == "camera" else [],
     }  # fmt: skip
 
 
@@ -190,6 +191,7 @@ def test_pages_show_the_stored_run(any_db: str | Path) -> None:
         assert "tcp/443 at" in device and ": 8 packets" in device
         assert re.search(r'class="chip g-unexpected">unexpected', device)
         assert "runner-up plug 0.200" in device and "Reference ref@0-8" in device
+        assert "The references cannot tell camera apart from camera-v2." in device
 
         async with http.get(f"{url}devices/{CAMERA}?fragment=history") as response:
             fragment = await response.text()

@@ -108,7 +108,8 @@ def decision_record(
     decision: Decision, representation: str, when: float, belief: Belief | None = None
 ) -> DecisionRecord:
     """A decision as stored: its explanation with the runner-up, the matched reference, the
-    calibrated confidence and the device's accumulated answer after it."""
+    calibrated confidence, the types the references cannot tell the best one apart from and
+    the device's accumulated answer after it."""
     why = decision.explanation.to_json()
     why.update(
         best_type=decision.best_type,
@@ -117,6 +118,7 @@ def decision_record(
         runner_up_similarity=decision.runner_up_similarity,
         reference=decision.reference,
         confidence=None if math.isnan(decision.confidence) else decision.confidence,
+        siblings=list(decision.siblings),
     )
     if belief is not None:
         why["accumulated"] = belief.to_json()

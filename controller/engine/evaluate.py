@@ -410,6 +410,19 @@ def closed_set(refs: References, test: FingerprintSet, truth: Sequence[str]) -> 
     )
 
 
+def family_accuracy(confusion: Confusion, families: Sequence[Sequence[str]]) -> float:
+    """The share of test windows named as a type of their own type's family (a type in no
+    family is a family of its own): closed-set accuracy where siblings count as right; NaN
+    without families or test windows."""
+    matrix = confusion.array()
+    if not families or not matrix.sum():
+        return math.nan
+    family = {t: i for i, group in enumerate(families) for t in group}
+    key = [family.get(c, c) for c in confusion.classes]
+    same = np.array([[a == b for b in key] for a in key], dtype=bool)
+    return float(matrix[same].sum() / matrix.sum())
+
+
 def _per_type(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
     out: dict[str, list[bool]] = {}
     for t, p in zip(truth, predicted, strict=True):
@@ -527,9 +540,12 @@ def open_set(
     theta: float | None,
     scores: Scores | None = None,
     per_type: bool = False,
+    groups: Sequence[Sequence[str]] = (),
 ) -> OpenSet:
     """Leave-one-type-out: each type with test windows in turn is removed from the references
-    (θ re-chosen from what is left unless given) and must come out "unknown".
+    (θ re-chosen from what is left unless given) and must come out "unknown". `groups`: these
+    types leave together, each group as one fold named "<type> + <type>" (e.g. the
+    `sibling_families`); the types in no group leave one by one.
 
     Removing a type leaves every other type's score as it was (its references and prototype
     are untouched, and so are the other types' leave-one-out similarities behind θ), so with a
@@ -551,30 +567,34 @@ def open_set(
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
     all_own = own_type_similarity(refs)
     labels_arr = np.array(refs.labels, dtype=object)
-    for left_out in sorted(set(truth) & set(refs.labels)):
-        rest_types = tuple(t for t in refs.types if t != left_out)
+    grouped = {t for group in groups for t in group}
+    folds_of = [tuple(g) for g in groups] + [(t,) for t in refs.types if t not in grouped]
+    for group in sorted(g for g in folds_of if set(g) & set(truth)):
+        left_out = " + ".join(group)
+        rest_types = tuple(t for t in refs.types if t not in group)
         if not rest_types:
             continue
+        gone = np.isin(labels_arr, np.array(group, dtype=object))
         own = all_own
         if refs.weighting != "none":
             own = np.full(len(refs.labels), np.nan)
-            own[labels_arr != left_out] = own_type_similarity(refs.without_types([left_out]))
+            own[~gone] = own_type_similarity(refs.without_types(group))
         if theta is not None:
             fold_theta = theta
         else:
-            values = own[(labels_arr != left_out) & ~np.isnan(own)]
+            values = own[~gone & ~np.isnan(own)]
             fold_theta = (
                 float(np.percentile(values, percentile, method="lower")) if values.size else 0.0
             )
         if full is not None:
             ts = full.type_scores.copy()
             fold_types = full.types
-            ts[:, fold_types.index(left_out)] = -np.inf
+            ts[:, [fold_types.index(t) for t in group]] = -np.inf
             winner = np.argmax(ts, axis=1)
             best = ts[np.arange(len(winner)), winner]
             winner_types = [full.types[w] for w in winner.tolist()]
         else:
-            fold = score(test, refs.without_types([left_out]))
+            fold = score(test, refs.without_types(group))
             ts, fold_types = fold.type_scores, fold.types
             best = fold.best
             winner_types = [fold.types[w] for w in fold.winner.tolist()]
@@ -586,7 +606,7 @@ def open_set(
             bar = np.array([thetas[t] for t in winner_types], dtype=np.float64)
         else:
             bar = np.full(len(best), fold_theta)
-        unknown = truth_arr == left_out
+        unknown = np.isin(truth_arr, np.array(group, dtype=object))
         # Known test windows of types the references never had cannot be judged here.
         judged = unknown | np.isin(truth_arr, np.array(rest_types, dtype=object))
         known = judged & ~unknown
@@ -932,6 +952,7 @@ def _evaluate_one(
             except InputError:
                 refs = refs.with_settings(theta=0.0)
         closed = closed_set(refs, test, truth)
+        families = refs.families
         early = None
         if settings.prefixes and (settings.captures or settings.windows == "exporter"):
             starts: dict[str, int] | None = None
@@ -970,6 +991,19 @@ def _evaluate_one(
                 refs, test, truth, settings.percentile, settings.theta, closed.scores, True
             )
             if settings.theta is None
+            else None,
+            families=families,
+            family_accuracy=family_accuracy(closed.confusion, families),
+            open_set_families=open_set(
+                refs,
+                test,
+                truth,
+                settings.percentile,
+                settings.theta,
+                closed.scores,
+                groups=families,
+            )
+            if families
             else None,
             time_to_identification=time_to_identification(test, truth, closed.open_labels),
             early_identification=early,

@@ -25,6 +25,11 @@ temperature fitted to the references' own leave-one-out scores (the temperature 
 true types the highest likelihood). It is what `controller.engine.accumulate` adds up over a
 device's successive windows.
 
+Sibling families (`sibling_families`): the types the references cannot tell apart, found at
+enrolment from the same leave-one-out scores. A decision names the winner's siblings: a device
+of a family the references know is named as one of its types even when its own type is not
+among them, which no threshold on the similarity to a look-alike can see.
+
 Every decision carries an explanation against the reference it matched: per service, its part of
 Σmin (numerator) and of Σmax (denominator), and its share min/Σmax of the similarity. The shares
 sum to the reported similarity, which is Σnumerator / Σdenominator. With intensity a service's
@@ -46,7 +51,8 @@ raised list+intensity from 0.869 to 0.883 but lowered the default prevalence+int
 it was (list+intensity 0.962, prevalence+intensity 1.000).
 
 References files carry a version: 1 (presence only) is still read; 2 adds every reference's
-usage, the intensity, per-type thresholds, the temperature and the service weighting.
+usage, the intensity, per-type thresholds, the temperature and the service weighting (and,
+read when present, the sibling families).
 """
 
 from __future__ import annotations
@@ -97,6 +103,12 @@ MIN_TYPE_REFERENCES = 3
 """Leave-one-out values a type needs for a θ of its own."""
 CALIBRATION_ROWS = 2_000
 """References (a seeded sample, at most) whose leave-one-out scores fit the temperature."""
+SIBLING_SHARE = 0.25
+"""Share of a type's left-out references that must score another type as high as their own
+for the two to be siblings (`sibling_families`). On IoT Sentinel's training captures the
+families it finds are the vendors' look-alikes: four D-Link types (a quarter to a half of each
+type's references), the two Edimax plugs (about half), the two TP-Link plugs (about half) and
+the two kettles (all); the next closest pair, the two WeMo switches, is at 12 %."""
 TEMPERATURES = np.geomspace(0.002, 1.0, 60)
 FORMAT = "svcfp-references"
 # Similarities held at once while scoring (rows × references), about 128 MB of float64.
@@ -125,8 +137,10 @@ class References:
     i and `origins[i]` says where it came from ("<device>@<start>-<end>"). `usage` (3 × rows ×
     services, optional for presence representations) holds each reference's active units,
     packets and bytes. `thetas` holds per-type thresholds (aligned with `types`; None: θ for
-    every type); `temperature` the confidence calibration (None: not fitted). Sized references
-    match packet sizes within τ per service learned from their own usage (`tolerance`).
+    every type); `temperature` the confidence calibration (None: not fitted); `families` the
+    types these references cannot tell apart (`sibling_families`, found at enrolment). Sized
+    references match packet sizes within τ per service learned from their own usage
+    (`tolerance`).
     """
 
     services: tuple[str, ...]
@@ -144,9 +158,16 @@ class References:
     thetas: tuple[float, ...] | None = None
     temperature: float | None = None
     weighting: Weighting = DEFAULT_WEIGHTING
+    families: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.labels)
+        strangers = sorted({t for family in self.families for t in family} - set(self.labels))
+        if strangers or any(len(family) < 2 for family in self.families):
+            raise InputError(
+                "references: sibling families need two known types each"
+                + (f"; no reference is of type {', '.join(strangers)}" if strangers else "")
+            )
         if self.weighting not in WEIGHTINGS:
             raise InputError(
                 f"references: service weighting {self.weighting!r} is not one of "
@@ -321,6 +342,11 @@ class References:
             thetas = tuple(
                 t for name, t in zip(self.types, self.thetas, strict=True) if name not in drop
             )
+        families = tuple(
+            kept
+            for kept in (tuple(t for t in f if t not in drop) for f in self.families)
+            if len(kept) > 1
+        )
         return replace(
             self,
             weights=self.weights[keep],
@@ -328,6 +354,7 @@ class References:
             origins=tuple(o for o, k in zip(self.origins, keep.tolist(), strict=True) if k),
             usage=None if self.usage is None else self.usage[:, keep],
             thetas=thetas,
+            families=families,
         )
 
     # --- persistence --------------------------------------------------------------------------
@@ -349,6 +376,7 @@ class References:
             "temperature": self.temperature,
             "neighbours": self.neighbours,
             "weighting": self.weighting,
+            "families": [list(family) for family in self.families],
             "exporter": None if self.config is None else self.config.to_json(),
             "references": [self._entry(i) for i in range(len(self.labels))],
         }
@@ -424,6 +452,9 @@ class References:
                 thetas=thetas,
                 temperature=None if temperature is None else float(temperature),
                 weighting=weighting,
+                families=tuple(
+                    tuple(str(t) for t in family) for family in data.get("families") or ()
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{source}: malformed references: {exc}") from None
@@ -458,8 +489,8 @@ def enroll(
     Fingerprints of devices without a label, or labelled "unknown", are left out. θ is chosen
     with `choose_theta` at `percentile` unless given; with `per_type` (and no θ given) every
     type with enough references gets its own (`choose_thetas`). `calibrate` fits the confidence
-    temperature (`fit_temperature`); `weighting` how services weigh (see the module
-    docstring).
+    temperature (`fit_temperature`) and finds the types the references cannot tell apart
+    (`sibling_families`); `weighting` how services weigh (see the module docstring).
     """
     rows = [
         i
@@ -494,7 +525,12 @@ def enroll(
             refs = replace(refs, thetas=choose_thetas(refs, percentile, theta))
     refs = replace(refs, theta=theta)
     if calibrate:
-        refs = replace(refs, temperature=fit_temperature(refs))
+        sample = left_out_sample(refs)
+        refs = replace(
+            refs,
+            temperature=fit_temperature(refs, sample=sample),
+            families=sibling_families(refs, sample=sample),
+        )
     return refs
 
 
@@ -638,20 +674,35 @@ def softmax(scores: FloatArray, temperature: float) -> FloatArray:
     return out
 
 
-def fit_temperature(refs: References, seed: int = 0) -> float | None:
-    """The temperature (from `TEMPERATURES`) that maximises the likelihood of the references'
-    true types under the softmax of their leave-one-out type scores; None when no type has two
-    references. At most `CALIBRATION_ROWS` references (a seeded sample) are scored."""
+LeftOut = tuple[IntArray, FloatArray]
+"""References (row numbers) and their leave-one-out type scores (`loo_type_scores`)."""
+
+
+def left_out_sample(refs: References, seed: int = 0) -> LeftOut:
+    """The leave-one-out type scores of the references of types with two or more: at most
+    `CALIBRATION_ROWS` of them, a seeded sample, in order. No rows with fewer than two types."""
     idx = refs.type_index
     counts = np.bincount(idx, minlength=len(refs.types))
     eligible = np.flatnonzero(counts[idx] >= 2)
-    if not eligible.size or len(refs.types) < 2:
-        return None
+    if len(refs.types) < 2:
+        eligible = eligible[:0]
     if eligible.size > CALIBRATION_ROWS:
         rng = np.random.default_rng(seed)
         eligible = np.sort(rng.choice(eligible, CALIBRATION_ROWS, replace=False))
-    scores = loo_type_scores(refs, eligible)
-    truth = idx[eligible]
+    if not eligible.size:
+        return eligible, np.zeros((0, len(refs.types)))
+    return eligible, loo_type_scores(refs, eligible)
+
+
+def fit_temperature(refs: References, seed: int = 0, sample: LeftOut | None = None) -> float | None:
+    """The temperature (from `TEMPERATURES`) that maximises the likelihood of the references'
+    true types under the softmax of their leave-one-out type scores; None when no type has two
+    references. At most `CALIBRATION_ROWS` references (a seeded sample) are scored, or those
+    of `sample` (`left_out_sample`)."""
+    eligible, scores = left_out_sample(refs, seed) if sample is None else sample
+    if not eligible.size:
+        return None
+    truth = refs.type_index[eligible]
     best, best_nll = None, math.inf
     for t in TEMPERATURES.tolist():
         p = softmax(scores, t)[np.arange(len(truth)), truth]
@@ -659,6 +710,39 @@ def fit_temperature(refs: References, seed: int = 0) -> float | None:
         if nll < best_nll:
             best, best_nll = t, nll
     return best
+
+
+def sibling_families(
+    refs: References, share: float = SIBLING_SHARE, seed: int = 0, sample: LeftOut | None = None
+) -> tuple[tuple[str, ...], ...]:
+    """Types the references cannot tell apart, in families of two or more (each in `types`
+    order, the families by their first type).
+
+    Type t is a sibling of u when at least `share` of t's references, each left out (as for
+    `loo_type_scores`), score u as high as their own type or higher, at a similarity above 0;
+    families are the connected groups of siblings. References are sampled as for the
+    temperature (`left_out_sample`, or `sample`). A new device of a family the references know
+    is named as one of its types, so decisions name the winner's siblings and evaluations also
+    leave whole families out (`open_set`)."""
+    rows, scores = left_out_sample(refs, seed) if sample is None else sample
+    if not rows.size:
+        return ()
+    own_type = refs.type_index[rows]
+    own = scores[np.arange(len(rows)), own_type]
+    rivals = (scores >= own[:, None]) & (scores > 0.0) & np.isfinite(own)[:, None]
+    rivals[np.arange(len(rows)), own_type] = False
+    n_types = len(refs.types)
+    hits = np.zeros((n_types, n_types), dtype=np.int64)
+    np.add.at(hits, own_type, rivals.astype(np.int64))
+    sampled = np.bincount(own_type, minlength=n_types)
+    linked = hits >= np.maximum(share * sampled, 1.0)[:, None]
+    family = np.arange(n_types)
+    for t, u in zip(*np.nonzero(linked | linked.T), strict=True):
+        a, b = family[t], family[u]
+        if a != b:
+            family[family == max(a, b)] = min(a, b)
+    groups = [np.flatnonzero(family == f) for f in np.unique(family)]
+    return tuple(tuple(refs.types[i] for i in g.tolist()) for g in groups if g.size > 1)
 
 
 @dataclass(frozen=True)
@@ -903,7 +987,8 @@ class Decision:
 
     `theta` is the threshold of the best type (its own, or the global one); `confidence` the
     calibrated probability that `best_type` is right (NaN when the references carry no
-    calibration)."""
+    calibration); `siblings` the types the references cannot tell `best_type` apart from (its
+    `sibling_families` family but itself)."""
 
     device: str
     start_unit: int
@@ -917,6 +1002,7 @@ class Decision:
     reference: str
     explanation: Explanation
     confidence: float = math.nan
+    siblings: tuple[str, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -928,6 +1014,7 @@ class Decision:
         shallow = {f.name: getattr(self, f.name) for f in fields(self)}
         if math.isnan(self.confidence):
             shallow["confidence"] = None
+        shallow["siblings"] = list(self.siblings)
         return shallow | {"explanation": self.explanation.to_json()}
 
 
@@ -981,6 +1068,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
     thetas = refs.theta_of(scores.winner)
     tolerance = refs.tolerance(axis)
     confidence = scores.confidence(refs.temperature)
+    family = {t: f for f in refs.families for t in f}
     decisions = []
     names = fingerprints.device_names
     for i in range(len(fingerprints)):
@@ -997,14 +1085,15 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
         other_types = [t for j, t in enumerate(scores.types) if j != winner]
         runner = int(np.argmax(others)) if others.size else None
         theta = float(thetas[i])
-        label = scores.types[winner] if why.similarity >= theta else UNKNOWN
+        best = scores.types[winner]
+        label = best if why.similarity >= theta else UNKNOWN
         decisions.append(
             Decision(
                 device=names[i],
                 start_unit=int(fingerprints.start[i]),
                 end_unit=int(fingerprints.end[i]),
                 label=label,
-                best_type=scores.types[winner],
+                best_type=best,
                 similarity=why.similarity,
                 theta=theta,
                 runner_up=None if runner is None else other_types[runner],
@@ -1012,6 +1101,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
                 reference=target_names[int(scores.matched[i])],
                 explanation=why,
                 confidence=float(confidence[i]),
+                siblings=tuple(t for t in family.get(best, ()) if t != best),
             )
         )
     return decisions

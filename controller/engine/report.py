@@ -239,6 +239,70 @@ def _open_set_score_lines(metrics: Evaluation) -> list[str]:
     ]
 
 
+def _family_lines(metrics: Evaluation, best: GridResult) -> list[str]:
+    """Per grid point, the types its references cannot tell apart and what identification
+    reaches when siblings count as one: closed-set accuracy and leave-one-family-out AUROC;
+    the best setting's family folds."""
+    shown = [r for r in metrics.results if r.open_set_families is not None]
+    if not shown:
+        return []
+    rows = []
+    for r in shown:
+        assert r.open_set_families is not None
+        rows.append(
+            [
+                _fmt(r.unit_seconds, 0),
+                r.representation,
+                r.catalogue,
+                matching(r),
+                "; ".join(" + ".join(family) for family in r.families),
+                _fmt(r.closed_set.accuracy),
+                _fmt(r.family_accuracy),
+                _fmt(r.open_set.auroc),
+                _fmt(r.open_set_families.auroc),
+            ]
+        )
+    header = ["unit s", "representation", "catalogue", "mode", "families", "accuracy"]
+    lines = [
+        "",
+        "## Sibling families",
+        "",
+        "Types the training references cannot tell apart (a quarter or more of a type's "
+        "references, each left out, score another type as high as their own) form a family. "
+        "A new device of a known family is named as one of its types, so its type cannot come "
+        "out unknown; leaving whole families out measures whether a device of a family the "
+        "references have never seen does. Family accuracy counts a sibling's name as right.",
+        "",
+        *_table([*header, "family accuracy", "AUROC (types)", "AUROC (families)"], rows),
+    ]
+    opened = best.open_set_families
+    if opened is None:
+        return lines
+    folds = sorted(
+        (f for f in opened.folds if " + " in f.left_out),
+        key=lambda f: (_order(f.auroc), f.left_out),
+    )
+    fold_rows = [
+        [
+            f.left_out,
+            str(f.n_unknown),
+            str(f.n_known),
+            _fmt(f.unknown_detection),
+            _fmt(f.known_accuracy),
+            _fmt(f.auroc),
+        ]
+        for f in folds
+    ]
+    header = ["left out", "unknown windows", "known windows", "unknown det.", "known acc."]
+    return [
+        *lines,
+        "",
+        f"The best setting ({best.label}) with each family left out of the references:",
+        "",
+        *_table([*header, "AUROC"], fold_rows),
+    ]
+
+
 def _order(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
@@ -386,6 +450,7 @@ def markdown(
     lines += ["", "### Confusion matrix", ""]
     lines += _confusion_lines(best)
     lines += _open_set_lines(best)
+    lines += _family_lines(metrics, best)
     lines += _anchor_lines(metrics)
     lines += _open_set_score_lines(metrics)
     lines += _robustness_lines(metrics)

@@ -312,6 +312,9 @@ class GridResult(Json):
     services: int = 0
     anchors: tuple[AnchorResult, ...] = ()
     weighting: str = "none"
+    families: tuple[tuple[str, ...], ...] = ()
+    family_accuracy: float = math.nan
+    open_set_families: OpenSet | None = None
 
     @property
     def label(self) -> str:

@@ -363,6 +363,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     )
     for label, n in sorted(counts.items()):
         print(f"  {label}: {n}")
+    for family in refs.families:
+        print(f"  not told apart: {' + '.join(family)}")
     return 0
 
 
@@ -371,9 +373,10 @@ def _decision_line(d: Decision) -> str:
     matched = ", ".join(f"{c.service}+{c.share:.3f}" for c in why.matched) or "-"
     unexpected = ", ".join(c.service for c in why.unexpected) or "-"
     missing = ", ".join(c.service for c in why.missing) or "-"
+    siblings = f"\tnot told apart from: {', '.join(d.siblings)}" if d.siblings else ""
     return (
         f"{d.device}\t{d.start_unit}-{d.end_unit}\t{d.label}\t{d.best_type}\t{d.similarity:.3f}"
-        f"\tmatched: {matched}\tunexpected: {unexpected}\tmissing: {missing}"
+        f"\tmatched: {matched}\tunexpected: {unexpected}\tmissing: {missing}{siblings}"
     )
 
 
