@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from controller.engine.representation import (
     SIZE_TOLERANCE_FLOOR,
     representation_name,
 )
-from controller.engine.results import Confusion, Evaluation, GridResult
+from controller.engine.results import Confusion, Evaluation, GridResult, OpenSetFold
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -182,9 +182,21 @@ def _accumulation_lines(result: GridResult) -> list[str]:
 
 
 def _open_set_lines(result: GridResult) -> list[str]:
-    folds = sorted(result.open_set.folds, key=lambda f: (_order(f.auroc), f.left_out))
-    if not folds:
+    if not result.open_set.folds:
         return []
+    return [
+        "",
+        "### Open set, type by type",
+        "",
+        "Each type left out of the references in turn (worst AUROC first): a type whose "
+        "traffic another type repeats cannot come out unknown.",
+        "",
+        *_fold_table(result.open_set.folds),
+    ]
+
+
+def _fold_table(folds: Iterable[OpenSetFold]) -> list[str]:
+    """Open-set folds as a table, worst AUROC first."""
     rows = [
         [
             f.left_out,
@@ -195,18 +207,10 @@ def _open_set_lines(result: GridResult) -> list[str]:
             _fmt(f.known_accuracy),
             _fmt(f.auroc),
         ]
-        for f in folds
+        for f in sorted(folds, key=lambda f: (_order(f.auroc), f.left_out))
     ]
     header = ["left out", "unknown windows", "known windows", "θ", "unknown det."]
-    return [
-        "",
-        "### Open set, type by type",
-        "",
-        "Each type left out of the references in turn (worst AUROC first): a type whose "
-        "traffic another type repeats cannot come out unknown.",
-        "",
-        *_table([*header, "known acc.", "AUROC"], rows),
-    ]
+    return _table([*header, "known acc.", "AUROC"], rows)
 
 
 def _open_set_score_lines(metrics: Evaluation) -> list[str]:
@@ -278,28 +282,12 @@ def _family_lines(metrics: Evaluation, best: GridResult) -> list[str]:
     opened = best.open_set_families
     if opened is None:
         return lines
-    folds = sorted(
-        (f for f in opened.folds if " + " in f.left_out),
-        key=lambda f: (_order(f.auroc), f.left_out),
-    )
-    fold_rows = [
-        [
-            f.left_out,
-            str(f.n_unknown),
-            str(f.n_known),
-            _fmt(f.unknown_detection),
-            _fmt(f.known_accuracy),
-            _fmt(f.auroc),
-        ]
-        for f in folds
-    ]
-    header = ["left out", "unknown windows", "known windows", "unknown det.", "known acc."]
     return [
         *lines,
         "",
         f"The best setting ({best.label}) with each family left out of the references:",
         "",
-        *_table([*header, "AUROC"], fold_rows),
+        *_fold_table(f for f in opened.folds if " + " in f.left_out),
     ]
 
 
