@@ -145,6 +145,45 @@ class TestAccumulation:
         assert accumulate(self.TYPES, windows)[-1].device == "a"
 
 
+class TestSiblings:
+    TYPES = ("A", "B", "C")
+    FAMILIES = (("A", "B"),)
+
+    def _beliefs(self, families: tuple[tuple[str, ...], ...], then: str) -> list[tuple[str, bool]]:
+        acc = Accumulator(self.TYPES, families)
+        beliefs = [acc.update("d", u, "A", 0.9, True) for u in range(4)]
+        beliefs += [acc.update("d", u, then, 0.9, True) for u in range(4, 9)]
+        return [(b.label, b.changed) for b in beliefs[4:]]
+
+    def test_windows_of_a_sibling_declare_no_change(self) -> None:
+        # Each B window adds log(.9/.05) = 2.89: without families the third declares a change.
+        assert self._beliefs((), "B") == [
+            ("A", False), ("A", False), ("B", True), ("B", False), ("B", False)
+        ]  # fmt: skip
+        # With A and B siblings, B's windows count against a change as A's would; the label
+        # moves to B once B's evidence passes A's (the fifth, a tie at the fourth stays A).
+        assert self._beliefs(self.FAMILIES, "B") == [
+            ("A", False), ("A", False), ("A", False), ("A", False), ("B", False)
+        ]  # fmt: skip
+
+    def test_a_type_of_another_family_is_still_a_change(self) -> None:
+        assert self._beliefs(self.FAMILIES, "C") == self._beliefs((), "C")
+        assert [changed for _, changed in self._beliefs(self.FAMILIES, "C")].count(True) == 1
+
+    def test_spliced_siblings_are_no_change_to_detect(self) -> None:
+        windows = [
+            WindowDecision(device, u, u + 1, kind, 0.9, True)
+            for device, kind in (("a", "A"), ("b", "B"), ("c", "C"))
+            for u in range(3)
+        ]
+        truth = {"a": "A", "b": "B", "c": "C"}
+        summary = accumulation(self.TYPES, windows, truth)
+        assert (summary.spliced, summary.detected, summary.detection_delay_median) == (6, 6, 3.0)
+        summary = accumulation(self.TYPES, windows, truth, families=self.FAMILIES)
+        # a then b and b then a are left out: 4 pairs, each found at the third window.
+        assert (summary.spliced, summary.detected, summary.detection_delay_median) == (4, 4, 3.0)
+
+
 class TestInstanceSplit:
     def test_types_with_several_devices_split_by_device(self) -> None:
         fps = FingerprintSet.from_fingerprints(

@@ -184,6 +184,7 @@ def test_accumulated_decisions_and_a_change_alert_for_a_device_that_changes(
             WindowDecision(d.device, d.start_unit, d.end_unit, d.best_type, d.confidence, d.known)
             for d in offline
         ],
+        references.families,
     )
     assert sorted(
         (d.device, d.window_end_unit, *(d.explanation["accumulated"][k] for k in BELIEF_KEYS))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from controller.base.errors import InputError
-from controller.control.live import decision_record
+from controller.control.live import LiveIdentification, LiveSettings, decision_record
+from controller.engine.accumulate import Accumulator
 from controller.engine.activity import ActivityTable
 from controller.engine.evaluate import Dataset, EvalSettings, evaluate, family_accuracy, open_set
 from controller.engine.exporter import ExporterConfig
@@ -19,6 +20,7 @@ from controller.engine.fingerprints import FingerprintSet
 from controller.engine.identify import References, enroll, identify, sibling_families
 from controller.engine.report import write_report
 from controller.engine.results import Confusion
+from controller.store.storage import Storage
 from svcfp.cli import main
 from tests.support.fingerprints import listed
 
@@ -208,3 +210,23 @@ def test_enroll_and_identify_say_which_types_are_not_told_apart(
     plugs = [line for line in lines if line.startswith("02:00:00:00:02:")]
     assert cameras and all(line.endswith("\tnot told apart from: cam2") for line in cameras)
     assert plugs and not any("not told apart" in line for line in plugs)
+
+
+def test_the_live_path_accumulates_siblings_as_one(tmp_path: Path) -> None:
+    refs = references()
+    # One device: ten windows like A's references, then six like S's own (s2 at 1.0).
+    windows = [listed("d", "x y", start=10 * u) for u in range(10)]
+    windows += [listed("d", "x y w", start=10 * u) for u in range(10, 16)]
+    decisions = identify(FingerprintSet.from_fingerprints(windows), refs)
+    assert [d.best_type for d in decisions] == ["A"] * 10 + ["S"] * 6
+    with Storage(tmp_path / "svcfp.db") as store:
+        live = LiveIdentification(store, LiveSettings(ExporterConfig(), refs), 1.0)
+        beliefs = live.accumulate(decisions)
+    assert not any(b.changed for b in beliefs)
+    assert [b.label for b in beliefs][-1] == "S"
+    # Without the families S's windows would have declared a change.
+    alone = Accumulator(refs.types)
+    assert any(
+        alone.update(d.device, d.end_unit, d.best_type, d.confidence, d.known).changed
+        for d in decisions
+    )

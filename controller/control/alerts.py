@@ -8,8 +8,8 @@ Kinds and how each is detected:
 - `behaviour_change`: a known device's behaviour changed. With references, when the device's
   accumulated answer declares a change (`controller.engine.accumulate`: the evidence of its
   windows since its answer was last a known type turned against that type, to odds of
-  `CHANGE_ODDS` — windows of another type or "unknown" ones — or most of its windows since are
-  unknown; one odd window does not do it).
+  `CHANGE_ODDS` — windows of another type, not a sibling, or "unknown" ones — or most of its
+  windows since are unknown; one odd window does not do it).
   Without references, when its new fingerprint leaves its own history: its weighted Jaccard
   similarity to the most similar of the device's last HISTORY fingerprints is below the history
   threshold (successive windows of one device differ by chance: in the demo's profiles a stable

@@ -193,7 +193,7 @@ class LiveIdentification:
         self.next_unit = None if stored is None else int(stored)
         self.representation = settings.exporter.representation
         refs = settings.references
-        self.accumulator = None if refs is None else Accumulator(refs.types)
+        self.accumulator = None if refs is None else Accumulator(refs.types, refs.families)
         if self.accumulator is not None:
             self._resume(storage.decisions())
         self.compliance = None

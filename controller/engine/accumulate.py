@@ -15,6 +15,13 @@ this, since windows agreeing with it pull S back to 0.
 
 Windows whose best similarity is below θ ("unknown") add no evidence to any type; a device whose
 windows since the last change are mostly unknown is unknown.
+
+Siblings (`controller.engine.identify.sibling_families`): a window whose best type is in the
+current label's family counts against a change as one of the label's own would. The references
+cannot tell the family's types apart, so a device whose windows alternate between them has not
+changed; without this, two windows of a sibling at confidence 0.55 among 27 types
+(log(0.55 / (0.45 / 26)) = 3.46 each) would declare a change. Evidence still accumulates per
+type, so the label may move within the family, as the evidence says, without a declared change.
 """
 
 from __future__ import annotations
@@ -78,10 +85,12 @@ class _State:
 class Accumulator:
     """Per-device accumulation of window decisions over a set of known types."""
 
-    def __init__(self, types: Sequence[str]) -> None:
+    def __init__(self, types: Sequence[str], families: Sequence[Sequence[str]] = ()) -> None:
         if not types:
             raise InputError("accumulating decisions needs at least one known type")
         self.types = tuple(types)
+        self.families = tuple(tuple(f) for f in families)
+        self._kin = {t: frozenset(f) for f in self.families for t in f}
         self._states: dict[str, _State] = {}
 
     def update(
@@ -99,7 +108,7 @@ class Accumulator:
         if state.windows and state.label != UNKNOWN:
             if not known:
                 step = math.log(UNKNOWN_ODDS)
-            elif best_type == state.label:
+            elif best_type == state.label or best_type in self._kin.get(state.label, ()):
                 step = math.log(others / p)
             else:
                 step = math.log(p / others)
@@ -152,7 +161,11 @@ def feed(accumulator: Accumulator, windows: Sequence[WindowDecision]) -> list[Be
     return [beliefs[i] for i in range(len(windows))]
 
 
-def accumulate(types: Sequence[str], windows: Iterable[WindowDecision]) -> list[Belief]:
+def accumulate(
+    types: Sequence[str],
+    windows: Iterable[WindowDecision],
+    families: Sequence[Sequence[str]] = (),
+) -> list[Belief]:
     """Beliefs after every window, feeding each device's windows in time order (ties by
-    device); the result is in that order too."""
-    return feed(Accumulator(types), sorted(windows, key=_time_order))
+    device); the result is in that order too. `families`: the references' sibling families."""
+    return feed(Accumulator(types, families), sorted(windows, key=_time_order))

@@ -726,9 +726,11 @@ def accumulation(
     windows: Sequence[WindowDecision],
     truth: Mapping[str, str],
     seed: int = 0,
+    families: Sequence[Sequence[str]] = (),
 ) -> Accumulation:
-    """Accumulated decisions per test device, and change detection on spliced pairs."""
-    beliefs = accumulate(types, windows)
+    """Accumulated decisions per test device, and change detection on spliced pairs (of
+    types in different `families`: siblings are no change the references can see)."""
+    beliefs = accumulate(types, windows, families)
     by_device: dict[str, list[Belief]] = {}
     for belief in beliefs:
         by_device.setdefault(belief.device, []).append(belief)
@@ -755,7 +757,7 @@ def accumulation(
             )
         )
     window_right = [w.best_type == truth[w.device] and w.known for w in windows]
-    spliced, detected, delays = _splices(types, windows, truth, seed)
+    spliced, detected, delays = _splices(types, windows, truth, seed, families)
     return Accumulation(
         windows=len(beliefs),
         accuracy=sum(d.right for d in devices) / max(1, len(beliefs)),
@@ -773,10 +775,12 @@ def _splices(
     windows: Sequence[WindowDecision],
     truth: Mapping[str, str],
     seed: int,
+    families: Sequence[Sequence[str]],
 ) -> tuple[int, int, list[int]]:
-    """Change detection: device a's test windows, then device b's (another type) under a's
-    name. Returns (pairs, pairs whose change was declared after the splice, windows from the
-    splice to the declaration)."""
+    """Change detection: device a's test windows, then device b's (another type, of another
+    family) under a's name. Returns (pairs, pairs whose change was declared after the splice,
+    windows from the splice to the declaration)."""
+    family = {t: i for i, f in enumerate(families) for t in f}
     by_device: dict[str, list[WindowDecision]] = {}
     for w in sorted(windows, key=lambda w: w.start_unit):
         by_device.setdefault(w.device, []).append(w)
@@ -784,14 +788,17 @@ def _splices(
         (a, b)
         for a in sorted(by_device)
         for b in sorted(by_device)
-        if truth[a] != truth[b] and len(by_device[a]) >= 2 and len(by_device[b]) >= 2
+        if truth[a] != truth[b]
+        and family.get(truth[a], truth[a]) != family.get(truth[b], truth[b])
+        and len(by_device[a]) >= 2
+        and len(by_device[b]) >= 2
     ]
     if len(pairs) > MAX_SPLICES:
         rng = np.random.default_rng(seed)
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), MAX_SPLICES, replace=False))]
     detected, delays = 0, []
     for a, b in pairs:
-        accumulator = Accumulator(types)
+        accumulator = Accumulator(types, families)
         before = by_device[a]
         for w in before:
             accumulator.update(a, 0, w.best_type, w.confidence, w.known)
@@ -966,7 +973,7 @@ def _evaluate_one(
         accumulated = None
         if not settings.captures and settings.windows == "exporter":
             accumulated = accumulation(
-                refs.types, window_decisions(refs, test, closed), tracks, settings.seed
+                refs.types, window_decisions(refs, test, closed), tracks, settings.seed, families
             )
         yield GridResult(
             unit_seconds=activity.unit_seconds,
