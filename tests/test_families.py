@@ -75,10 +75,14 @@ class TestEnrolledFamilies:
 
     @pytest.mark.parametrize(
         ("families", "message"),
-        [([["A", "Q"]], "no reference is of type Q"), ([["A"]], "two known types each")],
+        [
+            ([["A", "Q"]], "no reference is of type Q"),
+            ([["A"]], "two known types each"),
+            (["AS"], "a list of lists of types"),
+        ],
     )
     def test_a_family_of_types_the_file_does_not_have_is_refused(
-        self, families: list[list[str]], message: str
+        self, families: list[object], message: str
     ) -> None:
         data = references().to_json() | {"families": families}
         with pytest.raises(InputError, match=message):

@@ -433,6 +433,9 @@ class References:
                 else tuple(float(dict(per_type)[t]) for t in sorted(set(labels)))
             )
             temperature = data.get("temperature")
+            families = data.get("families") or []
+            if not isinstance(families, list) or not all(isinstance(f, list) for f in families):
+                raise ValueError("families must be a list of lists of types")
             weighting = data.get("weighting", DEFAULT_WEIGHTING)
             if weighting not in WEIGHTINGS:
                 raise ValueError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
@@ -452,9 +455,7 @@ class References:
                 thetas=thetas,
                 temperature=None if temperature is None else float(temperature),
                 weighting=weighting,
-                families=tuple(
-                    tuple(str(t) for t in family) for family in data.get("families") or ()
-                ),
+                families=tuple(tuple(str(t) for t in family) for family in families),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{source}: malformed references: {exc}") from None
