@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from controller.base.errors import InputError
-from controller.engine.identify import UNKNOWN
+from controller.engine.identify import UNKNOWN, family_of
 
 FLOOR = 0.02
 """Confidences are clipped to [FLOOR, 1 − FLOOR] before they become evidence."""
@@ -89,8 +89,7 @@ class Accumulator:
         if not types:
             raise InputError("accumulating decisions needs at least one known type")
         self.types = tuple(types)
-        self.families = tuple(tuple(f) for f in families)
-        self._kin = {t: frozenset(f) for f in self.families for t in f}
+        self._kin = family_of(families)
         self._states: dict[str, _State] = {}
 
     def update(

@@ -48,6 +48,7 @@ from controller.engine.identify import (
     choose_theta,
     choose_thetas,
     enroll,
+    family_of,
     own_type_similarity,
     score,
 )
@@ -417,8 +418,8 @@ def family_accuracy(confusion: Confusion, families: Sequence[Sequence[str]]) -> 
     matrix = confusion.array()
     if not families or not matrix.sum():
         return math.nan
-    family = {t: i for i, group in enumerate(families) for t in group}
-    key = [family.get(c, c) for c in confusion.classes]
+    family = family_of(families)
+    key = [family.get(c, (c,)) for c in confusion.classes]
     same = np.array([[a == b for b in key] for a in key], dtype=bool)
     return float(matrix[same].sum() / matrix.sum())
 
@@ -780,7 +781,7 @@ def _splices(
     """Change detection: device a's test windows, then device b's (another type, of another
     family) under a's name. Returns (pairs, pairs whose change was declared after the splice,
     windows from the splice to the declaration)."""
-    family = {t: i for i, f in enumerate(families) for t in f}
+    family = family_of(families)
     by_device: dict[str, list[WindowDecision]] = {}
     for w in sorted(windows, key=lambda w: w.start_unit):
         by_device.setdefault(w.device, []).append(w)
@@ -789,7 +790,7 @@ def _splices(
         for a in sorted(by_device)
         for b in sorted(by_device)
         if truth[a] != truth[b]
-        and family.get(truth[a], truth[a]) != family.get(truth[b], truth[b])
+        and family.get(truth[a], (truth[a],)) != family.get(truth[b], (truth[b],))
         and len(by_device[a]) >= 2
         and len(by_device[b]) >= 2
     ]

@@ -746,6 +746,12 @@ def sibling_families(
     return tuple(tuple(refs.types[i] for i in g.tolist()) for g in groups if g.size > 1)
 
 
+def family_of(families: Sequence[Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """Each type of `families` (`sibling_families`) with its whole family; a type in none has
+    no entry."""
+    return {t: tuple(family) for family in families for t in family}
+
+
 @dataclass(frozen=True)
 class Scores:
     """Per fingerprint: its score for every known type, and the reference row it matched best.
@@ -1069,7 +1075,7 @@ def identify(fingerprints: FingerprintSet, refs: References) -> list[Decision]:
     thetas = refs.theta_of(scores.winner)
     tolerance = refs.tolerance(axis)
     confidence = scores.confidence(refs.temperature)
-    family = {t: f for f in refs.families for t in f}
+    family = family_of(refs.families)
     decisions = []
     names = fingerprints.device_names
     for i in range(len(fingerprints)):

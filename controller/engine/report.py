@@ -282,12 +282,13 @@ def _family_lines(metrics: Evaluation, best: GridResult) -> list[str]:
     opened = best.open_set_families
     if opened is None:
         return lines
+    named = {" + ".join(family) for family in best.families}
     return [
         *lines,
         "",
         f"The best setting ({best.label}) with each family left out of the references:",
         "",
-        *_fold_table(f for f in opened.folds if " + " in f.left_out),
+        *_fold_table(f for f in opened.folds if f.left_out in named),
     ]
 
 
