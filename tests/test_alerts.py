@@ -129,6 +129,10 @@ def test_a_known_device_that_changes_is_a_behaviour_change() -> None:
     # Now unknown, it is not "a new unknown device" afterwards.
     later = fingerprint(HUB, 56, 64)
     assert review(watch, later, decision(later, "unknown", "camera", 0.2)) == []
+    # Its verdict (the metrics' type) is the accumulated answer: unknown, though three of its
+    # eight windows were camera and five unknown.
+    history = watch.devices[MAC]
+    assert (history.accumulated, history.labels.count("camera")) == ("unknown", 3)
 
 
 def test_matching_another_type_is_a_change_and_history_alone_works_without_references() -> None:

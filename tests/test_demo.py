@@ -189,17 +189,23 @@ def test_bmv2_demo_identifies_every_device_and_leaves_nothing_behind(
     status, recorded = run_recorded(command, chosen.logs, timeout=240)
     assert status == 0
 
-    # Each device's answer, from its decisions stored in the demo's database (oldest first, the
-    # most frequent label): known types as themselves, the held-out hub as unknown. The report
-    # says the same.
+    # Each device's answer, from its decisions stored in the demo's database (its verdict: the
+    # accumulated answer after its latest decision): known types as themselves, the held-out hub
+    # as unknown. The report says the same.
     expected = {
         h.mac: UNKNOWN if scenario.truth[h.name] == "hub" else scenario.truth[h.name]
         for h in topo.hosts(scenario.graph, topo.DEVICE)
     }
     with Storage(chosen.out / DATABASE) as storage:
         stored = [r for r in storage.decisions() if r.device in expected]
-    labels = {mac: [r.label for r in stored if r.device == mac] for mac in expected}
-    assert {mac: mine[verdict(mine)] for mac, mine in labels.items()} == expected, labels
+    assert all(r.accumulated is not None for r in stored), "every decision accumulates"
+    mine = {mac: [r for r in stored if r.device == mac] for mac in expected}
+    labels = {mac: [r.label for r in records] for mac, records in mine.items()}
+    answers = {
+        mac: labels[mac][verdict(labels[mac], records[-1].accumulated)]
+        for mac, records in mine.items()
+    }
+    assert answers == expected, [(r.device, r.label, r.accumulated) for r in stored]
     summary = json.loads((chosen.out / "decisions.json").read_text())
     assert summary["mode"] == "mininet (bmv2)"
     assert summary["correct"] == len(expected) == 5

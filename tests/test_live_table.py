@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from controller.control.alerts import make_alert
 from controller.control.controller import ClosedUnits
+from controller.engine.accumulate import Belief
 from controller.engine.activity import ActivityTable
 from controller.engine.identify import Decision, explain
 from tests.support.paths import P4INFO, ROOT
@@ -87,6 +89,23 @@ def test_a_terminal_is_redrawn_in_place(scenario: Scenario) -> None:
     assert second.startswith(f"\x1b[{drawn}F\x1b[J")
     assert "unit 2/30" in second and re.search(r"d2 .* plug", second)
     assert view.final()["d2"].label == "plug"
+
+
+def test_a_device_answers_with_its_accumulated_answer(scenario: Scenario) -> None:
+    # d2's windows alternate plug / unknown; the controller's accumulated answer stays plug.
+    view = LiveView(scenario, io.StringIO())
+    labels = ["plug", "unknown", "plug", "unknown"]
+    for i, label in enumerate(labels):
+        closed = closing(scenario, START + 8 * i, "d2", label)
+        belief = Belief(closed.decisions[0].device, START + 8 * i, "plug", 0.9, i + 1, False)
+        view.on_units(replace(closed, beliefs=(belief,)))
+    assert view.accumulated == {closed.decisions[0].device: "plug"}
+    assert view.final()["d2"].label == "plug"
+    # Decisions without one (no references' types to accumulate): the latest of the tied labels.
+    bare = LiveView(scenario, io.StringIO())
+    for i, label in enumerate(labels):
+        bare.on_units(closing(scenario, START + 8 * i, "d2", label))
+    assert bare.final()["d2"].label == "unknown"
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ schema versions, controllers sharing one database."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -243,7 +244,62 @@ def test_a_database_from_before_the_dst_table_flag_opens(tmp_path: Path) -> None
 
 
 def test_a_new_database_has_every_migration(store: Store) -> None:
-    assert store.schema_version() == LATEST == 4
+    assert store.schema_version() == LATEST == 5
+
+
+def accumulating(label: str, answer: str | None, unit: int) -> DecisionRecord:
+    why: dict[str, object] = {"best_type": label}
+    if answer is not None:
+        why["accumulated"] = {"label": answer, "confidence": 0.9, "windows": unit}
+    return DecisionRecord(MAC1, unit, unit + 4, "G4", label, 0.8, why, float(unit))
+
+
+def test_decision_summaries_carry_the_accumulated_answer(store: Store) -> None:
+    decided = [
+        accumulating("plug", "plug", 1),
+        accumulating("unknown", "plug", 5),
+        accumulating("camera", None, 9),
+    ]
+    store.add_results([], decided, when=1.0)
+    summaries = store.decision_summaries()
+    assert [(s.label, s.accumulated) for s in summaries] == [
+        ("plug", "plug"),
+        ("unknown", "plug"),
+        ("camera", None),
+    ]
+    assert [d.accumulated for d in store.decisions()] == ["plug", "plug", None]
+
+
+def test_decisions_stored_before_accumulated_answers_get_theirs(db_location: str | Path) -> None:
+    # A database of schema 4: decisions without the column, one explanation with an
+    # accumulated answer and one without. Opening it reads the answers out of the explanations.
+    with open_store(db_location) as store:
+        with store.transaction() as sql:
+            sql.run("ALTER TABLE decisions DROP COLUMN accumulated")
+            sql.run("DELETE FROM schema_version WHERE version = 5")
+            for record in (accumulating("unknown", "camera", 1), accumulating("plug", None, 5)):
+                sql.run(
+                    "INSERT INTO decisions (device, window_start_unit, window_end_unit, "
+                    "representation, label, similarity, explanation, decided_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.device,
+                        record.window_start_unit,
+                        record.window_end_unit,
+                        record.representation,
+                        record.label,
+                        record.similarity,
+                        json.dumps(record.explanation),
+                        record.decided_at,
+                    ),
+                )
+        assert store.schema_version() == 4
+    with open_store(db_location) as again:
+        assert again.schema_version() == 5
+        assert [(s.label, s.accumulated) for s in again.decision_summaries()] == [
+            ("unknown", "camera"),
+            ("plug", None),
+        ]
 
 
 def test_a_database_from_before_schema_versions_keeps_its_devices(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from controller.engine.metrics import confusion_matrix
 from controller.engine.report import plot_confusion
 from controller.engine.representation import representation_name
 from controller.engine.results import Confusion
+from controller.store.records import accumulated_label
 from controller.store.storage import DecisionRecord, Storage
 from topology import graph as topo
 from topology.files import write_json_atomic
@@ -61,7 +62,11 @@ def outcome(scenario: Scenario, decisions: Sequence[Mapping[str, Any]]) -> list[
         truth = scenario.truth[host]
         expected = truth if truth in scenario.references.types else UNKNOWN
         mine = [d for d in decisions if d["device"] == host]
-        answer = mine[verdict([d["label"] for d in mine])] if mine else None
+        answer = (
+            mine[verdict([d["label"] for d in mine], accumulated_label(mine[-1]["explanation"]))]
+            if mine
+            else None
+        )
         change = scenario.change if scenario.change and scenario.change.host == host else None
         correct = answer is not None and answer["label"] == expected
         rows.append(

@@ -42,6 +42,8 @@ class LiveView:
     scenario: Scenario
     out: TextIO = sys.stdout
     decisions: list[Decision] = field(default_factory=list)
+    # Each device's accumulated answer after its latest decision (by MAC; None without one).
+    accumulated: dict[str, str | None] = field(default_factory=dict)
     alerts: list[AlertRecord] = field(default_factory=list)
     fingerprints: int = 0
     units_seen: int = 0
@@ -68,6 +70,10 @@ class LiveView:
         self.fingerprints += sum(1 for fp in closed.fingerprints if fp.device in self.hosts)
         mine = [d for d in closed.decisions if d.device in self.hosts]
         self.decisions.extend(mine)
+        beliefs = closed.beliefs or (None,) * len(closed.decisions)
+        for decision, belief in zip(closed.decisions, beliefs, strict=True):
+            if decision.device in self.hosts:
+                self.accumulated[decision.device] = None if belief is None else belief.label
         self.units_seen += closed.last - closed.first + 1
         self._last_unit = closed.last
         if self.tty:
@@ -145,8 +151,11 @@ class LiveView:
         """Each device's answer (by host name): the controller's verdict over its decisions."""
         by_device: dict[str, list[Decision]] = {}
         for decision in self.decisions:
-            by_device.setdefault(self.hosts[decision.device], []).append(decision)
-        return {host: mine[verdict([d.label for d in mine])] for host, mine in by_device.items()}
+            by_device.setdefault(decision.device, []).append(decision)
+        return {
+            self.hosts[mac]: mine[verdict([d.label for d in mine], self.accumulated.get(mac))]
+            for mac, mine in by_device.items()
+        }
 
     def redraw(self) -> None:
         """Draw the table over the one drawn before (a terminal only; lines are cut to its

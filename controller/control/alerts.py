@@ -104,11 +104,13 @@ def fingerprint_similarity(a: Mapping[str, float], b: Mapping[str, float]) -> fl
 
 @dataclass
 class DeviceHistory:
-    """What the watch remembers of one device: its decisions' labels and last fingerprints."""
+    """What the watch remembers of one device: its decisions' labels, the accumulated answer
+    after the latest one (None: decided without one) and its last fingerprints."""
 
     labels: list[str] = field(default_factory=list)
     fingerprints: list[dict[str, float]] = field(default_factory=list)
     flagged_unknown: bool = False
+    accumulated: str | None = None
 
     def remember(self, fingerprint: dict[str, float]) -> None:
         """Keep `fingerprint` as the newest of the last HISTORY."""
@@ -130,7 +132,9 @@ class BehaviourWatch:
         self.threshold = threshold
         self.devices: dict[str, DeviceHistory] = {}
         for summary in decisions:
-            self._history(summary.device).labels.append(summary.label)
+            history = self._history(summary.device)
+            history.labels.append(summary.label)
+            history.accumulated = summary.accumulated
         for record in fingerprints:
             self._history(record.device).remember(dict(record.fingerprint))
         for mac in flagged:
@@ -221,6 +225,7 @@ class BehaviourWatch:
                 )
             if decision is not None:
                 history.labels.append(decision.label)
+                history.accumulated = None if belief is None else belief.label
             history.remember(weights)
         return alerts
 

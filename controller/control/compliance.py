@@ -34,9 +34,14 @@ class LiveCompliance:
         self.profiles = profiles
         # A restarted controller takes each device's type from its stored decisions.
         self.labels: dict[str, list[str]] = {}
+        accumulated: dict[str, str | None] = {}
         for d in storage.decisions():
             self.labels.setdefault(d.device, []).append(d.label)
-        self.types = {device: labels[verdict(labels)] for device, labels in self.labels.items()}
+            accumulated[d.device] = d.accumulated
+        self.types = {
+            device: labels[verdict(labels, accumulated[device])]
+            for device, labels in self.labels.items()
+        }
         services = storage.services()
         self.catalogue = Catalogue(tuple(services)) if services else None
 

@@ -41,6 +41,7 @@ from controller.control.schedule import Poll, PollSchedule
 from controller.control.storage_thread import StorageThread
 from controller.control.telemetry import NO_SWITCH, Telemetry
 from controller.control.worker import SwitchWorker
+from controller.engine.accumulate import Belief
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.fingerprints import Fingerprint
@@ -59,13 +60,15 @@ FLUSH_TIMEOUT = 2.0
 @dataclass(frozen=True)
 class ClosedUnits:
     """Units `first..last` closed: their stored activity, and what the controller exported and
-    decided on closing them (empty without live identification)."""
+    decided on closing them (empty without live identification), with each decision's device's
+    accumulated answer after it (one per decision; empty without references' types)."""
 
     first: int
     last: int
     activity: ActivityTable
     fingerprints: tuple[Fingerprint, ...] = ()
     decisions: tuple[Decision, ...] = ()
+    beliefs: tuple[Belief, ...] = ()
 
 
 UnitCallback = Callable[[ClosedUnits], None]
@@ -362,6 +365,7 @@ class Controller:
                     table,
                     () if result is None else result.fingerprints,
                     () if result is None else result.decisions,
+                    () if result is None else result.beliefs,
                 )
             )
 

@@ -46,7 +46,7 @@ def list_devices(db: Path) -> list[DeviceView]:
     views = []
     for row in rows:
         mine = [d for d in decided if d.device == row.mac]
-        chosen = mine[verdict([d.label for d in mine])] if mine else None
+        chosen = mine[verdict([d.label for d in mine], mine[-1].accumulated)] if mine else None
         views.append(
             DeviceView(
                 row,

@@ -78,11 +78,17 @@ class LiveSettings:
             )
 
 
-def verdict(labels: Sequence[str]) -> int:
-    """Which of a device's decisions (oldest first, by label) answers for it: the latest of
-    those with the most frequent label, so one odd window does not flip the answer."""
+def verdict(labels: Sequence[str], accumulated: str | None = None) -> int:
+    """Which of a device's decisions (oldest first, by label) answers for it. With the device's
+    accumulated answer after its latest decision (`accumulated`, `controller.engine.accumulate`)
+    the latest decision with that label: the answer that grows more certain with the device's
+    windows and starts again when its behaviour changes. Without one (references without types,
+    decisions stored before answers accumulated) the latest of those with the most frequent
+    label, so one odd window does not flip the answer."""
     if not labels:
         raise ValueError("a verdict needs at least one decision")
+    if accumulated is not None and accumulated in labels:
+        return max(i for i, label in enumerate(labels) if label == accumulated)
     votes = Counter(labels)
     top = max(votes.values())
     return max(i for i, label in enumerate(labels) if votes[label] == top)

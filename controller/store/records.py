@@ -83,6 +83,11 @@ class DecisionRecord:
     explanation: dict[str, Any]
     decided_at: float
 
+    @property
+    def accumulated(self) -> str | None:
+        """The device's accumulated answer after this decision (None: decided without one)."""
+        return accumulated_label(self.explanation)
+
 
 @dataclass(frozen=True)
 class AlertRecord:
@@ -116,7 +121,8 @@ class SwitchStatusRecord:
 
 @dataclass(frozen=True)
 class DecisionSummary:
-    """A decision without its explanation: what lists of many devices need."""
+    """A decision without its explanation: what lists of many devices need, the device's
+    accumulated answer after it included (None: decided without one)."""
 
     id: int
     device: str
@@ -124,3 +130,11 @@ class DecisionSummary:
     label: str
     similarity: float
     decided_at: float
+    accumulated: str | None = None
+
+
+def accumulated_label(explanation: dict[str, Any]) -> str | None:
+    """The accumulated answer a decision's explanation stores (None when it has none)."""
+    accumulated = explanation.get("accumulated")
+    label = accumulated.get("label") if isinstance(accumulated, dict) else None
+    return label if isinstance(label, str) else None

@@ -466,7 +466,8 @@ class Store(ABC):
                 ],
             )
             sql.run_many(
-                f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO decisions ({_DECISION_COLUMNS}, accumulated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         *_window(r),
@@ -474,6 +475,7 @@ class Store(ABC):
                         r.similarity,
                         json.dumps(r.explanation, sort_keys=True),
                         r.decided_at,
+                        r.accumulated,
                     )
                     for r in decisions
                 ],
@@ -569,10 +571,11 @@ class Store(ABC):
         return [SwitchStatusRecord(r[0], json.loads(r[1]), r[2]) for r in rows]
 
     def decision_summaries(self) -> list[DecisionSummary]:
-        """Every decision without its explanation, oldest first."""
+        """Every decision without its explanation (but with the accumulated answer after it),
+        oldest first."""
         rows = self._sql().rows(
-            "SELECT id, device, window_end_unit, label, similarity, decided_at FROM decisions "
-            "ORDER BY id"
+            "SELECT id, device, window_end_unit, label, similarity, decided_at, accumulated "
+            "FROM decisions ORDER BY id"
         )
         return [DecisionSummary(*r) for r in rows]
 

@@ -176,7 +176,8 @@ class DeviceDetail:
         """The decision that answers for the device (its verdict)."""
         if not self.decisions:
             return None
-        return self.decisions[verdict([d.record.label for d in self.decisions])]
+        labels = [d.record.label for d in self.decisions]
+        return self.decisions[verdict(labels, self.decisions[-1].record.accumulated)]
 
 
 def bars(explanation: dict[str, Any]) -> tuple[ServiceBar, ...]:
@@ -208,7 +209,7 @@ def summarize(
     out = []
     for row in rows:
         own = mine.get(row.mac, [])
-        chosen = own[verdict([d.label for d in own])] if own else None
+        chosen = own[verdict([d.label for d in own], own[-1].accumulated)] if own else None
         out.append(
             DeviceSummary(
                 row,
@@ -287,7 +288,9 @@ class DashboardData:
             return None
         records = storage.device_decisions(mac)
         summaries = [
-            DecisionSummary(0, r.device, r.window_end_unit, r.label, r.similarity, r.decided_at)
+            DecisionSummary(
+                0, r.device, r.window_end_unit, r.label, r.similarity, r.decided_at, r.accumulated
+            )
             for r in records
         ]
         alerts = storage.alerts(device=mac)

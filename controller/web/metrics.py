@@ -41,7 +41,7 @@ def _bound(value: float) -> str:
 
 def device_states(controller: Controller) -> Counter[tuple[str, str, str]]:
     """(switch, state, type) → devices: state active, evicting or evicted; type the verdict
-    over the device's decisions, or "unidentified"."""
+    over the device's decisions (its accumulated answer when it has one), or "unidentified"."""
     registry = controller.registry
     histories = controller.watch.devices
     counts: Counter[tuple[str, str, str]] = Counter()
@@ -55,7 +55,7 @@ def device_states(controller: Controller) -> Counter[tuple[str, str, str]]:
             state = "evicting"
         history = histories.get(mac)
         labels = history.labels if history is not None else []
-        kind = labels[verdict(labels)] if labels else UNIDENTIFIED
+        kind = labels[verdict(labels, history.accumulated)] if history and labels else UNIDENTIFIED
         counts[(row.switch or NO_SWITCH, state, kind)] += 1
     return counts
 
