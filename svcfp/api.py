@@ -51,6 +51,7 @@ from controller.engine.identify import (
     DEFAULT_PER_TYPE_THETA,
     DEFAULT_PERCENTILE,
     DEFAULT_WEIGHTING,
+    SIBLING_SHARE,
     Decision,
     Mode,
     References,
@@ -171,10 +172,11 @@ def enroll(
     neighbours: int = DEFAULT_NEIGHBOURS,
     per_type: bool = DEFAULT_PER_TYPE_THETA,
     weighting: Weighting = DEFAULT_WEIGHTING,
+    sibling_share: float = SIBLING_SHARE,
 ) -> References:
     """Reference fingerprints of the labelled tracks of `data` (θ chosen at `percentile` of the
     references' own similarity unless given; with `per_type`, per type where it can be;
-    services weighed as `weighting` says)."""
+    services weighed as `weighting` says; sibling families found at `sibling_share`)."""
     config = exporter if exporter is not None else ExporterConfig(intensity=DEFAULT_INTENSITY)
     fingerprints = make_windows(data.activity, config, windows, data.groups is not None)
     return enroll_fingerprints(
@@ -187,6 +189,7 @@ def enroll(
         config=config,
         per_type=per_type,
         weighting=weighting,
+        sibling_share=sibling_share,
     )
 
 

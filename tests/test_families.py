@@ -17,7 +17,13 @@ from controller.engine.activity import ActivityTable
 from controller.engine.evaluate import Dataset, EvalSettings, evaluate, family_accuracy, open_set
 from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import FingerprintSet
-from controller.engine.identify import References, enroll, identify, sibling_families
+from controller.engine.identify import (
+    SIBLING_SHARE,
+    References,
+    enroll,
+    identify,
+    sibling_families,
+)
 from controller.engine.report import write_report
 from controller.engine.results import Confusion
 from controller.store.storage import Storage
@@ -41,12 +47,12 @@ REFERENCES = {
 }
 
 
-def references() -> References:
+def references(share: float = SIBLING_SHARE) -> References:
     fps = FingerprintSet.from_fingerprints(
         [listed(name, services) for name, (_, services) in REFERENCES.items()]
     )
     labels = {name: kind for name, (kind, _) in REFERENCES.items()}
-    return enroll(fps, labels, theta=0.5)
+    return enroll(fps, labels, theta=0.5, sibling_share=share)
 
 
 class TestSiblingFamilies:
@@ -58,6 +64,19 @@ class TestSiblingFamilies:
     def test_share_of_references_that_must_be_confused(self) -> None:
         assert sibling_families(references(), share=0.3) == (("A", "S"),)
         assert sibling_families(references(), share=1.0) == (("A", "S"),)
+        # Enrolment at a share of its own keeps what that share finds.
+        assert references().families == (("A", "S"), ("B", "C"))
+        assert references(0.3).families == (("A", "S"),)
+
+    @pytest.mark.parametrize("share", [0.0, -0.25, 1.5])
+    def test_a_share_outside_zero_to_one_is_refused(self, share: float) -> None:
+        message = rf"sibling share {share:g}: .* lies in \(0, 1\]"
+        with pytest.raises(InputError, match=message):
+            sibling_families(references(), share=share)
+        with pytest.raises(InputError, match=message):
+            references(share)
+        with pytest.raises(InputError, match=message):
+            EvalSettings(sibling_share=share)
 
     def test_no_families_among_separate_types(self) -> None:
         refs = references().without_types(["S", "C"])
@@ -184,10 +203,13 @@ def test_evaluation_reports_families(tmp_path: Path) -> None:
     write_report(metrics, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "## Sibling families" in report
+    assert "(a share of 0.25 or more of a type's references, each left out," in report
     assert "| 10 | list | built-in | nearest | cam + cam2 | 0.667 | 1.000 |" in report
     theta = f"{families.folds[0].theta:.3f}"
     assert f"| cam + cam2 | 16 | 8 | {theta} | 1.000 | 1.000 | 1.000 |" in report
-    (stored,) = json.loads((tmp_path / "metrics.json").read_text())["results"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["settings"]["sibling_share"] == SIBLING_SHARE == 0.25
+    (stored,) = saved["results"]
     assert stored["families"] == [["cam", "cam2"]]
     assert stored["family_accuracy"] == 1.0
     assert [f["left_out"] for f in stored["open_set_families"]["folds"]] == ["cam + cam2", "plug"]
@@ -214,6 +236,12 @@ def test_enroll_and_identify_say_which_types_are_not_told_apart(
     plugs = [line for line in lines if line.startswith("02:00:00:00:02:")]
     assert cameras and all(line.endswith("\tnot told apart from: cam2") for line in cameras)
     assert plugs and not any("not told apart" in line for line in plugs)
+    # A share out of range is refused, naming it, and the references written before stay.
+    before = refs.read_bytes()
+    bad = ["enroll", *args, "--labels", str(labels), "--out", str(refs), "--sibling-share", "2"]
+    assert main(bad) != 0
+    assert "sibling share 2: " in capsys.readouterr().err
+    assert refs.read_bytes() == before
 
 
 def test_the_live_path_accumulates_siblings_as_one(tmp_path: Path) -> None:

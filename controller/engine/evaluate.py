@@ -39,12 +39,14 @@ from controller.engine.identify import (
     DEFAULT_PERCENTILE,
     DEFAULT_WEIGHTING,
     MODES,
+    SIBLING_SHARE,
     UNKNOWN,
     WEIGHTINGS,
     Mode,
     References,
     Scores,
     Weighting,
+    check_sibling_share,
     choose_theta,
     choose_thetas,
     enroll,
@@ -150,6 +152,8 @@ class EvalSettings:
     `sampling`: each 1:N also identifies the test data thinned by packet sampling.
     `catalogues`: which service catalogues to compare (see `CATALOGUES`).
     `weightings`: which service weightings of the references to compare (`WEIGHTINGS`).
+    `sibling_share`: how alike two types' references must be to make them siblings
+    (`sibling_families`).
     """
 
     granularities: tuple[int | None, ...] = DEFAULT_GRANULARITIES
@@ -170,6 +174,7 @@ class EvalSettings:
     seed: int = 0
     catalogues: tuple[CatalogueChoice, ...] = ("built-in",)
     weightings: tuple[Weighting, ...] = (DEFAULT_WEIGHTING,)
+    sibling_share: float = SIBLING_SHARE
 
     @property
     def representations(self) -> list[str]:
@@ -196,6 +201,7 @@ class EvalSettings:
             "theta": self.theta,
             "catalogues": list(self.catalogues),
             "weightings": list(self.weightings),
+            "sibling_share": self.sibling_share,
         }
 
     def __post_init__(self) -> None:
@@ -222,6 +228,7 @@ class EvalSettings:
             raise InputError(
                 f"service weightings {self.weightings}: choose from {', '.join(WEIGHTINGS)}"
             )
+        check_sibling_share(self.sibling_share)
 
 
 @dataclass(frozen=True)
@@ -951,6 +958,7 @@ def _evaluate_one(
             neighbours=k,
             config=config,
             weighting=weighting,
+            sibling_share=settings.sibling_share,
         )
         if settings.theta is None:
             try:

@@ -484,6 +484,7 @@ def enroll(
     per_type: bool = DEFAULT_PER_TYPE_THETA,
     calibrate: bool = True,
     weighting: Weighting = DEFAULT_WEIGHTING,
+    sibling_share: float = SIBLING_SHARE,
 ) -> References:
     """References from exported fingerprints of labelled devices (device key → type).
 
@@ -491,8 +492,10 @@ def enroll(
     with `choose_theta` at `percentile` unless given; with `per_type` (and no θ given) every
     type with enough references gets its own (`choose_thetas`). `calibrate` fits the confidence
     temperature (`fit_temperature`) and finds the types the references cannot tell apart
-    (`sibling_families`); `weighting` how services weigh (see the module docstring).
+    (`sibling_families` at `sibling_share`); `weighting` how services weigh (see the module
+    docstring).
     """
+    check_sibling_share(sibling_share)
     rows = [
         i
         for i, name in enumerate(fingerprints.device_names)
@@ -530,7 +533,7 @@ def enroll(
         refs = replace(
             refs,
             temperature=fit_temperature(refs, sample=sample),
-            families=sibling_families(refs, sample=sample),
+            families=sibling_families(refs, sibling_share, sample=sample),
         )
     return refs
 
@@ -713,6 +716,15 @@ def fit_temperature(refs: References, seed: int = 0, sample: LeftOut | None = No
     return best
 
 
+def check_sibling_share(share: float) -> None:
+    """Refuse a sibling share outside (0, 1]."""
+    if not 0.0 < share <= 1.0:
+        raise InputError(
+            f"sibling share {share:g}: the share of a type's references that must score "
+            "another type as high lies in (0, 1]"
+        )
+
+
 def sibling_families(
     refs: References, share: float = SIBLING_SHARE, seed: int = 0, sample: LeftOut | None = None
 ) -> tuple[tuple[str, ...], ...]:
@@ -725,6 +737,7 @@ def sibling_families(
     temperature (`left_out_sample`, or `sample`). A new device of a family the references know
     is named as one of its types, so decisions name the winner's siblings and evaluations also
     leave whole families out (`open_set`)."""
+    check_sibling_share(share)
     rows, scores = left_out_sample(refs, seed) if sample is None else sample
     if not rows.size:
         return ()

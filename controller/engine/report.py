@@ -271,8 +271,9 @@ def _family_lines(metrics: Evaluation, best: GridResult) -> list[str]:
         "",
         "## Sibling families",
         "",
-        "Types the training references cannot tell apart (a quarter or more of a type's "
-        "references, each left out, score another type as high as their own) form a family. "
+        "Types the training references cannot tell apart (a share of "
+        f"{metrics.settings.sibling_share:g} or more of a type's references, each left out, "
+        "score another type as high as their own) form a family. "
         "A new device of a known family is named as one of its types, so its type cannot come "
         "out unknown; leaving whole families out measures whether a device of a family the "
         "references have never seen does. Family accuracy counts a sibling's name as right.",

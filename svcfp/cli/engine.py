@@ -47,6 +47,7 @@ from controller.engine.identify import (
     DEFAULT_PERCENTILE,
     DEFAULT_WEIGHTING,
     MODES,
+    SIBLING_SHARE,
     UNKNOWN,
     WEIGHTINGS,
     Decision,
@@ -247,6 +248,19 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_families(parser: argparse.ArgumentParser) -> None:
+    """--sibling-share: how alike two types' references must be to be siblings."""
+    parser.add_argument(
+        "--sibling-share",
+        type=float,
+        default=SIBLING_SHARE,
+        metavar="S",
+        help="a type is a sibling of another (the references cannot tell them apart) when at "
+        "least this share of its references, each left out, score the other as high as their "
+        f"own type; in (0, 1] (default: {SIBLING_SHARE:g})",
+    )
+
+
 Choice = TypeVar("Choice", bound=str)
 
 
@@ -350,6 +364,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         neighbours=args.neighbours,
         per_type=args.per_type_theta,
         weighting=args.service_weighting,
+        sibling_share=args.sibling_share,
     )
     refs.save(args.out)
     counts = Counter(refs.labels)
@@ -474,6 +489,7 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         sampling=args.sampling,
         catalogues=args.catalogues,
         weightings=args.service_weightings,
+        sibling_share=args.sibling_share,
     )
     show = sys.stderr.isatty() and not args.no_progress
     with tqdm(desc="evaluate", disable=not show) as bar:
@@ -533,6 +549,7 @@ def register(subparsers: Subparsers) -> None:
     _add_intensity(p)
     _add_matching(p)
     _add_thresholds(p)
+    _add_families(p)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
     p.add_argument(
         "--service-weighting",
@@ -566,6 +583,7 @@ def register(subparsers: Subparsers) -> None:
     add_cluster_arguments(p)
     _add_exporter(p)
     _add_matching(p)
+    _add_families(p)
     _add_grid(p)
     p.add_argument(
         "--granularities",
