@@ -233,3 +233,30 @@ def test_a_flows_file_without_its_columns_is_refused(tmp_path: Path) -> None:
     path.write_text("srcMac,dstMac\n", encoding="utf-8")
     with pytest.raises(InputError, match="missing column"):
         read_flows(path)
+
+
+def test_an_odd_window_does_not_move_the_profile_a_device_is_checked_against(
+    store: Storage,
+) -> None:
+    # The camera is typed by its first window; then a window of telnet alone, which alone is
+    # unknown (it shares nothing with the references). The device's accumulated answer stays
+    # cam-1 (one unknown window of two), so the telnet is checked against the camera's
+    # profile; taking each window's own label, the camera would be "unknown" for it, unchecked.
+    normal = table([(CAM, u, s, 2, 200) for u in range(8) for s in ("tcp/443", "udp/53")])
+    refs = enroll(export_fingerprints(normal, EXPORTER), {CAM: "cam-1"}, theta=0.5, config=EXPORTER)
+    store.check_time_unit(60.0)
+    live = LiveIdentification(store, LiveSettings(EXPORTER, refs, PROFILES), unit_seconds=60.0)
+    typed = table([(CAM, u, s, 2, 200) for u in (20, 21) for s in ("tcp/443", "udp/53")])
+    odd = table([(CAM, u, "tcp/23", 1, 60) for u in (22, 23)])
+    decided = []
+    for part, end in ((typed, 22), (odd, 24)):
+        store.add_activity(part)
+        decided += live.close_units(part, end_unit=end)
+    stored = store.decisions()
+    assert [(d.label, d.start_unit, d.end_unit) for d in decided] == [
+        ("cam-1", 20, 22),
+        ("unknown", 22, 24),
+    ]
+    assert [d.accumulated for d in stored] == ["cam-1", "cam-1"]
+    assert live.compliance is not None and live.compliance.types == {CAM: "cam-1"}
+    assert stored_findings(store) == [Finding(CAM, "cam-1", "tcp/23", None, 22, 23, 2, 2, 120)]

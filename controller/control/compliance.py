@@ -1,7 +1,9 @@
 """MUD compliance of live devices: each closed range of units checked against the profile of the
-type each device was last identified as, the findings logged and stored.
+type each device is identified as, the findings logged and stored.
 
-A device's type is the verdict of its decisions so far (`controller.control.live.verdict`). It
+A device's type is the verdict of its decisions so far (`controller.control.live.verdict`: its
+accumulated answer, which a window that alone looks unknown or like another type does not
+change). It
 is checked from the window that first gave it a type with a profile: that window's earlier
 units are read back from the database once, later units as they close. So every unit of a typed
 device is checked once, and a device whose verdict changes is checked against the new type's
@@ -15,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from controller.control.live import verdict
+from controller.engine.accumulate import Belief
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.identify import Decision
@@ -46,21 +49,26 @@ class LiveCompliance:
         self.catalogue = Catalogue(tuple(services)) if services else None
 
     def close_units(
-        self, table: ActivityTable, decisions: Sequence[Decision], first_unit: int
+        self,
+        table: ActivityTable,
+        decisions: Sequence[Decision],
+        first_unit: int,
+        beliefs: Sequence[Belief | None] = (),
     ) -> list[Finding]:
         """Check `table` (units from `first_unit` on) after `decisions`, and the earlier units
-        of the windows that gave a device its type; store and log what is not allowed."""
+        of the windows that gave a device its type; store and log what is not allowed.
+        `beliefs`: each decision's device's accumulated answer after it, which is then its
+        type (so one odd or unknown window does not move the profile it is checked against);
+        without them each decision's own label."""
         known = set(self.profiles.types)
         parts = [table]
-        for d in decisions:
-            if (
-                d.label in known
-                and self.types.get(d.device) != d.label
-                and d.start_unit < first_unit
-            ):
+        answers = beliefs or [None] * len(decisions)
+        for d, belief in zip(decisions, answers, strict=True):
+            label = d.label if belief is None else belief.label
+            if label in known and self.types.get(d.device) != label and d.start_unit < first_unit:
                 earlier = self.storage.activity_table(d.start_unit, first_unit - 1)
                 parts.append(earlier.select(devices=[d.device]))
-            self.types[d.device] = d.label
+            self.types[d.device] = label
         checked = ActivityTable.concat(parts) if len(parts) > 1 else table
         findings = check_activity(checked, self.types, self.profiles, self.catalogue)
         if not findings:

@@ -279,7 +279,9 @@ class LiveIdentification:
             when=result.decided_at,
         )
         if self.compliance is not None and result.fed is not None:
-            return self.compliance.close_units(result.fed, result.decisions, result.first_unit)
+            return self.compliance.close_units(
+                result.fed, result.decisions, result.first_unit, _beliefs(result)
+            )
         return []
 
     def log(self, result: LiveResult, ids: Mapping[str, int | None]) -> None:
