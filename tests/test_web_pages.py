@@ -61,6 +61,8 @@ def explanation(best: str, similarity: float) -> dict[str, Any]:
         "runner_up_similarity": 0.2,
         "reference": "ref@0-8",
         "siblings": ["camera-v2"] if best == "camera" else [],
+        "accumulated": {"label": best if similarity > 0.6 else "unknown", "confidence": 0.97,
+                        "windows": 3, "changed": False, "previous": best},
     }  # fmt: skip
 
 
@@ -192,6 +194,7 @@ def test_pages_show_the_stored_run(any_db: str | Path) -> None:
         assert re.search(r'class="chip g-unexpected">unexpected', device)
         assert "runner-up plug 0.200" in device and "Reference ref@0-8" in device
         assert "The references cannot tell camera apart from camera-v2." in device
+        assert '<dd id="accumulated">camera at 0.97 over 3 windows</dd>' in device
 
         async with http.get(f"{url}devices/{CAMERA}?fragment=history") as response:
             fragment = await response.text()
