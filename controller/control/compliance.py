@@ -3,11 +3,10 @@ type each device is identified as, the findings logged and stored.
 
 A device's type is the verdict of its decisions so far (`controller.control.live.verdict`: its
 accumulated answer, which a window that alone looks unknown or like another type does not
-change). It
-is checked from the window that first gave it a type with a profile: that window's earlier
-units are read back from the database once, later units as they close. So every unit of a typed
-device is checked once, and a device whose verdict changes is checked against the new type's
-profile from then on (findings are kept per type).
+change). It is checked from the window that first gave it a type with a profile: that window's
+earlier units are read back from the database once, later units as they close. So every unit of
+a typed device is checked once, and a device whose verdict changes is checked against the new
+type's profile from then on (findings are kept per type).
 """
 
 from __future__ import annotations
