@@ -294,6 +294,15 @@ def test_decisions_stored_before_accumulated_answers_get_theirs(db_location: str
                     ),
                 )
         assert store.schema_version() == 4
+    if isinstance(db_location, Path):
+        # Read-only (a dashboard beside an older controller): nothing migrates, and the answers
+        # are read out of the explanations.
+        with Storage(db_location, readonly=True) as reader:
+            assert reader.schema_version() == 4
+            assert [(s.label, s.accumulated) for s in reader.decision_summaries()] == [
+                ("unknown", "camera"),
+                ("plug", None),
+            ]
     with open_store(db_location) as again:
         assert again.schema_version() == 5
         assert [(s.label, s.accumulated) for s in again.decision_summaries()] == [

@@ -107,6 +107,12 @@ class Storage(Store):
     def _has_table(self, name: str) -> bool:
         return self._tables is None or name in self._tables
 
+    def _has_column(self, table: str, column: str) -> bool:
+        if self._tables is None:
+            return True
+        rows = self._db.execute(f"PRAGMA table_info({table})").fetchall()
+        return column in {str(row[1]) for row in rows}
+
     def _pragmas(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

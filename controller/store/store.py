@@ -498,6 +498,10 @@ class Store(ABC):
         """Whether the database has table `name` (a migrated one has every table)."""
         return True
 
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether `table` has `column` (a migrated database has every column)."""
+        return True
+
     def add_alerts(self, alerts: Sequence[AlertRecord]) -> list[int]:
         """Store alerts of this scope in one transaction; their ids, in order."""
         ids: list[int] = []
@@ -573,8 +577,14 @@ class Store(ABC):
     def decision_summaries(self) -> list[DecisionSummary]:
         """Every decision without its explanation (but with the accumulated answer after it),
         oldest first."""
+        # A database opened read-only before migration 5 has the answers in the explanations.
+        accumulated = (
+            "accumulated"
+            if self._has_column("decisions", "accumulated")
+            else self.dialect.render("{accumulated_label}")
+        )
         rows = self._sql().rows(
-            "SELECT id, device, window_end_unit, label, similarity, decided_at, accumulated "
+            f"SELECT id, device, window_end_unit, label, similarity, decided_at, {accumulated} "
             "FROM decisions ORDER BY id"
         )
         return [DecisionSummary(*r) for r in rows]
