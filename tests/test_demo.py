@@ -16,7 +16,7 @@ import dpkt
 import pytest
 
 from controller.base.errors import InputError, SvcfpError
-from controller.control.live import verdict
+from controller.control.live import answering
 from controller.engine.identify import UNKNOWN
 from controller.ingest import synth
 from controller.store.storage import Storage
@@ -199,13 +199,10 @@ def test_bmv2_demo_identifies_every_device_and_leaves_nothing_behind(
     with Storage(chosen.out / DATABASE) as storage:
         stored = [r for r in storage.decisions() if r.device in expected]
     assert all(r.accumulated is not None for r in stored), "every decision accumulates"
-    mine = {mac: [r for r in stored if r.device == mac] for mac in expected}
-    labels = {mac: [r.label for r in records] for mac, records in mine.items()}
-    answers = {
-        mac: labels[mac][verdict(labels[mac], records[-1].accumulated)]
-        for mac, records in mine.items()
-    }
-    assert answers == expected, [(r.device, r.label, r.accumulated) for r in stored]
+    answers = {mac: answering([r for r in stored if r.device == mac]) for mac in expected}
+    assert {mac: a.label if a else None for mac, a in answers.items()} == expected, [
+        (r.device, r.label, r.accumulated) for r in stored
+    ]
     summary = json.loads((chosen.out / "decisions.json").read_text())
     assert summary["mode"] == "mininet (bmv2)"
     assert summary["correct"] == len(expected) == 5

@@ -12,7 +12,7 @@ import pytest
 
 from controller.control.alerts import BehaviourWatch
 from controller.control.devices import list_devices
-from controller.control.live import verdict
+from controller.control.live import answering, verdict
 from controller.engine.accumulate import Accumulator
 from controller.store.storage import DecisionRecord, DeviceRow, Storage
 from controller.web.data import DashboardData
@@ -34,6 +34,7 @@ def test_the_accumulated_answer_decides_and_the_most_frequent_label_without_one(
     assert verdict(["camera", "camera", "plug"], "hub") == 1
     with pytest.raises(ValueError, match="at least one decision"):
         verdict([], "plug")
+    assert answering([]) is None
 
 
 def test_half_unknown_windows_leave_a_known_answer() -> None:

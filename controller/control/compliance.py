@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from controller.control.live import verdict
+from controller.control.live import answering
 from controller.engine.accumulate import Belief
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
@@ -23,6 +23,7 @@ from controller.engine.identify import Decision
 from controller.mud.compliance import Finding, check_activity
 from controller.mud.profile import MudProfiles
 from controller.store.compliance import add_findings
+from controller.store.records import DecisionRecord
 from controller.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,13 @@ class LiveCompliance:
         self.storage = storage
         self.profiles = profiles
         # A restarted controller takes each device's type from its stored decisions.
-        self.labels: dict[str, list[str]] = {}
-        accumulated: dict[str, str | None] = {}
+        stored: dict[str, list[DecisionRecord]] = {}
         for d in storage.decisions():
-            self.labels.setdefault(d.device, []).append(d.label)
-            accumulated[d.device] = d.accumulated
+            stored.setdefault(d.device, []).append(d)
         self.types = {
-            device: labels[verdict(labels, accumulated[device])]
-            for device, labels in self.labels.items()
+            device: answer.label
+            for device, mine in stored.items()
+            if (answer := answering(mine)) is not None
         }
         services = storage.services()
         self.catalogue = Catalogue(tuple(services)) if services else None
@@ -52,17 +52,16 @@ class LiveCompliance:
         table: ActivityTable,
         decisions: Sequence[Decision],
         first_unit: int,
-        beliefs: Sequence[Belief | None] = (),
+        beliefs: Sequence[Belief | None],
     ) -> list[Finding]:
         """Check `table` (units from `first_unit` on) after `decisions`, and the earlier units
         of the windows that gave a device its type; store and log what is not allowed.
         `beliefs`: each decision's device's accumulated answer after it, which is then its
         type (so one odd or unknown window does not move the profile it is checked against);
-        without them each decision's own label."""
+        a None belief (no references' types to accumulate) leaves the decision's own label."""
         known = set(self.profiles.types)
         parts = [table]
-        answers = beliefs or [None] * len(decisions)
-        for d, belief in zip(decisions, answers, strict=True):
+        for d, belief in zip(decisions, beliefs, strict=True):
             label = d.label if belief is None else belief.label
             if label in known and self.types.get(d.device) != label and d.start_unit < first_unit:
                 earlier = self.storage.activity_table(d.start_unit, first_unit - 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.base.p4info import normalize_mac
-from controller.control.live import verdict
+from controller.control.live import answering
 from controller.p4rt.forwarding import is_unicast
 from controller.store.records import DeviceRow
 from controller.store.storage import is_url, open_store
@@ -46,7 +46,7 @@ def list_devices(db: Path) -> list[DeviceView]:
     views = []
     for row in rows:
         mine = [d for d in decided if d.device == row.mac]
-        chosen = mine[verdict([d.label for d in mine], mine[-1].accumulated)] if mine else None
+        chosen = answering(mine)
         views.append(
             DeviceView(
                 row,

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from controller.base.errors import InputError
 from controller.engine.accumulate import Accumulator, Belief, WindowDecision, feed
@@ -92,6 +93,27 @@ def verdict(labels: Sequence[str], accumulated: str | None = None) -> int:
     votes = Counter(labels)
     top = max(votes.values())
     return max(i for i, label in enumerate(labels) if votes[label] == top)
+
+
+class Decided(Protocol):
+    """A stored decision as a verdict reads it: its label and the accumulated answer after it."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def accumulated(self) -> str | None: ...
+
+
+D = TypeVar("D", bound=Decided)
+
+
+def answering(decisions: Sequence[D]) -> D | None:
+    """The decision (of one device, oldest first) that answers for it by `verdict`; None
+    before it has any."""
+    if not decisions:
+        return None
+    return decisions[verdict([d.label for d in decisions], decisions[-1].accumulated)]
 
 
 def identify_fingerprints(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from controller.control.live import verdict
+from controller.control.live import answering, verdict
 from controller.engine.identify import UNKNOWN
 from controller.store.records import (
     TIME_UNIT_KEY,
@@ -209,7 +209,7 @@ def summarize(
     out = []
     for row in rows:
         own = mine.get(row.mac, [])
-        chosen = own[verdict([d.label for d in own], own[-1].accumulated)] if own else None
+        chosen = answering(own)
         out.append(
             DeviceSummary(
                 row,

@@ -54,8 +54,9 @@ def device_states(controller: Controller) -> Counter[tuple[str, str, str]]:
         else:
             state = "evicting"
         history = histories.get(mac)
-        labels = history.labels if history is not None else []
-        kind = labels[verdict(labels, history.accumulated)] if history and labels else UNIDENTIFIED
+        kind = UNIDENTIFIED
+        if history is not None and history.labels:
+            kind = history.labels[verdict(history.labels, history.accumulated)]
         counts[(row.switch or NO_SWITCH, state, kind)] += 1
     return counts
 
