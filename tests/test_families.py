@@ -92,6 +92,13 @@ class TestEnrolledFamilies:
         # A family losing all but one type is no family.
         assert refs.without_types(["S"]).families == (("B", "C"),)
 
+    def test_another_theta_or_k_keeps_what_enrolment_learned(self) -> None:
+        refs = references()
+        assert refs.temperature is not None
+        changed = refs.with_settings(theta=0.3, neighbours=3)
+        assert (changed.theta, changed.neighbours) == (0.3, 3)
+        assert (changed.families, changed.temperature) == (refs.families, refs.temperature)
+
     @pytest.mark.parametrize(
         ("families", "message"),
         [

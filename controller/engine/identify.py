@@ -317,17 +317,15 @@ class References:
 
     def with_settings(
         self,
-        mode: Mode | None = None,
         theta: float | None = None,
         neighbours: int | None = None,
-        weighting: Weighting | None = None,
     ) -> References:
-        """A copy with other matching settings (None keeps a setting). A θ given here applies to
-        every type: per-type thresholds are dropped."""
+        """A copy with another θ or k (None keeps a setting). A θ given here applies to every
+        type: per-type thresholds are dropped. The temperature and the sibling families stay:
+        neither depends on θ or k. The mode and the service weighting shape everything learned at
+        enrolment (thresholds, temperature, families), so changing them means enrolling again."""
         return replace(
             self,
-            weighting=self.weighting if weighting is None else weighting,
-            mode=self.mode if mode is None else mode,
             theta=self.theta if theta is None else theta,
             thetas=self.thetas if theta is None else None,
             neighbours=self.neighbours if neighbours is None else neighbours,
