@@ -70,7 +70,7 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     from controller.engine.catalogue import Catalogue
     from controller.engine.evaluate import closed_set, open_set, split_rows
     from controller.engine.exporter import export_fingerprints
-    from controller.engine.identify import enroll
+    from controller.engine.identify import enroll, with_thresholds
     from controller.engine.recurrence import recurrence
     from controller.engine.representation import DEFAULT_INTENSITY
     from controller.ingest.ipfix_csv import read_ipfix_csv
@@ -93,28 +93,29 @@ def _ours(path: str, sample: list[str]) -> dict[str, Any]:
     split = split_rows(fps, labels, None, "time", 0.5)
     train, test = fps.select(split.train), fps.select(split.test)
     truth = [labels[d] for d in test.device_names]
-    refs = enroll(train, labels, mode="nearest")
+    # As in `evaluate`: one leave-one-out pass chooses θ and serves the open set, and one
+    # scoring serves the closed set and every open-set fold.
+    refs, own = with_thresholds(enroll(train, labels, mode="nearest", theta=0.0), 5.0)
     closed = closed_set(refs, test, truth)
-    # One scoring serves the closed set and every open-set fold, as in `evaluate`.
-    opened = open_set(refs, test, truth, 5.0, None, closed.scores)
+    opened = open_set(refs, test, truth, 5.0, None, closed.scores, own=own)
     rec = recurrence(fps).summary()
     stages["evaluation"] = time.perf_counter() - start
 
     start = time.perf_counter()
     weighed = fps.with_intensity(DEFAULT_INTENSITY)
     train_i, test_i = weighed.select(split.train), weighed.select(split.test)
-    refs_i = enroll(train_i, labels, mode="nearest")
+    refs_i, own_i = with_thresholds(enroll(train_i, labels, mode="nearest", theta=0.0), 5.0)
     closed_i = closed_set(refs_i, test_i, truth)
-    opened_i = open_set(refs_i, test_i, truth, 5.0, None, closed_i.scores)
+    opened_i = open_set(refs_i, test_i, truth, 5.0, None, closed_i.scores, own=own_i)
     anchors = anchor_results(train_i, [labels[d] for d in train_i.device_names], test_i, truth)
     stages["evaluation_intensity"] = time.perf_counter() - start
 
     start = time.perf_counter()
     relative = fps.with_intensity("relative")
     train_r, test_r = relative.select(split.train), relative.select(split.test)
-    refs_r = enroll(train_r, labels, mode="nearest")
+    refs_r, own_r = with_thresholds(enroll(train_r, labels, mode="nearest", theta=0.0), 5.0)
     closed_r = closed_set(refs_r, test_r, truth)
-    open_set(refs_r, test_r, truth, 5.0, None, closed_r.scores)
+    open_set(refs_r, test_r, truth, 5.0, None, closed_r.scores, own=own_r)
     stages["evaluation_relative"] = time.perf_counter() - start
 
     chosen = set(sample)

@@ -22,7 +22,9 @@ from controller.engine.identify import (
     choose_thetas,
     enroll,
     identify,
+    own_type_similarity,
     softmax,
+    with_thresholds,
 )
 from tests.support.fingerprints import HAND_LABELS, HAND_REFERENCES, listed
 
@@ -40,6 +42,17 @@ class TestPerTypeTheta:
         assert refs.theta == 0.5
         assert refs.thetas == pytest.approx((2 / 3, 0.5, 0.5))
         assert choose_thetas(refs, 50.0, 0.25) == pytest.approx((2 / 3, 0.25, 0.25))
+
+    def test_thresholds_chosen_after_enrolment_with_the_similarities_behind_them(self) -> None:
+        fps = FingerprintSet.from_fingerprints(HAND_REFERENCES)
+        refs, own = with_thresholds(enroll(fps, HAND_LABELS, theta=0.0), 50.0, per_type=True)
+        assert refs.theta == 0.5
+        assert refs.thetas == pytest.approx((2 / 3, 0.5, 0.5))
+        # X's three, Y's two; Z has one reference and no leave-one-out similarity.
+        np.testing.assert_array_equal(own, own_type_similarity(refs))
+        assert sorted(own[~np.isnan(own)].tolist()) == pytest.approx([0.5, 0.5, 0.5, 2 / 3, 2 / 3])
+        shared, _ = with_thresholds(enroll(fps, HAND_LABELS, theta=0.0), 50.0)
+        assert (shared.theta, shared.thetas) == (0.5, None)
 
     def test_a_tight_type_rejects_what_the_global_theta_lets_in(self) -> None:
         fps = FingerprintSet.from_fingerprints(HAND_REFERENCES)

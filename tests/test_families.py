@@ -22,6 +22,7 @@ from controller.engine.identify import (
     References,
     enroll,
     identify,
+    own_type_similarity,
     sibling_families,
 )
 from controller.engine.report import write_report
@@ -146,6 +147,22 @@ class TestFamiliesLeftOut:
             (f.left_out, f.n_unknown, f.n_known, f.unknown_detection, f.known_accuracy, f.auroc)
             for f in found.folds
         ]
+
+    def test_the_callers_leave_one_out_similarities_serve_every_fold(self) -> None:
+        refs = references()
+        test = FingerprintSet.from_fingerprints(
+            [listed(name, services) for name, (_, services) in TEST_WINDOWS.items()]
+        )
+        truth = [kind for kind, _ in TEST_WINDOWS.values()]
+        chosen = open_set(refs, test, truth, 5.0, None)
+        given = open_set(refs, test, truth, 5.0, None, own=own_type_similarity(refs))
+        assert [(f.left_out, f.theta, f.auroc) for f in given.folds] == [
+            (f.left_out, f.theta, f.auroc) for f in chosen.folds
+        ]
+        # Given similarities of 1 for every reference, every fold's θ is 1.
+        ones = open_set(refs, test, truth, 5.0, None, own=np.ones(len(refs.labels)))
+        assert [f.theta for f in ones.folds] == [1.0] * len(chosen.folds)
+        assert [f.theta for f in chosen.folds] != [1.0] * len(chosen.folds)
 
     def test_a_family_leaves_as_one_fold(self) -> None:
         # Without A and S both test windows share nothing with what is left: unknown. Without

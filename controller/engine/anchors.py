@@ -20,8 +20,10 @@ from controller.engine.representation import FloatArray
 from controller.engine.results import AnchorResult
 
 ANCHORS = ("1-NN log packets", "majority type")
-BLOCK_ROWS = 512
-"""Test rows whose distances to every training row are computed at once."""
+BLOCK_ROWS = 64
+"""Test rows whose distances to every training row are computed at once: a block of distances
+to tens of thousands of training rows stays in cache for the passes that finish it (512 rows
+took twice as long on 19k × 19k windows)."""
 
 
 def log_packets(fps: FingerprintSet, axis: Sequence[str]) -> FloatArray:
@@ -47,10 +49,18 @@ def nearest_log_packets(
     refs = log_packets(train, axis)
     queries = log_packets(test, axis)
     ref_norms = (refs**2).sum(axis=1)
+    query_norms = (queries**2).sum(axis=1)
+    columns = np.ascontiguousarray(refs.T)
+    buffer = np.empty((min(BLOCK_ROWS, len(test)), len(refs)))
     nearest = np.empty(len(test), dtype=np.int64)
     for lo in range(0, len(test), BLOCK_ROWS):
         block = queries[lo : lo + BLOCK_ROWS]
-        distance = (block**2).sum(axis=1)[:, None] - 2.0 * block @ refs.T + ref_norms[None, :]
+        # |q|² − 2 q·r + |r|², in place.
+        distance = buffer[: len(block)]
+        np.matmul(block, columns, out=distance)
+        distance *= -2.0
+        distance += query_norms[lo : lo + BLOCK_ROWS, None]
+        distance += ref_norms
         nearest[lo : lo + BLOCK_ROWS] = np.argmin(distance, axis=1)
     return [train_labels[i] for i in nearest.tolist()]
 

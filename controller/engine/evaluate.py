@@ -47,12 +47,12 @@ from controller.engine.identify import (
     Scores,
     Weighting,
     check_sibling_share,
-    choose_theta,
     choose_thetas,
     enroll,
     family_of,
     own_type_similarity,
     score,
+    with_thresholds,
 )
 from controller.engine.learned import FlowCells, for_granularity
 from controller.engine.metrics import (
@@ -549,6 +549,7 @@ def open_set(
     scores: Scores | None = None,
     per_type: bool = False,
     groups: Sequence[Sequence[str]] = (),
+    own: FloatArray | None = None,
 ) -> OpenSet:
     """Leave-one-type-out: each type with test windows in turn is removed from the references
     (θ re-chosen from what is left unless given) and must come out "unknown". `groups`: these
@@ -564,7 +565,8 @@ def open_set(
     `per_type`: each remaining type's own θ (`choose_thetas`, the fold's θ for types with too
     few references) decides, and the known-vs-unknown score of the AUROC is the margin of the
     best similarity over the winner's θ. Either way the AUROC of every `OPEN_SET_SCORES` score,
-    pooled over the folds, is reported too.
+    pooled over the folds, is reported too. `own`: the references' `own_type_similarity`, when
+    the caller has it already.
     """
     folds = []
     pooled_scores: list[FloatArray] = []
@@ -573,7 +575,7 @@ def open_set(
     truth_arr = np.array(truth, dtype=object)
     reuse = refs.weighting == "none" and (refs.mode == "centroid" or refs.neighbours == 1)
     full = scores if scores is not None else score(test, refs) if reuse and len(test) else None
-    all_own = own_type_similarity(refs)
+    all_own = own_type_similarity(refs) if own is None else own
     labels_arr = np.array(refs.labels, dtype=object)
     grouped = {t for group in groups for t in group}
     folds_of = [tuple(g) for g in groups] + [(t,) for t in refs.types if t not in grouped]
@@ -960,13 +962,14 @@ def _evaluate_one(
             weighting=weighting,
             sibling_share=settings.sibling_share,
         )
+        own = None
         if settings.theta is None:
             try:
-                theta = choose_theta(refs, settings.percentile)
-                refs = refs.with_settings(theta=theta)
-                refs = replace(refs, thetas=choose_thetas(refs, settings.percentile, theta))
+                refs, own = with_thresholds(refs, settings.percentile, per_type=True)
             except InputError:
                 refs = refs.with_settings(theta=0.0)
+        if own is None:
+            own = own_type_similarity(refs)
         closed = closed_set(refs, test, truth)
         families = refs.families
         early = None
@@ -1001,10 +1004,17 @@ def _evaluate_one(
             mode=mode,
             closed_set=closed,
             open_set=open_set(
-                refs, test, truth, settings.percentile, settings.theta, closed.scores
+                refs, test, truth, settings.percentile, settings.theta, closed.scores, own=own
             ),
             open_set_per_type=open_set(
-                refs, test, truth, settings.percentile, settings.theta, closed.scores, True
+                refs,
+                test,
+                truth,
+                settings.percentile,
+                settings.theta,
+                closed.scores,
+                True,
+                own=own,
             )
             if settings.theta is None
             else None,
@@ -1018,6 +1028,7 @@ def _evaluate_one(
                 settings.theta,
                 closed.scores,
                 groups=families,
+                own=own,
             )
             if families
             else None,

@@ -522,10 +522,9 @@ def enroll(
         weighting=weighting,
     )
     if theta is None:
-        theta = choose_theta(refs, percentile)
-        if per_type:
-            refs = replace(refs, thetas=choose_thetas(refs, percentile, theta))
-    refs = replace(refs, theta=theta)
+        refs, _ = with_thresholds(refs, percentile, per_type)
+    else:
+        refs = replace(refs, theta=theta)
     if calibrate:
         sample = left_out_sample(refs)
         refs = replace(
@@ -588,18 +587,34 @@ def own_type_similarity(refs: References) -> FloatArray:
     return out
 
 
-def choose_theta(refs: References, percentile: float = DEFAULT_PERCENTILE) -> float:
+def choose_theta(
+    refs: References, percentile: float = DEFAULT_PERCENTILE, own: FloatArray | None = None
+) -> float:
     """θ = the `percentile`-th percentile (an observed value, rounding down) of the references'
-    leave-one-out similarity to their own type."""
+    leave-one-out similarity to their own type (`own_type_similarity`, or `own` when given)."""
     if not 0.0 <= percentile <= 100.0:
         raise InputError(f"percentile {percentile} must lie in [0, 100]")
-    values = own_type_similarity(refs)
+    values = own_type_similarity(refs) if own is None else own
     values = values[~np.isnan(values)]
     if not values.size:
         raise InputError(
             "cannot choose θ: no known type has two reference fingerprints; give θ explicitly"
         )
     return float(np.percentile(values, percentile, method="lower"))
+
+
+def with_thresholds(
+    refs: References,
+    percentile: float = DEFAULT_PERCENTILE,
+    per_type: bool = DEFAULT_PER_TYPE_THETA,
+) -> tuple[References, FloatArray]:
+    """`refs` with θ chosen at `percentile` (`choose_theta`) and, with `per_type`, every type's
+    own (`choose_thetas`); with the references' `own_type_similarity` both came from, for the
+    open set to reuse."""
+    own = own_type_similarity(refs)
+    theta = choose_theta(refs, percentile, own)
+    thetas = choose_thetas(refs, percentile, theta, own) if per_type else None
+    return replace(refs, theta=theta, thetas=thetas), own
 
 
 def choose_thetas(
@@ -832,6 +847,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     r, sorted_idx = r[perm], idx[perm]
     bounds = np.flatnonzero(np.diff(sorted_idx)) + 1
     firsts = np.concatenate([[0], bounds]).astype(np.int64)
+    ends = np.append(firsts[1:], len(idx))
     k = min(refs.neighbours, len(idx))
     type_scores = np.zeros((m, len(types)))
     winner = np.zeros(m, dtype=np.int64)
@@ -850,10 +866,13 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
             votes = np.zeros(ts.shape)
             np.add.at(votes, (np.repeat(np.arange(len(ts)), k), sorted_idx[top].reshape(-1)), 1.0)
             win = np.argmax(votes + ts / 2.0, axis=1)
-        of_winner = np.where(sorted_idx[None, :] == win[:, None], sims, -np.inf)
         type_scores[lo : lo + block] = ts
         winner[lo : lo + block] = win
-        matched[lo : lo + block] = perm[np.argmax(of_winner, axis=1)]
+        # The best reference of the winning type: its columns are one slice.
+        for t in np.unique(win).tolist():
+            rows = np.flatnonzero(win == t)
+            best = np.argmax(sims[rows, firsts[t] : ends[t]], axis=1)
+            matched[lo + rows] = perm[firsts[t] + best]
     return Scores(types, type_scores, winner, matched)
 
 

@@ -192,7 +192,20 @@ def similarity_matrix(
                     matched.add(num, lo, hi, matched_from + s, a, b, tmp)
                     continue
                 num[lo:hi, a:b] += tmp
+            # Σmin/Σmax while the block is still in cache (a pass over the whole matrix each
+            # for Σmax, the test and the division cost more than the block's own work).
+            _divide_block(num[lo:hi], sum_x[lo:hi], sum_y, scratch[: hi - lo])
+        return num
     return ratio(num, sum_x + sum_y - num)
+
+
+def _divide_block(num: FloatArray, sum_x: FloatArray, sum_y: FloatArray, den: FloatArray) -> None:
+    """num ← Σmin/Σmax in place, Σmax = Σx + Σy − Σmin (in `den`), 1.0 where Σmax is 0."""
+    np.add(sum_x, sum_y, out=den)
+    np.subtract(den, num, out=den)
+    empty = den <= 0
+    np.divide(num, den, out=num, where=~empty)
+    np.copyto(num, 1.0, where=empty)
 
 
 @dataclass(frozen=True)
