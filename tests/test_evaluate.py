@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,14 @@ class TestEvaluate:
         assert "open_labels" not in saved["results"][0]["closed_set"]
         assert "scores" not in saved["results"][0]["open_set"]
         text = (tmp_path / "report" / "report.md").read_text()
-        assert "| 10 | list | built-in | nearest | 48 | 24 | 1.000 | 1.000 |" in text
+        assert "| 10 | list | built-in | nearest | 48 | 24 | 1.000 | 1.000 | 1.000 |" in text
+        # The training windows alone choose the setting too, and say so.
+        chosen = metrics.chosen()
+        assert chosen is not None and chosen.train_accuracy == 1.0
+        assert saved["chosen_setting"] == chosen.label == saved["best_setting"]
+        assert saved["results"][0]["train_accuracy"] == 1.0
+        assert f"## Setting chosen on the training windows: {chosen.label}" in text
+        assert "It is also the best setting on the test windows." in text
         # Anchors on the same windows: 1-NN on log packets separates the disjoint services too;
         # the majority type (three equal types: the first name) gets a third.
         anchors = {a.name: a for a in metrics.results[0].anchors}
@@ -198,6 +206,11 @@ class TestEvaluate:
         )
         result = evaluate(dataset, settings).results[0]
         assert result.closed_set.accuracy == 1.0
+        # The training captures, each left out with its prefixes, are right; their 1-unit
+        # prefixes (DNS alone, alike in both types: B's would be taken for A) stay references
+        # but are not scored.
+        prefixed = replace(settings, reference_prefixes=(1,))
+        assert evaluate(dataset, prefixed).results[0].train_accuracy == 1.0
         early = result.early_identification
         assert early is not None
         # After 1 unit every capture is {udp/53: 1}, equally similar to both types: the tie goes

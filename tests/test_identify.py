@@ -18,6 +18,7 @@ from controller.engine.identify import (
     enroll,
     explain,
     identify,
+    left_out_accuracy,
     own_type_similarity,
     score,
 )
@@ -84,6 +85,24 @@ def queries(granularity: int | None = 1) -> FingerprintSet:
             listed("q5", "a b c d e f g h", granularity),
         ]
     )
+
+
+class TestLeftOutAccuracy:
+    def test_share_of_references_whose_best_other_type_is_their_own(self) -> None:
+        # x1: X (x2) 2/3 ties Y (y1) 2/3, the first type wins: right. x2: Y's y1 (1) beats X's
+        # x1 (2/3): wrong. y1: X's x2 (1) beats Y's y2 (0): wrong. y2: 0 for both, X: wrong.
+        fps = FingerprintSet.from_fingerprints(
+            [listed("x1", "a b"), listed("x2", "a b c"), listed("y1", "a b c"), listed("y2", "d")]
+        )
+        refs = enroll(fps, {"x1": "X", "x2": "X", "y1": "Y", "y2": "Y"}, theta=0.0)
+        assert left_out_accuracy(refs) == 0.25
+        assert left_out_accuracy(refs, np.array([0, 1])) == 0.5
+        assert left_out_accuracy(refs, np.array([2])) == 0.0
+
+    def test_nothing_to_leave_out_is_nan(self) -> None:
+        fps = FingerprintSet.from_fingerprints([listed("x1", "a"), listed("y1", "b")])
+        refs = enroll(fps, {"x1": "X", "y1": "Y"}, theta=0.0)
+        assert np.isnan(left_out_accuracy(refs))
 
 
 class TestDecisions:

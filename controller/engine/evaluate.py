@@ -50,6 +50,7 @@ from controller.engine.identify import (
     choose_thetas,
     enroll,
     family_of,
+    left_out_accuracy,
     own_type_similarity,
     score,
     with_thresholds,
@@ -938,6 +939,7 @@ def _evaluate_one(
     convergence = _convergence(fps)
     recurrence_summary = _recurrence(fps)
     train = fps.select(split.train)
+    whole = set(train.origins)
     if settings.captures and settings.reference_prefixes:
         train = _with_prefixes(train, activity, settings.reference_prefixes, config)
     test = fps.select(split.test)
@@ -987,7 +989,10 @@ def _evaluate_one(
             accumulated = accumulation(
                 refs.types, window_decisions(refs, test, closed), tracks, settings.seed, families
             )
+        # Scored on the training windows like the test windows (not the captures' prefixes).
+        like_test = np.flatnonzero([origin in whole for origin in refs.origins])
         yield GridResult(
+            train_accuracy=left_out_accuracy(refs, like_test),
             unit_seconds=activity.unit_seconds,
             representation=name,
             catalogue=catalogue,

@@ -260,6 +260,16 @@ class FingerprintSet:
         return [self.devices[int(code)] for code in self.device]
 
     @property
+    def origins(self) -> list[str]:
+        """Every row's window as "<device>@<start>-<end>" (how references name their origin)."""
+        return [
+            f"{name}@{s}-{e}"
+            for name, s, e in zip(
+                self.device_names, self.start.tolist(), self.end.tolist(), strict=True
+            )
+        ]
+
+    @property
     def representation(self) -> str:
         """The representation's name ("prevalence", "G=4+intensity", ...)."""
         return representation_name(self.granularity, self.intensity)

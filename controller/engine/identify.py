@@ -508,10 +508,7 @@ def enroll(
         services=tuple(chosen.services[j] for j in used.tolist()),
         weights=chosen.weights[:, used],
         labels=tuple(labels[name] for name in names),
-        origins=tuple(
-            f"{name}@{s}-{e}"
-            for name, s, e in zip(names, chosen.start.tolist(), chosen.end.tolist(), strict=True)
-        ),
+        origins=tuple(chosen.origins),
         granularity=chosen.granularity,
         unit_seconds=chosen.unit_seconds,
         mode=mode,
@@ -695,12 +692,15 @@ LeftOut = tuple[IntArray, FloatArray]
 """References (row numbers) and their leave-one-out type scores (`loo_type_scores`)."""
 
 
-def left_out_sample(refs: References, seed: int = 0) -> LeftOut:
-    """The leave-one-out type scores of the references of types with two or more: at most
-    `CALIBRATION_ROWS` of them, a seeded sample, in order. No rows with fewer than two types."""
+def left_out_sample(refs: References, seed: int = 0, among: IntArray | None = None) -> LeftOut:
+    """The leave-one-out type scores of the references of types with two or more (of the rows
+    `among` only, when given): at most `CALIBRATION_ROWS` of them, a seeded sample, in order.
+    No rows with fewer than two types."""
     idx = refs.type_index
     counts = np.bincount(idx, minlength=len(refs.types))
     eligible = np.flatnonzero(counts[idx] >= 2)
+    if among is not None:
+        eligible = np.intersect1d(eligible, among)
     if len(refs.types) < 2:
         eligible = eligible[:0]
     if eligible.size > CALIBRATION_ROWS:
@@ -709,6 +709,17 @@ def left_out_sample(refs: References, seed: int = 0) -> LeftOut:
     if not eligible.size:
         return eligible, np.zeros((0, len(refs.types)))
     return eligible, loo_type_scores(refs, eligible)
+
+
+def left_out_accuracy(refs: References, among: IntArray | None = None) -> float:
+    """The share of the references (`left_out_sample` of the rows `among`, default all) whose
+    best type, each left out as for `loo_type_scores`, is their own: how well the references
+    tell their types apart, measured on nothing but themselves (the best score decides, as with
+    one neighbour; an exact tie goes to the first type). NaN when no type has two references."""
+    rows, scores = left_out_sample(refs, among=among)
+    if not rows.size:
+        return math.nan
+    return float((np.argmax(scores, axis=1) == refs.type_index[rows]).mean())
 
 
 def fit_temperature(refs: References, seed: int = 0, sample: LeftOut | None = None) -> float | None:

@@ -54,6 +54,7 @@ def summary_cells(result: GridResult) -> list[str]:
         mode,
         str(result.windows),
         str(closed.n_test),
+        _fmt(result.train_accuracy),
         _fmt(closed.accuracy),
         _fmt(closed.macro_f1),
         f"{_fmt(lo)}–{_fmt(hi)}",
@@ -73,7 +74,8 @@ def summary_cells(result: GridResult) -> list[str]:
 
 
 SUMMARY_HEADER = (
-    "| unit s | representation | catalogue | mode | windows | test | accuracy | macro-F1 | 95 % CI "
+    "| unit s | representation | catalogue | mode | windows | test | train left-out acc. "
+    "| accuracy | macro-F1 | 95 % CI "
     "| acc. with θ | θ | unknown det. | known acc. | AUROC | unknown det. (type θ) "
     "| AUROC (type θ) | ECE | TTI median (units) | converged | intra | inter |"
 )
@@ -391,6 +393,9 @@ def markdown(
         "|" + "---|" * SUMMARY_HEADER.count(" |"),
     ]
     lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in metrics.results]
+    chosen = metrics.chosen()
+    if chosen is not None:
+        lines += _chosen_lines(chosen, best)
     lines += [
         "",
         f"## Best setting: {best.label}",
@@ -450,6 +455,28 @@ def markdown(
     lines += [f"![{title}]({name})" for title, name in plots.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _chosen_lines(chosen: GridResult, best: GridResult) -> list[str]:
+    """The setting the training windows alone choose, and what it reaches on the test windows."""
+    closed = chosen.closed_set
+    lo, hi = closed.accuracy_ci
+    return [
+        "",
+        f"## Setting chosen on the training windows: {chosen.label}",
+        "",
+        "Chosen by the leave-one-out accuracy of the training windows alone (each scored "
+        "against the other training references, its device's other windows left out too where "
+        f"its type has several devices): {_fmt(chosen.train_accuracy)}. On the test windows it "
+        f"reaches accuracy {_fmt(closed.accuracy)} (95 % CI {_fmt(lo)}–{_fmt(hi)}), macro-F1 "
+        f"{_fmt(closed.macro_f1)}, open-set AUROC {_fmt(chosen.open_set.auroc)}. "
+        + (
+            "It is also the best setting on the test windows."
+            if chosen is best
+            else "The best setting below is the best on the test windows themselves: with many "
+            "settings compared, an optimistic choice."
+        ),
+    ]
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:

@@ -315,6 +315,10 @@ class GridResult(Json):
     families: tuple[tuple[str, ...], ...] = ()
     family_accuracy: float = math.nan
     open_set_families: OpenSet | None = None
+    train_accuracy: float = math.nan
+    """The leave-one-out accuracy of the training windows (`identify.left_out_accuracy`; a
+    capture's prefixes stay references but are not scored): chooses among settings without
+    the test windows (`Evaluation.chosen`)."""
 
     @property
     def label(self) -> str:
@@ -338,13 +342,32 @@ class Evaluation(Json):
 
     def best(self) -> GridResult:
         """The grid point with the highest closed-set accuracy (ties: higher macro-F1, then the
-        first in grid order)."""
+        first in grid order). Picked on the test windows: with many settings, an optimistic
+        choice (`chosen` picks on the training windows alone)."""
         if not self.results:
             raise InputError("no evaluation results")
         return max(
             self.results,
             key=lambda r: (_num(r.closed_set.accuracy), _num(r.closed_set.macro_f1)),
         )
+
+    def chosen(self) -> GridResult | None:
+        """The grid point whose training windows, each left out of its references, are most
+        often right (`GridResult.train_accuracy`; ties: the first in grid order): the setting
+        the training data alone picks, so its test numbers are those of a setting chosen
+        without looking at the test windows. None when no grid point has that accuracy (no
+        training windows, e.g. references from MUD files)."""
+        scored = [r for r in self.results if not math.isnan(r.train_accuracy)]
+        return max(scored, key=lambda r: r.train_accuracy) if scored else None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the labels of the `best` and the `chosen` grid points."""
+        data = super().to_json()
+        chosen = self.chosen()
+        if self.results:
+            data["best_setting"] = self.best().label
+        data["chosen_setting"] = None if chosen is None else chosen.label
+        return data
 
 
 def _num(value: float | None) -> float:

@@ -512,13 +512,19 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
     paths = write_report(metrics, args.out, sections)
     if profiles is not None:
         paths.append(args.out / "compliance.json")
-    best = metrics.best()
+    best, chosen = metrics.best(), metrics.chosen()
     print(
         f"best: {best.representation}, {best.mode}"
         + (f", k={best.neighbours}" if best.neighbours > 1 else "")
         + f", unit {best.unit_seconds:g} s: "
         f"accuracy {best.closed_set.accuracy:.3f}, macro-F1 {best.closed_set.macro_f1:.3f}"
     )
+    if chosen is not None:
+        print(
+            f"chosen on the training windows: {chosen.label} (left-out accuracy "
+            f"{chosen.train_accuracy:.3f}): accuracy {chosen.closed_set.accuracy:.3f}, "
+            f"macro-F1 {chosen.closed_set.macro_f1:.3f}"
+        )
     for path in paths:
         print(f"wrote {path}")
     return 0
