@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -989,6 +990,10 @@ def _evaluate_one(
             accumulated = accumulation(
                 refs.types, window_decisions(refs, test, closed), tracks, settings.seed, families
             )
+        # Every open set below shares the one scoring of `test` and the leave-one-out pass.
+        opened = partial(
+            open_set, refs, test, truth, settings.percentile, settings.theta, closed.scores, own=own
+        )
         # Scored on the training windows like the test windows (not the captures' prefixes).
         like_test = np.flatnonzero([origin in whole for origin in refs.origins])
         yield GridResult(
@@ -1008,35 +1013,11 @@ def _evaluate_one(
             recurrence=recurrence_summary,
             mode=mode,
             closed_set=closed,
-            open_set=open_set(
-                refs, test, truth, settings.percentile, settings.theta, closed.scores, own=own
-            ),
-            open_set_per_type=open_set(
-                refs,
-                test,
-                truth,
-                settings.percentile,
-                settings.theta,
-                closed.scores,
-                True,
-                own=own,
-            )
-            if settings.theta is None
-            else None,
+            open_set=opened(),
+            open_set_per_type=opened(per_type=True) if settings.theta is None else None,
             families=families,
             family_accuracy=family_accuracy(closed.confusion, families),
-            open_set_families=open_set(
-                refs,
-                test,
-                truth,
-                settings.percentile,
-                settings.theta,
-                closed.scores,
-                groups=families,
-                own=own,
-            )
-            if families
-            else None,
+            open_set_families=opened(groups=families) if families else None,
             time_to_identification=time_to_identification(test, truth, closed.open_labels),
             early_identification=early,
             accumulation=accumulated,
