@@ -140,26 +140,35 @@ def test_poll_schedule_stops_at_every_unit_boundary() -> None:
 
 
 def test_counts_land_in_the_unit_they_were_counted_in(tmp_path: Path) -> None:
-    unit = 0.4
+    unit = 1.0
     wire = Wire()
 
-    async def scenario() -> int:
+    async def scenario() -> list[int]:
         # Polls every 60 s: only the boundary polls can split the counts by unit.
         chosen = config(tmp_path, wire.address, time_unit=unit, interval=60.0)
-        async with running(Controller(chosen)):
-            first = math.floor(time.time() / unit) + 1
-            for offset, count in ((0, 3), (1, 5), (2, 0)):
-                await asyncio.sleep(max(0.0, (first + offset) * unit + 0.1 - time.time()))
+        sent: list[int] = []
+        async with running(Controller(chosen)) as controller:
+
+            async def next_boundary_poll() -> None:
+                made = controller.stats.polls
+                await until(lambda: controller.stats.polls > made, timeout=3 * unit)
+
+            for count in (3, 5):
+                # Sent just after a boundary poll: counted in the unit that poll opened.
+                await next_boundary_poll()
+                sent.append(math.floor(time.time() / unit))
                 wire.send(frame(CAMERA, SERVER, 17, 40000, 53, 80), port=1, count=count)
-        return first
+            await next_boundary_poll()
+        return sent
 
     try:
-        first = asyncio.run(scenario())
+        first, second = asyncio.run(scenario())
     finally:
         wire.stop()
     with Storage(tmp_path / "svcfp.db") as store:
-        by_unit = {(r.unit - first, r.packets) for r in store.activity()}
-    assert by_unit == {(0, 3), (1, 5)}
+        by_unit = {(r.unit, r.packets) for r in store.activity()}
+    assert second == first + 1
+    assert by_unit == {(first, 3), (second, 5)}
 
 
 def test_a_worker_that_fails_unexpectedly_ends_the_run(
