@@ -184,6 +184,30 @@ class TestEvaluate:
         assert metrics.best().representation == "list"
         assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    def test_report_names_a_chosen_setting_that_is_not_the_best(self, tmp_path: Path) -> None:
+        settings = replace(
+            self.SETTINGS, granularities=(1,), unit_seconds=(10.0, 20.0), modes=("nearest",)
+        )
+        metrics = evaluate(synthetic_dataset(), settings)
+        ten, twenty = metrics.results
+        assert ten.closed_set.accuracy == twenty.closed_set.accuracy == 1.0
+        # The training windows prefer the second; the test windows tie, the first wins.
+        metrics = replace(
+            metrics,
+            results=(replace(ten, train_accuracy=0.5), replace(twenty, train_accuracy=0.75)),
+        )
+        assert metrics.best().label == ten.label
+        chosen = metrics.chosen()
+        assert chosen is not None and chosen.label == twenty.label != ten.label
+        write_report(metrics, tmp_path / "report")
+        saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+        assert (saved["best_setting"], saved["chosen_setting"]) == (ten.label, twenty.label)
+        text = (tmp_path / "report" / "report.md").read_text()
+        assert f"## Setting chosen on the training windows: {twenty.label}" in text
+        assert "training windows alone" in text and ": 0.750. On the test windows" in text
+        assert "It is also the best setting on the test windows." not in text
+        assert "the best on the test windows themselves: with many settings" in text
+
     def test_early_identification_of_captures(self) -> None:
         # Both types only resolve DNS in their first 3 units; then A adds tcp/443, B udp/123.
         rows = []

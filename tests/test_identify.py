@@ -14,6 +14,7 @@ from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import (
     UNKNOWN,
     References,
+    calibrated,
     choose_theta,
     enroll,
     explain,
@@ -98,6 +99,14 @@ class TestLeftOutAccuracy:
         assert left_out_accuracy(refs) == 0.25
         assert left_out_accuracy(refs, np.array([0, 1])) == 0.5
         assert left_out_accuracy(refs, np.array([2])) == 0.0
+        # Calibration's sample (every reference here) stands for the rows it scored.
+        fitted, sample = calibrated(refs)
+        assert sample[0].tolist() == [0, 1, 2, 3]
+        assert left_out_accuracy(refs, sample=sample) == 0.25
+        assert left_out_accuracy(refs, sample=(sample[0][2:], sample[1][2:])) == 0.0
+        # The same fit enrolment made.
+        assert fitted.temperature is not None
+        assert (fitted.temperature, fitted.families) == (refs.temperature, refs.families)
 
     def test_nothing_to_leave_out_is_nan(self) -> None:
         fps = FingerprintSet.from_fingerprints([listed("x1", "a"), listed("y1", "b")])

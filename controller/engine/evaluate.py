@@ -47,6 +47,7 @@ from controller.engine.identify import (
     References,
     Scores,
     Weighting,
+    calibrated,
     check_sibling_share,
     choose_thetas,
     enroll,
@@ -963,7 +964,7 @@ def _evaluate_one(
             neighbours=k,
             config=config,
             weighting=weighting,
-            sibling_share=settings.sibling_share,
+            calibrate=False,
         )
         own = None
         if settings.theta is None:
@@ -973,6 +974,7 @@ def _evaluate_one(
                 refs = refs.with_settings(theta=0.0)
         if own is None:
             own = own_type_similarity(refs)
+        refs, sample = calibrated(refs, settings.sibling_share)
         closed = closed_set(refs, test, truth)
         families = refs.families
         early = None
@@ -994,10 +996,15 @@ def _evaluate_one(
         opened = partial(
             open_set, refs, test, truth, settings.percentile, settings.theta, closed.scores, own=own
         )
-        # Scored on the training windows like the test windows (not the captures' prefixes).
+        # Scored on the training windows like the test windows (not the captures' prefixes);
+        # without prefixes those are the rows calibration scored.
         like_test = np.flatnonzero([origin in whole for origin in refs.origins])
+        if like_test.size == len(refs.origins):
+            train_accuracy = left_out_accuracy(refs, sample=sample)
+        else:
+            train_accuracy = left_out_accuracy(refs, like_test)
         yield GridResult(
-            train_accuracy=left_out_accuracy(refs, like_test),
+            train_accuracy=train_accuracy,
             unit_seconds=activity.unit_seconds,
             representation=name,
             catalogue=catalogue,

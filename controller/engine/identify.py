@@ -523,13 +523,24 @@ def enroll(
     else:
         refs = replace(refs, theta=theta)
     if calibrate:
-        sample = left_out_sample(refs)
-        refs = replace(
-            refs,
-            temperature=fit_temperature(refs, sample=sample),
-            families=sibling_families(refs, sibling_share, sample=sample),
-        )
+        refs, _ = calibrated(refs, sibling_share)
     return refs
+
+
+def calibrated(
+    refs: References, sibling_share: float = SIBLING_SHARE
+) -> tuple[References, LeftOut]:
+    """`refs` with the confidence temperature (`fit_temperature`) and the sibling families
+    (`sibling_families` at `sibling_share`) fitted on one `left_out_sample`; with that sample,
+    for `left_out_accuracy` to reuse."""
+    check_sibling_share(sibling_share)
+    sample = left_out_sample(refs)
+    fitted = replace(
+        refs,
+        temperature=fit_temperature(refs, sample=sample),
+        families=sibling_families(refs, sibling_share, sample=sample),
+    )
+    return fitted, sample
 
 
 def _held_out_together(refs: References) -> tuple[IntArray, npt.NDArray[np.bool_]]:
@@ -711,12 +722,15 @@ def left_out_sample(refs: References, seed: int = 0, among: IntArray | None = No
     return eligible, loo_type_scores(refs, eligible)
 
 
-def left_out_accuracy(refs: References, among: IntArray | None = None) -> float:
-    """The share of the references (`left_out_sample` of the rows `among`, default all) whose
-    best type, each left out as for `loo_type_scores`, is their own: how well the references
-    tell their types apart, measured on nothing but themselves (the best score decides, as with
-    one neighbour; an exact tie goes to the first type). NaN when no type has two references."""
-    rows, scores = left_out_sample(refs, among=among)
+def left_out_accuracy(
+    refs: References, among: IntArray | None = None, sample: LeftOut | None = None
+) -> float:
+    """The share of the references (`left_out_sample` of the rows `among`, default all; or
+    `sample`, one already scored, which then stands for them) whose best type, each left out as for
+    `loo_type_scores`, is their own: how well the references tell their types apart, measured
+    on nothing but themselves (the best score decides, as with one neighbour; an exact tie goes
+    to the first type). NaN when no type has two references."""
+    rows, scores = left_out_sample(refs, among=among) if sample is None else sample
     if not rows.size:
         return math.nan
     return float((np.argmax(scores, axis=1) == refs.type_index[rows]).mean())
