@@ -13,6 +13,7 @@ from controller.base.errors import InputError
 from controller.engine.fingerprints import Fingerprint, FingerprintSet
 from controller.engine.identify import (
     UNKNOWN,
+    LeftOut,
     References,
     calibrated,
     choose_theta,
@@ -101,12 +102,40 @@ class TestLeftOutAccuracy:
         assert left_out_accuracy(refs, np.array([2])) == 0.0
         # Calibration's sample (every reference here) stands for the rows it scored.
         fitted, sample = calibrated(refs)
-        assert sample[0].tolist() == [0, 1, 2, 3]
+        assert sample.rows.tolist() == [0, 1, 2, 3]
         assert left_out_accuracy(refs, sample=sample) == 0.25
-        assert left_out_accuracy(refs, sample=(sample[0][2:], sample[1][2:])) == 0.0
+        last_two = LeftOut(sample.rows[2:], sample.scores[2:], sample.winners[2:])
+        assert left_out_accuracy(refs, sample=last_two) == 0.0
         # The same fit enrolment made.
         assert fitted.temperature is not None
         assert (fitted.temperature, fitted.families) == (refs.temperature, refs.families)
+
+    def test_votes_decide_with_several_neighbours(self) -> None:
+        # Left out, x1 = {a,b,c,d} is nearest to y1 = {a,b,c,d,e} (4/5), then x2 (3/4) and x3
+        # (1/2): wrong alone, right by two votes of three. y1's nearest three are X's: wrong
+        # either way. The rest are right either way (y2 and y3 = {e,f} are each other's nearest,
+        # and y1 is their second).
+        fps = FingerprintSet.from_fingerprints(
+            [
+                listed("x1", "a b c d"),
+                listed("x2", "a b c"),
+                listed("x3", "a b"),
+                listed("y1", "a b c d e"),
+                listed("y2", "e f"),
+                listed("y3", "e f"),
+            ]
+        )
+        labels = dict(zip(["x1", "x2", "x3", "y1", "y2", "y3"], "XXXYYY", strict=True))
+        alone = enroll(fps, labels, theta=0.0)
+        voting = enroll(fps, labels, theta=0.0, neighbours=3)
+        assert left_out_accuracy(alone) == pytest.approx(4 / 6)
+        assert left_out_accuracy(voting) == pytest.approx(5 / 6)
+        assert left_out_accuracy(alone, np.array([0])) == 0.0
+        assert left_out_accuracy(voting, np.array([0])) == 1.0
+        # The same decision `score` makes for x1 against the other five.
+        others = enroll(fps.select(np.arange(1, 6)), labels, theta=0.0, neighbours=3)
+        x1 = fps.select(np.array([0]))
+        assert (score(x1, others).winner.tolist(), others.types) == ([0], ("X", "Y"))
 
     def test_nothing_to_leave_out_is_nan(self) -> None:
         fps = FingerprintSet.from_fingerprints([listed("x1", "a"), listed("y1", "b")])

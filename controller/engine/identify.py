@@ -63,7 +63,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -645,6 +645,12 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     the type's other references; centroid: similarity to the prototypes, its own rebuilt
     without it); -inf for a type with no other reference. `rows` picks references (default
     all)."""
+    return _left_out(refs, rows)[0]
+
+
+def _left_out(refs: References, rows: IntArray | None = None) -> tuple[FloatArray, IntArray]:
+    """`loo_type_scores`, and the type each reference left out is given (`score`'s decision:
+    the votes of `refs.neighbours` of the other references in nearest mode)."""
     chosen = np.arange(len(refs.labels)) if rows is None else np.asarray(rows, dtype=np.int64)
     features = refs.features()
     tolerance = refs.tolerance()
@@ -669,7 +675,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
         )
         mine = similarity_pairs(features[chosen], rebuilt, refs.sized, tolerance)
         out[np.arange(len(chosen)), own] = np.where(rest > 0, mine, -np.inf)
-        return out
+        return out, np.argmax(out, axis=1)
     device, multi = _held_out_together(refs)
     perm = np.argsort(idx, kind="stable")
     sorted_idx = idx[perm]
@@ -679,6 +685,7 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
     columns = features[perm]
     position = np.empty(len(perm), dtype=np.int64)
     position[perm] = np.arange(len(perm))
+    winners = np.zeros(len(chosen), dtype=np.int64)
     block = max(1, _SCORE_BLOCK // max(1, len(perm)))
     for lo in range(0, len(chosen), block):
         part = chosen[lo : lo + block]
@@ -687,6 +694,24 @@ def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArra
         together = (sorted_device[None, :] == device[part][:, None]) & multi[idx[part]][:, None]
         sims[together] = -np.inf
         out[lo : lo + block] = np.maximum.reduceat(sims, firsts, axis=1)
+        winners[lo : lo + block] = _vote(sims, out[lo : lo + block], sorted_idx, refs.neighbours)
+    return out, winners
+
+
+def _vote(sims: FloatArray, ts: FloatArray, column_type: IntArray, k: int) -> IntArray:
+    """Each row's type from its similarities `sims` to references of types `column_type` and
+    its type scores `ts`: the best score with one neighbour; else the votes of the `k` most
+    similar references, the best score breaking ties (it is ≤ 1, halved, so it never outweighs
+    a whole vote; an exact tie goes to the first type). References at -inf (left out) never
+    vote."""
+    k = min(k, sims.shape[1])
+    votes = np.zeros(ts.shape)
+    if k > 1:
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k].reshape(-1)
+        rows = np.repeat(np.arange(len(ts)), k)
+        voting = np.isfinite(sims[rows, top])
+        np.add.at(votes, (rows[voting], column_type[top[voting]]), 1.0)
+    out: IntArray = np.argmax(votes + ts / 2.0, axis=1)
     return out
 
 
@@ -699,8 +724,13 @@ def softmax(scores: FloatArray, temperature: float) -> FloatArray:
     return out
 
 
-LeftOut = tuple[IntArray, FloatArray]
-"""References (row numbers) and their leave-one-out type scores (`loo_type_scores`)."""
+class LeftOut(NamedTuple):
+    """References (row numbers), their leave-one-out type scores (`loo_type_scores`), and the
+    type each is given left out (as `score` decides, with the references' neighbours)."""
+
+    rows: IntArray
+    scores: FloatArray
+    winners: IntArray
 
 
 def left_out_sample(refs: References, seed: int = 0, among: IntArray | None = None) -> LeftOut:
@@ -718,22 +748,22 @@ def left_out_sample(refs: References, seed: int = 0, among: IntArray | None = No
         rng = np.random.default_rng(seed)
         eligible = np.sort(rng.choice(eligible, CALIBRATION_ROWS, replace=False))
     if not eligible.size:
-        return eligible, np.zeros((0, len(refs.types)))
-    return eligible, loo_type_scores(refs, eligible)
+        return LeftOut(eligible, np.zeros((0, len(refs.types))), eligible)
+    return LeftOut(eligible, *_left_out(refs, eligible))
 
 
 def left_out_accuracy(
     refs: References, among: IntArray | None = None, sample: LeftOut | None = None
 ) -> float:
     """The share of the references (`left_out_sample` of the rows `among`, default all; or
-    `sample`, one already scored, which then stands for them) whose best type, each left out as for
-    `loo_type_scores`, is their own: how well the references tell their types apart, measured
-    on nothing but themselves (the best score decides, as with one neighbour; an exact tie goes
-    to the first type). NaN when no type has two references."""
-    rows, scores = left_out_sample(refs, among=among) if sample is None else sample
-    if not rows.size:
+    `sample`, one already scored, which then stands for them) that, each left out as for
+    `loo_type_scores`, are given their own type, as `score` decides (with several neighbours,
+    by their votes): how well the references tell their types apart, measured on nothing but
+    themselves. NaN when no type has two references."""
+    left = left_out_sample(refs, among=among) if sample is None else sample
+    if not left.rows.size:
         return math.nan
-    return float((np.argmax(scores, axis=1) == refs.type_index[rows]).mean())
+    return float((left.winners == refs.type_index[left.rows]).mean())
 
 
 def fit_temperature(refs: References, seed: int = 0, sample: LeftOut | None = None) -> float | None:
@@ -741,7 +771,7 @@ def fit_temperature(refs: References, seed: int = 0, sample: LeftOut | None = No
     true types under the softmax of their leave-one-out type scores; None when no type has two
     references. At most `CALIBRATION_ROWS` references (a seeded sample) are scored, or those
     of `sample` (`left_out_sample`)."""
-    eligible, scores = left_out_sample(refs, seed) if sample is None else sample
+    eligible, scores, _ = left_out_sample(refs, seed) if sample is None else sample
     if not eligible.size:
         return None
     truth = refs.type_index[eligible]
@@ -776,7 +806,7 @@ def sibling_families(
     is named as one of its types, so decisions name the winner's siblings and evaluations also
     leave whole families out (`open_set`)."""
     check_sibling_share(share)
-    rows, scores = left_out_sample(refs, seed) if sample is None else sample
+    rows, scores, _ = left_out_sample(refs, seed) if sample is None else sample
     if not rows.size:
         return ()
     own_type = refs.type_index[rows]
@@ -882,15 +912,7 @@ def score(fingerprints: FingerprintSet, refs: References) -> Scores:
     for lo in range(0, m, block):
         sims = similarity_matrix(x[lo : lo + block], r, refs.sized, tolerance)
         ts = np.maximum.reduceat(sims, firsts, axis=1)
-        if k == 1:
-            win = np.argmax(ts, axis=1)
-        else:
-            # Votes of the k most similar references; the best score breaks ties (it is ≤ 1,
-            # halved, so it never outweighs a whole vote).
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            votes = np.zeros(ts.shape)
-            np.add.at(votes, (np.repeat(np.arange(len(ts)), k), sorted_idx[top].reshape(-1)), 1.0)
-            win = np.argmax(votes + ts / 2.0, axis=1)
+        win = _vote(sims, ts, sorted_idx, k)
         type_scores[lo : lo + block] = ts
         winner[lo : lo + block] = win
         # The best reference of the winning type: its columns are one slice.
