@@ -682,7 +682,7 @@ def test_unacknowledged_digest_data_is_sent_again_after_the_ack_timeout(
     stream_primary: tuple[Client, Stream], switch: Switch
 ) -> None:
     client, stream = stream_primary
-    client.write(digest_config(p4r.Update.INSERT, ack_ns=300_000_000))
+    client.write(digest_config(p4r.Update.INSERT, ack_ns=1_000_000_000))
     pipeline = switch.pipeline
     assert pipeline is not None
     switch.receive(unknown_frame(5), 2)
@@ -691,7 +691,7 @@ def test_unacknowledged_digest_data_is_sent_again_after_the_ack_timeout(
     switch.receive(unknown_frame(5), 2)
     with pytest.raises(queue.Empty):
         stream.next(timeout=0.1)  # within the ack timeout: suppressed
-    time.sleep(0.4)
+    time.sleep(1.0)
     pipeline.digest_mac[:] = [0] * len(pipeline.digest_mac)
     switch.receive(unknown_frame(5), 2)
     again = stream.next_of("digest")
