@@ -705,12 +705,14 @@ def _vote(sims: FloatArray, ts: FloatArray, column_type: IntArray, k: int) -> In
     a whole vote; an exact tie goes to the first type). References at -inf (left out) never
     vote."""
     k = min(k, sims.shape[1])
+    if k <= 1:
+        best: IntArray = np.argmax(ts, axis=1)
+        return best
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k].reshape(-1)
+    rows = np.repeat(np.arange(len(ts)), k)
+    voting = np.isfinite(sims[rows, top])
     votes = np.zeros(ts.shape)
-    if k > 1:
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k].reshape(-1)
-        rows = np.repeat(np.arange(len(ts)), k)
-        voting = np.isfinite(sims[rows, top])
-        np.add.at(votes, (rows[voting], column_type[top[voting]]), 1.0)
+    np.add.at(votes, (rows[voting], column_type[top[voting]]), 1.0)
     out: IntArray = np.argmax(votes + ts / 2.0, axis=1)
     return out
 
