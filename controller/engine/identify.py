@@ -640,17 +640,12 @@ def choose_thetas(
     return tuple(out)
 
 
-def loo_type_scores(refs: References, rows: IntArray | None = None) -> FloatArray:
+def loo_type_scores(refs: References, rows: IntArray | None = None) -> tuple[FloatArray, IntArray]:
     """Each reference's score for every type with itself left out (nearest: best similarity to
     the type's other references; centroid: similarity to the prototypes, its own rebuilt
-    without it); -inf for a type with no other reference. `rows` picks references (default
-    all)."""
-    return _left_out(refs, rows)[0]
-
-
-def _left_out(refs: References, rows: IntArray | None = None) -> tuple[FloatArray, IntArray]:
-    """`loo_type_scores`, and the type each reference left out is given (`score`'s decision:
-    the votes of `refs.neighbours` of the other references in nearest mode)."""
+    without it), -inf for a type with no other reference; and the type it is given so
+    (`score`'s decision: in nearest mode the votes of `refs.neighbours` of the other
+    references). `rows` picks references (default all)."""
     chosen = np.arange(len(refs.labels)) if rows is None else np.asarray(rows, dtype=np.int64)
     features = refs.features()
     tolerance = refs.tolerance()
@@ -751,7 +746,7 @@ def left_out_sample(refs: References, seed: int = 0, among: IntArray | None = No
         eligible = np.sort(rng.choice(eligible, CALIBRATION_ROWS, replace=False))
     if not eligible.size:
         return LeftOut(eligible, np.zeros((0, len(refs.types))), eligible)
-    return LeftOut(eligible, *_left_out(refs, eligible))
+    return LeftOut(eligible, *loo_type_scores(refs, eligible))
 
 
 def left_out_accuracy(

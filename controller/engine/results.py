@@ -327,7 +327,7 @@ class GridResult(Json):
         k = f", k={self.neighbours}" if self.neighbours > 1 else ""
         k += "" if self.weighting == "none" else f", {self.weighting}"
         learned = "" if self.catalogue == "built-in" else f", {self.catalogue} catalogue"
-        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:.0f} s{learned}"
+        return f"{self.representation}, {self.mode}{k}, unit {self.unit_seconds:g} s{learned}"
 
 
 @dataclass(frozen=True)

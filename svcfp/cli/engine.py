@@ -514,9 +514,7 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         paths.append(args.out / "compliance.json")
     best, chosen = metrics.best(), metrics.chosen()
     print(
-        f"best: {best.representation}, {best.mode}"
-        + (f", k={best.neighbours}" if best.neighbours > 1 else "")
-        + f", unit {best.unit_seconds:g} s: "
+        f"best: {best.label}: "
         f"accuracy {best.closed_set.accuracy:.3f}, macro-F1 {best.closed_set.macro_f1:.3f}"
     )
     if chosen is not None:
