@@ -13,10 +13,10 @@ from scapy.packet import Raw
 
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
-from controller.base.pcapfile import frame_batches
+from controller.base.pcapfile import frame_batches, read_frames
 from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import IngestStats
-from controller.ingest.pcap import parse_frames, read_pcap
+from controller.ingest.pcap import LINKS, parse_frames, read_pcap
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -84,19 +84,42 @@ def _block(block_type: int, body: bytes) -> bytes:
     return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
 
 
-def write_pcapng(path: Path, items: list[tuple[float, bytes]], simple_last: bool = False) -> None:
+def write_pcapng(
+    path: Path,
+    items: list[tuple[float, bytes]],
+    simple_last: bool = False,
+    links: tuple[int, ...] = (1,),
+    interfaces: list[int] | None = None,
+) -> None:
+    """A pcapng file with one interface per link type of `links`; frame i is on interface
+    `interfaces[i]` (the first one by default)."""
     shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     tsresol = struct.pack("<HHB", 9, 1, 9) + b"\x00" * 3 + struct.pack("<HH", 0, 0)
-    idb = _block(1, struct.pack("<HHI", 1, 0, 0) + tsresol)
-    blocks = [shb, idb]
+    blocks = [shb, *(_block(1, struct.pack("<HHI", link, 0, 0) + tsresol) for link in links)]
     for i, (t, frame) in enumerate(items):
         if simple_last and i == len(items) - 1:
             blocks.append(_block(3, struct.pack("<I", len(frame)) + frame))
             continue
         ticks = round(t * 1e9)
-        header = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
+        iface = 0 if interfaces is None else interfaces[i]
+        header = struct.pack(
+            "<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)
+        )
         blocks.append(_block(6, header + frame))
     path.write_bytes(b"".join(blocks))
+
+
+def cooked(frame: bytes, v2: bool = False, hatype: int = 1, halen: int = 6) -> bytes:
+    """The Linux cooked frame (SLL, or SLL2 with `v2`) that a capture on Linux's "any" interface
+    records for an Ethernet `frame` received (packet type 0) on an interface of ARPHRD type
+    `hatype` whose addresses are `halen` bytes long."""
+    address = frame[6:12] + b"\x00\x00"
+    ethertype = frame[12:14]
+    if v2:
+        header = ethertype + b"\x00\x00" + struct.pack(">IHBB", 3, hatype, 0, halen) + address
+    else:
+        header = struct.pack(">HHH", 0, hatype, halen) + address + ethertype
+    return header + frame[14:]
 
 
 def records(
@@ -164,6 +187,61 @@ def test_parse_frames_fields(tmp_path: Path) -> None:
     assert parsed.bytes.tolist() == [len(frame)]
 
 
+@pytest.mark.parametrize(("v2", "link"), [(False, 113), (True, 276)])
+def test_linux_cooked_captures_count_as_their_ethernet_frames(
+    tmp_path: Path, v2: bool, link: int
+) -> None:
+    items = frames()
+    path = tmp_path / "any.pcap"
+    sent = [(t, cooked(f, v2)) for t, f, _, _ in items]
+    # Frames of a loopback interface (ARPHRD 772, an all-zero address), of an interface without
+    # addresses and one shorter than the cooked header name no device.
+    ip = bytes(Ether(src=A, dst=B) / IP() / UDP(sport=40000, dport=53))
+    nameless = [cooked(ip, v2, hatype=772), cooked(ip, v2, hatype=65534, halen=0), b"\x00" * 15]
+    write_pcap(path, sent + [(1003.5, frame) for frame in nameless], linktype=link)
+    table, stats = read_pcap(path, Catalogue.default(), 60)
+    assert sorted(tuple(r) for r in table.records()) == expected_activity(items)
+    assert stats.records == len(items) + 3 and stats.skipped == 0
+    (batch,) = list(frame_batches(path, links=LINKS))
+    assert batch.link == link
+    parsed = parse_frames(batch)
+    assert parsed.dst_mac.tolist() == [0] * len(items)  # a cooked header keeps no destination
+    # The capture is not Ethernet, so it cannot be replayed into a switch.
+    with pytest.raises(InputError, match=rf"any.pcap: link type {link} is not Ethernet \(1\)$"):
+        list(read_frames(path))
+
+
+def test_scapy_written_linux_cooked_capture(tmp_path: Path) -> None:
+    from scapy.layers.l2 import CookedLinux
+    from scapy.utils import wrpcap
+
+    address = bytes.fromhex(A.replace(":", "")) + b"\x00\x00"
+    head = CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, src=address)
+    packets = [head / IP() / TCP(sport=50000, dport=8883), head / IP() / UDP(dport=123)]
+    for i, packet in enumerate(packets):
+        packet.time = 1000.0 + i
+    path = tmp_path / "scapy-any.pcap"
+    wrpcap(str(path), packets)
+    assert struct.unpack_from("<I", path.read_bytes(), 20)[0] == 113
+    assert records(path) == [
+        (A, 16, "tcp/8883", 1, len(packets[0]) - 2),
+        (A, 16, "udp/123", 1, len(packets[1]) - 2),
+    ]
+
+
+def test_pcapng_of_ethernet_and_cooked_interfaces(tmp_path: Path) -> None:
+    items = frames()
+    on = [i % 2 for i in range(len(items))]
+    sent = [(t, cooked(f) if on[i] else f) for i, (t, f, _, _) in enumerate(items)]
+    path = tmp_path / "two.pcapng"
+    write_pcapng(path, sent, links=(1, 113), interfaces=on)
+    assert records(path) == expected_activity(items)
+    # A batch holds frames of one link type: the link changes with every frame here.
+    assert [b.link for b in frame_batches(path, links=LINKS)] == [(1, 113)[i] for i in on]
+    with pytest.raises(InputError, match=r"two.pcapng: frame 2: link type 113 is not Ethernet"):
+        list(read_frames(path))
+
+
 def test_truncated_capture_names_frame_and_keeps_earlier_frames(tmp_path: Path) -> None:
     items = frames()
     path = tmp_path / "cut.pcap"
@@ -215,8 +293,11 @@ def test_bad_files(tmp_path: Path) -> None:
         InputError, match=r"bad.pcap: not a pcap or pcapng file \(magic 0x4e4f5420\)"
     ):
         read_pcap(path, Catalogue.default())
-    write_pcap(path, [(1.0, b"\x00" * 20)], linktype=113)
-    with pytest.raises(InputError, match="link type 113 is not Ethernet"):
+    write_pcap(path, [(1.0, b"\x00" * 20)], linktype=105)
+    refused = (
+        r"link type 105 is not Ethernet \(1\), Linux cooked \(113\) or Linux cooked v2 \(276\)"
+    )
+    with pytest.raises(InputError, match=rf"bad.pcap: {refused}"):
         read_pcap(path, Catalogue.default())
     ng = tmp_path / "bad.pcapng"
     write_pcapng(ng, [(t, f) for t, f, _, _ in frames()])
@@ -271,3 +352,19 @@ def test_dlink_and_edimax_facts(shared_data: Path) -> None:
     assert {"tcp/80", "tcp/443", "udp/5353", "udp/53"} <= services_of("D-LinkSiren")
     assert {"udp/8765", "tcp/8767", "tcp/10000"} <= services_of("EdimaxPlug1101W")
     assert {"udp/80", "udp/5353"} <= services_of("Lightify")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_real_capture_taken_as_linux_cooked_gives_the_same_activity(
+    shared_data: Path, tmp_path: Path, v2: bool
+) -> None:
+    capture = shared_data / "iot-sentinel" / "captures" / "HueBridge" / "Setup-A-1-STA.pcap"
+    original = [(f.timestamp, f.data) for f in read_frames(capture)]
+    path = tmp_path / "any.pcap"
+    write_pcap(path, [(t, cooked(f, v2)) for t, f in original], linktype=276 if v2 else 113)
+    catalogue = Catalogue.default()
+    want, _ = read_pcap(capture, catalogue, 1)
+    got, stats = read_pcap(path, catalogue, 1)
+    assert stats.records == len(original) > 100
+    assert sorted(tuple(r) for r in got.records()) == sorted(tuple(r) for r in want.records())

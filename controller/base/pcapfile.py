@@ -28,6 +28,14 @@ PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LINUX_SLL2 = 276
+LINK_NAMES = {
+    LINKTYPE_ETHERNET: "Ethernet",
+    LINKTYPE_LINUX_SLL: "Linux cooked",
+    LINKTYPE_LINUX_SLL2: "Linux cooked v2",
+}
+ETHERNET_ONLY = frozenset({LINKTYPE_ETHERNET})
 # A file's first four bytes: pcap in either byte order with µs or ns timestamps, or pcapng.
 CAPTURE_MAGICS = frozenset(
     struct.pack(order, magic)
@@ -53,20 +61,33 @@ class CaptureError(InputError):
 
 @dataclass(frozen=True, eq=False)
 class Frames:
-    """A batch of frames inside `data` (the capture plus `PAD` zero bytes): start offset,
-    captured and wire length, timestamp."""
+    """A batch of frames of one link type inside `data` (the capture plus `PAD` zero bytes):
+    start offset, captured and wire length, timestamp."""
 
     data: npt.NDArray[np.uint8]
     offset: I64
     caplen: I64
     wirelen: I64
     time: npt.NDArray[np.float64]
+    link: int = LINKTYPE_ETHERNET
 
     def select(self, keep: npt.NDArray[np.bool_]) -> Frames:
         """The frames where `keep` is True."""
         return Frames(
-            self.data, self.offset[keep], self.caplen[keep], self.wirelen[keep], self.time[keep]
+            self.data,
+            self.offset[keep],
+            self.caplen[keep],
+            self.wirelen[keep],
+            self.time[keep],
+            self.link,
         )
+
+
+def _link_refusal(link: int, accepted: frozenset[int]) -> str:
+    """Why a link type is refused, naming those accepted: "link type 105 is not Ethernet (1)"."""
+    named = [f"{LINK_NAMES.get(t, 'link type')} ({t})" for t in sorted(accepted)]
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " or " + named[-1]
+    return f"link type {link} is not {listed}"
 
 
 @dataclass(frozen=True)
@@ -78,7 +99,7 @@ class PcapFrame:
 
 
 def read_frames(path: Path) -> Iterator[PcapFrame]:
-    """The frames of a pcap or pcapng file one by one, in order (see `frame_batches`)."""
+    """The Ethernet frames of a pcap or pcapng file one by one, in order (see `frame_batches`)."""
     for batch in frame_batches(path, batch_size=4096):
         raw = batch.data
         for start, length, stamp in zip(
@@ -96,14 +117,16 @@ def frame_batches(
     skip_bad: bool = False,
     batch_size: int = BATCH,
     on_skip: Callable[[str, int], None] | None = None,
+    links: frozenset[int] = ETHERNET_ONLY,
 ) -> Iterator[Frames]:
-    """Batches of frames of a pcap or pcapng file, in file order.
+    """Batches of frames of a pcap or pcapng file, in file order, each of one link type of
+    `links` (a capture of another link type is refused; so is such a frame of a pcapng file).
 
     Damage (a truncated or corrupt record) raises `CaptureError` naming the file, the frame and
     its byte offset, after every batch before it has been yielded. With `skip_bad` a classic pcap
     resumes at the next intact record after the damage, a pcapng file ends there; `on_skip`
-    hears of each skip (what and how many bytes were lost), and of every non-Ethernet frame of a
-    pcapng file.
+    hears of each skip (what and how many bytes were lost), and of every pcapng frame of a link
+    type not in `links`.
     """
     skipped = on_skip if on_skip is not None else _ignore
     path = Path(path)
@@ -124,9 +147,11 @@ def frame_batches(
     magic_be = struct.unpack_from(">I", buf, 0)[0]
     try:
         if magic_le == PCAPNG_SHB:
-            yield from _pcapng_frames(path, buf, data, skipped, skip_bad, batch_size)
+            yield from _pcapng_frames(path, buf, data, skipped, skip_bad, batch_size, links)
         elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
-            yield from _pcap_frames(path, buf, data, batch_size, skipped if skip_bad else None)
+            yield from _pcap_frames(
+                path, buf, data, batch_size, skipped if skip_bad else None, links
+            )
         else:
             raise InputError(f"{path}: not a pcap or pcapng file (magic 0x{magic_be:08x})")
     except CaptureError as exc:
@@ -141,6 +166,7 @@ def _pcap_frames(
     data: npt.NDArray[np.uint8],
     batch_size: int,
     skipped: Callable[[str, int], None] | None,
+    links: frozenset[int],
 ) -> Iterator[Frames]:
     """Batches of a classic pcap. With `skipped`, damage is stepped over: reading resumes at the
     next intact record (`_next_record`) and `skipped` hears what was lost and how many bytes."""
@@ -152,8 +178,10 @@ def _pcap_frames(
         order + "IHHiIII", buf, 0
     )
     scale = 1e-6 if magic == PCAP_MAGIC_US else 1e-9
-    if linktype & 0xFFFF != LINKTYPE_ETHERNET:
-        raise InputError(f"{path}: link type {linktype} is not Ethernet (1)")
+    # The upper 16 bits hold the FCS length and flags (pcap-savefile(5)), not the link type.
+    link = linktype & 0xFFFF
+    if link not in links:
+        raise InputError(f"{path}: {_link_refusal(link, links)}")
     limit = max(snaplen, 262144, 65535)
     layout = _RecordLayout(order, limit, 1_000_000 if magic == PCAP_MAGIC_US else 1_000_000_000)
     incl_at = struct.Struct(order + "I").unpack_from
@@ -200,6 +228,7 @@ def _pcap_frames(
                 caplen=fields[:, 2],
                 wirelen=fields[:, 3],
                 time=fields[:, 0].astype(np.float64) + fields[:, 1] * scale,
+                link=link,
             )
         if error is None:
             continue
@@ -300,6 +329,7 @@ def _pcapng_frames(
     skipped: Callable[[str, int], None],
     skip_bad: bool,
     batch_size: int,
+    links: frozenset[int],
 ) -> Iterator[Frames]:
     size = len(buf)
     try:
@@ -311,6 +341,8 @@ def _pcapng_frames(
         caplens: list[int] = []
         wirelens: list[int] = []
         times: list[float] = []
+        # The link type of the frames gathered: a batch holds one, so a change flushes it.
+        gathered = LINKTYPE_ETHERNET
 
         def flush() -> Frames:
             batch = Frames(
@@ -319,6 +351,7 @@ def _pcapng_frames(
                 caplen=np.array(caplens, dtype=np.int64),
                 wirelen=np.array(wirelens, dtype=np.int64),
                 time=np.array(times, dtype=np.float64),
+                link=gathered,
             )
             offsets.clear()
             caplens.clear()
@@ -374,12 +407,15 @@ def _pcapng_frames(
                     raise corrupt(f"captured length {caplen} exceeds its block")
                 linktype, unit, ts_offset, _snap = interfaces[iface]
                 frame += 1
-                if linktype != LINKTYPE_ETHERNET:
-                    message = f"{path}: frame {frame}: link type {linktype} is not Ethernet (1)"
+                if linktype not in links:
+                    message = f"{path}: frame {frame}: {_link_refusal(linktype, links)}"
                     if not skip_bad:
                         raise InputError(message)
                     skipped(message, 0)
                 else:
+                    if linktype != gathered and offsets:
+                        yield flush()
+                    gathered = linktype
                     offsets.append(start)
                     caplens.append(caplen)
                     wirelens.append(wirelen)

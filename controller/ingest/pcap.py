@@ -7,6 +7,13 @@ a TCP/UDP packet without its whole header, and any packet with a parser error, i
 and counts as service 0, as in the switch. Frames shorter than an Ethernet header cannot be
 attributed to a device and are not counted.
 
+Captures taken on Linux's "any" interface (Linux cooked capture, SLL and SLL2) are read too: the
+cooked header of a frame from an Ethernet interface stands for the Ethernet header it replaced,
+whose source MAC it keeps (the destination is unknown, and unused: a packet counts for its
+sender). Such a frame's bytes are those of that Ethernet frame (the wire length less the cooked
+header, plus 14), and a frame of any other interface (loopback, tunnels) names no device and is
+not counted.
+
 Each packet counts for its source MAC in the unit of its timestamp, with its original (wire)
 length as bytes. Record headers are walked with one `struct` read per frame; every header field
 is then read for a whole batch of frames at once with numpy.
@@ -15,13 +22,22 @@ is then read for a whole batch of frames at once with numpy.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.pcapfile import BATCH, Frames, frame_batches, window
+from controller.base.pcapfile import (
+    BATCH,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    Frames,
+    frame_batches,
+    window,
+)
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.engine.services import ICMP, ICMPV6, TCP, UDP
@@ -51,7 +67,7 @@ def read_pcap(
     counted in the returned statistics. `ports`, when given, also collects service-port usage.
     """
     stats = IngestStats()
-    frames = frame_batches(path, skip_bad_records, batch_size, on_skip=stats.skip)
+    frames = frame_batches(path, skip_bad_records, batch_size, on_skip=stats.skip, links=LINKS)
     batches = _packet_batches(path, frames, stats, skip_bad_records)
     return batches_to_activity(batches, catalogue, unit_seconds, devices, ports), stats
 
@@ -74,24 +90,66 @@ def _packet_batches(
         yield parse_frames(batch)
 
 
+@dataclass(frozen=True)
+class _Cooked:
+    """Where a Linux cooked header keeps what an Ethernet header would: the EtherType, the
+    sender's address, the interface's ARPHRD type and address length (`wide_length`: 2 bytes,
+    else 1); `header` is its length."""
+
+    header: int
+    ethertype_at: int
+    address_at: int
+    hatype_at: int
+    halen_at: int
+    wide_length: bool
+
+
+_COOKED = {
+    LINKTYPE_LINUX_SLL: _Cooked(16, 14, 6, 2, 4, True),
+    LINKTYPE_LINUX_SLL2: _Cooked(20, 0, 12, 8, 11, False),
+}
+LINKS = frozenset({LINKTYPE_ETHERNET, *_COOKED})
+"""Link types read: Ethernet and Linux cooked capture (SLL, SLL2)."""
+ARPHRD_ETHER = 1
+
+
 def parse_frames(frames: Frames) -> FlowBatch:
-    """Parse the headers of a batch of Ethernet frames as the switch does (one packet each)."""
+    """Parse the headers of a batch of Ethernet (or Linux cooked) frames as the switch does (one
+    packet each)."""
     data = frames.data
-    eth = frames.caplen >= 14
+    cooked = _COOKED.get(frames.link)
+    header = 14 if cooked is None else cooked.header
+    eth = frames.caplen >= header
+    if cooked is not None:
+        hatype = _u16(data, frames.offset + cooked.hatype_at)
+        halen = (
+            _u16(data, frames.offset + cooked.halen_at)
+            if cooked.wide_length
+            else window(data, 1, frames.offset + cooked.halen_at)[:, 0].astype(np.int64)
+        )
+        eth &= (hatype == ARPHRD_ETHER) & (halen == 6)
     off = frames.offset[eth]
     cap = frames.caplen[eth]
     # Three gathers per frame, each a fixed window read through a strided view (no index
     # arrays): Ethernet + VLAN, the IP header's fixed fields, the L4 ports. Windows may run past
     # a short frame; what they read there is masked by the length checks below.
-    head = window(data, 24, off).view(">u8")
-    dst_mac = head[:, 0] >> np.uint64(16)
-    src_mac = ((head[:, 0] & np.uint64(0xFFFF)) << np.uint64(32)) | (head[:, 1] >> np.uint64(32))
-    ethertype = ((head[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
+    if cooked is None:
+        head = window(data, 24, off).view(">u8")
+        dst_mac = head[:, 0] >> np.uint64(16)
+        src_mac = ((head[:, 0] & np.uint64(0xFFFF)) << np.uint64(32)) | (
+            head[:, 1] >> np.uint64(32)
+        )
+        ethertype = ((head[:, 1] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
+        inner_type = (head[:, 2] >> np.uint64(48)).astype(np.int64)
+    else:
+        dst_mac = np.zeros(len(off), dtype=np.uint64)
+        src_mac = window(data, 8, off + cooked.address_at).view(">u8")[:, 0] >> np.uint64(16)
+        ethertype = _u16(data, off + cooked.ethertype_at)
+        inner_type = _u16(data, off + header + 2)
     vlan = ethertype == 0x8100
-    error = vlan & (cap < 18)
-    inner_type = (head[:, 2] >> np.uint64(48)).astype(np.int64)
+    error = vlan & (cap < header + 4)
     ethertype = np.where(vlan, inner_type, ethertype)
-    l3 = np.where(vlan, 18, 14)
+    l3 = np.where(vlan, header + 4, header)
 
     ip = window(data, 10, off + l3).astype(np.int64)
     is4 = ~error & (ethertype == 0x0800)
@@ -141,6 +199,12 @@ def parse_frames(frames: Frames) -> FlowBatch:
         sport=sport,
         dport=dport,
         packets=np.ones(len(off), dtype=np.int64),
-        bytes=frames.wirelen[eth],
+        bytes=frames.wirelen[eth] - (header - 14),
         l4_valid=l4_valid,
     )
+
+
+def _u16(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The big-endian 16-bit number at each position of `at`."""
+    found: npt.NDArray[np.int64] = window(data, 2, at).view(">u2")[:, 0].astype(np.int64)
+    return found
