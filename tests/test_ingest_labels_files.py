@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,12 @@ def test_detect_and_expand(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "a.pcap") == "pcap"
     assert detect_format(tmp_path / "f.csv") == "ipfix-csv"
     assert detect_format(tmp_path / "x.ipfix") == "ipfix"
+    # A pcapng file's magic begins with a newline byte; big-endian files read 0a 0d 0d 0a too.
+    for order in ("<", ">"):
+        shb = struct.pack(order + "IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1, 28)
+        (tmp_path / "c.pcapng").write_bytes(shb)
+        assert detect_format(tmp_path / "c.pcapng") == "pcap"
+    (tmp_path / "c.pcapng").unlink()
     with pytest.raises(InputError, match="cannot tell the format"):
         detect_format(tmp_path / "junk.bin")
     assert [p.name for p in expand_paths([tmp_path])] == ["a.pcap", "f.csv", "x.ipfix"]

@@ -313,6 +313,35 @@ def test_bad_files(tmp_path: Path) -> None:
         read_pcap(tmp_path / "absent.pcap", Catalogue.default())
 
 
+def test_pcapng_blocks_too_short_for_their_fields(tmp_path: Path) -> None:
+    items = frames()
+    good = tmp_path / "good.pcapng"
+    write_pcapng(good, [(t, f) for t, f, _, _ in items])
+    end = len(good.read_bytes())
+    short = tmp_path / "short.pcapng"
+    # An enhanced packet block of 12 bytes: a valid length and trailer, but no packet header.
+    short.write_bytes(good.read_bytes() + struct.pack("<III", 6, 12, 12))
+    with pytest.raises(
+        InputError,
+        match=rf"short.pcapng: block at offset {end} \(after frame 16\): block of type 6 is too "
+        r"short \(12 bytes\)",
+    ):
+        read_pcap(short, Catalogue.default())
+    table, stats = read_pcap(short, Catalogue.default(), 60, skip_bad_records=True)
+    assert sorted(tuple(r) for r in table.records()) == expected_activity(items)
+    assert stats.skipped == 1
+    # An interface option whose value runs past its block.
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 14, 8) + b"\x00" * 4)
+    (tmp_path / "option.pcapng").write_bytes(shb + idb)
+    with pytest.raises(
+        InputError,
+        match=r"option.pcapng: block at offset 28 \(after frame 0\): "
+        r"interface description: option 14 of 8 bytes runs past the block",
+    ):
+        read_pcap(tmp_path / "option.pcapng", Catalogue.default())
+
+
 @pytest.mark.data
 def test_hue_bridge_services_match_the_data_set_facts(shared_data: Path) -> None:
     folder = shared_data / "iot-sentinel" / "captures" / "HueBridge"

@@ -46,6 +46,9 @@ BATCH = 1 << 18
 # Zero bytes after the file's contents: header windows of a frame at the very end still fit.
 PAD = 128
 _GLOBAL = struct.Struct("IHHiIII")
+# Block lengths (header and trailer included) below which a pcapng block cannot hold its fixed
+# fields: interface description, enhanced packet, simple packet.
+_SHORTEST_BLOCK = {1: 20, 6: 32, 3: 16}
 
 I64 = npt.NDArray[np.int64]
 
@@ -384,9 +387,14 @@ def _pcapng_frames(
             if trailer != length:
                 raise corrupt(f"block length {length} does not match its trailer {trailer}")
             body = pos + 8
+            if length < _SHORTEST_BLOCK.get(block_type, 12):
+                raise corrupt(f"block of type {block_type} is too short ({length} bytes)")
             if block_type == 1:  # interface description
                 linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", buf, body)
-                unit, ts_offset = _interface_options(buf, order, body + 8, pos + length - 4)
+                try:
+                    unit, ts_offset = _interface_options(buf, order, body + 8, pos + length - 4)
+                except ValueError as exc:
+                    raise corrupt(f"interface description: {exc}") from None
                 interfaces.append((linktype, unit, ts_offset, snaplen))
             elif block_type in (6, 3):  # enhanced / simple packet
                 if block_type == 6:
@@ -432,7 +440,8 @@ def _pcapng_frames(
 
 
 def _interface_options(buf: memoryview, order: str, pos: int, end: int) -> tuple[float, int]:
-    """Timestamp unit (seconds per tick) and offset (seconds) from IDB options."""
+    """Timestamp unit (seconds per tick) and offset (seconds) from IDB options; ValueError when
+    an option runs past the block."""
     unit = 1e-6
     offset = 0
     while pos + 4 <= end:
@@ -440,6 +449,8 @@ def _interface_options(buf: memoryview, order: str, pos: int, end: int) -> tuple
         if code == 0:
             break
         value = pos + 4
+        if value + length > end:
+            raise ValueError(f"option {code} of {length} bytes runs past the block")
         if code == 9 and length >= 1:
             resolution = buf[value]
             unit = 2.0 ** -(resolution & 0x7F) if resolution & 0x80 else 10.0**-resolution

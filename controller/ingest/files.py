@@ -98,10 +98,12 @@ def detect_format(path: Path) -> Format:
     header line tells MUDgee flows from IPFIX records)."""
     try:
         with Path(path).open("rb") as handle:
-            first_line = handle.readline(4096)
+            start = handle.read(4096)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    head = first_line[:4]
+    # The magic first: a pcapng file begins with a newline byte (0x0a0d0d0a).
+    head = start[:4]
+    first_line = start.split(b"\n", 1)[0]
     if head in CAPTURE_MAGICS:
         return "pcap"
     if head[:2] in (b"\x00\x0a", b"\x00\x09"):
