@@ -163,6 +163,37 @@ def test_corrupt_set_length_and_truncation(tmp_path: Path) -> None:
         read_ipfix(path, Catalogue.default())
 
 
+def test_fields_wider_than_their_type_and_a_missing_length_byte(tmp_path: Path) -> None:
+    # Template 400: start ms, a 16-byte source MAC, proto, 8-byte ports, packets.
+    wide = [field(152, 8), field(56, 16), field(4, 1), field(7, 8), field(11, 8), field(2, 8)]
+    template = ipfix_set(2, struct.pack(">HH", 400, len(wide)) + b"".join(wide))
+    ok = struct.pack(">Q16sBQQQ", T0 * 1000, bytes(10) + MAC_A, 17, 5353, 5353, 3)
+    huge_mac = struct.pack(">Q16sBQQQ", T0 * 1000, b"\xff" * 16, 6, 1, 443, 1)
+    huge_port = struct.pack(">Q16sBQQQ", T0 * 1000, bytes(10) + MAC_A, 6, 1 << 40, 443, 1)
+    path = tmp_path / "wide.ipfix"
+    path.write_bytes(message([template, ipfix_set(400, ok + huge_mac + huge_port)]))
+    with pytest.raises(
+        InputError,
+        match=r"wide.ipfix: flow record 2: source MAC address 0xf{32} is wider than its field "
+        r"allows \(at most 0xf{12}\)",
+    ):
+        read_ipfix(path, Catalogue.default())
+    table, stats = read_ipfix(path, Catalogue.default(), 3600, skip_bad_records=True)
+    assert [(r.device, r.service, r.packets) for r in table.records()] == [(A, "udp/5353", 3)]
+    assert stats.records == 3 and stats.skipped == 2
+    assert "flow record 3: source port 0x10000000000 is wider" in stats.problems[1]
+    # Two variable-length fields: the record's first one fills the set, the second's length
+    # byte lies past its end.
+    varying = [field(152, 8), field(56, 6), field(82, 65535), field(83, 65535)]
+    template = ipfix_set(2, struct.pack(">HH", 401, len(varying)) + b"".join(varying))
+    cut = struct.pack(">Q6sBc", T0 * 1000, MAC_A, 1, b"e")
+    path.write_bytes(message([template, ipfix_set(401, cut)]))
+    with pytest.raises(
+        InputError, match=r"message 1 at offset 0: variable-length field runs past its set"
+    ):
+        read_ipfix(path, Catalogue.default())
+
+
 def _softflowd(pcap: Path, tmp_path: Path, args: list[str], expect_packets: int) -> bytes:
     """Export `pcap` with softflowd to a UDP socket on loopback; the datagrams, concatenated."""
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -59,6 +59,25 @@ SYSTEM_INIT_MILLIS = 160
 Field = tuple[int, int, int]  # (element id, enterprise number or 0, length)
 
 
+# What each flow key holds at most: a record encoding more in a field (a 16-byte MAC address,
+# an 8-byte port) is damaged, whatever its template says.
+_KEY_LIMITS = (
+    ("source MAC address", (1 << 48) - 1),
+    ("destination MAC address", (1 << 48) - 1),
+    ("protocol", 255),
+    ("source port", 65535),
+    ("destination port", 65535),
+)
+
+
+def _too_wide(keys: tuple[int, ...]) -> str | None:
+    """Why a record's MAC addresses, protocol and ports cannot be real, or None when they can."""
+    for (what, limit), value in zip(_KEY_LIMITS, keys, strict=True):
+        if value > limit:
+            return f"{what} {value:#x} is wider than its field allows (at most {limit:#x})"
+    return None
+
+
 class _Corrupt(Exception):
     """A structural error inside one message."""
 
@@ -381,6 +400,8 @@ class _Decoder:
             values: list[object] = []
             for _ie, _pen, length in template.fields:
                 if length == VARIABLE:
+                    if pos >= len(body):
+                        raise _Corrupt(f"variable-length field runs past its set at {at}")
                     length = body[pos]
                     pos += 1
                     if length == 255:
@@ -431,8 +452,15 @@ class _Decoder:
                 ("reverse packet count", count(rev_packets, 0, row)),
                 ("reverse octet count", count(rev_octets, 0, row)),
             )
+            keys = (
+                count(src, 0, row),
+                count(dst, 0, row),
+                count(proto, -1, row),
+                count(sport, 0, row),
+                count(dport, 0, row),
+            )
             begins = start(row)
-            why = implausible(begins, values)
+            why = implausible(begins, values) or _too_wide(keys)
             if why is not None:
                 problem = f"{self.path}: flow record {self.stats.records}: {why}"
                 if not self.skip_bad:
@@ -440,11 +468,11 @@ class _Decoder:
                 self.stats.skip(problem)
                 continue
             cols.start.append(begins)
-            cols.src.append(int(_number(row[src])))
-            cols.dst.append(count(dst, 0, row))
-            cols.proto.append(count(proto, -1, row))
-            cols.sport.append(count(sport, 0, row))
-            cols.dport.append(count(dport, 0, row))
+            cols.src.append(keys[0])
+            cols.dst.append(keys[1])
+            cols.proto.append(keys[2])
+            cols.sport.append(keys[3])
+            cols.dport.append(keys[4])
             cols.packets.append(values[0][1])
             cols.octets.append(values[1][1])
             cols.rev_packets.append(values[2][1])
