@@ -168,6 +168,36 @@ def test_csv_round_trip_and_errors(tmp_path: Path) -> None:
         ActivityTable.from_csv(tmp_path / "absent.csv")
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("x,-3,60,tcp/1,1,5", r"line 3: unit -3 of 60 s does not start between 1970 and 2100"),
+        (
+            "x,99999999999999999999,60,tcp/1,1,5",
+            r"line 3: unit 99999999999999999999 of 60 s does not start between 1970 and 2100",
+        ),
+        ("x,68400001,60,tcp/1,1,5", r"line 3: unit 68400001 of 60 s does not start between"),
+        ("x,2,60,tcp/1,1,99999999999999999999", r"line 3: packet or byte count out of range"),
+        ("x,2,0,tcp/1,1,5", r"line 2: unit_seconds must be a positive number of seconds, got 0"),
+    ],
+)
+def test_csv_rows_that_cannot_be_measurements(tmp_path: Path, row: str, message: str) -> None:
+    bad = tmp_path / "bad.csv"
+    first = "y,1,60,tcp/1,1,5" if ",0,tcp" not in row else row
+    bad.write_text(f"device,unit,unit_seconds,service,packets,bytes\n{first}\n{row}\n")
+    with pytest.raises(InputError, match=rf"bad.csv: {message}"):
+        ActivityTable.from_csv(bad)
+
+
+def test_csv_that_is_not_text(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"device,unit,service,packets,bytes\n\x8e\xff\x00,1,tcp/1,1,5\n")
+    with pytest.raises(
+        InputError, match=r"bad.csv: cannot read activity file: not UTF-8 text \(byte 0x8e\)"
+    ):
+        ActivityTable.from_csv(bad, unit_seconds=60)
+
+
 def test_csv_with_mixed_units_and_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "mixed.csv"
     path.write_text(

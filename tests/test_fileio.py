@@ -65,3 +65,10 @@ def test_json_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_json(path, "items")
     with pytest.raises(InputError, match=r"missing\.json: cannot read settings: No such file"):
         read_json(tmp_path / "missing.json", "settings")
+    path.write_bytes(b'{"items": "caf\xe9"}')  # Latin-1, not UTF-8
+    with pytest.raises(
+        InputError, match=r"doc\.json: cannot read items: not UTF-8 text \(byte 0xe9 at offset 14\)"
+    ):
+        read_json(path, "items")
+    with pytest.raises(InputError, match=r": cannot read settings: Is a directory"):
+        read_json(tmp_path, "settings")

@@ -57,6 +57,19 @@ def test_label_csv(tmp_path: Path) -> None:
     path.write_text("aa:bb:cc:dd:ee:01\n")
     with pytest.raises(InputError, match=r"line 1: expected 'mac,label'"):
         Labels.load(path)
+    # Saved with a byte-order mark and no header: the first row is a label, not a header.
+    path.write_bytes(b"\xef\xbb\xbfaa:bb:cc:dd:ee:01,camera\r\naa:bb:cc:dd:ee:02,plug\r\n")
+    assert Labels.load(path).by_mac == {A: "camera", B: "plug"}
+    path.write_bytes(b"aa:bb:cc:dd:ee:01,cam\xe9ra\n")  # Latin-1
+    with pytest.raises(
+        InputError, match=r"labels.csv: cannot read labels: not UTF-8 text \(byte 0xe9\)"
+    ):
+        Labels.load(path)
+    (tmp_path / "Cam" / "_iotdevice-mac.txt").mkdir(parents=True)
+    with pytest.raises(
+        InputError, match=r"Cam/_iotdevice-mac.txt: cannot read the device's MAC: Is a directory"
+    ):
+        Labels.load(tmp_path)
 
 
 def test_label_directory_labels_shared_macs_per_capture(tmp_path: Path) -> None:

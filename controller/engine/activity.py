@@ -50,6 +50,21 @@ def encode(values: Sequence[str] | npt.NDArray[np.str_]) -> tuple[tuple[str, ...
     return tuple(str(v) for v in vocabulary), codes.astype(np.int32).reshape(-1)
 
 
+# Units are times: a unit that starts before 1970 or after 2100 is damage, not a measurement.
+MAX_EPOCH_SECONDS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+# Packets and bytes of one row, at most: sums of such rows stay far inside 64 bits.
+MAX_ROW_COUNT = 1 << 56
+
+
+def implausible_row(unit: int, packets: int, octets: int, unit_seconds: float) -> str | None:
+    """Why a row's unit or counts cannot be real, or None when they can."""
+    if not 0 <= unit * unit_seconds < MAX_EPOCH_SECONDS:
+        return f"unit {unit} of {unit_seconds:g} s does not start between 1970 and 2100"
+    if not (0 <= packets <= MAX_ROW_COUNT and 0 <= octets <= MAX_ROW_COUNT):
+        return f"packet or byte count out of range (0..2^56): {packets}, {octets}"
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class ActivityTable:
     """Columnar per-unit activity; build it with `from_records`, `from_arrays` or `empty`.
@@ -362,54 +377,75 @@ class ActivityTable:
             handle = path.open(newline="", encoding="utf-8")
         except OSError as exc:
             raise InputError(f"{path}: cannot read activity file: {exc.strerror}") from exc
-        with handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise InputError(f"{path}: empty file, expected a header {','.join(CSV_COLUMNS)}")
-            header = [h.strip() for h in header]
-            required = [c for c in CSV_COLUMNS if c != "unit_seconds"]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
-            if "unit_seconds" not in header and unit_seconds is None:
-                raise InputError(f"{path}: line 1: no unit_seconds column and none given")
-            fast = _from_csv_arrow(path, header, unit_seconds)
-            if fast is not None:
-                return fast
-            index = {c: header.index(c) for c in CSV_COLUMNS if c in header}
-            devices: dict[str, int] = {}
-            services: dict[str, int] = {}
-            cols: list[list[int]] = [[], [], [], [], []]
-            seen_seconds: float | None = unit_seconds
-            for line_no, row in enumerate(reader, start=2):
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(header):
-                    raise InputError(
-                        f"{path}: line {line_no}: {len(row)} fields, expected {len(header)}"
-                    )
-                try:
-                    values = [int(row[index[c]]) for c in ("unit", "packets", "bytes")]
-                    if "unit_seconds" in index:
-                        row_seconds = float(row[index["unit_seconds"]])
-                except ValueError as exc:
-                    raise InputError(f"{path}: line {line_no}: not a number: {exc}") from exc
+        try:
+            with handle:
+                return cls._read_csv(path, csv.reader(handle), unit_seconds)
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path}: cannot read activity file: not UTF-8 text "
+                f"(byte 0x{exc.object[exc.start]:02x})"
+            ) from None
+
+    @classmethod
+    def _read_csv(
+        cls, path: Path, reader: Iterator[list[str]], unit_seconds: float | None
+    ) -> ActivityTable:
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: empty file, expected a header {','.join(CSV_COLUMNS)}")
+        header = [h.strip() for h in header]
+        required = [c for c in CSV_COLUMNS if c != "unit_seconds"]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
+        if "unit_seconds" not in header and unit_seconds is None:
+            raise InputError(f"{path}: line 1: no unit_seconds column and none given")
+        fast = _from_csv_arrow(path, header, unit_seconds)
+        if fast is not None:
+            return fast
+        index = {c: header.index(c) for c in CSV_COLUMNS if c in header}
+        devices: dict[str, int] = {}
+        services: dict[str, int] = {}
+        cols: list[list[int]] = [[], [], [], [], []]
+        seen_seconds: float | None = unit_seconds
+        for line_no, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise InputError(
+                    f"{path}: line {line_no}: {len(row)} fields, expected {len(header)}"
+                )
+            try:
+                values = [int(row[index[c]]) for c in ("unit", "packets", "bytes")]
                 if "unit_seconds" in index:
-                    if seen_seconds is None:
-                        seen_seconds = row_seconds
-                    elif not math.isclose(row_seconds, seen_seconds):
+                    row_seconds = float(row[index["unit_seconds"]])
+            except ValueError as exc:
+                raise InputError(f"{path}: line {line_no}: not a number: {exc}") from exc
+            if "unit_seconds" in index:
+                if seen_seconds is None:
+                    if not (math.isfinite(row_seconds) and row_seconds > 0):
                         raise InputError(
-                            f"{path}: line {line_no}: unit_seconds {row_seconds} differs from "
-                            f"{seen_seconds}"
+                            f"{path}: line {line_no}: unit_seconds must be a positive number of "
+                            f"seconds, got {row_seconds}"
                         )
-                if values[1] < 0 or values[2] < 0:
-                    raise InputError(f"{path}: line {line_no}: negative packet or byte count")
-                cols[0].append(devices.setdefault(row[index["device"]].strip(), len(devices)))
-                cols[1].append(values[0])
-                cols[2].append(services.setdefault(row[index["service"]].strip(), len(services)))
-                cols[3].append(values[1])
-                cols[4].append(values[2])
+                    seen_seconds = row_seconds
+                elif not math.isclose(row_seconds, seen_seconds):
+                    raise InputError(
+                        f"{path}: line {line_no}: unit_seconds {row_seconds} differs from "
+                        f"{seen_seconds}"
+                    )
+            if values[1] < 0 or values[2] < 0:
+                raise InputError(f"{path}: line {line_no}: negative packet or byte count")
+            # Set by now: from the argument, or from the first row's column (checked above).
+            length = seen_seconds if seen_seconds is not None else unit_seconds or 3600.0
+            why = implausible_row(values[0], values[1], values[2], length)
+            if why is not None:
+                raise InputError(f"{path}: line {line_no}: {why}")
+            cols[0].append(devices.setdefault(row[index["device"]].strip(), len(devices)))
+            cols[1].append(values[0])
+            cols[2].append(services.setdefault(row[index["service"]].strip(), len(services)))
+            cols[3].append(values[1])
+            cols[4].append(values[2])
         return cls.from_arrays(
             devices=tuple(devices),
             services=tuple(services),
@@ -450,11 +486,16 @@ def _from_csv_arrow(
         lo, hi = pc.min(column).as_py(), pc.max(column).as_py()
         if lo != hi or (seconds is not None and not math.isclose(lo, seconds)):
             return None
+        if not (math.isfinite(lo) and lo > 0):
+            return None
         seconds = lo
-    if table.num_rows and (
-        pc.min(table.column("packets")).as_py() < 0 or pc.min(table.column("bytes")).as_py() < 0
-    ):
-        return None
+    if table.num_rows:
+        # The row that does not hold is named by the line reader.
+        top = [pc.max(table.column(c)).as_py() for c in ("unit", "packets", "bytes")]
+        low = [pc.min(table.column(c)).as_py() for c in ("unit", "packets", "bytes")]
+        unit = seconds if seconds is not None else 3600.0
+        if any(implausible_row(row[0], row[1], row[2], unit) for row in (low, top)):
+            return None
 
     def vocabulary(name: str) -> tuple[tuple[str, ...], npt.NDArray[np.int32]]:
         encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(table.column(name)))

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.macs import macs_to_keys
-from controller.engine.activity import ActivityTable, units_of
+from controller.engine.activity import MAX_EPOCH_SECONDS, ActivityTable, units_of
 from controller.engine.catalogue import Catalogue
 from controller.engine.learned import FlowCells, PortUsage
 
@@ -27,8 +27,8 @@ I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 
 # A record outside these bounds is not a measurement but damage or garbage: its unit would be
-# meaningless (a 1e30 s start time) or its counts would overflow the activity's 64-bit sums.
-MAX_EPOCH_SECONDS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+# meaningless (a 1e30 s start time, see `MAX_EPOCH_SECONDS`) or its counts would overflow the
+# activity's 64-bit sums.
 MAX_COUNT = 1 << 48
 
 

@@ -101,41 +101,53 @@ class Labels:
         if path.is_dir():
             return cls._load_directory(path)
         try:
-            handle = path.open(newline="", encoding="utf-8")
+            handle = path.open(newline="", encoding="utf-8-sig")
         except OSError as exc:
             raise InputError(f"{path}: cannot read labels: {exc.strerror}") from exc
-        found: dict[str, str] = {}
-        with handle:
-            for line_no, row in enumerate(csv.reader(handle), start=1):
-                if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < 2:
-                    raise InputError(f"{path}: line {line_no}: expected 'mac,label'")
-                mac, label = row[0].strip(), row[1].strip()
-                try:
-                    key = mac_key(mac)
-                except NotAMac:
-                    if line_no == 1:
-                        continue  # a header row
-                    raise InputError(
-                        f"{path}: line {line_no}: not a MAC address: {mac!r}"
-                    ) from None
-                if not label:
-                    raise InputError(f"{path}: line {line_no}: empty label for {key}")
-                if key in found and found[key] != label:
-                    raise InputError(
-                        f"{path}: line {line_no}: {key} already labelled {found[key]!r}"
-                    )
-                found[key] = label
+        try:
+            with handle:
+                found = cls._read_rows(path, csv.reader(handle))
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path}: cannot read labels: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+            ) from None
         if not found:
             raise InputError(f"{path}: no labels found")
         return cls(found, str(path))
+
+    @staticmethod
+    def _read_rows(path: Path, rows: Iterable[list[str]]) -> dict[str, str]:
+        """MAC → label from the rows of a labels CSV (an optional header row, # comments)."""
+        found: dict[str, str] = {}
+        for line_no, row in enumerate(rows, start=1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 2:
+                raise InputError(f"{path}: line {line_no}: expected 'mac,label'")
+            mac, label = row[0].strip(), row[1].strip()
+            try:
+                key = mac_key(mac)
+            except NotAMac:
+                if line_no == 1:
+                    continue  # a header row
+                raise InputError(f"{path}: line {line_no}: not a MAC address: {mac!r}") from None
+            if not label:
+                raise InputError(f"{path}: line {line_no}: empty label for {key}")
+            if key in found and found[key] != label:
+                raise InputError(f"{path}: line {line_no}: {key} already labelled {found[key]!r}")
+            found[key] = label
+        return found
 
     @classmethod
     def _load_directory(cls, root: Path) -> Labels:
         folders: dict[Path, tuple[str, str]] = {}
         for mac_file in sorted(root.rglob(MAC_FILE)):
-            text = mac_file.read_text(encoding="utf-8", errors="replace").strip()
+            try:
+                text = mac_file.read_text(encoding="utf-8", errors="replace").strip()
+            except OSError as exc:
+                raise InputError(
+                    f"{mac_file}: cannot read the device's MAC: {exc.strerror}"
+                ) from exc
             try:
                 key = mac_key(text.split()[0] if text else "")
             except NotAMac as exc:
