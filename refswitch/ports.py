@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError, SvcfpError
 from controller.base.pcapfile import PcapWriter, read_frames
 from refswitch.pipeline import DROP_PORT
@@ -40,7 +41,7 @@ _POLL_SECONDS = 0.2
 def parse_binding(text: str, flag: str) -> tuple[int, str]:
     """'N@name' → (N, name), as simple_switch's `-i` takes it."""
     number, sep, name = text.partition("@")
-    if not sep or not name or not number.isdigit():
+    if not sep or not name or not is_decimal(number):
         raise InputError(f"{flag} {text!r}: expected PORT@NAME, e.g. 0@veth0")
     port = int(number)
     if port >= DROP_PORT:

@@ -175,6 +175,8 @@ def test_default_catalogue_covers_iot_services() -> None:
         ([{"proto": "tcp", "ports": "70000"}], r"service 1: port range 70000-70000"),
         ([{"proto": "tcp", "ports": "9-3"}], r"port range 9-3"),
         ([{"proto": "tcp", "ports": "http"}], r"service 1: ports must be"),
+        ([{"proto": "tcp", "ports": "²"}], r"service 1: ports must be"),
+        ([{"proto": "tcp", "ports": "1-¹⁷"}], r"service 1: ports must be"),
         ([{"ports": "80"}], r"service 1: missing field 'proto'"),
         ([{"proto": "xyz"}], r"unknown protocol 'xyz'"),
         ([{"proto": 300}], r"outside 0..255"),

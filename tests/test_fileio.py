@@ -72,3 +72,21 @@ def test_json_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_json(path, "items")
     with pytest.raises(InputError, match=r": cannot read settings: Is a directory"):
         read_json(tmp_path, "settings")
+
+
+def test_writes_where_no_file_can_go_are_named_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("kept")
+    with pytest.raises(InputError, match=r"taken: cannot write a file there: it is a directory"):
+        write_text_atomically(folder, "new")
+    assert (folder / "inside.txt").read_text() == "kept"
+    with pytest.raises(
+        InputError, match=r"missing/out.txt: cannot write: No such file or directory \(.*missing\)"
+    ):
+        write_text_atomically(tmp_path / "missing" / "out.txt", "new")
+    assert _leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    nested = tmp_path / "deep.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match=r"deep.json: JSON nested too deeply to read"):
+        read_json(nested, "items")

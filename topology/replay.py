@@ -16,6 +16,7 @@ from typing import Any
 
 import dpkt
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import replace_atomically
 from controller.base.macs import NotAMac, mac_bytes
@@ -135,6 +136,6 @@ def _sent(output: str, default: int) -> int:
     # tcpreplay reports "Actual: N packets (...)"; without that line assume all were sent.
     for line in output.splitlines():
         words = line.split()
-        if len(words) > 1 and words[0] == "Actual:" and words[1].isdigit():
+        if len(words) > 1 and words[0] == "Actual:" and is_decimal(words[1]):
             return int(words[1])
     return default

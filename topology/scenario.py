@@ -15,6 +15,7 @@ from pathlib import Path
 import networkx as nx
 
 import p4src
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import ExporterConfig, export_fingerprints
@@ -64,7 +65,7 @@ class BehaviourChange:
         """`HOST=TYPE@UNIT`, e.g. `d2=hub@30`."""
         host, _, rest = text.partition("=")
         profile, _, unit = rest.partition("@")
-        if not (host and profile and unit.isdigit()):
+        if not (host and profile and is_decimal(unit)):
             raise InputError(f"--change {text!r}: expected HOST=TYPE@UNIT, e.g. d2=hub@30")
         return cls(host.strip(), profile.strip(), int(unit))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import networkx as nx
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError, SvcfpError
 from controller.base.fileio import open_atomically
 from controller.control.config import RunConfig, SwitchSpec
@@ -63,7 +64,7 @@ class TestbedConfig:
 
 def _grpc_port(addr: str) -> int:
     host, _, port = addr.rpartition(":")
-    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+    if host not in ("127.0.0.1", "localhost") or not is_decimal(port):
         raise InputError(f"--grpc-addr {addr!r}: the testbed's switch listens on 127.0.0.1:PORT")
     return int(port)
 

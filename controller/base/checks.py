@@ -1,5 +1,5 @@
 """The values of the conventional P4Runtime flags, checked one way for the controller and the
-reference switch: a gRPC address, a device id, a switch port.
+reference switch: a gRPC address, a device id, a switch port; and what a number in text is.
 
 Each check returns the value or raises InputError naming the flag and the value, so `svcfp run`
 and `svcfp switch` refuse the same input with the same words (exit status 2).
@@ -16,6 +16,13 @@ from controller.base.errors import InputError
 PORT_LIMIT = 1 << dict(contract.ACTIONS[contract.FORWARD])[contract.PORT]
 UINT64_LIMIT = 2**64
 _PORT_DIGITS = re.compile(r"[0-9]{1,5}")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def is_decimal(text: str) -> bool:
+    """Whether `text` is a non-negative whole number written in ASCII digits (`str.isdigit` also
+    takes "²" and other digits `int` refuses)."""
+    return _DIGITS.fullmatch(text) is not None
 
 
 def check_grpc_addr(addr: str, flag: str = "--grpc-addr", *, listen: bool = False) -> str:

@@ -33,6 +33,8 @@ def parse_json(text: str, source: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}: line {exc.lineno}: not JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(f"{source}: JSON nested too deeply to read") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -44,7 +46,12 @@ def read_json(path: Path, what: str) -> Any:
 def _replacing(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`, renamed over it when the block ends without error."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise InputError(f"{path}: cannot write a file there: it is a directory")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror} ({path.parent})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -53,7 +60,10 @@ def _replacing(path: Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)
-        tmp.replace(path)
+        try:
+            tmp.replace(path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write: {exc.strerror}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

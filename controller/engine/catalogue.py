@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.fileio import listed, parse_json, read_text, write_text_atomically
 from controller.engine.lookup import ServiceLookup
@@ -226,7 +227,7 @@ def _parse_proto(value: object, where: str) -> int | None:
             return None
         if text in PROTOCOL_NUMBERS:
             return PROTOCOL_NUMBERS[text]
-        if not text.isdigit():
+        if not is_decimal(text):
             raise InputError(f"{where}: unknown protocol {value!r}")
         number = int(text)
     else:
@@ -243,7 +244,7 @@ def _parse_ports(value: object, where: str) -> tuple[int, int]:
         lo = hi = value
     elif isinstance(value, str):
         parts = value.strip().split("-")
-        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        if len(parts) not in (1, 2) or not all(is_decimal(p.strip()) for p in parts):
             raise InputError(f"{where}: ports must be 'N' or 'LO-HI', got {value!r}")
         lo, hi = int(parts[0]), int(parts[-1])
     else:

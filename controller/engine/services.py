@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.base.checks import is_decimal
+
 # MAX_SERVICES of the default build of p4src/fingerprint.p4. The engine has no P4Info, so this is
 # only the default limit: a controller passes its switch's MAX_SERVICES (from the P4Info's
 # @svcfp_contract) and checks the catalogue against it.
@@ -92,11 +94,11 @@ def parse_service(name: str) -> tuple[int, int, int]:
     if text == "icmpv6":
         return ICMPV6, 0, 0
     label, _, ports = text.partition("/")
-    if label == "ip" and ports.isdigit() and int(ports) <= 255:
+    if label == "ip" and is_decimal(ports) and int(ports) <= 255:
         return int(ports), 0, 0
     if label in ("tcp", "udp") and ports:
         lo_text, _, hi_text = ports.partition("-")
         hi_text = hi_text or lo_text
-        if lo_text.isdigit() and hi_text.isdigit() and int(lo_text) <= int(hi_text) <= PORT_MAX:
+        if is_decimal(lo_text) and is_decimal(hi_text) and int(lo_text) <= int(hi_text) <= PORT_MAX:
             return (TCP if label == "tcp" else UDP), int(lo_text), int(hi_text)
     raise ValueError(f"not a service name: {name!r}")

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
@@ -389,7 +390,7 @@ def _protocol_number(value: str | None) -> int:
     text = value.strip().lower()
     if text in PROTOCOL_NUMBERS:
         return PROTOCOL_NUMBERS[text]
-    if text.isdigit() and int(text) <= 255:
+    if is_decimal(text) and int(text) <= 255:
         return int(text)
     return -2
 

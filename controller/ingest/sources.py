@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
@@ -291,7 +292,7 @@ def merge_instances(types: set[str]) -> dict[str, str]:
     WeMoSwitch. A name whose shortened form matches nothing else is kept (iKettle2)."""
     stems: dict[str, list[str]] = {}
     for name in types:
-        stem = name[:-1] if name[-1:].isdigit() else name
+        stem = name[:-1] if is_decimal(name[-1:]) else name
         stems.setdefault(stem, []).append(name)
     merged = {name: name for name in types}
     for stem, names in stems.items():

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.macs import NotAMac, mac_key
 from controller.engine.activity import ActivityTable
@@ -153,7 +154,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def _count(text: str, path: Path, line: int, column: str) -> int:
-    if not text.isdigit():
+    if not is_decimal(text):
         raise InputError(f"{path}:{line}: {column} {text!r} is not a count")
     return int(text)
 
@@ -170,7 +171,7 @@ def _mac(text: str, path: Path, line: int, column: str) -> str | None:
 def _number(text: str, path: Path, line: int, column: str, top: int) -> int | None:
     if text == "*":
         return None
-    if not text.isdigit() or int(text) > top:
+    if not is_decimal(text) or int(text) > top:
         raise InputError(f"{path}:{line}: {column} {text!r} is not a number in 0..{top} or *")
     return int(text)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.fileio import parse_json, read_text
 from controller.engine.services import ICMP, ICMPV6, PORT_MAX, TCP, UDP
@@ -158,7 +159,7 @@ class _Reader:
     def number(self, value: Any, where: str, top: int) -> int:
         # YANG's JSON encoding writes uint8 and uint16 as numbers; digits in a string are
         # accepted too, since some generators quote every value.
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and is_decimal(value.strip()):
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
             raise self.fail(where, f"expected an integer in 0..{top}, got {value!r}")

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError, SvcfpError
 
 DEFAULT_P4C = Path("/opt/p4tofino/bin/p4c")
@@ -180,7 +181,7 @@ def read_resources(logs: Path) -> Resources:
     if len(starts) < 2:
         raise InputError(f"{logs / 'mau.resources.log'}: no per-stage resource tables")
     header, rows, _ = _table(lines, starts[0])
-    stage_rows = [row for row in rows if row[0].isdigit()]
+    stage_rows = [row for row in rows if is_decimal(row[0])]
     totals = next(row for row in rows if row[0] == "Totals")
     used = sum(1 for row in stage_rows if any(cell not in ("0", "") for cell in row[1:]))
     percent_header, percent_rows, _ = _table(lines, starts[1])

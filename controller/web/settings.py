@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.fileio import read_text
 
@@ -54,7 +55,7 @@ class WebSettings:
     def parse(cls, listen: str, token_file: Path | None = None) -> WebSettings:
         """`HOST:PORT` (IPv6 in brackets), with the token from `token_file` or TOKEN_ENV."""
         host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not is_decimal(port):
             raise InputError(f"--http {listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
         token = None
         if token_file is not None:
