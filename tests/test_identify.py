@@ -256,3 +256,35 @@ class TestPersistence:
         path.write_text(json.dumps({"format": "other"}))
         with pytest.raises(InputError, match="not an svcfp references file"):
             References.load(path)
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"neighbours": float("inf")}, r"cannot convert float infinity to integer"),
+            ({"theta": float("nan")}, r"thresholds must be finite numbers"),
+            ({"temperature": -1.0}, r"temperature -1.0 must be a positive number"),
+            ({"weight": 1e308}, r"weights must lie in \[0, 1\]"),
+            ({"usage": 10**30}, r"usage of \S+ out of range \(0..2\^56\)"),
+        ],
+    )
+    def test_values_no_enrolment_writes_are_refused(
+        self, tmp_path: Path, change: dict[str, float], message: str
+    ) -> None:
+        path = tmp_path / "refs.json"
+        references().save(path)
+        data = json.loads(path.read_text())
+        entry = data["references"][0]
+        service = next(iter(entry["weights"]))
+        for key, value in change.items():
+            if key == "weight":
+                entry["weights"][service] = value
+            elif key == "usage":
+                # Active units, packets and bytes of every service a reference uses.
+                for each in data["references"]:
+                    each["usage"] = {name: [1, 2, 120] for name in each["weights"]}
+                entry["usage"][service][1] = value
+            else:
+                data[key] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=rf"refs\.json: malformed references: {message}"):
+            References.load(path)

@@ -70,6 +70,7 @@ import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.base.fileio import read_json, write_text_atomically
+from controller.engine.activity import MAX_ROW_COUNT
 from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import USAGE_ROWS, FingerprintSet
 from controller.engine.representation import (
@@ -410,12 +411,17 @@ class References:
             for i, entry in enumerate(entries):
                 for name, value in dict(entry["weights"]).items():
                     weights[i, col[str(name)]] = float(value)
+            if not bool(np.all((weights >= 0.0) & (weights <= 1.0))):
+                raise ValueError("weights must lie in [0, 1]")
             usage = None
             if entries and all("usage" in e for e in entries):
                 usage = np.zeros((len(USAGE_ROWS), len(entries), len(services)), dtype=np.int64)
                 for i, entry in enumerate(entries):
                     for name, counts in dict(entry["usage"]).items():
-                        usage[:, i, col[str(name)]] = [int(v) for v in counts]
+                        values = [int(v) for v in counts]
+                        if not all(0 <= v <= MAX_ROW_COUNT for v in values):
+                            raise ValueError(f"usage of {name} out of range (0..2^56): {values}")
+                        usage[:, i, col[str(name)]] = values
             exporter = data.get("exporter")
             mode = str(data.get("mode", DEFAULT_MODE))
             if mode not in MODES:
@@ -431,6 +437,13 @@ class References:
                 else tuple(float(dict(per_type)[t]) for t in sorted(set(labels)))
             )
             temperature = data.get("temperature")
+            theta = float(data.get("theta", 0.0))
+            if not all(math.isfinite(t) for t in (theta, *(thetas or ()))):
+                raise ValueError("thresholds must be finite numbers")
+            if temperature is not None and not (
+                math.isfinite(float(temperature)) and temperature > 0
+            ):
+                raise ValueError(f"temperature {temperature!r} must be a positive number")
             families = data.get("families") or []
             if not isinstance(families, list) or not all(isinstance(f, list) for f in families):
                 raise ValueError("families must be a list of lists of types")
@@ -445,7 +458,7 @@ class References:
                 granularity=None if data["granularity"] is None else int(data["granularity"]),
                 unit_seconds=float(data["unit_seconds"]),
                 mode=mode,
-                theta=float(data.get("theta", 0.0)),
+                theta=theta,
                 neighbours=int(data.get("neighbours", DEFAULT_NEIGHBOURS)),
                 config=None if exporter is None else ExporterConfig.from_json(exporter),
                 usage=usage,
@@ -455,7 +468,7 @@ class References:
                 weighting=weighting,
                 families=tuple(tuple(str(t) for t in family) for family in families),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{source}: malformed references: {exc}") from None
 
     def save(self, path: Path) -> None:
