@@ -100,6 +100,31 @@ def test_an_unwritable_out_is_refused_before_any_work(
     assert "cannot create the report directory" in capsys.readouterr().err
 
 
+def test_an_out_that_is_a_directory_or_an_option_out_of_range_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = flows(tmp_path, GOOD)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "kept.txt").write_text("kept")
+    assert main(["ingest", str(path), "--out", str(taken)]) == 2
+    assert f"{taken}: cannot write a file there: it is a directory" in capsys.readouterr().err
+    assert main(["synth", "--devices", "2", "--units", "2", "--out", str(taken)]) == 2
+    assert f"{taken}: cannot write a file there: it is a directory" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["kept.txt"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    for value in ("101", "-1", "nan"):
+        with pytest.raises(SystemExit) as stop:
+            main(["evaluate", str(path), "--labels", str(labels), "--out", str(tmp_path / "r"),
+                  "--percentile", value])  # fmt: skip
+        assert stop.value.code == 2
+        assert f"argument --percentile: '{value}': a percentile lies in [0, 100]" in (
+            capsys.readouterr().err
+        )
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_same_file_is_ingested_once_unless_replaced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

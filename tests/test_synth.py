@@ -115,6 +115,11 @@ def test_profile_file_errors(tmp_path: Path) -> None:
         load_profiles(path)
     with pytest.raises(InputError, match="unknown profile"):
         make_fleet(load_profiles(), 3, kinds=["toaster"])
+    path.write_text(json.dumps({"profiles": []}))
+    with pytest.raises(InputError, match=r"p.json: no profiles"):
+        load_profiles(path)
+    with pytest.raises(InputError, match=r"the random seed must be 0 or more, got -1"):
+        uses(make_fleet(load_profiles(), 2), 24, seed=-1)
 
 
 def test_range_services_keep_one_session_port_per_device() -> None:

@@ -212,6 +212,8 @@ class EvalSettings:
             raise InputError(f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
         if not 0.0 < self.train_fraction < 1.0:
             raise InputError(f"train fraction {self.train_fraction} must lie strictly in (0, 1)")
+        if not 0.0 <= self.percentile <= 100.0:
+            raise InputError(f"percentile {self.percentile} must lie in [0, 100]")
         if not self.granularities:
             raise InputError("the grid needs at least one granularity")
         bad = [m for m in self.modes if m not in MODES]

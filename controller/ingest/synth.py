@@ -151,6 +151,8 @@ def load_profiles(path: Path | None = None) -> dict[str, DeviceProfile]:
             diurnal=float(_number(entry.get("diurnal", 0.0), where, 0.0, 1.0)),
             peak_hour=float(_number(entry.get("peak_hour", 12.0), where, 0.0, 24.0)),
         )
+    if not profiles:
+        raise InputError(f"{source}: no profiles")
     return profiles
 
 
@@ -192,6 +194,8 @@ def make_fleet(
 ) -> list[SynthDevice]:
     """`devices` synthetic devices, kinds assigned round-robin, MACs 02:00:00:00:xx:xx."""
     names = list(kinds) if kinds else sorted(profiles)
+    if not names:
+        raise InputError("no device profiles to make a fleet of")
     unknown = [n for n in names if n not in profiles]
     if unknown:
         raise InputError(f"unknown profile(s) {', '.join(unknown)}; have {', '.join(profiles)}")
@@ -216,6 +220,8 @@ def uses(
     """Active (device, unit, entry) cells of the fleet over `units` units from `start_unit`."""
     if units < 1:
         raise InputError(f"units must be at least 1, got {units}")
+    if seed < 0:
+        raise InputError(f"the random seed must be 0 or more, got {seed}")
     rng = np.random.default_rng(seed)
     absolute = start_unit + np.arange(units, dtype=np.int64)
     hours = (absolute * unit_seconds / 3600.0) % 24.0

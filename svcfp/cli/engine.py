@@ -74,6 +74,7 @@ from svcfp.cli.inputs import (
     add_cluster_arguments,
     add_input_arguments,
     engine_from_args,
+    percentile,
     report_skips,
     sources_from_args,
 )
@@ -175,7 +176,7 @@ def _add_matching(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--percentile",
-        type=float,
+        type=percentile,
         default=DEFAULT_PERCENTILE,
         help="θ = this percentile of the references' leave-one-out own-type similarity "
         f"(default: {DEFAULT_PERCENTILE})",

@@ -52,6 +52,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def percentile(text: str) -> float:
+    """An argparse type: a percentile, a number in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentile lies in [0, 100]")
+    return value
+
+
 def add_time_unit(parser: Container, default: float | None, note: str = "") -> None:
     """`--time-unit SECONDS`, the one name of the time unit u in every command."""
     shown = f"{default:g}" if default is not None else note

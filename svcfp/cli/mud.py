@@ -35,7 +35,13 @@ from controller.store.storage import TIME_UNIT_KEY, Storage
 from svcfp import api
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
 from svcfp.cli.engine import _add_exporter, _floats, _modes, engine_config
-from svcfp.cli.inputs import add_input_arguments, add_time_unit, report_skips, sources_from_args
+from svcfp.cli.inputs import (
+    add_input_arguments,
+    add_time_unit,
+    percentile,
+    report_skips,
+    sources_from_args,
+)
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -273,7 +279,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--theta", type=float, help="open-set θ (default: chosen, see --percentile)")
     p.add_argument(
         "--percentile",
-        type=float,
+        type=percentile,
         default=DEFAULT_PERCENTILE,
         help="θ = this percentile of the profiles' leave-one-out own-type similarity, where a "
         f"type has two (default: {DEFAULT_PERCENTILE}; 0 without)",
