@@ -202,6 +202,16 @@ def test_the_ingest_pipeline_reads_mudgee_flows_by_the_catalogue(tmp_path: Path)
         ),
         (
             "020000000001_ipflows.csv",
+            [f"{CAM},*,0x0800,*,*,*,6,*,443,900,*,*,40000,{10**23}"],
+            f"020000000001_ipflows.csv:2: packetCount {10**23} is out of range",
+        ),
+        (
+            "020000000001_ipflows.csv",
+            [f"{CAM},*,0x0800,*,*,*,6,*,²,900,*,*,40000,1"],
+            "020000000001_ipflows.csv:2: dstPort '²' is not a number in 0..65535 or *",
+        ),
+        (
+            "020000000001_ipflows.csv",
             [f"{CAM},*,0x0800,*,*,*,6,*,70000,900,*,*,40,1"],
             "020000000001_ipflows.csv:2: dstPort '70000' is not a number in 0..65535 or *",
         ),

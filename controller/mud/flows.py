@@ -24,7 +24,7 @@ from pathlib import Path
 from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.macs import NotAMac, mac_key
-from controller.engine.activity import ActivityTable
+from controller.engine.activity import MAX_ROW_COUNT, ActivityTable
 from controller.engine.services import PORT_MAX, TCP, UDP, service_name
 from controller.mud.profile import Role
 
@@ -156,6 +156,8 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 def _count(text: str, path: Path, line: int, column: str) -> int:
     if not is_decimal(text):
         raise InputError(f"{path}:{line}: {column} {text!r} is not a count")
+    if int(text) > MAX_ROW_COUNT:
+        raise InputError(f"{path}:{line}: {column} {text} is out of range (0..2^56)")
     return int(text)
 
 
