@@ -314,7 +314,7 @@ def labelled_compliance(data: Loaded, profiles: MudProfiles) -> list[Finding]:
 
 def mud_findings(db: Path) -> list[Finding]:
     """The compliance findings `svcfp run` stored in a controller database."""
-    with Storage(db) as storage:
+    with Storage(db, readonly=True) as storage:
         return stored_findings(storage)
 
 

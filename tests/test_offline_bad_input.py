@@ -123,6 +123,67 @@ def test_an_out_that_is_a_directory_or_an_option_out_of_range_is_refused(
             capsys.readouterr().err
         )
     assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["enroll", str(path), "--labels", str(labels), "--out", str(tmp_path / "refs.json"),
+              "--theta", "2"])  # fmt: skip
+    assert stop.value.code == 2
+    assert "argument --theta: '2': a similarity lies in [0, 1]" in capsys.readouterr().err
+
+
+def test_an_out_that_names_an_input_or_another_out_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = flows(tmp_path, GOOD)
+    before = path.read_bytes()
+    assert main(["ingest", str(path), "--out", str(path)]) == 2
+    assert f"--out {path}: also an input of this command" in capsys.readouterr().err
+    # A directory of inputs stands for its files: an activity file inside it is read too.
+    assert main(["ingest", str(tmp_path), "--out", str(path)]) == 2
+    assert f"--out {path}: also an input of this command" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    same = tmp_path / "same.csv"
+    args = ["synth", "--devices", "2", "--units", "2", "--out", str(same)]
+    assert main([*args, "--labels-out", str(tmp_path / "." / "same.csv")]) == 2
+    assert f"--labels-out {tmp_path / '.' / 'same.csv'}: the same file as --out" in (
+        capsys.readouterr().err
+    )
+    assert not same.exists()
+    assert main(["synth", "--start", "-1", "--out", str(same)]) == 2
+    assert "--start -1: the first unit must start after 1970" in capsys.readouterr().err
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = flows(tmp_path, GOOD, name="plain.csv")
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    for name in ("plain", "marked"):
+        out = tmp_path / f"{name}-a.csv"
+        assert (
+            main(["ingest", str(tmp_path / f"{name}.csv"), "--all-devices", "--out", str(out)]) == 0
+        )
+    plain_activity = (tmp_path / "plain-a.csv").read_text()
+    assert (tmp_path / "marked-a.csv").read_text() == plain_activity
+    assert f"{CAM},472222,3600,tcp/443,3,300" in plain_activity
+    activity = tmp_path / "marked-a2.csv"
+    activity.write_bytes(b"\xef\xbb\xbf" + plain_activity.encode())
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    out = tmp_path / "refs.json"
+    args = ["enroll", "--activity", str(activity), "--labels", str(labels), "--theta", "0.5"]
+    args += ["--windows", "whole"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "camera: 1" in capsys.readouterr().out
+
+
+def test_reading_findings_of_a_missing_database_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "nope.db"
+    assert main(["mud", "findings", "--db", str(db)]) == 2
+    assert f"database {db} does not exist" in capsys.readouterr().err
+    assert not db.exists()
 
 
 def test_the_same_file_is_ingested_once_unless_replaced(

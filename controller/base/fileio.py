@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -81,6 +81,30 @@ def check_writable(path: Path, what: str) -> None:
         raise InputError(f"{what} {path}: cannot write there: {exc.strerror}") from exc
     os.close(fd)
     Path(probe).unlink()
+
+
+def check_outputs(outputs: Mapping[str, Path | None], inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work is done, outputs (flag → path) that cannot be written (see
+    `check_writable`), that name one file twice, or that name a file the command reads: writing
+    it would replace the input."""
+    given = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    for flag, path in given.items():
+        check_writable(path, flag)
+    read = {_same_file(p): p for p in inputs}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        key = _same_file(path)
+        if key in seen:
+            raise InputError(f"{flag} {path}: the same file as {seen[key]}")
+        if key in read:
+            raise InputError(f"{flag} {path}: also an input of this command; writing it would "
+                             "replace what is read")  # fmt: skip
+        seen[key] = flag
+
+
+def _same_file(path: Path) -> Path:
+    """`path` as one name per file (symbolic links and relative parts resolved)."""
+    return Path(os.path.realpath(path))
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:

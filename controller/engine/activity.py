@@ -374,7 +374,7 @@ class ActivityTable:
         the unit length. Raises `InputError` naming the file and line of anything malformed."""
         path = Path(path)
         try:
-            handle = path.open(newline="", encoding="utf-8")
+            handle = path.open(newline="", encoding="utf-8-sig")
         except OSError as exc:
             raise InputError(f"{path}: cannot read activity file: {exc.strerror}") from exc
         try:

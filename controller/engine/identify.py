@@ -450,13 +450,16 @@ class References:
             weighting = data.get("weighting", DEFAULT_WEIGHTING)
             if weighting not in WEIGHTINGS:
                 raise ValueError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+            unit_seconds = float(data["unit_seconds"])
+            if not (math.isfinite(unit_seconds) and unit_seconds > 0):
+                raise ValueError(f"unit_seconds {unit_seconds} must be a positive number")
             return cls(
                 services=services,
                 weights=weights,
                 labels=labels,
                 origins=tuple(str(e.get("origin", "")) for e in entries),
                 granularity=None if data["granularity"] is None else int(data["granularity"]),
-                unit_seconds=float(data["unit_seconds"]),
+                unit_seconds=unit_seconds,
                 mode=mode,
                 theta=theta,
                 neighbours=int(data.get("neighbours", DEFAULT_NEIGHBOURS)),
@@ -470,6 +473,9 @@ class References:
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{source}: malformed references: {exc}") from None
+        except InputError as exc:
+            # What the references' own checks refuse, said of the file.
+            raise InputError(f"{source}: {exc}") from None
 
     def save(self, path: Path) -> None:
         """Write as JSON; the file appears only once complete."""

@@ -102,10 +102,12 @@ def detect_format(path: Path) -> Format:
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     # The magic first: a pcapng file begins with a newline byte (0x0a0d0d0a).
+    if start[:4] in CAPTURE_MAGICS:
+        return "pcap"
+    # A CSV file saved with a byte-order mark is told by what follows it.
+    start = start.removeprefix(b"\xef\xbb\xbf")
     head = start[:4]
     first_line = start.split(b"\n", 1)[0]
-    if head in CAPTURE_MAGICS:
-        return "pcap"
     if head[:2] in (b"\x00\x0a", b"\x00\x09"):
         return "ipfix"
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):

@@ -152,7 +152,7 @@ def read_ipfix_csv(
     path = Path(path)
     mapping = dict(column_map or {})
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), None)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
@@ -407,7 +407,7 @@ def _line_batches(
     cols = {k: index[c] for k, c in columns.columns.items()}
     has_reverse = "rev_packets" in cols
     rows: list[tuple[float, int, int, int, int, int, int, int, int, int]] = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         next(reader, None)
         for row in reader:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tqdm import tqdm
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_writable, write_text_atomically
+from controller.base.fileio import check_outputs, write_text_atomically
 from controller.engine.evaluate import (
     CATALOGUES,
     DEFAULT_GRANULARITIES,
@@ -75,7 +75,9 @@ from svcfp.cli.inputs import (
     add_input_arguments,
     engine_from_args,
     percentile,
+    read_paths,
     report_skips,
+    similarity,
     sources_from_args,
 )
 
@@ -171,7 +173,7 @@ def _add_matching(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("matching")
     group.add_argument(
         "--theta",
-        type=float,
+        type=similarity,
         help="open-set threshold θ (default: chosen from the references, see --percentile)",
     )
     group.add_argument(
@@ -194,7 +196,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     fingerprints activity unit by unit; a flag left out keeps the references' setting."""
     _add_exporter(parser, defaults=False, windows=False)
     _add_intensity(parser, defaults=False)
-    parser.add_argument("--theta", type=float, help="override the references' θ")
+    parser.add_argument("--theta", type=similarity, help="override the references' θ")
 
 
 # --- intensity, per-type thresholds and the evaluation grid ---------------------------------------
@@ -352,8 +354,9 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
-    check_writable(args.out, "--out")
-    inputs = api.read(sources_from_args(args), need_labels=True)
+    sources = sources_from_args(args)
+    check_outputs({"--out": args.out}, read_paths(sources))
+    inputs = api.read(sources, need_labels=True)
     report_skips("enroll", inputs)
     refs = api.enroll(
         inputs,
@@ -471,8 +474,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
     sources = replace(sources_from_args(args), flow_cells="train-learned" in args.catalogues)
-    inputs = api.read(sources, need_labels=True, engine=engine)
-    report_skips("evaluate", inputs)
     settings = EvalSettings(
         granularities=args.granularities,
         unit_seconds=args.time_units or (),
@@ -492,6 +493,10 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
         weightings=args.service_weightings,
         sibling_share=args.sibling_share,
     )
+    # Settings and profiles are checked before the inputs are read and evaluated (minutes).
+    profiles = mud_profiles_from_args(args)
+    inputs = api.read(sources, need_labels=True, engine=engine)
+    report_skips("evaluate", inputs)
     show = sys.stderr.isatty() and not args.no_progress
     with tqdm(desc="evaluate", disable=not show) as bar:
 
@@ -500,7 +505,6 @@ def _evaluate(args: argparse.Namespace, engine: api.DaskEngine | None) -> int:
             bar.update(done - bar.n)
 
         metrics = api.evaluate(inputs, settings, progress=advance, engine=engine)
-    profiles = mud_profiles_from_args(args)
     sections: list[str] = []
     if profiles is not None:
         findings = api.labelled_compliance(inputs, profiles)
@@ -572,7 +576,7 @@ def register(subparsers: Subparsers) -> None:
     _add_exporter(p, defaults=False)
     _add_intensity(p, defaults=False)
     p.add_argument("--references", type=Path, required=True, help="references JSON from enroll")
-    p.add_argument("--theta", type=float, help="override the references' θ")
+    p.add_argument("--theta", type=similarity, help="override the references' θ")
     p.add_argument("--neighbours", type=int, help="override the references' neighbour count")
     p.add_argument(
         "--output-format",

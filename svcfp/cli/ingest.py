@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_writable, open_atomically
+from controller.base.fileio import check_outputs, check_writable, open_atomically
 from controller.engine.learned import for_granularity
 from controller.ingest.labels import Labels
 from svcfp import api
@@ -20,6 +20,7 @@ from svcfp.cli.inputs import (
     add_time_unit,
     database_location,
     engine_from_args,
+    read_paths,
     report_skips,
     sources_from_args,
 )
@@ -91,9 +92,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     sources = sources_from_args(args)
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
-    for path, what in ((args.out, "--out"), (args.save_catalogue, "--save-catalogue")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs({"--out": args.out, "--save-catalogue": args.save_catalogue}, read_paths(sources))
     if isinstance(args.db, Path):
         check_writable(args.db, "--db")
     if sources.labels is not None:
@@ -122,6 +121,12 @@ def run_synth(args: argparse.Namespace) -> int:
     """`svcfp synth`."""
     from controller.ingest import synth
 
+    check_outputs(
+        {"--out": args.out, "--labels-out": args.labels_out},
+        [] if args.profiles is None else [args.profiles],
+    )
+    if args.start < 0:
+        raise InputError(f"--start {args.start}: the first unit must start after 1970 (≥ 0)")
     profiles = synth.load_profiles(args.profiles)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     fleet = synth.make_fleet(profiles, args.devices, kinds or None)

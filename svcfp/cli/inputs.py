@@ -15,7 +15,7 @@ from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSetti
 from controller.engine.learned import GRANULARITIES
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
-from controller.ingest.files import FORMATS
+from controller.ingest.files import FORMATS, expand_paths
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.sources import TRACKS, Loaded, Sources
 from controller.store.storage import is_url
@@ -60,6 +60,17 @@ def percentile(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 100.0:
         raise argparse.ArgumentTypeError(f"{text!r}: a percentile lies in [0, 100]")
+    return value
+
+
+def similarity(text: str) -> float:
+    """An argparse type: a similarity threshold θ, a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a similarity lies in [0, 1]")
     return value
 
 
@@ -234,6 +245,15 @@ def report_skips(command: str, loaded: Loaded) -> None:
         )
         for problem in stats.problems:
             print(f"svcfp {command}: warning: skipped: {problem}", file=sys.stderr)
+
+
+def read_paths(sources: Sources) -> list[Path]:
+    """Every file the sources read (directories stand for their files), for `check_outputs`."""
+    paths = [*expand_paths(sources.files), *sources.activity]
+    paths += [p for p in (sources.labels, sources.catalogue) if p is not None]
+    if isinstance(sources.database, Path):
+        paths.append(sources.database)
+    return paths
 
 
 def sources_from_args(args: argparse.Namespace) -> Sources:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_writable, read_text, write_text_atomically
+from controller.base.fileio import check_outputs, check_writable, read_text, write_text_atomically
 from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
+from controller.ingest.files import expand_paths
 from controller.mud.compliance import findings_table
 from controller.mud.export import DEFAULT_CACHE_VALIDITY, ExportSettings
 from controller.mud.locations import LocationSettings, write_location_report
@@ -40,6 +41,7 @@ from svcfp.cli.inputs import (
     add_time_unit,
     percentile,
     report_skips,
+    similarity,
     sources_from_args,
 )
 
@@ -52,9 +54,10 @@ if TYPE_CHECKING:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """MUD files → references (and a catalogue); per file, what was dropped."""
-    check_writable(args.out, "--out")
-    if args.catalogue_out is not None:
-        check_writable(args.catalogue_out, "--catalogue-out")
+    check_outputs(
+        {"--out": args.out, "--catalogue-out": args.catalogue_out},
+        expand_paths(args.paths, (".json",)),
+    )
     imported = api.mud_import(
         args.paths,
         type_name=args.type,
@@ -246,7 +249,7 @@ def _read_models(path: Path) -> dict[str, str]:
 def cmd_findings(args: argparse.Namespace) -> int:
     """The compliance findings a controller stored."""
     findings = api.mud_findings(args.db)
-    with Storage(args.db) as storage:
+    with Storage(args.db, readonly=True) as storage:
         stored = storage.meta(TIME_UNIT_KEY)
     unit_seconds = None if stored is None else float(stored)
     if args.output_format == "json":
@@ -276,7 +279,9 @@ def register(subparsers: Subparsers) -> None:
     )
     add_time_unit(p, 3600.0)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
-    p.add_argument("--theta", type=float, help="open-set θ (default: chosen, see --percentile)")
+    p.add_argument(
+        "--theta", type=similarity, help="open-set θ (default: chosen, see --percentile)"
+    )
     p.add_argument(
         "--percentile",
         type=percentile,
@@ -332,7 +337,7 @@ def register(subparsers: Subparsers) -> None:
         + ",".join(f"{v:g}" for v in LocationSettings().percentiles)
         + ")",
     )
-    p.add_argument("--theta", type=float, help="a fixed θ instead of percentiles")
+    p.add_argument("--theta", type=similarity, help="a fixed θ instead of percentiles")
     p.add_argument("--threshold", type=int, default=1, help="h: packets for a service to count")
     p.add_argument("--models", type=Path, help="'folder,model' CSV (default: from folder names)")
     p.set_defaults(func=cmd_evaluate)
