@@ -100,6 +100,24 @@ def test_controller_restart_resumes_without_counting_twice(wire: Target, tmp_pat
     assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (7, 700)}
 
 
+def test_a_run_without_a_device_config_attaches_and_keeps_the_switch_state(
+    wire: Target, tmp_path: Path
+) -> None:
+    async def run_once(send: int, **overrides: object) -> Controller:
+        async with running(Controller(config(tmp_path, wire, **overrides))) as controller:
+            wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=send)
+            await asyncio.sleep(0.3)
+        return controller
+
+    first = asyncio.run(run_once(2))
+    assert first.stats.pushes == {"s1": 1}
+    # No --bmv2-json: the running pipeline (BMv2's program with it) is kept, not replaced by the
+    # P4Info alone, and the counters go on from where they were.
+    second = asyncio.run(run_once(5, bmv2_json=None))
+    assert second.stats.pushes == {}
+    assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (7, 700)}
+
+
 def test_monitor_joins_as_backup_without_disturbing_the_primary(
     wire: Target, tmp_path: Path
 ) -> None:

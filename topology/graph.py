@@ -103,17 +103,19 @@ def default_topology(
     services: DefaultServices | None = None,
     grpc_port: int = FIRST_GRPC_PORT,
     device_id: int = 1,
+    thrift_port: int = FIRST_THRIFT_PORT,
 ) -> nx.Graph[str]:
     """The built-in topology: one switch `s1`, hosts `dns`, `ntp`, `cloud`, and one host per device.
 
     `devices` lists (host name, profile) pairs. Service hosts take ports 1-3, devices follow in
     order. Addresses are 10.0.0.0/24; MACs are locally administered (02:...), so they never
-    collide with a real vendor's. `grpc_port` and `device_id` are the switch's.
+    collide with a real vendor's. `grpc_port`, `device_id` and `thrift_port` (BMv2's CLI port)
+    are the switch's.
     """
     chosen = services or DefaultServices()
     graph: nx.Graph[str] = nx.Graph(name="default")
     graph.add_node(
-        "s1", kind="switch", grpc_port=grpc_port, device_id=device_id, thrift_port=FIRST_THRIFT_PORT
+        "s1", kind="switch", grpc_port=grpc_port, device_id=device_id, thrift_port=thrift_port
     )
     if len(devices) > 150:
         raise InputError(

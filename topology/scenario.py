@@ -148,8 +148,11 @@ def build_scenario(config: DemoConfig) -> Scenario:
     references = enroll(fingerprints, labels, config=config.exporter)
     kinds = [kind for kind in [*known, held_out] for _ in range(config.devices_per_type)]
     truth = {f"d{i + 1}": kind for i, kind in enumerate(kinds)}
-    # Port 0: any free one, so a demo can run beside another switch.
-    graph = topo.default_topology(sorted(truth.items()), grpc_port=config.grpc_port or free_port())
+    # Port 0: any free one, so a demo can run beside another switch; BMv2's CLI (Thrift) port
+    # is a free one too, so another BMv2 on this machine keeps the usual 9090.
+    graph = topo.default_topology(
+        sorted(truth.items()), grpc_port=config.grpc_port or free_port(), thrift_port=free_port()
+    )
     schedules = synthetic_schedules(graph, config.units, config.seed + 1000, profiles)
     change = config.change
     if change is not None:

@@ -413,12 +413,15 @@ class Session:
         """Make the switch run our pipeline; True when it was (re)pushed, which resets its state.
 
         With `skip_config` (or as a read-only monitor) the running pipeline is only compared with
-        ours and a mismatch is refused naming each differing object. A primary re-pushes only when
-        the switch's pipeline cookie is not the one of our P4Info and device config.
+        ours and a mismatch is refused naming each differing object. So it is without a device
+        config (empty) when the switch already runs a pipeline: pushing the P4Info alone would
+        leave BMv2 without its program (its tables then fail every read). A primary re-pushes
+        only when the switch's pipeline cookie is not the one of our P4Info and device config.
         """
         current = await self.get_pipeline()
         has_pipeline = bool(current.p4info.tables)
-        if skip_config or not self.is_primary or device_config is None:
+        keep = has_pipeline and device_config == b"" and not skip_config
+        if skip_config or not self.is_primary or device_config is None or keep:
             if not has_pipeline:
                 raise SwitchError(
                     f"{self.target.describe()} runs no pipeline to attach to; push one "
@@ -427,9 +430,20 @@ class Session:
             theirs = P4Schema(current.p4info, source=self.target.describe())
             differences = schema.diff(theirs)
             if differences:
+                hint = (
+                    "\n  (no device config was given, so the running pipeline is kept: give "
+                    "--bmv2-json to replace it)"
+                    if keep
+                    else ""
+                )
                 raise InputError(
                     f"the P4Info {schema.source} does not match the pipeline of "
-                    f"{self.target.describe()}:\n  " + "\n  ".join(differences)
+                    f"{self.target.describe()}:\n  " + "\n  ".join(differences) + hint
+                )
+            if keep:
+                log.info(
+                    "%s runs this P4Info; attaching (no device config given)",
+                    self.target.describe(),
                 )
             return False
         cookie = pipeline_cookie(schema.p4info, device_config)
