@@ -32,7 +32,7 @@ from finsy.proto import p4r
 from controller.base.checks import PORT_LIMIT, check_device_id, check_grpc_addr, check_port
 from controller.base.command import LOG_FORMAT, LOG_LEVELS, run_command
 from controller.base.errors import InputError
-from controller.base.fileio import write_text_atomically
+from controller.base.fileio import check_outputs, write_text_atomically
 from controller.base.p4info import P4Schema
 from refswitch.limits import ServerLimits
 from refswitch.ports import Ports, parse_binding
@@ -178,6 +178,14 @@ def run(args: argparse.Namespace) -> int:
         max_request_mib=args.max_request_mib,
     )
     tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca)
+    pcap_out = [parse_binding(text, "--pcap-out") for text in args.pcap_out]
+    pcap_in = [parse_binding(text, "--pcap-in") for text in args.pcap_in]
+    # What the switch writes never replaces what it reads, nor another of its outputs.
+    outputs: dict[str, Path | None] = {"--log-file": args.log_file}
+    outputs.update({f"--pcap-out (port {port})": Path(name) for port, name in pcap_out})
+    read = [Path(name) for _port, name in pcap_in]
+    read += [Path(p) for p in (args.p4info, args.bmv2_json) if p]
+    check_outputs(outputs, read)
     _plain_loggers()
     if args.log_file:
         _log_to(args.log_file)
@@ -192,11 +200,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         for text in args.interface:
             ports.add_interface(*parse_binding(text, "-i"))
-        for text in args.pcap_out:
-            port, name = parse_binding(text, "--pcap-out")
+        for port, name in pcap_out:
             ports.add_pcap_out(port, Path(name))
-        for text in args.pcap_in:
-            port, name = parse_binding(text, "--pcap-in")
+        for port, name in pcap_in:
             ports.add_pcap_in(port, Path(name), timing=args.pcap_timing)
         if args.p4info:
             _preload(switch, args.p4info, args.bmv2_json)

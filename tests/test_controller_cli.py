@@ -99,6 +99,17 @@ def test_flag_errors(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     assert "written with time_unit_seconds=3600.0, not 1.0" in capsys.readouterr().err
     assert kept(db)
+    # Folders written at the end of a run are checked before it starts.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for flag in ("--export", "--log-dir"):
+        target = str(blocker / "out")
+        assert main(run("--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--db", str(db),
+                        flag, target)) == 2  # fmt: skip
+        assert f"{flag} {target}: cannot make the folder: Not a directory" in (
+            capsys.readouterr().err
+        )
+    assert kept(db)
 
 
 def test_bounded_run_against_the_reference_switch(db: Path, tmp_path: Path) -> None:

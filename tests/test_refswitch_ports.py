@@ -247,6 +247,32 @@ def test_bad_flags_exit_with_an_error(tmp_path: Path) -> None:
     assert "missing.pcap: no such file" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pcap-in", "0@{t}/in.pcap", "--pcap-out", "1@{t}/in.pcap"],
+         "--pcap-out (port 1) {t}/in.pcap: also an input of this command"),
+        (["--pcap-in", "0@{t}/in.pcap", "--log-file", "{t}/in.pcap"],
+         "--log-file {t}/in.pcap: also an input of this command"),
+        (["--pcap-in", "0@{t}/in.pcap", "--pcap-out", "1@{t}/o.pcap", "--pcap-out", "2@{t}/o.pcap"],
+         "--pcap-out (port 2) {t}/o.pcap: the same file as --pcap-out (port 1)"),
+    ],
+)  # fmt: skip
+def test_an_output_over_an_input_or_another_output_is_refused(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    capture = tmp_path / "in.pcap"
+    write_pcap(capture, frames())
+    before = capture.read_bytes()
+    command = [sys.executable, "-m", "refswitch", "--exit-when-done"]
+    command += [f.format(t=tmp_path) for f in flags]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message.format(t=tmp_path) in result.stderr
+    assert capture.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap"]
+
+
 @contextmanager
 def primary(address: str) -> Iterator[p4r_grpc.P4RuntimeStub]:
     """A stub whose StreamChannel holds the primary role (election id 1) while in use."""

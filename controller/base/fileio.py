@@ -102,6 +102,16 @@ def check_outputs(outputs: Mapping[str, Path | None], inputs: Iterable[Path] = (
         seen[key] = flag
 
 
+def writable_folder(folder: Path, what: str) -> None:
+    """Make `folder` (and its parents) now, before the work whose files go there, and refuse it
+    when it cannot be made or written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot make the folder: {exc.strerror}") from exc
+    check_writable(Path(folder) / ".probe", what)
+
+
 def _same_file(path: Path) -> Path:
     """`path` as one name per file (symbolic links and relative parts resolved)."""
     return Path(os.path.realpath(path))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from controller.base.checks import PORT_LIMIT
 from controller.base.errors import InputError
+from controller.base.fileio import writable_folder
 from controller.base.logformat import LOG_FORMATS, configure_logging
 from controller.control import controller as control_loop
 from controller.control.alerts import DEFAULT_HISTORY_THRESHOLD, AlertSettings
@@ -332,6 +333,9 @@ def main(args: argparse.Namespace) -> int:
         configure_logging(args.log_level, log_format)
     config = config_from_args(args, file_switches)
     web = web_settings(args)
+    for folder, flag in ((config.export_dir, "--export"), (config.log_dir, "--log-dir")):
+        if folder is not None:
+            writable_folder(folder, flag)
     described = config.describe() | {
         "http": None
         if web is None
