@@ -164,6 +164,25 @@ def test_unopenable_database_names_the_file(tmp_path: Path) -> None:
     assert bad.read_bytes() == b"this is not sqlite" * 100
 
 
+def test_a_damaged_page_is_named_when_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    with Storage(path) as storage:
+        storage.put_devices(
+            [DeviceRow(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", i, "camera", "s1", 1,
+                       "digest", 1.0, 2.0) for i in range(2000)]
+        )  # fmt: skip
+    with sqlite3.connect(path) as db:
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'devices'").fetchone()
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * size : root * size] = b"\xa5" * size
+    path.write_bytes(bytes(data))
+    damaged = rf"database {re.escape(str(path))} is damaged: database disk image is malformed"
+    with pytest.raises(InputError, match=damaged), Storage(path) as storage:
+        storage.devices()
+
+
 def test_baseline_roundtrip_is_sparse_but_exact(store: Store) -> None:
     rng = np.random.default_rng(7)
     values = Baseline(

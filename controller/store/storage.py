@@ -49,23 +49,39 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class _SqliteSql:
-    """`Sql` over one sqlite3 connection (SQLite takes `?` placeholders as they are)."""
+    """`Sql` over one sqlite3 connection (SQLite takes `?` placeholders as they are); a damaged
+    file (SQLite's plain DatabaseError: "database disk image is malformed") is an `InputError`
+    naming it, wherever the damage is met."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, name: str) -> None:
         self._db = db
+        self._name = name
+
+    @contextmanager
+    def _intact(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:
+                raise
+            raise InputError(f"database {self._name} is damaged: {exc}") from exc
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._db.execute(sql, params)
+        with self._intact():
+            self._db.execute(sql, params)
 
     def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._db.executemany(sql, rows)
+        with self._intact():
+            self._db.executemany(sql, rows)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db.execute(sql, params).fetchall()
+        with self._intact():
+            return self._db.execute(sql, params).fetchall()
 
     def columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        cursor = self._db.execute(sql)
-        return [d[0] for d in cursor.description], cursor.fetchall()
+        with self._intact():
+            cursor = self._db.execute(sql)
+            return [d[0] for d in cursor.description], cursor.fetchall()
 
 
 class Storage(Store):
@@ -94,7 +110,7 @@ class Storage(Store):
                 self._db = sqlite3.connect(str(path), isolation_level=None)
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
-        self._plain = _SqliteSql(self._db)
+        self._plain = _SqliteSql(self._db, str(path))
         if readonly:
             self._set_up(sqlite3.DatabaseError, self._read_tables, migrate=False)
         else:
