@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,7 @@ BASE = ["--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--connect-timeout", "
         (["--time-unit", "inf"], "--time-unit inf: expected a finite number"),
         (["--duration", "-1"], "--duration -1.0: expected a finite number"),
         (["--connect-timeout", "-3"], "--connect-timeout -3.0: expected a finite number"),
+        (["--connect-timeout", "1e300"], "--connect-timeout 1e+300: expected at most 3600 seconds"),
         (["--idle-timeout", "nan"], "--idle-timeout nan: expected a finite number"),
         (["--ports", "5-1"], "'5-1': a range runs low-high"),
         (["--ports", "0-100000"], "'0-100000': switch ports lie in 0..511"),
@@ -186,6 +188,17 @@ def test_bad_run_flags_are_bad_input_and_store_nothing(
     argv = ["run", "--p4info", str(P4INFO), "--db", str(db), *BASE, *flags]
     assert status_of(argv) == 2
     assert message in capsys.readouterr().err
+    assert kept(db)
+
+
+def test_a_bounded_run_waits_for_a_switch_no_longer_than_it_runs(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--p4info", str(P4INFO), "--db", str(db), "--grpc-addr", "127.0.0.1:1"]
+    argv += ["--device-id", "0", "--connect-timeout", "60", "--duration", "1"]
+    assert status_of(argv) == 3
+    # The message names the time it waited: the run's duration, not the 60 s connect timeout.
+    assert re.search(r"is unreachable after \d+ attempt\(s\) in 1 s: ", capsys.readouterr().err)
     assert kept(db)
 
 

@@ -33,10 +33,14 @@ DEFAULT_IDLE_UNITS = 24
 ExportFormat = Literal["csv", "parquet"]
 
 
-def check_seconds(name: str, value: float, *, minimum: float = MIN_SECONDS) -> float:
-    """`value` if it is a finite number of seconds of at least `minimum`, else InputError."""
+def check_seconds(
+    name: str, value: float, *, minimum: float = MIN_SECONDS, maximum: float = math.inf
+) -> float:
+    """`value` if it is a finite number of seconds in [`minimum`, `maximum`], else InputError."""
     if not math.isfinite(value) or value < minimum:
         raise InputError(f"{name} {value!r}: expected a finite number of seconds ≥ {minimum:g}")
+    if value > maximum:
+        raise InputError(f"{name} {value!r}: expected at most {maximum:g} seconds")
     return value
 
 
@@ -213,7 +217,7 @@ class RunConfig:
             check_port("--cpu-port", self.cpu_port)
         check_seconds("--interval", self.interval)
         check_seconds("--time-unit", self.time_unit)
-        check_seconds("--connect-timeout", self.connect_timeout, minimum=0.1)
+        check_seconds("--connect-timeout", self.connect_timeout, minimum=0.1, maximum=3600.0)
         check_seconds("reconnect delay", self.reconnect_delay, minimum=0.0)
         if self.duration is not None:
             check_seconds("--duration", self.duration)

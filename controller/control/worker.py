@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -94,9 +95,11 @@ class SwitchWorker:
         worker: the controller reports it. Later ones are logged and retried.
         """
         config = self.controller.config
+        # A bounded run does not wait for a switch longer than it runs.
+        timeout = min(config.connect_timeout, config.duration or math.inf)
         while True:
             try:
-                async with Session(self.target, config.connect_timeout, config.log_dir) as session:
+                async with Session(self.target, timeout, config.log_dir) as session:
                     await self._setup(session)
                     self.session = session
                     self.ready.set()
