@@ -151,14 +151,16 @@ def ingest(
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
     loaded = load(sources, split_shared=False, reader=_reader(engine))
-    if out is not None:
-        loaded.activity.to_csv(out)
+    # The database first: when it refuses the files (already added, not a database), the
+    # activity file given beside it is left as it was.
     if db is not None:
         with open_store(db) as storage:
             storage.add_sources(
                 [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
                 replace=replace,
             )
+    if out is not None:
+        loaded.activity.to_csv(out)
     return loaded
 
 

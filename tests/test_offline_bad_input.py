@@ -203,10 +203,41 @@ def test_the_same_file_is_ingested_once_unless_replaced(
     assert f"{copy} was already added to {db}" in err and f"(as {first})" in err
     assert "pass --replace" in err
     assert activity_rows(db) == once, "nothing of the refused command was stored"
+    # Nor written beside it: an activity file asked for with the refused database is kept.
+    kept_csv = tmp_path / "kept.csv"
+    kept_csv.write_text("kept\n")
+    assert main(["ingest", str(copy), "--db", str(db), "--out", str(kept_csv)]) == 2
+    assert "was already added" in capsys.readouterr().err
+    assert kept_csv.read_text() == "kept\n"
     assert main(["ingest", str(other), str(copy), "--db", str(db), "--replace"]) == 0
     rows = activity_rows(db)
     assert [r for r in rows if r[0] == CAM] == once
     assert sum(int(r[3]) for r in rows if r[0] == PLUG) == 4  # type: ignore[call-overload]
+
+
+def test_a_file_named_twice_counts_once_and_captures_of_one_name_stay_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = capture(folder / "cam.pcap", frames=10)
+    out = tmp_path / "a.csv"
+    again = str(tmp_path / "in" / "." / "cam.pcap")
+    assert main(["ingest", str(first), again, str(folder), "--out", str(out)]) == 0
+    assert "10 records from 1 file(s)" in capsys.readouterr().out
+    rows = out.read_text().splitlines()[1:]
+    assert sum(int(row.split(",")[4]) for row in rows) == 10
+    # Two captures named cam.pcap in two folders, and cam.pcapng beside one: three tracks.
+    (tmp_path / "day2").mkdir()
+    capture(tmp_path / "day2" / "cam.pcap", frames=4)
+    (folder / "cam.pcapng").write_bytes(capture(tmp_path / "x.pcap", frames=6).read_bytes())
+    inputs = [str(first), str(tmp_path / "day2" / "cam.pcap"), str(folder / "cam.pcapng")]
+    assert main(["ingest", *inputs, "--tracks", "capture", "--out", str(out)]) == 0
+    packets: dict[str, int] = {}
+    for row in out.read_text().splitlines()[1:]:
+        device = row.split(",")[0]
+        packets[device] = packets.get(device, 0) + int(row.split(",")[4])
+    assert packets == {f"{CAM}#in/cam.pcap": 10, f"{CAM}#day2/cam": 4, f"{CAM}#in/cam.pcapng": 6}
 
 
 def test_a_skipped_stretch_says_how_much_was_lost(

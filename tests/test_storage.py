@@ -183,6 +183,27 @@ def test_a_damaged_page_is_named_when_it_is_read(tmp_path: Path) -> None:
         storage.devices()
 
 
+def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("CREATE TABLE devices (x INTEGER)")
+    db.close()
+    before = other.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(
+            InputError,
+            match=r"other.db is not an svcfp database \(it holds the tables devices, users\)",
+        ):
+            Storage(other, readonly=readonly)
+        assert other.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty.db holds no svcfp tables: it is empty"):
+        Storage(empty, readonly=True)
+    assert empty.read_bytes() == b""
+
+
 def test_baseline_roundtrip_is_sparse_but_exact(store: Store) -> None:
     rng = np.random.default_rng(7)
     values = Baseline(

@@ -17,7 +17,7 @@ from controller.base.p4info import normalize_mac
 from controller.control.live import answering
 from controller.p4rt.forwarding import is_unicast
 from controller.store.records import DeviceRow
-from controller.store.storage import is_url, open_store
+from controller.store.storage import Storage, is_url, open_store
 from controller.store.store import Store
 
 
@@ -31,16 +31,19 @@ class DeviceView:
     similarity: float | None
 
 
-def open_existing(db: Path | str) -> Store:
-    """The database at `db`; InputError when there is none (not an empty new one)."""
+def open_existing(db: Path | str, readonly: bool = False) -> Store:
+    """The database at `db`; InputError when there is none (not an empty new one). A SQLite
+    file opened `readonly` is only read: nothing is created or migrated in it."""
     if not is_url(db) and not Path(db).is_file():
         raise InputError(f"{db}: no such database")
+    if readonly and not is_url(db):
+        return Storage(Path(db), readonly=True)
     return open_store(db)
 
 
 def list_devices(db: Path) -> list[DeviceView]:
     """Every device of the registry in `db`, evicted ones included, by MAC."""
-    with open_existing(db) as storage:
+    with open_existing(db, readonly=True) as storage:
         rows = storage.devices()
         decided = storage.decisions()
     views = []

@@ -7,6 +7,7 @@ their first bytes (and a CSV file's header).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ def expand_paths(
     paths: Sequence[Path], suffixes: Collection[str] = DIRECTORY_SUFFIXES
 ) -> list[Path]:
     """Files as given; a directory stands for its files with one of `suffixes` (by default
-    every capture and flow file), recursively. A path that does not exist is an error."""
+    every capture and flow file), recursively. A path that does not exist is an error. A file
+    named twice (or also found in a directory given) comes once, where it first came."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -90,7 +92,14 @@ def expand_paths(
             found.append(path)
         else:
             raise InputError(f"{path}: no such file or directory")
-    return found
+    seen: set[str] = set()
+    once = []
+    for path in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            once.append(path)
+    return once
 
 
 def detect_format(path: Path) -> Format:

@@ -17,6 +17,8 @@ own: its captures record different setups, so each of them becomes its own track
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +196,7 @@ def load(
             options,
             unit,
         )
+        tags = _tags(raw, sources.files)
         jobs = []
         for path in raw:
             in_capture = known.for_capture(path) if known is not None else {}
@@ -213,7 +216,7 @@ def load(
                 continue
             table, stats[path] = result
             in_capture = known.for_capture(path) if known is not None else {}
-            parts.append((_tag(path, sources.files), table, in_capture, path))
+            parts.append((tags[path], table, in_capture, path))
     if not parts:
         raise InputError("no input could be read: every file was left out as bad")
     if unit is None:
@@ -314,3 +317,23 @@ def _tag(path: Path, roots: Sequence[Path]) -> str:
         if root.is_dir() and path.is_relative_to(root):
             return str(path.relative_to(root).with_suffix(""))
     return path.stem
+
+
+def _tags(paths: Sequence[Path], roots: Sequence[Path]) -> dict[Path, str]:
+    """Each file's track name (`_tag`), unique: files whose names clash (day1/cap.pcap and
+    day2/cap.pcap, or x.pcap beside x.pcapng) are named from the folder they share, with their
+    suffix where that is what tells them apart."""
+    tags = {path: _tag(path, roots) for path in paths}
+    counts = Counter(tags.values())
+    clash = [path for path in paths if counts[tags[path]] > 1]
+    if not clash:
+        return tags
+    real = {path: Path(os.path.realpath(path)) for path in clash}
+    base = Path(os.path.commonpath([str(r.parent) for r in real.values()]))
+    for path in clash:
+        tags[path] = str(real[path].relative_to(base).with_suffix(""))
+    counts = Counter(tags.values())
+    for path in clash:
+        if counts[tags[path]] > 1:
+            tags[path] = str(real[path].relative_to(base))
+    return tags

@@ -6,6 +6,7 @@ a `postgresql://` URL (`controller.store.postgres`) behind the same interface.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from controller.store.records import (
     SourceFile,
     SwitchStatusRecord,
 )
-from controller.store.schema import SQLITE
+from controller.store.schema import MIGRATIONS, SQLITE
 from controller.store.store import Sql, Store
 
 __all__ = [
@@ -46,6 +47,15 @@ __all__ = [
 ]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+# Every table a migration of svcfp's schema creates.
+_SVCFP_TABLES = frozenset(
+    re.findall(
+        r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)",
+        " ".join(statement for m in MIGRATIONS for statement in m.statements),
+    )
+)
 
 
 class _SqliteSql:
@@ -114,11 +124,36 @@ class Storage(Store):
         if readonly:
             self._set_up(sqlite3.DatabaseError, self._read_tables, migrate=False)
         else:
-            self._set_up(sqlite3.DatabaseError, self._pragmas)
+            self._set_up(sqlite3.DatabaseError, self._prepare)
+
+    def _prepare(self) -> None:
+        self._refuse_foreign(self._table_names())
+        self._pragmas()
+
+    def _table_names(self) -> set[str]:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {str(row[0]) for row in rows}
+
+    def _refuse_foreign(self, names: set[str]) -> None:
+        """Refuse another application's database before anything is written to it (or read
+        from it as if it were ours); a database from before schema versions holds svcfp's
+        tables only."""
+        if "schema_version" in names:
+            return
+        strangers = names - _SVCFP_TABLES - {"sqlite_sequence"}
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(devices)")}
+        if strangers or ("devices" in names and "mac" not in columns):
+            raise InputError(
+                f"database {self.path} is not an svcfp database (it holds the tables "
+                f"{', '.join(sorted(names))}); it was left as it was"
+            )
 
     def _read_tables(self) -> None:
-        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        self._tables = {str(row[0]) for row in rows}
+        names = self._table_names()
+        if not names:
+            raise InputError(f"database {self.path} holds no svcfp tables: it is empty")
+        self._refuse_foreign(names)
+        self._tables = names
 
     def _has_table(self, name: str) -> bool:
         return self._tables is None or name in self._tables
