@@ -181,6 +181,10 @@ def test_references_that_do_not_fit_are_refused(
         == 2
     )
     assert "references are G=4, --granularity asks for list" in capsys.readouterr().err
+    # Prevalence is a setting too, not "as the references say".
+    argv = [*base, "--time-unit", "0.5", "--references", str(references)]
+    assert main([*argv, "--granularity", "prevalence"]) == 2
+    assert "references are G=4, --granularity asks for prevalence" in capsys.readouterr().err
     missing = tmp_path / "none.json"
     assert main([*base, "--time-unit", "0.5", "--references", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err

@@ -85,6 +85,8 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 Number = TypeVar("Number", int, float)
+KEEP: Any = type("Keep", (), {"__repr__": lambda self: "KEEP"})()
+"""The default of an exporter flag that keeps the references' setting (None is a setting)."""
 
 
 # --- flags ----------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def _add_exporter(
     group = parser.add_argument_group("fingerprints")
 
     def default(value: Any) -> Any:
-        return value if defaults else None
+        return value if defaults else KEEP
 
     flags: tuple[tuple[str, Callable[[str], Any], Any, str], ...] = (
         (
@@ -225,7 +227,7 @@ def _add_intensity(parser: argparse.ArgumentParser, defaults: bool = True) -> No
     parser.add_argument(
         "--intensity",
         type=_intensity,
-        default=DEFAULT_INTENSITY if defaults else None,
+        default=DEFAULT_INTENSITY if defaults else KEEP,
         help="intensity weights next to prevalence: none (the paper's presence-only "
         "fingerprints), relative (packet share and packet size, independent of the "
         "observation rate), sized (relative, and packet sizes matched within τ the references "
@@ -341,11 +343,14 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
         "n_min": args.n_min,
         "n_max": args.n_max,
     }
-    config = replace(start, **{k: v for k, v in values.items() if v is not None})
-    if args.granularity is not None or base is None:
-        config = replace(config, granularity=args.granularity)
-    if getattr(args, "intensity", None) is not None or base is None:
-        config = replace(config, intensity=getattr(args, "intensity", None))
+    config = replace(start, **{k: v for k, v in values.items() if v is not KEEP})
+    # None is a setting of its own here (presence-only, prevalence): only KEEP keeps base's.
+    granularity = args.granularity
+    if granularity is not KEEP:
+        config = replace(config, granularity=granularity)
+    intensity = getattr(args, "intensity", None if base is None else KEEP)
+    if intensity is not KEEP:
+        config = replace(config, intensity=intensity)
     return config
 
 
