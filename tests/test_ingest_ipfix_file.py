@@ -161,6 +161,9 @@ def test_corrupt_set_length_and_truncation(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\x05" + good[2:])
     with pytest.raises(InputError, match="message 1 at offset 0: version 5 is neither"):
         read_ipfix(path, Catalogue.default())
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"bad.ipfix: empty file, expected IPFIX or NetFlow v9"):
+        read_ipfix(path, Catalogue.default())
 
 
 def test_fields_wider_than_their_type_and_a_missing_length_byte(tmp_path: Path) -> None:

@@ -397,3 +397,16 @@ def test_a_real_capture_taken_as_linux_cooked_gives_the_same_activity(
     got, stats = read_pcap(path, catalogue, 1)
     assert stats.records == len(original) > 100
     assert sorted(tuple(r) for r in got.records()) == sorted(tuple(r) for r in want.records())
+
+
+def test_group_and_zero_source_addresses_are_no_devices(tmp_path: Path) -> None:
+    items = frames()
+    udp = IP() / UDP(sport=5353, dport=5353)
+    strays = [
+        bytes(Ether(src=src, dst=B) / udp)
+        for src in ("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb", "33:33:00:00:00:01", "0:0:0:0:0:0")
+    ]
+    path = tmp_path / "c.pcap"
+    write_pcap(path, [(t, f) for t, f, _, _ in items] + [(1020.0, f) for f in strays])
+    # As the controller admits devices: none of them is one, and the others count as before.
+    assert records(path) == expected_activity(items)

@@ -149,7 +149,9 @@ def test_an_out_that_names_an_input_or_another_out_is_refused(
     )
     assert not same.exists()
     assert main(["synth", "--start", "-1", "--out", str(same)]) == 2
-    assert "--start -1: the first unit must start after 1970" in capsys.readouterr().err
+    assert "--start -1: the first unit must start between 1970 and 2100" in capsys.readouterr().err
+    assert main(["synth", "--start", "99999999999", "--out", str(same)]) == 2
+    assert "--start 99999999999: the first unit must start between" in capsys.readouterr().err
 
 
 def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(

@@ -1,6 +1,6 @@
 """Flow records → per-unit activity, attributed as the switch attributes packets.
 
-A flow counts for its source MAC (the device sends it), with the service the catalogue assigns to
+A flow counts for its source MAC (the device sends it; a group or all-zero address is none), with the service the catalogue assigns to
 (protocol, source port, destination port). An RFC 5103 biflow's reverse direction counts for the
 destination MAC, with the ports swapped. A flow's packets all land in the unit of the flow start.
 Every reader (IPFIX CSV, binary IPFIX / NetFlow v9, pcap) produces `FlowBatch`es — a packet is a
@@ -144,7 +144,12 @@ def batch_to_activity(
             packets.append(batch.rev_packets[has_reverse])
             octets.append(rev_bytes)
     mac = np.concatenate(macs)
-    keep = np.ones(len(mac), dtype=bool) if devices is None else np.isin(mac, devices)
+    if devices is None:
+        # As the controller admits devices: a group (multicast, broadcast) or all-zero source
+        # address is never a device.
+        keep = (mac != 0) & ((mac >> np.uint64(40)) & np.uint64(1) == 0)
+    else:
+        keep = np.isin(mac, devices)
     vocabulary, codes = np.unique(mac[keep], return_inverse=True)
     return ActivityTable.from_arrays(
         devices=macs_to_keys(vocabulary),

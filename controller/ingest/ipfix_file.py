@@ -167,6 +167,8 @@ def _batches(path: Path, stats: IngestStats, skip_bad: bool) -> Iterator[FlowBat
             magic = handle.read(4)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if not magic:
+        raise InputError(f"{path}: empty file, expected IPFIX or NetFlow v9 messages")
     decoder = _Decoder(path, stats, skip_bad)
     for where, data in _streams(path, magic, stats, skip_bad):
         yield from _messages(decoder, where, data, stats, skip_bad)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.base.fileio import check_outputs, check_writable, open_atomically
+from controller.engine.activity import MAX_EPOCH_SECONDS
 from controller.engine.learned import for_granularity
 from controller.ingest.labels import Labels
 from svcfp import api
@@ -125,8 +126,8 @@ def run_synth(args: argparse.Namespace) -> int:
         {"--out": args.out, "--labels-out": args.labels_out},
         [] if args.profiles is None else [args.profiles],
     )
-    if args.start < 0:
-        raise InputError(f"--start {args.start}: the first unit must start after 1970 (≥ 0)")
+    if not 0 <= args.start < MAX_EPOCH_SECONDS:
+        raise InputError(f"--start {args.start}: the first unit must start between 1970 and 2100")
     profiles = synth.load_profiles(args.profiles)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     fleet = synth.make_fleet(profiles, args.devices, kinds or None)
