@@ -3,9 +3,10 @@
 A flow counts for its source MAC (the device sends it; a group or all-zero address is none), with
 the service the catalogue assigns to (protocol, source port, destination port). An RFC 5103
 biflow's reverse direction counts for the destination MAC, with the ports swapped. A flow's
-packets all land in the unit of the flow start. Every reader (IPFIX CSV, binary IPFIX / NetFlow v9, pcap) produces `FlowBatch`es — a packet is a
-one-packet flow — so attribution and aggregation are this module's alone; `PortCounter` watches
-the same batches to learn which service ports devices use.
+packets all land in the unit of the flow start. Every reader (IPFIX CSV, binary IPFIX / NetFlow
+v9, pcap) produces `FlowBatch`es — a packet is a one-packet flow — so attribution and aggregation
+are this module's alone; `PortCounter` watches the same batches to learn which service ports
+devices use.
 """
 
 from __future__ import annotations
