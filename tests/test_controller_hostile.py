@@ -24,7 +24,7 @@ from controller.control.registry import RegisterPolicy
 from controller.engine.activity import ActivityRecord
 from controller.p4rt import entries
 from controller.p4rt.forwarding import Forwarding, is_unicast
-from controller.store.storage import Baseline, DeviceRow, Storage
+from controller.store.storage import Baseline, DeviceRow, open_store
 from svcfp.cli import main
 from tests.support.database import kept
 from tests.support.paths import P4INFO, ROOT
@@ -259,10 +259,10 @@ def test_a_device_id_out_of_range_ends_at_once_with_exit_2(tmp_path: Path) -> No
 
 
 def test_operators_list_and_purge_devices(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_location: str | Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "svcfp.db"
-    with Storage(path) as store:
+    path = db_location
+    with open_store(path) as store:
         store.put_devices(
             [
                 DeviceRow(CAMERA, 1, "camera", "s1", 1, "static", 10.0, 20.0),
@@ -281,14 +281,14 @@ def test_operators_list_and_purge_devices(
     assert f"{CAMERA}    1 camera       static  s1        1" in listed
     assert main(["devices", "purge", "--db", str(path), "--group", "--dry-run"]) == 0
     assert "2 devices would be purged" in capsys.readouterr().out
-    with Storage(path) as store:
+    with open_store(path) as store:
         assert len(store.devices()) == 4
     assert (
         main(["devices", "purge", "--db", str(path), "--group", "--mac", "02:00:00:00:99:99"]) == 0
     )
     out = capsys.readouterr().out
     assert "purged ff:ff:ff:ff:ff:ff (digest)" in out and "not registered: 02:00:00:00:99:99" in out
-    with Storage(path) as store:
+    with open_store(path) as store:
         assert [r.mac for r in store.devices()] == [CAMERA, PLUG]
         # Their activity stays: purging forgets devices, not what was counted.
         assert store.activity() == [ActivityRecord("ff:ff:ff:ff:ff:ff", 1, "udp/53", 3, 30)]

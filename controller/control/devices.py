@@ -41,7 +41,7 @@ def open_existing(db: Path | str, readonly: bool = False) -> Store:
     return open_store(db)
 
 
-def list_devices(db: Path) -> list[DeviceView]:
+def list_devices(db: Path | str) -> list[DeviceView]:
     """Every device of the registry in `db`, evicted ones included, by MAC."""
     with open_existing(db, readonly=True) as storage:
         rows = storage.devices()
@@ -85,7 +85,7 @@ class Purge:
         )
 
 
-def purge_devices(db: Path, purge: Purge, dry_run: bool = False) -> list[DeviceRow]:
+def purge_devices(db: Path | str, purge: Purge, dry_run: bool = False) -> list[DeviceRow]:
     """Forget the devices `purge` selects from the registry in `db`; returns them."""
     wanted = Purge(
         tuple(normalize_mac(m) for m in purge.macs),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.control import devices
+from svcfp.cli.inputs import DB_HELP, database_location
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,10 +19,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="every registered device, with its verdict")
-    listing.add_argument("--db", type=Path, default=Path("svcfp.db"), help="controller database")
+    listing.add_argument(
+        "--db",
+        type=database_location,
+        default=Path("svcfp.db"),
+        help=f"controller database: {DB_HELP}",
+    )
     listing.set_defaults(func=list_main)
     purge = actions.add_parser("purge", help="forget chosen devices (their activity stays)")
-    purge.add_argument("--db", type=Path, default=Path("svcfp.db"), help="controller database")
+    purge.add_argument(
+        "--db",
+        type=database_location,
+        default=Path("svcfp.db"),
+        help=f"controller database: {DB_HELP}",
+    )
     purge.add_argument("--mac", action="append", default=[], help="this MAC (repeatable)")
     purge.add_argument(
         "--from-digests", action="store_true", help="every device registered from a digest"
