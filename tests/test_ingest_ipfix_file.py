@@ -18,6 +18,7 @@ from controller.engine.catalogue import Catalogue
 from controller.ingest.ipfix_file import read_ipfix
 from controller.ingest.pcap import read_pcap
 from tests.support.engine import same_activity
+from tests.support.reading import refused_then_skipped
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -145,13 +146,13 @@ def test_corrupt_set_length_and_truncation(tmp_path: Path) -> None:
     broken = bytearray(good)
     struct.pack_into(">H", broken, first_len + 16 + 2, 9999)  # second message's set length
     path.write_bytes(bytes(broken))
-    with pytest.raises(
-        InputError,
-        match=rf"bad.ipfix: message 2 at offset {first_len}: set at offset "
-        rf"{first_len + 16} has invalid length 9999",
-    ):
-        read_ipfix(path, Catalogue.default())
-    table, stats = read_ipfix(path, Catalogue.default(), 3600, skip_bad_records=True)
+    table, stats = refused_then_skipped(
+        read_ipfix,
+        path,
+        rf"bad.ipfix: message 2 at offset {first_len}: set at offset {first_len + 16} has "
+        "invalid length 9999",
+        3600,
+    )
     assert stats.skipped == 2  # the early data set and the corrupt message
     assert [r.service for r in table.records()] == ["udp/123"]
 
@@ -175,13 +176,10 @@ def test_fields_wider_than_their_type_and_a_missing_length_byte(tmp_path: Path) 
     huge_port = struct.pack(">Q16sBQQQ", T0 * 1000, bytes(10) + MAC_A, 6, 1 << 40, 443, 1)
     path = tmp_path / "wide.ipfix"
     path.write_bytes(message([template, ipfix_set(400, ok + huge_mac + huge_port)]))
-    with pytest.raises(
-        InputError,
-        match=r"wide.ipfix: flow record 2: source MAC address 0xf{32} is wider than its field "
-        r"allows \(at most 0xf{12}\)",
-    ):
-        read_ipfix(path, Catalogue.default())
-    table, stats = read_ipfix(path, Catalogue.default(), 3600, skip_bad_records=True)
+    wider = r"source MAC address 0xf{32} is wider than its field allows \(at most 0xf{12}\)"
+    table, stats = refused_then_skipped(
+        read_ipfix, path, rf"wide.ipfix: flow record 2: {wider}", 3600
+    )
     assert [(r.device, r.service, r.packets) for r in table.records()] == [(A, "udp/5353", 3)]
     assert stats.records == 3 and stats.skipped == 2
     assert "flow record 3: source port 0x10000000000 is wider" in stats.problems[1]

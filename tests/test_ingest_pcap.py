@@ -17,6 +17,7 @@ from controller.base.pcapfile import frame_batches, read_frames
 from controller.engine.catalogue import Catalogue
 from controller.ingest.flows import IngestStats
 from controller.ingest.pcap import LINKS, parse_frames, read_pcap
+from tests.support.reading import refused_then_skipped
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -321,13 +322,13 @@ def test_pcapng_blocks_too_short_for_their_fields(tmp_path: Path) -> None:
     short = tmp_path / "short.pcapng"
     # An enhanced packet block of 12 bytes: a valid length and trailer, but no packet header.
     short.write_bytes(good.read_bytes() + struct.pack("<III", 6, 12, 12))
-    with pytest.raises(
-        InputError,
-        match=rf"short.pcapng: block at offset {end} \(after frame 16\): block of type 6 is too "
-        r"short \(12 bytes\)",
-    ):
-        read_pcap(short, Catalogue.default())
-    table, stats = read_pcap(short, Catalogue.default(), 60, skip_bad_records=True)
+    too_short = r"block of type 6 is too short \(12 bytes\)"
+    table, stats = refused_then_skipped(
+        read_pcap,
+        short,
+        rf"short.pcapng: block at offset {end} \(after frame 16\): {too_short}",
+        60,
+    )
     assert sorted(tuple(r) for r in table.records()) == expected_activity(items)
     assert stats.skipped == 1
     # An interface option whose value runs past its block.

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from controller.base.errors import InputError
 from controller.store.schema import POSTGRES
-from controller.store.store import Sql, Store
+from controller.store.store import NamedErrors, Sql, Store
 
 try:
     import psycopg
@@ -42,39 +42,31 @@ def redacted(url: str) -> str:
 
 
 class _PostgresSql:
-    """`Sql` over one psycopg connection: `?` placeholders become psycopg's `%s`. A lost
-    connection (the server shut down or went away) is an `InputError` naming the database."""
+    """`Sql` over one psycopg connection: `?` placeholders become psycopg's `%s`."""
 
-    def __init__(self, db: psycopg.Connection[tuple[Any, ...]], name: str) -> None:
+    def __init__(self, db: psycopg.Connection[tuple[Any, ...]]) -> None:
         self._db = db
-        self._name = name
-
-    @contextmanager
-    def _connected(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.OperationalError as exc:
-            raise InputError(f"database {self._name}: lost the connection: {exc}") from exc
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._connected():
-            self._db.execute(_placeholders(sql), params)
+        self._db.execute(_placeholders(sql), params)
 
     def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = list(rows)
         if batch:
-            with self._connected(), self._db.cursor() as cursor:
+            with self._db.cursor() as cursor:
                 cursor.executemany(_placeholders(sql), batch)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._connected():
-            return self._db.execute(_placeholders(sql), params).fetchall()
+        return self._db.execute(_placeholders(sql), params).fetchall()
 
     def columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        with self._connected():
-            cursor = self._db.execute(_placeholders(sql))
-            names = [d.name for d in cursor.description or ()]
-            return names, cursor.fetchall()
+        cursor = self._db.execute(_placeholders(sql))
+        names = [d.name for d in cursor.description or ()]
+        return names, cursor.fetchall()
+
+
+def _lost(exc: Exception) -> str:
+    return f"lost the connection: {exc}"
 
 
 def _placeholders(sql: str) -> str:
@@ -97,7 +89,10 @@ class PostgresStorage(Store):
             )
         except psycopg.Error as exc:
             raise InputError(f"cannot connect to database {self.name}: {exc}") from exc
-        self._plain = _PostgresSql(self._db, self.name)
+        # The server shut down or went away mid-run: said of the database, not a traceback.
+        self._plain = NamedErrors(
+            _PostgresSql(self._db), self.name, psycopg.OperationalError, _lost
+        )
         self._set_up(psycopg.Error)
 
     def close(self) -> None:
@@ -107,7 +102,7 @@ class PostgresStorage(Store):
     @contextmanager
     def transaction(self) -> Iterator[Sql]:
         """One write transaction: everything inside commits together or not at all."""
-        with self._plain._connected(), self._db.transaction():
+        with self._plain.named(), self._db.transaction():
             yield self._plain
 
     def _sql(self) -> Sql:

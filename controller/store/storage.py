@@ -27,7 +27,7 @@ from controller.store.records import (
     SwitchStatusRecord,
 )
 from controller.store.schema import MIGRATIONS, SQLITE
-from controller.store.store import Sql, Store
+from controller.store.store import NamedErrors, Sql, Store
 
 __all__ = [
     "EXPORTABLE",
@@ -59,39 +59,29 @@ _SVCFP_TABLES = frozenset(
 
 
 class _SqliteSql:
-    """`Sql` over one sqlite3 connection (SQLite takes `?` placeholders as they are); a damaged
-    file (SQLite's plain DatabaseError: "database disk image is malformed") is an `InputError`
-    naming it, wherever the damage is met."""
+    """`Sql` over one sqlite3 connection (SQLite takes `?` placeholders as they are)."""
 
-    def __init__(self, db: sqlite3.Connection, name: str) -> None:
+    def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        self._name = name
-
-    @contextmanager
-    def _intact(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:
-                raise
-            raise InputError(f"database {self._name} is damaged: {exc}") from exc
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._intact():
-            self._db.execute(sql, params)
+        self._db.execute(sql, params)
 
     def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._intact():
-            self._db.executemany(sql, rows)
+        self._db.executemany(sql, rows)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._intact():
-            return self._db.execute(sql, params).fetchall()
+        return self._db.execute(sql, params).fetchall()
 
     def columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        with self._intact():
-            cursor = self._db.execute(sql)
-            return [d[0] for d in cursor.description], cursor.fetchall()
+        cursor = self._db.execute(sql)
+        return [d[0] for d in cursor.description], cursor.fetchall()
+
+
+def _damage(exc: Exception) -> str | None:
+    """A damaged file, as SQLite says it (its plain DatabaseError: "database disk image is
+    malformed"); None for every other failure."""
+    return f"is damaged: {exc}" if type(exc) is sqlite3.DatabaseError else None
 
 
 class Storage(Store):
@@ -120,7 +110,7 @@ class Storage(Store):
                 self._db = sqlite3.connect(str(path), isolation_level=None)
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
-        self._plain = _SqliteSql(self._db, str(path))
+        self._plain = NamedErrors(_SqliteSql(self._db), str(path), sqlite3.DatabaseError, _damage)
         if readonly:
             self._set_up(sqlite3.DatabaseError, self._read_tables, migrate=False)
         else:

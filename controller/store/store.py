@@ -17,8 +17,8 @@ import csv
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +77,50 @@ class Sql(Protocol):
 
     def columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Execute a query: its column names and every row."""
+
+
+class NamedErrors:
+    """An `Sql` whose failures `words` can describe (damage, a lost connection) become an
+    `InputError` naming the database, wherever in a run they are met; others pass unchanged."""
+
+    def __init__(
+        self,
+        inner: Sql,
+        name: str,
+        caught: type[Exception],
+        words: Callable[[Exception], str | None],
+    ) -> None:
+        self._inner = inner
+        self._name = name
+        self._caught = caught
+        self._words = words
+
+    @contextmanager
+    def named(self) -> Iterator[None]:
+        """Failures inside the block, described (see the class)."""
+        try:
+            yield
+        except self._caught as exc:
+            said = self._words(exc)
+            if said is None:
+                raise
+            raise InputError(f"database {self._name} {said}") from exc
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.named():
+            self._inner.run(sql, params)
+
+    def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.named():
+            self._inner.run_many(sql, rows)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.named():
+            return self._inner.rows(sql, params)
+
+    def columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self.named():
+            return self._inner.columns(sql)
 
 
 class Store(ABC):

@@ -52,26 +52,25 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def percentile(text: str) -> float:
-    """An argparse type: a percentile, a number in [0, 100]."""
+def _number_in(text: str, low: float, high: float, what: str) -> float:
+    """`text` as a number in [`low`, `high`], or the argparse error naming `what` it is."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a percentile lies in [0, 100]")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} lies in [{low:g}, {high:g}]")
     return value
+
+
+def percentile(text: str) -> float:
+    """An argparse type: a percentile, a number in [0, 100]."""
+    return _number_in(text, 0.0, 100.0, "a percentile")
 
 
 def similarity(text: str) -> float:
     """An argparse type: a similarity threshold θ, a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a similarity lies in [0, 1]")
-    return value
+    return _number_in(text, 0.0, 1.0, "a similarity")
 
 
 def add_time_unit(parser: Container, default: float | None, note: str = "") -> None:
