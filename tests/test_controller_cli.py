@@ -93,6 +93,11 @@ def test_flag_errors(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     switches.write_text('[{"name": "s1", "grpc_addr": "127.0.0.1:1"}]')
     assert main(run("--switches", str(switches), "--db", str(db))) == 2
     assert "switch #0: missing 'device_id'" in capsys.readouterr().err
+    switches.write_text(
+        '[{"name": "s1", "grpc_addr": "127.0.0.1:1", "device_id": 0, "ports": "0-9"}]'
+    )
+    assert main(run("--switches", str(switches), "--db", str(db))) == 2
+    assert "switch #0: ports '0-9': expected a list of port numbers" in capsys.readouterr().err
     assert (
         main(run("--grpc-addr", "x:1", "--device-id", "0", "--time-unit", "1", "--db", str(db)))
         == 2

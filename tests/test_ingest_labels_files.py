@@ -128,6 +128,10 @@ def test_detect_and_expand(tmp_path: Path) -> None:
         (tmp_path / "c.pcapng").write_bytes(shb)
         assert detect_format(tmp_path / "c.pcapng") == "pcap"
     (tmp_path / "c.pcapng").unlink()
+    (tmp_path / "nothing.csv").write_bytes(b"")
+    with pytest.raises(InputError, match=r"nothing.csv: empty file"):
+        detect_format(tmp_path / "nothing.csv")
+    (tmp_path / "nothing.csv").unlink()
     with pytest.raises(InputError, match="cannot tell the format"):
         detect_format(tmp_path / "junk.bin")
     assert [p.name for p in expand_paths([tmp_path])] == ["a.pcap", "f.csv", "x.ipfix"]

@@ -148,6 +148,8 @@ def test_an_out_that_names_an_input_or_another_out_is_refused(
         capsys.readouterr().err
     )
     assert not same.exists()
+    assert main(["ingest", str(path), "--out", str(tmp_path / "b.csv"), "--replace"]) == 2
+    assert "--replace replaces files added to a database: give --db" in capsys.readouterr().err
     assert main(["synth", "--start", "-1", "--out", str(same)]) == 2
     assert "--start -1: the first unit must start between 1970 and 2100" in capsys.readouterr().err
     assert main(["synth", "--start", "99999999999", "--out", str(same)]) == 2

@@ -93,6 +93,10 @@ def switch_from_mapping(item: Any, where: str, index: int) -> SwitchSpec:
         rate = item.get("register_rate")
         cpu_port = item.get("cpu_port")
         tap = item.get("tap")
+        if not isinstance(item.get("ports", []), list):
+            raise ValueError(
+                f"ports {item['ports']!r}: expected a list of port numbers, e.g. [0, 1]"
+            )
         return SwitchSpec(
             name=str(item.get("name", f"s{index + 1}")),
             grpc_addr=str(item["grpc_addr"]),

@@ -110,6 +110,8 @@ def detect_format(path: Path) -> Format:
             start = handle.read(4096)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if not start:
+        raise InputError(f"{path}: empty file")
     # The magic first: a pcapng file begins with a newline byte (0x0a0d0d0a).
     if start[:4] in CAPTURE_MAGICS:
         return "pcap"

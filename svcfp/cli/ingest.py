@@ -90,6 +90,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     """`svcfp ingest`."""
     if args.out is None and args.db is None:
         raise InputError("give --out FILE and/or --db FILE for the activity")
+    if args.replace and args.db is None:
+        raise InputError("--replace replaces files added to a database: give --db")
     sources = sources_from_args(args)
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
