@@ -188,6 +188,14 @@ def test_reading_findings_of_a_missing_database_creates_none(
     assert main(["mud", "findings", "--db", str(db)]) == 2
     assert f"database {db} does not exist" in capsys.readouterr().err
     assert not db.exists()
+    # Reading activity from an empty file leaves it empty.
+    db.write_bytes(b"")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    argv = ["enroll", "--db", str(db), "--labels", str(labels), "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 2
+    assert f"database {db} holds no svcfp tables: it is empty" in capsys.readouterr().err
+    assert db.read_bytes() == b""
 
 
 def test_the_same_file_is_ingested_once_unless_replaced(

@@ -45,7 +45,7 @@ from controller.ingest.files import (
 )
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.labels import Labels
-from controller.store.storage import is_url, open_store
+from controller.store.storage import Storage, is_url, open_store
 
 TRACK_SEPARATOR = "#"
 Tracks = Literal["device", "capture"]
@@ -276,9 +276,13 @@ def _flow_cells(
 
 def read_database(location: Path | str) -> ActivityTable:
     """The activity a controller (or `svcfp ingest --db`) stored at `location`."""
-    if not is_url(location) and not Path(location).exists():
+    if is_url(location):
+        with open_store(location) as storage:
+            return storage.activity_table()
+    if not Path(location).is_file():
         raise InputError(f"{location}: no such database")
-    with open_store(location) as storage:
+    # Only read: nothing is created or migrated in the file (an empty one is refused).
+    with Storage(Path(location), readonly=True) as storage:
         return storage.activity_table()
 
 
