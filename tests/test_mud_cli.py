@@ -120,6 +120,10 @@ def test_export_of_a_type_and_of_a_device_validate(
         capsys.readouterr().out
     )
     assert main(["mud", "validate", str(exported), str(device)]) == 0
+    before = device.read_bytes()
+    assert main([*args[:-1], str(device), "--served", "udp/123,nonsense"]) == 2
+    assert "--served 'nonsense': not a service name (e.g. tcp/80)" in capsys.readouterr().err
+    assert device.read_bytes() == before
     broken = tmp_path / "broken.json"
     doc = json.loads(device.read_text())
     del doc["ietf-mud:mud"]["is-supported"]

@@ -27,6 +27,7 @@ from controller.base.fileio import check_outputs, check_writable, read_text, wri
 from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
+from controller.engine.services import parse_service
 from controller.ingest.files import expand_paths
 from controller.mud.compliance import findings_table
 from controller.mud.export import DEFAULT_CACHE_VALIDITY, ExportSettings
@@ -137,6 +138,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A type's or a device's learned fingerprint → a valid MUD file."""
     check_writable(args.out, "--out")
     served = frozenset(s.strip() for s in args.served.split(",") if s.strip())
+    for name in sorted(served):
+        try:
+            parse_service(name)
+        except ValueError:
+            raise InputError(f"--served {name!r}: not a service name (e.g. tcp/80)") from None
     profiles = mud_profiles_from_args(args)
     if args.references is not None:
         if args.device is not None or args.files:
