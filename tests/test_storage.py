@@ -380,6 +380,10 @@ def test_a_database_of_a_later_schema_is_refused(db_location: str | Path) -> Non
         )
     with pytest.raises(InputError, match=rf"schema version {LATEST + 1}; this svcfp knows up"):
         open_store(db_location)
+    if isinstance(db_location, Path):
+        # Nor is it read as if it were of this one (the dashboard, devices list).
+        with pytest.raises(InputError, match=rf"schema version {LATEST + 1}; this svcfp knows up"):
+            Storage(db_location, readonly=True)
 
 
 def test_scopes_keep_controllers_devices_apart(db_location: str | Path) -> None:

@@ -26,7 +26,7 @@ from controller.store.records import (
     SourceFile,
     SwitchStatusRecord,
 )
-from controller.store.schema import MIGRATIONS, SQLITE
+from controller.store.schema import LATEST, MIGRATIONS, SQLITE
 from controller.store.store import NamedErrors, Sql, Store
 
 __all__ = [
@@ -143,6 +143,13 @@ class Storage(Store):
         if not names:
             raise InputError(f"database {self.path} holds no svcfp tables: it is empty")
         self._refuse_foreign(names)
+        if "schema_version" in names:
+            (version,) = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            if version is not None and version > LATEST:
+                raise InputError(
+                    f"database {self.path} has schema version {version}; this svcfp knows up to "
+                    f"{LATEST}: upgrade svcfp to read it"
+                )
         self._tables = names
 
     def _has_table(self, name: str) -> bool:
