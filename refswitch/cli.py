@@ -32,7 +32,7 @@ from finsy.proto import p4r
 from controller.base.checks import PORT_LIMIT, check_device_id, check_grpc_addr, check_port
 from controller.base.command import LOG_FORMAT, LOG_LEVELS, run_command
 from controller.base.errors import InputError
-from controller.base.fileio import check_outputs, write_text_atomically
+from controller.base.fileio import check_outputs, writable_folder, write_text_atomically
 from controller.base.p4info import P4Schema
 from refswitch.limits import ServerLimits
 from refswitch.ports import Ports, parse_binding
@@ -180,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
     tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca)
     pcap_out = [parse_binding(text, "--pcap-out") for text in args.pcap_out]
     pcap_in = [parse_binding(text, "--pcap-in") for text in args.pcap_in]
-    # What the switch writes never replaces what it reads, nor another of its outputs.
+    # What the switch writes never replaces what it reads, nor another of its outputs. The log
+    # file's folder is made if missing, as logging to it always did.
+    if args.log_file:
+        writable_folder(Path(args.log_file).parent, "--log-file")
     outputs: dict[str, Path | None] = {"--log-file": args.log_file}
     outputs.update({f"--pcap-out (port {port})": Path(name) for port, name in pcap_out})
     read = [Path(name) for _port, name in pcap_in]
