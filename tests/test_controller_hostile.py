@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from controller.base.macs import is_unicast
 from controller.base.p4info import decode_mac
 from controller.control.config import RegisterRate, RunConfig
 from controller.control.controller import Controller
 from controller.control.registry import RegisterPolicy
 from controller.engine.activity import ActivityRecord
 from controller.p4rt import entries
-from controller.p4rt.forwarding import Forwarding, is_unicast
+from controller.p4rt.forwarding import Forwarding
 from controller.store.storage import Baseline, DeviceRow, open_store
 from svcfp.cli import main
 from tests.support.database import kept

@@ -4,13 +4,14 @@ import sqlite3
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from controller.base.errors import InputError
-from controller.base.macs import int_to_mac, mac_key, mac_to_int
+from controller.base.macs import host_macs, int_to_mac, is_unicast, mac_key, mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
 from controller.ingest.files import (
@@ -36,6 +37,11 @@ def test_mac_keys() -> None:
     assert int_to_mac(mac_to_int(A)) == A
     with pytest.raises(ValueError, match="not a MAC address"):
         mac_key("aa:bb:cc:dd:ee")
+    # A host's source address: neither a group address (I/G bit) nor all zeros.
+    macs = ["02:00:00:00:00:0a", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb", "00:00:00:00:00:00", A]
+    assert [is_unicast(m) for m in macs] == [True, False, False, False, True]
+    values = np.array([mac_to_int(m) for m in macs], dtype=np.uint64)
+    assert host_macs(values).tolist() == [True, False, False, False, True]
 
 
 def test_label_csv(tmp_path: Path) -> None:

@@ -21,10 +21,16 @@ def read_text(path: Path, what: str) -> str:
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}: cannot read {what}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-            f"offset {exc.start})"
-        ) from None
+        raise not_utf8(path, what, exc, at=exc.start) from None
+
+
+def not_utf8(path: Path, what: str, exc: UnicodeDecodeError, at: int | None = None) -> InputError:
+    """The error of `path` holding bytes that are not UTF-8 (`at`: their offset in the file,
+    where the reader knows it; a reader of a stream only knows the byte)."""
+    where = "" if at is None else f" at offset {at}"
+    return InputError(
+        f"{path}: cannot read {what}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}{where})"
+    )
 
 
 def parse_json(text: str, source: str) -> Any:
@@ -90,10 +96,10 @@ def check_outputs(outputs: Mapping[str, Path | None], inputs: Iterable[Path] = (
     given = {flag: Path(path) for flag, path in outputs.items() if path is not None}
     for flag, path in given.items():
         check_writable(path, flag)
-    read = {_same_file(p): p for p in inputs}
+    read = {same_file(p): p for p in inputs}
     seen: dict[Path, str] = {}
     for flag, path in given.items():
-        key = _same_file(path)
+        key = same_file(path)
         if key in seen:
             raise InputError(f"{flag} {path}: the same file as {seen[key]}")
         if key in read:
@@ -112,7 +118,7 @@ def writable_folder(folder: Path, what: str) -> None:
     check_writable(Path(folder) / ".probe", what)
 
 
-def _same_file(path: Path) -> Path:
+def same_file(path: Path) -> Path:
     """`path` as one name per file (symbolic links and relative parts resolved)."""
     return Path(os.path.realpath(path))
 

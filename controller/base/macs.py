@@ -63,7 +63,13 @@ def macs_to_keys(values: npt.NDArray[np.uint64]) -> list[str]:
     return [int_to_mac(v) for v in values.tolist()]
 
 
-def is_group(mac: str | int) -> bool:
-    """Whether a MAC is a group (multicast or broadcast) address: the I/G bit is set."""
-    value = mac_to_int(mac) if isinstance(mac, str) else mac
-    return bool((value >> 40) & 1)
+def host_macs(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Which 48-bit MAC integers can be a host's source address: not a group address (the I/G
+    bit, the lowest bit of the first octet) and not all zeros."""
+    found: npt.NDArray[np.bool_] = (values != 0) & ((values >> np.uint64(40)) & np.uint64(1) == 0)
+    return found
+
+
+def is_unicast(mac: str) -> bool:
+    """Whether `mac` can be a host's source address (see `host_macs`)."""
+    return bool(host_macs(np.array([mac_to_int(mac)], dtype=np.uint64))[0])

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from controller.base.macs import is_unicast
 from controller.control.config import RegisterRate
-from controller.p4rt.forwarding import is_unicast
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.base.errors import InputError
+from controller.base.macs import is_unicast
 from controller.base.p4info import normalize_mac
 from controller.control.live import answering
-from controller.p4rt.forwarding import is_unicast
 from controller.store.records import DeviceRow
 from controller.store.storage import Storage, is_url, open_store
 from controller.store.store import Store

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.fileio import open_atomically
+from controller.base.fileio import not_utf8, open_atomically
 
 CSV_COLUMNS = ("device", "unit", "unit_seconds", "service", "packets", "bytes")
 
@@ -381,10 +381,7 @@ class ActivityTable:
             with handle:
                 return cls._read_csv(path, csv.reader(handle), unit_seconds)
         except UnicodeDecodeError as exc:
-            raise InputError(
-                f"{path}: cannot read activity file: not UTF-8 text "
-                f"(byte 0x{exc.object[exc.start]:02x})"
-            ) from None
+            raise not_utf8(path, "activity file", exc) from None
 
     @classmethod
     def _read_csv(
@@ -436,9 +433,9 @@ class ActivityTable:
                     )
             if values[1] < 0 or values[2] < 0:
                 raise InputError(f"{path}: line {line_no}: negative packet or byte count")
-            # Set by now: from the argument, or from the first row's column (checked above).
-            length = seen_seconds if seen_seconds is not None else unit_seconds or 3600.0
-            why = implausible_row(values[0], values[1], values[2], length)
+            # Set by now: from the argument, or from the first row's column (line 1 refuses
+            # neither), so the fallback never applies.
+            why = implausible_row(values[0], values[1], values[2], seen_seconds or 3600.0)
             if why is not None:
                 raise InputError(f"{path}: line {line_no}: {why}")
             cols[0].append(devices.setdefault(row[index["device"]].strip(), len(devices)))

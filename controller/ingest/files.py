@@ -7,7 +7,6 @@ their first bytes (and a CSV file's header).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.fileio import same_file
 from controller.base.pcapfile import CAPTURE_MAGICS
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
@@ -92,10 +92,10 @@ def expand_paths(
             found.append(path)
         else:
             raise InputError(f"{path}: no such file or directory")
-    seen: set[str] = set()
+    seen: set[Path] = set()
     once = []
     for path in found:
-        key = os.path.realpath(path)
+        key = same_file(path)
         if key not in seen:
             seen.add(key)
             once.append(path)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.base.macs import macs_to_keys
+from controller.base.macs import host_macs, macs_to_keys
 from controller.engine.activity import MAX_EPOCH_SECONDS, ActivityTable, units_of
 from controller.engine.catalogue import Catalogue
 from controller.engine.learned import FlowCells, PortUsage
@@ -145,12 +145,8 @@ def batch_to_activity(
             packets.append(batch.rev_packets[has_reverse])
             octets.append(rev_bytes)
     mac = np.concatenate(macs)
-    if devices is None:
-        # As the controller admits devices: a group (multicast, broadcast) or all-zero source
-        # address is never a device.
-        keep = (mac != 0) & ((mac >> np.uint64(40)) & np.uint64(1) == 0)
-    else:
-        keep = np.isin(mac, devices)
+    # As the controller admits devices: a group or all-zero source address is never one.
+    keep = host_macs(mac) if devices is None else np.isin(mac, devices)
     vocabulary, codes = np.unique(mac[keep], return_inverse=True)
     return ActivityTable.from_arrays(
         devices=macs_to_keys(vocabulary),

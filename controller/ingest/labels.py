@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
+from controller.base.fileio import not_utf8
 from controller.base.macs import NotAMac, mac_key, mac_to_int
 
 UNKNOWN = "unknown"
@@ -108,9 +109,7 @@ class Labels:
             with handle:
                 found = cls._read_rows(path, csv.reader(handle))
         except UnicodeDecodeError as exc:
-            raise InputError(
-                f"{path}: cannot read labels: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
-            ) from None
+            raise not_utf8(path, "labels", exc) from None
         if not found:
             raise InputError(f"{path}: no labels found")
         return cls(found, str(path))

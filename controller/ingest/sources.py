@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from controller.base.checks import is_decimal
 from controller.base.errors import InputError
+from controller.base.fileio import same_file
 from controller.base.macs import mac_to_int
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
@@ -332,7 +333,7 @@ def _tags(paths: Sequence[Path], roots: Sequence[Path]) -> dict[Path, str]:
     clash = [path for path in paths if counts[tags[path]] > 1]
     if not clash:
         return tags
-    real = {path: Path(os.path.realpath(path)) for path in clash}
+    real = {path: same_file(path) for path in clash}
     base = Path(os.path.commonpath([str(r.parent) for r in real.values()]))
     for path in clash:
         tags[path] = str(real[path].relative_to(base).with_suffix(""))

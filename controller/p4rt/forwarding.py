@@ -11,16 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from finsy.proto import p4r
 
+from controller.base.macs import is_unicast
 from controller.base.p4info import P4Schema, normalize_mac
 from controller.p4rt.entries import flood_group, l2_default, l2_entry
-
-ZERO_MAC = "00:00:00:00:00:00"
-
-
-def is_unicast(mac: str) -> bool:
-    """Whether `mac` (normalised) can be a host's source address: not a group address (the I/G
-    bit, the lowest bit of the first octet) and not all zeros."""
-    return mac != ZERO_MAC and not int(mac[:2], 16) & 1
 
 
 class Forwarding:
