@@ -137,6 +137,75 @@ def test_bad_values_name_the_line(tmp_path: Path, use_arrow: bool, row: str, mes
     assert sorted(tuple(r) for r in table.records()) == EXPECTED
 
 
+# Epoch start times only, so that pyarrow reads the file itself rather than leaving a column of
+# mixed times to the line reader.
+EPOCH_ROWS = [ROWS[0], ROWS[2], ROWS[3]]
+EPOCH_EXPECTED = [r for r in EXPECTED if r[1] == 413888]
+
+
+def outcome(path: Path, use_arrow: bool, skip: bool) -> object:
+    """What reading gives: the error, or the rows and how many records were skipped."""
+    try:
+        table, stats = read_ipfix_csv(
+            path, Catalogue.default(), 3600, skip_bad_records=skip, use_arrow=use_arrow
+        )
+    except InputError as exc:
+        return str(exc)
+    return sorted(tuple(r) for r in table.records()), stats.records, stats.skipped
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1,80,0x10,1,0,0",
+            "packet count is not a number: '0x10'",
+        ),
+        (
+            "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,0X1F,80,1,1,0,0",
+            "source port is not a number: '0X1F'",
+        ),
+        (
+            "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1,80,1,1,1,0x0",
+            "reverse octet count is not a number: '0x0'",
+        ),
+        (
+            "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1,80,+5,1,0,0",
+            "packet count is not a number: '\\+5'",
+        ),
+        (
+            "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1,80,1_000,1,0,0",
+            "packet count is not a number: '1_000'",
+        ),
+    ],
+)
+def test_counts_not_in_decimal_are_refused_by_both_readers(
+    tmp_path: Path, row: str, message: str
+) -> None:
+    path = write(tmp_path, HEADER, [*EPOCH_ROWS, row])
+    for use_arrow in (True, False):
+        with pytest.raises(InputError, match=rf"flows.csv: line 5: {message}"):
+            read_ipfix_csv(path, Catalogue.default(), use_arrow=use_arrow)
+    expected = (EPOCH_EXPECTED, 4, 1)
+    assert outcome(path, True, skip=True) == outcome(path, False, skip=True) == expected
+
+
+def test_both_readers_agree_on_padded_and_negative_counts(tmp_path: Path) -> None:
+    padded = "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1, 80 ,\t2, 100,0,0"
+    negative = "1490000000000,aa:bb:cc:dd:ee:01,00:17:88:24:76:ff,6,1,80,-2,100,0,0"
+    path = write(tmp_path, HEADER, [*EPOCH_ROWS, padded])
+    added = [
+        (A, 413888, "tcp/80", 6, 400) if r[:3] == (A, 413888, "tcp/80") else r
+        for r in EPOCH_EXPECTED
+    ]
+    for skip in (False, True):
+        assert outcome(path, True, skip) == outcome(path, False, skip) == (added, 4, 0)
+    path = write(tmp_path, HEADER, [*EPOCH_ROWS, negative])
+    assert outcome(path, True, skip=False) == outcome(path, False, skip=False)
+    expected = (EPOCH_EXPECTED, 4, 1)
+    assert outcome(path, True, skip=True) == outcome(path, False, skip=True) == expected
+
+
 def test_missing_columns_and_files(tmp_path: Path) -> None:
     path = write(tmp_path, "sourceMacAddress,packetTotalCount", ["aa:bb:cc:dd:ee:01,1"])
     with pytest.raises(InputError, match=r"flows.csv: line 1: missing start time column"):

@@ -10,6 +10,9 @@ Columns (IANA IPFIX names; `column_map` maps them to other headers):
 - RFC 5103 biflows: `reversePacketTotalCount`/`reversePacketDeltaCount`,
   `reverseOctetTotalCount`/`reverseOctetDeltaCount`.
 
+Ports and counts are decimal digits: "0x10", "+5" or "1_000" is a malformed value to either
+parser.
+
 A flow's activity belongs to the unit of its start time: flow exporters cut long flows at their
 active timeout (minutes), far shorter than the default one-hour unit, so the error is bounded by
 the timeout while per-unit spreading would invent a uniform rate the record does not state.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +81,8 @@ for _hi, _hv in _HEX_DIGITS.items():
         _HEX_PAIR[(ord(_hi) << 8) | ord(_lo)] = (_hv << 4) | _lv
 _PAIR_POS = [0, 3, 6, 9, 12, 15]
 _SEP_POS = [2, 5, 8, 11, 14]
+# A count as both readers take it: decimal ASCII digits (a sign only to be refused as negative).
+_COUNT = re.compile(r"-?[0-9]+")
 
 
 def parse_column_map(text: str) -> dict[str, str]:
@@ -193,15 +199,9 @@ def _arrow_batches(
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    int_columns = ("sport", "dport", "packets", "bytes", "rev_packets", "rev_bytes")
-    types: dict[str, Any] = {
-        columns.columns[k]: pa.int64() for k in int_columns if k in columns.columns
-    }
-    types[columns.columns["src_mac"]] = pa.string()
-    if "dst_mac" in columns.columns:
-        types[columns.columns["dst_mac"]] = pa.string()
-    if "proto" in columns.columns:
-        types[columns.columns["proto"]] = pa.string()
+    # Counts are read as text too: pyarrow's integer parser also takes hexadecimal ("0x10"),
+    # which the line reader refuses.
+    types: dict[str, Any] = {column: pa.string() for column in columns.columns.values()}
     convert = pacsv.ConvertOptions(
         include_columns=columns.wanted(),
         column_types=types,
@@ -245,7 +245,7 @@ def _arrow_batch(record_batch: Any, columns: _Columns) -> tuple[FlowBatch, npt.N
     def ints(key: str, fill: int | None) -> npt.NDArray[np.int64]:
         if key not in columns.columns:
             return np.zeros(n, np.int64)
-        array = column(key)
+        array = _counts(column(key), bad)
         if array.null_count:
             if fill is None:
                 bad[np.asarray(array.is_null())] = True
@@ -314,6 +314,23 @@ def _arrow_batch(record_batch: Any, columns: _Columns) -> tuple[FlowBatch, npt.N
         rev_bytes=rev_bytes,
     )
     return batch, bad
+
+
+def _counts(text: Any, bad: npt.NDArray[np.bool_]) -> Any:
+    """An int64 column from a string column of counts. pyarrow's integer parser also takes
+    hexadecimal ("0x10"), which the line reader refuses, so such entries flag `bad`; searching the
+    raw characters first spares most batches the per-entry tests."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    data = text.buffers()[2]
+    raw = b"" if data is None else data.to_pybytes()
+    if b" " in raw or b"\t" in raw:
+        text = pc.utf8_trim_whitespace(text)
+    if b"x" in raw or b"X" in raw:
+        hexadecimal = pc.fill_null(pc.starts_with(text, "0x", ignore_case=True), False)
+        bad[np.asarray(hexadecimal)] = True
+    return pc.cast(text, pa.int64())
 
 
 def _macs(array: Any, bad: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.uint64]:
@@ -446,10 +463,9 @@ def _parse_row(
             if empty is None:
                 raise ValueError(f"empty {what}")
             return empty
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{what} is not a number: {text!r}") from None
+        if _COUNT.fullmatch(text) is None:
+            raise ValueError(f"{what} is not a number: {text!r}")
+        value = int(text)
         if value < 0 or (hi is not None and value > hi):
             raise ValueError(f"{what} out of range: {value}")
         return value
