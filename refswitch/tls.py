@@ -1,18 +1,18 @@
 """TLS for the switch's P4Runtime server: its certificate and key, and optionally a CA whose
 client certificates it then requires (mutual TLS, as the controller's `--tls-cert` offers).
 
-The files are checked with the standard library's TLS before gRPC gets them: gRPC reports a bad
-certificate only as a failure to bind the address.
+The files are checked as `svcfp run` checks its own (`controller.base.pem`) before gRPC gets them:
+gRPC reports a bad certificate only as a failure to bind the address.
 """
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from controller.base import pem
 from controller.base.errors import InputError
 
 
@@ -32,24 +32,8 @@ class ServerTls:
 
     def credentials(self) -> grpc.ServerCredentials:
         """gRPC server credentials; InputError naming the flag and file when one is unusable."""
-        cert, key = _read("--tls-cert", self.cert), _read("--tls-key", self.key)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(self.cert, self.key)
-        except ssl.SSLError as exc:
-            raise InputError(
-                f"--tls-cert {self.cert} / --tls-key {self.key}: not a PEM certificate chain "
-                f"and its private key ({exc.reason or exc})"
-            ) from None
-        ca = None
-        if self.ca is not None:
-            ca = _read("--tls-ca", self.ca)
-            try:
-                context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
-            except ssl.SSLError as exc:
-                raise InputError(
-                    f"--tls-ca {self.ca}: not a PEM CA certificate ({exc.reason or exc})"
-                ) from None
+        cert, key = pem.read_chain("--tls-cert", self.cert, "--tls-key", self.key)
+        ca = None if self.ca is None else pem.read_ca("--tls-ca", self.ca)
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=self.mutual
         )
@@ -67,10 +51,3 @@ def server_tls(cert: Path | None, key: Path | None, ca: Path | None) -> ServerTl
     if cert is None or key is None:
         raise InputError("--tls-cert and --tls-key must be given together")
     return ServerTls(cert, key, ca)
-
-
-def _read(flag: str, path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot read: {exc.strerror}") from None

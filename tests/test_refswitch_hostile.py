@@ -441,6 +441,14 @@ def test_unusable_tls_files_are_refused_naming_the_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert f"--tls-ca {tmp_path / 'san.ext'}: not a PEM CA certificate" in done.stderr
+    empty = tmp_path / "empty.crt"
+    empty.write_text("")
+    done = switch_command(
+        "--grpc-addr", "127.0.0.1:0", "--tls-cert", str(pki["server.crt"]), "--tls-key",
+        str(pki["server.key"]), "--tls-ca", str(empty),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"--tls-ca {empty}: empty file, expected a PEM CA certificate" in done.stderr
 
 
 # TLS --------------------------------------------------------------------------------------------

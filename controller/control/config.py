@@ -97,6 +97,11 @@ def switch_from_mapping(item: Any, where: str, index: int) -> SwitchSpec:
             raise ValueError(
                 f"ports {item['ports']!r}: expected a list of port numbers, e.g. [0, 1]"
             )
+        options = None
+        if tls is not None:
+            ca, cert, key = (Path(tls[k]) if tls.get(k) else None for k in ("ca", "cert", "key"))
+            options = TlsOptions(ca, cert, key, names=("tls.ca", "tls.cert", "tls.key"))
+            options.check()
         return SwitchSpec(
             name=str(item.get("name", f"s{index + 1}")),
             grpc_addr=str(item["grpc_addr"]),
@@ -106,9 +111,7 @@ def switch_from_mapping(item: Any, where: str, index: int) -> SwitchSpec:
             tap=None if tap is None else bool(tap),
             cpu_port=None if cpu_port is None else int(cpu_port),
             register_rate=None if rate is None else RegisterRate.parse(str(rate)),
-            tls=None
-            if tls is None
-            else TlsOptions(*(Path(tls[k]) if tls.get(k) else None for k in ("ca", "cert", "key"))),
+            tls=options,
         )
     except KeyError as exc:
         raise InputError(f"{where}: missing {exc.args[0]!r}") from None

@@ -23,6 +23,7 @@ from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from controller.base import pem
 from controller.base.errors import InputError, SwitchError
 from controller.base.p4info import CounterInfo, P4Schema
 from controller.base.wire import CounterValues, decode_counter_read
@@ -41,26 +42,37 @@ _PROBE_TIMEOUT = 0.5
 
 @dataclass(frozen=True)
 class TlsOptions:
-    """Client TLS: a CA to verify the switch, and optionally a client certificate and key."""
+    """Client TLS: a CA to verify the switch, and optionally a client certificate and key.
+
+    `names` are how errors name the three files: the `svcfp run` flags, or the keys of a switch's
+    `tls` table.
+    """
 
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    names: tuple[str, str, str] = ("--tls-ca", "--tls-cert", "--tls-key")
+
+    def check(self) -> None:
+        """Refuse a file that cannot be read, is empty or is not PEM (InputError naming it):
+        what a command does before it connects, where gRPC would only fail the handshake."""
+        self._files()
 
     def credentials(self) -> grpc.ChannelCredentials:
         """gRPC channel credentials built from the files."""
-        if (self.cert is None) != (self.key is None):
-            raise InputError("TLS client certificate and key must be given together")
+        ca, chain = self._files()
+        cert, key = chain if chain is not None else (None, None)
+        return grpc.ssl_channel_credentials(ca, key, cert)
 
-        def read(path: Path | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read TLS file {path}: {exc.strerror}") from exc
-
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+    def _files(self) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
+        ca_name, cert_name, key_name = self.names
+        if self.cert is None or self.key is None:
+            if self.cert is not None or self.key is not None:
+                raise InputError(f"{cert_name} and {key_name} must be given together")
+            chain = None
+        else:
+            chain = pem.read_chain(cert_name, self.cert, key_name, self.key)
+        return (None if self.ca is None else pem.read_ca(ca_name, self.ca)), chain
 
 
 @dataclass(frozen=True)

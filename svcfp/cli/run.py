@@ -254,6 +254,7 @@ def config_from_args(
     live = live_settings(args)
     if args.tls_ca or args.tls_cert or args.tls_key:
         tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key)
+        tls.check()
     return RunConfig(
         switches=tuple(switches),
         p4info=args.p4info,
