@@ -156,6 +156,32 @@ def test_an_out_that_names_an_input_or_another_out_is_refused(
     assert "--start 99999999999: the first unit must start between" in capsys.readouterr().err
 
 
+def test_synth_refuses_counts_beyond_its_limits_before_generating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "flows.csv"
+    for flag, value, limit in [
+        ("--units", "1e8", 100000),
+        ("--units", "100000000", 100000),
+        ("--units", "100001", 100000),
+        ("--units", "0", 100000),
+        ("--devices", "65536", 65535),
+        ("--devices", "-1", 65535),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(["synth", flag, value, "--out", str(out)])
+        assert stop.value.code == 2
+        assert f"argument {flag}: '{value}': a whole number in 1..{limit}" in (
+            capsys.readouterr().err
+        )
+    assert main(["synth", "--devices", "20", "--units", "100000", "--out", str(out)]) == 2
+    assert (
+        "--devices 20 × --units 100000: at most 1000000 device-units in one run"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
 def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from controller.base.checks import is_decimal
 from controller.base.errors import InputError
 from controller.base.fileio import check_outputs, check_writable, open_atomically
 from controller.engine.activity import MAX_EPOCH_SECONDS
@@ -29,6 +31,23 @@ from svcfp.cli.inputs import (
 log = logging.getLogger(__name__)
 
 SYNTH_START = 1_483_228_800  # 2017-01-01T00:00:00Z
+# synth holds everything it generates in memory before writing it: the built-in profiles make
+# about 11 flow records per device and unit, 250 bytes each at the peak, so a million device-units
+# is some 11 million records and 2.5 GB. Ten years of hourly units is 87,600.
+MAX_UNITS = 100_000
+MAX_DEVICES = 0xFFFF
+MAX_DEVICE_UNITS = 1_000_000
+
+
+def _count_up_to(limit: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in 1..`limit`."""
+
+    def parse(text: str) -> int:
+        if not is_decimal(text.strip()) or not 1 <= int(text) <= limit:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number in 1..{limit}")
+        return int(text)
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,8 +83,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     synth.add_argument("--profiles", type=Path, help="profiles JSON (default: built-in)")
     synth.add_argument("--kinds", default="", help="comma-separated profile names (default: all)")
-    synth.add_argument("--devices", type=int, default=10, help="devices (default: 10)")
-    synth.add_argument("--units", type=int, default=24 * 7, help="time units (default: 168)")
+    synth.add_argument(
+        "--devices",
+        type=_count_up_to(MAX_DEVICES),
+        default=10,
+        help=f"devices, 1..{MAX_DEVICES} (default: 10); devices × units at most {MAX_DEVICE_UNITS}",
+    )
+    synth.add_argument(
+        "--units",
+        type=_count_up_to(MAX_UNITS),
+        default=24 * 7,
+        help=f"time units, 1..{MAX_UNITS} (default: 168)",
+    )
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument(
         "--start",
@@ -124,6 +153,11 @@ def run_synth(args: argparse.Namespace) -> int:
     """`svcfp synth`."""
     from controller.ingest import synth
 
+    if args.devices * args.units > MAX_DEVICE_UNITS:
+        raise InputError(
+            f"--devices {args.devices} × --units {args.units}: at most {MAX_DEVICE_UNITS} "
+            "device-units in one run (every record is held in memory before it is written)"
+        )
     check_outputs(
         {"--out": args.out, "--labels-out": args.labels_out},
         [] if args.profiles is None else [args.profiles],
