@@ -3,11 +3,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from controller import __version__
 from controller.base.errors import InputError
+from controller.engine.identify import DEFAULT_PERCENTILE
+from controller.mud.locations import LocationSettings
 from svcfp.cli import build_parser, main
 
 
@@ -78,3 +81,51 @@ def test_one_flag_name_per_concept() -> None:
     }
     assert {"--unit-seconds", "--units-seconds", "--format", "--output"} & flags == set()
     assert {"--time-unit", "--input-format", "--output-format", "--service-granularity"} <= flags
+
+
+@pytest.mark.parametrize(
+    ("command", "percentile"),
+    [
+        (["enroll", "flows.csv", "--labels", "labels.csv", "--out", "refs.json"], "--percentile"),
+        (["evaluate", "flows.csv", "--labels", "labels.csv", "--out", "report"], "--percentile"),
+        (["mud", "import", "mud.json", "--out", "refs.json"], "--percentile"),
+        (["mud", "evaluate", "captures", "--out", "report"], "--percentiles"),
+    ],
+)
+def test_theta_and_a_percentile_to_choose_it_are_refused_together(
+    command: list[str], percentile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    for order in (["--theta", "0.5", percentile, "90"], [percentile, "90", "--theta", "0.5"]):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([*command, *order])
+        assert stop.value.code == 2
+        first, second = (
+            ("--theta", percentile) if order[0] == "--theta" else (percentile, "--theta")
+        )
+        assert f"argument {second}: not allowed with argument {first}" in capsys.readouterr().err
+    given = parser.parse_args([*command, "--theta", "0.5"])
+    assert given.theta == 0.5
+    chosen = parser.parse_args([*command, percentile, "90"])
+    neither = parser.parse_args(command)
+    assert chosen.theta is None and neither.theta is None
+    if percentile == "--percentile":
+        assert (chosen.percentile, neither.percentile) == (90.0, DEFAULT_PERCENTILE)
+    else:
+        assert (chosen.percentiles, neither.percentiles) == (
+            (90.0,),
+            LocationSettings().percentiles,
+        )
+
+
+def test_enroll_refuses_a_theta_with_per_type_thetas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "refs.json"
+    command = ["enroll", str(tmp_path / "flows.csv"), "--labels", str(tmp_path / "labels.csv")]
+    assert main([*command, "--out", str(out), "--theta", "0.5", "--per-type-theta"]) == 2
+    assert (
+        "--per-type-theta chooses each type's θ at --percentile: not with --theta"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()

@@ -173,12 +173,14 @@ def _add_exporter(
 
 def _add_matching(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("matching")
-    group.add_argument(
+    # A θ given is the θ used: a percentile to choose it by would go unheard.
+    threshold = group.add_mutually_exclusive_group()
+    threshold.add_argument(
         "--theta",
         type=similarity,
         help="open-set threshold θ (default: chosen from the references, see --percentile)",
     )
-    group.add_argument(
+    threshold.add_argument(
         "--percentile",
         type=percentile,
         default=DEFAULT_PERCENTILE,
@@ -359,6 +361,11 @@ def engine_config(args: argparse.Namespace, base: ExporterConfig | None = None) 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll reference fingerprints from labelled activity."""
+    if args.theta is not None and args.per_type_theta:
+        raise InputError(
+            "--per-type-theta chooses each type's θ at --percentile: not with --theta, one θ for "
+            "every type"
+        )
     sources = sources_from_args(args)
     check_outputs({"--out": args.out}, read_paths(sources))
     inputs = api.read(sources, need_labels=True)

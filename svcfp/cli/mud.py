@@ -285,10 +285,11 @@ def register(subparsers: Subparsers) -> None:
     )
     add_time_unit(p, 3600.0)
     p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"default: {DEFAULT_MODE}")
-    p.add_argument(
+    threshold = p.add_mutually_exclusive_group()
+    threshold.add_argument(
         "--theta", type=similarity, help="open-set θ (default: chosen, see --percentile)"
     )
-    p.add_argument(
+    threshold.add_argument(
         "--percentile",
         type=percentile,
         default=DEFAULT_PERCENTILE,
@@ -335,7 +336,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("root", type=Path, help="folder of capture folders (MUD files + flows)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--modes", default=",".join(MODES), help="matching modes (default: both)")
-    p.add_argument(
+    threshold = p.add_mutually_exclusive_group()
+    threshold.add_argument(
         "--percentiles",
         type=_floats,
         default=LocationSettings().percentiles,
@@ -343,7 +345,7 @@ def register(subparsers: Subparsers) -> None:
         + ",".join(f"{v:g}" for v in LocationSettings().percentiles)
         + ")",
     )
-    p.add_argument("--theta", type=similarity, help="a fixed θ instead of percentiles")
+    threshold.add_argument("--theta", type=similarity, help="a fixed θ instead of percentiles")
     p.add_argument("--threshold", type=int, default=1, help="h: packets for a service to count")
     p.add_argument("--models", type=Path, help="'folder,model' CSV (default: from folder names)")
     p.set_defaults(func=cmd_evaluate)
