@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,9 @@ from controller.ingest.files import (
     ingest_files,
 )
 from controller.ingest.labels import Labels
+from controller.ingest.sources import Sources, load
 from svcfp.cli import main
+from svcfp.cli.inputs import read_paths
 from tests.support.engine import same_activity
 
 A = "aa:bb:cc:dd:ee:01"
@@ -147,6 +152,39 @@ def test_detect_and_expand(tmp_path: Path) -> None:
         expand_paths([tmp_path], (".pcapng", ".cap"))
     with pytest.raises(InputError, match=r"missing\.pcap: no such file or directory"):
         expand_paths([tmp_path / "missing.pcap"])
+
+
+def test_a_folder_of_inputs_is_listed_once_for_the_outputs_check_and_the_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "flows"
+    (folder / "day2").mkdir(parents=True)
+    header = "flowStartMilliseconds,sourceMacAddress,packetTotalCount\n"
+    for path in (folder / "b.csv", folder / "day2" / "a.csv", tmp_path / "extra.csv"):
+        path.write_text(header + f"{T0}000,{A},1\n")
+    (folder / "notes.txt").write_text("not an input\n")
+    listed: Counter[Path] = Counter()
+    scandir = os.scandir
+
+    def counted(path: str) -> Iterator[os.DirEntry[str]]:
+        listed[Path(path)] += 1
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    # A file named twice, or also inside a folder given, is read once, where it first came.
+    sources = Sources(files=(folder, folder / "b.csv", tmp_path / "extra.csv", folder))
+    checked = read_paths(sources)
+    assert checked == [folder / "b.csv", folder / "day2" / "a.csv", tmp_path / "extra.csv"]
+    # A file that appears after the outputs were checked is not read either.
+    (folder / "late.csv").write_text(header + f"{T0}000,{B},1\n")
+    loaded = load(sources)
+    assert list(loaded.stats) == checked
+    assert listed == {folder: 1, folder / "day2": 1}
+    (folder / "late.csv").unlink()
+    listed.clear()
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "activity.csv")]) == 0
+    assert "2 records from 2 file(s), 0 skipped" in capsys.readouterr().out
+    assert listed == {folder: 1, folder / "day2": 1}
 
 
 def test_labels_filter_and_learned_catalogue(tmp_path: Path) -> None:

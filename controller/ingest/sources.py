@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +96,14 @@ class Sources:
     def is_empty(self) -> bool:
         """Whether nothing at all is to be read."""
         return not (self.files or self.activity or self.database is not None)
+
+    @cached_property
+    def raw_files(self) -> tuple[Path, ...]:
+        """The flow and capture files of `files`, directories standing for theirs
+        (`expand_paths`). The directories are walked once, the first time this is asked: the
+        files a command checks its outputs against are the files it then reads, even when a
+        directory changes in between."""
+        return tuple(expand_paths(self.files))
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,7 +185,7 @@ def load(
         parts.append(
             (database_name(sources.database), read_database(sources.database), by_mac, None)
         )
-    raw = expand_paths(sources.files)
+    raw = list(sources.raw_files)
     unit = sources.time_unit
     catalogue = None
     stats: dict[Path, IngestStats] = {}

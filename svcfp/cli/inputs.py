@@ -15,7 +15,7 @@ from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSetti
 from controller.engine.learned import GRANULARITIES
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
-from controller.ingest.files import FORMATS, expand_paths
+from controller.ingest.files import FORMATS
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.sources import TRACKS, Loaded, Sources
 from controller.store.storage import is_url
@@ -248,7 +248,7 @@ def report_skips(command: str, loaded: Loaded) -> None:
 
 def read_paths(sources: Sources) -> list[Path]:
     """Every file the sources read (directories stand for their files), for `check_outputs`."""
-    paths = [*expand_paths(sources.files), *sources.activity]
+    paths = [*sources.raw_files, *sources.activity]
     paths += [p for p in (sources.labels, sources.catalogue) if p is not None]
     if isinstance(sources.database, Path):
         paths.append(sources.database)
