@@ -27,9 +27,10 @@ from controller.store.records import (
     SwitchStatusRecord,
 )
 from controller.store.schema import LATEST, MIGRATIONS, SQLITE
-from controller.store.store import NamedErrors, Sql, Store
+from controller.store.store import DEFAULT_DB_TIMEOUT, NamedErrors, Sql, Store
 
 __all__ = [
+    "DEFAULT_DB_TIMEOUT",
     "EXPORTABLE",
     "TIME_UNIT_KEY",
     "AlertRecord",
@@ -203,11 +204,12 @@ def is_url(location: str | Path) -> bool:
     return str(location).startswith(POSTGRES_SCHEMES)
 
 
-def open_store(location: str | Path, scope: str = "") -> Store:
-    """The database at `location`: a `postgresql://` URL or the path of a SQLite file."""
+def open_store(location: str | Path, scope: str = "", timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
+    """The database at `location`: a `postgresql://` URL or the path of a SQLite file. A server
+    has `timeout` seconds to answer each time it is asked (see `controller.store.postgres`)."""
     if is_url(location):
         # Imported on first use: the PostgreSQL driver is an optional dependency.
         from controller.store.postgres import PostgresStorage
 
-        return PostgresStorage(str(location), scope)
+        return PostgresStorage(str(location), scope, timeout)
     return Storage(Path(location), scope)
