@@ -98,7 +98,7 @@ class Controller:
         self.device_config = b"" if config.skip_config else read_device_config(config)
         static = load_devices_file(config.devices) if config.devices else []
         self.telemetry = Telemetry()
-        self.store = StorageThread(config.db, config.scope)
+        self.store = StorageThread(config.db, config.scope, config.db_timeout)
         self.alerts = Alerts(self._store_alert, self.telemetry, config.alerts)
         self._identifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="identify")
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from controller.store.records import DeviceRow
-from controller.store.storage import open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, open_store
 from controller.store.store import Store
 
 T = TypeVar("T")
@@ -28,11 +28,15 @@ P = ParamSpec("P")
 class StorageThread:
     """One `Store` confined to one thread; calls from the event loop are awaited or queued."""
 
-    def __init__(self, location: Path | str, scope: str = "") -> None:
+    def __init__(
+        self, location: Path | str, scope: str = "", db_timeout: float = DEFAULT_DB_TIMEOUT
+    ) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="storage")
         self._failure: BaseException | None = None
         try:
-            self.storage: Store = self._executor.submit(open_store, location, scope).result()
+            self.storage: Store = self._executor.submit(
+                open_store, location, scope, db_timeout
+            ).result()
         except BaseException:
             self._executor.shutdown()
             raise

@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from controller.base.errors import InputError
 from controller.store.schema import POSTGRES
+from controller.store.storage import redacted
 from controller.store.store import DEFAULT_DB_TIMEOUT, NamedErrors, Sql, Store
 
 try:
@@ -43,18 +43,6 @@ _SCHEMA_LOCK = 0x7376636670
 _MARGIN = 1.0
 # Rows sent by one executemany: each batch is one bounded wait, however many rows a write has.
 _BATCH_ROWS = 5000
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{host}"))
 
 
 class _Watchdog:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from controller.base.errors import InputError
 from controller.store.records import (
@@ -45,6 +46,7 @@ __all__ = [
     "SwitchStatusRecord",
     "is_url",
     "open_store",
+    "redacted",
 ]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -202,6 +204,19 @@ class Storage(Store):
 def is_url(location: str | Path) -> bool:
     """Whether a `--db` value names a PostgreSQL server rather than a SQLite file."""
     return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def redacted(location: str | Path) -> str:
+    """How messages and logs name the database at `location`: a URL without its password, a
+    path as it is."""
+    parts = urlsplit(str(location))
+    if not is_url(location) or parts.password is None:
+        return str(location)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}"))
 
 
 def open_store(location: str | Path, scope: str = "", timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
