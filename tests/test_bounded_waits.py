@@ -4,6 +4,8 @@ error naming it and a non-zero exit status, and what was stored before stays."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.base.pcapfile import PcapWriter
+from controller.control.controller import FLUSH_TIMEOUT
 from controller.store.storage import DeviceRow, open_store
 from tests.support.paths import P4INFO, ROOT
 from tests.support.postgres import PostgresServer
-from tests.support.processes import SvcfpProcess
+from tests.support.processes import SvcfpProcess, SwitchProcess
 from tests.support.switch import CAMERA, DEVICE_ID, SERVER, Wire, frame, totals
 
 pytest_plugins = ["tests.support.storage"]
@@ -101,3 +105,48 @@ def test_a_database_server_stopped_mid_run_ends_the_run_naming_it(
     finally:
         controller.kill_if_running()
         wire.stop()
+
+
+@pytest.mark.slow
+def test_a_switch_stopped_mid_run_ends_the_run_after_its_duration_naming_it(
+    tmp_path: Path,
+) -> None:
+    pcap = tmp_path / "camera.pcap"
+    with PcapWriter(pcap) as writer:
+        for second in range(5):
+            writer.write(frame(CAMERA, SERVER, 6, 50000, 443, 100), 1_700_000_000.0 + second)
+    devices = tmp_path / "devices.csv"
+    devices.write_text(f"{CAMERA},camera,1\n{SERVER},server,0\n")
+    db = tmp_path / "svcfp.db"
+    duration = 15.0
+    switch = SwitchProcess(
+        "--device-id", str(DEVICE_ID), "--pcap-in", f"1@{pcap}", "--replay-start", "signal"
+    )  # fmt: skip
+    started = time.monotonic()
+    controller = SvcfpProcess(
+        "--log-level", "INFO", "run",
+        "--grpc-addr", switch.address, "--device-id", str(DEVICE_ID), "--p4info", str(P4INFO),
+        "--db", str(db), "--devices", str(devices), "--ports", "0-3",
+        "--interval", "0.2", "--duration", f"{duration:g}",
+    )  # fmt: skip
+    try:
+        controller.wait_for("event=synced")
+        # The frames are replayed once the controller's tables are written, then counted.
+        switch.process.send_signal(signal.SIGUSR1)
+        wait_for_totals(db, {(CAMERA, "tcp/443"): (5, 500)})
+        os.kill(switch.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        code = controller.wait(timeout=120)
+        ended = time.monotonic()
+    finally:
+        os.kill(switch.pid, signal.SIGCONT)
+        controller.kill_if_running()
+        switch.stop()
+    assert code == 3, controller.stderr
+    assert (
+        f"svcfp run: error: switch s1 at {switch.address} (device id {DEVICE_ID}) did not answer "
+        "the last poll"
+    ) in controller.stderr
+    # The duration, then the last poll's bound: not one more poll of a switch that is stopped.
+    assert ended - started < duration + FLUSH_TIMEOUT + SLACK, ended - frozen
+    assert totals(db) == {(CAMERA, "tcp/443"): (5, 500)}, "the polls stored before stay"
