@@ -271,7 +271,10 @@ def _serve(
             return 0
         for error in errors:
             log.error("%s", error)
-    stop.wait()
+    # Never an untimed wait: a signal the kernel hands to one of gRPC's threads (as it may after
+    # a SIGSTOP and SIGCONT) runs its handler only once the main thread wakes up.
+    while not stop.wait(0.2):
+        pass
     return 0
 
 

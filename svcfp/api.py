@@ -81,7 +81,7 @@ from controller.mud.profile import MudProfiles
 from controller.mud.references import MudImport, import_muds
 from controller.mud.validate import validate_mud
 from controller.store.compliance import stored_findings
-from controller.store.storage import SourceFile, Storage, open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, SourceFile, Storage, open_store
 
 if TYPE_CHECKING:
     from controller.web.settings import WebSettings
@@ -143,18 +143,20 @@ def ingest(
     db: Path | str | None = None,
     replace: bool = False,
     engine: DaskEngine | None = None,
+    db_timeout: float = DEFAULT_DB_TIMEOUT,
 ) -> Loaded:
     """Read flow records and captures (by MAC: a shared MAC stays one device) and write the
     activity to an activity CSV `out` and/or the database `db` (a SQLite path or a
-    `postgresql://` URL), where each file is added once
-    (recognised by its content; `replace` takes back what it added before)."""
+    `postgresql://` URL, its server waited for at most `db_timeout` seconds at a time), where
+    each file is added once (recognised by its content; `replace` takes back what it added
+    before)."""
     if not sources.files:
         raise InputError("no input: give the flow or capture files to ingest")
     loaded = load(sources, split_shared=False, reader=_reader(engine))
     # The database first: when it refuses the files (already added, not a database), the
     # activity file given beside it is left as it was.
     if db is not None:
-        with open_store(db) as storage:
+        with open_store(db, timeout=db_timeout) as storage:
             storage.add_sources(
                 [(SourceFile.of(path), table) for path, table in loaded.per_file.items()],
                 replace=replace,

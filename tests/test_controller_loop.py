@@ -12,14 +12,14 @@ import pytest
 
 from controller.base.errors import SvcfpError, SwitchError
 from controller.base.p4info import P4Schema, encode_mac
-from controller.control.controller import Controller
+from controller.control.controller import FLUSH_TIMEOUT, Controller
 from controller.control.schedule import Poll, PollSchedule
 from controller.control.worker import SwitchWorker
 from controller.p4rt import entries
 from controller.p4rt.session import Session, SwitchTarget
 from controller.store.storage import Storage
 from tests.support.paths import P4INFO
-from tests.support.slow import Gate, slow_reads
+from tests.support.slow import Gate, slow_reads, stalled_reads
 from tests.support.switch import (
     CAMERA,
     DEVICE_ID,
@@ -117,6 +117,39 @@ def test_a_poll_during_teardown_reports_no_rows_and_the_run_goes_on(
         assert asyncio.run(scenario()) == [-1, 0]
     finally:
         wire.stop()
+
+
+def test_a_switch_that_stops_answering_ends_a_bounded_run_on_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    duration = 3.0
+    with stalled_reads(monkeypatch) as stalled:
+        wire = Wire()
+        try:
+            controller = Controller(config(tmp_path, wire.address, duration=duration))
+
+            async def scenario() -> float:
+                started = time.monotonic()
+                run = asyncio.create_task(controller.run())
+                await until(lambda: controller.workers[0].session is not None)
+                wire.send(frame(CAMERA, SERVER, 6, 50000, 443, 100), port=1, count=3)
+                await until(lambda: totals(tmp_path / "svcfp.db") != {})
+                # Every read from now on waits for the RPC deadline (30 s), far past the end.
+                stalled.set()
+                with pytest.raises(SwitchError) as caught:
+                    await run
+                assert str(caught.value) == (
+                    f"switch s1 at {wire.address} (device id {DEVICE_ID}) did not answer the "
+                    f"last poll within {FLUSH_TIMEOUT:g} s: what it counted since the last poll "
+                    "it answered is not stored"
+                )
+                return time.monotonic() - started
+
+            took = asyncio.run(scenario())
+        finally:
+            wire.stop()
+    assert took < duration + FLUSH_TIMEOUT + 1.5
+    assert totals(tmp_path / "svcfp.db") == {(CAMERA, "tcp/443"): (3, 300)}
 
 
 def test_poll_schedule_stops_at_every_unit_boundary() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from refswitch.server import P4RUNTIME_API_VERSION
 from refswitch.switch import Switch
 from tests.support.entries import device_entry
 from tests.support.paths import P4INFO, ROOT
+from tests.support.processes import SwitchProcess
 
 SCHEMA = P4Schema.load(P4INFO)
 DEV_MAC = "aa:bb:cc:dd:ee:01"
@@ -123,30 +123,6 @@ def install(stub: p4r_grpc.P4RuntimeStub) -> None:
     stub.Write(write)
 
 
-class SwitchProcess:
-    """`python -m refswitch …` in a subprocess, its gRPC address read from its first line."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "refswitch", "--grpc-addr", "127.0.0.1:0", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], 30)
-        assert ready, "switch did not start"
-        line = self.process.stdout.readline()
-        assert "serving P4Runtime on" in line, line + self.process.stderr.read()  # type: ignore[union-attr]
-        self.address = line.rsplit(" ", 1)[1].strip()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-
-
 @pytest.fixture
 def switch_process() -> Iterator[list[SwitchProcess]]:
     started: list[SwitchProcess] = []
@@ -233,6 +209,19 @@ def test_sigterm_stops_a_serving_switch(switch_process: list[SwitchProcess]) -> 
         assert reply.p4runtime_api_version == P4RUNTIME_API_VERSION
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(30) == 0
+
+
+def test_a_switch_stopped_and_continued_still_stops_on_sigterm(
+    switch_process: list[SwitchProcess],
+) -> None:
+    process = SwitchProcess("--device-id", "3")
+    switch_process.append(process)
+    # Continued, the switch may take the next signal on any of its threads.
+    process.process.send_signal(signal.SIGSTOP)
+    time.sleep(1.0)
+    process.process.send_signal(signal.SIGCONT)
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(10) == 0
 
 
 def test_bad_flags_exit_with_an_error(tmp_path: Path) -> None:

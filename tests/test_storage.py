@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from controller.store.storage import (
     Store,
     open_store,
 )
+from tests.support.postgres import PostgresServer
 
 pytest_plugins = ["tests.support.storage"]
 
@@ -425,3 +427,59 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
     ) as caught:
         open_store("postgresql://svcfp:secret@127.0.0.1:1/none")
     assert "secret" not in str(caught.value)
+
+
+def test_a_write_of_many_rows_is_stored_whole(store: Store) -> None:
+    # More rows than PostgreSQL's executemany batches hold: one transaction all the same.
+    rows = [
+        ActivityRecord(f"02:00:00:00:{d // 256:02x}:{d % 256:02x}", 1, "x", 1, 1)
+        for d in range(12_000)
+    ]
+    store.record_poll("s1", baseline(4), rows, 1.0)
+    assert store.activity() == sorted(rows)
+
+
+@pytest.mark.postgres
+def test_a_server_that_stops_answering_is_named_in_bounded_time(postgres: PostgresServer) -> None:
+    plain = postgres.new_database()
+    url = plain.replace("://svcfp@", "://svcfp:secret@")
+    named = re.escape(plain)
+    with open_store(url, timeout=1.0) as store:
+        store.record_poll("s1", baseline(4, c1=(1, 10)), [ActivityRecord(MAC1, 1, "x", 1, 10)], 1.0)
+        with postgres.frozen():
+            started = time.monotonic()
+            with pytest.raises(InputError, match=rf"database {named} did not answer within 1 s"):
+                store.record_poll(
+                    "s1", baseline(4, c1=(3, 30)), [ActivityRecord(MAC1, 1, "x", 2, 20)], 2.0
+                )
+            # The server's own limits cannot end this wait: the client cuts it off.
+            assert time.monotonic() - started < 6.0
+            with pytest.raises(InputError, match=rf"cannot connect to database {named}:") as caught:
+                open_store(url, timeout=1.0)
+            assert "secret" not in str(caught.value)
+    with open_store(url) as again:
+        assert again.activity() == [ActivityRecord(MAC1, 1, "x", 1, 10)], "the commit before stays"
+        kept = again.baseline("s1", 4)
+        assert kept is not None and kept.packets.tolist() == [0, 1, 0, 0]
+
+
+@pytest.mark.postgres
+def test_a_lock_another_session_holds_is_waited_for_in_bounded_time(
+    postgres: PostgresServer,
+) -> None:
+    import psycopg
+
+    url = postgres.new_database()
+    with open_store(url, timeout=1.0) as store:
+        store.record_poll("s1", baseline(4, c1=(1, 10)), [ActivityRecord(MAC1, 1, "x", 1, 10)], 1.0)
+        with psycopg.connect(url) as other:
+            other.execute("LOCK TABLE activity IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(InputError, match=r"waited 1 s \(--db-timeout\) for a lock another"):
+                store.record_poll(
+                    "s1", baseline(4, c1=(3, 30)), [ActivityRecord(MAC1, 1, "x", 2, 20)], 2.0
+                )
+            assert time.monotonic() - started < 3.0
+        # The server ended the wait itself: the connection goes on.
+        store.record_poll("s1", baseline(4, c1=(3, 30)), [ActivityRecord(MAC1, 1, "x", 2, 20)], 2.0)
+        assert store.activity() == [ActivityRecord(MAC1, 1, "x", 3, 30)]

@@ -139,7 +139,9 @@ async def _dashboard(
         view.out.write(f"no dashboard: {exc.name} is not installed (pip install 'svcfp[web]')\n")
         return None
     for choice in (settings, replace(settings, port=0)):
-        dashboard = Dashboard(run_config.db, choice, controller, title="svcfp demo")
+        dashboard = Dashboard(
+            run_config.db, choice, controller, "svcfp demo", run_config.db_timeout
+        )
         try:
             view.on_dashboard(await dashboard.start())
         except InputError as exc:

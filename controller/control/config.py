@@ -22,6 +22,8 @@ from controller.control.alerts import AlertSettings
 from controller.control.live import LiveSettings
 from controller.control.registry import RegisterPolicy
 from controller.p4rt.session import Role, TlsOptions
+from controller.store.storage import redacted
+from controller.store.store import DEFAULT_DB_TIMEOUT
 
 # Read-only clients (a monitor, an operator's p4runtime-shell at 0,1) stay below the primary.
 PRIMARY_ELECTION_ID = (0, 10)
@@ -194,6 +196,7 @@ class RunConfig:
     db: Path | str = Path("svcfp.db")
     # Controllers sharing one database each keep their devices and switches in a scope.
     scope: str = ""
+    db_timeout: float = DEFAULT_DB_TIMEOUT
     catalogue: Path | None = None
     devices: Path | None = None
     policy: RegisterPolicy = field(default_factory=lambda: RegisterPolicy("all"))
@@ -225,6 +228,7 @@ class RunConfig:
         check_seconds("--interval", self.interval)
         check_seconds("--time-unit", self.time_unit)
         check_seconds("--connect-timeout", self.connect_timeout, minimum=0.1, maximum=3600.0)
+        check_seconds("--db-timeout", self.db_timeout, minimum=1.0, maximum=3600.0)
         check_seconds("reconnect delay", self.reconnect_delay, minimum=0.0)
         if self.duration is not None:
             check_seconds("--duration", self.duration)
@@ -282,6 +286,8 @@ class RunConfig:
             return value
 
         described: dict[str, Any] = plain(self)
+        # A password in a database URL stays out of the log.
+        described["db"] = redacted(self.db)
         described["idle_seconds"] = self.idle_seconds
         return described
 

@@ -10,7 +10,9 @@ transaction or an identification is under way.
 
 Every failure ends the run with an `SvcfpError` (a worker's unexpected exception included, which
 would otherwise leave the loop waiting for a switch that will never be ready), and a stop request
-is honoured within a poll's flush.
+is honoured within a poll's flush. A run's duration ends it however late its polls are: a poll
+still waiting for a switch then is cut short, the last poll has `FLUSH_TIMEOUT`, and a connected
+switch that did not answer it ends the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -53,7 +56,8 @@ from controller.store.store import Store
 
 log = logging.getLogger(__name__)
 
-# After a stop request, the last poll may take this long before the run ends without it.
+# After a stop request or the run's duration, the last poll may take this long before the run
+# ends without it.
 FLUSH_TIMEOUT = 2.0
 
 
@@ -98,7 +102,7 @@ class Controller:
         self.device_config = b"" if config.skip_config else read_device_config(config)
         static = load_devices_file(config.devices) if config.devices else []
         self.telemetry = Telemetry()
-        self.store = StorageThread(config.db, config.scope)
+        self.store = StorageThread(config.db, config.scope, config.db_timeout)
         self.alerts = Alerts(self._store_alert, self.telemetry, config.alerts)
         self._identifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="identify")
         try:
@@ -190,30 +194,38 @@ class Controller:
             if not await self._until_ready(tasks):
                 return self.stats
             schedule = PollSchedule(config.time_unit, config.interval, time.time())
-            started = time.monotonic()
+            # The end of a bounded run, on the monotonic clock: the schedule runs behind real
+            # time after polls that waited for a switch, so it cannot say when the run ends.
+            end = None if config.duration is None else time.monotonic() + config.duration
             while not self.stop.is_set():
                 poll = schedule.next()
-                wait = poll.when - time.time()
-                ending = False
-                if config.duration is not None:
-                    left = config.duration - (time.monotonic() - started)
-                    if left < wait:
-                        wait, ending = left, True
-                if await self._stopped_within(wait) or ending:
+                wait = max(0.0, poll.when - time.time())
+                left = math.inf if end is None else end - time.monotonic()
+                if await self._stopped_within(min(wait, left)) or left < wait:
                     break
-                if not await self._unless_stopped(self.poll_all(poll.unit)):
+                if not await self._unless_stopped(self.poll_all(poll.unit), end):
                     break
                 closed = schedule.done(poll, time.time())
                 self._check(tasks)
                 self._evict()
                 if closed is not None:
                     self._close_units(*closed)
-            await self._flush(schedule)
+            unanswered = await self._flush(schedule)
             if self._closing is not None:
                 await self._closing
             self._check(tasks)
             if config.export_dir is not None:
                 await self.store.call(self.export, config.export_dir, config.export_format)
+            self.store.sync()
+            if unanswered:
+                raise SwitchError(
+                    "; ".join(
+                        f"{w.target.describe()} did not answer the last poll within "
+                        f"{FLUSH_TIMEOUT:g} s: what it counted since the last poll it answered "
+                        "is not stored"
+                        for w in unanswered
+                    )
+                )
         finally:
             for task in [*tasks, *self.background]:
                 task.cancel()
@@ -273,12 +285,18 @@ class Controller:
             await asyncio.wait_for(self.stop.wait(), max(0.0, seconds))
         return self.stop.is_set()
 
-    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
-        """Run `work` unless `stop` comes first (a poll of a switch that hangs); True if done."""
+    async def _unless_stopped(
+        self, work: Coroutine[Any, Any, None], until: float | None = None
+    ) -> bool:
+        """Run `work` unless `stop` comes first, or the monotonic time `until` (a poll of a
+        switch that hangs); True if done."""
         task = asyncio.ensure_future(work)
         stopped = asyncio.ensure_future(self.stop.wait())
+        timeout = None if until is None else max(0.0, until - time.monotonic())
         try:
-            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {task, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stopped.cancel()
         if not task.done():
@@ -288,8 +306,9 @@ class Controller:
         task.result()
         return True
 
-    async def _flush(self, schedule: PollSchedule) -> None:
-        """The last poll, bounded in time, and the close of every unit up to the current one."""
+    async def _flush(self, schedule: PollSchedule) -> list[SwitchWorker]:
+        """The last poll, bounded in time, and the close of every unit up to the current one;
+        the connected switches that did not answer it."""
         unit = schedule.unit
         try:
             await asyncio.wait_for(self.poll_all(unit), FLUSH_TIMEOUT)
@@ -299,6 +318,9 @@ class Controller:
         closed = schedule.done(Poll(now, unit, closes=True), now)
         if closed is not None:
             self._close_units(*closed)
+        # A switch known to be lost was said to be (its alert); one that holds its session
+        # open and answers nothing is said here.
+        return [w for w in self.workers if w.session is not None and w.polled_cycle < self.cycle]
 
     def export(self, folder: Path, file_format: str) -> None:
         """Write the stored activity, devices, fingerprints and decisions into `folder` (in the

@@ -18,7 +18,7 @@ from controller.base.p4info import normalize_mac
 from controller.control.live import answering
 from controller.store.records import DeviceRow
 from controller.store.storage import Storage, is_url, open_store
-from controller.store.store import Store
+from controller.store.store import DEFAULT_DB_TIMEOUT, Store
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,22 @@ class DeviceView:
     similarity: float | None
 
 
-def open_existing(db: Path | str, readonly: bool = False) -> Store:
+def open_existing(
+    db: Path | str, readonly: bool = False, db_timeout: float = DEFAULT_DB_TIMEOUT
+) -> Store:
     """The database at `db`; InputError when there is none (not an empty new one). A SQLite
-    file opened `readonly` is only read: nothing is created or migrated in it."""
+    file opened `readonly` is only read: nothing is created or migrated in it. A server is
+    waited for at most `db_timeout` seconds at a time."""
     if not is_url(db) and not Path(db).is_file():
         raise InputError(f"{db}: no such database")
     if readonly and not is_url(db):
         return Storage(Path(db), readonly=True)
-    return open_store(db)
+    return open_store(db, timeout=db_timeout)
 
 
-def list_devices(db: Path | str) -> list[DeviceView]:
+def list_devices(db: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> list[DeviceView]:
     """Every device of the registry in `db`, evicted ones included, by MAC."""
-    with open_existing(db, readonly=True) as storage:
+    with open_existing(db, readonly=True, db_timeout=db_timeout) as storage:
         rows = storage.devices()
         decided = storage.decisions()
     views = []
@@ -85,7 +88,9 @@ class Purge:
         )
 
 
-def purge_devices(db: Path | str, purge: Purge, dry_run: bool = False) -> list[DeviceRow]:
+def purge_devices(
+    db: Path | str, purge: Purge, dry_run: bool = False, db_timeout: float = DEFAULT_DB_TIMEOUT
+) -> list[DeviceRow]:
     """Forget the devices `purge` selects from the registry in `db`; returns them."""
     wanted = Purge(
         tuple(normalize_mac(m) for m in purge.macs),
@@ -93,7 +98,7 @@ def purge_devices(db: Path | str, purge: Purge, dry_run: bool = False) -> list[D
         purge.idle_before,
         purge.group,
     )
-    with open_existing(db) as storage:
+    with open_existing(db, db_timeout=db_timeout) as storage:
         chosen = [row for row in storage.devices() if wanted.matches(row)]
         if not dry_run:
             storage.delete_devices(row.mac for row in chosen)

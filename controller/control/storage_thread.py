@@ -5,8 +5,9 @@ on the event loop either would hold up digests and the other switches' polls. Th
 connection (SQLite or PostgreSQL) is opened in the storage thread and used only there (sqlite3
 refuses any other thread), and every database call goes through it in the order it was made, so
 a poll's activity is stored before the units it closes are read back. Writes nobody waits for
-(registry changes) are kept in that order too, and the first one that fails ends the run at the
-next `check`.
+(registry changes) are kept in that order too, and the first call that fails ends the run at the
+next `check`: a queued write, or a call whose caller was cut short before it could hear of its
+failure (the last poll of a run that ended while the database did not answer).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from controller.store.records import DeviceRow
-from controller.store.storage import open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, open_store
 from controller.store.store import Store
 
 T = TypeVar("T")
@@ -28,11 +29,15 @@ P = ParamSpec("P")
 class StorageThread:
     """One `Store` confined to one thread; calls from the event loop are awaited or queued."""
 
-    def __init__(self, location: Path | str, scope: str = "") -> None:
+    def __init__(
+        self, location: Path | str, scope: str = "", db_timeout: float = DEFAULT_DB_TIMEOUT
+    ) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="storage")
         self._failure: BaseException | None = None
         try:
-            self.storage: Store = self._executor.submit(open_store, location, scope).result()
+            self.storage: Store = self._executor.submit(
+                open_store, location, scope, db_timeout
+            ).result()
         except BaseException:
             self._executor.shutdown()
             raise
@@ -48,19 +53,21 @@ class StorageThread:
     def queued(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
         """Queue `func(*args)` now, behind every earlier call, and give its result to await
         later (`call` queues only once awaited)."""
-        return asyncio.wrap_future(self._executor.submit(func, *args, **kwargs))
+        future = self._executor.submit(func, *args, **kwargs)
+        future.add_done_callback(self._keep_failure)
+        return asyncio.wrap_future(future)
 
     def submit(self, func: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Queue `func(*args)` behind every earlier call; a failure is raised by `check`."""
         future = self._executor.submit(func, *args, **kwargs)
         future.add_done_callback(self._keep_failure)
 
-    def _keep_failure(self, future: concurrent.futures.Future[object]) -> None:
+    def _keep_failure(self, future: concurrent.futures.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None and self._failure is None:
             self._failure = future.exception()
 
     def check(self) -> None:
-        """Raise the first failure of a queued write, if any."""
+        """Raise the first failure of a queued call, if any."""
         if self._failure is not None:
             raise self._failure
 

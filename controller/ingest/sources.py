@@ -47,7 +47,7 @@ from controller.ingest.files import (
 )
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.labels import Labels
-from controller.store.storage import Storage, is_url, open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, Storage, is_url, open_store
 
 TRACK_SEPARATOR = "#"
 Tracks = Literal["device", "capture"]
@@ -60,7 +60,8 @@ class Sources:
 
     `files` are flow records and captures (a directory stands for its capture and flow files);
     `activity` activity CSVs; `database` a controller database (a SQLite path or a
-    `postgresql://` URL). `time_unit` is the unit in
+    `postgresql://` URL, whose server is waited for at most `db_timeout` seconds at a time).
+    `time_unit` is the unit in
     seconds (None: the unit of stored activity, or the default hour for raw files).
     `service_granularity` decides how raw files' ports group into services (see
     `controller.engine.catalogue`); `catalogue` is the catalogue file it starts from.
@@ -71,6 +72,7 @@ class Sources:
     files: tuple[Path, ...] = ()
     activity: tuple[Path, ...] = ()
     database: Path | str | None = None
+    db_timeout: float = DEFAULT_DB_TIMEOUT
     input_format: Format = "auto"
     labels: Path | None = None
     all_devices: bool = False
@@ -183,7 +185,12 @@ def load(
         parts.append((path.stem, ActivityTable.from_csv(path), by_mac, None))
     if sources.database is not None:
         parts.append(
-            (database_name(sources.database), read_database(sources.database), by_mac, None)
+            (
+                database_name(sources.database),
+                read_database(sources.database, sources.db_timeout),
+                by_mac,
+                None,
+            )
         )
     raw = list(sources.raw_files)
     unit = sources.time_unit
@@ -284,10 +291,10 @@ def _flow_cells(
     )
 
 
-def read_database(location: Path | str) -> ActivityTable:
+def read_database(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> ActivityTable:
     """The activity a controller (or `svcfp ingest --db`) stored at `location`."""
     if is_url(location):
-        with open_store(location) as storage:
+        with open_store(location, timeout=db_timeout) as storage:
             return storage.activity_table()
     if not Path(location).is_file():
         raise InputError(f"{location}: no such database")

@@ -4,6 +4,10 @@
 the StreamChannel and arbitrates; leaving closes everything. While open, a reader task routes
 stream messages (arbitration, digests) and sets `disconnected` when the stream ends, so whoever
 depends on the session can stop and reconnect. Several sessions (switches) may share one event loop.
+
+Nothing waits on a switch without a deadline: every RPC has `rpc_timeout`, and so has every
+message written to the StreamChannel (a switch that stopped reading it would hold a write
+forever); the stream itself lives as long as the session.
 """
 
 from __future__ import annotations
@@ -237,7 +241,9 @@ class Session:
         )
         self._record("StreamChannel.arbitration", request)
         try:
-            await self._stream.write(request)
+            await asyncio.wait_for(self._stream.write(request), timeout)
+        except TimeoutError:
+            raise _Retry(f"arbitration request not taken within {timeout:.1f} s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._refused("arbitration", exc) from None
         get = asyncio.ensure_future(self._arbitration.get())
@@ -551,7 +557,14 @@ class Session:
             )
             if self._stream is not None and not self.disconnected.is_set():
                 try:
-                    await self._stream.write(ack)
+                    # A write given up cancels the stream: the session ends and is reopened.
+                    await asyncio.wait_for(self._stream.write(ack), self.rpc_timeout)
+                except TimeoutError:
+                    log.warning(
+                        "%s: digest ack not taken within %g s",
+                        self.target.describe(),
+                        self.rpc_timeout,
+                    )
                 except grpc.aio.AioRpcError as exc:
                     log.warning("%s: digest ack failed: %s", self.target.describe(), exc.details())
             yield digest

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from controller.base.errors import InputError
 from controller.store.records import (
@@ -27,9 +28,10 @@ from controller.store.records import (
     SwitchStatusRecord,
 )
 from controller.store.schema import LATEST, MIGRATIONS, SQLITE
-from controller.store.store import NamedErrors, Sql, Store
+from controller.store.store import DEFAULT_DB_TIMEOUT, NamedErrors, Sql, Store
 
 __all__ = [
+    "DEFAULT_DB_TIMEOUT",
     "EXPORTABLE",
     "TIME_UNIT_KEY",
     "AlertRecord",
@@ -44,6 +46,7 @@ __all__ = [
     "SwitchStatusRecord",
     "is_url",
     "open_store",
+    "redacted",
 ]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -203,11 +206,25 @@ def is_url(location: str | Path) -> bool:
     return str(location).startswith(POSTGRES_SCHEMES)
 
 
-def open_store(location: str | Path, scope: str = "") -> Store:
-    """The database at `location`: a `postgresql://` URL or the path of a SQLite file."""
+def redacted(location: str | Path) -> str:
+    """How messages and logs name the database at `location`: a URL without its password, a
+    path as it is."""
+    parts = urlsplit(str(location))
+    if not is_url(location) or parts.password is None:
+        return str(location)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}"))
+
+
+def open_store(location: str | Path, scope: str = "", timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
+    """The database at `location`: a `postgresql://` URL or the path of a SQLite file. A server
+    has `timeout` seconds to answer each time it is asked (see `controller.store.postgres`)."""
     if is_url(location):
         # Imported on first use: the PostgreSQL driver is an optional dependency.
         from controller.store.postgres import PostgresStorage
 
-        return PostgresStorage(str(location), scope)
+        return PostgresStorage(str(location), scope, timeout)
     return Storage(Path(location), scope)

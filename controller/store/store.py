@@ -42,6 +42,10 @@ from controller.store.records import (
 )
 from controller.store.schema import LATEST, MIGRATIONS, VERSION_TABLE, Dialect
 
+# How long a database server may take to answer (connecting, a statement, a lock another session
+# holds) before the command ends naming it: `--db-timeout`.
+DEFAULT_DB_TIMEOUT = 30.0
+
 # Activity adds up: a row already stored for (device, unit, service) grows by the new counts.
 _ADD_ACTIVITY = (
     "INSERT INTO activity (device, unit, service, packets, bytes) VALUES (?, ?, ?, ?, ?) "

@@ -28,7 +28,7 @@ from controller.store.records import (
     DeviceRow,
     SwitchStatusRecord,
 )
-from controller.store.storage import Storage, is_url, open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, Storage, is_url, open_store
 from controller.store.store import Store
 
 T = TypeVar("T")
@@ -223,22 +223,22 @@ def summarize(
     return sorted(out, key=lambda d: (not d.attention, d.row.mac))
 
 
-def open_reader(location: Path | str) -> Store:
+def open_reader(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
     """The database at `location` for reading: a SQLite file read-only, a PostgreSQL server
-    (`postgresql://`) on a connection of its own."""
+    (`postgresql://`) on a connection of its own, waited for at most `db_timeout` seconds."""
     if is_url(location):
-        return open_store(location)
+        return open_store(location, timeout=db_timeout)
     return Storage(Path(location), readonly=True)
 
 
 class DashboardData:
     """The database, read on its own thread; every query is awaited from the event loop."""
 
-    def __init__(self, location: Path | str) -> None:
+    def __init__(self, location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> None:
         self.location = location
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dashboard")
         try:
-            self._storage: Store = self._executor.submit(open_reader, location).result()
+            self._storage: Store = self._executor.submit(open_reader, location, db_timeout).result()
         except BaseException:
             self._executor.shutdown()
             raise

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from controller.control.config import RunConfig, RunStats
 from controller.control.controller import Controller, UnitCallback, serve_controller
+from controller.store.store import DEFAULT_DB_TIMEOUT
 from controller.web.server import Dashboard
 from controller.web.settings import WebSettings
 
@@ -27,7 +28,7 @@ async def run_with_dashboard(
     told the dashboard's address once it listens."""
     controller = Controller(config, on_unit_closed)
     try:
-        dashboard = Dashboard(config.db, settings, controller)
+        dashboard = Dashboard(config.db, settings, controller, db_timeout=config.db_timeout)
     except BaseException:
         controller.close()
         raise
@@ -46,11 +47,14 @@ async def run_with_dashboard(
 
 
 async def serve_stored(
-    db: Path | str, settings: WebSettings, on_url: Callable[[str], None]
+    db: Path | str,
+    settings: WebSettings,
+    on_url: Callable[[str], None],
+    db_timeout: float = DEFAULT_DB_TIMEOUT,
 ) -> None:
     """Serve the dashboard of the database `db` until SIGINT or SIGTERM (`svcfp dashboard`)."""
     name = db.name if isinstance(db, Path) else "PostgreSQL"
-    dashboard = Dashboard(db, settings, title=f"svcfp · {name}")
+    dashboard = Dashboard(db, settings, title=f"svcfp · {name}", db_timeout=db_timeout)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handled: list[signal.Signals] = []

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from controller import __version__
 from controller.base.errors import InputError
 from controller.control.alerts import KINDS, SEVERITY
+from controller.store.store import DEFAULT_DB_TIMEOUT
 from controller.web.data import HEATMAP_UNITS, ChangeWatch, DashboardData
 from controller.web.settings import WebSettings
 
@@ -154,11 +155,12 @@ class Dashboard:
         settings: WebSettings,
         controller: Controller | None = None,
         title: str = "svcfp",
+        db_timeout: float = DEFAULT_DB_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.controller = controller
         self.title = title
-        self.data = DashboardData(db)
+        self.data = DashboardData(db, db_timeout)
         self.env = templates()
         self.hub = EventHub()
         self.metrics: CollectorRegistry | None = None

@@ -8,8 +8,9 @@ import asyncio
 import logging
 from pathlib import Path
 
+from controller.store.storage import redacted
 from controller.web.settings import DEFAULT_LISTEN, TOKEN_ENV, WebSettings
-from svcfp.cli.inputs import DB_HELP, database_location
+from svcfp.cli.inputs import DB_HELP, add_db_timeout, database_location
 
 log = logging.getLogger("controller.web")
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=Path("svcfp.db"),
         help=f"the controller's database: {DB_HELP} (default: svcfp.db)",
     )
+    add_db_timeout(parser)
     parser.add_argument(
         "--http",
         default=DEFAULT_LISTEN,
@@ -46,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     from controller.web.run import serve_stored
 
     def announce(url: str) -> None:
-        print(f"svcfp dashboard of {args.db}: {url}  (Ctrl-C stops it)", flush=True)
+        print(f"svcfp dashboard of {redacted(args.db)}: {url}  (Ctrl-C stops it)", flush=True)
 
-    asyncio.run(serve_stored(args.db, settings, announce))
+    asyncio.run(serve_stored(args.db, settings, announce, args.db_timeout))
     return 0

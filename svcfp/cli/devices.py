@@ -9,7 +9,8 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.control import devices
-from svcfp.cli.inputs import DB_HELP, database_location
+from controller.store.storage import redacted
+from svcfp.cli.inputs import DB_HELP, add_db_timeout, database_location
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=Path("svcfp.db"),
         help=f"controller database: {DB_HELP}",
     )
+    add_db_timeout(listing)
     listing.set_defaults(func=list_main)
     purge = actions.add_parser("purge", help="forget chosen devices (their activity stays)")
     purge.add_argument(
@@ -33,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=Path("svcfp.db"),
         help=f"controller database: {DB_HELP}",
     )
+    add_db_timeout(purge)
     purge.add_argument("--mac", action="append", default=[], help="this MAC (repeatable)")
     purge.add_argument(
         "--from-digests", action="store_true", help="every device registered from a digest"
@@ -51,7 +54,7 @@ def _when(stamp: float) -> str:
 
 def list_main(args: argparse.Namespace) -> int:
     """Entry point of `svcfp devices list`."""
-    views = devices.list_devices(args.db)
+    views = devices.list_devices(args.db, args.db_timeout)
     print(
         f"{'mac':17} {'id':>4} {'label':12} {'source':7} {'switch':6} {'port':>4} "
         f"{'first seen (UTC)':19} {'last seen (UTC)':19} {'verdict':12} {'sim':>5} {'n':>3}"
@@ -80,13 +83,13 @@ def purge_main(args: argparse.Namespace) -> int:
         None if args.idle is None else time.time() - args.idle,
         args.group,
     )
-    chosen = devices.purge_devices(args.db, selection, args.dry_run)
+    chosen = devices.purge_devices(args.db, selection, args.dry_run, args.db_timeout)
     for row in chosen:
         print(f"{'would purge' if args.dry_run else 'purged'} {row.mac} ({row.source})")
     for mac in devices.missing(args.mac, chosen):
         print(f"not registered: {mac}")
     print(
-        f"{len(chosen)} devices {'would be ' if args.dry_run else ''}purged from {args.db}; "
-        "a running controller keeps them until it restarts"
+        f"{len(chosen)} devices {'would be ' if args.dry_run else ''}purged from "
+        f"{redacted(args.db)}; a running controller keeps them until it restarts"
     )
     return 0

@@ -19,6 +19,7 @@ from svcfp.cli.inputs import (
     DB_HELP,
     add_catalogue_arguments,
     add_cluster_arguments,
+    add_db_timeout,
     add_input_arguments,
     add_time_unit,
     database_location,
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ingest.add_argument(
         "--db", type=database_location, help=f"database to add the activity to: {DB_HELP}"
     )
+    add_db_timeout(ingest)
     ingest.add_argument(
         "--replace",
         action="store_true",
@@ -131,7 +133,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         for note in Labels.load(sources.labels).notes:
             log.warning("%s", note)
     with engine_from_args(args) as engine:
-        loaded = api.ingest(sources, args.out, args.db, args.replace, engine)
+        loaded = api.ingest(sources, args.out, args.db, args.replace, engine, args.db_timeout)
     report_skips("ingest", loaded)
     activity = loaded.activity
     catalogue = loaded.catalogue

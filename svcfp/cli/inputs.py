@@ -18,7 +18,7 @@ from controller.engine.services import MAX_SERVICE_ID
 from controller.ingest.files import FORMATS
 from controller.ingest.ipfix_csv import parse_column_map
 from controller.ingest.sources import TRACKS, Loaded, Sources
-from controller.store.storage import is_url
+from controller.store.storage import DEFAULT_DB_TIMEOUT, is_url
 
 # A parser or an argument group of one: both take add_argument.
 Container = argparse._ActionsContainer
@@ -39,6 +39,23 @@ DB_HELP = "a SQLite file or a postgresql://user@host:port/dbname URL"
 def database_location(text: str) -> Path | str:
     """An argparse type: a `postgresql://` URL as given, anything else a SQLite path."""
     return text if is_url(text) else Path(text)
+
+
+def _db_seconds(text: str) -> float:
+    return _number_in(text, 1.0, 3600.0, "a database timeout, in seconds,")
+
+
+def add_db_timeout(parser: Container) -> None:
+    """`--db-timeout SECONDS`, beside every `--db`."""
+    parser.add_argument(
+        "--db-timeout",
+        type=_db_seconds,
+        default=DEFAULT_DB_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a postgresql:// database may take to answer (connecting, each statement, "
+        "a lock another session holds) before the command ends with an error naming it "
+        f"(default: {DEFAULT_DB_TIMEOUT:g})",
+    )
 
 
 def positive_seconds(text: str) -> float:
@@ -131,6 +148,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, stored_activity: bool =
             type=database_location,
             help=f"a controller database to read activity from: {DB_HELP}",
         )
+        add_db_timeout(group)
     group.add_argument(
         "--input-format",
         choices=FORMATS,
@@ -263,6 +281,7 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
         files=tuple(args.files),
         activity=tuple(getattr(args, "activity", ())),
         database=getattr(args, "db", None) if hasattr(args, "activity") else None,
+        db_timeout=getattr(args, "db_timeout", DEFAULT_DB_TIMEOUT),
         input_format=args.input_format,
         labels=args.labels,
         all_devices=args.all_devices,

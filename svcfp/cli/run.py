@@ -33,7 +33,7 @@ from svcfp import api
 from svcfp.cli import config_file
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args
 from svcfp.cli.engine import add_engine_arguments, engine_config
-from svcfp.cli.inputs import DB_HELP, database_location
+from svcfp.cli.inputs import DB_HELP, add_db_timeout, database_location
 
 log = logging.getLogger("controller.control.controller")
 
@@ -134,6 +134,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=Path("svcfp.db"),
         help=f"where activity and results go: {DB_HELP} (default: svcfp.db)",
     )
+    add_db_timeout(parser)
     parser.add_argument(
         "--scope",
         default="",
@@ -271,6 +272,7 @@ def config_from_args(
         time_unit=args.time_unit,
         db=args.db,
         scope=args.scope,
+        db_timeout=args.db_timeout,
         catalogue=args.catalogue,
         devices=args.devices,
         policy=RegisterPolicy.parse(args.register_policy, args.allowlist),

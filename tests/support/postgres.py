@@ -1,6 +1,7 @@
 """A PostgreSQL server of the tests' own: `initdb` in a temporary folder, a loopback port, stopped
-by its PID. Debian's server binaries (`apt-get install postgresql`, under
-/usr/lib/postgresql/N/bin) or `initdb` on PATH; `postgres_binaries()` is None without them.
+by its PID (and frozen, `frozen()`, by the PIDs of its processes). Debian's server binaries
+(`apt-get install postgresql`, under /usr/lib/postgresql/N/bin) or `initdb` on PATH;
+`postgres_binaries()` is None without them.
 
 initdb refuses to run as root, so as root the cluster belongs to `nobody` (its folder too).
 """
@@ -69,6 +70,21 @@ class PostgresServer:
             admin.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The whole server stopped (SIGSTOP) for the block, then continued: it answers nothing,
+        as a hung machine would. Every backend is a process of its own in a session of its own,
+        so each of the postmaster's children is stopped by its PID."""
+        stopped = [self.process.pid, *_children(self.process.pid)]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def log(self) -> str:
         path = self.root / "server.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
@@ -83,6 +99,22 @@ class PostgresServer:
                 self.process.kill()
                 self.process.wait(timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of the processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent is the 2nd field after the command name, which is in parentheses.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def start_server(binaries: Path) -> PostgresServer:

@@ -30,6 +30,28 @@ def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Iterator[thre
         yield started
 
 
+@contextlib.contextmanager
+def stalled_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Once the event is set, every Read served by reference switches made inside the block
+    waits, unanswered, until the block ends: a switch that holds its session open and answers
+    nothing (as a stopped process would)."""
+    stalled = threading.Event()
+    ended = threading.Event()
+    read = P4RuntimeService.read
+
+    def stalling(self: P4RuntimeService, request: Any, context: Any) -> Iterator[bytes]:
+        if stalled.is_set():
+            ended.wait()
+        yield from read(self, request, context)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(P4RuntimeService, "read", stalling)
+        try:
+            yield stalled
+        finally:
+            ended.set()
+
+
 class Gate:
     """Holds a call until released (or `timeout` passes), says when one is held, and whether the
     release came in time (it cannot while the releasing code is blocked by the held call)."""
