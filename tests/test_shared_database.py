@@ -5,11 +5,7 @@ frame is lost or counted twice."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,49 +14,14 @@ from pathlib import Path
 import pytest
 
 from controller.store.storage import open_store
-from tests.support.paths import P4INFO, ROOT
+from tests.support.paths import P4INFO
+from tests.support.processes import SvcfpProcess
 from tests.support.switch import CAMERA, DEVICE_ID, PLUG, SERVER, Wire, frame, totals
 
 pytest_plugins = ["tests.support.storage"]
 pytestmark = pytest.mark.slow
 
 OTHER_SERVER = "02:00:00:00:00:fd"
-
-
-class ControllerProcess:
-    """`svcfp run` of one scope in a child process, its log lines collected."""
-
-    def __init__(self, command: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(
-            target=lambda: self.lines.extend(self.process.stderr or ()), daemon=True
-        )
-        self._reader.start()
-
-    def wait_synced(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any("event=synced" in line for line in list(self.lines)):
-            assert self.process.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, "controller did not program its switch"
-            time.sleep(0.05)
-
-    def stop(self, sig: int) -> int:
-        self.process.send_signal(sig)
-        return self.wait()
-
-    def wait(self) -> int:
-        code = self.process.wait(timeout=30)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill_if_running(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 def wait_for(location: str | Path, expected: dict[tuple[str, str], tuple[int, int]]) -> None:
@@ -84,7 +45,7 @@ def test_two_controllers_share_a_database_through_a_kill_and_restart(
         spec = {"name": f"sw-{scope}", "grpc_addr": wire.address, "device_id": DEVICE_ID}
         switches.write_text(json.dumps([{**spec, "ports": [0, 1, 2, 3]}]))
         commands[scope] = [
-            sys.executable, "-m", "svcfp", "--log-level", "INFO", "run",
+            "--log-level", "INFO", "run",
             "--switches", str(switches), "--p4info", str(P4INFO), "--db", str(db_location),
             "--devices", str(devices), "--interval", "0.2", "--duration", "60",
         ]  # fmt: skip
@@ -94,10 +55,10 @@ def test_two_controllers_share_a_database_through_a_kill_and_restart(
         wires[scope].send(frame(device, server, 17, 40000, 53, 80), port=1, count=count)
 
     @contextmanager
-    def started(scope: str) -> Iterator[ControllerProcess]:
-        controller = ControllerProcess([*commands[scope], "--scope", scope])
+    def started(scope: str) -> Iterator[SvcfpProcess]:
+        controller = SvcfpProcess(*commands[scope], "--scope", scope)
         try:
-            controller.wait_synced()
+            controller.wait_for("event=synced")
             yield controller
         finally:
             controller.kill_if_running()
@@ -114,8 +75,8 @@ def test_two_controllers_share_a_database_through_a_kill_and_restart(
             with started("a") as again:
                 send("a", 1)
                 wait_for(db_location, {(CAMERA, "udp/53"): (9, 720), (PLUG, "udp/53"): (6, 480)})
-                assert again.stop(signal.SIGTERM) == 0, "".join(again.lines)
-            assert b.stop(signal.SIGTERM) == 0, "".join(b.lines)
+                assert again.stop(signal.SIGTERM) == 0, again.stderr
+            assert b.stop(signal.SIGTERM) == 0, b.stderr
         assert totals(db_location) == {
             (CAMERA, "udp/53"): (9, 720),
             (PLUG, "udp/53"): (6, 480),
@@ -127,9 +88,9 @@ def test_two_controllers_share_a_database_through_a_kill_and_restart(
             assert {r.switch for r in rows} <= {None, f"sw-{scope}"}
             assert sorted(r.device_id for r in rows if r.device_id is not None) == [1, 2]
         # A third controller may not take over another scope's switch name.
-        clash = ControllerProcess([*commands["b"], "--scope", "c"])
+        clash = SvcfpProcess(*commands["b"], "--scope", "c")
         assert clash.wait() == 2
-        assert "switch sw-b" in "".join(clash.lines) and "scope 'b'" in "".join(clash.lines)
+        assert "switch sw-b" in clash.stderr and "scope 'b'" in clash.stderr
     finally:
         for wire in wires.values():
             wire.stop()

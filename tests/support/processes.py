@@ -73,6 +73,11 @@ class SvcfpProcess:
             assert time.monotonic() < deadline, f"no {text!r} in {timeout:g} s:\n{self.stderr}"
             time.sleep(0.05)
 
+    def stop(self, sig: int) -> int:
+        """Its exit status after `sig`."""
+        self.process.send_signal(sig)
+        return self.wait()
+
     def wait(self, timeout: float = 30.0) -> int:
         """Its exit status, once every line it wrote is read."""
         code = self.process.wait(timeout=timeout)
