@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -39,6 +40,33 @@ def wait_for_totals(location: str | Path, expected: dict[tuple[str, str], tuple[
         time.sleep(0.1)
 
 
+def camera_registered(location: str | Path) -> None:
+    with open_store(location) as store:
+        store.put_devices([DeviceRow(CAMERA, 1, "camera", "s1", 1, "static", 1.0, 1.0)])
+
+
+def purge_camera(location: str, db_timeout: int) -> subprocess.CompletedProcess[str]:
+    """`svcfp devices purge` of the camera, which must end within `db_timeout` (and start-up)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "svcfp", "devices", "purge", "--mac", CAMERA,
+         "--db", location, "--db-timeout", str(db_timeout)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert time.monotonic() - started < db_timeout + SLACK, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def still_registered(location: str | Path) -> None:
+    with open_store(location) as store:
+        assert [row.mac for row in store.devices()] == [CAMERA], "nothing purged"
+
+
 @pytest.mark.postgres
 def test_a_lock_another_session_holds_ends_a_command_naming_the_database(
     postgres: PostgresServer,
@@ -46,29 +74,34 @@ def test_a_lock_another_session_holds_ends_a_command_naming_the_database(
     import psycopg
 
     plain = postgres.new_database()
-    with open_store(plain) as store:
-        store.put_devices([DeviceRow(CAMERA, 1, "camera", "s1", 1, "static", 1.0, 1.0)])
-    command = [sys.executable, "-m", "svcfp", "devices", "purge", "--mac", CAMERA]
+    camera_registered(plain)
     with psycopg.connect(plain) as other:
         other.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-        started = time.monotonic()
-        done = subprocess.run(
-            [*command, "--db", with_password(plain), "--db-timeout", "2"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        elapsed = time.monotonic() - started
-    assert done.returncode == 2, done.stderr
+        done = purge_camera(with_password(plain), 2)
     assert (
         f"svcfp devices: error: database {plain} waited 2 s (--db-timeout) for a lock another "
         "session holds"
     ) in done.stderr
     assert "secret" not in done.stderr
-    assert elapsed < 2 + SLACK
-    with open_store(plain) as store:
-        assert [row.mac for row in store.devices()] == [CAMERA], "nothing purged"
+    still_registered(plain)
+
+
+def test_a_sqlite_lock_another_connection_keeps_ends_a_command_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "svcfp.db"
+    camera_registered(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        done = purge_camera(str(path), 1)
+    finally:
+        other.close()
+    assert (
+        f"svcfp devices: error: database {path} stayed locked by another connection for 1 s "
+        "(--db-timeout)"
+    ) in done.stderr
+    still_registered(path)
 
 
 @pytest.mark.postgres

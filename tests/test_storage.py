@@ -463,6 +463,32 @@ def test_a_server_that_stops_answering_is_named_in_bounded_time(postgres: Postgr
         assert kept is not None and kept.packets.tolist() == [0, 1, 0, 0]
 
 
+def test_a_sqlite_write_lock_another_connection_keeps_is_named_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "svcfp.db"
+    with open_store(path, timeout=0.5) as store:
+        store.record_poll("s1", baseline(4, c1=(1, 10)), [ActivityRecord(MAC1, 1, "x", 1, 10)], 1.0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(
+            InputError,
+            match=rf"database {re.escape(str(path))} stayed locked by another connection for "
+            r"0.5 s \(--db-timeout\); nothing of this write was stored",
+        ):
+            store.record_poll(
+                "s1", baseline(4, c1=(3, 30)), [ActivityRecord(MAC1, 1, "x", 2, 20)], 2.0
+            )
+        assert time.monotonic() - started < 3.0
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.activity() == [ActivityRecord(MAC1, 1, "x", 1, 10)], "the commit before stays"
+        # The lock is gone: the same connection writes again.
+        store.record_poll("s1", baseline(4, c1=(3, 30)), [ActivityRecord(MAC1, 1, "x", 2, 20)], 2.0)
+        assert store.activity() == [ActivityRecord(MAC1, 1, "x", 3, 30)]
+
+
 @pytest.mark.postgres
 def test_a_lock_another_session_holds_is_waited_for_in_bounded_time(
     postgres: PostgresServer,

@@ -40,7 +40,7 @@ def open_existing(
     if not is_url(db) and not Path(db).is_file():
         raise InputError(f"{db}: no such database")
     if readonly and not is_url(db):
-        return Storage(Path(db), readonly=True)
+        return Storage(Path(db), readonly=True, timeout=db_timeout)
     return open_store(db, timeout=db_timeout)
 
 

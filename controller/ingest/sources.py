@@ -299,7 +299,7 @@ def read_database(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) 
     if not Path(location).is_file():
         raise InputError(f"{location}: no such database")
     # Only read: nothing is created or migrated in the file (an empty one is refused).
-    with Storage(Path(location), readonly=True) as storage:
+    with Storage(Path(location), readonly=True, timeout=db_timeout) as storage:
         return storage.activity_table()
 
 

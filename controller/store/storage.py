@@ -81,43 +81,63 @@ class _SqliteSql:
         return [d[0] for d in cursor.description], cursor.fetchall()
 
 
-def _damage(exc: Exception) -> str | None:
-    """A damaged file, as SQLite says it (its plain DatabaseError: "database disk image is
-    malformed"); None for every other failure."""
-    return f"is damaged: {exc}" if type(exc) is sqlite3.DatabaseError else None
-
-
 class Storage(Store):
     """The project's SQLite database.
 
     `readonly` opens an existing database for reading only (a dashboard beside a running
-    controller): nothing is created or migrated, and tables it lacks read as empty.
+    controller): nothing is created or migrated, and tables it lacks read as empty. Another
+    connection's write lock is waited for at most `timeout` seconds (`--db-timeout`).
     """
 
     dialect = SQLITE
     integrity_error = sqlite3.IntegrityError
 
-    def __init__(self, path: Path, scope: str = "", readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        scope: str = "",
+        readonly: bool = False,
+        timeout: float = DEFAULT_DB_TIMEOUT,
+    ) -> None:
         super().__init__(str(path), scope)
         self.path = path
         self.readonly = readonly
+        self.timeout = timeout
         self._tables: set[str] | None = None
         if readonly and not path.is_file():
             raise InputError(f"database {path} does not exist")
         try:
             if readonly:
                 self._db = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                    f"{path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=timeout,
                 )
             else:
-                self._db = sqlite3.connect(str(path), isolation_level=None)
+                self._db = sqlite3.connect(str(path), isolation_level=None, timeout=timeout)
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot open database {path}: {exc}") from exc
-        self._plain = NamedErrors(_SqliteSql(self._db), str(path), sqlite3.DatabaseError, _damage)
+        self._plain = NamedErrors(
+            _SqliteSql(self._db), str(path), sqlite3.DatabaseError, self._said
+        )
         if readonly:
             self._set_up(sqlite3.DatabaseError, self._read_tables, migrate=False)
         else:
             self._set_up(sqlite3.DatabaseError, self._prepare)
+
+    def _said(self, exc: Exception) -> str | None:
+        """A damaged file, as SQLite says it (its plain DatabaseError: "database disk image is
+        malformed"), or a write lock another connection kept past the timeout; None for every
+        other failure."""
+        if type(exc) is sqlite3.DatabaseError:
+            return f"is damaged: {exc}"
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return (
+                f"stayed locked by another connection for {self.timeout:g} s (--db-timeout); "
+                "nothing of this write was stored"
+            )
+        return None
 
     def _prepare(self) -> None:
         self._refuse_foreign(self._table_names())
@@ -168,7 +188,7 @@ class Storage(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         # Another controller on the same file waits for the write lock instead of failing.
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={round(self.timeout * 1000)}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -177,13 +197,14 @@ class Storage(Store):
     @contextmanager
     def transaction(self) -> Iterator[Sql]:
         """One write transaction: everything inside commits together or not at all."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._plain.run("BEGIN IMMEDIATE")
         try:
             yield self._plain
+            self._plain.run("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _sql(self) -> Sql:
         return self._plain
@@ -227,4 +248,4 @@ def open_store(location: str | Path, scope: str = "", timeout: float = DEFAULT_D
         from controller.store.postgres import PostgresStorage
 
         return PostgresStorage(str(location), scope, timeout)
-    return Storage(Path(location), scope)
+    return Storage(Path(location), scope, timeout=timeout)

@@ -228,7 +228,7 @@ def open_reader(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) ->
     (`postgresql://`) on a connection of its own, waited for at most `db_timeout` seconds."""
     if is_url(location):
         return open_store(location, timeout=db_timeout)
-    return Storage(Path(location), readonly=True)
+    return Storage(Path(location), readonly=True, timeout=db_timeout)
 
 
 class DashboardData:
