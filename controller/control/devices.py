@@ -17,7 +17,7 @@ from controller.base.macs import is_unicast
 from controller.base.p4info import normalize_mac
 from controller.control.live import answering
 from controller.store.records import DeviceRow
-from controller.store.storage import Storage, is_url, open_store
+from controller.store.storage import is_url, open_reader, open_store
 from controller.store.store import DEFAULT_DB_TIMEOUT, Store
 
 
@@ -39,9 +39,7 @@ def open_existing(
     waited for at most `db_timeout` seconds at a time."""
     if not is_url(db) and not Path(db).is_file():
         raise InputError(f"{db}: no such database")
-    if readonly and not is_url(db):
-        return Storage(Path(db), readonly=True, timeout=db_timeout)
-    return open_store(db, timeout=db_timeout)
+    return (open_reader if readonly else open_store)(db, timeout=db_timeout)
 
 
 def list_devices(db: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> list[DeviceView]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,8 +80,6 @@ for _hi, _hv in _HEX_DIGITS.items():
         _HEX_PAIR[(ord(_hi) << 8) | ord(_lo)] = (_hv << 4) | _lv
 _PAIR_POS = [0, 3, 6, 9, 12, 15]
 _SEP_POS = [2, 5, 8, 11, 14]
-# A count as both readers take it: decimal ASCII digits (a sign only to be refused as negative).
-_COUNT = re.compile(r"-?[0-9]+")
 
 
 def parse_column_map(text: str) -> dict[str, str]:
@@ -463,7 +460,7 @@ def _parse_row(
             if empty is None:
                 raise ValueError(f"empty {what}")
             return empty
-        if _COUNT.fullmatch(text) is None:
+        if not is_decimal(text.removeprefix("-")):
             raise ValueError(f"{what} is not a number: {text!r}")
         value = int(text)
         if value < 0 or (hi is not None and value > hi):

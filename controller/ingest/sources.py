@@ -47,7 +47,7 @@ from controller.ingest.files import (
 )
 from controller.ingest.flows import IngestStats, PortCounter
 from controller.ingest.labels import Labels
-from controller.store.storage import DEFAULT_DB_TIMEOUT, Storage, is_url, open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, is_url, open_reader
 
 TRACK_SEPARATOR = "#"
 Tracks = Literal["device", "capture"]
@@ -293,13 +293,10 @@ def _flow_cells(
 
 def read_database(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> ActivityTable:
     """The activity a controller (or `svcfp ingest --db`) stored at `location`."""
-    if is_url(location):
-        with open_store(location, timeout=db_timeout) as storage:
-            return storage.activity_table()
-    if not Path(location).is_file():
+    if not is_url(location) and not Path(location).is_file():
         raise InputError(f"{location}: no such database")
-    # Only read: nothing is created or migrated in the file (an empty one is refused).
-    with Storage(Path(location), readonly=True, timeout=db_timeout) as storage:
+    # Only read: nothing is created or migrated in a file (an empty one is refused).
+    with open_reader(location, db_timeout) as storage:
         return storage.activity_table()
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "Store",
     "SwitchStatusRecord",
     "is_url",
+    "open_reader",
     "open_store",
     "redacted",
 ]
@@ -238,6 +239,15 @@ def redacted(location: str | Path) -> str:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}@" if parts.username else ""
     return urlunsplit(parts._replace(netloc=f"{user}{host}"))
+
+
+def open_reader(location: str | Path, timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
+    """The database at `location` for reading: a SQLite file read-only (nothing is created or
+    migrated in it), a PostgreSQL server (`postgresql://`) on a connection of its own; either
+    waited for at most `timeout` seconds at a time."""
+    if is_url(location):
+        return open_store(location, timeout=timeout)
+    return Storage(Path(location), readonly=True, timeout=timeout)
 
 
 def open_store(location: str | Path, scope: str = "", timeout: float = DEFAULT_DB_TIMEOUT) -> Store:

@@ -42,8 +42,8 @@ from controller.store.records import (
 )
 from controller.store.schema import LATEST, MIGRATIONS, VERSION_TABLE, Dialect
 
-# How long a database server may take to answer (connecting, a statement, a lock another session
-# holds) before the command ends naming it: `--db-timeout`.
+# How long a database may take to answer (a server connecting or running a statement, a lock
+# another session or connection holds) before the command ends naming it: `--db-timeout`.
 DEFAULT_DB_TIMEOUT = 30.0
 
 # Activity adds up: a row already stored for (device, unit, service) grows by the new counts.

@@ -28,7 +28,7 @@ from controller.store.records import (
     DeviceRow,
     SwitchStatusRecord,
 )
-from controller.store.storage import DEFAULT_DB_TIMEOUT, Storage, is_url, open_store
+from controller.store.storage import DEFAULT_DB_TIMEOUT, open_reader
 from controller.store.store import Store
 
 T = TypeVar("T")
@@ -221,14 +221,6 @@ def summarize(
             )
         )
     return sorted(out, key=lambda d: (not d.attention, d.row.mac))
-
-
-def open_reader(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> Store:
-    """The database at `location` for reading: a SQLite file read-only, a PostgreSQL server
-    (`postgresql://`) on a connection of its own, waited for at most `db_timeout` seconds."""
-    if is_url(location):
-        return open_store(location, timeout=db_timeout)
-    return Storage(Path(location), readonly=True, timeout=db_timeout)
 
 
 class DashboardData:

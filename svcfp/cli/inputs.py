@@ -52,8 +52,9 @@ def add_db_timeout(parser: Container) -> None:
         type=_db_seconds,
         default=DEFAULT_DB_TIMEOUT,
         metavar="SECONDS",
-        help="how long a postgresql:// database may take to answer (connecting, each statement, "
-        "a lock another session holds) before the command ends with an error naming it "
+        help="how long the database may take to answer (a postgresql:// server connecting, each "
+        "statement; a lock another session or connection holds, SQLite's too) before the "
+        "command ends with an error naming it "
         f"(default: {DEFAULT_DB_TIMEOUT:g})",
     )
 
