@@ -76,7 +76,7 @@ from controller.mud.locations import (
     evaluate_locations,
     load_locations,
 )
-from controller.mud.mudfile import read_muds
+from controller.mud.mudfile import MudFile, mud_files, read_muds
 from controller.mud.profile import MudProfiles
 from controller.mud.references import MudImport, import_muds
 from controller.mud.validate import validate_mud
@@ -98,6 +98,7 @@ __all__ = [
     "Loaded",
     "LocationSettings",
     "MudExport",
+    "MudFile",
     "MudImport",
     "MudProfiles",
     "References",
@@ -113,6 +114,7 @@ __all__ = [
     "labelled_compliance",
     "mud_evaluate",
     "mud_export",
+    "mud_files",
     "mud_findings",
     "mud_import",
     "mud_profiles",
@@ -252,7 +254,7 @@ def mud_profiles(paths: Sequence[Path], type_name: str | None = None) -> MudProf
 
 
 def mud_import(
-    paths: Sequence[Path],
+    paths: Sequence[Path | MudFile],
     type_name: str | None = None,
     unit_seconds: float = DEFAULT_UNIT_SECONDS,
     catalogue: Path | None = None,
@@ -262,7 +264,8 @@ def mud_import(
 ) -> MudImport:
     """MUD files → Service List references (one per file with a service), the catalogue the
     switch needs (`catalogue`, or the built-in one, with the services it lacks), and per file
-    what was dropped."""
+    what was dropped. `paths` may be what `mud_files` found already: folders are not listed
+    again."""
     return import_muds(
         paths,
         type_name,

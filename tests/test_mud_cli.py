@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,33 @@ def test_import_writes_references_and_the_catalogue_and_says_what_it_dropped(
     assert loaded.labels == ("cam-1", "plug-1")
     names = {s["name"] for s in json.loads(catalogue.read_text())["services"]}
     assert {"icmp", "tcp/443", "udp/123", "udp/53"} <= names
+
+
+def test_import_lists_each_folder_once_and_reads_what_it_checked(
+    tmp_path: Path, mud_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (mud_folder / "vendor").mkdir()
+    upper = camera()
+    upper["ietf-mud:mud"]["model-name"] = "cam-2"
+    (mud_folder / "vendor" / "CAM2.JSON").write_text(json.dumps(upper), encoding="utf-8")
+    listed: Counter[Path] = Counter()
+    scandir = os.scandir
+
+    def counted(path: str) -> Iterator[os.DirEntry[str]]:
+        listed[Path(path)] += 1
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    refs = tmp_path / "refs.json"
+    # The folder named twice, and a file in it named as well: each is read once.
+    args = [str(mud_folder), str(mud_folder / "plugMud.json"), str(mud_folder)]
+    assert main(["mud", "import", *args, "--out", str(refs)]) == 0
+    assert listed == {mud_folder: 1, mud_folder / "vendor": 1}
+    assert References.load(refs).labels == ("cam-1", "plug-1", "cam-2")
+    # An output inside the folder read is refused before anything is written.
+    (mud_folder / "old.json").write_text("{}", encoding="utf-8")
+    assert main(["mud", "import", str(mud_folder), "--out", str(mud_folder / "old.json")]) == 2
+    assert (mud_folder / "old.json").read_text(encoding="utf-8") == "{}"
 
 
 def test_a_bad_mud_file_exits_2_naming_the_element(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,6 +121,52 @@ def writable_folder(folder: Path, what: str) -> None:
 def same_file(path: Path) -> Path:
     """`path` as one name per file (symbolic links and relative parts resolved)."""
     return Path(os.path.realpath(path))
+
+
+class FolderLister:
+    """The files below folders with one of `suffixes` (any case), each folder listed once with
+    one `os.scandir` however often it is reached (named twice, or inside another one named);
+    folders behind a symbolic link are not entered (as `Path.rglob`, which lists every folder
+    twice)."""
+
+    def __init__(self, suffixes: Collection[str]) -> None:
+        self.suffixes = frozenset(s.lower() for s in suffixes)
+        self._listed: dict[Path, tuple[list[Path], list[Path]]] = {}
+
+    def files_below(self, folder: Path) -> list[Path]:
+        """The files with a wanted suffix below `folder`, sorted."""
+        found: list[Path] = []
+        pending = [Path(folder)]
+        while pending:
+            current = pending.pop()
+            key = same_file(current)
+            if key not in self._listed:
+                self._listed[key] = self._listing(current)
+            files, folders = self._listed[key]
+            found.extend(files)
+            pending.extend(folders)
+        return sorted(found)
+
+    def _listing(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """The files of `folder` with a wanted suffix and its folders, from one listing; what
+        cannot be looked at (an unreadable folder, an entry gone meanwhile) holds no file."""
+        files: list[Path] = []
+        folders: list[Path] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    path = folder / entry.name
+                    try:
+                        if entry.is_dir():
+                            if not entry.is_symlink():
+                                folders.append(path)
+                        elif path.suffix.lower() in self.suffixes and entry.is_file():
+                            files.append(path)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+        return files, folders
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:

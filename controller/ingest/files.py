@@ -7,7 +7,6 @@ their first bytes (and a CSV file's header).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.fileio import same_file
+from controller.base.fileio import FolderLister, same_file
 from controller.base.pcapfile import CAPTURE_MAGICS
 from controller.engine.activity import ActivityTable
 from controller.engine.catalogue import Catalogue
@@ -35,8 +34,6 @@ Format = Literal["auto", "ipfix-csv", "ipfix", "pcap", "mudgee"]
 FORMATS: tuple[Format, ...] = ("auto", "ipfix-csv", "ipfix", "pcap", "mudgee")
 
 DIRECTORY_SUFFIXES = {".pcap", ".pcapng", ".cap", ".csv", ".ipfix"}
-# One folder's files (those with a wanted suffix) and folders.
-_Listing = tuple[list[Path], list[Path]]
 
 
 @dataclass(frozen=True)
@@ -81,10 +78,10 @@ def expand_paths(
     every capture and flow file), recursively. A path that does not exist is an error. A file
     named twice (or also found in a directory given) comes once, where it first came."""
     found: list[Path] = []
-    listed: dict[Path, _Listing] = {}
+    lister = FolderLister(suffixes)
     for path in map(Path, paths):
         if path.is_dir():
-            inside = _files_in(path, suffixes, listed)
+            inside = lister.files_below(path)
             if not inside:
                 raise InputError(
                     f"{path}: no {', '.join(sorted(suffixes))} files in this directory"
@@ -102,46 +99,6 @@ def expand_paths(
             seen.add(key)
             once.append(path)
     return once
-
-
-def _files_in(folder: Path, suffixes: Collection[str], listed: dict[Path, _Listing]) -> list[Path]:
-    """The files below `folder` with one of `suffixes`, sorted; folders behind a symbolic link
-    are not entered (as `Path.rglob`, which lists every folder twice). `listed` holds the
-    folders listed so far: a folder reached again (given twice, or inside another one given) is
-    not listed again."""
-    found: list[Path] = []
-    pending = [folder]
-    while pending:
-        current = pending.pop()
-        key = same_file(current)
-        if key not in listed:
-            listed[key] = _listing(current, suffixes)
-        files, folders = listed[key]
-        found.extend(files)
-        pending.extend(folders)
-    return sorted(found)
-
-
-def _listing(folder: Path, suffixes: Collection[str]) -> _Listing:
-    """The files of `folder` with one of `suffixes` and its folders, from one listing; what
-    cannot be looked at (an unreadable folder, an entry gone meanwhile) holds no input."""
-    files: list[Path] = []
-    folders: list[Path] = []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                path = folder / entry.name
-                try:
-                    if entry.is_dir():
-                        if not entry.is_symlink():
-                            folders.append(path)
-                    elif path.suffix.lower() in suffixes and entry.is_file():
-                        files.append(path)
-                except OSError:
-                    continue
-    except OSError:
-        pass
-    return files, folders
 
 
 def detect_format(path: Path) -> Format:

@@ -35,7 +35,7 @@ from typing import Any
 
 from controller.base.checks import is_decimal
 from controller.base.errors import InputError
-from controller.base.fileio import parse_json, read_text
+from controller.base.fileio import FolderLister, parse_json, read_text
 from controller.engine.services import ICMP, ICMPV6, PORT_MAX, TCP, UDP
 from controller.mud.profile import MudProfile, Role, Rule, rule_order
 
@@ -70,21 +70,35 @@ class NotMud(InputError):
     container), as opposed to a MUD document with a bad element."""
 
 
-def mud_files(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
-    """The candidate MUD files among `paths`, each once, with whether it was named itself:
-    files as given, folders searched recursively for `*.json` (sorted)."""
-    found: list[tuple[Path, bool]] = []
+@dataclass(frozen=True)
+class MudFile:
+    """A candidate MUD file and whether it was named itself (not found in a folder)."""
+
+    path: Path
+    named: bool
+
+
+def mud_files(paths: Sequence[Path | MudFile]) -> list[MudFile]:
+    """The candidate MUD files among `paths`, each once, where it first came: files as given,
+    folders searched recursively for `*.json` (sorted; each folder listed once), and a
+    `MudFile` (from an earlier call) as it is, so what a command checks is what it reads."""
+    found: list[MudFile] = []
+    lister = FolderLister((".json",))
     for path in paths:
-        if path.is_dir():
-            found.extend((p, False) for p in sorted(path.rglob("*.json")) if p.is_file())
+        if isinstance(path, MudFile):
+            found.append(path)
+        elif path.is_dir():
+            found.extend(MudFile(p, False) for p in lister.files_below(path))
         elif path.exists():
-            found.append((path, True))
+            found.append(MudFile(path, True))
         else:
             raise InputError(f"{path}: no such MUD file or folder")
-    unique = list({p: named for p, named in reversed(found)}.items())[::-1]
-    if not unique:
+    first: dict[Path, MudFile] = {}
+    for candidate in found:
+        first.setdefault(candidate.path, candidate)
+    if not first:
         raise InputError(f"no MUD file (*.json) in {', '.join(str(p) for p in paths)}")
-    return unique
+    return list(first.values())
 
 
 def read_mud(path: Path, type_name: str | None = None) -> MudProfile:
@@ -94,18 +108,18 @@ def read_mud(path: Path, type_name: str | None = None) -> MudProfile:
 
 
 def read_muds(
-    paths: Sequence[Path], type_name: str | None = None
+    paths: Sequence[Path | MudFile], type_name: str | None = None
 ) -> tuple[list[MudProfile], list[str]]:
     """The profiles of the MUD files among `paths` (see `mud_files`), and what was passed over:
     a JSON file found in a folder that is no MUD document is skipped with the reason; one named
     on its own, or a MUD document with a bad element, is an error."""
     profiles: list[MudProfile] = []
     skipped: list[str] = []
-    for path, named in mud_files(paths):
+    for candidate in mud_files(paths):
         try:
-            profiles.append(read_mud(path, type_name))
+            profiles.append(read_mud(candidate.path, type_name))
         except NotMud as exc:
-            if named:
+            if candidate.named:
                 raise
             skipped.append(str(exc))
     if not profiles:

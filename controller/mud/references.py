@@ -33,7 +33,7 @@ from controller.engine.identify import (
 )
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID, ServiceSpec, parse_service
-from controller.mud.mudfile import read_muds
+from controller.mud.mudfile import MudFile, read_muds
 from controller.mud.profile import MudProfile
 
 SERVICE_LIST = 1
@@ -113,7 +113,7 @@ class MudImport:
 
 
 def import_muds(
-    paths: Sequence[Path],
+    paths: Sequence[Path | MudFile],
     type_name: str | None = None,
     unit_seconds: float = DEFAULT_UNIT_SECONDS,
     base: Catalogue | None = None,

@@ -28,7 +28,6 @@ from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
 from controller.engine.services import parse_service
-from controller.ingest.files import expand_paths
 from controller.mud.compliance import findings_table
 from controller.mud.export import DEFAULT_CACHE_VALIDITY, ExportSettings
 from controller.mud.locations import LocationSettings, write_location_report
@@ -55,12 +54,12 @@ if TYPE_CHECKING:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """MUD files → references (and a catalogue); per file, what was dropped."""
+    found = api.mud_files(args.paths)
     check_outputs(
-        {"--out": args.out, "--catalogue-out": args.catalogue_out},
-        expand_paths(args.paths, (".json",)),
+        {"--out": args.out, "--catalogue-out": args.catalogue_out}, [f.path for f in found]
     )
     imported = api.mud_import(
-        args.paths,
+        found,
         type_name=args.type,
         unit_seconds=args.time_unit,
         catalogue=args.catalogue,
