@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from controller.ingest.sources import Sources, load
 from svcfp.cli import main
 from svcfp.cli.inputs import read_paths
 from tests.support.engine import same_activity
+from tests.support.listing import count_listings
 
 A = "aa:bb:cc:dd:ee:01"
 B = "aa:bb:cc:dd:ee:02"
@@ -163,14 +161,7 @@ def test_a_folder_of_inputs_is_listed_once_for_the_outputs_check_and_the_reading
     for path in (folder / "b.csv", folder / "day2" / "a.csv", tmp_path / "extra.csv"):
         path.write_text(header + f"{T0}000,{A},1\n")
     (folder / "notes.txt").write_text("not an input\n")
-    listed: Counter[Path] = Counter()
-    scandir = os.scandir
-
-    def counted(path: str) -> Iterator[os.DirEntry[str]]:
-        listed[Path(path)] += 1
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counted)
+    listed = count_listings(monkeypatch)
     # A file named twice, or also inside a folder given, is read once, where it first came.
     sources = Sources(files=(folder, folder / "b.csv", tmp_path / "extra.csv", folder))
     checked = read_paths(sources)

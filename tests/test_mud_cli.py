@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from controller.store.compliance import add_findings
 from controller.store.storage import Storage
 from svcfp.cli import build_parser, main
 from svcfp.cli.run import config_from_args
+from tests.support.listing import count_listings
 from tests.support.mud import camera, write_flows
 from tests.support.paths import P4INFO
 
@@ -88,14 +86,7 @@ def test_import_lists_each_folder_once_and_reads_what_it_checked(
     upper = camera()
     upper["ietf-mud:mud"]["model-name"] = "cam-2"
     (mud_folder / "vendor" / "CAM2.JSON").write_text(json.dumps(upper), encoding="utf-8")
-    listed: Counter[Path] = Counter()
-    scandir = os.scandir
-
-    def counted(path: str) -> Iterator[os.DirEntry[str]]:
-        listed[Path(path)] += 1
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", counted)
+    listed = count_listings(monkeypatch)
     refs = tmp_path / "refs.json"
     # The folder named twice, and a file in it named as well: each is read once.
     args = [str(mud_folder), str(mud_folder / "plugMud.json"), str(mud_folder)]
