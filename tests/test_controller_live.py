@@ -19,6 +19,8 @@ from controller.engine.catalogue import Catalogue
 from controller.engine.exporter import ExporterConfig, export_fingerprints
 from controller.engine.identify import UNKNOWN, References, enroll, identify
 from controller.ingest import synth
+from controller.ingest.sources import read_database
+from controller.store.records import INFRASTRUCTURE
 from controller.store.storage import Storage
 from tests.support.switch import SERVER, Wire, config, frame, running, until
 
@@ -81,12 +83,17 @@ def play(
     settings: LiveSettings,
     units: int,
     planned: dict[int, list[tuple[bytes, int]]],
+    labels: dict[str, str] | None = None,
 ) -> int:
     """Run a controller on the reference switch while `planned` frames go out unit by unit,
-    until every unit was fed to the exporter; the first unit."""
-    listed = tmp_path / "devices.csv"
+    until every unit was fed to the exporter; the first unit. The devices file labels each
+    device with its type, or with what `labels` says."""
+    given = labels or {}
+    # Not devices.csv: `config` writes its own there.
+    listed = tmp_path / "fleet.csv"
     listed.write_text(
-        "mac,label,port\n" + "".join(f"{m},{k},{p}\n" for m, (k, p) in devices.items())
+        "mac,label,port\n"
+        + "".join(f"{m},{given.get(m, k)},{p}\n" for m, (k, p) in devices.items())
     )
     wire = Wire()
 
@@ -159,6 +166,31 @@ CHANGING = "02:00:00:00:01:05"
 STEADY = "02:00:00:00:01:06"
 CHANGE_UNITS = 40
 CHANGE_AT = 12
+
+
+def test_a_host_labelled_infrastructure_is_counted_but_never_identified(
+    references: References, tmp_path: Path
+) -> None:
+    # A gateway that happens to use a plug's services: without its label it would be a plug.
+    gateway = "02:00:00:00:01:02"
+    settings = LiveSettings(EXPORTER, references)
+    play(tmp_path, DEVICES, settings, UNITS, frames_by_unit(), {gateway: INFRASTRUCTURE})
+    db = tmp_path / "svcfp.db"
+    with Storage(db) as store:
+        activity = store.activity_table()
+        fingerprinted = {f.device for f in store.fingerprints()}
+        decided = {d.device for d in store.decisions()}
+        alerted = {a.device for a in store.alerts()}
+        labels = {row.mac: row.label for row in store.devices()}
+    assert set(activity.used_devices()) == set(DEVICES)
+    assert activity.select(devices=[gateway]).packets.sum() > 0
+    others = set(DEVICES) - {gateway}
+    assert fingerprinted == others
+    assert decided == others
+    assert gateway not in alerted
+    assert labels[gateway] == INFRASTRUCTURE
+    # Offline, the database's activity comes without it too: both paths decide on the same set.
+    assert set(read_database(db).used_devices()) == others
 
 
 def test_accumulated_decisions_and_a_change_alert_for_a_device_that_changes(

@@ -56,12 +56,13 @@ def test_topology_file_with_an_unknown_profile_names_file_and_host(tmp_path: Pat
 def test_devices_file_registers_every_host_at_its_switch_port(tmp_path: Path) -> None:
     graph = topo.default_topology([("d1", "camera")])
     path = write_devices_file(graph, tmp_path / "devices.csv")
+    # The service hosts (cloud, d1, dns, ntp in name order) are counted, never identified.
     assert path.read_text().splitlines() == [
         "mac,label,port,switch",
-        "02:00:00:00:01:03,unknown,3,s1",
+        "02:00:00:00:01:03,infrastructure,3,s1",
         "02:00:00:00:02:01,unknown,4,s1",
-        "02:00:00:00:01:01,unknown,1,s1",
-        "02:00:00:00:01:02,unknown,2,s1",
+        "02:00:00:00:01:01,infrastructure,1,s1",
+        "02:00:00:00:01:02,infrastructure,2,s1",
     ]
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from controller.base.errors import InputError
 from controller.engine.activity import ActivityRecord, ActivityTable
+from controller.store.records import INFRASTRUCTURE
 from controller.store.storage import (
     AlertRecord,
     DecisionRecord,
@@ -217,6 +218,29 @@ def test_pages_show_the_stored_run(any_db: str | Path) -> None:
             assert response.status == 404
 
     asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
+
+
+def test_a_host_labelled_infrastructure_is_listed_but_not_waited_for(any_db: str | Path) -> None:
+    """A gateway from the devices file: listed with its label, "not identified" where the others
+    have their verdict, and not counted among the devices with no decision yet."""
+    gateway = "02:00:00:00:00:0e"
+    pending: list[str] = []
+
+    async def check(url: str, http: aiohttp.ClientSession) -> None:
+        async with http.get(url) as response:
+            page = await response.text()
+        found = re.search(r'<div class="big">(\d+)</div><div class="what">no decision yet', page)
+        assert found is not None
+        pending.append(found.group(1))
+        if gateway in page:
+            row = cells(page, gateway)
+            assert row.startswith(f"{gateway} infrastructure 3 s1:9 not identified")
+
+    asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
+    with open_store(any_db) as storage:
+        storage.put_devices([DeviceRow(gateway, 3, INFRASTRUCTURE, "s1", 9, "static", NOW, NOW)])
+    asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
+    assert pending[0] == pending[1]
 
 
 def test_devices_of_every_controller_sharing_the_database_are_shown(any_db: str | Path) -> None:

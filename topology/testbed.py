@@ -29,7 +29,9 @@ from controller.base.fileio import open_atomically
 from controller.control.config import RunConfig, SwitchSpec
 from controller.control.controller import Controller
 from controller.control.live import LiveSettings
+from controller.engine.identify import UNKNOWN
 from controller.ingest import synth
+from controller.store.records import INFRASTRUCTURE
 from topology import graph as topo
 from topology.entry import stop_on_termination
 from topology.launch import start_detached
@@ -130,7 +132,8 @@ def controller_config(
 
 
 def write_devices_file(graph: nx.Graph[str], path: Path) -> Path:
-    """Every host as a static device (`mac,label,port,switch`), so counting starts at packet one."""
+    """Every host as a static device (`mac,label,port,switch`), so counting starts at packet one;
+    service hosts are labelled `infrastructure`: counted, not identified."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open_atomically(path, newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
@@ -138,7 +141,8 @@ def write_devices_file(graph: nx.Graph[str], path: Path) -> Path:
         for host in topo.hosts(graph):
             switch = next(iter(graph.neighbors(host.name)))
             port = graph.edges[host.name, switch]["ports"][switch]
-            writer.writerow([host.mac, "unknown", port, switch])
+            label = INFRASTRUCTURE if host.role == topo.SERVICE else UNKNOWN
+            writer.writerow([host.mac, label, port, switch])
     return path
 
 

@@ -82,7 +82,8 @@ class RegisterPolicy:
 
 @dataclass(frozen=True)
 class StaticDevice:
-    """A line of a devices file: `mac,label[,port[,switch]]`."""
+    """A line of a devices file: `mac,label[,port[,switch]]`. The label `infrastructure` marks a
+    host that is counted but not identified (a gateway, a server)."""
 
     mac: str
     label: str
@@ -148,6 +149,10 @@ class Registry:
         """Devices holding a device id (being evicted excluded), by id."""
         rows = [r for r in self._rows.values() if self.is_active(r.mac)]
         return sorted(rows, key=lambda r: r.device_id or 0)
+
+    def infrastructure(self) -> set[str]:
+        """MACs labelled `infrastructure` (see `controller.store.records.INFRASTRUCTURE`)."""
+        return {mac for mac, row in self._rows.items() if row.infrastructure}
 
     def rows(self) -> list[DeviceRow]:
         """Every device the registry knows, evicted ones included, by MAC."""

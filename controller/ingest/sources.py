@@ -292,12 +292,19 @@ def _flow_cells(
 
 
 def read_database(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> ActivityTable:
-    """The activity a controller (or `svcfp ingest --db`) stored at `location`."""
+    """The activity a controller (or `svcfp ingest --db`) stored at `location`, without the
+    hosts labelled `infrastructure` (the controller does not identify them either)."""
     if not is_url(location) and not Path(location).is_file():
         raise InputError(f"{location}: no such database")
     # Only read: nothing is created or migrated in a file (an empty one is refused).
     with open_reader(location, db_timeout) as storage:
-        return storage.activity_table()
+        table = storage.activity_table()
+        infrastructure = {
+            row.mac for row in storage.devices(every_scope=True) if row.infrastructure
+        }
+    if not infrastructure:
+        return table
+    return table.select(devices=[d for d in table.devices if d not in infrastructure])
 
 
 def database_name(location: Path | str) -> str:

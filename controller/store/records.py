@@ -20,6 +20,10 @@ Baseline = CounterValues
 # The one time unit of every activity row in the database, in seconds.
 TIME_UNIT_KEY = "time_unit_seconds"
 
+# The label of a host the switch counts but nothing identifies: a gateway, a server, a testbed's
+# service host. Its activity is stored; it gets no fingerprint, decision or alert.
+INFRASTRUCTURE = "infrastructure"
+
 EXPORTABLE = ("activity", "fingerprints", "decisions", "devices", "services", "alerts")
 
 
@@ -56,6 +60,11 @@ class DeviceRow:
     source: str
     first_seen: float
     last_seen: float
+
+    @property
+    def infrastructure(self) -> bool:
+        """Whether it is labelled `infrastructure`: counted, never identified."""
+        return self.label == INFRASTRUCTURE
 
 
 @dataclass(frozen=True)

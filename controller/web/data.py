@@ -91,8 +91,8 @@ class Overview:
 
     @property
     def pending(self) -> int:
-        """Devices without a decision yet."""
-        return sum(1 for d in self.devices if d.label is None)
+        """Devices without a decision yet (hosts labelled `infrastructure` get none)."""
+        return sum(1 for d in self.devices if d.label is None and not d.row.infrastructure)
 
     @property
     def connected(self) -> int:

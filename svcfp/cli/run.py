@@ -143,7 +143,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--catalogue", type=Path, help="catalogue JSON (default: built-in)")
     parser.add_argument(
-        "--devices", type=Path, help="static devices CSV: mac,label[,port[,switch]]"
+        "--devices",
+        type=Path,
+        help="static devices CSV: mac,label[,port[,switch]]; label 'infrastructure': a gateway "
+        "or server, counted but never identified",
     )
     parser.add_argument(
         "--register-policy",
