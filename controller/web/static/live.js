@@ -91,6 +91,21 @@
     });
     if (timer === null && Object.keys(pending).length) timer = setTimeout(reload, 250);
   });
+  // The database lost (the banner, with why) or back (the banner hidden; the server names
+  // every topic in a change that follows, so the whole page catches up).
+  source.addEventListener("database", function (event) {
+    var state = JSON.parse(event.data);
+    var banner = document.getElementById("database-down");
+    if (banner) {
+      banner.hidden = state.up;
+      var reason = banner.querySelector(".reason");
+      if (reason) reason.textContent = state.reason || "";
+    }
+    if (status) {
+      status.textContent = state.up ? "live" : "database lost";
+      status.className = state.up ? "status live" : "status lost";
+    }
+  });
   source.onerror = function () {
     if (status) { status.textContent = "reconnecting…"; status.className = "status lost"; }
   };
