@@ -243,20 +243,23 @@ class Dashboard:
         """Publish the topics whose marks moved, twice a second, and the database's loss and
         return (each look at a lost database is a reconnection attempt, when one is due)."""
         watch = ChangeWatch()
+        # The dashboard starts with the database open: an outage met from the first look on is
+        # news to the streams. The first look names every topic, none of which changed yet.
+        lost = False
+        topics: set[str] = set()
         with contextlib.suppress(DatabaseUnavailable):
             watch.changed(await self.data.call(self.data.marks))
-        lost = self.data.outage is not None
         while True:
-            await asyncio.sleep(WATCH_SECONDS)
-            topics: set[str] = set()
-            with contextlib.suppress(DatabaseUnavailable):
-                topics = watch.changed(await self.data.call(self.data.marks))
             if (self.data.outage is not None) != lost:
                 lost = not lost
                 # Back: what an open page shows may have changed meanwhile.
                 topics = {DATABASE} if lost else {DATABASE, *TOPICS}
             if topics:
                 self.hub.publish(frozenset(topics))
+            await asyncio.sleep(WATCH_SECONDS)
+            topics = set()
+            with contextlib.suppress(DatabaseUnavailable):
+                topics = watch.changed(await self.data.call(self.data.marks))
 
     # -- access ----------------------------------------------------------------------------------
 
