@@ -267,3 +267,42 @@ def test_open_pages_are_told_over_the_event_stream(
             await dashboard.stop()
 
     asyncio.run(check())
+
+
+def test_a_server_that_stops_answering_gets_503_within_the_bound(
+    private_postgres: PostgresServer, stored: str
+) -> None:
+    """A frozen server (as a network cut): the page that meets it waits for the statement's
+    bound only, the ones after it not at all; the same page once it answers again."""
+
+    async def check() -> None:
+        dashboard = Dashboard(stored, WebSettings("127.0.0.1", 0), db_timeout=DB_TIMEOUT)
+        url = await dashboard.start()
+
+        async def page(http: aiohttp.ClientSession) -> Answer:
+            started = time.monotonic()
+            async with http.get(url) as response:
+                body = await response.text()
+                return Answer(response.status, body, {}, time.monotonic() - started)
+
+        try:
+            async with aiohttp.ClientSession() as http:
+                before = await page(http)
+                with private_postgres.frozen():
+                    first = await page(http)
+                    later = [await page(http) for _ in range(5)]
+                started = time.monotonic()
+                back = await page(http)
+                while back.status != 200 and time.monotonic() - started < RETRY_MOST + SLACK:
+                    await asyncio.sleep(0.1)
+                    back = await page(http)
+        finally:
+            await dashboard.stop()
+        assert first.status == 503 and "did not answer within 2 s" in first.body
+        # The statement's bound with the server's margins (see controller.store.postgres).
+        assert first.seconds < DB_TIMEOUT + 2 + SLACK / 5, first.seconds
+        assert {a.status for a in later} == {503}
+        assert max(a.seconds for a in later) < 0.5
+        assert back.status == 200 and rows(back.body) == rows(before.body)
+
+    asyncio.run(check())

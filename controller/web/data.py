@@ -327,14 +327,20 @@ class DashboardData:
 
     def _answer(self, query: Callable[[], T]) -> T:
         """`query()`, on a fresh connection if the last one was lost and a new one is due.
-        A connection that worked and fails now is replaced at once, and the query asked again
-        once: a restarted server, or one that ended only this session, answers it."""
+        A connection that worked and fails at once is replaced at once and the query asked
+        again: a restarted server, or one that ended only this session, answers it. One that
+        failed only after the bound is not (a server that does not answer would keep the page
+        waiting as long again), nor are the calls queued behind it."""
         if self._reader is None:
             self._connect()
             return self._asked(query)
+        started = time.monotonic()
         try:
             return self._asked(query)
         except DatabaseUnavailable:
+            if time.monotonic() - started >= self.timeout:
+                self._postpone()
+                raise
             self._connect()
             return self._asked(query)
 
@@ -349,7 +355,8 @@ class DashboardData:
         raise DatabaseUnavailable(self.outage)
 
     def _lose(self, reason: str) -> None:
-        """The connection failed: closed, and the outage begins (said once) or goes on."""
+        """The connection failed: closed, and the outage begins (said once, a new connection
+        due at once) or goes on."""
         self._drop()
         reason = " ".join(reason.split())
         if self.outage is None:
@@ -358,20 +365,23 @@ class DashboardData:
         else:
             self.outage = dataclasses.replace(self.outage, reason=reason)
 
+    def _postpone(self) -> None:
+        """The next connection is due after the current wait, which then doubles (to at most
+        RETRY_MOST)."""
+        assert self.outage is not None
+        self.outage = dataclasses.replace(self.outage, retry_at=time.monotonic() + self._wait)
+        self._wait = min(2 * self._wait, RETRY_MOST)
+
     def _connect(self) -> None:
-        """A new connection, if one is due; on failure, the next is due after a longer wait."""
+        """A new connection, if one is due; on failure, the next is postponed."""
         assert self.outage is not None
         if self.outage.retry_in() > 0:
             raise DatabaseUnavailable(self.outage)
         try:
             self._reader = open_reader(self.location, self.timeout)
         except InputError as exc:
-            self.outage = dataclasses.replace(
-                self.outage,
-                reason=" ".join(str(exc).split()),
-                retry_at=time.monotonic() + self._wait,
-            )
-            self._wait = min(2 * self._wait, RETRY_MOST)
+            self.outage = dataclasses.replace(self.outage, reason=" ".join(str(exc).split()))
+            self._postpone()
             raise DatabaseUnavailable(self.outage) from exc
         log.info(
             "event=dashboard_db_back db=%s after=%.1fs", self.name, time.time() - self.outage.since
