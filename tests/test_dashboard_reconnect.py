@@ -14,8 +14,9 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -30,7 +31,10 @@ from tests.support.dashboard import CAMERA, HUB, QUIET, cells, stored_run
 from tests.support.postgres import PostgresServer, with_password
 from tests.support.processes import SvcfpProcess
 
-pytest_plugins = ["tests.support.storage"]
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+pytest_plugins = ["tests.support.storage", "tests.support.browser"]
 pytestmark = pytest.mark.postgres
 
 DB_TIMEOUT = 2.0
@@ -306,3 +310,44 @@ def test_a_server_that_stops_answering_gets_503_within_the_bound(
         assert back.status == 200 and rows(back.body) == rows(before.body)
 
     asyncio.run(check())
+
+
+@pytest.mark.slow
+def test_an_open_page_shows_a_banner_while_the_database_is_down(
+    private_postgres: PostgresServer,
+    stored: str,
+    dashboard: tuple[SvcfpProcess, str],
+    browser: WebDriver,
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.support.browser import screenshot
+
+    def shown(element_id: str) -> str | None:
+        element = browser.find_element(By.ID, element_id)
+        return str(element.text) if element.is_displayed() else None
+
+    def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, f"not seen within {seconds:g} s: {what}"
+            time.sleep(0.1)
+
+    _, address = dashboard
+    browser.get(address)
+    wait_for(lambda: shown("live-status") == "live", SLACK, "the page live")
+    assert shown("database-down") is None
+    browser.execute_script("window.svcfpNotReloaded = true;")
+
+    private_postgres.shut_down()
+    wait_for(lambda: shown("database-down"), SLACK, "the banner")
+    banner = shown("database-down") or ""
+    assert "The database cannot be read." in banner and "Connection refused" in banner
+    assert shown("live-status") == "database lost"
+    screenshot(browser, "database-down-banner")
+
+    private_postgres.start_again()
+    wait_for(lambda: shown("database-down") is None, RETRY_MOST + SLACK, "the banner gone")
+    assert shown("live-status") == "live"
+    assert browser.execute_script("return window.svcfpNotReloaded === true;")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#devices tr[data-mac]")) == 3

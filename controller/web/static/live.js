@@ -42,8 +42,9 @@
   setInterval(relativeTimes, 1000);
 
   var regions = Array.prototype.slice.call(document.querySelectorAll("[data-live]"));
+  var banner = document.getElementById("database-down");
   if (!window.EventSource || regions.length === 0) {
-    if (status) status.textContent = "static";
+    if (status && (!banner || banner.hidden)) status.textContent = "static";
     return;
   }
   var pending = {};
@@ -95,7 +96,6 @@
   // every topic in a change that follows, so the whole page catches up).
   source.addEventListener("database", function (event) {
     var state = JSON.parse(event.data);
-    var banner = document.getElementById("database-down");
     if (banner) {
       banner.hidden = state.up;
       var reason = banner.querySelector(".reason");
