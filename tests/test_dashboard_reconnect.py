@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import signal
+import sqlite3
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
 pytest_plugins = ["tests.support.storage", "tests.support.browser"]
-pytestmark = pytest.mark.postgres
 
 DB_TIMEOUT = 2.0
 # Beyond the waits a test expects: a process starting, a loaded machine.
@@ -113,6 +115,7 @@ def dashboard(stored: str) -> Iterator[tuple[SvcfpProcess, str]]:
         process.kill_if_running()
 
 
+@pytest.mark.postgres
 def test_a_session_the_server_ends_is_replaced_and_the_same_pages_served(
     stored: str, dashboard: tuple[SvcfpProcess, str]
 ) -> None:
@@ -138,6 +141,8 @@ def test_a_session_the_server_ends_is_replaced_and_the_same_pages_served(
     assert (count(process, LOST), count(process, BACK)) == (1, 1), process.stderr
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_a_server_shut_down_gets_503_naming_it_until_it_is_started_again(
     private_postgres: PostgresServer, stored: str, dashboard: tuple[SvcfpProcess, str]
 ) -> None:
@@ -188,6 +193,8 @@ def test_a_server_shut_down_gets_503_naming_it_until_it_is_started_again(
     assert (count(process, LOST), count(process, BACK)) == (1, 1), process.stderr
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_a_server_that_is_down_is_asked_no_more_often_than_the_back_off(
     private_postgres: PostgresServer, stored: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +245,7 @@ def test_a_server_that_is_down_is_asked_no_more_often_than_the_back_off(
         data.close()
 
 
+@pytest.mark.postgres
 def test_open_pages_are_told_over_the_event_stream(
     private_postgres: PostgresServer, stored: str
 ) -> None:
@@ -273,6 +281,8 @@ def test_open_pages_are_told_over_the_event_stream(
     asyncio.run(check())
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_a_server_that_stops_answering_gets_503_within_the_bound(
     private_postgres: PostgresServer, stored: str
 ) -> None:
@@ -312,6 +322,7 @@ def test_a_server_that_stops_answering_gets_503_within_the_bound(
     asyncio.run(check())
 
 
+@pytest.mark.postgres
 @pytest.mark.slow
 def test_an_open_page_shows_a_banner_while_the_database_is_down(
     private_postgres: PostgresServer,
@@ -351,3 +362,52 @@ def test_an_open_page_shows_a_banner_while_the_database_is_down(
     assert shown("live-status") == "live"
     assert browser.execute_script("return window.svcfpNotReloaded === true;")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#devices tr[data-mac]")) == 3
+
+
+def test_connections_that_open_but_fail_are_tried_no_more_often_than_the_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SQLite file whose every read fails for a while, though it opens: the outage is said
+    once, new connections wait for the back-off, and the first read that works ends it."""
+    db = tmp_path / "svcfp.db"
+    stored_run(db)
+    attempts: list[float] = []
+
+    def counted(location: Path, timeout: float) -> Store:
+        attempts.append(time.monotonic())
+        return open_reader(location, timeout)
+
+    def failing() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(data_module, "open_reader", counted)
+    data = DashboardData(db, DB_TIMEOUT)
+    attempts.clear()
+
+    async def asked(seconds: float) -> list[str]:
+        """`failing` asked for `seconds`; then the marks: what each call said."""
+        said = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                await data.call(failing)
+            except DatabaseUnavailable as exc:
+                said.append(str(exc))
+            await asyncio.sleep(0.01)
+        return said
+
+    try:
+        with caplog.at_level(logging.INFO, logger="controller.web.data"):
+            said = asyncio.run(asked(3 * RETRY_FIRST + 0.5))
+            assert len(said) > 100
+            assert set(said) == {f"database {db}: disk I/O error"}
+            # At once, then 1 s and 2 s later.
+            assert len(attempts) == 3, attempts
+            assert data.outage is not None
+            time.sleep(data.outage.retry_in())
+            marks = asyncio.run(data.call(data.marks))
+            assert data.outage is None and set(marks) >= {"devices", "decisions"}
+        logged = [r.getMessage().split()[0] for r in caplog.records]
+        assert logged == ["event=dashboard_db_lost", "event=dashboard_db_back"], logged
+    finally:
+        data.close()

@@ -345,18 +345,29 @@ class DashboardData:
             return self._asked(query)
 
     def _asked(self, query: Callable[[], T]) -> T:
+        """`query()` on the connection there is; the database is back once one answers."""
         storage = self._storage
         try:
-            return query()
+            answer = query()
         except (InputError, storage.read_error) as exc:
             said = str(exc) if isinstance(exc, InputError) else f"database {self.name}: {exc}"
             self._lose(said)
-        assert self.outage is not None
-        raise DatabaseUnavailable(self.outage)
+            assert self.outage is not None
+            raise DatabaseUnavailable(self.outage) from exc
+        if self.outage is not None:
+            log.info(
+                "event=dashboard_db_back db=%s after=%.1fs",
+                self.name,
+                time.time() - self.outage.since,
+            )
+            self.outage = None
+            self._wait = RETRY_FIRST
+        return answer
 
     def _lose(self, reason: str) -> None:
-        """The connection failed: closed, and the outage begins (said once, a new connection
-        due at once) or goes on."""
+        """The connection failed and is closed. A connection that worked begins the outage
+        (said once; a new connection is due at once); a new one that failed too postpones the
+        next."""
         self._drop()
         reason = " ".join(reason.split())
         if self.outage is None:
@@ -364,6 +375,7 @@ class DashboardData:
             self.outage = Outage(self.name, reason, time.time(), time.monotonic())
         else:
             self.outage = dataclasses.replace(self.outage, reason=reason)
+            self._postpone()
 
     def _postpone(self) -> None:
         """The next connection is due after the current wait, which then doubles (to at most
@@ -383,11 +395,6 @@ class DashboardData:
             self.outage = dataclasses.replace(self.outage, reason=" ".join(str(exc).split()))
             self._postpone()
             raise DatabaseUnavailable(self.outage) from exc
-        log.info(
-            "event=dashboard_db_back db=%s after=%.1fs", self.name, time.time() - self.outage.since
-        )
-        self.outage = None
-        self._wait = RETRY_FIRST
 
     def _drop(self) -> None:
         reader, self._reader = self._reader, None
