@@ -1,8 +1,9 @@
-"""The dashboard of a PostgreSQL database that goes away after it started: a session the server
-ends, a server shut down and started again on the same port. `svcfp dashboard` keeps running,
-answers 503 at once naming the database (without its password) while it cannot be read, says so
-once in its log, and serves the same pages once the database is back, without a restart; a
-server that is down is asked no more often than the back-off allows."""
+"""The dashboard of a database that goes away after it started: a session the PostgreSQL server
+ends, a server shut down and started again on the same port, one that stops answering, a SQLite
+file whose reads fail. `svcfp dashboard` keeps running, answers 503 at once naming the database
+(without its password) while it cannot be read, says so once in its log, and serves the same
+pages once the database is back, without a restart; a database that is down, or whose
+connections open but fail, is tried no more often than the back-off allows."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def test_a_session_the_server_ends_is_replaced_and_the_same_pages_served(
     import psycopg
 
     with psycopg.connect(stored, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(?)".replace("?", "%s"), (ended[0],))
+        admin.execute("SELECT pg_terminate_backend(%s)", (ended[0],))
 
     after = get(address)
     assert after.status == 200, after.body
