@@ -18,7 +18,7 @@ from controller.base.pcapfile import PcapWriter
 from controller.control.controller import FLUSH_TIMEOUT
 from controller.store.storage import DeviceRow, open_store
 from tests.support.paths import P4INFO, ROOT
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, with_password
 from tests.support.processes import SvcfpProcess, SwitchProcess
 from tests.support.switch import CAMERA, DEVICE_ID, SERVER, Wire, frame, totals
 
@@ -26,11 +26,6 @@ pytest_plugins = ["tests.support.storage"]
 
 # How long a command may take to start and to report, beyond the wait it is bounded by.
 SLACK = 10.0
-
-
-def with_password(url: str) -> str:
-    """The URL with a password in it (the tests' server trusts local users and ignores it)."""
-    return url.replace("://svcfp@", "://svcfp:secret@")
 
 
 def wait_for_totals(location: str | Path, expected: dict[tuple[str, str], tuple[int, int]]) -> None:

@@ -136,6 +136,7 @@ class PostgresStorage(Store):
 
     dialect = POSTGRES
     integrity_error = psycopg.IntegrityError
+    read_error = psycopg.OperationalError
 
     def __init__(self, url: str, scope: str = "", timeout: float = DEFAULT_DB_TIMEOUT) -> None:
         super().__init__(redacted(url), scope)

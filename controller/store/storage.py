@@ -92,6 +92,7 @@ class Storage(Store):
 
     dialect = SQLITE
     integrity_error = sqlite3.IntegrityError
+    read_error = sqlite3.OperationalError
 
     def __init__(
         self,

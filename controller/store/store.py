@@ -137,6 +137,10 @@ class Store(ABC):
     dialect: Dialect
     # The backend's exception for a broken constraint (NOT NULL, UNIQUE, ...).
     integrity_error: type[Exception] = Exception
+    # The backend's exception for a database that cannot be read at the moment (a connection
+    # lost, a file that fails to read), where `NamedErrors` has not already made it an
+    # InputError.
+    read_error: type[Exception]
 
     def __init__(self, name: str, scope: str = "") -> None:
         self.name = name

@@ -5,12 +5,22 @@ confined to the thread that made them), so page loads never wait behind the cont
 and never hold up its event loop; SQLite's WAL lets this reader see each committed poll. The
 same reader serves `svcfp run --http` beside the controller and `svcfp dashboard` on a stored
 run.
+
+A database that goes away after the dashboard started (a server restarted or stopped, its
+session ended, the network cut, a file that fails to read) does not end the dashboard: each
+query that cannot be answered raises `DatabaseUnavailable`, which the pages show, and a fresh
+connection is tried at once, then no more often than the back-off below, each attempt bounded by
+`--db-timeout`. The log says once that the database was lost and once that it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from controller.base.errors import InputError
 from controller.control.live import answering, verdict
 from controller.engine.identify import UNKNOWN
 from controller.store.records import (
@@ -28,17 +39,48 @@ from controller.store.records import (
     DeviceRow,
     SwitchStatusRecord,
 )
-from controller.store.storage import DEFAULT_DB_TIMEOUT, open_reader
+from controller.store.storage import DEFAULT_DB_TIMEOUT, open_reader, redacted
 from controller.store.store import Store
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
 
 # Units the device page's heat map shows by default, and at most.
 HEATMAP_UNITS = 96
 HEATMAP_MAX_UNITS = 1000
 # Alerts listed on the devices page.
 RECENT_ALERTS = 12
+# Once the database is lost, a new connection is tried at once, then RETRY_FIRST seconds after a
+# failed attempt, the wait doubling up to RETRY_MOST: a server that is down is asked that
+# often however many pages and event streams are open, and one that is back is found within
+# RETRY_MOST seconds.
+RETRY_FIRST = 1.0
+RETRY_MOST = 5.0
+
+
+@dataclass(frozen=True)
+class Outage:
+    """The database cannot be read: which one (a URL without its password), why, since when
+    (epoch seconds), and when the next connection may be tried (`time.monotonic()`)."""
+
+    database: str
+    reason: str
+    since: float
+    retry_at: float
+
+    def retry_in(self) -> float:
+        """Seconds until the next connection may be tried."""
+        return max(0.0, self.retry_at - time.monotonic())
+
+
+class DatabaseUnavailable(Exception):
+    """A query the database could not answer (see `Outage`)."""
+
+    def __init__(self, outage: Outage) -> None:
+        super().__init__(outage.reason)
+        self.outage = outage
 
 
 @dataclass(frozen=True)
@@ -224,27 +266,142 @@ def summarize(
 
 
 class DashboardData:
-    """The database, read on its own thread; every query is awaited from the event loop."""
+    """The database, read on its own thread; every query is awaited from the event loop.
+
+    The first connection is made here, so a database that cannot be opened at start is an
+    InputError; one lost later is reconnected to (see the module)."""
 
     def __init__(self, location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) -> None:
         self.location = location
+        self.name = redacted(location)
+        self.timeout = db_timeout
+        # Written by the reader's thread only; the event loop reads them.
+        self._reader: Store | None = None
+        self.outage: Outage | None = None
+        self._wait = RETRY_FIRST
+        # Whether a call that will try to reconnect is under way (event loop only).
+        self._trying = False
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dashboard")
         try:
-            self._storage: Store = self._executor.submit(open_reader, location, db_timeout).result()
+            self._reader = self._executor.submit(open_reader, location, db_timeout).result()
         except BaseException:
             self._executor.shutdown()
             raise
 
     async def call(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`func(*args)` in the reader's thread, awaited."""
-        return await asyncio.wrap_future(self._executor.submit(func, *args, **kwargs))
+        """`func(*args)` in the reader's thread, awaited. While the database is lost, only one
+        call at a time tries to reconnect, once it is due; every other one raises
+        DatabaseUnavailable at once instead of waiting behind it."""
+        outage = self.outage
+        if outage is None:
+            return await self._submit(func, *args, **kwargs)
+        if self._trying or outage.retry_in() > 0:
+            raise DatabaseUnavailable(outage)
+        self._trying = True
+        try:
+            return await self._submit(func, *args, **kwargs)
+        finally:
+            self._trying = False
+
+    async def _submit(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.wrap_future(
+            self._executor.submit(self._answer, functools.partial(func, *args, **kwargs))
+        )
 
     def close(self) -> None:
         """Close the connection and end the thread."""
         try:
-            self._executor.submit(self._storage.close).result()
+            self._executor.submit(self._drop).result()
         finally:
             self._executor.shutdown()
+
+    # -- connection (in the reader's thread) ----------------------------------------------------
+
+    @property
+    def _storage(self) -> Store:
+        """The open connection (queries run only while there is one, see `_answer`)."""
+        if self._reader is None:
+            assert self.outage is not None
+            raise DatabaseUnavailable(self.outage)
+        return self._reader
+
+    def _answer(self, query: Callable[[], T]) -> T:
+        """`query()`, on a fresh connection if the last one was lost and a new one is due.
+        A connection that worked and fails at once is replaced at once and the query asked
+        again: a restarted server, or one that ended only this session, answers it. One that
+        failed only after the bound is not (a server that does not answer would keep the page
+        waiting as long again), nor are the calls queued behind it."""
+        if self._reader is None:
+            self._connect()
+            return self._asked(query)
+        started = time.monotonic()
+        try:
+            return self._asked(query)
+        except DatabaseUnavailable:
+            if time.monotonic() - started >= self.timeout:
+                self._postpone()
+                raise
+            self._connect()
+            return self._asked(query)
+
+    def _asked(self, query: Callable[[], T]) -> T:
+        """`query()` on the connection there is; the database is back once one answers."""
+        storage = self._storage
+        try:
+            answer = query()
+        except (InputError, storage.read_error) as exc:
+            said = str(exc) if isinstance(exc, InputError) else f"database {self.name}: {exc}"
+            self._lose(said)
+            assert self.outage is not None
+            raise DatabaseUnavailable(self.outage) from exc
+        if self.outage is not None:
+            log.info(
+                "event=dashboard_db_back db=%s after=%.1fs",
+                self.name,
+                time.time() - self.outage.since,
+            )
+            self.outage = None
+            self._wait = RETRY_FIRST
+        return answer
+
+    def _lose(self, reason: str) -> None:
+        """The connection failed and is closed. A connection that worked begins the outage
+        (said once; a new connection is due at once); a new one that failed too postpones the
+        next."""
+        self._drop()
+        reason = " ".join(reason.split())
+        if self.outage is None:
+            log.warning("event=dashboard_db_lost db=%s error=%s", self.name, reason)
+            self.outage = Outage(self.name, reason, time.time(), time.monotonic())
+        else:
+            self.outage = dataclasses.replace(self.outage, reason=reason)
+            self._postpone()
+
+    def _postpone(self) -> None:
+        """The next connection is due after the current wait, which then doubles (to at most
+        RETRY_MOST)."""
+        assert self.outage is not None
+        self.outage = dataclasses.replace(self.outage, retry_at=time.monotonic() + self._wait)
+        self._wait = min(2 * self._wait, RETRY_MOST)
+
+    def _connect(self) -> None:
+        """A new connection, if one is due; on failure, the next is postponed."""
+        assert self.outage is not None
+        if self.outage.retry_in() > 0:
+            raise DatabaseUnavailable(self.outage)
+        try:
+            self._reader = open_reader(self.location, self.timeout)
+        except InputError as exc:
+            self.outage = dataclasses.replace(self.outage, reason=" ".join(str(exc).split()))
+            self._postpone()
+            raise DatabaseUnavailable(self.outage) from exc
+
+    def _drop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            # A connection already lost may fail to close; it is gone either way.
+            with contextlib.suppress(Exception):
+                reader.close()
 
     # -- queries (each runs in the reader's thread) ---------------------------------------------
 

@@ -6,6 +6,10 @@ event stream that names what changed, and reloads just those parts of the page. 
 found by looking at cheap marks in the database twice a second (data.py), which works the same
 beside a running controller and on a database another controller is writing.
 
+While the database cannot be read, pages answer 503 at once: a page saying which database
+(without its password) and why for a browser, a JSON object for a script or a fragment; open
+pages are told over `/events` and show a banner until it is back.
+
 aiohttp because it is asyncio itself: the server is started on the running loop
 (`AppRunner` without its own signal handling, so the controller's SIGINT/SIGTERM handling
 stays in charge), it streams server-sent events natively, and it needs no second server
@@ -19,6 +23,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,7 +37,14 @@ from controller import __version__
 from controller.base.errors import InputError
 from controller.control.alerts import KINDS, SEVERITY
 from controller.store.store import DEFAULT_DB_TIMEOUT
-from controller.web.data import HEATMAP_UNITS, ChangeWatch, DashboardData
+from controller.web.data import (
+    HEATMAP_UNITS,
+    RETRY_MOST,
+    ChangeWatch,
+    DashboardData,
+    DatabaseUnavailable,
+    Outage,
+)
 from controller.web.settings import WebSettings
 
 if TYPE_CHECKING:
@@ -64,6 +76,9 @@ FRAGMENTS: dict[str, dict[str, str]] = {
     "switches": {"switches": "switches"},
     "alerts": {"alerts": "alerts"},
 }
+# Every topic; and the one that says the database was lost or is back.
+TOPICS = frozenset(t for page in FRAGMENTS.values() for ts in page.values() for t in ts.split())
+DATABASE = "database"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -177,7 +192,7 @@ class Dashboard:
 
     def app(self) -> web.Application:
         """The aiohttp application: pages, fragments, events, metrics, static files."""
-        app = web.Application(middlewares=[self._guard])
+        app = web.Application(middlewares=[self._guard, self._unavailable])
         app.router.add_get("/", self.devices_page)
         app.router.add_get("/devices/{mac}", self.device_page)
         app.router.add_get("/switches", self.switches_page)
@@ -225,18 +240,26 @@ class Dashboard:
         self.hub.publish(None)
 
     async def _watch(self) -> None:
-        """Publish the topics whose marks moved, twice a second."""
+        """Publish the topics whose marks moved, twice a second, and the database's loss and
+        return (each look at a lost database is a reconnection attempt, when one is due)."""
         watch = ChangeWatch()
-        watch.changed(await self.data.call(self.data.marks))
+        # The dashboard starts with the database open: an outage met from the first look on is
+        # news to the streams. The first look names every topic, none of which changed yet.
+        lost = False
+        topics: set[str] = set()
+        with contextlib.suppress(DatabaseUnavailable):
+            watch.changed(await self.data.call(self.data.marks))
         while True:
-            await asyncio.sleep(WATCH_SECONDS)
-            try:
-                topics = watch.changed(await self.data.call(self.data.marks))
-            except InputError as exc:
-                log.warning("event=dashboard_watch_failed error=%s", exc)
-                continue
+            if (self.data.outage is not None) != lost:
+                lost = not lost
+                # Back: what an open page shows may have changed meanwhile.
+                topics = {DATABASE} if lost else {DATABASE, *TOPICS}
             if topics:
                 self.hub.publish(frozenset(topics))
+            await asyncio.sleep(WATCH_SECONDS)
+            topics = set()
+            with contextlib.suppress(DatabaseUnavailable):
+                topics = watch.changed(await self.data.call(self.data.marks))
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -265,6 +288,31 @@ class Dashboard:
                 )
         return await handler(request)
 
+    @web.middleware
+    async def _unavailable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A query the database could not answer: 503, naming the database and why."""
+        try:
+            return await handler(request)
+        except DatabaseUnavailable as exc:
+            return self._outage_response(request, exc.outage)
+
+    def _outage_response(self, request: web.Request, outage: Outage) -> web.Response:
+        """A page for a browser; JSON for a script (Accept: application/json) or a fragment."""
+        headers = {"Retry-After": str(max(1, math.ceil(outage.retry_in())))}
+        accept = request.headers.get("Accept", "")
+        if "fragment" in request.query or ("json" in accept and "html" not in accept):
+            body = {
+                "error": "database unavailable",
+                "database": outage.database,
+                "reason": outage.reason,
+                "since": outage.since,
+                "retry_in": round(outage.retry_in(), 1),
+            }
+            return web.json_response(body, status=503, headers=headers)
+        context = self._context("unavailable", outage=outage, refresh=round(RETRY_MOST))
+        text = self.env.get_template("unavailable.html").render(**context)
+        return web.Response(status=503, text=text, content_type="text/html", headers=headers)
+
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         # Pages load nothing from elsewhere and run no inline script.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -275,15 +323,22 @@ class Dashboard:
 
     # -- pages -----------------------------------------------------------------------------------
 
+    def _context(self, page: str, **context: Any) -> dict[str, Any]:
+        """What every template is given, with `context`."""
+        return {
+            "page": page,
+            "title": self.title,
+            "live": self.controller is not None,
+            "fragments": FRAGMENTS.get(page, {}),
+            "now": time.time(),
+            "outage": self.data.outage,
+            "refresh": None,
+            **context,
+        }
+
     def _render(self, request: web.Request, page: str, **context: Any) -> web.Response:
         """The page, or only its fragment `?fragment=NAME` (what live.js reloads)."""
-        context.update(
-            page=page,
-            title=self.title,
-            live=self.controller is not None,
-            fragments=FRAGMENTS.get(page, {}),
-            now=time.time(),
-        )
+        context = self._context(page, **context)
         fragment = request.query.get("fragment")
         if fragment is not None:
             if fragment not in FRAGMENTS.get(page, {}):
@@ -352,6 +407,8 @@ class Dashboard:
         queue = self.hub.subscribe()
         try:
             await response.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
+            if self.data.outage is not None:
+                await response.write(self._database_event())
             while True:
                 try:
                     topics = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
@@ -360,8 +417,11 @@ class Dashboard:
                     continue
                 if topics is None:
                     break
-                data = json.dumps(sorted(topics))
-                await response.write(f"event: change\ndata: {data}\n\n".encode())
+                if DATABASE in topics:
+                    await response.write(self._database_event())
+                if changed := topics - {DATABASE}:
+                    data = json.dumps(sorted(changed))
+                    await response.write(f"event: change\ndata: {data}\n\n".encode())
         except ConnectionResetError:
             return response
         finally:
@@ -369,3 +429,11 @@ class Dashboard:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+    def _database_event(self) -> bytes:
+        """`database`: whether it can be read now, and if not which one and why."""
+        outage = self.data.outage
+        state: dict[str, Any] = {"up": outage is None}
+        if outage is not None:
+            state.update(database=outage.database, reason=outage.reason)
+        return f"event: database\ndata: {json.dumps(state)}\n\n".encode()

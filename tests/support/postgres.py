@@ -1,5 +1,6 @@
 """A PostgreSQL server of the tests' own: `initdb` in a temporary folder, a loopback port, stopped
-by its PID (and frozen, `frozen()`, by the PIDs of its processes). Debian's server binaries
+by its PID (and frozen, `frozen()`, by the PIDs of its processes; shut down and started again on
+the same port and data, `shut_down()` and `start_again()`). Debian's server binaries
 (`apt-get install postgresql`, under /usr/lib/postgresql/N/bin) or `initdb` on PATH;
 `postgres_binaries()` is None without them.
 
@@ -24,6 +25,12 @@ from pathlib import Path
 
 SUPERUSER = "svcfp"
 UNPRIVILEGED = "nobody"
+
+
+def with_password(url: str) -> str:
+    """`url` with a password in it (the tests' server trusts local users and ignores it), to
+    check that messages leave it out."""
+    return url.replace(f"://{SUPERUSER}@", f"://{SUPERUSER}:secret@")
 
 
 def postgres_binaries() -> Path | None:
@@ -57,6 +64,8 @@ class PostgresServer:
     port: int
     process: subprocess.Popen[bytes]
     names: Iterator[int]
+    binaries: Path
+    user: str | None
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -89,8 +98,8 @@ class PostgresServer:
         path = self.root / "server.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT) of the server we started, then remove its folder."""
+    def shut_down(self) -> None:
+        """Fast shutdown (SIGINT to its PID) of the server we started; its data stays."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -98,6 +107,18 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+    def start_again(self) -> None:
+        """The server shut down started anew on its port and data; raises RuntimeError with its
+        log if it does not answer."""
+        assert self.process.poll() is not None, "the server still runs"
+        self.process = _launch(self.binaries, self.root, self.port, self.user)
+        if not _wait_ready(self):
+            raise RuntimeError(f"the PostgreSQL server did not start again:\n{self.log()}")
+
+    def stop(self) -> None:
+        """Fast shutdown of the server, then remove its folder."""
+        self.shut_down()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -151,37 +172,8 @@ def start_server(binaries: Path) -> PostgresServer:
         raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
     for _attempt in range(3):
         port = _free_port()
-        with (root / "server.log").open("ab") as log:
-            process = subprocess.Popen(
-                [
-                    str(binaries / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-h",
-                    "127.0.0.1",
-                    "-k",
-                    str(root),
-                    # A test cluster: durability is not the point, memory and speed are.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "shared_buffers=32MB",
-                    "-c",
-                    "max_connections=40",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                user=user,
-                cwd=root,
-                start_new_session=True,
-            )
-        server = PostgresServer(root, port, process, itertools.count())
+        process = _launch(binaries, root, port, user)
+        server = PostgresServer(root, port, process, itertools.count(), binaries, user)
         if _wait_ready(server):
             return server
         if process.poll() is None:
@@ -190,6 +182,40 @@ def start_server(binaries: Path) -> PostgresServer:
     log_text = server.log()
     shutil.rmtree(root, ignore_errors=True)
     raise RuntimeError(f"the PostgreSQL server did not start:\n{log_text}")
+
+
+def _launch(binaries: Path, root: Path, port: int, user: str | None) -> subprocess.Popen[bytes]:
+    """The postmaster of the cluster under `root` on 127.0.0.1:`port`, logging to its folder."""
+    with (root / "server.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                str(binaries / "postgres"),
+                "-D",
+                str(root / "data"),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(root),
+                # A test cluster: durability is not the point, memory and speed are.
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "shared_buffers=32MB",
+                "-c",
+                "max_connections=40",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            cwd=root,
+            start_new_session=True,
+        )
 
 
 def _wait_ready(server: PostgresServer, timeout: float = 30.0) -> bool:

@@ -1,7 +1,8 @@
 """Storage fixtures: `store` is a fresh database of each backend in turn (SQLite in the test's
 folder; PostgreSQL on the tests' own server, tests marked `postgres`), `db_location` where it
-lives (open it again with `open_store`), `postgres` the server itself; and `db`: the path of a
-controller database that already holds one poll.
+lives (open it again with `open_store`), `postgres` the server itself (`private_postgres`: one of
+a test's own, which it may shut down and start again); and `db`: the path of a controller
+database that already holds one poll.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from tests.support.postgres import PostgresServer, postgres_binaries, start_serv
 BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgres))
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """The tests' PostgreSQL server, started once per session and stopped by its PID."""
+def _server() -> Iterator[PostgresServer]:
     if importlib.util.find_spec("psycopg") is None:
         pytest.skip("psycopg is not installed: pip install 'svcfp[postgres]'")
     binaries = postgres_binaries()
@@ -34,6 +33,18 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The tests' PostgreSQL server, started once per session and stopped by its PID."""
+    yield from _server()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own, which it may shut down and start again."""
+    yield from _server()
 
 
 @pytest.fixture(params=BACKENDS)

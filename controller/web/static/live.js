@@ -42,8 +42,9 @@
   setInterval(relativeTimes, 1000);
 
   var regions = Array.prototype.slice.call(document.querySelectorAll("[data-live]"));
+  var banner = document.getElementById("database-down");
   if (!window.EventSource || regions.length === 0) {
-    if (status) status.textContent = "static";
+    if (status && (!banner || banner.hidden)) status.textContent = "static";
     return;
   }
   var pending = {};
@@ -90,6 +91,20 @@
       }
     });
     if (timer === null && Object.keys(pending).length) timer = setTimeout(reload, 250);
+  });
+  // The database lost (the banner, with why) or back (the banner hidden; the server names
+  // every topic in a change that follows, so the whole page catches up).
+  source.addEventListener("database", function (event) {
+    var state = JSON.parse(event.data);
+    if (banner) {
+      banner.hidden = state.up;
+      var reason = banner.querySelector(".reason");
+      if (reason) reason.textContent = state.reason || "";
+    }
+    if (status) {
+      status.textContent = state.up ? "live" : "database lost";
+      status.className = state.up ? "status live" : "status lost";
+    }
   });
   source.onerror = function () {
     if (status) { status.textContent = "reconnecting…"; status.className = "status lost"; }
