@@ -392,11 +392,35 @@ def test_the_p4runtime_channel_sends_keepalive_pings() -> None:
     options = dict(channel_options())
     assert options["grpc.keepalive_time_ms"] == KEEPALIVE_TIME_MS == 10_000
     assert options["grpc.keepalive_timeout_ms"] == KEEPALIVE_TIMEOUT_MS == 5_000
+    assert options["grpc.http2.ping_timeout_ms"] == KEEPALIVE_TIMEOUT_MS
     assert options["grpc.keepalive_permit_without_calls"] == 1
     # BMv2 keeps gRPC's default ping policy: a third ping with nothing sent between is GOAWAY.
     assert options["grpc.http2.max_pings_without_data"] == 2
     # The reference switch accepts pings at that rate whatever the controller is doing.
     assert KEEPALIVE_TIME_MS >= MIN_PING_INTERVAL_MS
+
+
+@pytest.mark.slow
+def test_a_switch_stopped_with_a_session_open_is_found_out_by_keepalive() -> None:
+    """No RPC under way: the unacknowledged keepalive ping ends the session."""
+    switch = SwitchProcess("--device-id", str(DEVICE_ID))
+    target = SwitchTarget("s1", switch.address, DEVICE_ID, election_id=(0, 10))
+
+    async def session_lost_after_freeze() -> tuple[float, str | None]:
+        async with Session(target, connect_timeout=3.0) as session:
+            os.kill(switch.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            bound = (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000 + SLACK
+            await asyncio.wait_for(session.disconnected.wait(), bound)
+            return time.monotonic() - frozen, session.disconnect_reason
+
+    try:
+        took, reason = asyncio.run(session_lost_after_freeze())
+    finally:
+        os.kill(switch.pid, signal.SIGCONT)
+        switch.stop()
+    assert reason is not None and "ping timeout" in reason, reason
+    assert took < (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000 + 2.0, f"{took:.1f} s"
 
 
 @pytest.mark.slow
@@ -408,7 +432,7 @@ def test_the_p4runtime_channel_sends_keepalive_pings() -> None:
     ],
 )
 def test_a_run_with_keepalive_pings_stays_connected_and_counts(kind: str, tmp_path: Path) -> None:
-    """Long enough for pings (every 10 s) while polls are 6 s apart."""
+    """Long enough for a keepalive ping (one every 10 s) between polls 6 s apart."""
     devices = tmp_path / "devices.csv"
     devices.write_text(f"{CAMERA},camera,1\n{SERVER},server,0\n")
     db = tmp_path / "svcfp.db"
@@ -417,7 +441,7 @@ def test_a_run_with_keepalive_pings_stays_connected_and_counts(kind: str, tmp_pa
         "--log-level", "INFO", "run",
         "--grpc-addr", switch.address, "--device-id", str(DEVICE_ID), *switch.program,
         "--db", str(db), "--devices", str(devices), "--ports", "0-3",
-        "--interval", "6", "--duration", "25",
+        "--interval", "6", "--duration", "12",
     )  # fmt: skip
     try:
         controller.wait_for("event=synced")

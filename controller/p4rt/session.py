@@ -67,6 +67,9 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC since 1.5x waits this long for any ping's acknowledgement (its default 1 min),
+        # keepalive pings included.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         # The StreamChannel is always open, so pings go out anyway; this also covers the
         # moments between two sessions' calls.
         ("grpc.keepalive_permit_without_calls", 1),
