@@ -228,9 +228,13 @@ class Controller:
             if unanswered:
                 raise SwitchError(
                     "; ".join(
-                        f"{w.target.describe()} did not answer the last poll within "
-                        f"{FLUSH_TIMEOUT:g} s: what it counted since the last poll it answered "
-                        "is not stored"
+                        f"{w.target.describe()} did not answer the last poll "
+                        + (
+                            "(it stopped answering keepalive pings and was not back by the end)"
+                            if w.session is None
+                            else f"within {FLUSH_TIMEOUT:g} s"
+                        )
+                        + ": what it counted since the last poll it answered is not stored"
                         for w in unanswered
                     )
                 )
@@ -341,8 +345,13 @@ class Controller:
         if closed is not None:
             self._close_units(*closed)
         # A switch known to be lost was said to be (its alert); one that holds its session
-        # open and answers nothing is said here.
-        return [w for w in self.workers if w.session is not None and w.polled_cycle < self.cycle]
+        # open and answers nothing, or whose session ended because it stopped answering (its
+        # keepalive pings), is said here.
+        return [
+            w
+            for w in self.workers
+            if (w.session is not None or w.silent) and w.polled_cycle < self.cycle
+        ]
 
     def export(self, folder: Path, file_format: str) -> None:
         """Write the stored activity, devices, fingerprints and decisions into `folder` (in the

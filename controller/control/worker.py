@@ -68,6 +68,8 @@ class SwitchWorker:
         )
         # When the session was lost (epoch seconds), until it is back.
         self.lost_at: float | None = None
+        # Whether it was lost because the switch stopped answering (keepalive), until it is back.
+        self.silent = False
         store = controller.store
         self.collector = store.run(
             Collector,
@@ -127,6 +129,7 @@ class SwitchWorker:
                         self.spec.name,
                         session.disconnect_reason,
                     )
+                    self.silent = session.stopped_answering
                     self._lost(session.disconnect_reason or "disconnected")
             except SvcfpError as exc:
                 if not self.ready.is_set() and self.first_error is None:
@@ -146,6 +149,7 @@ class SwitchWorker:
         telemetry = self.telemetry
         telemetry.connected = True
         telemetry.connects += 1
+        self.silent = False
         if self.lost_at is not None:
             down = time.time() - self.lost_at
             self.lost_at = None

@@ -213,6 +213,7 @@ class Session:
         self._arbitration: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
         self._digests: asyncio.Queue[Digest | None] = asyncio.Queue()
         self._stream_error: str | None = None
+        self._silent = False
         self._arbitrated = False
         high, low = target.election_id
         self._election_id = p4r.Uint128(high=high, low=low)
@@ -253,10 +254,14 @@ class Session:
                 raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                until = f", up to {self.until.name}" if bounded and self.until is not None else ""
+                until = (
+                    f"; that was all the time left until {self.until.name}"
+                    if bounded and self.until is not None
+                    else ""
+                )
                 raise SwitchError(
                     f"{self.target.describe()} is unreachable after {attempts} "
-                    f"attempt(s) in {seconds:.3g} s{until}: {last}"
+                    f"attempt(s) in {seconds:.3g} s: {last}{until}"
                 )
             # Exponential backoff: 0.1 s, 0.2 s, … up to 2 s between attempts.
             await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempts - 1), remaining))
@@ -285,6 +290,7 @@ class Session:
         self._stream = self._stub.StreamChannel()
         self.disconnected.clear()
         self._stream_error = None
+        self._silent = False
         self._arbitrated = False
         # Fresh queues: a failed earlier attempt leaves its end-of-stream marker behind.
         self._arbitration = asyncio.Queue()
@@ -382,6 +388,9 @@ class Session:
                     )
         except grpc.aio.AioRpcError as exc:
             self._stream_error = f"{exc.code().name}: {exc.details()}"
+            # gRPC's words for a keepalive ping left unacknowledged (older releases: watchdog).
+            details = exc.details() or ""
+            self._silent = "ping timeout" in details or "keepalive watchdog" in details
         except asyncio.CancelledError:
             self._stream_error = "session closed"
             raise
@@ -456,6 +465,12 @@ class Session:
     def disconnect_reason(self) -> str | None:
         """Why the stream ended, once `disconnected` is set."""
         return self._stream_error
+
+    @property
+    def stopped_answering(self) -> bool:
+        """Whether the session ended because the switch stopped answering (a keepalive ping
+        unacknowledged) rather than closing or resetting the connection."""
+        return self._silent
 
     @property
     def stub(self) -> p4r_grpc.P4RuntimeAsyncStub:
