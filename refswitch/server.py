@@ -51,6 +51,8 @@ _NOT_PRIMARY = "Not primary"
 DETAILS_BUDGET = 3072
 # Characters of one update's error inside the details, and of the first one in the message.
 _DETAIL_MESSAGE = 320
+# The shortest interval between a client's keepalive pings that is not abuse.
+MIN_PING_INTERVAL_MS = 5_000
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:
@@ -431,6 +433,11 @@ class P4RuntimeServer:
                 ("grpc.max_send_message_length", _MAX_RESPONSE),
                 ("grpc.max_receive_message_length", self.limits.max_request_bytes),
                 ("grpc.so_reuseport", 0),
+                # Keepalive pings of controllers (controller/p4rt/session.py pings every 10 s)
+                # are welcome down to one per 5 s, with or without calls or data; gRPC's
+                # default answers a third more frequent one with GOAWAY "too_many_pings".
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ],
             maximum_concurrent_rpcs=self.limits.concurrent_rpcs,
         )

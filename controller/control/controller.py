@@ -10,9 +10,12 @@ transaction or an identification is under way.
 
 Every failure ends the run with an `SvcfpError` (a worker's unexpected exception included, which
 would otherwise leave the loop waiting for a switch that will never be ready), and a stop request
-is honoured within a poll's flush. A run's duration ends it however late its polls are: a poll
+is honoured within a poll's flush. A run's duration counts from its start, set-up included, and
+ends it however late its polls are: every RPC of a switch's set-up has at most the time left (a
+switch that does not answer one ends the run with an error naming it and the step), a poll
 still waiting for a switch then is cut short, the last poll has `FLUSH_TIMEOUT`, and a connected
-switch that did not answer it ends the run with an error naming it.
+switch that did not answer it ends the run with an error naming it. So a run with a duration D
+ends by D + `FLUSH_TIMEOUT` (and whatever storing and exporting the last poll takes).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from controller.engine.fingerprints import Fingerprint
 from controller.engine.identify import Decision
 from controller.mud.compliance import Finding
 from controller.p4rt import entries, tofino
+from controller.p4rt.session import Deadline
 from controller.store.records import AlertRecord
 from controller.store.store import Store
 
@@ -139,6 +143,8 @@ class Controller:
         self._closing: asyncio.Task[None] | None = None
         self.stop = asyncio.Event()
         self.cycle = 0
+        # The end of a bounded run, which the switches' set-up does not go past (set by `run`).
+        self.end: Deadline | None = None
 
     def close(self) -> None:
         """Release a controller that will not run (its threads, the database)."""
@@ -189,14 +195,16 @@ class Controller:
     async def run(self) -> RunStats:
         """Run until `stop` is set or the duration ends; the last poll is always flushed."""
         config = self.config
+        # The end of a bounded run, on the monotonic clock: the schedule runs behind real
+        # time after polls that waited for a switch, so it cannot say when the run ends.
+        end = None if config.duration is None else time.monotonic() + config.duration
+        if end is not None:
+            self.end = Deadline(end, f"the end of the run (--duration {config.duration:g} s)")
         tasks = [asyncio.create_task(w.run(), name=f"switch-{w.spec.name}") for w in self.workers]
         try:
             if not await self._until_ready(tasks):
                 return self.stats
             schedule = PollSchedule(config.time_unit, config.interval, time.time())
-            # The end of a bounded run, on the monotonic clock: the schedule runs behind real
-            # time after polls that waited for a switch, so it cannot say when the run ends.
-            end = None if config.duration is None else time.monotonic() + config.duration
             while not self.stop.is_set():
                 poll = schedule.next()
                 wait = max(0.0, poll.when - time.time())
@@ -220,9 +228,13 @@ class Controller:
             if unanswered:
                 raise SwitchError(
                     "; ".join(
-                        f"{w.target.describe()} did not answer the last poll within "
-                        f"{FLUSH_TIMEOUT:g} s: what it counted since the last poll it answered "
-                        "is not stored"
+                        f"{w.target.describe()} did not answer the last poll "
+                        + (
+                            "(it stopped answering keepalive pings and was not back by the end)"
+                            if w.session is None
+                            else f"within {FLUSH_TIMEOUT:g} s"
+                        )
+                        + ": what it counted since the last poll it answered is not stored"
                         for w in unanswered
                     )
                 )
@@ -238,7 +250,9 @@ class Controller:
 
     async def _until_ready(self, tasks: list[asyncio.Task[None]]) -> bool:
         """Wait until every worker has a session; False when stopped first. A worker that failed
-        to connect, or ended with any other error, ends the run with its error."""
+        to connect, or ended with any other error, ends the run with its error, and so does one
+        still not set up `FLUSH_TIMEOUT` after the end of a bounded run (each of its RPCs ends
+        by then: this only names what is left)."""
 
         async def all_ready() -> None:
             await asyncio.gather(*(w.ready.wait() for w in self.workers))
@@ -246,13 +260,25 @@ class Controller:
         ready = asyncio.create_task(all_ready())
         stopped = asyncio.create_task(self.stop.wait())
         watched: set[asyncio.Task[Any]] = {ready, stopped, *tasks}
+        end = self.end
         try:
             while not ready.done() and not stopped.done():
-                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None if end is None else end.left() + FLUSH_TIMEOUT
+                done, _ = await asyncio.wait(
+                    watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 self._check(tasks)
                 for worker in self.workers:
                     if worker.first_error is not None:
                         raise worker.first_error
+                if not done and end is not None:
+                    raise SwitchError(
+                        "; ".join(
+                            f"{w.target.describe()} was not set up by {end.name}: it was {w.step}"
+                            for w in self.workers
+                            if not w.ready.is_set()
+                        )
+                    )
         finally:
             ready.cancel()
             stopped.cancel()
@@ -319,8 +345,13 @@ class Controller:
         if closed is not None:
             self._close_units(*closed)
         # A switch known to be lost was said to be (its alert); one that holds its session
-        # open and answers nothing is said here.
-        return [w for w in self.workers if w.session is not None and w.polled_cycle < self.cycle]
+        # open and answers nothing, or whose session ended because it stopped answering (its
+        # keepalive pings), is said here.
+        return [
+            w
+            for w in self.workers
+            if (w.session is not None or w.silent) and w.polled_cycle < self.cycle
+        ]
 
     def export(self, folder: Path, file_format: str) -> None:
         """Write the stored activity, devices, fingerprints and decisions into `folder` (in the

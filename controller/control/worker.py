@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -69,6 +68,8 @@ class SwitchWorker:
         )
         # When the session was lost (epoch seconds), until it is back.
         self.lost_at: float | None = None
+        # Whether it was lost because the switch stopped answering (keepalive), until it is back.
+        self.silent = False
         store = controller.store
         self.collector = store.run(
             Collector,
@@ -79,9 +80,18 @@ class SwitchWorker:
             config.time_unit,
         )
         self.session: Session | None = None
+        # The session being opened and set up, until it is ready.
+        self._opening: Session | None = None
         self.ready = asyncio.Event()
         self.polled_cycle = -1
         self.first_error: SvcfpError | None = None
+
+    @property
+    def step(self) -> str:
+        """What the switch's set-up is doing ("pushing the pipeline"), as errors name it."""
+        if self._opening is not None:
+            return self._opening.step
+        return "waiting to reconnect" if self.session is None else "set up"
 
     @property
     def programming(self) -> bool:
@@ -95,12 +105,17 @@ class SwitchWorker:
         worker: the controller reports it. Later ones are logged and retried.
         """
         config = self.controller.config
-        # A bounded run does not wait for a switch longer than it runs.
-        timeout = min(config.connect_timeout, config.duration or math.inf)
         while True:
             try:
-                async with Session(self.target, timeout, config.log_dir) as session:
+                # A bounded run does not wait for a switch's set-up longer than it runs.
+                self._opening = Session(
+                    self.target, config.connect_timeout, config.log_dir, until=self.controller.end
+                )
+                async with self._opening as session:
                     await self._setup(session)
+                    # Polls have the controller loop's own bounds.
+                    session.until = None
+                    self._opening = None
                     self.session = session
                     self.ready.set()
                     stats = self.controller.stats
@@ -114,6 +129,7 @@ class SwitchWorker:
                         self.spec.name,
                         session.disconnect_reason,
                     )
+                    self.silent = session.stopped_answering
                     self._lost(session.disconnect_reason or "disconnected")
             except SvcfpError as exc:
                 if not self.ready.is_set() and self.first_error is None:
@@ -124,6 +140,7 @@ class SwitchWorker:
                 log.warning("switch=%s event=session_failed error=%s", self.spec.name, exc)
             finally:
                 self.session = None
+                self._opening = None
             await asyncio.sleep(config.reconnect_delay)
 
     # -- what operators are told: connection state, refusals, storms ----------------------------
@@ -132,6 +149,7 @@ class SwitchWorker:
         telemetry = self.telemetry
         telemetry.connected = True
         telemetry.connects += 1
+        self.silent = False
         if self.lost_at is not None:
             down = time.time() - self.lost_at
             self.lost_at = None
@@ -251,7 +269,7 @@ class SwitchWorker:
         wildcard = [entries.table_wildcard(schema, t) for t in tables]
         existing = {
             entries.match_key(e.table_entry): e.table_entry
-            for e in await session.read(wildcard, "Read tables")
+            for e in await session.read(wildcard, "Read tables", "reading table entries")
         }
         desired = {entries.match_key(e): e for e in self.desired_entries()}
         deletes = [existing[k] for k in existing.keys() - desired.keys()]
@@ -267,11 +285,13 @@ class SwitchWorker:
             + entries.updates(p4r.Update.MODIFY, [*modifies, self.forwarding.default(schema)])
             + entries.updates(p4r.Update.INSERT, inserts)
         )
-        await session.write(updates, "Write tables")
-        await self._upsert(session, [entries.digest_entry(schema)], "digest config")
+        await session.write(updates, "Write tables", "writing table entries")
+        await self._upsert(
+            session, [entries.digest_entry(schema)], "digest config", "writing the digest config"
+        )
         flood = self.forwarding.flood(schema)
         if flood is not None:
-            await self._upsert(session, [flood], "flood group")
+            await self._upsert(session, [flood], "flood group", "writing the flood group")
         log.info(
             "switch=%s event=synced inserted=%d modified=%d deleted=%d",
             self.spec.name,
@@ -280,14 +300,21 @@ class SwitchWorker:
             len(deletes),
         )
 
-    async def _upsert(self, session: Session, items: Sequence[entries.Writable], what: str) -> None:
-        """Insert `items`, or modify them when the switch already holds them."""
+    async def _upsert(
+        self,
+        session: Session,
+        items: Sequence[entries.Writable],
+        what: str,
+        step: str | None = None,
+    ) -> None:
+        """Insert `items`, or modify them when the switch already holds them (`what` and
+        `step` as `Session.write` takes them)."""
         try:
-            await session.write(entries.updates(p4r.Update.INSERT, items), what)
+            await session.write(entries.updates(p4r.Update.INSERT, items), what, step)
         except WriteError as exc:
             if not exc.only("ALREADY_EXISTS"):
                 raise
-            await session.write(entries.updates(p4r.Update.MODIFY, items), what)
+            await session.write(entries.updates(p4r.Update.MODIFY, items), what, step)
 
     def _serve_digests(self, session: Session) -> None:
         self.controller.spawn(self._digest_loop(session), f"digests-{self.spec.name}")

@@ -7,7 +7,14 @@ depends on the session can stop and reconnect. Several sessions (switches) may s
 
 Nothing waits on a switch without a deadline: every RPC has `rpc_timeout`, and so has every
 message written to the StreamChannel (a switch that stopped reading it would hold a write
-forever); the stream itself lives as long as the session.
+forever); the stream itself lives as long as the session. A session may also be given `until`, a
+moment no RPC's deadline goes past (the end of a bounded run while the switch is set up): each
+RPC then waits for the smaller of `rpc_timeout` and the time left. A switch that does not answer
+in time is named with the step it did not answer (`SwitchError`).
+
+The channel sends HTTP/2 keepalive pings (`channel_options`): a switch that stops answering, or a
+peer gone without closing its TCP connection, ends the session within about
+`KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS` instead of at the next RPC's deadline.
 """
 
 from __future__ import annotations
@@ -42,6 +49,45 @@ _DETAILS_KEY = "grpc-status-details-bin"
 _ATTEMPT_TIMEOUT = 2.0
 # How long the RPC that asks why a connection failed may take.
 _PROBE_TIMEOUT = 0.5
+# A keepalive ping every 10 s, the connection dropped when one is not acknowledged within 5 s.
+# Servers count pings more frequent than their `grpc.http2.min_ping_interval_without_data_ms`
+# (gRPC's default 5 min) while they send nothing as "strikes" and answer a third with GOAWAY
+# "too_many_pings"; at most MAX_PINGS_WITHOUT_DATA pings go out between two requests of ours,
+# so a server with gRPC's default policy (BMv2) never gets that far, however long a poll
+# interval is. The reference switch accepts one every 5 s (refswitch/server.py).
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+MAX_PINGS_WITHOUT_DATA = 2
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """The gRPC options of a P4Runtime channel: message sizes and keepalive."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC since 1.5x waits this long for any ping's acknowledgement (its default 1 min),
+        # keepalive pings included.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # The StreamChannel is always open, so pings go out anyway; this also covers the
+        # moments between two sessions' calls.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", MAX_PINGS_WITHOUT_DATA),
+    ]
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A moment on the monotonic clock no RPC's deadline goes past, and how errors name it
+    ('the end of the run (--duration 6 s)')."""
+
+    at: float
+    name: str
+
+    def left(self) -> float:
+        """Seconds until it, 0 once passed."""
+        return max(0.0, self.at - time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -144,10 +190,15 @@ class Session:
         connect_timeout: float = 10.0,
         log_dir: Path | None = None,
         rpc_timeout: float = 30.0,
+        until: Deadline | None = None,
     ) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.rpc_timeout = rpc_timeout
+        # Bounds connecting and every RPC while set; whoever set it clears it (set-up done).
+        self.until = until
+        # The step under way, as errors name it ("pushing the pipeline").
+        self.step = "connecting"
         self.is_primary = False
         self.disconnected = asyncio.Event()
         self._dump = None if log_dir is None else log_dir / f"p4runtime-requests-{target.name}.txt"
@@ -162,6 +213,7 @@ class Session:
         self._arbitration: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
         self._digests: asyncio.Queue[Digest | None] = asyncio.Queue()
         self._stream_error: str | None = None
+        self._silent = False
         self._arbitrated = False
         high, low = target.election_id
         self._election_id = p4r.Uint128(high=high, low=low)
@@ -178,8 +230,14 @@ class Session:
         await self.close()
 
     async def open(self) -> None:
-        """Connect and arbitrate, retrying with exponential backoff until `connect_timeout`."""
-        deadline = time.monotonic() + self.connect_timeout
+        """Connect and arbitrate, retrying with exponential backoff until `connect_timeout` (or
+        `until`, when sooner)."""
+        seconds = self.connect_timeout
+        bounded = self.until is not None and self.until.left() < seconds
+        if bounded:
+            assert self.until is not None
+            seconds = self.until.left()
+        deadline = time.monotonic() + seconds
         last = "no attempt made"
         attempts = 0
         while True:
@@ -196,18 +254,21 @@ class Session:
                 raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                until = (
+                    f"; that was all the time left until {self.until.name}"
+                    if bounded and self.until is not None
+                    else ""
+                )
                 raise SwitchError(
                     f"{self.target.describe()} is unreachable after {attempts} "
-                    f"attempt(s) in {self.connect_timeout:g} s: {last}"
+                    f"attempt(s) in {seconds:.3g} s: {last}{until}"
                 )
             # Exponential backoff: 0.1 s, 0.2 s, … up to 2 s between attempts.
             await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempts - 1), remaining))
 
     async def _connect_once(self, timeout: float) -> None:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        options = channel_options()
+        self.step = "connecting"
         if self.target.tls is None:
             channel = grpc.aio.insecure_channel(self.target.grpc_addr, options=options)
         else:
@@ -219,7 +280,7 @@ class Session:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         except TimeoutError:
             reason = await _connection_failure(channel, self.target.tls is not None)
-            raise _Retry(f"no connection within {timeout:.1f} s{reason}") from None
+            raise _Retry(f"connecting: no connection within {timeout:.1f} s{reason}") from None
         self._stub = p4r_grpc.P4RuntimeStub(channel)
         self._read_raw = channel.unary_stream(
             _READ_METHOD,
@@ -229,6 +290,7 @@ class Session:
         self._stream = self._stub.StreamChannel()
         self.disconnected.clear()
         self._stream_error = None
+        self._silent = False
         self._arbitrated = False
         # Fresh queues: a failed earlier attempt leaves its end-of-stream marker behind.
         self._arbitration = asyncio.Queue()
@@ -240,10 +302,11 @@ class Session:
             )
         )
         self._record("StreamChannel.arbitration", request)
+        self.step = "arbitration"
         try:
             await asyncio.wait_for(self._stream.write(request), timeout)
         except TimeoutError:
-            raise _Retry(f"arbitration request not taken within {timeout:.1f} s") from None
+            raise _Retry(f"arbitration: request not taken within {timeout:.1f} s") from None
         except grpc.aio.AioRpcError as exc:
             raise self._refused("arbitration", exc) from None
         get = asyncio.ensure_future(self._arbitration.get())
@@ -260,7 +323,7 @@ class Session:
             return
         if lost in done:
             raise SwitchError(f"{self.target.describe()} refused the session: {self._stream_error}")
-        raise _Retry("no arbitration answer")
+        raise _Retry(f"arbitration: no answer within {timeout:.1f} s")
 
     def _on_arbitration(self, update: p4r.MasterArbitrationUpdate) -> None:
         code = update.status.code
@@ -325,6 +388,9 @@ class Session:
                     )
         except grpc.aio.AioRpcError as exc:
             self._stream_error = f"{exc.code().name}: {exc.details()}"
+            # gRPC's words for a keepalive ping left unacknowledged (older releases: watchdog).
+            details = exc.details() or ""
+            self._silent = "ping timeout" in details or "keepalive watchdog" in details
         except asyncio.CancelledError:
             self._stream_error = "session closed"
             raise
@@ -355,27 +421,56 @@ class Session:
     # -- helpers --------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _call(self, what: str) -> AsyncIterator[None]:
-        """Around an RPC: one cancelled because the session closed under it is a `SwitchError`.
+    async def _call(self, step: str) -> AsyncIterator[float]:
+        """Around an RPC: its deadline in seconds, and its failures as `SwitchError`s naming
+        the switch and `step` ("pushing the pipeline").
 
-        grpc.aio raises `asyncio.CancelledError` in a call whose channel is closed; unless the
-        caller's own task is being cancelled, that is a lost session, which callers handle as
-        any other switch failure rather than as the end of their task.
+        The deadline is `rpc_timeout`, or the time left until `until` when that is sooner. A
+        failure the caller does not handle itself becomes a `SwitchError`: no answer by the
+        deadline, a lost connection, a refusal. grpc.aio raises `asyncio.CancelledError` in a
+        call whose channel is closed; unless the caller's own task is being cancelled, that is a
+        lost session, which callers handle as any other switch failure rather than as the end
+        of their task.
         """
+        self.step = step
+        timeout = self.rpc_timeout
+        bound = f"within {timeout:g} s"
+        if self.until is not None and self.until.left() < timeout:
+            # gRPC fails a call whose deadline has passed at once, which is what is wanted.
+            timeout = self.until.left()
+            bound = f"before {self.until.name}"
         try:
-            yield
+            yield timeout
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(step, exc, bound) from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
             raise SwitchError(
-                f"{self.target.describe()}: {what} was cut short: the session closed"
+                f"{self.target.describe()}: {step} was cut short: the session closed"
             ) from None
+
+    def _failed(self, step: str, exc: grpc.aio.AioRpcError, bound: str) -> SwitchError:
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return SwitchError(f"{self.target.describe()} did not answer {step} {bound}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return SwitchError(
+                f"{self.target.describe()}: connection lost while {step}: {exc.details()}"
+            )
+        return SwitchError(f"{self.target.describe()} refused {step}: {code.name}: {exc.details()}")
 
     @property
     def disconnect_reason(self) -> str | None:
         """Why the stream ended, once `disconnected` is set."""
         return self._stream_error
+
+    @property
+    def stopped_answering(self) -> bool:
+        """Whether the session ended because the switch stopped answering (a keepalive ping
+        unacknowledged) rather than closing or resetting the connection."""
+        return self._silent
 
     @property
     def stub(self) -> p4r_grpc.P4RuntimeAsyncStub:
@@ -400,6 +495,8 @@ class Session:
             )
 
     def _refused(self, what: str, exc: grpc.aio.AioRpcError) -> SwitchError:
+        """A StreamChannel write the switch failed while connecting: worth another attempt when
+        the switch was only unavailable."""
         code = exc.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             return _Retry(f"{what}: {exc.details()}")
@@ -414,14 +511,16 @@ class Session:
             response_type=p4r.GetForwardingPipelineConfigRequest.P4INFO_AND_COOKIE,
         )
         self._record("GetForwardingPipelineConfig", request)
-        try:
-            response = await self.stub.GetForwardingPipelineConfig(
-                request, timeout=self.rpc_timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+        async with self._call("reading its pipeline (GetForwardingPipelineConfig)") as timeout:
+            try:
+                response = await self.stub.GetForwardingPipelineConfig(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.NOT_FOUND,
+                ):
+                    raise
                 return p4r.ForwardingPipelineConfig()
-            raise self._refused("GetForwardingPipelineConfig", exc) from None
         config: p4r.ForwardingPipelineConfig = response.config
         return config
 
@@ -479,17 +578,20 @@ class Session:
             ),
         )
         self._record("SetForwardingPipelineConfig", request)
-        try:
-            await self.stub.SetForwardingPipelineConfig(request, timeout=self.rpc_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._refused("SetForwardingPipelineConfig", exc) from None
+        async with self._call("pushing the pipeline (SetForwardingPipelineConfig)") as timeout:
+            await self.stub.SetForwardingPipelineConfig(request, timeout=timeout)
         log.info("%s: pipeline pushed", self.target.describe())
         return True
 
     # -- write and read -------------------------------------------------------------------------
 
-    async def write(self, updates: Sequence[p4r.Update], what: str = "Write") -> None:
-        """Send all `updates` in one WriteRequest; raise `WriteError` listing refused updates."""
+    async def write(
+        self, updates: Sequence[p4r.Update], what: str = "Write", step: str | None = None
+    ) -> None:
+        """Send all `updates` in one WriteRequest; raise `WriteError` listing refused updates.
+
+        `what` labels the request (in the request dump and a `WriteError`), `step` how other
+        errors name it (default: `what`)."""
         if not updates:
             return
         request = p4r.WriteRequest(
@@ -498,26 +600,26 @@ class Session:
             updates=updates,
         )
         self._record(what, request)
-        try:
-            async with self._call(what):
-                await self.stub.Write(request, timeout=self.rpc_timeout)
-        except grpc.aio.AioRpcError as exc:
-            failures = _update_failures(exc, updates)
-            if failures:
+        async with self._call(step or what) as timeout:
+            try:
+                await self.stub.Write(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                failures = _update_failures(exc, updates)
+                if not failures:
+                    raise
                 raise WriteError(f"{self.target.describe()}: {what}", failures) from None
-            raise self._refused(what, exc) from None
 
-    async def read(self, entities: Sequence[p4r.Entity], what: str = "Read") -> list[p4r.Entity]:
-        """Every entity matching `entities` (wildcards allowed)."""
+    async def read(
+        self, entities: Sequence[p4r.Entity], what: str = "Read", step: str | None = None
+    ) -> list[p4r.Entity]:
+        """Every entity matching `entities` (wildcards allowed); `what` labels the request in
+        the dump, `step` names it in errors (default: `what`)."""
         request = p4r.ReadRequest(device_id=self.target.device_id, entities=entities)
         self._record(what, request)
         found: list[p4r.Entity] = []
-        try:
-            async with self._call(what):
-                async for response in self.stub.Read(request, timeout=self.rpc_timeout):
-                    found.extend(response.entities)
-        except grpc.aio.AioRpcError as exc:
-            raise self._refused(what, exc) from None
+        async with self._call(step or what) as timeout:
+            async for response in self.stub.Read(request, timeout=timeout):
+                found.extend(response.entities)
         return found
 
     async def read_counter_raw(self, counter: CounterInfo) -> list[bytes]:
@@ -531,12 +633,9 @@ class Session:
         )
         self._record(f"Read counter {counter.name}", request)
         chunks: list[bytes] = []
-        try:
-            async with self._call(f"reading counter {counter.name}"):
-                async for chunk in call(request, timeout=self.rpc_timeout):
-                    chunks.append(chunk)
-        except grpc.aio.AioRpcError as exc:
-            raise self._refused(f"reading counter {counter.name}", exc) from None
+        async with self._call(f"reading counter {counter.name}") as timeout:
+            async for chunk in call(request, timeout=timeout):
+                chunks.append(chunk)
         return chunks
 
     async def read_counter(self, counter: CounterInfo) -> CounterValues:

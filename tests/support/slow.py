@@ -52,6 +52,34 @@ def stalled_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
             ended.set()
 
 
+@contextlib.contextmanager
+def unanswered(monkeypatch: pytest.MonkeyPatch, rpc: str) -> Iterator[threading.Event]:
+    """Every call of the RPC method `rpc` of `P4RuntimeService` ('set_forwarding_pipeline_config',
+    'write', 'read') served by reference switches made inside the block waits, unanswered,
+    until the block ends: a switch that stops answering at that step of a controller's set-up.
+    The event is set once a call is held."""
+    held = threading.Event()
+    ended = threading.Event()
+    method = getattr(P4RuntimeService, rpc)
+
+    def unary(self: P4RuntimeService, request: Any, context: Any) -> Any:
+        held.set()
+        ended.wait()
+        return method(self, request, context)
+
+    def streaming(self: P4RuntimeService, request: Any, context: Any) -> Iterator[Any]:
+        held.set()
+        ended.wait()
+        yield from method(self, request, context)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(P4RuntimeService, rpc, streaming if rpc == "read" else unary)
+        try:
+            yield held
+        finally:
+            ended.set()
+
+
 class Gate:
     """Holds a call until released (or `timeout` passes), says when one is held, and whether the
     release came in time (it cannot while the releasing code is blocked by the held call)."""
