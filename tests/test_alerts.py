@@ -23,6 +23,7 @@ from controller.control.alerts import (
     BehaviourWatch,
     ComplianceWatch,
     Webhook,
+    below_theta,
     fingerprint_similarity,
     make_alert,
 )
@@ -318,3 +319,11 @@ def test_a_compliance_finding_is_alerted_once_per_device_type_service_and_role()
     # A restarted controller remembers what it alerted.
     again = ComplianceWatch([alert])
     assert again.review([wider], lambda m: None, 9.0) == []
+
+
+def test_a_similarity_just_below_theta_reads_below_it() -> None:
+    assert below_theta(0.3, 0.6) == "0.30 < θ 0.60"
+    # Rounded to two decimals both would read 0.82.
+    assert below_theta(0.8193, 0.8204) == "0.819 < θ 0.820"
+    assert below_theta(0.81996, 0.82) == "0.81996 < θ 0.82000"
+    assert below_theta(0.8199999999, 0.82) == "0.820000 < θ 0.820000"

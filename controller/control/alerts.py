@@ -216,7 +216,7 @@ class BehaviourWatch:
                     make_alert(
                         "new_unknown_device",
                         f"unknown device: best type {decision.best_type} at similarity "
-                        f"{decision.similarity:.2f} < θ {decision.theta:.2f}",
+                        f"{below_theta(decision.similarity, decision.theta)}",
                         now,
                         device=fp.device,
                         switch=switch,
@@ -230,6 +230,15 @@ class BehaviourWatch:
         return alerts
 
 
+def below_theta(similarity: float, theta: float) -> str:
+    """`0.30 < θ 0.60`: with two decimals, or as many more (up to six) as it takes for the two
+    not to read the same (`0.819 < θ 0.820`, not `0.82 < θ 0.82`)."""
+    digits = 2
+    while digits < 6 and f"{similarity:.{digits}f}" == f"{theta:.{digits}f}":
+        digits += 1
+    return f"{similarity:.{digits}f} < θ {theta:.{digits}f}"
+
+
 def _accumulated_change(belief: Belief, decision: Decision) -> str | None:
     """Why a device's accumulated answer says it changed with this window (None: it did not):
     the evidence against its known type reached `CHANGE_ODDS`, or most of its windows since
@@ -238,7 +247,7 @@ def _accumulated_change(belief: Belief, decision: Decision) -> str | None:
     if was == UNKNOWN or not (belief.changed or belief.label == UNKNOWN):
         return None
     window = (
-        f"similarity {decision.similarity:.2f} < θ {decision.theta:.2f}"
+        f"similarity {below_theta(decision.similarity, decision.theta)}"
         if decision.best_type == was
         else f"best type {decision.best_type}, {decision.similarity:.2f}"
     )
