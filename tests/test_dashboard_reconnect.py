@@ -177,6 +177,11 @@ def test_a_server_shut_down_gets_503_naming_it_until_it_is_started_again(
         assert "Connection refused" in said["reason"]
     assert count(process, LOST) == 1, process.stderr
     assert count(process, BACK) == 0
+    # The probes: alive, not ready.
+    assert (get(f"{address}healthz").status, get(f"{address}healthz").body) == (200, "ok\n")
+    probed = get(f"{address}readyz")
+    assert (probed.status, probed.body) == (503, "database unavailable\n")
+    assert int(probed.headers["Retry-After"]) >= 1
 
     private_postgres.start_again()
     started = time.monotonic()
@@ -190,6 +195,8 @@ def test_a_server_shut_down_gets_503_naming_it_until_it_is_started_again(
     print(f"down: slowest 503 {slowest:.3f} s; back: 200 {recovered:.2f} s after the start")
     assert rows(back.body) == rows(before.body)
     assert 'id="database-down" class="banner" role="alert" hidden' in back.body
+    probed = get(f"{address}readyz")
+    assert (probed.status, probed.body) == (200, "ready\n")
     process.wait_for(BACK, timeout=SLACK)
     assert (count(process, LOST), count(process, BACK)) == (1, 1), process.stderr
 

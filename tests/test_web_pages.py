@@ -181,6 +181,8 @@ def test_a_token_guards_everything_but_health(db: Path) -> None:
             assert response.status == 401
         async with http.get(f"{url}healthz") as response:
             assert response.status == 200
+        async with http.get(f"{url}readyz") as response:
+            assert (response.status, await response.text()) == (200, "ready\n")
         async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}x"}) as response:
             assert response.status == 401
         async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "svcfp_token"
+# What load balancers ask without the token: the process is alive; its database can be read.
+PROBES = frozenset({"/healthz", "/readyz"})
 # How often the database's marks are looked at, and how long a quiet event stream waits before
 # a keep-alive comment (proxies close idle connections).
 WATCH_SECONDS = 0.5
@@ -200,6 +202,7 @@ class Dashboard:
         app.router.add_get("/events", self.events)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/healthz", self.health)
+        app.router.add_get("/readyz", self.ready)
         app.router.add_static("/static", HERE / "static", append_version=True)
         app.on_shutdown.append(self._closing)
         app.on_response_prepare.append(self._headers)
@@ -266,7 +269,7 @@ class Dashboard:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.settings.token
-        if token is not None and request.path != "/healthz":
+        if token is not None and request.path not in PROBES:
             given = request.query.get("token")
             if given is not None and hmac.compare_digest(given, token):
                 # Keep it in a cookie and drop it from the address bar (and from history).
@@ -382,6 +385,19 @@ class Dashboard:
     async def health(self, request: web.Request) -> web.Response:
         """Liveness for load balancers and tests: no token, no database."""
         return web.Response(text="ok\n")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Readiness for load balancers: 503 while the database cannot be read (as the pages
+        last found it, at most WATCH_SECONDS ago: a probe adds no query), else 200. No token;
+        which database and why are on the pages."""
+        outage = self.data.outage
+        if outage is None:
+            return web.Response(text="ready\n")
+        return web.Response(
+            status=503,
+            text="database unavailable\n",
+            headers={"Retry-After": str(max(1, math.ceil(outage.retry_in())))},
+        )
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of the controller's metrics."""
