@@ -336,3 +336,39 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
     err = process.stderr.read().decode()
     assert status == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_time_unit_or_granularity_no_unit_number_can_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = flows(tmp_path, GOOD)
+    out = tmp_path / "activity.csv"
+    for value in ("1e-300", "1e308"):
+        with pytest.raises(SystemExit) as stop:
+            main(["ingest", str(path), "--all-devices", "--time-unit", value, "--out", str(out)])
+        assert stop.value.code == 2
+        assert (
+            f"argument --time-unit: '{value}': a time unit lies in [1e-06, 4.10244e+09] seconds "
+            "(a microsecond to the years 1970-2100)" in capsys.readouterr().err
+        )
+    assert not out.exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    refs = tmp_path / "refs.json"
+    with pytest.raises(SystemExit) as stop:
+        main(["enroll", str(path), "--labels", str(labels), "--out", str(refs),
+              "--granularity", "99999999999999999999"])  # fmt: skip
+    assert stop.value.code == 2
+    assert (
+        "argument --granularity: granularity '99999999999999999999': at most 1000000 "
+        "(a larger G differs from 'prevalence' by less than 1/G)" in capsys.readouterr().err
+    )
+    assert not refs.exists()
+    synth = tmp_path / "synth.csv"
+    assert main(["synth", "--devices", "1", "--units", "2", "--time-unit", "4e9",
+                 "--out", str(synth)]) == 2  # fmt: skip
+    assert (
+        "--units 2 of --time-unit 4e+09 s from --start 1483228800: the last unit must end by 2100"
+        in capsys.readouterr().err
+    )
+    assert not synth.exists()

@@ -52,6 +52,11 @@ def encode(values: Sequence[str] | npt.NDArray[np.str_]) -> tuple[tuple[str, ...
 
 # Units are times: a unit that starts before 1970 or after 2100 is damage, not a measurement.
 MAX_EPOCH_SECONDS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+# A time unit lies between a microsecond (the finest a capture's timestamps tell apart) and the
+# whole span units may lie in; beyond either, unit numbers of 1970-2100 overflow 64 bits or
+# every timestamp falls into unit 0.
+MIN_UNIT_SECONDS = 1e-6
+MAX_UNIT_SECONDS = MAX_EPOCH_SECONDS
 # Packets and bytes of one row, at most: sums of such rows stay far inside 64 bits.
 MAX_ROW_COUNT = 1 << 56
 
@@ -517,6 +522,11 @@ def _from_csv_arrow(
 def _check_unit_seconds(value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"unit_seconds must be a positive number of seconds, got {value}")
+    if not MIN_UNIT_SECONDS <= value <= MAX_UNIT_SECONDS:
+        raise InputError(
+            f"unit_seconds {value:g}: a time unit lies in [{MIN_UNIT_SECONDS:g}, "
+            f"{MAX_UNIT_SECONDS:g}] seconds (a microsecond to the years 1970-2100)"
+        )
 
 
 def _check_codes(codes: npt.NDArray[np.int32], size: int, what: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from controller.base.errors import InputError
 from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSettings
+from controller.engine.activity import MAX_UNIT_SECONDS, MIN_UNIT_SECONDS
 from controller.engine.learned import GRANULARITIES
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
@@ -70,6 +71,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def time_unit(text: str) -> float:
+    """An argparse type: a time unit u in seconds, from a microsecond to the years 1970-2100."""
+    value = positive_seconds(text)
+    if not MIN_UNIT_SECONDS <= value <= MAX_UNIT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a time unit lies in [{MIN_UNIT_SECONDS:g}, {MAX_UNIT_SECONDS:g}] "
+            "seconds (a microsecond to the years 1970-2100)"
+        )
+    return value
+
+
 def _number_in(text: str, low: float, high: float, what: str) -> float:
     """`text` as a number in [`low`, `high`], or the argparse error naming `what` it is."""
     try:
@@ -96,7 +108,7 @@ def add_time_unit(parser: Container, default: float | None, note: str = "") -> N
     shown = f"{default:g}" if default is not None else note
     parser.add_argument(
         "--time-unit",
-        type=positive_seconds,
+        type=time_unit,
         default=default,
         metavar="SECONDS",
         help=f"time unit u in seconds (default: {shown})",
