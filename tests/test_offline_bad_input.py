@@ -372,3 +372,52 @@ def test_a_time_unit_or_granularity_no_unit_number_can_hold_is_refused(
         in capsys.readouterr().err
     )
     assert not synth.exists()
+
+
+def test_a_damaged_database_is_named_and_one_from_before_findings_has_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.db"
+    assert main(["ingest", str(flows(tmp_path, GOOD)), "--all-devices", "--db", str(good)]) == 0
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+
+    def damaged(name: str, *statements: str) -> Path:
+        db = tmp_path / name
+        db.write_bytes(good.read_bytes())
+        conn = sqlite3.connect(db)
+        with conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+        return db
+
+    def enroll(db: Path) -> int:
+        out = tmp_path / "refs.json"
+        return main(["enroll", "--db", str(db), "--labels", str(labels), "--out", str(out)])
+
+    unit = damaged("unit.db", "UPDATE meta SET value = 'abc' WHERE key = 'time_unit_seconds'")
+    for argv in (["mud", "findings", "--db", str(unit)], None):
+        assert (main(argv) if argv else enroll(unit)) == 2
+        assert (
+            f"database {unit} is damaged: its time unit 'abc' is not a number of seconds in "
+            "[1e-06, 4.10244e+09]" in capsys.readouterr().err
+        )
+    row = damaged("row.db", "UPDATE activity SET packets = 'abc'")
+    assert enroll(row) == 2
+    assert (
+        f"database {row} is damaged: an activity row is not a device, a whole unit, a service and "
+        "whole packet and byte counts (invalid literal for int() with base 10: 'abc')"
+    ) in capsys.readouterr().err
+    # Read as it is, a database an older svcfp wrote (schema version 2) holds no findings yet.
+    older = damaged(
+        "older.db",
+        "DROP TABLE mud_findings",
+        "DROP TABLE alerts",
+        "DROP TABLE switch_status",
+        "DELETE FROM schema_version WHERE version > 2",
+    )
+    assert main(["mud", "findings", "--db", str(older)]) == 0
+    assert f"compliance findings in {older}: 0" in capsys.readouterr().out
+    with sqlite3.connect(older) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)

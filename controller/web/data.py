@@ -21,7 +21,6 @@ from typing import Any, ParamSpec, TypeVar
 from controller.control.live import answering, verdict
 from controller.engine.identify import UNKNOWN
 from controller.store.records import (
-    TIME_UNIT_KEY,
     AlertRecord,
     DecisionRecord,
     DecisionSummary,
@@ -249,8 +248,7 @@ class DashboardData:
     # -- queries (each runs in the reader's thread) ---------------------------------------------
 
     def _unit_seconds(self) -> float | None:
-        stored = self._storage.meta(TIME_UNIT_KEY)
-        return None if stored is None else float(stored)
+        return self._storage.unit_seconds()
 
     def marks(self) -> dict[str, float]:
         """What moves when a page's content changes (storage.change_marks)."""

@@ -32,7 +32,7 @@ from controller.mud.compliance import findings_table
 from controller.mud.export import DEFAULT_CACHE_VALIDITY, ExportSettings
 from controller.mud.locations import LocationSettings, write_location_report
 from controller.mud.profile import MudProfiles, Role
-from controller.store.storage import TIME_UNIT_KEY, Storage
+from controller.store.storage import Storage
 from svcfp import api
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
 from svcfp.cli.engine import _add_exporter, _floats, _modes, engine_config
@@ -255,8 +255,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
     """The compliance findings a controller stored."""
     findings = api.mud_findings(args.db)
     with Storage(args.db, readonly=True) as storage:
-        stored = storage.meta(TIME_UNIT_KEY)
-    unit_seconds = None if stored is None else float(stored)
+        unit_seconds = storage.unit_seconds()
     if args.output_format == "json":
         json.dump([f.to_json(unit_seconds) for f in findings], sys.stdout, indent=1)
         print()
