@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_outputs, check_writable, read_text, write_text_atomically
+from controller.base.fileio import check_outputs, read_text, write_text_atomically
 from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
@@ -40,6 +40,7 @@ from svcfp.cli.inputs import (
     add_input_arguments,
     add_time_unit,
     percentile,
+    read_paths,
     report_skips,
     similarity,
     sources_from_args,
@@ -135,7 +136,10 @@ def _summary_line(summary: dict[str, object]) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A type's or a device's learned fingerprint → a valid MUD file."""
-    check_writable(args.out, "--out")
+    inputs = [*read_paths(sources_from_args(args)), *args.mud]
+    if args.references is not None:
+        inputs.append(args.references)
+    check_outputs({"--out": args.out}, inputs)
     served = frozenset(s.strip() for s in args.served.split(",") if s.strip())
     for name in sorted(served):
         try:
