@@ -421,3 +421,30 @@ def test_a_damaged_database_is_named_and_one_from_before_findings_has_none(
     assert f"compliance findings in {older}: 0" in capsys.readouterr().out
     with sqlite3.connect(older) as conn:
         assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
+
+
+def test_a_csv_field_past_the_csv_size_limit_is_refused_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = "x" * 200_000
+    limit = "not CSV: field larger than field limit (131072)"
+    out = tmp_path / "activity.csv"
+    damaged = flows(tmp_path, GOOD, f"{GOOD[:-3]}{long}", name="damaged.csv")
+    assert main(["ingest", str(damaged), "--all-devices", "--out", str(out)]) == 2
+    assert f"{damaged}: line 3: {limit}" in capsys.readouterr().err
+    header = tmp_path / "header.csv"
+    header.write_text(f"{HEADER},{long}\n{GOOD},1\n")
+    assert main(["ingest", str(header), "--all-devices", "--out", str(out)]) == 2
+    assert f"{header}: line 1: {limit}" in capsys.readouterr().err
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"mac,label\n{CAM},{long}\n")
+    assert main(["ingest", str(flows(tmp_path, GOOD)), "--labels", str(labels),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert f"{labels}: line 2: {limit}" in capsys.readouterr().err
+    assert not out.exists()
+    models = tmp_path / "models.csv"
+    models.write_text(f"folder,model\ncam,{long}\n")
+    report = tmp_path / "report"
+    assert main(["mud", "evaluate", str(tmp_path), "--models", str(models),
+                 "--out", str(report)]) == 2  # fmt: skip
+    assert f"{models}: line 2: {limit}" in capsys.readouterr().err

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import replace
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_outputs, read_text, write_text_atomically
+from controller.base.fileio import check_outputs, csv_rows, read_text, write_text_atomically
 from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
@@ -246,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _read_models(path: Path) -> dict[str, str]:
     """A `folder,model` CSV."""
     models: dict[str, str] = {}
-    for line, row in enumerate(csv.reader(read_text(path, "models").splitlines()), start=1):
+    for line, row in enumerate(csv_rows(path, read_text(path, "models").splitlines()), start=1):
         if not row or row[0].startswith("#") or (line == 1 and row[:1] == ["folder"]):
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
