@@ -77,8 +77,11 @@ def _replacing(path: Path) -> Iterator[Path]:
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Refuse, before any work is done, a `path` that cannot be written: its folder is missing,
-    not a folder, or does not let us create the temporary file a write goes through."""
+    """Refuse, before any work is done, a `path` that cannot be written: a folder stands there,
+    its folder is missing, not a folder, or does not let us create the temporary file a write
+    goes through."""
+    if Path(path).is_dir():
+        raise InputError(f"{what} {path}: cannot write a file there: it is a directory")
     folder = Path(path).parent
     if not folder.is_dir():
         raise InputError(f"{what} {path}: folder {folder} does not exist")
