@@ -9,8 +9,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from controller.base.errors import InputError
+from controller.base.fileio import writable_folder
 from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSettings
 from controller.engine.activity import MAX_UNIT_SECONDS, MIN_UNIT_SECONDS
 from controller.engine.learned import GRANULARITIES
@@ -39,7 +41,16 @@ DB_HELP = "a SQLite file or a postgresql://user@host:port/dbname URL"
 
 def database_location(text: str) -> Path | str:
     """An argparse type: a `postgresql://` URL as given, anything else a SQLite path."""
-    return text if is_url(text) else Path(text)
+    if not is_url(text):
+        return Path(text)
+    try:
+        _ = urlsplit(text).port  # parsing the port checks it too
+    except ValueError as exc:
+        # Not the URL itself: it may hold a password.
+        raise argparse.ArgumentTypeError(
+            f"not a postgresql://user@host:port/dbname URL: {exc}"
+        ) from None
+    return text
 
 
 def _db_seconds(text: str) -> float:
@@ -257,6 +268,9 @@ def engine_from_args(args: argparse.Namespace) -> Iterator[DaskEngine | None]:
             raise InputError("--scheduler and --scratch go with --engine dask")
         yield None
         return
+    if args.scratch is not None:
+        # Before a cluster is started for nothing.
+        writable_folder(args.scratch, "--scratch")
     settings = DaskSettings(args.scheduler, args.workers, scratch=args.scratch)
     with DaskEngine(settings) as engine:
         yield engine
