@@ -448,3 +448,37 @@ def test_a_csv_field_past_the_csv_size_limit_is_refused_naming_the_line(
     assert main(["mud", "evaluate", str(tmp_path), "--models", str(models),
                  "--out", str(report)]) == 2  # fmt: skip
     assert f"{models}: line 2: {limit}" in capsys.readouterr().err
+
+
+def test_a_column_named_twice_is_refused_as_the_reader_cannot_tell_which_holds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "flows.csv"
+    records.write_text(f"{HEADER},destinationTransportPort\n{GOOD},80\n")
+    out = tmp_path / "activity.csv"
+    assert main(["ingest", str(records), "--all-devices", "--out", str(out)]) == 2
+    assert (
+        f"{records}: line 1: column(s) destinationTransportPort more than once"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()
+    activity = tmp_path / "twice.csv"
+    activity.write_text(
+        f"device,unit,unit_seconds,service,packets,bytes,packets\n{CAM},1,3600,tcp/80,5,500,9\n"
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    argv = ["enroll", "--activity", str(activity), "--labels", str(labels)]
+    assert main([*argv, "--out", str(tmp_path / "refs.json")]) == 2
+    assert f"{activity}: line 1: column(s) packets more than once" in capsys.readouterr().err
+    # A field past the csv module's size limit, where the line reader has to read it.
+    damaged = tmp_path / "damaged.csv"
+    damaged.write_text(
+        f"device,unit,unit_seconds,service,packets,bytes\n{CAM},1,3600,tcp/80,{'x' * 200_000},1\n"
+    )
+    argv = ["enroll", "--activity", str(damaged), "--labels", str(labels)]
+    assert main([*argv, "--out", str(tmp_path / "refs.json")]) == 2
+    assert (
+        f"{damaged}: line 2: not CSV: field larger than field limit (131072)"
+        in capsys.readouterr().err
+    )

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.fileio import not_utf8, open_atomically
+from controller.base.fileio import csv_rows, not_utf8, open_atomically
 
 CSV_COLUMNS = ("device", "unit", "unit_seconds", "service", "packets", "bytes")
 
@@ -384,7 +384,7 @@ class ActivityTable:
             raise InputError(f"{path}: cannot read activity file: {exc.strerror}") from exc
         try:
             with handle:
-                return cls._read_csv(path, csv.reader(handle), unit_seconds)
+                return cls._read_csv(path, csv_rows(path, handle), unit_seconds)
         except UnicodeDecodeError as exc:
             raise not_utf8(path, "activity file", exc) from None
 
@@ -396,6 +396,9 @@ class ActivityTable:
         if header is None:
             raise InputError(f"{path}: empty file, expected a header {','.join(CSV_COLUMNS)}")
         header = [h.strip() for h in header]
+        twice = [c for c in CSV_COLUMNS if header.count(c) > 1]
+        if twice:
+            raise InputError(f"{path}: line 1: column(s) {', '.join(twice)} more than once")
         required = [c for c in CSV_COLUMNS if c != "unit_seconds"]
         missing = [c for c in required if c not in header]
         if missing:

@@ -127,6 +127,10 @@ class _Columns:
                     raise InputError(f"{path}: line 1: missing column {wanted}")
                 continue
             self.columns[key] = found[1]
+        twice = [c for c in self.wanted() if self.header.count(c) > 1]
+        if twice:
+            # The fast and the line reader would each take another of them.
+            raise InputError(f"{path}: line 1: column(s) {', '.join(twice)} more than once")
         if "rev_packets" in self.columns and "dst_mac" not in self.columns:
             raise InputError(
                 f"{path}: line 1: biflow columns need the destination MAC column "
