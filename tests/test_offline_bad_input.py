@@ -403,6 +403,13 @@ def test_a_damaged_database_is_named_and_one_from_before_findings_has_none(
             f"database {unit} is damaged: its time unit 'abc' is not a number of seconds in "
             "[1e-06, 4.10244e+09]" in capsys.readouterr().err
         )
+    # The dashboard refuses it at start, rather than serving pages that all fail.
+    dashboard = [sys.executable, "-m", "svcfp", "dashboard", "--db", str(unit)]
+    result = subprocess.run(
+        [*dashboard, "--http", "127.0.0.1:0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"database {unit} is damaged: its time unit 'abc'" in result.stderr
     row = damaged("row.db", "UPDATE activity SET packets = 'abc'")
     assert enroll(row) == 2
     assert (

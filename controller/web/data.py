@@ -230,6 +230,8 @@ class DashboardData:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dashboard")
         try:
             self._storage: Store = self._executor.submit(open_reader, location, db_timeout).result()
+            # A damaged time unit is named now, not as every page failing.
+            self._executor.submit(self._storage.unit_seconds).result()
         except BaseException:
             self._executor.shutdown()
             raise
