@@ -184,7 +184,10 @@ def run(args: argparse.Namespace) -> int:
     # file's folder is made if missing, as logging to it always did.
     if args.log_file:
         writable_folder(Path(args.log_file).parent, "--log-file")
-    outputs: dict[str, Path | None] = {"--log-file": args.log_file}
+    outputs: dict[str, Path | None] = {
+        "--log-file": args.log_file,
+        "--counters-out": args.counters_out,
+    }
     outputs.update({f"--pcap-out (port {port})": Path(name) for port, name in pcap_out})
     read = [Path(name) for _port, name in pcap_in]
     read += [Path(p) for p in (args.p4info, args.bmv2_json) if p]

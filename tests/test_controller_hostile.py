@@ -170,6 +170,7 @@ BASE = ["--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--connect-timeout", "
         (["--connect-timeout", "-3"], "--connect-timeout -3.0: expected a finite number"),
         (["--connect-timeout", "1e300"], "--connect-timeout 1e+300: expected at most 3600 seconds"),
         (["--idle-timeout", "nan"], "--idle-timeout nan: expected a finite number"),
+        (["--time-unit", "1e308"], "--time-unit 1e+308: expected at most 4.10244e+09 seconds"),
         (["--ports", "5-1"], "'5-1': a range runs low-high"),
         (["--ports", "0-100000"], "'0-100000': switch ports lie in 0..511"),
         (["--cpu-port", "99999"], "--cpu-port 99999: switch ports lie in 0..511"),

@@ -20,6 +20,7 @@ from controller.control.live import answering
 from controller.engine.identify import UNKNOWN
 from controller.ingest import synth
 from controller.store.storage import Storage
+from svcfp.cli import main as cli_main
 from svcfp.cli.demo import main
 from topology import graph as topo
 from topology.demo import DATABASE, run_demo
@@ -102,6 +103,22 @@ def test_bad_arguments_are_input_errors(
     )
     with pytest.raises(InputError, match=message):
         main(args)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--logs"])
+def test_a_folder_that_cannot_be_made_is_refused_naming_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    folders = {"--out": tmp_path / "demo", "--logs": tmp_path / "logs"}
+    folders[flag] = blocker / "sub"
+    argv = ["demo", "--no-network", "--units", "2"]
+    argv += [arg for name, folder in folders.items() for arg in (name, str(folder))]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"svcfp demo: error: {flag} {blocker / 'sub'}: cannot make the folder: Not a directory\n"
+    )
 
 
 @pytest.mark.slow

@@ -164,3 +164,23 @@ def test_a_scheduler_needs_a_shared_scratch_folder() -> None:
     with pytest.raises(InputError, match=r"give a scratch folder every worker can reach"):
         api.DaskSettings(scheduler="tcp://127.0.0.1:1")
     assert main(["ingest", "x.csv", "--out", "o.csv", "--scratch", "s"]) == 2
+
+
+def test_a_scratch_folder_or_scheduler_address_that_cannot_work_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flows = tmp_path / "flows.csv"
+    flows.write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    base = ["ingest", str(flows), "--out", str(tmp_path / "o.csv"), "--engine", "dask"]
+    assert main([*base, "--workers", "1", "--scratch", str(blocker / "scratch")]) == 2
+    assert (
+        f"--scratch {blocker / 'scratch'}: cannot make the folder: Not a directory"
+        in capsys.readouterr().err
+    )
+    assert main([*base, "--scheduler", "nonsense", "--scratch", str(tmp_path / "s")]) == 2
+    assert (
+        "cannot start or reach the Dask scheduler (nonsense): missing port number in address "
+        "'nonsense'" in capsys.readouterr().err
+    )

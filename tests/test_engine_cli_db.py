@@ -53,3 +53,22 @@ def test_a_database_without_activity_is_refused_by_name(
     assert status == 2
     assert f"database {db} has no time unit" in capsys.readouterr().err
     assert not (tmp_path / "refs.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("postgresql://svcfp:secret@[::1/svcfp", "Invalid IPv6 URL"),
+        ("postgresql://svcfp:secret@db.example:99999/svcfp", "Port out of range 0-65535"),
+    ],
+)
+def test_a_database_url_that_does_not_parse_is_refused_without_its_password(
+    capsys: pytest.CaptureFixture[str], url: str, why: str
+) -> None:
+    for argv in (["devices", "list"], ["ingest", "flows.csv"], ["enroll", "--out", "r.json"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--db", url])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --db: not a postgresql://user@host:port/dbname URL: {why}" in err
+        assert "secret" not in err

@@ -185,3 +185,24 @@ def test_capture_folders_label_a_shared_mac_per_capture(tmp_path: Path) -> None:
     sensor = inputs.activity.select(devices=[f"{HUB}#Sensor/Setup-A-1-STA"])
     assert [(r.service, r.packets) for r in sensor.records()] == [("tcp/443", 3)]
     assert inputs.groups is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nan", "must be a positive number of seconds"),
+        ("inf", "must be a positive number of seconds"),
+        ("1e308", "a time unit lies in [1e-06, 4.10244e+09] seconds"),
+        ("1e-300", "a time unit lies in [1e-06, 4.10244e+09] seconds"),
+    ],
+)
+def test_time_units_outside_the_range_of_a_time_unit_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    out = tmp_path / "report"
+    argv = ["evaluate", str(tmp_path / "flows.csv"), "--labels", str(tmp_path / "labels.csv")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(out), "--time-units", f"3600,{value}"])
+    assert stop.value.code == 2
+    assert f"argument --time-units: '{value}': {message}" in capsys.readouterr().err
+    assert not out.exists()

@@ -265,10 +265,14 @@ class TestPersistence:
             ({"temperature": -1.0}, r"temperature -1.0 must be a positive number"),
             ({"weight": 1e308}, r"weights must lie in \[0, 1\]"),
             ({"usage": 10**30}, r"usage of \S+ out of range \(0..2\^56\)"),
+            ({"theta": 5.0}, r"thresholds must be finite numbers in \[0, 1\], as similarities"),
+            ({"theta": -1.0}, r"thresholds must be finite numbers in \[0, 1\], as similarities"),
+            ({"usage": []}, r"usage of \S+: expected 3 counts \(units, packets, bytes\), got \[\]"),
+            ({"unit_seconds": 1e308}, r"unit_seconds 1e\+308 must be a number of seconds in "),
         ],
     )
     def test_values_no_enrolment_writes_are_refused(
-        self, tmp_path: Path, change: dict[str, float], message: str
+        self, tmp_path: Path, change: dict[str, float | list[int]], message: str
     ) -> None:
         path = tmp_path / "refs.json"
         references().save(path)
@@ -282,7 +286,10 @@ class TestPersistence:
                 # Active units, packets and bytes of every service a reference uses.
                 for each in data["references"]:
                     each["usage"] = {name: [1, 2, 120] for name in each["weights"]}
-                entry["usage"][service][1] = value
+                if isinstance(value, list):
+                    entry["usage"][service] = value
+                else:
+                    entry["usage"][service][1] = value
             else:
                 data[key] = value
         path.write_text(json.dumps(data))

@@ -158,6 +158,29 @@ def test_export_of_a_type_and_of_a_device_validate(
     )
 
 
+def test_export_refuses_an_out_it_reads(
+    tmp_path: Path, mud_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refs = tmp_path / "refs.json"
+    assert main(["mud", "import", str(mud_folder), "--out", str(refs)]) == 0
+    kept = refs.read_bytes()
+    profile = mud_folder / "camMud.json"
+    data = activity(tmp_path)
+    for out, args in [
+        (refs, ["--references", str(refs), "--type", "cam-1"]),
+        (profile, ["--references", str(refs), "--type", "cam-1", "--mud", str(profile)]),
+        (data, ["--activity", str(data), "--device", CAM]),
+    ]:
+        before = out.read_bytes()
+        assert main(["mud", "export", *args, "--out", str(out)]) == 2
+        assert (
+            f"--out {out}: also an input of this command; writing it would replace what is read"
+            in capsys.readouterr().err
+        )
+        assert out.read_bytes() == before
+    assert refs.read_bytes() == kept
+
+
 def test_identify_and_evaluate_report_compliance(
     tmp_path: Path, mud_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

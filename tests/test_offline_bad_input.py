@@ -336,3 +336,156 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path: Path) -> None:
     err = process.stderr.read().decode()
     assert status == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_time_unit_or_granularity_no_unit_number_can_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = flows(tmp_path, GOOD)
+    out = tmp_path / "activity.csv"
+    for value in ("1e-300", "1e308"):
+        with pytest.raises(SystemExit) as stop:
+            main(["ingest", str(path), "--all-devices", "--time-unit", value, "--out", str(out)])
+        assert stop.value.code == 2
+        assert (
+            f"argument --time-unit: '{value}': a time unit lies in [1e-06, 4.10244e+09] seconds "
+            "(a microsecond to the years 1970-2100)" in capsys.readouterr().err
+        )
+    assert not out.exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    refs = tmp_path / "refs.json"
+    with pytest.raises(SystemExit) as stop:
+        main(["enroll", str(path), "--labels", str(labels), "--out", str(refs),
+              "--granularity", "99999999999999999999"])  # fmt: skip
+    assert stop.value.code == 2
+    assert (
+        "argument --granularity: granularity '99999999999999999999': at most 1000000 "
+        "(a larger G differs from 'prevalence' by less than 1/G)" in capsys.readouterr().err
+    )
+    assert not refs.exists()
+    synth = tmp_path / "synth.csv"
+    assert main(["synth", "--devices", "1", "--units", "2", "--time-unit", "4e9",
+                 "--out", str(synth)]) == 2  # fmt: skip
+    assert (
+        "--units 2 of --time-unit 4e+09 s from --start 1483228800: the last unit must end by 2100"
+        in capsys.readouterr().err
+    )
+    assert not synth.exists()
+
+
+def test_a_damaged_database_is_named_and_one_from_before_findings_has_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.db"
+    assert main(["ingest", str(flows(tmp_path, GOOD)), "--all-devices", "--db", str(good)]) == 0
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+
+    def damaged(name: str, *statements: str) -> Path:
+        db = tmp_path / name
+        db.write_bytes(good.read_bytes())
+        conn = sqlite3.connect(db)
+        with conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+        return db
+
+    def enroll(db: Path) -> int:
+        out = tmp_path / "refs.json"
+        return main(["enroll", "--db", str(db), "--labels", str(labels), "--out", str(out)])
+
+    unit = damaged("unit.db", "UPDATE meta SET value = 'abc' WHERE key = 'time_unit_seconds'")
+    for argv in (["mud", "findings", "--db", str(unit)], None):
+        assert (main(argv) if argv else enroll(unit)) == 2
+        assert (
+            f"database {unit} is damaged: its time unit 'abc' is not a number of seconds in "
+            "[1e-06, 4.10244e+09]" in capsys.readouterr().err
+        )
+    # The dashboard refuses it at start, rather than serving pages that all fail.
+    dashboard = [sys.executable, "-m", "svcfp", "dashboard", "--db", str(unit)]
+    result = subprocess.run(
+        [*dashboard, "--http", "127.0.0.1:0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"database {unit} is damaged: its time unit 'abc'" in result.stderr
+    row = damaged("row.db", "UPDATE activity SET packets = 'abc'")
+    assert enroll(row) == 2
+    assert (
+        f"database {row} is damaged: an activity row is not a device, a whole unit, a service and "
+        "whole packet and byte counts (invalid literal for int() with base 10: 'abc')"
+    ) in capsys.readouterr().err
+    # Read as it is, a database an older svcfp wrote (schema version 2) holds no findings yet.
+    older = damaged(
+        "older.db",
+        "DROP TABLE mud_findings",
+        "DROP TABLE alerts",
+        "DROP TABLE switch_status",
+        "DELETE FROM schema_version WHERE version > 2",
+    )
+    assert main(["mud", "findings", "--db", str(older)]) == 0
+    assert f"compliance findings in {older}: 0" in capsys.readouterr().out
+    with sqlite3.connect(older) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
+
+
+def test_a_csv_field_past_the_csv_size_limit_is_refused_naming_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = "x" * 200_000
+    limit = "not CSV: field larger than field limit (131072)"
+    out = tmp_path / "activity.csv"
+    damaged = flows(tmp_path, GOOD, f"{GOOD[:-3]}{long}", name="damaged.csv")
+    assert main(["ingest", str(damaged), "--all-devices", "--out", str(out)]) == 2
+    assert f"{damaged}: line 3: {limit}" in capsys.readouterr().err
+    header = tmp_path / "header.csv"
+    header.write_text(f"{HEADER},{long}\n{GOOD},1\n")
+    assert main(["ingest", str(header), "--all-devices", "--out", str(out)]) == 2
+    assert f"{header}: line 1: {limit}" in capsys.readouterr().err
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"mac,label\n{CAM},{long}\n")
+    assert main(["ingest", str(flows(tmp_path, GOOD)), "--labels", str(labels),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert f"{labels}: line 2: {limit}" in capsys.readouterr().err
+    assert not out.exists()
+    models = tmp_path / "models.csv"
+    models.write_text(f"folder,model\ncam,{long}\n")
+    report = tmp_path / "report"
+    assert main(["mud", "evaluate", str(tmp_path), "--models", str(models),
+                 "--out", str(report)]) == 2  # fmt: skip
+    assert f"{models}: line 2: {limit}" in capsys.readouterr().err
+
+
+def test_a_column_named_twice_is_refused_as_the_reader_cannot_tell_which_holds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "flows.csv"
+    records.write_text(f"{HEADER},destinationTransportPort\n{GOOD},80\n")
+    out = tmp_path / "activity.csv"
+    assert main(["ingest", str(records), "--all-devices", "--out", str(out)]) == 2
+    assert (
+        f"{records}: line 1: column(s) destinationTransportPort more than once"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()
+    activity = tmp_path / "twice.csv"
+    activity.write_text(
+        f"device,unit,unit_seconds,service,packets,bytes,packets\n{CAM},1,3600,tcp/80,5,500,9\n"
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{CAM},camera\n")
+    argv = ["enroll", "--activity", str(activity), "--labels", str(labels)]
+    assert main([*argv, "--out", str(tmp_path / "refs.json")]) == 2
+    assert f"{activity}: line 1: column(s) packets more than once" in capsys.readouterr().err
+    # A field past the csv module's size limit, where the line reader has to read it.
+    damaged = tmp_path / "damaged.csv"
+    damaged.write_text(
+        f"device,unit,unit_seconds,service,packets,bytes\n{CAM},1,3600,tcp/80,{'x' * 200_000},1\n"
+    )
+    argv = ["enroll", "--activity", str(damaged), "--labels", str(labels)]
+    assert main([*argv, "--out", str(tmp_path / "refs.json")]) == 2
+    assert (
+        f"{damaged}: line 2: not CSV: field larger than field limit (131072)"
+        in capsys.readouterr().err
+    )

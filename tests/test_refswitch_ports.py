@@ -245,6 +245,12 @@ def test_bad_flags_exit_with_an_error(tmp_path: Path) -> None:
          "--log-file {t}/in.pcap: also an input of this command"),
         (["--pcap-in", "0@{t}/in.pcap", "--pcap-out", "1@{t}/o.pcap", "--pcap-out", "2@{t}/o.pcap"],
          "--pcap-out (port 2) {t}/o.pcap: the same file as --pcap-out (port 1)"),
+        (["--pcap-in", "0@{t}/in.pcap", "--counters-out", "{t}/in.pcap"],
+         "--counters-out {t}/in.pcap: also an input of this command"),
+        (["--pcap-in", "0@{t}/in.pcap", "--counters-out", "{t}/in.pcap/counters.json"],
+         "--counters-out {t}/in.pcap/counters.json: folder {t}/in.pcap does not exist"),
+        (["--pcap-in", "0@{t}/in.pcap", "--pcap-out", "1@{t}"],
+         "--pcap-out (port 1) {t}: cannot write a file there: it is a directory"),
     ],
 )  # fmt: skip
 def test_an_output_over_an_input_or_another_output_is_refused(

@@ -116,3 +116,9 @@ def test_devices_file(tmp_path: Path) -> None:
         load_devices_file(path)
     with pytest.raises(InputError, match="cannot read devices file"):
         load_devices_file(tmp_path / "missing.csv")
+    path.write_text("mac,label\n02:00:00:00:00:0a," + "x" * 200_000 + "\n")
+    with pytest.raises(InputError) as refused:
+        load_devices_file(path)
+    assert str(refused.value) == (
+        f"{path}: line 2: not CSV: field larger than field limit (131072)"
+    )

@@ -101,6 +101,7 @@ def test_flags_override_the_file_even_when_they_say_the_default(tmp_path: Path) 
         ("tap = 'yes'\n", "tap: expected true or false"),
         ("role = 'boss'\n", "'boss' is not one of primary, monitor"),
         ("interval = [1\n", "not a TOML config file"),
+        ("deep = " + "[" * 5000 + "]" * 5000 + "\n", "TOML nested too deeply to read"),
         ("[[switch]]\nname = 'x'\n", r"switch #0: missing 'grpc_addr'"),
         (SWITCH + "colour = 'red'\n", "unknown keys colour"),
         (SWITCH + "ports = '3-1'\n", "a range runs low-high"),

@@ -136,3 +136,16 @@ def test_range_services_keep_one_session_port_per_device() -> None:
     assert len({p for ports in ports_by_device.values() for p in ports}) == 4
     # The client side of every flow is a fresh ephemeral port.
     assert len(set(batch.sport[session].tolist())) > 0.9 * int(session.sum())
+
+
+@pytest.mark.parametrize("key", ["services", "noise"])
+def test_a_profile_whose_services_are_not_a_list_is_refused(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "profiles.json"
+    services = [{"service": "tcp/443", "prevalence": 1.0, "packets": 10}]
+    profile = {"name": "cam", "services": services, key: 5}
+    path.write_text(json.dumps({"profiles": [profile]}))
+    with pytest.raises(InputError) as refused:
+        load_profiles(path)
+    assert str(refused.value) == (
+        f'{path}: profile 1 (cam): "{key}" must be a list of services, got 5'
+    )

@@ -3,6 +3,7 @@ never leave half a file behind (a temporary file beside the target, renamed over
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -76,8 +77,11 @@ def _replacing(path: Path) -> Iterator[Path]:
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Refuse, before any work is done, a `path` that cannot be written: its folder is missing,
-    not a folder, or does not let us create the temporary file a write goes through."""
+    """Refuse, before any work is done, a `path` that cannot be written: a folder stands there,
+    its folder is missing, not a folder, or does not let us create the temporary file a write
+    goes through."""
+    if Path(path).is_dir():
+        raise InputError(f"{what} {path}: cannot write a file there: it is a directory")
     folder = Path(path).parent
     if not folder.is_dir():
         raise InputError(f"{what} {path}: folder {folder} does not exist")
@@ -187,6 +191,16 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8) in one rename."""
     with open_atomically(path) as handle:
         handle.write(text)
+
+
+def csv_rows(path: Path, lines: Iterable[str]) -> Iterator[list[str]]:
+    """The rows of the CSV text `lines` read from `path`; what the csv module cannot split into
+    fields (a field past its size limit) is an `InputError` naming the file and the line."""
+    reader = csv.reader(lines)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise InputError(f"{path}: line {reader.line_num}: not CSV: {exc}") from None
 
 
 def listed(document: Any, key: str, source: str) -> list[Any]:

@@ -21,6 +21,7 @@ from controller.base.p4info import normalize_mac
 from controller.control.alerts import AlertSettings
 from controller.control.live import LiveSettings
 from controller.control.registry import RegisterPolicy
+from controller.engine.activity import MAX_UNIT_SECONDS
 from controller.p4rt.session import Role, TlsOptions
 from controller.store.storage import redacted
 from controller.store.store import DEFAULT_DB_TIMEOUT
@@ -226,7 +227,7 @@ class RunConfig:
         if self.cpu_port is not None:
             check_port("--cpu-port", self.cpu_port)
         check_seconds("--interval", self.interval)
-        check_seconds("--time-unit", self.time_unit)
+        check_seconds("--time-unit", self.time_unit, maximum=MAX_UNIT_SECONDS)
         check_seconds("--connect-timeout", self.connect_timeout, minimum=0.1, maximum=3600.0)
         check_seconds("--db-timeout", self.db_timeout, minimum=1.0, maximum=3600.0)
         check_seconds("reconnect delay", self.reconnect_delay, minimum=0.0)

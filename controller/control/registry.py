@@ -9,7 +9,6 @@ deltas start from: the next owner never inherits the old owner's counts.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError, SvcfpError
-from controller.base.fileio import read_text
+from controller.base.fileio import csv_rows, read_text
 from controller.base.p4info import normalize_mac
 from controller.store.storage import DeviceRow
 
@@ -95,7 +94,7 @@ def load_devices_file(path: Path) -> list[StaticDevice]:
     """Parse a devices CSV (`mac,label[,port[,switch]]`, optional header, # comments)."""
     devices: list[StaticDevice] = []
     seen: set[str] = set()
-    for number, row in enumerate(csv.reader(read_text(path, "devices file").splitlines()), 1):
+    for number, row in enumerate(csv_rows(path, read_text(path, "devices file").splitlines()), 1):
         cells = [c.strip() for c in row]
         if not cells or not cells[0] or cells[0].startswith("#"):
             continue

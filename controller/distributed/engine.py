@@ -121,7 +121,8 @@ class DaskEngine:
                 self._client.run(_use_threads, settings.threads)
             else:
                 self._client = dask.Client(settings.scheduler, timeout=30)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
+            # ValueError: distributed's words for an address it cannot parse.
             self.__exit__(None, None, None)
             where = settings.scheduler or "a local cluster"
             raise InputError(f"cannot start or reach the Dask scheduler ({where}): {exc}") from exc

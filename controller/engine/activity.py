@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.fileio import not_utf8, open_atomically
+from controller.base.fileio import csv_rows, not_utf8, open_atomically
 
 CSV_COLUMNS = ("device", "unit", "unit_seconds", "service", "packets", "bytes")
 
@@ -52,6 +52,11 @@ def encode(values: Sequence[str] | npt.NDArray[np.str_]) -> tuple[tuple[str, ...
 
 # Units are times: a unit that starts before 1970 or after 2100 is damage, not a measurement.
 MAX_EPOCH_SECONDS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+# A time unit lies between a microsecond (the finest a capture's timestamps tell apart) and the
+# whole span units may lie in; beyond either, unit numbers of 1970-2100 overflow 64 bits or
+# every timestamp falls into unit 0.
+MIN_UNIT_SECONDS = 1e-6
+MAX_UNIT_SECONDS = MAX_EPOCH_SECONDS
 # Packets and bytes of one row, at most: sums of such rows stay far inside 64 bits.
 MAX_ROW_COUNT = 1 << 56
 
@@ -379,7 +384,7 @@ class ActivityTable:
             raise InputError(f"{path}: cannot read activity file: {exc.strerror}") from exc
         try:
             with handle:
-                return cls._read_csv(path, csv.reader(handle), unit_seconds)
+                return cls._read_csv(path, csv_rows(path, handle), unit_seconds)
         except UnicodeDecodeError as exc:
             raise not_utf8(path, "activity file", exc) from None
 
@@ -391,6 +396,9 @@ class ActivityTable:
         if header is None:
             raise InputError(f"{path}: empty file, expected a header {','.join(CSV_COLUMNS)}")
         header = [h.strip() for h in header]
+        twice = [c for c in CSV_COLUMNS if header.count(c) > 1]
+        if twice:
+            raise InputError(f"{path}: line 1: column(s) {', '.join(twice)} more than once")
         required = [c for c in CSV_COLUMNS if c != "unit_seconds"]
         missing = [c for c in required if c not in header]
         if missing:
@@ -517,6 +525,11 @@ def _from_csv_arrow(
 def _check_unit_seconds(value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"unit_seconds must be a positive number of seconds, got {value}")
+    if not MIN_UNIT_SECONDS <= value <= MAX_UNIT_SECONDS:
+        raise InputError(
+            f"unit_seconds {value:g}: a time unit lies in [{MIN_UNIT_SECONDS:g}, "
+            f"{MAX_UNIT_SECONDS:g}] seconds (a microsecond to the years 1970-2100)"
+        )
 
 
 def _check_codes(codes: npt.NDArray[np.int32], size: int, what: str) -> None:

@@ -32,6 +32,7 @@ from controller.engine.representation import (
     DEFAULT_THRESHOLD,
     DEFAULT_UNIT_SECONDS,
     INTENSITIES,
+    MAX_GRANULARITY,
     BoolArray,
     FloatArray,
     IntArray,
@@ -70,8 +71,8 @@ class ExporterConfig:
         problems = []
         if self.threshold < 1:
             problems.append(f"threshold h={self.threshold} must be ≥ 1 packet")
-        if self.granularity is not None and self.granularity < 1:
-            problems.append(f"granularity G={self.granularity} must be ≥ 1")
+        if self.granularity is not None and not 1 <= self.granularity <= MAX_GRANULARITY:
+            problems.append(f"granularity G={self.granularity} must lie in 1..{MAX_GRANULARITY}")
         if not 0.0 <= self.tau <= 1.0:
             problems.append(f"tau={self.tau} must lie in [0, 1]")
         if self.k < 1:

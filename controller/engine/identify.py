@@ -70,7 +70,7 @@ import numpy.typing as npt
 
 from controller.base.errors import InputError
 from controller.base.fileio import read_json, write_text_atomically
-from controller.engine.activity import MAX_ROW_COUNT
+from controller.engine.activity import MAX_ROW_COUNT, MAX_UNIT_SECONDS, MIN_UNIT_SECONDS
 from controller.engine.exporter import ExporterConfig
 from controller.engine.fingerprints import USAGE_ROWS, FingerprintSet
 from controller.engine.representation import (
@@ -419,6 +419,11 @@ class References:
                 for i, entry in enumerate(entries):
                     for name, counts in dict(entry["usage"]).items():
                         values = [int(v) for v in counts]
+                        if len(values) != len(USAGE_ROWS):
+                            raise ValueError(
+                                f"usage of {name}: expected {len(USAGE_ROWS)} counts "
+                                f"({', '.join(USAGE_ROWS)}), got {values}"
+                            )
                         if not all(0 <= v <= MAX_ROW_COUNT for v in values):
                             raise ValueError(f"usage of {name} out of range (0..2^56): {values}")
                         usage[:, i, col[str(name)]] = values
@@ -438,8 +443,8 @@ class References:
             )
             temperature = data.get("temperature")
             theta = float(data.get("theta", 0.0))
-            if not all(math.isfinite(t) for t in (theta, *(thetas or ()))):
-                raise ValueError("thresholds must be finite numbers")
+            if not all(0.0 <= t <= 1.0 for t in (theta, *(thetas or ()))):
+                raise ValueError("thresholds must be finite numbers in [0, 1], as similarities")
             if temperature is not None and not (
                 math.isfinite(float(temperature)) and temperature > 0
             ):
@@ -451,8 +456,11 @@ class References:
             if weighting not in WEIGHTINGS:
                 raise ValueError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
             unit_seconds = float(data["unit_seconds"])
-            if not (math.isfinite(unit_seconds) and unit_seconds > 0):
-                raise ValueError(f"unit_seconds {unit_seconds} must be a positive number")
+            if not MIN_UNIT_SECONDS <= unit_seconds <= MAX_UNIT_SECONDS:
+                raise ValueError(
+                    f"unit_seconds {unit_seconds} must be a number of seconds in "
+                    f"[{MIN_UNIT_SECONDS:g}, {MAX_UNIT_SECONDS:g}]"
+                )
             return cls(
                 services=services,
                 weights=weights,

@@ -63,6 +63,9 @@ DEFAULT_GRANULARITY: int | None = None
 Prevalence is the default because it identified best on real captures (IoT Sentinel, one window
 per capture: closed-set accuracy 0.83 against 0.80 for G=4 and 0.75 for the list); smaller G
 remains the choice where noise or convergence speed matter more."""
+# Weights are ceil(count · G) in 64-bit integers: far below where that overflows, a larger G
+# is 'prevalence' to within 1/G.
+MAX_GRANULARITY = 1_000_000
 
 DEFAULT_UNIT_SECONDS = 3600.0
 """The default time unit: one hour."""
@@ -170,6 +173,11 @@ def parse_granularity(text: str) -> int | None:
         ) from None
     if value < 1:
         raise InputError(f"granularity {text!r}: must be at least 1")
+    if value > MAX_GRANULARITY:
+        raise InputError(
+            f"granularity {text!r}: at most {MAX_GRANULARITY} (a larger G differs from "
+            "'prevalence' by less than 1/G)"
+        )
     return value
 
 

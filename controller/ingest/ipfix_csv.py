@@ -127,6 +127,10 @@ class _Columns:
                     raise InputError(f"{path}: line 1: missing column {wanted}")
                 continue
             self.columns[key] = found[1]
+        twice = [c for c in self.wanted() if self.header.count(c) > 1]
+        if twice:
+            # The fast and the line reader would each take another of them.
+            raise InputError(f"{path}: line 1: column(s) {', '.join(twice)} more than once")
         if "rev_packets" in self.columns and "dst_mac" not in self.columns:
             raise InputError(
                 f"{path}: line 1: biflow columns need the destination MAC column "
@@ -161,6 +165,8 @@ def read_ipfix_csv(
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not a text CSV file: {exc}") from exc
+    except csv.Error as exc:
+        raise InputError(f"{path}: line 1: not CSV: {exc}") from None
     if header is None:
         raise InputError(f"{path}: empty file, expected a header row")
     columns = _Columns(path, header, mapping)
@@ -424,23 +430,27 @@ def _line_batches(
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         next(reader, None)
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            stats.records += 1
-            try:
-                if len(row) != len(columns.header):
-                    raise ValueError(f"{len(row)} fields, expected {len(columns.header)}")
-                rows.append(_parse_row(row, time_col, scale, cols, has_reverse))
-            except ValueError as exc:
-                if not skip_bad:
-                    raise InputError(f"{path}: line {line}: {exc}") from exc
-                stats.skip(f"{path}: line {line}: {exc}")
-                continue
-            if len(rows) >= SLOW_CHUNK:
-                yield _rows_batch(rows, has_reverse)
-                rows = []
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                stats.records += 1
+                try:
+                    if len(row) != len(columns.header):
+                        raise ValueError(f"{len(row)} fields, expected {len(columns.header)}")
+                    rows.append(_parse_row(row, time_col, scale, cols, has_reverse))
+                except ValueError as exc:
+                    if not skip_bad:
+                        raise InputError(f"{path}: line {line}: {exc}") from exc
+                    stats.skip(f"{path}: line {line}: {exc}")
+                    continue
+                if len(rows) >= SLOW_CHUNK:
+                    yield _rows_batch(rows, has_reverse)
+                    rows = []
+        except csv.Error as exc:
+            # What the csv module cannot split into fields (a field past its size limit).
+            raise InputError(f"{path}: line {reader.line_num}: not CSV: {exc}") from None
     if rows:
         yield _rows_batch(rows, has_reverse)
 

@@ -14,7 +14,6 @@ to the setup that was actually captured.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.base.errors import InputError
-from controller.base.fileio import not_utf8
+from controller.base.fileio import csv_rows, not_utf8
 from controller.base.macs import NotAMac, mac_key, mac_to_int
 
 UNKNOWN = "unknown"
@@ -107,7 +106,7 @@ class Labels:
             raise InputError(f"{path}: cannot read labels: {exc.strerror}") from exc
         try:
             with handle:
-                found = cls._read_rows(path, csv.reader(handle))
+                found = cls._read_rows(path, csv_rows(path, handle))
         except UnicodeDecodeError as exc:
             raise not_utf8(path, "labels", exc) from None
         if not found:

@@ -136,11 +136,11 @@ def load_profiles(path: Path | None = None) -> dict[str, DeviceProfile]:
         name = entry["name"]
         services = tuple(
             _service_use(s, f"{where} ({name}) service {j + 1}")
-            for j, s in enumerate(entry.get("services", []))
+            for j, s in enumerate(_uses(entry, "services", f"{where} ({name})"))
         )
         noise = tuple(
             _service_use(s, f"{where} ({name}) noise {j + 1}")
-            for j, s in enumerate(entry.get("noise", []))
+            for j, s in enumerate(_uses(entry, "noise", f"{where} ({name})"))
         )
         if not services:
             raise InputError(f"{where} ({name}): no services")
@@ -154,6 +154,14 @@ def load_profiles(path: Path | None = None) -> dict[str, DeviceProfile]:
     if not profiles:
         raise InputError(f"{source}: no profiles")
     return profiles
+
+
+def _uses(entry: dict[str, Any], key: str, where: str) -> list[Any]:
+    """A profile's `key` list of services (none when the key is left out)."""
+    uses = entry.get(key, [])
+    if not isinstance(uses, list):
+        raise InputError(f'{where}: "{key}" must be a list of services, got {uses!r}')
+    return uses
 
 
 def _number(value: Any, where: str, lo: float, hi: float) -> float:

@@ -51,7 +51,10 @@ def add_findings(storage: Store, findings: Iterable[Finding], when: float) -> No
 
 
 def stored_findings(storage: Store) -> list[Finding]:
-    """Every stored finding, by device, type, service and direction."""
+    """Every stored finding, by device, type, service and direction (none in a database read
+    as it is that was written before findings were stored)."""
+    if not storage._has_table("mud_findings"):
+        return []
     with storage.transaction() as db:
         rows = db.rows(
             f"SELECT {_COLUMNS} FROM mud_findings ORDER BY device, type, service, direction"

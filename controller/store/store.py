@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +27,12 @@ import numpy as np
 
 from controller.base.errors import InputError
 from controller.base.fileio import open_atomically, replace_atomically
-from controller.engine.activity import ActivityRecord, ActivityTable
+from controller.engine.activity import (
+    MAX_UNIT_SECONDS,
+    MIN_UNIT_SECONDS,
+    ActivityRecord,
+    ActivityTable,
+)
 from controller.engine.services import Service
 from controller.store.records import (
     EXPORTABLE,
@@ -482,15 +488,35 @@ class Store(ABC):
         Units are the database's `time_unit_seconds` unless `unit_seconds` is given.
         """
         if unit_seconds is None:
-            stored = self.meta(TIME_UNIT_KEY)
-            if stored is None:
+            unit_seconds = self.unit_seconds()
+            if unit_seconds is None:
                 raise InputError(
                     f"database {self.name} has no time unit: no activity was ever stored"
                 )
-            unit_seconds = float(stored)
-        return ActivityTable.from_records(
-            self.activity(unit_from, unit_to), unit_seconds=unit_seconds
-        )
+        rows = self.activity(unit_from, unit_to)
+        try:
+            return ActivityTable.from_records(rows, unit_seconds=unit_seconds)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"database {self.name} is damaged: an activity row is not a device, a whole unit, "
+                f"a service and whole packet and byte counts ({exc})"
+            ) from None
+
+    def unit_seconds(self) -> float | None:
+        """The time unit of the stored activity, in seconds (None before any was stored)."""
+        stored = self.meta(TIME_UNIT_KEY)
+        if stored is None:
+            return None
+        try:
+            value = float(stored)
+        except ValueError:
+            value = math.nan
+        if not MIN_UNIT_SECONDS <= value <= MAX_UNIT_SECONDS:
+            raise InputError(
+                f"database {self.name} is damaged: its time unit {stored!r} is not a number of "
+                f"seconds in [{MIN_UNIT_SECONDS:g}, {MAX_UNIT_SECONDS:g}]"
+            )
+        return value
 
     # -- engine results -----------------------------------------------------------------------
 

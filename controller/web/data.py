@@ -32,7 +32,6 @@ from controller.base.errors import InputError
 from controller.control.live import answering, verdict
 from controller.engine.identify import UNKNOWN
 from controller.store.records import (
-    TIME_UNIT_KEY,
     AlertRecord,
     DecisionRecord,
     DecisionSummary,
@@ -283,8 +282,13 @@ class DashboardData:
         self._trying = False
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dashboard")
         try:
-            self._reader = self._executor.submit(open_reader, location, db_timeout).result()
+            reader = self._executor.submit(open_reader, location, db_timeout).result()
+            self._reader = reader
+            # A damaged time unit is named now, not as every page failing.
+            self._executor.submit(reader.unit_seconds).result()
         except BaseException:
+            with contextlib.suppress(Exception):
+                self._executor.submit(self._drop).result()
             self._executor.shutdown()
             raise
 
@@ -406,8 +410,7 @@ class DashboardData:
     # -- queries (each runs in the reader's thread) ---------------------------------------------
 
     def _unit_seconds(self) -> float | None:
-        stored = self._storage.meta(TIME_UNIT_KEY)
-        return None if stored is None else float(stored)
+        return self._storage.unit_seconds()
 
     def marks(self) -> dict[str, float]:
         """What moves when a page's content changes (storage.change_marks)."""

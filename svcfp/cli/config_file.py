@@ -32,6 +32,8 @@ def load(path: Path) -> dict[str, Any]:
         return tomllib.loads(read_text(path, "config file"))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not a TOML config file: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: TOML nested too deeply to read") from None
 
 
 def _convert(action: argparse.Action, value: Any, where: str, folder: Path) -> Any:

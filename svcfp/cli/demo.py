@@ -7,6 +7,7 @@ from pathlib import Path
 
 import p4src
 from controller.base.errors import InputError
+from controller.base.fileio import writable_folder
 from controller.base.logformat import logging_to
 from controller.web.settings import DEFAULT_LISTEN, WebSettings
 from topology import demo
@@ -95,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
         http=None if http == "off" else _loopback(http),
         change=None if change is None else BehaviourChange.parse(change),
     )
+    writable_folder(config.out, "--out")
+    writable_folder(config.logs, "--logs")
     # The terminal shows the live table; the controller's log goes to a file beside the others.
     log_file = config.logs / "demo.log"
     print(f"svcfp demo: the controller logs to {log_file}", flush=True)

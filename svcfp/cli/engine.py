@@ -79,6 +79,7 @@ from svcfp.cli.inputs import (
     report_skips,
     similarity,
     sources_from_args,
+    time_unit,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ def _positives(kind: Callable[[str], Number], noun: str) -> Callable[[str], tupl
 
 
 _floats = _positives(float, "numbers")
+# A bad time unit is refused by `time_unit` itself, in its own words.
+_time_units = _positives(time_unit, "time units in seconds")
 _units = _positives(int, "integers")
 
 
@@ -616,7 +619,7 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--time-units",
-        type=_floats,
+        type=_time_units,
         metavar="SECONDS,...",
         help="time units in seconds to compare (default: --time-unit)",
     )

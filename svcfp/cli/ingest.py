@@ -170,6 +170,11 @@ def run_synth(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     fleet = synth.make_fleet(profiles, args.devices, kinds or None)
     start_unit = int(args.start // args.time_unit)
+    if (start_unit + args.units) * args.time_unit > MAX_EPOCH_SECONDS:
+        raise InputError(
+            f"--units {args.units} of --time-unit {args.time_unit:g} s from --start "
+            f"{args.start}: the last unit must end by 2100"
+        )
     if args.output_format == "flows":
         batch = synth.flows(fleet, args.units, args.seed, args.time_unit, start_unit)
         synth.write_flows_csv(args.out, batch)

@@ -9,9 +9,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from controller.base.errors import InputError
+from controller.base.fileio import writable_folder
 from controller.distributed.engine import DEFAULT_WORKERS, DaskEngine, DaskSettings
+from controller.engine.activity import MAX_UNIT_SECONDS, MIN_UNIT_SECONDS
 from controller.engine.learned import GRANULARITIES
 from controller.engine.representation import DEFAULT_UNIT_SECONDS
 from controller.engine.services import MAX_SERVICE_ID
@@ -38,7 +41,16 @@ DB_HELP = "a SQLite file or a postgresql://user@host:port/dbname URL"
 
 def database_location(text: str) -> Path | str:
     """An argparse type: a `postgresql://` URL as given, anything else a SQLite path."""
-    return text if is_url(text) else Path(text)
+    if not is_url(text):
+        return Path(text)
+    try:
+        _ = urlsplit(text).port  # parsing the port checks it too
+    except ValueError as exc:
+        # Not the URL itself: it may hold a password.
+        raise argparse.ArgumentTypeError(
+            f"not a postgresql://user@host:port/dbname URL: {exc}"
+        ) from None
+    return text
 
 
 def _db_seconds(text: str) -> float:
@@ -70,6 +82,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def time_unit(text: str) -> float:
+    """An argparse type: a time unit u in seconds, from a microsecond to the years 1970-2100."""
+    value = positive_seconds(text)
+    if not MIN_UNIT_SECONDS <= value <= MAX_UNIT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a time unit lies in [{MIN_UNIT_SECONDS:g}, {MAX_UNIT_SECONDS:g}] "
+            "seconds (a microsecond to the years 1970-2100)"
+        )
+    return value
+
+
 def _number_in(text: str, low: float, high: float, what: str) -> float:
     """`text` as a number in [`low`, `high`], or the argparse error naming `what` it is."""
     try:
@@ -96,7 +119,7 @@ def add_time_unit(parser: Container, default: float | None, note: str = "") -> N
     shown = f"{default:g}" if default is not None else note
     parser.add_argument(
         "--time-unit",
-        type=positive_seconds,
+        type=time_unit,
         default=default,
         metavar="SECONDS",
         help=f"time unit u in seconds (default: {shown})",
@@ -245,6 +268,9 @@ def engine_from_args(args: argparse.Namespace) -> Iterator[DaskEngine | None]:
             raise InputError("--scheduler and --scratch go with --engine dask")
         yield None
         return
+    if args.scratch is not None:
+        # Before a cluster is started for nothing.
+        writable_folder(args.scratch, "--scratch")
     settings = DaskSettings(args.scheduler, args.workers, scratch=args.scratch)
     with DaskEngine(settings) as engine:
         yield engine

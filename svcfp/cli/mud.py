@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from dataclasses import replace
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.base.errors import InputError
-from controller.base.fileio import check_outputs, check_writable, read_text, write_text_atomically
+from controller.base.fileio import check_outputs, csv_rows, read_text, write_text_atomically
 from controller.base.macs import mac_key
 from controller.engine.identify import DEFAULT_MODE, DEFAULT_PERCENTILE, MODES, References
 from controller.engine.representation import representation_name
@@ -32,7 +31,7 @@ from controller.mud.compliance import findings_table
 from controller.mud.export import DEFAULT_CACHE_VALIDITY, ExportSettings
 from controller.mud.locations import LocationSettings, write_location_report
 from controller.mud.profile import MudProfiles, Role
-from controller.store.storage import TIME_UNIT_KEY, Storage
+from controller.store.storage import Storage
 from svcfp import api
 from svcfp.cli.compliance import add_mud_argument, mud_profiles_from_args, print_findings
 from svcfp.cli.engine import _add_exporter, _floats, _modes, engine_config
@@ -40,6 +39,7 @@ from svcfp.cli.inputs import (
     add_input_arguments,
     add_time_unit,
     percentile,
+    read_paths,
     report_skips,
     similarity,
     sources_from_args,
@@ -135,7 +135,10 @@ def _summary_line(summary: dict[str, object]) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A type's or a device's learned fingerprint → a valid MUD file."""
-    check_writable(args.out, "--out")
+    inputs = [*read_paths(sources_from_args(args)), *args.mud]
+    if args.references is not None:
+        inputs.append(args.references)
+    check_outputs({"--out": args.out}, inputs)
     served = frozenset(s.strip() for s in args.served.split(",") if s.strip())
     for name in sorted(served):
         try:
@@ -242,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _read_models(path: Path) -> dict[str, str]:
     """A `folder,model` CSV."""
     models: dict[str, str] = {}
-    for line, row in enumerate(csv.reader(read_text(path, "models").splitlines()), start=1):
+    for line, row in enumerate(csv_rows(path, read_text(path, "models").splitlines()), start=1):
         if not row or row[0].startswith("#") or (line == 1 and row[:1] == ["folder"]):
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
@@ -255,8 +258,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
     """The compliance findings a controller stored."""
     findings = api.mud_findings(args.db)
     with Storage(args.db, readonly=True) as storage:
-        stored = storage.meta(TIME_UNIT_KEY)
-    unit_seconds = None if stored is None else float(stored)
+        unit_seconds = storage.unit_seconds()
     if args.output_format == "json":
         json.dump([f.to_json(unit_seconds) for f in findings], sys.stdout, indent=1)
         print()
