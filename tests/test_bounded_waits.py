@@ -152,6 +152,16 @@ def test_a_database_server_stopped_mid_run_ends_the_run_naming_it(
         wire.stop()
 
 
+# Each switch test runs on the reference switch and, where it is installed, on BMv2.
+ON_BOTH_SWITCHES = pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("refswitch", id="refswitch"),
+        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
+    ],
+)
+
+
 class StoppableSwitch:
     """A switch in a process of its own, stopped and continued by its PID: the reference switch,
     replaying the camera's frames once told to, or BMv2 in a namespace of the test's own, sent
@@ -198,13 +208,7 @@ class StoppableSwitch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("refswitch", id="refswitch"),
-        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
-    ],
-)
+@ON_BOTH_SWITCHES
 def test_a_switch_stopped_mid_run_ends_the_run_after_its_duration_naming_it(
     kind: str, tmp_path: Path
 ) -> None:
@@ -262,14 +266,18 @@ def frozen_setup_run(
     return controller, code, time.monotonic() - started
 
 
+def ended_by_its_duration(
+    controller: SvcfpProcess, code: int, took: float, duration: float, said: str
+) -> None:
+    """The run ended with exit 3 by its duration and the last poll's bound, saying `said`."""
+    assert code == 3, controller.stderr
+    assert "Traceback" not in controller.stderr
+    assert said in controller.stderr
+    assert took < duration + FLUSH_TIMEOUT + SLACK, f"{took:.1f} s"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("refswitch", id="refswitch"),
-        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
-    ],
-)
+@ON_BOTH_SWITCHES
 def test_a_switch_stopped_before_its_set_up_ends_the_run_by_its_duration_naming_it(
     kind: str, tmp_path: Path
 ) -> None:
@@ -282,18 +290,16 @@ def test_a_switch_stopped_before_its_set_up_ends_the_run_by_its_duration_naming_
         )
     finally:
         switch.stop()
-    assert code == 3, controller.stderr
-    assert "Traceback" not in controller.stderr
     # It accepts the TCP connection (the kernel does) and then says nothing at all.
-    assert (
+    ended_by_its_duration(
+        controller, code, took, duration,
         f"svcfp run: error: switch s1 at {switch.address} (device id {DEVICE_ID}) is unreachable "
-        f"after "
-    ) in controller.stderr
+        "after ",
+    )  # fmt: skip
     assert "s: connecting: no connection within " in controller.stderr
     assert "that was all the time left until the end of the run (--duration 6 s)" in (
         controller.stderr
     )
-    assert took < duration + FLUSH_TIMEOUT + SLACK, f"{took:.1f} s"
 
 
 @pytest.mark.slow
@@ -318,14 +324,12 @@ def test_a_switch_that_stops_answering_in_its_set_up_ends_the_run_by_its_duratio
         finally:
             wire.stop()
     assert held.is_set()
-    assert code == 3, controller.stderr
-    assert "Traceback" not in controller.stderr
-    assert (
-        f"svcfp run: error: switch s1 at {wire.address} (device id {DEVICE_ID}) did not answer "
-        f"{step} before the end of the run (--duration 6 s)"
-    ) in controller.stderr
     # Without the bound, the step's own deadline (30 s) would end it.
-    assert took < duration + FLUSH_TIMEOUT + SLACK, f"{took:.1f} s"
+    ended_by_its_duration(
+        controller, code, took, duration,
+        f"svcfp run: error: switch s1 at {wire.address} (device id {DEVICE_ID}) did not answer "
+        f"{step} before the end of the run (--duration 6 s)",
+    )  # fmt: skip
 
 
 def test_a_set_up_step_without_an_answer_is_named_after_its_own_deadline(
@@ -420,13 +424,7 @@ def test_a_switch_stopped_with_a_session_open_is_found_out_by_keepalive() -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param("refswitch", id="refswitch"),
-        pytest.param("bmv2", id="bmv2", marks=[pytest.mark.bmv2, pytest.mark.root]),
-    ],
-)
+@ON_BOTH_SWITCHES
 def test_a_run_with_keepalive_pings_stays_connected_and_counts(kind: str, tmp_path: Path) -> None:
     """Long enough for a keepalive ping (one every 10 s) between polls 6 s apart."""
     devices = tmp_path / "devices.csv"

@@ -26,6 +26,20 @@ HEADER = (
 GOOD = f"1700000000000,{CAM},{SERVER},6,50000,443,3,300"
 
 
+def refused_by_its_parser(capsys: pytest.CaptureFixture[str], args: list[str], said: str) -> None:
+    """`svcfp args` ends at its argument parser with exit 2, saying `said`."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def refused(capsys: pytest.CaptureFixture[str], args: list[str], said: str) -> None:
+    """`svcfp args` refuses its input with exit 2, saying `said`."""
+    assert main(args) == 2
+    assert said in capsys.readouterr().err
+
+
 def flows(tmp_path: Path, *rows: str, name: str = "flows.csv") -> Path:
     path = tmp_path / name
     path.write_text("\n".join([HEADER, *rows]) + "\n")
@@ -168,16 +182,15 @@ def test_synth_refuses_counts_beyond_its_limits_before_generating(
         ("--devices", "65536", 65535),
         ("--devices", "-1", 65535),
     ]:
-        with pytest.raises(SystemExit) as stop:
-            main(["synth", flag, value, "--out", str(out)])
-        assert stop.value.code == 2
-        assert f"argument {flag}: '{value}': a whole number in 1..{limit}" in (
-            capsys.readouterr().err
+        refused_by_its_parser(
+            capsys,
+            ["synth", flag, value, "--out", str(out)],
+            f"argument {flag}: '{value}': a whole number in 1..{limit}",
         )
-    assert main(["synth", "--devices", "20", "--units", "100000", "--out", str(out)]) == 2
-    assert (
-        "--devices 20 × --units 100000: at most 1000000 device-units in one run"
-        in capsys.readouterr().err
+    refused(
+        capsys,
+        ["synth", "--devices", "20", "--units", "100000", "--out", str(out)],
+        "--devices 20 × --units 100000: at most 1000000 device-units in one run",
     )
     assert not out.exists()
 
@@ -344,32 +357,29 @@ def test_a_time_unit_or_granularity_no_unit_number_can_hold_is_refused(
     path = flows(tmp_path, GOOD)
     out = tmp_path / "activity.csv"
     for value in ("1e-300", "1e308"):
-        with pytest.raises(SystemExit) as stop:
-            main(["ingest", str(path), "--all-devices", "--time-unit", value, "--out", str(out)])
-        assert stop.value.code == 2
-        assert (
+        refused_by_its_parser(
+            capsys,
+            ["ingest", str(path), "--all-devices", "--time-unit", value, "--out", str(out)],
             f"argument --time-unit: '{value}': a time unit lies in [1e-06, 4.10244e+09] seconds "
-            "(a microsecond to the years 1970-2100)" in capsys.readouterr().err
+            "(a microsecond to the years 1970-2100)",
         )
     assert not out.exists()
     labels = tmp_path / "labels.csv"
     labels.write_text(f"{CAM},camera\n")
     refs = tmp_path / "refs.json"
-    with pytest.raises(SystemExit) as stop:
-        main(["enroll", str(path), "--labels", str(labels), "--out", str(refs),
-              "--granularity", "99999999999999999999"])  # fmt: skip
-    assert stop.value.code == 2
-    assert (
+    refused_by_its_parser(
+        capsys,
+        ["enroll", str(path), "--labels", str(labels), "--out", str(refs),
+         "--granularity", "99999999999999999999"],
         "argument --granularity: granularity '99999999999999999999': at most 1000000 "
-        "(a larger G differs from 'prevalence' by less than 1/G)" in capsys.readouterr().err
-    )
+        "(a larger G differs from 'prevalence' by less than 1/G)",
+    )  # fmt: skip
     assert not refs.exists()
     synth = tmp_path / "synth.csv"
-    assert main(["synth", "--devices", "1", "--units", "2", "--time-unit", "4e9",
-                 "--out", str(synth)]) == 2  # fmt: skip
-    assert (
-        "--units 2 of --time-unit 4e+09 s from --start 1483228800: the last unit must end by 2100"
-        in capsys.readouterr().err
+    refused(
+        capsys,
+        ["synth", "--devices", "1", "--units", "2", "--time-unit", "4e9", "--out", str(synth)],
+        "--units 2 of --time-unit 4e+09 s from --start 1483228800: the last unit must end by 2100",
     )
     assert not synth.exists()
 
