@@ -86,6 +86,25 @@ def test_unreadable_catalogue(db: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert kept(db)
 
 
+def test_a_bmv2_json_that_is_not_one_is_refused_before_the_switch_is_asked(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "fingerprint.json"
+    # The switch is unreachable: an error about the file means nothing was asked of it.
+    args = run("--grpc-addr", "127.0.0.1:1", "--device-id", "0", "--db", str(db))
+    for content, said in [
+        (b"{ not json", f"--bmv2-json {bad}: line 1: not JSON"),
+        (b"[]", f"--bmv2-json {bad}: not a BMv2 JSON file (p4c-bm2-ss output): it has no "
+                "'pipelines' list"),
+        (b'{"pipelines": {}}', "it has no 'pipelines' list"),
+        (b"\xff\xfe", f"{bad}: cannot read BMv2 JSON: not UTF-8 text (byte 0xff at offset 0)"),
+    ]:  # fmt: skip
+        bad.write_bytes(content)
+        assert main([*args, "--bmv2-json", str(bad)]) == 2
+        assert said in capsys.readouterr().err
+        assert kept(db)
+
+
 def test_flag_errors(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(run("--grpc-addr", "127.0.0.1:1", "--db", str(db))) == 2
     assert "--device-id is required with --grpc-addr" in capsys.readouterr().err

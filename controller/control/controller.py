@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.base.errors import InputError, SvcfpError, SwitchError
+from controller.base.fileio import not_utf8, parse_json
 from controller.base.p4info import P4Schema
 from controller.control.alerts import (
     DEFAULT_HISTORY_THRESHOLD,
@@ -505,6 +506,23 @@ def read_device_config(config: RunConfig) -> bytes:
     if config.bmv2_json is None:
         return b""
     try:
-        return config.bmv2_json.read_bytes()
+        data = config.bmv2_json.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {config.bmv2_json}: {exc.strerror}") from exc
+    check_bmv2_json(data, config.bmv2_json)
+    return data
+
+
+def check_bmv2_json(data: bytes, path: Path) -> None:
+    """Refuse, before any switch is asked, a `--bmv2-json` that is not what p4c's BMv2 back end
+    writes: a JSON object with its `pipelines` list (BMv2 would only say it cannot load it)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, "BMv2 JSON", exc, at=exc.start) from None
+    document = parse_json(text, f"--bmv2-json {path}")
+    if not isinstance(document, dict) or not isinstance(document.get("pipelines"), list):
+        raise InputError(
+            f"--bmv2-json {path}: not a BMv2 JSON file (p4c-bm2-ss output): it has no "
+            "'pipelines' list"
+        )
