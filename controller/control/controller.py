@@ -401,9 +401,7 @@ class Controller:
             # A shared database holds other controllers' devices too: this one reports its own.
             mine = await self.store.call(storage.devices)
             table = table.select(devices=[row.mac for row in mine])
-        infrastructure = self.registry.infrastructure()
-        if infrastructure:
-            table = table.select(devices=[d for d in table.devices if d not in infrastructure])
+        table = table.without(self.registry.infrastructure())
         result: LiveResult | None = None
         if self.live is not None:
             loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -275,6 +275,12 @@ class ActivityTable:
             lo, hi = units
             keep &= (self.unit >= lo) & (self.unit < hi)
         return self.where(keep)
+
+    def without(self, devices: Collection[str]) -> ActivityTable:
+        """The rows of every device but `devices`; vocabularies are kept as they are."""
+        if not devices:
+            return self
+        return self.select(devices=[d for d in self.devices if d not in devices])
 
     def where(self, keep: npt.NDArray[np.bool_]) -> ActivityTable:
         """The rows where `keep` (one flag per row) is True; vocabularies are kept as they are."""

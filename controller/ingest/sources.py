@@ -302,9 +302,7 @@ def read_database(location: Path | str, db_timeout: float = DEFAULT_DB_TIMEOUT) 
         infrastructure = {
             row.mac for row in storage.devices(every_scope=True) if row.infrastructure
         }
-    if not infrastructure:
-        return table
-    return table.select(devices=[d for d in table.devices if d not in infrastructure])
+    return table.without(infrastructure)
 
 
 def database_name(location: Path | str) -> str:
