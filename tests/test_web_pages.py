@@ -113,23 +113,25 @@ def test_a_host_labelled_infrastructure_is_listed_but_not_waited_for(any_db: str
     """A gateway from the devices file: listed with its label, "not identified" where the others
     have their verdict, and not counted among the devices with no decision yet."""
     gateway = "02:00:00:00:00:0e"
-    pending: list[str] = []
+    pages: list[str] = []
 
     async def check(url: str, http: aiohttp.ClientSession) -> None:
         async with http.get(url) as response:
-            page = await response.text()
+            pages.append(await response.text())
+
+    def pending(page: str) -> str:
         found = re.search(r'<div class="big">(\d+)</div><div class="what">no decision yet', page)
         assert found is not None
-        pending.append(found.group(1))
-        if gateway in page:
-            row = cells(page, gateway)
-            assert row.startswith(f"{gateway} infrastructure 3 s1:9 not identified")
+        return found.group(1)
 
     asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
     with open_store(any_db) as storage:
         storage.put_devices([DeviceRow(gateway, 3, INFRASTRUCTURE, "s1", 9, "static", NOW, NOW)])
     asyncio.run(serving(any_db, WebSettings("127.0.0.1", 0), check))
-    assert pending[0] == pending[1]
+    before, after = pages
+    assert gateway not in before
+    assert cells(after, gateway).startswith(f"{gateway} infrastructure 3 s1:9 not identified")
+    assert pending(after) == pending(before)
 
 
 def test_devices_of_every_controller_sharing_the_database_are_shown(any_db: str | Path) -> None:
